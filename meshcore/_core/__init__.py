@@ -1,0 +1,14 @@
+"""meshcore's compiled core (built from src/meshcore/_core/*.pyx).
+
+There is no pure-Python fallback: if the extensions are missing, importing
+meshcore fails here with instructions instead of silently running slowly.
+"""
+try:
+    from meshcore._core import events, frames, h2conn, headers, hpack, huffman  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise ImportError(
+        "meshcore's compiled core is not built "
+        f"({exc}). Install the package with `pip install .` (needs gcc and the Python "
+        "headers; Cython comes from the build requirements), or for a source checkout "
+        "run `python setup.py build_ext --inplace`."
+    ) from exc
