@@ -140,7 +140,8 @@ cdef class H2Connection:
     cdef int _on_continuation(self, const unsigned char* payload) except -1
     cdef int _on_header_block(self, uint32_t sid, uint8_t flags, const unsigned char* block,
                               Py_ssize_t n, bint self_dependent) except -1
-    cdef int _on_new_remote_stream(self, uint32_t sid, uint8_t flags, list fields) except -1
+    cdef int _on_new_remote_stream(self, uint32_t sid, uint8_t flags, list fields,
+                                   bint self_dependent) except -1
     cdef int _on_settings(self, const unsigned char* payload) except -1
     cdef int _on_settings_ack(self) except -1
     cdef int _on_rst_stream(self, uint32_t sid, uint32_t code) except -1

@@ -852,7 +852,7 @@ cdef class H2Connection:
         obj = self._streams.get(sid)
         if obj is None:
             if self._is_idle(sid) and (sid & 1) != (1 if self.client else 0):
-                return self._on_new_remote_stream(sid, flags, fields)
+                return self._on_new_remote_stream(sid, flags, fields, self_dependent)
             if self._is_idle(sid):
                 raise ProtocolError(f"HEADERS on stream {sid}, which we have not opened")
             if sid in self._recently_reset:
@@ -898,7 +898,8 @@ cdef class H2Connection:
             self._events.append(end)
         return 0
 
-    cdef int _on_new_remote_stream(self, uint32_t sid, uint8_t flags, list fields) except -1:
+    cdef int _on_new_remote_stream(self, uint32_t sid, uint8_t flags, list fields,
+                                   bint self_dependent) except -1:
         if self.client:
             raise ProtocolError(f"server opened stream {sid} (push is disabled)")
         self._highest_remote_id = sid
@@ -921,6 +922,8 @@ cdef class H2Connection:
         stream.headers_received = True
         self._streams[sid] = stream
         self._open_remote += 1
+        if self_dependent:
+            return self._stream_error(sid, PROTOCOL_ERROR, f"stream {sid} depends on itself")
         try:
             method, authority, regular = parse_request(fields)
         except ProtocolError as exc:

@@ -1,0 +1,50 @@
+"""meshcore: a service-mesh data plane (HBONE tunnels, mTLS identities, authorization)
+with a compiled Cython core.
+
+The protocol engine is sans-IO: `H2Connection` turns bytes into events and commands
+into bytes. Importing meshcore without its compiled core raises ImportError with
+build instructions; there is no pure-Python fallback.
+"""
+from meshcore import _core  # noqa: F401  (fails loudly when the extensions are missing)
+from meshcore._core import events
+from meshcore._core.h2conn import H2Connection
+from meshcore.errors import (
+    CompressionError,
+    ConfigError,
+    ErrorCode,
+    FlowControlError,
+    FrameSizeError,
+    HeaderListTooLarge,
+    IdentityError,
+    MeshcoreError,
+    ProtocolError,
+    ResourceLimitError,
+    StreamClosedError,
+    TooManyStreamsError,
+    TunnelError,
+    UsageError,
+    WindowExceededError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "H2Connection",
+    "events",
+    "ErrorCode",
+    "MeshcoreError",
+    "ProtocolError",
+    "FrameSizeError",
+    "FlowControlError",
+    "CompressionError",
+    "HeaderListTooLarge",
+    "ResourceLimitError",
+    "UsageError",
+    "StreamClosedError",
+    "WindowExceededError",
+    "TooManyStreamsError",
+    "TunnelError",
+    "IdentityError",
+    "ConfigError",
+    "__version__",
+]
