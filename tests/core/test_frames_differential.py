@@ -1,6 +1,6 @@
 """Our frame codec against hyperframe: our frames parsed by theirs, theirs by ours."""
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 from hyperframe import frame as hf
 
 from meshcore._core import frames as mf
@@ -49,6 +49,9 @@ def test_data(s, data, end, p):
 def test_headers(s, block, end, eh, p, prio):
     if prio is not None and prio[0] == s:
         prio = (0, prio[1], prio[2])
+    # hyperframe refuses padding that fills an empty fragment exactly; RFC 9113 6.2
+    # only forbids padding that exceeds it
+    assume(block or not p)
     wire = mf.encode_headers(s, block, end, eh, pad_length=p, priority=prio)
     theirs = parse_theirs(wire)
     assert isinstance(theirs, hf.HeadersFrame) and theirs.data == block

@@ -295,37 +295,47 @@ cdef class FrameDecoder:
         self.max_frame_size = max_frame_size
 
     def feed(self, data):
-        """Returns the frames completed by `data`. Raises ProtocolError on a bad frame."""
-        self._buf += data
-        cdef bytes buf = bytes(self._buf)
+        """Returns the frames completed by `data`. Raises ProtocolError on a bad frame.
+        Frames wholly inside `data` are views of it (no copy); only a trailing partial
+        frame is kept."""
+        cdef bytes buf
+        if self._buf:
+            self._buf += data
+            buf = bytes(self._buf)
+            self._buf.clear()
+        else:
+            buf = data if type(data) is bytes else bytes(data)
         cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(buf)
         cdef Py_ssize_t pos = 0, n = len(buf)
         cdef FrameHeader h
         cdef Frame f
         cdef object view = memoryview(buf)
         frames = []
-        while n - pos >= FRAME_HEADER_SIZE:
-            h = read_frame_header(p + pos)
-            check_frame_header(&h, self.max_frame_size)
-            if n - pos - FRAME_HEADER_SIZE < h.length:
-                break
-            f = Frame.__new__(Frame)
-            f.type = h.type
-            f.flags = h.flags
-            f.stream_id = h.stream_id
-            f.length = h.length
-            f.payload = view[pos + FRAME_HEADER_SIZE:pos + FRAME_HEADER_SIZE + h.length]
-            if h.type < KNOWN_FRAME_TYPES:
-                parse_frame_body(&h, p + pos + FRAME_HEADER_SIZE, &f._body)
-                if f._body.has_priority and f._body.depends_on == h.stream_id:
-                    raise ProtocolError(f"stream {h.stream_id} depends on itself",
-                                        stream_id=h.stream_id)
-            else:
-                f._body.start = 0
-                f._body.end = h.length
-            frames.append(f)
-            pos += FRAME_HEADER_SIZE + h.length
-        del self._buf[:pos]
+        try:
+            while n - pos >= FRAME_HEADER_SIZE:
+                h = read_frame_header(p + pos)
+                check_frame_header(&h, self.max_frame_size)
+                if n - pos - FRAME_HEADER_SIZE < h.length:
+                    break
+                f = Frame.__new__(Frame)
+                f.type = h.type
+                f.flags = h.flags
+                f.stream_id = h.stream_id
+                f.length = h.length
+                f.payload = view[pos + FRAME_HEADER_SIZE:pos + FRAME_HEADER_SIZE + h.length]
+                if h.type < KNOWN_FRAME_TYPES:
+                    parse_frame_body(&h, p + pos + FRAME_HEADER_SIZE, &f._body)
+                    if f._body.has_priority and f._body.depends_on == h.stream_id:
+                        raise ProtocolError(f"stream {h.stream_id} depends on itself",
+                                            stream_id=h.stream_id)
+                else:
+                    f._body.start = 0
+                    f._body.end = h.length
+                frames.append(f)
+                pos += FRAME_HEADER_SIZE + h.length
+        finally:
+            if pos < n:
+                self._buf += view[pos:]
         return frames
 
 
@@ -344,6 +354,11 @@ def encode_frame(int frame_type, int flags, unsigned int stream_id, payload=b"")
 
 
 def encode_data(unsigned int stream_id, data, bint end_stream=False, pad_length=None):
+    cdef const unsigned char[:] mv
+    if pad_length is None:
+        mv = memoryview(data).cast("B")
+        return build_frame(DATA, FLAG_END_STREAM if end_stream else 0, stream_id,
+                           &mv[0] if len(mv) else NULL, len(mv))
     pflag, pre, post = _padding(pad_length)
     return encode_frame(DATA, pflag | (FLAG_END_STREAM if end_stream else 0), stream_id,
                         pre + bytes(data) + post)
