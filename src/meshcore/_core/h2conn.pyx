@@ -967,6 +967,9 @@ cdef class H2Connection:
                 if value > 1:
                     raise ProtocolError(f"SETTINGS_ENABLE_CONNECT_PROTOCOL = {value}")
             changed[ident] = value
+        settings_ev = SettingsChanged.__new__(SettingsChanged)
+        (<SettingsChanged>settings_ev).changed = changed
+        self._events.append(settings_ev)      # before the WindowOpened events it causes
         for ident, value in changed.items():
             if ident == SETTING_HEADER_TABLE_SIZE:
                 # we never use more than the default 4096 for the peer's decoder
@@ -995,9 +998,6 @@ cdef class H2Connection:
                 self._remote_max_header_list = value
         self._remote_settings_seen = True
         self._queue_control(build_settings([], True))
-        settings_ev = SettingsChanged.__new__(SettingsChanged)
-        (<SettingsChanged>settings_ev).changed = changed
-        self._events.append(settings_ev)
         return 0
 
     cdef int _on_settings_ack(self) except -1:
