@@ -58,7 +58,7 @@ def extensions():
 
 setup(
     packages=find_packages(include=["meshcore", "meshcore.*"]),
-    package_data={"meshcore": ["py.typed", "**/*.pyi"]},
+    package_data={"meshcore": ["py.typed"], "meshcore._core": ["*.pyi"]},
     ext_modules=extensions(),
     zip_safe=False,
 )

@@ -556,12 +556,13 @@ cdef class H2Connection:
         try:
             self._consume(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
         except ProtocolError as exc:
-            if exc.stream_id:
-                # a stream error that surfaced from a frame check: the frame's payload
-                # (if any) was set to be skipped before the error was raised
-                self._stream_error(exc.stream_id, exc.error_code, exc.args[0])
-            else:
-                self._connection_error(exc.error_code, exc.args[0])
+            # stream errors are handled where they arise; whatever reaches here ends
+            # the connection, since the reader's place in the byte stream is lost
+            self._connection_error(exc.error_code, exc.args[0])
+        except Exception as exc:
+            # a bug of ours must not take the process down with it (tests assert it
+            # never happens: INTERNAL_ERROR is their signal)
+            self._connection_error(INTERNAL_ERROR, f"internal error: {exc!r}")
         finally:
             self._events = None
             self._input = None
@@ -685,7 +686,10 @@ cdef class H2Connection:
                 raise ProtocolError(
                     f"header block on stream {h.stream_id} exceeds {self._local_max_header_list} "
                     "bytes", ENHANCE_YOUR_CALM)
-        if h.length == 0:
+        if h.type >= KNOWN_FRAME_TYPES and h.length:
+            self._skip_left = h.length         # ignored (RFC 9113 4.1): never buffered
+            self._phase = READ_SKIP
+        elif h.length == 0:
             self._process_frame(NULL)
         else:
             self._phase = READ_PAYLOAD

@@ -1,0 +1,53 @@
+class Event: ...
+
+class TunnelRequested(Event):
+    stream_id: int
+    method: str
+    authority: str
+    headers: list[tuple[bytes, bytes]]
+
+class TunnelAccepted(Event):
+    stream_id: int
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+class TunnelRefused(Event):
+    stream_id: int
+    status: int
+    headers: list[tuple[bytes, bytes]]
+
+class DataReceived(Event):
+    stream_id: int
+    data: memoryview
+
+class StreamEnded(Event):
+    stream_id: int
+
+class TrailersReceived(Event):
+    stream_id: int
+    headers: list[tuple[bytes, bytes]]
+
+class StreamReset(Event):
+    stream_id: int
+    error_code: int
+    remote: bool
+    reason: str
+
+class WindowOpened(Event):
+    stream_id: int
+    delta: int
+
+class SettingsChanged(Event):
+    changed: dict[int, int]
+
+class SettingsAcknowledged(Event): ...
+
+class PingAcknowledged(Event):
+    data: bytes
+
+class ConnectionTerminated(Event):
+    error_code: int
+    last_stream_id: int
+    additional_data: bytes
+    remote: bool
+    reason: str
