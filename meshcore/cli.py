@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from meshcore.errors import MeshcoreError
+
 
 def _demo(args: argparse.Namespace) -> int:
     from meshcore.demo import main
@@ -16,6 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a real HBONE tunnel demo on loopback")
     demo.set_defaults(func=_demo)
+    from meshcore.identity.cli import add_parser as add_ca_parser
+    add_ca_parser(sub)
     return parser
 
 
@@ -26,7 +30,11 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except MeshcoreError as exc:
+        print(f"meshcore {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

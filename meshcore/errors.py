@@ -141,7 +141,16 @@ class TunnelError(MeshcoreError):
 
 
 class IdentityError(MeshcoreError):
-    """A certificate, key, SPIFFE id or trust bundle is unusable or refused."""
+    """A certificate, key, SPIFFE id or trust bundle is unusable or refused.
+
+    ``reason`` is a short stable code for metrics and logs (``untrusted_chain``,
+    ``expired``, ``not_yet_valid``, ``no_client_certificate``, ``trust_domain``,
+    ``no_spiffe_id``, ``tls_version``, ``alpn``, ``cipher``, ``unexpected_identity``,
+    ``handshake``, ``invalid``)."""
+
+    def __init__(self, message: str, reason: str = "invalid"):
+        super().__init__(message)
+        self.reason = reason
 
 
 class ConfigError(MeshcoreError):

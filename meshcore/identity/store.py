@@ -1,0 +1,224 @@
+"""Credentials for every local workload identity, issued on demand, rotated early.
+
+A node proxy holds one key + certificate per local workload identity. The store
+asks its issuer (the built-in CA, or files written by cert-manager / a SPIRE agent)
+for credentials the first time an identity is needed, and again once a certificate
+has used `rotate_at` of its lifetime (half, by default). An SSLContext is built per
+credentials: rotation makes new connections use the new certificate, and
+established connections, which hold the old context, are untouched.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import ssl
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+
+from meshcore.errors import IdentityError
+from meshcore.identity import tls
+from meshcore.identity.ca import DEFAULT_WORKLOAD_LIFETIME, Credentials
+from meshcore.identity.spiffe import SpiffeId, identity_of
+from meshcore.identity.x509util import certs_pem, load_pem_chain, load_pem_key, same_public_key, utcnow
+
+
+class TrustBundle:
+    """The roots a peer's chain must end in; several at once during a CA rotation."""
+
+    def __init__(self, roots: Iterable[x509.Certificate]):
+        seen, unique = set(), []
+        for cert in roots:
+            fp = cert.fingerprint(hashes.SHA256())
+            if fp not in seen:
+                seen.add(fp)
+                unique.append(cert)
+        if not unique:
+            raise IdentityError("a trust bundle needs at least one root certificate")
+        self.roots: tuple[x509.Certificate, ...] = tuple(unique)
+
+    @classmethod
+    def from_pem(cls, data: bytes, source: str = "<bundle>") -> "TrustBundle":
+        return cls(load_pem_chain(data, source))
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "TrustBundle":
+        return cls.from_pem(Path(path).read_bytes(), str(path))
+
+    def merged(self, other: "TrustBundle") -> "TrustBundle":
+        return TrustBundle(self.roots + other.roots)
+
+    def pem(self) -> bytes:
+        return certs_pem(self.roots)
+
+    def __iter__(self):
+        return iter(self.roots)
+
+    def __len__(self) -> int:
+        return len(self.roots)
+
+
+class Issuer(Protocol):
+    def issue(self, identity: SpiffeId, *, lifetime: dt.timedelta,
+              now: dt.datetime | None = None) -> Credentials: ...
+
+
+# file names each tool writes: (certificate chain, private key, trust bundle)
+FILE_LAYOUTS = {
+    "cert-manager": ("tls.crt", "tls.key", "ca.crt"),
+    "spire": ("svid.pem", "svid_key.pem", "svid_bundle.pem"),
+    "istio": ("cert-chain.pem", "key.pem", "root-cert.pem"),
+}
+
+
+class FileCredentials:
+    """A ready workload certificate, key and bundle from files, reloaded when they change.
+
+    `issue()` hands out the loaded credentials for their own identity only; a new set
+    of files is picked up by `changed()`, which the store polls."""
+
+    def __init__(self, cert_path: str | os.PathLike, key_path: str | os.PathLike,
+                 bundle_path: str | os.PathLike | None = None):
+        self.paths = tuple(Path(p) for p in (cert_path, key_path) + ((bundle_path,) if bundle_path else ()))
+        self._stamp: tuple | None = None
+        self.credentials: Credentials
+        self.bundle: TrustBundle | None = None
+        self._load()
+
+    @classmethod
+    def from_directory(cls, directory: str | os.PathLike) -> "FileCredentials":
+        d = Path(directory)
+        for layout, names in FILE_LAYOUTS.items():
+            if (d / names[0]).is_file() and (d / names[1]).is_file():
+                bundle = d / names[2]
+                return cls(d / names[0], d / names[1], bundle if bundle.is_file() else None)
+        known = "; ".join(f"{k}: {', '.join(v)}" for k, v in FILE_LAYOUTS.items())
+        raise IdentityError(f"{d}: no workload certificate files found (looked for {known})")
+
+    def _fingerprint(self) -> tuple:
+        out = []
+        for p in self.paths:
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                raise IdentityError(f"{p}: missing") from None
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        return tuple(out)
+
+    def _load(self) -> None:
+        stamp = self._fingerprint()
+        chain = load_pem_chain(self.paths[0].read_bytes(), str(self.paths[0]))
+        key = load_pem_key(self.paths[1].read_bytes(), str(self.paths[1]))
+        if not same_public_key(key, chain[0]):
+            raise IdentityError(f"{self.paths[1]}: key does not match the certificate in {self.paths[0]}")
+        identity = identity_of(chain[0])
+        bundle = TrustBundle.from_file(self.paths[2]) if len(self.paths) > 2 else None
+        # only a complete, consistent set replaces the previous one
+        self.credentials = Credentials(identity, key, tuple(chain))
+        self.bundle = bundle
+        self._stamp = stamp
+
+    def changed(self) -> bool:
+        """Reload if any file changed; True when new credentials were loaded. A broken
+        new set raises IdentityError and the previous credentials stay in use."""
+        if self._fingerprint() == self._stamp:
+            return False
+        self._load()
+        return True
+
+    def issue(self, identity: SpiffeId, *, lifetime: dt.timedelta = DEFAULT_WORKLOAD_LIFETIME,
+              now: dt.datetime | None = None) -> Credentials:
+        """The files' credentials (their lifetime is the writer's business)."""
+        if identity != self.credentials.identity:
+            raise IdentityError(
+                f"files {self.paths[0]} hold {self.credentials.identity}, not {identity}")
+        return self.credentials
+
+
+@dataclass
+class _Entry:
+    credentials: Credentials
+    rotate_after: dt.datetime
+    contexts: dict = field(default_factory=dict)
+
+
+class CertificateStore:
+    """Per-identity credentials and SSL contexts with automatic rotation."""
+
+    def __init__(self, issuer: Issuer, bundle: TrustBundle | None = None, *,
+                 lifetime: dt.timedelta = DEFAULT_WORKLOAD_LIFETIME, rotate_at: float = 0.5,
+                 allow_tls12: bool = False, clock: Callable[[], dt.datetime] = utcnow):
+        if not 0.0 < rotate_at < 1.0:
+            raise ValueError("rotate_at must be a fraction of the lifetime between 0 and 1")
+        if bundle is None:
+            bundle = getattr(issuer, "bundle", None) or TrustBundle(getattr(issuer, "roots", ()))
+        self.issuer, self.bundle = issuer, bundle
+        self.lifetime, self.rotate_at, self.allow_tls12, self.clock = lifetime, rotate_at, allow_tls12, clock
+        self._entries: dict[SpiffeId, _Entry] = {}
+        self.rotations = 0
+
+    @property
+    def identities(self) -> list[SpiffeId]:
+        return sorted(self._entries)
+
+    def _issue(self, identity: SpiffeId) -> _Entry:
+        creds = self.issuer.issue(identity, lifetime=self.lifetime, now=self.clock())
+        nb, na = creds.not_before, creds.not_after
+        entry = _Entry(creds, nb + (na - nb) * self.rotate_at)
+        self._entries[identity] = entry
+        return entry
+
+    def _entry(self, identity: SpiffeId) -> _Entry:
+        entry = self._entries.get(identity)
+        if entry is None or self.clock() >= entry.credentials.not_after:
+            entry = self._issue(identity)
+        return entry
+
+    def credentials(self, identity: SpiffeId) -> Credentials:
+        return self._entry(identity).credentials
+
+    def server_context(self, identity: SpiffeId) -> ssl.SSLContext:
+        entry = self._entry(identity)
+        if "server" not in entry.contexts:
+            entry.contexts["server"] = tls.server_context(entry.credentials, self.bundle,
+                                                          allow_tls12=self.allow_tls12)
+        return entry.contexts["server"]
+
+    def client_context(self, identity: SpiffeId) -> ssl.SSLContext:
+        entry = self._entry(identity)
+        if "client" not in entry.contexts:
+            entry.contexts["client"] = tls.client_context(entry.credentials, self.bundle,
+                                                          allow_tls12=self.allow_tls12)
+        return entry.contexts["client"]
+
+    def next_rotation(self) -> dt.datetime | None:
+        return min((e.rotate_after for e in self._entries.values()), default=None)
+
+    def rotate_due(self) -> list[SpiffeId]:
+        """Re-issue every certificate past its rotation point (and reload changed
+        files); returns the identities that got new credentials."""
+        now = self.clock()
+        rotated = []
+        files_changed = isinstance(self.issuer, FileCredentials) and self.issuer.changed()
+        if files_changed and self.issuer.bundle is not None:
+            self.set_trust_bundle(self.issuer.bundle)
+        for identity, entry in list(self._entries.items()):
+            if files_changed or now >= entry.rotate_after:
+                self._issue(identity)
+                rotated.append(identity)
+        self.rotations += len(rotated)
+        return rotated
+
+    def set_trust_bundle(self, bundle: TrustBundle) -> None:
+        """New roots (a CA rotation): contexts are rebuilt for new connections."""
+        self.bundle = bundle
+        for entry in self._entries.values():
+            entry.contexts.clear()
+
+    def forget(self, identity: SpiffeId) -> None:
+        self._entries.pop(identity, None)

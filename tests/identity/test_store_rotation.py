@@ -1,0 +1,188 @@
+"""Certificate store: on-demand issuance, rotation without dropping connections,
+CA rotation with an overlapping bundle, file credentials reloaded on change."""
+import asyncio
+import datetime as dt
+import shutil
+
+import pytest
+from cryptography import x509
+
+from meshcore.errors import IdentityError
+from meshcore.identity import (CertificateAuthority, CertificateStore, FileCredentials, SpiffeId,
+                               TrustBundle, identity_of, verify_client, verify_server)
+from meshcore.identity.x509util import certs_pem, key_pem
+
+from tlspeers import handshake
+
+
+class Clock:
+    def __init__(self):
+        self.now = dt.datetime.now(dt.timezone.utc)
+
+    def __call__(self):
+        return self.now
+
+
+def test_issues_on_demand_and_caches(ca, alice, bob):
+    store = CertificateStore(ca)
+    a1 = store.credentials(alice)
+    assert store.credentials(alice) is a1
+    assert store.credentials(bob).identity == bob
+    assert store.identities == sorted([alice, bob])
+    assert store.server_context(alice) is store.server_context(alice)
+
+
+def test_rotation_at_half_lifetime(ca, alice):
+    clock = Clock()
+    store = CertificateStore(ca, lifetime=dt.timedelta(hours=2), clock=clock)
+    first = store.credentials(alice)
+    clock.now += dt.timedelta(minutes=50)
+    assert store.rotate_due() == []
+    clock.now += dt.timedelta(minutes=15)          # past 1 h of a 2 h lifetime
+    assert store.rotate_due() == [alice]
+    assert store.credentials(alice).certificate.serial_number != first.certificate.serial_number
+    assert store.next_rotation() > clock.now
+
+
+def test_rotation_keeps_established_connections(ca, bundle, alice, bob):
+    """Rotate the server's certificate while a connection is open: it keeps carrying
+    data, and a new connection is served the new certificate."""
+    async def scenario():
+        clock = Clock()
+        clock.now -= dt.timedelta(minutes=70)   # so the rotated certificate is valid in real time
+        store = CertificateStore(ca, lifetime=dt.timedelta(hours=2), clock=clock)
+        client_store = CertificateStore(ca)
+
+        async def serve(reader, writer):
+            await writer.start_tls(store.server_context(bob))      # context chosen per connection
+            verify_client(writer.get_extra_info("ssl_object"), "cluster.local")
+            while data := await reader.read(100):
+                writer.write(data.upper())
+                await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def connect():
+            r, w = await asyncio.open_connection("127.0.0.1", port, ssl=client_store.client_context(alice),
+                                                 server_hostname="")
+            verify_server(w.get_extra_info("ssl_object"), [bob])
+            der = w.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            return r, w, x509.load_der_x509_certificate(der).serial_number
+
+        r1, w1, serial1 = await connect()
+        w1.write(b"before")
+        assert await r1.read(100) == b"BEFORE"
+        clock.now += dt.timedelta(hours=1, minutes=1)
+        assert store.rotate_due() == [bob]
+        r2, w2, serial2 = await connect()
+        assert serial2 != serial1
+        w1.write(b"after rotation")                     # the old connection still works
+        assert await r1.read(100) == b"AFTER ROTATION"
+        w2.write(b"new")
+        assert await r2.read(100) == b"NEW"
+        for w in (w1, w2):
+            w.close()
+        server.close()
+
+    asyncio.run(scenario())
+
+
+def test_ca_rotation_with_overlapping_bundle(ca, alice, bob):
+    """Old and new roots in every bundle: workloads on either CA talk to each other."""
+    new_ca = CertificateAuthority.create("cluster.local")
+    both = TrustBundle(ca.roots).merged(TrustBundle(new_ca.roots))
+    assert len(both) == 2
+    old_store = CertificateStore(ca, both)
+    new_store = CertificateStore(new_ca, both)
+    for server_store, client_store in ((old_store, new_store), (new_store, old_store)):
+        server_saw, client_saw = asyncio.run(handshake(
+            server_store.server_context(bob), client_store.client_context(alice), expected=[bob]))
+        assert (server_saw, client_saw) == (alice, bob)
+    # once the old root is dropped, old certificates are refused
+    new_only = CertificateStore(new_ca, TrustBundle(new_ca.roots))
+    server_saw, _ = asyncio.run(handshake(new_only.server_context(bob), old_store.client_context(alice),
+                                          expected=[bob]))
+    assert isinstance(server_saw, IdentityError) and server_saw.reason == "untrusted_chain"
+
+
+def test_set_trust_bundle_rebuilds_contexts(ca, alice):
+    store = CertificateStore(ca)
+    ctx = store.server_context(alice)
+    store.set_trust_bundle(TrustBundle(ca.roots).merged(TrustBundle(CertificateAuthority.create("cluster.local").roots)))
+    assert store.server_context(alice) is not ctx
+
+
+def write_spire_layout(directory, creds, roots):
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "svid.pem").write_bytes(creds.chain_pem())
+    (directory / "svid_key.pem").write_bytes(creds.key_pem())
+    (directory / "svid_bundle.pem").write_bytes(certs_pem(roots))
+
+
+@pytest.mark.parametrize("layout", ["cert-manager", "spire", "istio"])
+def test_file_credentials_layouts(ca, alice, tmp_path, layout):
+    from meshcore.identity.store import FILE_LAYOUTS
+    creds = ca.issue(alice)
+    cert_name, key_name, bundle_name = FILE_LAYOUTS[layout]
+    (tmp_path / cert_name).write_bytes(creds.chain_pem())
+    (tmp_path / key_name).write_bytes(creds.key_pem())
+    (tmp_path / bundle_name).write_bytes(certs_pem(ca.roots))
+    source = FileCredentials.from_directory(tmp_path)
+    assert source.credentials.identity == alice
+    assert source.bundle.roots == ca.roots
+
+
+def test_file_credentials_reload_on_change_and_keep_previous_on_error(ca, alice, bob, tmp_path):
+    write_spire_layout(tmp_path, ca.issue(alice), ca.roots)
+    source = FileCredentials.from_directory(tmp_path)
+    store = CertificateStore(source)
+    first = store.credentials(alice)
+    with pytest.raises(IdentityError, match="not spiffe://cluster.local/ns/shop/sa/checkout"):
+        store.credentials(bob)
+    assert store.rotate_due() == []                          # nothing changed
+    write_spire_layout(tmp_path, ca.issue(alice), ca.roots)   # the agent writes a renewal
+    assert store.rotate_due() == [alice]
+    second = store.credentials(alice)
+    assert second.certificate.serial_number != first.certificate.serial_number
+    # a broken write (key of another certificate) is refused; the previous stays in use
+    (tmp_path / "svid_key.pem").write_bytes(ca.issue(alice).key_pem())
+    with pytest.raises(IdentityError, match="does not match"):
+        store.rotate_due()
+    assert store.credentials(alice) is second
+
+
+def test_from_directory_names_what_it_looked_for(tmp_path):
+    with pytest.raises(IdentityError, match="tls.crt.*svid.pem"):
+        FileCredentials.from_directory(tmp_path)
+
+
+def test_external_ca_intermediate_issues_chains(ca, alice, tmp_path):
+    """An intermediate CA from files (cert-chain.pem up to the root) issues leaf +
+    intermediate chains that verify against the root bundle."""
+    import datetime as dt
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+    from meshcore.identity.ca import generate_key
+    ikey = generate_key()
+    now = dt.datetime.now(dt.timezone.utc)
+    inter = (x509.CertificateBuilder()
+             .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "cluster.local"),
+                                      x509.NameAttribute(NameOID.COMMON_NAME, "intermediate")]))
+             .issuer_name(ca.cert.subject).public_key(ikey.public_key())
+             .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+             .not_valid_after(now + dt.timedelta(days=30))
+             .add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+             .sign(ca.key, hashes.SHA256()))
+    (tmp_path / "ca-cert.pem").write_bytes(certs_pem([inter]))
+    (tmp_path / "ca-key.pem").write_bytes(key_pem(ikey))
+    (tmp_path / "cert-chain.pem").write_bytes(certs_pem([inter, ca.cert]))
+    (tmp_path / "root-cert.pem").write_bytes(certs_pem([ca.cert]))
+    sub = CertificateAuthority.load(tmp_path)
+    creds = sub.issue(alice)
+    assert [c.subject for c in creds.chain] == [x509.Name([]), inter.subject]
+    bob = SpiffeId("cluster.local", "shop", "checkout")
+    server_saw, client_saw = asyncio.run(handshake(
+        CertificateStore(ca).server_context(bob), CertificateStore(sub).client_context(alice), expected=[bob]))
+    assert (server_saw, client_saw) == (alice, bob)
