@@ -25,7 +25,8 @@ def main() -> int:
     parser.add_argument("--json", default=str(HERE / "results" / "core.json"))
     args = parser.parse_args()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_core_bench.py"), "-q", "-p", "no:cacheprovider",
+    cmd = [sys.executable, "-m", "pytest", str(HERE / "test_core_bench.py"),
+           str(HERE / "test_identity_bench.py"), "-q", "-p", "no:cacheprovider",
            "--benchmark-only", f"--benchmark-json={args.json}", "--benchmark-min-rounds=20",
            "--benchmark-disable-gc", "--benchmark-warmup=on"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -37,7 +38,7 @@ def main() -> int:
     print(f"machine: {data['machine_info']['cpu'].get('brand_raw', '?')}, "
           f"{data['machine_info']['cpu'].get('count', '?')} cores, Python {data['machine_info']['python_version']}")
     print()
-    print("| benchmark | meshcore (median) | baseline (median) | speed-up | meshcore throughput |")
+    print("| benchmark | meshcore (median) | baseline (median) | baseline ÷ meshcore | meshcore rate |")
     print("|---|---|---|---|---|")
     for group, impls in groups.items():
         ours = impls.pop("meshcore")
@@ -46,10 +47,13 @@ def main() -> int:
         size = ours.get("extra_info", {}).get("bytes")
         if size is None and ("16KiB" in group or "1MiB" in group):
             size = 16384 if "16KiB" in group else 1 << 20
+        ops = ours.get("extra_info", {}).get("operations", 1)
         if "decode" in group and size:
             tput = "view into the input, no copy"
+        elif size:
+            tput = f"{size / m / 1e9:.2f} GB/s"
         else:
-            tput = f"{size / m / 1e9:.2f} GB/s" if size else "-"
+            tput = f"{ops / m:,.0f} /s"
         print(f"| {group} | {fmt_time(m)} | {fmt_time(bm)} ({base_name}) | {bm / m:.1f}x | {tput} |")
     return 0
 
