@@ -26,7 +26,8 @@ def main() -> int:
     args = parser.parse_args()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "pytest", str(HERE / "test_core_bench.py"),
-           str(HERE / "test_identity_bench.py"), "-q", "-p", "no:cacheprovider",
+           str(HERE / "test_identity_bench.py"), str(HERE / "test_policy_bench.py"),
+           "-q", "-p", "no:cacheprovider",
            "--benchmark-only", f"--benchmark-json={args.json}", "--benchmark-min-rounds=20",
            "--benchmark-disable-gc", "--benchmark-warmup=on"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
@@ -42,19 +43,27 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for group, impls in groups.items():
         ours = impls.pop("meshcore")
-        (base_name, base), = impls.items()
-        m, bm = ours["stats"]["median"], base["stats"]["median"]
-        size = ours.get("extra_info", {}).get("bytes")
+        m = ours["stats"]["median"]
+        info = ours.get("extra_info", {})
+        ops = info.get("operations", 1)
+        size = info.get("bytes")
         if size is None and ("16KiB" in group or "1MiB" in group):
             size = 16384 if "16KiB" in group else 1 << 20
-        ops = ours.get("extra_info", {}).get("operations", 1)
         if "decode" in group and size:
-            tput = "view into the input, no copy"
+            rate = "view into the input, no copy"
         elif size:
-            tput = f"{size / m / 1e9:.2f} GB/s"
+            rate = f"{size / m / 1e9:.2f} GB/s"
         else:
-            tput = f"{ops / m:,.0f} /s"
-        print(f"| {group} | {fmt_time(m)} | {fmt_time(bm)} ({base_name}) | {bm / m:.1f}x | {tput} |")
+            rate = f"{ops / m:,.0f} /s"
+        if "memory_mb" in info:
+            rate = f"{info['memory_mb']} MB retained, {info['peak_mb']} MB peak"
+        per_op = m / ops if info.get("per_operation") else m
+        if impls:
+            (base_name, base), = impls.items()
+            bm = base["stats"]["median"]
+            print(f"| {group} | {fmt_time(per_op)} | {fmt_time(bm)} ({base_name}) | {bm / per_op:,.1f}x | {rate} |")
+        else:
+            print(f"| {group} | {fmt_time(per_op)} | - | - | {rate} |")
     return 0
 
 

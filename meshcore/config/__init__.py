@@ -1,0 +1,1 @@
+"""Configuration in the shapes users already write (CONFIG.md)."""

@@ -1,0 +1,178 @@
+"""Istio AuthorizationPolicy (security.istio.io/v1, v1beta1) → the policy model."""
+from __future__ import annotations
+
+import re
+
+from meshcore.config import fields as F
+from meshcore.config.yamlfile import documents, located
+from meshcore.errors import ConfigError
+from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch
+
+API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
+ROOT_NAMESPACE = "istio-system"
+DRY_RUN_ANNOTATION = "istio.io/dry-run"
+
+_SOURCE = {
+    "principals": ("principals", "str"), "notPrincipals": ("not_principals", "str"),
+    "requestPrincipals": ("request_principals", "str"),
+    "notRequestPrincipals": ("not_request_principals", "str"),
+    "namespaces": ("namespaces", "str"), "notNamespaces": ("not_namespaces", "str"),
+    "ipBlocks": ("source_ips", "ip"), "notIpBlocks": ("not_source_ips", "ip"),
+    "remoteIpBlocks": ("remote_ips", "ip"), "notRemoteIpBlocks": ("not_remote_ips", "ip"),
+    "serviceAccounts": ("service_accounts", "sa"), "notServiceAccounts": ("not_service_accounts", "sa"),
+}
+_OPERATION = {
+    "hosts": ("hosts", "host"), "notHosts": ("not_hosts", "host"),
+    "ports": ("destination_ports", "port"), "notPorts": ("not_destination_ports", "port"),
+    "methods": ("methods", "str"), "notMethods": ("not_methods", "str"),
+    "paths": ("paths", "str"), "notPaths": ("not_paths", "str"),
+}
+# `when` keys → (model field, value kind)
+_CONDITIONS = {
+    "source.ip": ("source_ips", "ip"), "source.namespace": ("namespaces", "str"),
+    "source.principal": ("principals", "str"), "remote.ip": ("remote_ips", "ip"),
+    "destination.ip": ("destination_ips", "ip"), "destination.port": ("destination_ports", "port"),
+    "request.auth.principal": ("request_principals", "str"), "connection.sni": ("sni", "str"),
+}
+_HEADER_KEY = re.compile(r"request\.headers\[([^\]]+)\]")
+
+
+def _values(kind: str, raw, path: str) -> tuple:
+    if kind == "ip":
+        return tuple(F.network(v, f"{path}[{i}]") for i, v in enumerate(F.sequence(raw, path)))
+    if kind == "port":
+        return tuple(F.port(v, f"{path}[{i}]") for i, v in enumerate(F.sequence(raw, path)))
+    if kind == "sa":
+        out = []
+        for i, v in enumerate(F.strings(raw, path)):
+            ns, sep, sa = v.partition("/")
+            if not sep or not ns or not sa or "/" in sa:
+                raise F.fail(f"{path}[{i}]", f"{v!r} is not <namespace>/<service account>")
+            out.append((ns, sa))
+        return tuple(out)
+    values = F.strings(raw, path)
+    if kind == "host":
+        values = [v.lower() for v in values]
+    return tuple(StringMatch.istio(v) for v in values)
+
+
+def _match(obj: dict, table: dict, path: str, what: str) -> Match:
+    F.mapping(obj, path, allowed=table)
+    kwargs = {}
+    for key, raw in obj.items():
+        name, kind = table[key]
+        kwargs[name] = _values(kind, raw, f"{path}.{key}")
+    match = Match(**kwargs)
+    if match.is_empty():
+        raise F.fail(path, f"{what} must set at least one field")
+    return match
+
+
+def _condition(obj, path: str) -> Match:
+    F.mapping(obj, path, allowed=("key", "values", "notValues"), required=("key",))
+    key = F.string(obj["key"], f"{path}.key")
+    values, not_values = obj.get("values"), obj.get("notValues")
+    if not values and not not_values:
+        raise F.fail(path, "a condition needs values or notValues")
+    header = _HEADER_KEY.fullmatch(key)
+    if header:
+        name = header.group(1).lower()
+        kw = {}
+        if values:
+            kw["headers"] = ((name, _values("str", values, f"{path}.values")),)
+        if not_values:
+            kw["not_headers"] = ((name, _values("str", not_values, f"{path}.notValues")),)
+        return Match(**kw)
+    if key not in _CONDITIONS:
+        raise F.fail(f"{path}.key", f"unsupported condition key {key!r} (supported: "
+                     f"{', '.join(sorted(_CONDITIONS))}, request.headers[NAME])")
+    name, kind = _CONDITIONS[key]
+    kw = {}
+    if values:
+        kw[name] = _values(kind, values, f"{path}.values")
+    if not_values:
+        kw["not_" + name] = _values(kind, not_values, f"{path}.notValues")
+    return Match(**kw)
+
+
+def _rule(obj, path: str) -> tuple:
+    F.mapping(obj, path, allowed=("from", "to", "when"))
+    clauses = []
+    sources = F.sequence(obj.get("from"), f"{path}.from")
+    if sources:
+        clauses.append(tuple(
+            _match(F.mapping(s, f"{path}.from[{i}]", allowed=("source",), required=("source",))["source"],
+                   _SOURCE, f"{path}.from[{i}].source", "source")
+            for i, s in enumerate(sources)))
+    operations = F.sequence(obj.get("to"), f"{path}.to")
+    if operations:
+        clauses.append(tuple(
+            _match(F.mapping(o, f"{path}.to[{i}]", allowed=("operation",), required=("operation",))["operation"],
+                   _OPERATION, f"{path}.to[{i}].operation", "operation")
+            for i, o in enumerate(operations)))
+    for i, cond in enumerate(F.sequence(obj.get("when"), f"{path}.when")):
+        clauses.append((_condition(cond, f"{path}.when[{i}]"),))
+    return tuple(clauses)
+
+
+def authorization_policy(doc: dict, source: str = "") -> Policy:
+    """One AuthorizationPolicy document (already parsed YAML). Raises ConfigError with
+    the field path."""
+    F.mapping(doc, "", allowed=("apiVersion", "kind", "metadata", "spec", "status"),
+              required=("apiVersion", "kind", "metadata"))
+    if doc["apiVersion"] not in API_VERSIONS:
+        raise F.fail("apiVersion", f"{doc['apiVersion']!r} is not one of {', '.join(API_VERSIONS)}")
+    meta = F.mapping(doc["metadata"], "metadata", required=("name",))
+    name = F.string(meta["name"], "metadata.name")
+    namespace = F.string(meta.get("namespace", "default"), "metadata.namespace")
+    annotations = F.mapping(meta.get("annotations") or {}, "metadata.annotations")
+    dry_run = F.boolean(annotations.get(DRY_RUN_ANNOTATION, False), f"metadata.annotations.{DRY_RUN_ANNOTATION}")
+    spec = F.mapping(doc.get("spec") or {}, "spec",
+                     allowed=("selector", "targetRef", "targetRefs", "action", "provider", "rules"))
+    if spec.get("targetRef") or spec.get("targetRefs"):
+        raise F.fail("spec.targetRefs", "attaching policies to waypoints by targetRef is not supported yet; "
+                     "use a selector")
+    action_text = F.string(spec.get("action", "ALLOW"), "spec.action")
+    if action_text == "CUSTOM":
+        raise F.fail("spec.action", "CUSTOM (external authorization) is not supported")
+    try:
+        action = Action(action_text)
+    except ValueError:
+        raise F.fail("spec.action", f"{action_text!r} is not ALLOW, DENY, AUDIT or CUSTOM") from None
+    selector = None
+    if spec.get("selector") is not None:
+        sel = F.mapping(spec["selector"], "spec.selector", allowed=("matchLabels",))
+        labels = F.mapping(sel.get("matchLabels") or {}, "spec.selector.matchLabels")
+        selector = tuple(sorted((F.string(k, "spec.selector.matchLabels"),
+                                 F.string(str(v), f"spec.selector.matchLabels.{k}", empty_ok=True))
+                                for k, v in labels.items()))
+    rules = tuple(_rule(r, f"spec.rules[{i}]") for i, r in enumerate(F.sequence(spec.get("rules"), "spec.rules")))
+    if selector is not None:
+        scope = Scope.WORKLOAD_SELECTOR
+    elif namespace == ROOT_NAMESPACE:
+        scope = Scope.GLOBAL
+    else:
+        scope = Scope.NAMESPACE
+    return Policy(name, namespace, action, rules, scope, selector, dry_run, source)
+
+
+def load_authorization_policies(text: str, source: str = "<policies>") -> list[Policy]:
+    """Every AuthorizationPolicy in a multi-document YAML text (other kinds are left to
+    their own loaders). The file is refused as a whole on the first error."""
+    policies = []
+    for index, doc in enumerate(documents(text, source), 1):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict) or "kind" not in doc:
+            raise ConfigError("a document must be a mapping with a kind", source=source, document=index)
+        if doc["kind"] != "AuthorizationPolicy":
+            continue
+        try:
+            policies.append(authorization_policy(doc, source))
+        except ConfigError as exc:
+            raise located(exc, source, index) from None
+    keys = [p.key for p in policies]
+    dup = next((k for k in keys if keys.count(k) > 1), None)
+    if dup:
+        raise ConfigError(f"AuthorizationPolicy {dup} is defined twice", source=source)
+    return policies

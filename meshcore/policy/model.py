@@ -1,0 +1,159 @@
+"""The authorization model: ztunnel's compiled form, extended with the L7 fields a
+waypoint evaluates. Istio AuthorizationPolicy resources and ztunnel local-config
+policies both load into it (see istio.py, ztunnel.py); the compiled engine
+(meshcore._core.policy) evaluates it.
+
+    Policy.rules:  rules OR'ed  → a rule is clauses AND'ed → a clause is matches OR'ed
+    Match:         fields AND'ed, values of one field OR'ed, not_* pass when none match
+    An all-empty match never matches; an empty clause matches; a rule with no clauses
+    matches; a policy with no rules never matches.
+"""
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, fields
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class Action(enum.Enum):
+    ALLOW = "ALLOW"
+    DENY = "DENY"
+    AUDIT = "AUDIT"
+
+
+class Scope(enum.Enum):
+    GLOBAL = "Global"               # root namespace, no selector: the whole mesh
+    NAMESPACE = "Namespace"         # no selector: every workload of the namespace
+    WORKLOAD_SELECTOR = "WorkloadSelector"
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    """exact, prefix, suffix or presence (non-empty)."""
+    kind: str
+    value: str = ""
+
+    @classmethod
+    def istio(cls, text: str) -> "StringMatch":
+        """Istio's notation: `*` presence, `abc*` prefix, `*abc` suffix, else exact."""
+        if text == "*":
+            return cls("presence")
+        if text.endswith("*"):
+            return cls("prefix", text[:-1])
+        if text.startswith("*"):
+            return cls("suffix", text[1:])
+        return cls("exact", text)
+
+    def matches(self, value: str | None) -> bool:
+        if not value:
+            return False
+        if self.kind == "exact":
+            return value == self.value
+        if self.kind == "prefix":
+            return value.startswith(self.value)
+        if self.kind == "suffix":
+            return value.endswith(self.value)
+        return True
+
+    def __str__(self) -> str:
+        return {"exact": self.value, "prefix": self.value + "*", "suffix": "*" + self.value,
+                "presence": "*"}[self.kind]
+
+
+Strings = tuple[StringMatch, ...]
+HeaderMatches = tuple[tuple[str, Strings], ...]    # (lower-case header name, values)
+
+L4_FIELDS = ("namespaces", "not_namespaces", "principals", "not_principals", "service_accounts",
+             "not_service_accounts", "source_ips", "not_source_ips", "destination_ips",
+             "not_destination_ips", "destination_ports", "not_destination_ports")
+L7_FIELDS = ("remote_ips", "not_remote_ips", "request_principals", "not_request_principals",
+             "methods", "not_methods", "paths", "not_paths", "hosts", "not_hosts", "headers",
+             "not_headers", "sni", "not_sni")
+
+
+@dataclass(frozen=True)
+class Match:
+    # L4: what a node proxy sees
+    namespaces: Strings = ()
+    not_namespaces: Strings = ()
+    principals: Strings = ()              # written without spiffe://
+    not_principals: Strings = ()
+    service_accounts: tuple[tuple[str, str], ...] = ()    # (namespace, service account)
+    not_service_accounts: tuple[tuple[str, str], ...] = ()
+    source_ips: tuple[IpNetwork, ...] = ()
+    not_source_ips: tuple[IpNetwork, ...] = ()
+    destination_ips: tuple[IpNetwork, ...] = ()
+    not_destination_ips: tuple[IpNetwork, ...] = ()
+    destination_ports: tuple[int, ...] = ()
+    not_destination_ports: tuple[int, ...] = ()
+    # L7: only a waypoint sees these
+    remote_ips: tuple[IpNetwork, ...] = ()
+    not_remote_ips: tuple[IpNetwork, ...] = ()
+    request_principals: Strings = ()
+    not_request_principals: Strings = ()
+    methods: Strings = ()
+    not_methods: Strings = ()
+    paths: Strings = ()
+    not_paths: Strings = ()
+    hosts: Strings = ()
+    not_hosts: Strings = ()
+    headers: HeaderMatches = ()
+    not_headers: HeaderMatches = ()
+    sni: Strings = ()
+    not_sni: Strings = ()
+
+    def is_empty(self) -> bool:
+        return not any(getattr(self, f.name) for f in fields(self))
+
+
+
+Clause = tuple[Match, ...]
+Rule = tuple[Clause, ...]
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    namespace: str
+    action: Action
+    rules: tuple[Rule, ...]
+    scope: Scope = Scope.NAMESPACE
+    selector: tuple[tuple[str, str], ...] | None = None     # matchLabels, sorted
+    dry_run: bool = False
+    source: str = ""                                         # where it was loaded from
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What policy selection needs to know about a destination workload."""
+    namespace: str
+    labels: tuple[tuple[str, str], ...] = ()
+    name: str = ""
+    attached: tuple[str, ...] = ()      # ztunnel: authorizationPolicies ["ns/name", ...]
+
+    @classmethod
+    def of(cls, namespace: str, labels: dict | None = None, name: str = "",
+           attached=()) -> "Workload":
+        return cls(namespace, tuple(sorted((labels or {}).items())), name, tuple(attached))
+
+
+def applies_to(policy: Policy, workload: Workload, root_namespace: str) -> bool:
+    """POLICY.md "Which policies apply to a destination workload"."""
+    if policy.key in workload.attached:
+        return True
+    if policy.selector is None:
+        if policy.scope is Scope.GLOBAL or policy.namespace == root_namespace:
+            return True
+        if policy.scope is Scope.WORKLOAD_SELECTOR:
+            return False        # ztunnel form: attached by name only
+        return policy.namespace == workload.namespace
+    if policy.namespace != workload.namespace and policy.namespace != root_namespace:
+        return False
+    labels = dict(workload.labels)
+    return all(labels.get(k) == v for k, v in policy.selector)

@@ -1,0 +1,75 @@
+"""ztunnel local-config `policies` entries (CONFIG.md section 1) → the policy model."""
+from __future__ import annotations
+
+from meshcore.config import fields as F
+from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch
+
+_STRING_FIELDS = {"namespaces": "namespaces", "notNamespaces": "not_namespaces",
+                  "principals": "principals", "notPrincipals": "not_principals"}
+_IP_FIELDS = {"sourceIps": "source_ips", "notSourceIps": "not_source_ips",
+              "destinationIps": "destination_ips", "notDestinationIps": "not_destination_ips"}
+_PORT_FIELDS = {"destinationPorts": "destination_ports", "notDestinationPorts": "not_destination_ports"}
+_SA_FIELDS = {"serviceAccounts": "service_accounts", "notServiceAccounts": "not_service_accounts"}
+MATCH_KEYS = tuple(_STRING_FIELDS) + tuple(_IP_FIELDS) + tuple(_PORT_FIELDS) + tuple(_SA_FIELDS)
+_KINDS = {"Exact": "exact", "Prefix": "prefix", "Suffix": "suffix", "Presence": "presence"}
+
+
+def _string_match(obj, path: str) -> StringMatch:
+    """`abc` / `abc*` / `*abc` / `*`, or ztunnel's {Exact|Prefix|Suffix|Presence: ...}."""
+    if isinstance(obj, str):
+        return StringMatch.istio(obj)
+    F.mapping(obj, path, allowed=_KINDS)
+    if len(obj) != 1:
+        raise F.fail(path, "a string match has exactly one of Exact, Prefix, Suffix, Presence")
+    (kind, value), = obj.items()
+    if kind == "Presence":
+        return StringMatch("presence")
+    return StringMatch(_KINDS[kind], F.string(value, f"{path}.{kind}"))
+
+
+def _match(obj, path: str) -> Match:
+    F.mapping(obj, path, allowed=MATCH_KEYS)
+    kw = {}
+    for key, raw in obj.items():
+        p = f"{path}.{key}"
+        items = F.sequence(raw, p)
+        if key in _STRING_FIELDS:
+            kw[_STRING_FIELDS[key]] = tuple(_string_match(v, f"{p}[{i}]") for i, v in enumerate(items))
+        elif key in _IP_FIELDS:
+            kw[_IP_FIELDS[key]] = tuple(F.network(v, f"{p}[{i}]") for i, v in enumerate(items))
+        elif key in _PORT_FIELDS:
+            kw[_PORT_FIELDS[key]] = tuple(F.port(v, f"{p}[{i}]") for i, v in enumerate(items))
+        else:
+            sas = []
+            for i, v in enumerate(items):
+                F.mapping(v, f"{p}[{i}]", allowed=("namespace", "serviceAccount"),
+                          required=("namespace", "serviceAccount"))
+                sas.append((F.string(v["namespace"], f"{p}[{i}].namespace"),
+                            F.string(v["serviceAccount"], f"{p}[{i}].serviceAccount")))
+            kw[_SA_FIELDS[key]] = tuple(sas)
+    return Match(**kw)
+
+
+def ztunnel_policy(obj, path: str, source: str = "") -> Policy:
+    F.mapping(obj, path, allowed=("name", "namespace", "scope", "action", "rules", "dryRun", "groups"),
+              required=("name", "namespace"))
+    name = F.string(obj["name"], f"{path}.name")
+    namespace = F.string(obj["namespace"], f"{path}.namespace")
+    scope_text = F.string(obj.get("scope", "Namespace"), f"{path}.scope")
+    try:
+        scope = Scope(scope_text)
+    except ValueError:
+        raise F.fail(f"{path}.scope", f"{scope_text!r} is not Global, Namespace or WorkloadSelector") from None
+    action_text = F.string(obj.get("action", "Allow"), f"{path}.action")
+    actions = {"Allow": Action.ALLOW, "Deny": Action.DENY, "Audit": Action.AUDIT}
+    if action_text not in actions:
+        raise F.fail(f"{path}.action", f"{action_text!r} is not Allow, Deny or Audit")
+    rules = []
+    for i, rule in enumerate(F.sequence(obj.get("rules"), f"{path}.rules")):
+        clauses = []
+        for j, clause in enumerate(F.sequence(rule, f"{path}.rules[{i}]")):
+            clauses.append(tuple(_match(m, f"{path}.rules[{i}][{j}][{k}]")
+                                 for k, m in enumerate(F.sequence(clause, f"{path}.rules[{i}][{j}]"))))
+        rules.append(tuple(clauses))
+    dry_run = F.boolean(obj.get("dryRun", False), f"{path}.dryRun")
+    return Policy(name, namespace, actions[action_text], tuple(rules), scope, None, dry_run, source)
