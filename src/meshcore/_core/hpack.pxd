@@ -30,4 +30,4 @@ cdef class HeaderDecoder:
     cdef list decode_raw(self, const unsigned char* p, Py_ssize_t n)
     cdef tuple _field(self, Py_ssize_t index)
     cdef void _insert(self, bytes name, bytes value)
-    cdef void _shrink(self)
+    cdef void _evict_to(self, Py_ssize_t limit)

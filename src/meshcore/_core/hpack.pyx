@@ -221,17 +221,21 @@ cdef class HeaderDecoder:
         return list(reversed(self._entries))
 
     cdef void _insert(self, bytes name, bytes value):
-        cdef Py_ssize_t size = len(name) + len(value) + ENTRY_OVERHEAD, k = 0
+        cdef Py_ssize_t size = len(name) + len(value) + ENTRY_OVERHEAD
+        self._evict_to(self._max_size - size)      # an oversized entry empties the table
+        if size <= self._max_size:
+            self._entries.append((name, value))
+            self._size += size
+
+    cdef void _evict_to(self, Py_ssize_t limit):
+        cdef Py_ssize_t k = 0
         cdef tuple e
-        while self._size + size > self._max_size and k < len(self._entries):
+        while self._size > limit and k < len(self._entries):
             e = <tuple>self._entries[k]
             self._size -= len(<bytes>e[0]) + len(<bytes>e[1]) + ENTRY_OVERHEAD
             k += 1
         if k:
             del self._entries[:k]
-        if size <= self._max_size:
-            self._entries.append((name, value))
-            self._size += size
 
     cdef tuple _field(self, Py_ssize_t index):
         cdef Py_ssize_t age
@@ -277,7 +281,7 @@ cdef class HeaderDecoder:
                         f"dynamic table size update to {value} exceeds the allowed "
                         f"{self.max_allowed_table_size}")
                 self._max_size = value
-                self._shrink()
+                self._evict_to(value)       # a smaller maximum evicts at once (RFC 7541 4.3)
                 continue
             else:
                 if b & 0x40:
@@ -301,17 +305,6 @@ cdef class HeaderDecoder:
                     f"(name + value + 32 per field)")
             headers.append((name, val))
         return headers
-
-    cdef void _shrink(self):
-        # a smaller maximum evicts immediately (RFC 7541 4.3)
-        cdef Py_ssize_t k = 0
-        cdef tuple e
-        while self._size > self._max_size:
-            e = <tuple>self._entries[k]
-            self._size -= len(<bytes>e[0]) + len(<bytes>e[1]) + ENTRY_OVERHEAD
-            k += 1
-        if k:
-            del self._entries[:k]
 
 
 cdef Py_ssize_t _get_int(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos,
