@@ -1,0 +1,34 @@
+"""Dialing HBONE connections (the pool decides when)."""
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+from meshcore.aio.connection import HboneConnection
+from meshcore.errors import IdentityError
+from meshcore.identity.tls import handshake_error, verify_server
+
+HANDSHAKE_TIMEOUT = 10.0
+
+
+async def dial(host: str, port: int, context: ssl.SSLContext, expected, *,
+               handshake_timeout: float = HANDSHAKE_TIMEOUT, local_addr=None,
+               **connection_options) -> HboneConnection:
+    """An mTLS HTTP/2 connection to an HBONE server whose SPIFFE id is one of
+    `expected`. Raises IdentityError (with .reason) or OSError."""
+    expected = tuple(expected)
+    peer = f"{host}:{port}"
+    loop = asyncio.get_running_loop()
+    try:
+        _, conn = await loop.create_connection(
+            lambda: HboneConnection(client=True, verify=lambda obj: verify_server(obj, expected, peer),
+                                    **connection_options),
+            host, port, ssl=context, server_hostname="", ssl_handshake_timeout=handshake_timeout,
+            local_addr=local_addr)
+    except ssl.SSLError as exc:
+        raise handshake_error(exc, peer) from None
+    except (asyncio.TimeoutError, ConnectionError) as exc:
+        raise handshake_error(exc, peer) from None
+    if conn.error is not None:
+        raise conn.error
+    return conn

@@ -1,0 +1,334 @@
+"""An HBONE connection: the compiled H2Connection driven over an asyncio transport
+(TLS in production, anything in tests).
+
+All protocol bytes go through meshcore._core; this module only moves them and turns
+events into calls on StreamTransports. Output is batched: every send in one loop
+iteration, from any stream, leaves in a single transport write.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from meshcore import H2Connection
+from meshcore import events as ev
+from meshcore.aio.stream import StreamTransport
+from meshcore.errors import ErrorCode, TunnelError, error_code_name
+
+log = logging.getLogger("meshcore.hbone")
+
+KEEPALIVE_INTERVAL = 10.0     # HBONE.md 5: PING after 10 s idle
+KEEPALIVE_TIMEOUT = 20.0      # no ACK within 20 s closes the connection
+DRAIN_DEADLINE = 5.0
+
+
+class HboneConnection(asyncio.Protocol):
+    """One HTTP/2 connection carrying tunnels, client or server side."""
+
+    def __init__(self, *, client: bool, on_request: Callable | None = None,
+                 verify: Callable | None = None, keepalive_interval: float = KEEPALIVE_INTERVAL,
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, **h2_options):
+        self.h2 = H2Connection(client=client, **h2_options)
+        self.client = client
+        self.on_request = on_request            # server: (connection, TunnelRequested) -> None
+        self.verify = verify                    # (ssl_object) -> peer identity; raises to refuse
+        self.peer_identity = None
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, StreamTransport] = {}
+        self._opening: dict[int, tuple[asyncio.Future, Callable, StreamTransport]] = {}
+        self._flush_scheduled = False
+        self._write_paused = False
+        self._blocked: set[int] = set()         # streams waiting for window or for the transport
+        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.error: BaseException | None = None
+        self.goaway = False
+        self.on_goaway: Callable | None = None          # pool hooks
+        self.on_settings: Callable | None = None
+        self.on_stream_closed: Callable | None = None
+        self.on_request_reset: Callable | None = None  # server: a request reset before its answer
+        self._keepalive_interval = keepalive_interval
+        self._keepalive_timeout = keepalive_timeout
+        self._last_receive = time.monotonic()
+        self._ping_deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        if self.verify is not None:
+            try:
+                self.peer_identity = self.verify(transport.get_extra_info("ssl_object"))
+            except Exception as exc:                     # refused identity: nothing more
+                self.error = exc
+                transport.abort()
+                return
+        self._flush()
+        if self._keepalive_interval:
+            self._timer = asyncio.get_running_loop().call_later(self._keepalive_interval, self._keepalive)
+
+    def data_received(self, data) -> None:
+        self._last_receive = time.monotonic()
+        self._ping_deadline = None
+        for event in self.h2.receive_data(data):
+            self._dispatch(event)
+        self._flush()
+
+    def eof_received(self):
+        return False
+
+    def connection_lost(self, exc) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        lost = ConnectionResetError(f"HBONE connection lost ({exc or 'closed'})")
+        for stream in list(self.streams.values()):
+            stream._connection_lost(lost)            # peers vanished: abort, never "complete"
+        for fut, _, _ in self._opening.values():
+            if not fut.done():
+                fut.set_exception(TunnelError(f"connection lost before the tunnel opened ({exc})", 503))
+        self._opening.clear()
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+    def pause_writing(self) -> None:
+        # the peer does not read: stop producing (streams stall on their windows and
+        # control answers pile up in the core, which cuts off a flooding peer)
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._flush()
+        self._wake_blocked()
+
+    # ------------------------------------------------------------------ events
+
+    def _dispatch(self, e) -> None:
+        kind = type(e)
+        if kind is ev.DataReceived:
+            stream = self.streams.get(e.stream_id)
+            if stream is not None:
+                stream._on_data(e.data)
+            else:
+                self.h2.acknowledge_received_data(e.stream_id, len(e.data))
+        elif kind is ev.WindowOpened:
+            if e.stream_id == 0:
+                self._wake_blocked()
+            elif e.stream_id in self._blocked:
+                self._blocked.discard(e.stream_id)
+                stream = self.streams.get(e.stream_id)
+                if stream is not None:
+                    stream._on_window()
+        elif kind is ev.StreamEnded:
+            stream = self.streams.get(e.stream_id)
+            if stream is not None:
+                stream._on_end()
+        elif kind is ev.TunnelRequested:
+            if self.on_request is None:
+                self.h2.refuse_tunnel(e.stream_id, 503)
+            else:
+                self.on_request(self, e)
+        elif kind is ev.TunnelAccepted or kind is ev.TunnelRefused:
+            self._on_response(e)
+        elif kind is ev.StreamReset:
+            self._on_reset(e)
+        elif kind is ev.ConnectionTerminated:
+            self._on_terminated(e)
+        elif kind is ev.PingAcknowledged:
+            self._ping_deadline = None
+        elif kind is ev.SettingsChanged:
+            if self.on_settings is not None:
+                self.on_settings(self)
+
+    def _on_response(self, e) -> None:
+        opening = self._opening.pop(e.stream_id, None)
+        if opening is None:
+            return
+        fut, protocol_factory, stream = opening
+        if type(e) is ev.TunnelRefused:
+            self.streams.pop(e.stream_id, None)
+            if self.h2.stream_state(e.stream_id) not in ("closed", "half-closed (local)"):
+                self.h2.reset_stream(e.stream_id, ErrorCode.CANCEL)
+            fut.set_exception(TunnelError(f"tunnel refused with status {e.status}", e.status))
+            self._stream_done(e.stream_id)
+            return
+        protocol = protocol_factory()
+        stream.set_protocol(protocol)
+        protocol.connection_made(stream)
+        fut.set_result((stream, protocol))
+
+    def _on_reset(self, e) -> None:
+        opening = self._opening.pop(e.stream_id, None)
+        if opening is not None:
+            self.streams.pop(e.stream_id, None)
+            opening[0].set_exception(TunnelError(
+                f"tunnel reset before it opened ({error_code_name(e.error_code)})",
+                503 if e.error_code != ErrorCode.REFUSED_STREAM else 503))
+            self._stream_done(e.stream_id)
+            return
+        stream = self.streams.get(e.stream_id)
+        if stream is not None:
+            stream._on_reset(e.error_code, e.remote)
+        elif self.on_request_reset is not None:
+            self.on_request_reset(self, e.stream_id)
+
+    def _on_terminated(self, e) -> None:
+        if e.remote:
+            self.goaway = True
+            if self.on_goaway is not None:
+                self.on_goaway(self)
+            if e.error_code != ErrorCode.NO_ERROR:
+                log.warning("peer closed the HBONE connection with %s: %s",
+                            error_code_name(e.error_code), e.additional_data[:200])
+                self._flush()
+                self.transport.close()
+        else:
+            log.warning("HBONE protocol error from peer %s: %s (%s)", self.peer_identity,
+                        e.reason, error_code_name(e.error_code))
+            self.error = ConnectionError(e.reason)
+            self._flush()
+            self.transport.close()
+
+    # --------------------------------------------------- called by StreamTransport
+
+    def send_stream_data(self, stream_id: int, data) -> int:
+        """Sends as much of `data` as the windows allow now; returns how much."""
+        if self._write_paused:
+            self._blocked.add(stream_id)
+            return 0
+        n = self.h2.available_window(stream_id)
+        if n < len(data):
+            self._blocked.add(stream_id)
+            if n <= 0:
+                return 0
+            data = memoryview(data)[:n]
+        else:
+            n = len(data)
+        self.h2.send_data(stream_id, data)
+        self._schedule_flush()
+        return n
+
+    def end_stream(self, stream_id: int) -> None:
+        if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
+            self.h2.end_stream(stream_id)
+            self._schedule_flush()
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        if self.h2.stream_state(stream_id) not in ("closed", "idle"):
+            self.h2.reset_stream(stream_id, code)
+            self._schedule_flush()
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        self.h2.acknowledge_received_data(stream_id, size)
+        self._schedule_flush()
+
+    def forget_stream(self, stream_id: int) -> None:
+        if self.streams.pop(stream_id, None) is not None:
+            self._blocked.discard(stream_id)
+            self._stream_done(stream_id)
+
+    def _stream_done(self, stream_id: int) -> None:
+        if self.on_stream_closed is not None:
+            self.on_stream_closed(self, stream_id)
+
+    # ---------------------------------------------------------------- commands
+
+    async def open_stream(self, authority: str, protocol_factory: Callable, headers=()):
+        """Client: CONNECT `authority`; once the peer answers 200, `protocol_factory()`
+        is connected to a StreamTransport. Raises TunnelError(status) otherwise."""
+        sid = self.h2.open_tunnel(authority, headers)
+        stream = StreamTransport(self, sid, self._extra())
+        self.streams[sid] = stream
+        fut = asyncio.get_running_loop().create_future()
+        self._opening[sid] = (fut, protocol_factory, stream)
+        self._flush()
+        return await fut
+
+    def accept_stream(self, stream_id: int, protocol, headers=()) -> StreamTransport:
+        """Server: answer 200 and connect `protocol` to the tunnel."""
+        stream = StreamTransport(self, stream_id, self._extra())
+        self.streams[stream_id] = stream
+        self.h2.accept_tunnel(stream_id, headers)
+        stream.set_protocol(protocol)
+        protocol.connection_made(stream)
+        self._schedule_flush()
+        return stream
+
+    def refuse_stream(self, stream_id: int, status: int) -> None:
+        if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
+            self.h2.refuse_tunnel(stream_id, status)
+            self._schedule_flush()
+
+    async def drain(self, deadline: float = DRAIN_DEADLINE) -> None:
+        """Graceful shutdown: GOAWAY, let open tunnels finish, close after `deadline`."""
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.h2.close(ErrorCode.NO_ERROR)
+        self._flush()
+        end = time.monotonic() + deadline
+        while self.streams and time.monotonic() < end:
+            await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        self._flush()
+        self.transport.close()
+        await asyncio.shield(self.closed)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.h2.close(ErrorCode.NO_ERROR)
+            self._flush()
+            self.transport.close()
+
+    @property
+    def usable(self) -> bool:
+        """Can carry a new tunnel (pool): connected, no GOAWAY either way, no error."""
+        return (self.transport is not None and not self.transport.is_closing() and not self.goaway
+                and not self.h2.goaway_sent and not self.h2.terminated and self.error is None)
+
+    # ----------------------------------------------------------------- internal
+
+    def _extra(self) -> dict:
+        t = self.transport
+        return {"peername": t.get_extra_info("peername") if t else None,
+                "sockname": t.get_extra_info("sockname") if t else None,
+                "peer_identity": self.peer_identity}
+
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._write_paused or self.transport is None or self.transport.is_closing():
+            return
+        data = self.h2.data_to_send()
+        if data:
+            self.transport.write(data)
+
+    def _wake_blocked(self) -> None:
+        blocked, self._blocked = self._blocked, set()
+        for sid in blocked:
+            stream = self.streams.get(sid)
+            if stream is not None:
+                stream._on_window()
+
+    def _keepalive(self) -> None:
+        now = time.monotonic()
+        if self.transport is None or self.transport.is_closing():
+            return
+        if self._ping_deadline is not None and now >= self._ping_deadline:
+            log.warning("HBONE peer %s did not answer PING within %.0f s: closing",
+                        self.peer_identity, self._keepalive_timeout)
+            self.error = TimeoutError("keepalive PING not acknowledged")
+            if self.on_goaway is not None:
+                self.on_goaway(self)
+            self.transport.abort()
+            return
+        if self._ping_deadline is None and now - self._last_receive >= self._keepalive_interval:
+            self.h2.ping()
+            self._ping_deadline = now + self._keepalive_timeout
+            self._flush()
+        wait = self._keepalive_interval if self._ping_deadline is None else \
+            min(self._keepalive_interval, max(0.01, self._ping_deadline - now))
+        self._timer = asyncio.get_running_loop().call_later(wait, self._keepalive)

@@ -1,0 +1,232 @@
+"""The HBONE server: mTLS listener, CONNECT handling, authorization hook, and the
+default handler that relays a tunnel to the TCP address it names."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from meshcore.aio.connection import HboneConnection
+from meshcore.aio.splice import Splice
+from meshcore.errors import IdentityError
+from meshcore.identity.tls import handshake_error, verify_client
+
+log = logging.getLogger("meshcore.hbone")
+
+HANDSHAKE_TIMEOUT = 10.0
+CONNECT_TIMEOUT = 10.0      # HBONE.md 3: upstream connect timeout
+
+
+def parse_authority(text: str) -> tuple[str, int]:
+    """"10.0.0.7:8080" or "[fd00::7]:8080" (or "svc.ns.svc:80") -> (host, port)."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"authority {text!r}: IPv6 must be written [addr]:port")
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or ":" in host:
+            raise ValueError(f"authority {text!r} is not host:port")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"authority {text!r} has no valid port")
+    return host, int(port)
+
+
+@dataclass
+class TunnelRequest:
+    """A CONNECT the server must answer: accept() with a protocol, or refuse()."""
+    connection: HboneConnection
+    stream_id: int
+    method: str
+    authority: str
+    headers: list
+    host: str = ""
+    port: int = 0
+    answered: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def peer_identity(self):
+        return self.connection.peer_identity
+
+    @property
+    def peer_address(self):
+        return self.connection.transport.get_extra_info("peername")
+
+    @property
+    def local_address(self):
+        return self.connection.transport.get_extra_info("sockname")
+
+    def header(self, name: bytes) -> bytes | None:
+        return next((v for n, v in self.headers if n == name), None)
+
+    def accept(self, protocol: asyncio.BaseProtocol, headers=()):
+        self.answered = True
+        return self.connection.accept_stream(self.stream_id, protocol, headers)
+
+    def refuse(self, status: int) -> None:
+        self.answered = True
+        self.connection.refuse_stream(self.stream_id, status)
+
+
+Handler = Callable[[TunnelRequest], Awaitable[None]]
+
+
+async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    """Default handler: dial the authority; 200 and relay once connected, 503 if not."""
+    splice = Splice()
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: splice.b, request.host, request.port),
+                               connect_timeout)
+    except (OSError, asyncio.TimeoutError) as exc:
+        log.info("tunnel %s from %s: upstream %s unreachable: %s", request.stream_id,
+                 request.peer_identity, request.authority, exc or type(exc).__name__)
+        request.refuse(503)
+        return
+    request.accept(splice.a)
+    await splice.done
+
+
+class _Acceptor(asyncio.Protocol):
+    """Raw TCP until the TLS handshake (run by the server) takes the socket over."""
+
+    def __init__(self, server: "HboneServer"):
+        self.server = server
+
+    def connection_made(self, transport) -> None:
+        transport.pause_reading()
+        self.server._spawn(self.server._handshake(transport))
+
+    def connection_lost(self, exc) -> None:
+        pass
+
+
+class HboneServer:
+    """Accept HBONE tunnels: mTLS (client certificate of our trust domain required),
+    then for each CONNECT: method and authority checked (400), `authorize(request)`
+    consulted (401), and `handler(request)` run to accept or refuse it."""
+
+    def __init__(self, context: ssl.SSLContext | Callable, trust_domain: str, *,
+                 handler: Handler = relay_to_authority, authorize: Callable | None = None,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, **connection_options):
+        self._context_for = context if callable(context) else (lambda sockname: context)
+        self.trust_domain = trust_domain
+        self.handler, self.authorize = handler, authorize
+        self.handshake_timeout = handshake_timeout
+        self.connection_options = connection_options
+        self.connections: set[HboneConnection] = set()
+        self._tasks: set[asyncio.Task] = set()
+        self._pending: dict[tuple[int, int], asyncio.Task] = {}
+        self._server: asyncio.AbstractServer | None = None
+        self.stats = {"accepted": 0, "refused": 0, "denied": 0, "handshake_failed": 0}
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, **kwargs) -> "HboneServer":
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Acceptor(self), host, port, **kwargs)
+        return self
+
+    @property
+    def address(self) -> tuple:
+        return self._server.sockets[0].getsockname()[:2]
+
+    async def close(self, drain_deadline: float = 5.0) -> None:
+        """Stop listening, GOAWAY every connection, wait up to the deadline."""
+        if self._server is not None:
+            self._server.close()
+        await asyncio.gather(*(c.drain(drain_deadline) for c in list(self.connections)),
+                             return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _handshake(self, raw: asyncio.Transport) -> None:
+        peer = raw.get_extra_info("peername")
+        conn = HboneConnection(client=False, on_request=self._on_request,
+                               verify=lambda obj: verify_client(obj, self.trust_domain, peer),
+                               **self.connection_options)
+        conn.on_request_reset = self._on_request_reset
+        try:
+            ctx = self._context_for(raw.get_extra_info("sockname"))
+            tls = await asyncio.get_running_loop().start_tls(
+                raw, conn, ctx, server_side=True, ssl_handshake_timeout=self.handshake_timeout)
+        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError, IdentityError) as exc:
+            self.stats["handshake_failed"] += 1
+            if not isinstance(exc, IdentityError):
+                handshake_error(exc, peer)        # logged and counted by reason
+            raw.abort()
+            return
+        conn.connection_made(tls)
+        if conn.error is not None:                # identity refused by verify_client
+            self.stats["handshake_failed"] += 1
+            return
+        self.connections.add(conn)
+        conn.closed.add_done_callback(lambda _: self.connections.discard(conn))
+
+    def _on_request(self, conn: HboneConnection, event) -> None:
+        request = TunnelRequest(conn, event.stream_id, event.method, event.authority, event.headers)
+        if event.method != "CONNECT":
+            self.stats["refused"] += 1
+            request.refuse(400)
+            return
+        try:
+            request.host, request.port = parse_authority(event.authority)
+        except ValueError as exc:
+            log.info("tunnel %s refused: %s", event.stream_id, exc)
+            self.stats["refused"] += 1
+            request.refuse(400)
+            return
+        key = (id(conn), event.stream_id)
+        task = self._spawn(self._serve(request))
+        self._pending[key] = task
+        task.add_done_callback(lambda _: self._pending.pop(key, None))
+
+    def _on_request_reset(self, conn: HboneConnection, stream_id: int) -> None:
+        # the peer gave up (or rapid-reset us): cancel the upstream dial
+        task = self._pending.pop((id(conn), stream_id), None)
+        if task is not None:
+            task.cancel()
+
+    async def _serve(self, request: TunnelRequest) -> None:
+        try:
+            if self.authorize is not None:
+                verdict = self.authorize(request)
+                if asyncio.iscoroutine(verdict):
+                    verdict = await verdict
+                allowed = verdict if isinstance(verdict, bool) else bool(getattr(verdict, "allowed", verdict))
+                if not allowed:
+                    self.stats["denied"] += 1
+                    log.info("tunnel to %s from %s denied: %s", request.authority, request.peer_identity,
+                             getattr(verdict, "reason", "authorization hook said no"))
+                    request.refuse(401)
+                    return
+            await self.handler(request)
+            if request.answered:
+                self.stats["accepted"] += 1
+            else:
+                request.refuse(503)
+        except asyncio.CancelledError:
+            if not request.answered:
+                request.refuse(503)
+            raise
+        except Exception:
+            log.exception("tunnel handler failed for %s", request.authority)
+            if not request.answered:
+                request.refuse(503)

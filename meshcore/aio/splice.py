@@ -1,0 +1,100 @@
+"""Copy bytes between two asyncio transports in both directions, with backpressure,
+half-close and abort semantics of HBONE.md section 4.
+
+Each side is a small Protocol that forwards to the other side's transport:
+- data flows straight through; when one side's write buffer is full (pause_writing),
+  the other side stops reading, so nothing accumulates beyond one read or one window;
+- EOF on one side becomes write_eof() on the other (half-close);
+- the splice closes once both directions are done;
+- a side lost with an error aborts the other: a TCP socket with RST (SO_LINGER 0),
+  an HBONE stream with RST_STREAM — never a clean close that would look complete.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+from meshcore.aio.stream import StreamTransport
+from meshcore.errors import ErrorCode
+
+
+def abort_with_rst(transport: asyncio.BaseTransport) -> None:
+    """Abort so that the peer sees a reset, not an orderly end of data."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            pass
+    transport.abort()
+
+
+class _Side(asyncio.Protocol):
+    def __init__(self, splice: "Splice", name: str):
+        self.splice, self.name = splice, name
+        self.transport: asyncio.Transport | None = None
+        self.peer: "_Side | None" = None
+        self.eof = False            # this side will send no more
+        self.lost = False
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        # nothing may flow until both sides exist (an upstream can speak first)
+        if self.peer.transport is None:
+            transport.pause_reading()
+        else:
+            self.peer.transport.resume_reading()
+
+    def data_received(self, data) -> None:
+        self.splice.bytes[self.name] += len(data)
+        self.peer.transport.write(data)
+
+    def eof_received(self):
+        self.eof = True
+        if not self.peer.lost and self.peer.transport.can_write_eof():
+            self.peer.transport.write_eof()
+        self.splice._maybe_done()
+        return True                 # keep the other direction open
+
+    def pause_writing(self) -> None:
+        if self.peer.transport is not None:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer.transport is not None and not self.peer.lost:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc) -> None:
+        self.lost = True
+        self.splice._side_lost(self, exc)
+
+
+class Splice:
+    """Two sides, `a` and `b`; connect each to its transport (`a.connection_made(t)`)."""
+
+    def __init__(self):
+        self.a, self.b = _Side(self, "a"), _Side(self, "b")
+        self.a.peer, self.b.peer = self.b, self.a
+        self.bytes = {"a": 0, "b": 0}
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def _maybe_done(self) -> None:
+        if self.a.eof and self.b.eof:
+            for side in (self.a, self.b):
+                if not side.lost:
+                    side.transport.close()
+
+    def _side_lost(self, side: _Side, exc) -> None:
+        other = side.peer
+        if not other.lost and other.transport is not None:
+            if exc is not None or not side.eof:
+                # the other side must learn this direction did not complete
+                if isinstance(other.transport, StreamTransport):
+                    other.transport.abort(ErrorCode.CONNECT_ERROR if exc is not None else ErrorCode.CANCEL)
+                else:
+                    abort_with_rst(other.transport)
+            else:
+                other.transport.close()
+        if self.a.lost and self.b.lost and not self.done.done():
+            self.done.set_result(self.bytes)
