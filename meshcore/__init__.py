@@ -26,9 +26,12 @@ from meshcore.errors import (
     WindowExceededError,
 )
 
+from meshcore.mesh import Mesh  # noqa: E402  (after the core, which it builds on)
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "Mesh",
     "H2Connection",
     "events",
     "ErrorCode",

@@ -12,8 +12,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from meshcore import H2Connection
-from meshcore import events as ev
+from meshcore._core import events as ev
+from meshcore._core.h2conn import H2Connection
 from meshcore.aio.stream import StreamTransport
 from meshcore.errors import ErrorCode, TunnelError, error_code_name
 

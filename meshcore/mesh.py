@@ -1,0 +1,106 @@
+"""meshcore inside your process: open and accept HBONE tunnels from asyncio code,
+with no proxy and no extra hop.
+
+    async with Mesh(identity, store) as mesh:
+        reader, writer = await mesh.open_tunnel("10.0.0.7", 8080, expected=peer_identity)
+        server = await mesh.serve(handler, port=15008, authorize=policy_check)
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable, Iterable
+
+from meshcore.aio.client import dial
+from meshcore.aio.pool import HbonePool, PoolKey
+from meshcore.aio.server import HboneServer, TunnelRequest
+from meshcore.identity.spiffe import SpiffeId
+from meshcore.identity.store import CertificateStore, FileCredentials
+
+HBONE_PORT = 15008
+
+
+def traceparent() -> bytes:
+    """W3C trace context for one tunnel (HBONE.md 2): version 00, random ids, not sampled."""
+    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00".encode()
+
+
+class Mesh:
+    """One workload identity joining the mesh from this process."""
+
+    def __init__(self, identity: SpiffeId, store: CertificateStore, *, max_streams: int = 100,
+                 idle_timeout: float = 300.0, **connection_options):
+        self.identity = identity
+        self.store = store
+        self.connection_options = connection_options
+        self.pool = HbonePool(self._connect, max_streams=max_streams, idle_timeout=idle_timeout)
+        self.servers: list[HboneServer] = []
+
+    @classmethod
+    def from_directory(cls, directory, **kwargs) -> "Mesh":
+        """Credentials written by cert-manager, a SPIRE agent or `meshcore ca issue`."""
+        files = FileCredentials.from_directory(directory)
+        return cls(files.credentials.identity, CertificateStore(files), **kwargs)
+
+    async def _connect(self, key: PoolKey):
+        host, port = key.destination
+        return await dial(host, port, self.store.client_context(self.identity), key.expected,
+                          local_addr=(key.source_ip, 0) if key.source_ip else None,
+                          **self.connection_options)
+
+    async def open_tunnel_protocol(self, address: str, port: int, expected, protocol_factory: Callable,
+                                   *, via: tuple[str, int] | None = None, headers: Iterable = ()):
+        """Tunnel to `address:port` through the HBONE server at `via` (default: the
+        destination's own node, address:15008) whose identity is one of `expected`."""
+        expected = (expected,) if isinstance(expected, SpiffeId) else tuple(expected)
+        via = via or (address, HBONE_PORT)
+        authority = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+        key = PoolKey(self.identity, expected, tuple(via))
+        return await self.pool.open_stream(key, authority, protocol_factory,
+                                           [(b"traceparent", traceparent()), *headers])
+
+    async def open_tunnel(self, address: str, port: int, expected, *, via=None, headers: Iterable = (),
+                          limit: int = 2 ** 16):
+        """Like asyncio.open_connection, through an mTLS HBONE tunnel: (reader, writer).
+        Raises TunnelError(status) when the far end refuses (401 denied, 503 unreachable)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        transport, protocol = await self.open_tunnel_protocol(
+            address, port, expected, lambda: asyncio.StreamReaderProtocol(reader, loop=loop),
+            via=via, headers=headers)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def serve(self, handler: Callable[..., Awaitable[None]], host: str = "0.0.0.0",
+                    port: int = HBONE_PORT, *, authorize: Callable | None = None) -> HboneServer:
+        """Accept tunnels for this identity: `handler(reader, writer, request)` runs for
+        each CONNECT that `authorize(request)` (optional; bool or a policy Decision)
+        lets through. The tunnel is answered 200 before the handler runs."""
+        loop = asyncio.get_running_loop()
+
+        async def accept(request: TunnelRequest) -> None:
+            reader = asyncio.StreamReader(loop=loop)
+            protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+            transport = request.accept(protocol)
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            try:
+                await handler(reader, writer, request)
+            finally:
+                if not transport.is_closing():
+                    writer.close()
+
+        server = HboneServer(lambda sockname: self.store.server_context(self.identity),
+                             self.identity.trust_domain, handler=accept, authorize=authorize,
+                             **self.connection_options)
+        await server.start(host, port)
+        self.servers.append(server)
+        return server
+
+    async def close(self) -> None:
+        await asyncio.gather(*(s.close() for s in self.servers), return_exceptions=True)
+        await self.pool.close()
+
+    async def __aenter__(self) -> "Mesh":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
