@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.splice import Splice
-from meshcore.errors import IdentityError
 from meshcore.identity.tls import handshake_error, verify_client
 
 log = logging.getLogger("meshcore.hbone")
@@ -92,20 +92,6 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
     await splice.done
 
 
-class _Acceptor(asyncio.Protocol):
-    """Raw TCP until the TLS handshake (run by the server) takes the socket over."""
-
-    def __init__(self, server: "HboneServer"):
-        self.server = server
-
-    def connection_made(self, transport) -> None:
-        transport.pause_reading()
-        self.server._spawn(self.server._handshake(transport))
-
-    def connection_lost(self, exc) -> None:
-        pass
-
-
 class HboneServer:
     """Accept HBONE tunnels: mTLS (client certificate of our trust domain required),
     then for each CONNECT: method and authority checked (400), `authorize(request)`
@@ -122,28 +108,52 @@ class HboneServer:
         self.connections: set[HboneConnection] = set()
         self._tasks: set[asyncio.Task] = set()
         self._pending: dict[tuple[int, int], asyncio.Task] = {}
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: socket.socket | None = None
+        self._accepting: asyncio.Task | None = None
         self.stats = {"accepted": 0, "refused": 0, "denied": 0, "handshake_failed": 0}
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, **kwargs) -> "HboneServer":
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Acceptor(self), host, port, **kwargs)
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024) -> "HboneServer":
+        """Listen. Sockets are accepted here and handed to connect_accepted_socket()
+        with the context for their local address: per-destination certificates, and
+        handshake failures that are ours to log and count (on asyncio and uvloop)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+        self._listener = sock
+        self._accepting = self._spawn(self._accept_loop(sock))
         return self
 
     @property
     def address(self) -> tuple:
-        return self._server.sockets[0].getsockname()[:2]
+        return self._listener.getsockname()[:2]
 
     async def close(self, drain_deadline: float = 5.0) -> None:
         """Stop listening, GOAWAY every connection, wait up to the deadline."""
-        if self._server is not None:
-            self._server.close()
+        if self._accepting is not None:
+            self._accepting.cancel()
+            self._accepting = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
         await asyncio.gather(*(c.drain(drain_deadline) for c in list(self.connections)),
                              return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
-        if self._server is not None:
-            await self._server.wait_closed()
+
+    async def _accept_loop(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:          # EMFILE and friends: do not spin
+                log.warning("accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._spawn(self._handshake(sock))
 
     async def __aenter__(self):
         return self
@@ -157,24 +167,22 @@ class HboneServer:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    async def _handshake(self, raw: asyncio.Transport) -> None:
-        peer = raw.get_extra_info("peername")
+    async def _handshake(self, sock: socket.socket) -> None:
+        peer = sock.getpeername()
         conn = HboneConnection(client=False, on_request=self._on_request,
                                verify=lambda obj: verify_client(obj, self.trust_domain, peer),
                                **self.connection_options)
         conn.on_request_reset = self._on_request_reset
         try:
-            ctx = self._context_for(raw.get_extra_info("sockname"))
-            tls = await asyncio.get_running_loop().start_tls(
-                raw, conn, ctx, server_side=True, ssl_handshake_timeout=self.handshake_timeout)
-        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError, IdentityError) as exc:
+            ctx = self._context_for(sock.getsockname())
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: conn, sock, ssl=ctx, ssl_handshake_timeout=self.handshake_timeout)
+        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
             self.stats["handshake_failed"] += 1
-            if not isinstance(exc, IdentityError):
-                handshake_error(exc, peer)        # logged and counted by reason
-            raw.abort()
+            handshake_error(exc, peer)             # logged and counted by reason
+            sock.close()
             return
-        conn.connection_made(tls)
-        if conn.error is not None:                # identity refused by verify_client
+        if conn.error is not None:                 # identity refused by verify_client
             self.stats["handshake_failed"] += 1
             return
         self.connections.add(conn)

@@ -37,20 +37,40 @@ class _Side(asyncio.Protocol):
         self.peer: "_Side | None" = None
         self.eof = False            # this side will send no more
         self.lost = False
+        self._early: list = []      # received before the other side existed
+        self._early_eof = False
 
     def connection_made(self, transport) -> None:
+        # Nothing may be lost while the other side does not exist yet (an upstream can
+        # speak before the tunnel is accepted). Pausing here is not enough: uvloop
+        # starts reading after connection_made() returns, so early data is held.
         self.transport = transport
-        # nothing may flow until both sides exist (an upstream can speak first)
-        if self.peer.transport is None:
-            transport.pause_reading()
-        else:
-            self.peer.transport.resume_reading()
+        if self.peer.transport is not None:
+            self.peer._release_early()
+            self._release_early()
+
+    def _release_early(self) -> None:
+        early, self._early = self._early, []
+        for data in early:
+            self.peer.transport.write(data)
+        if self._early_eof:
+            self._early_eof = False
+            self.eof_received()
+        if early:
+            self.transport.resume_reading()
 
     def data_received(self, data) -> None:
         self.splice.bytes[self.name] += len(data)
+        if self.peer.transport is None:
+            self._early.append(bytes(data))
+            self.transport.pause_reading()
+            return
         self.peer.transport.write(data)
 
     def eof_received(self):
+        if self.peer.transport is None:
+            self._early_eof = True
+            return True
         self.eof = True
         if not self.peer.lost and self.peer.transport.can_write_eof():
             self.peer.transport.write_eof()

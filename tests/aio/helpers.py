@@ -1,0 +1,53 @@
+"""Loopback workloads for transport tests."""
+import asyncio
+import hashlib
+
+
+async def tcp_echo_server():
+    """Echoes; half-closes when the client does."""
+    async def echo(reader, writer):
+        try:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+            await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+    return await asyncio.start_server(echo, "127.0.0.1", 0)
+
+
+async def tcp_talker_server(payload: bytes, events: list):
+    """Sends `payload` first and half-closes, then reads until EOF; records what happened."""
+    async def talk(reader, writer):
+        writer.write(payload)
+        writer.write_eof()
+        try:
+            got = await reader.read()
+            events.append(("received", len(got), hashlib.sha256(got).hexdigest()))
+        except ConnectionResetError:
+            events.append(("reset",))
+        writer.close()
+    return await asyncio.start_server(talk, "127.0.0.1", 0)
+
+
+def port_of(server):
+    return server.sockets[0].getsockname()[1]
+
+
+async def exchange(reader, writer, payload: bytes):
+    """Write payload and half-close while reading everything back: (bytes, sha256)."""
+    async def send():
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+    sender = asyncio.ensure_future(send())
+    h = hashlib.sha256()
+    n = 0
+    while data := await reader.read(1 << 16):
+        h.update(data)
+        n += len(data)
+    await sender
+    return n, h.hexdigest()
