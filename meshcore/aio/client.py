@@ -31,4 +31,11 @@ async def dial(host: str, port: int, context: ssl.SSLContext, expected, *,
         raise handshake_error(exc, peer) from None
     if conn.error is not None:
         raise conn.error
+    # the server's SETTINGS follow its handshake at once; with them the pool knows the
+    # real stream limit before it puts more than the server allows on this connection
+    try:
+        await asyncio.wait_for(asyncio.shield(conn.settings_received), handshake_timeout)
+    except (asyncio.TimeoutError, ConnectionError) as exc:
+        conn.transport.abort()
+        raise ConnectionError(f"HBONE server {peer} sent no SETTINGS: {exc!r}") from None
     return conn

@@ -42,6 +42,7 @@ class HboneConnection(asyncio.Protocol):
         self._write_paused = False
         self._blocked: set[int] = set()         # streams waiting for window or for the transport
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.settings_received: asyncio.Future = asyncio.get_running_loop().create_future()
         self.error: BaseException | None = None
         self.goaway = False
         self.on_goaway: Callable | None = None          # pool hooks
@@ -91,6 +92,9 @@ class HboneConnection(asyncio.Protocol):
         self._opening.clear()
         if not self.closed.done():
             self.closed.set_result(exc)
+        if not self.settings_received.done():
+            self.settings_received.set_exception(ConnectionResetError("closed before SETTINGS"))
+            self.settings_received.exception()
 
     def pause_writing(self) -> None:
         # the peer does not read: stop producing (streams stall on their windows and
@@ -138,6 +142,8 @@ class HboneConnection(asyncio.Protocol):
         elif kind is ev.PingAcknowledged:
             self._ping_deadline = None
         elif kind is ev.SettingsChanged:
+            if not self.settings_received.done():
+                self.settings_received.set_result(e.changed)
             if self.on_settings is not None:
                 self.on_settings(self)
 
