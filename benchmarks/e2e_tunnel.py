@@ -37,75 +37,58 @@ def _stores(ca_dir: str):
             SpiffeId("cluster.local", "bench", "server"))
 
 
-async def _serve_tcp(handler, port: int):
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(handler, "127.0.0.1", port)
-    return server
+def _relay_factory(dial):
+    """Listener protocol factory: each accepted connection is spliced to a connection
+    that `dial(protocol_factory)` opens for it (closed if that fails)."""
+    from meshcore.aio import Splice
+
+    def factory():
+        splice = Splice()
+        made = splice.a.connection_made
+
+        def connection_made(transport):
+            made(transport)
+
+            async def connect():
+                try:
+                    await dial(lambda: splice.b)
+                except Exception:
+                    transport.abort()
+            asyncio.get_running_loop().create_task(connect())
+        splice.a.connection_made = connection_made
+        return splice.a
+    return factory
 
 
 async def run_proxy(role: str, mode: str, listen: int, target: int, ca_dir: str) -> None:
-    from meshcore.aio import HboneServer, Splice
+    from meshcore.aio import HboneServer
     store, client_id, server_id = _stores(ca_dir)
     loop = asyncio.get_running_loop()
+    peer = ("127.0.0.1", target + 1000)          # where the inbound proxy listens
     if mode == "meshcore" and role == "inbound":
         server = HboneServer(store.server_context(server_id), "cluster.local")
         await server.start("127.0.0.1", listen)
     elif mode == "meshcore":
         from meshcore import Mesh
         mesh = Mesh(client_id, store)
-
-        def factory():
-            splice = Splice()
-
-            async def connect(tcp_transport):
-                try:
-                    await mesh.open_tunnel_protocol("127.0.0.1", target, server_id,
-                                                    lambda: splice.b, via=("127.0.0.1", target + 1000))
-                except Exception:
-                    tcp_transport.abort()
-            side = splice.a
-            orig = side.connection_made
-
-            def made(transport):
-                orig(transport)
-                loop.create_task(connect(transport))
-            side.connection_made = made
-            return side
-        await _serve_tcp(factory, listen)
+        await loop.create_server(_relay_factory(
+            lambda proto: mesh.open_tunnel_protocol("127.0.0.1", target, server_id, proto, via=peer)),
+            "127.0.0.1", listen)
+    elif mode == "tls" and role == "inbound":
+        await loop.create_server(_relay_factory(
+            lambda proto: loop.create_connection(proto, "127.0.0.1", target)),
+            "127.0.0.1", listen, ssl=store.server_context(server_id))
     elif mode == "tls":
-        if role == "inbound":
-            ctx = store.server_context(server_id)
-
-            def factory():
-                splice = Splice()
-                orig = splice.a.connection_made
-
-                def made(transport):
-                    orig(transport)
-                    loop.create_task(loop.create_connection(lambda: splice.b, "127.0.0.1", target))
-                splice.a.connection_made = made
-                return splice.a
-            await loop.create_server(factory, "127.0.0.1", listen, ssl=ctx)
-        else:
-            ctx = store.client_context(client_id)
-
-            def factory():
-                splice = Splice()
-                orig = splice.a.connection_made
-
-                def made(transport):
-                    orig(transport)
-                    loop.create_task(loop.create_connection(lambda: splice.b, "127.0.0.1", target + 1000,
-                                                            ssl=ctx, server_hostname=""))
-                splice.a.connection_made = made
-                return splice.a
-            await _serve_tcp(factory, listen)
+        ctx = store.client_context(client_id)
+        await loop.create_server(_relay_factory(
+            lambda proto: loop.create_connection(proto, *peer, ssl=ctx, server_hostname="")),
+            "127.0.0.1", listen)
     elif mode == "h2":
         import h2proxy
         if role == "inbound":
             await h2proxy.inbound(store.server_context(server_id), listen, target)
         else:
-            await h2proxy.outbound(store.client_context(client_id), listen, target + 1000, target)
+            await h2proxy.outbound(store.client_context(client_id), listen, peer[1], target)
     print("ready", flush=True)
     await asyncio.Event().wait()
 
