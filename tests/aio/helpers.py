@@ -1,5 +1,6 @@
 """Loopback workloads for transport tests."""
 import asyncio
+import contextlib
 import hashlib
 
 
@@ -51,3 +52,23 @@ async def exchange(reader, writer, payload: bytes):
         n += len(data)
     await sender
     return n, h.hexdigest()
+
+
+@contextlib.asynccontextmanager
+async def relay_setup(ca, server_options=None, mesh_options=None):
+    """A TCP echo upstream, an HboneServer relaying to it (as SERVER), and a client
+    Mesh (as CLIENT): (server, echo, mesh)."""
+    from meshcore import Mesh
+    from meshcore.aio import HboneServer
+    from meshcore.identity import CertificateStore
+    from conftest import CLIENT, SERVER
+
+    echo = await tcp_echo_server()
+    try:
+        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local",
+                               **(server_options or {})) as server:
+            await server.start()
+            async with Mesh(CLIENT, CertificateStore(ca), **(mesh_options or {})) as mesh:
+                yield server, echo, mesh
+    finally:
+        echo.close()

@@ -13,7 +13,7 @@ from meshcore.identity import CertificateStore
 
 from conftest import CLIENT, SERVER
 from h2hbone import H2TunnelClient, h2_client, h2_echo_server
-from helpers import exchange, port_of, tcp_echo_server, tcp_talker_server
+from helpers import exchange, port_of, relay_setup, tcp_echo_server, tcp_talker_server
 
 
 def test_our_client_against_h2_server(run, ca):
@@ -86,20 +86,16 @@ def test_half_close_from_the_server_side(run, ca):
 
 def test_upstream_refused_is_503_and_others_continue(run, ca):
     async def scenario():
-        echo = await tcp_echo_server()
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            async with Mesh(CLIENT, CertificateStore(ca)) as mesh:
-                r, w = await mesh.open_tunnel("127.0.0.1", port_of(echo), SERVER, via=server.address)
-                w.write(b"before")
-                assert await r.readexactly(6) == b"before"
-                with pytest.raises(TunnelError) as info:
-                    await mesh.open_tunnel("127.0.0.1", 1, SERVER, via=server.address)
-                assert info.value.status == 503
-                w.write(b"after")                      # the other tunnel is undisturbed
-                assert await r.readexactly(5) == b"after"
-                w.close()
-        echo.close()
+        async with relay_setup(ca) as (server, echo, mesh):
+            r, w = await mesh.open_tunnel("127.0.0.1", port_of(echo), SERVER, via=server.address)
+            w.write(b"before")
+            assert await r.readexactly(6) == b"before"
+            with pytest.raises(TunnelError) as info:
+                await mesh.open_tunnel("127.0.0.1", 1, SERVER, via=server.address)
+            assert info.value.status == 503
+            w.write(b"after")                      # the other tunnel is undisturbed
+            assert await r.readexactly(5) == b"after"
+            w.close()
     run(scenario())
 
 

@@ -12,7 +12,7 @@ from meshcore.aio import HboneServer, dial
 from meshcore.identity import CertificateStore
 
 from conftest import CLIENT, SERVER
-from helpers import exchange, port_of, tcp_echo_server
+from helpers import exchange, port_of, relay_setup, tcp_echo_server
 
 
 async def open_echo(mesh, server, echo):
@@ -21,94 +21,73 @@ async def open_echo(mesh, server, echo):
 
 def test_burst_of_200_opens_dials_once(run, ca):
     async def scenario():
-        echo = await tcp_echo_server()
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            async with Mesh(CLIENT, CertificateStore(ca), max_streams=200) as mesh:
-                pairs = await asyncio.gather(*(open_echo(mesh, server, echo) for _ in range(200)))
-                assert mesh.pool.dials == 1 and len(server.connections) == 1
-                results = await asyncio.gather(*(exchange(r, w, b"%d" % i) for i, (r, w) in enumerate(pairs)))
-                assert results == [(len(b"%d" % i), hashlib.sha256(b"%d" % i).hexdigest()) for i in range(200)]
-        echo.close()
+        async with relay_setup(ca, mesh_options={"max_streams": 200}) as (server, echo, mesh):
+            pairs = await asyncio.gather(*(open_echo(mesh, server, echo) for _ in range(200)))
+            assert mesh.pool.dials == 1 and len(server.connections) == 1
+            results = await asyncio.gather(*(exchange(r, w, b"%d" % i) for i, (r, w) in enumerate(pairs)))
+            assert results == [(len(b"%d" % i), hashlib.sha256(b"%d" % i).hexdigest()) for i in range(200)]
     run(scenario())
 
 
 def test_stream_limit_opens_a_second_connection(run, ca):
     async def scenario():
-        echo = await tcp_echo_server()
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            async with Mesh(CLIENT, CertificateStore(ca), max_streams=5) as mesh:
-                pairs = await asyncio.gather(*(open_echo(mesh, server, echo) for _ in range(6)))
-                assert mesh.pool.dials == 2
-                for r, w in pairs:
-                    w.close()
-        echo.close()
+        async with relay_setup(ca, mesh_options={"max_streams": 5}) as (server, echo, mesh):
+            pairs = await asyncio.gather(*(open_echo(mesh, server, echo) for _ in range(6)))
+            assert mesh.pool.dials == 2
+            for r, w in pairs:
+                w.close()
     run(scenario())
 
 
 def test_peer_stream_limit_is_respected(run, ca):
     """The server advertises 3 concurrent streams: the 4th tunnel goes on a new connection."""
     async def scenario():
-        echo = await tcp_echo_server()
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local",
-                               max_concurrent_streams=3) as server:
-            await server.start()
-            async with Mesh(CLIENT, CertificateStore(ca)) as mesh:
-                pairs = await asyncio.gather(*(open_echo(mesh, server, echo) for _ in range(4)))
-                assert mesh.pool.dials == 2
-                for r, w in pairs:
-                    w.write(b"ok")
-                    assert await r.readexactly(2) == b"ok"
-        echo.close()
+        async with relay_setup(ca, server_options={"max_concurrent_streams": 3}) as (server, echo, mesh):
+            pairs = await asyncio.gather(*(open_echo(mesh, server, echo) for _ in range(4)))
+            assert mesh.pool.dials == 2
+            for r, w in pairs:
+                w.write(b"ok")
+                assert await r.readexactly(2) == b"ok"
     run(scenario())
 
 
 def test_goaway_sends_new_streams_to_a_new_connection(run, ca):
     async def scenario():
-        echo = await tcp_echo_server()
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            async with Mesh(CLIENT, CertificateStore(ca)) as mesh:
-                r1, w1 = await open_echo(mesh, server, echo)
-                (first,) = server.connections
-                draining = asyncio.ensure_future(first.drain(deadline=30))
-                for _ in range(100):
-                    if mesh.pool.connections[0].goaway:
-                        break
-                    await asyncio.sleep(0.01)
-                r2, w2 = await open_echo(mesh, server, echo)
-                assert mesh.pool.dials == 2
-                w1.write(b"old stream")               # the old stream still finishes
-                assert await r1.readexactly(10) == b"old stream"
-                w1.write_eof()
-                assert await r1.read() == b""
-                await asyncio.wait_for(draining, 5)   # drain ends once its stream is done
-                w2.write(b"new")
-                assert await r2.readexactly(3) == b"new"
-                w2.close()
-        echo.close()
+        async with relay_setup(ca) as (server, echo, mesh):
+            r1, w1 = await open_echo(mesh, server, echo)
+            (first,) = server.connections
+            draining = asyncio.ensure_future(first.drain(deadline=30))
+            for _ in range(100):
+                if mesh.pool.connections[0].goaway:
+                    break
+                await asyncio.sleep(0.01)
+            r2, w2 = await open_echo(mesh, server, echo)
+            assert mesh.pool.dials == 2
+            w1.write(b"old stream")               # the old stream still finishes
+            assert await r1.readexactly(10) == b"old stream"
+            w1.write_eof()
+            assert await r1.read() == b""
+            await asyncio.wait_for(draining, 5)   # drain ends once its stream is done
+            w2.write(b"new")
+            assert await r2.readexactly(3) == b"new"
+            w2.close()
     run(scenario())
 
 
 def test_idle_connections_are_released(run, ca):
     async def scenario():
-        echo = await tcp_echo_server()
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            async with Mesh(CLIENT, CertificateStore(ca), idle_timeout=0.2) as mesh:
-                r, w = await open_echo(mesh, server, echo)
-                await exchange(r, w, b"x")
-                assert len(mesh.pool.connections) == 1
-                for _ in range(100):
-                    if not mesh.pool.connections:
-                        break
-                    await asyncio.sleep(0.02)
-                assert mesh.pool.connections == []
-                r, w = await open_echo(mesh, server, echo)      # a new one on demand
-                assert await exchange(r, w, b"y") == (1, hashlib.sha256(b"y").hexdigest())
-                assert mesh.pool.dials == 2
-        echo.close()
+        async with relay_setup(ca, mesh_options={"idle_timeout": 0.2}) as (server, echo, mesh):
+            r, w = await open_echo(mesh, server, echo)
+            await exchange(r, w, b"x")
+            assert len(mesh.pool.connections) == 1
+            for _ in range(100):
+                if not mesh.pool.connections:
+                    break
+                await asyncio.sleep(0.02)
+            assert mesh.pool.connections == []
+            r, w = await open_echo(mesh, server, echo)      # a new one on demand
+            assert await exchange(r, w, b"y") == (1, hashlib.sha256(b"y").hexdigest())
+            assert mesh.pool.dials == 2
     run(scenario())
 
 
