@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from meshcore.identity import CertificateAuthority, CertificateStore, SpiffeId
+from meshcore.identity import CertificateAuthority, CertificateStore
 
 LOOPS = ["asyncio", "uvloop"]
 
@@ -34,6 +34,3 @@ def ca():
 def store(ca):
     return CertificateStore(ca)
 
-
-CLIENT = SpiffeId("cluster.local", "shop", "web")
-SERVER = SpiffeId("cluster.local", "shop", "db")

@@ -3,6 +3,13 @@ import asyncio
 import contextlib
 import hashlib
 
+from meshcore.identity import SpiffeId
+
+# the identities of the transport tests (here, not in conftest.py: several test folders
+# have a conftest module, and a bare `import conftest` finds whichever loaded first)
+CLIENT = SpiffeId("cluster.local", "shop", "web")
+SERVER = SpiffeId("cluster.local", "shop", "db")
+
 
 async def tcp_echo_server():
     """Echoes; half-closes when the client does."""
@@ -61,7 +68,6 @@ async def relay_setup(ca, server_options=None, mesh_options=None):
     from meshcore import Mesh
     from meshcore.aio import HboneServer
     from meshcore.identity import CertificateStore
-    from conftest import CLIENT, SERVER
 
     echo = await tcp_echo_server()
     try:

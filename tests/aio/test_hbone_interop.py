@@ -11,9 +11,8 @@ from meshcore.aio import HboneServer
 from meshcore.errors import ErrorCode, TunnelError
 from meshcore.identity import CertificateStore
 
-from conftest import CLIENT, SERVER
 from h2hbone import H2TunnelClient, h2_client, h2_echo_server
-from helpers import exchange, port_of, relay_setup, tcp_echo_server, tcp_talker_server
+from helpers import CLIENT, SERVER, exchange, port_of, relay_setup, tcp_echo_server, tcp_talker_server
 
 
 def test_our_client_against_h2_server(run, ca):

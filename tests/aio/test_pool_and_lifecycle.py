@@ -11,8 +11,7 @@ from meshcore import Mesh
 from meshcore.aio import HboneServer, dial
 from meshcore.identity import CertificateStore
 
-from conftest import CLIENT, SERVER
-from helpers import exchange, port_of, relay_setup, tcp_echo_server
+from helpers import CLIENT, SERVER, exchange, port_of, relay_setup, tcp_echo_server
 
 
 async def open_echo(mesh, server, echo):
