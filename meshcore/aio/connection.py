@@ -169,8 +169,7 @@ class HboneConnection(asyncio.Protocol):
         if opening is not None:
             self.streams.pop(e.stream_id, None)
             opening[0].set_exception(TunnelError(
-                f"tunnel reset before it opened ({error_code_name(e.error_code)})",
-                503 if e.error_code != ErrorCode.REFUSED_STREAM else 503))
+                f"tunnel reset before it opened ({error_code_name(e.error_code)})", 503))
             self._stream_done(e.stream_id)
             return
         stream = self.streams.get(e.stream_id)
