@@ -46,15 +46,13 @@ class HbonePool:
             conn = await self._checkout(key)
             try:
                 return await conn.open_stream(authority, protocol_factory, headers)
-            except UsageError as exc:
-                # refused before any stream existed (peer limit reached, GOAWAY seen):
-                # give the slot back and try another connection
-                if isinstance(exc, TooManyStreamsError):
-                    self.core.set_limit(id(conn), conn.h2.open_local_streams)
-                    self._release(conn)
-                else:
-                    self._release(conn)
-                    self._retire(conn)
+            # refused before any stream existed: give the slot back, try another connection
+            except TooManyStreamsError:          # the peer's limit, before we saw its SETTINGS
+                self.core.set_limit(id(conn), conn.h2.open_local_streams)
+                self._release(conn)
+            except UsageError:                   # GOAWAY seen: the connection is done
+                self._release(conn)
+                self._retire(conn)
 
     async def _checkout(self, key: PoolKey) -> HboneConnection:
         while True:

@@ -98,18 +98,13 @@ def _condition(obj, path: str) -> Match:
 def _rule(obj, path: str) -> tuple:
     F.mapping(obj, path, allowed=("from", "to", "when"))
     clauses = []
-    sources = F.sequence(obj.get("from"), f"{path}.from")
-    if sources:
-        clauses.append(tuple(
-            _match(F.mapping(s, f"{path}.from[{i}]", allowed=("source",), required=("source",))["source"],
-                   _SOURCE, f"{path}.from[{i}].source", "source")
-            for i, s in enumerate(sources)))
-    operations = F.sequence(obj.get("to"), f"{path}.to")
-    if operations:
-        clauses.append(tuple(
-            _match(F.mapping(o, f"{path}.to[{i}]", allowed=("operation",), required=("operation",))["operation"],
-                   _OPERATION, f"{path}.to[{i}].operation", "operation")
-            for i, o in enumerate(operations)))
+    for key, inner, table in (("from", "source", _SOURCE), ("to", "operation", _OPERATION)):
+        items = F.sequence(obj.get(key), f"{path}.{key}")
+        if items:       # one clause: its sources (or operations) are OR'ed
+            clauses.append(tuple(
+                _match(F.mapping(item, f"{path}.{key}[{i}]", allowed=(inner,), required=(inner,))[inner],
+                       table, f"{path}.{key}[{i}].{inner}", inner)
+                for i, item in enumerate(items)))
     for i, cond in enumerate(F.sequence(obj.get("when"), f"{path}.when")):
         clauses.append((_condition(cond, f"{path}.when[{i}]"),))
     return tuple(clauses)

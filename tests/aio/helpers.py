@@ -41,6 +41,13 @@ async def tcp_talker_server(payload: bytes, events: list):
     return await asyncio.start_server(talk, "127.0.0.1", 0)
 
 
+async def wait_until(predicate, timeout: float, interval: float = 0.01) -> None:
+    """Poll `predicate` until it holds or `timeout` passes (the caller asserts after)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate() and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(interval)
+
+
 def port_of(server):
     return server.sockets[0].getsockname()[1]
 

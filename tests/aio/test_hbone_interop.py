@@ -12,7 +12,7 @@ from meshcore.errors import ErrorCode, TunnelError
 from meshcore.identity import CertificateStore
 
 from h2hbone import H2TunnelClient, h2_client, h2_echo_server
-from helpers import CLIENT, SERVER, exchange, port_of, relay_setup, tcp_echo_server, tcp_talker_server
+from helpers import CLIENT, SERVER, wait_until, exchange, port_of, relay_setup, tcp_echo_server, tcp_talker_server
 
 
 def test_our_client_against_h2_server(run, ca):
@@ -67,17 +67,11 @@ def test_half_close_from_the_server_side(run, ca):
             client = H2TunnelClient(await h2_client(*server.address, CertificateStore(ca).client_context(CLIENT)))
             sid = client.open(f"127.0.0.1:{port_of(talker)}")
             assert await client.status[sid] == 200
-            for _ in range(100):
-                if len(client.received[sid]) == 11000:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: len(client.received[sid]) == 11000, timeout=1)
             assert bytes(client.received[sid]) == b"hello first" * 1000
             client.ep.send(sid, b"late reply", end=True)
             assert await client.ended[sid] == "end"
-            for _ in range(100):
-                if events:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: events, timeout=1)
             assert events == [("received", 10, hashlib.sha256(b"late reply").hexdigest())]
         talker.close()
     run(scenario())
@@ -161,10 +155,7 @@ def test_peer_reset_aborts_the_upstream_tcp_with_rst(run, ca):
             await asyncio.sleep(0.1)
             client.ep.conn.reset_stream(sid, ErrorCode.INTERNAL_ERROR)
             client.ep.flush()
-            for _ in range(200):
-                if events:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: events, timeout=2)
             assert events == [("reset",)]
         talker.close()
     run(scenario())
@@ -183,10 +174,7 @@ def test_connection_loss_resets_every_relayed_tcp_connection(run, ca):
                 client.ep.send(s, b"data")
             await asyncio.sleep(0.1)
             client.ep.writer.transport.abort()        # the peer vanishes
-            for _ in range(200):
-                if len(events) == 3:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: len(events) == 3, timeout=2)
             assert events == [("reset",)] * 3
         talker.close()
     run(scenario())

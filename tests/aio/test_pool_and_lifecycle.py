@@ -11,7 +11,7 @@ from meshcore import Mesh
 from meshcore.aio import HboneServer, dial
 from meshcore.identity import CertificateStore
 
-from helpers import CLIENT, SERVER, exchange, port_of, relay_setup, tcp_echo_server
+from helpers import CLIENT, SERVER, wait_until, exchange, port_of, relay_setup, tcp_echo_server
 
 
 async def open_echo(mesh, server, echo):
@@ -56,10 +56,7 @@ def test_goaway_sends_new_streams_to_a_new_connection(run, ca):
             r1, w1 = await open_echo(mesh, server, echo)
             (first,) = server.connections
             draining = asyncio.ensure_future(first.drain(deadline=30))
-            for _ in range(100):
-                if mesh.pool.connections[0].goaway:
-                    break
-                await asyncio.sleep(0.01)
+            await wait_until(lambda: mesh.pool.connections[0].goaway, timeout=1)
             r2, w2 = await open_echo(mesh, server, echo)
             assert mesh.pool.dials == 2
             w1.write(b"old stream")               # the old stream still finishes
@@ -79,10 +76,7 @@ def test_idle_connections_are_released(run, ca):
             r, w = await open_echo(mesh, server, echo)
             await exchange(r, w, b"x")
             assert len(mesh.pool.connections) == 1
-            for _ in range(100):
-                if not mesh.pool.connections:
-                    break
-                await asyncio.sleep(0.02)
+            await wait_until(lambda: not mesh.pool.connections, timeout=2)
             assert mesh.pool.connections == []
             r, w = await open_echo(mesh, server, echo)      # a new one on demand
             assert await exchange(r, w, b"y") == (1, hashlib.sha256(b"y").hexdigest())

@@ -255,6 +255,16 @@ def handshake(client, server) -> None:
         client.receive(server.out())
 
 
+def open_answered(client, server, status: int = 200, authority: str = "10.0.0.1:80") -> int:
+    """Client opens a tunnel, the server answers `status`, the client reads the answer."""
+    sid = client.open(authority)
+    for e in server.receive(client.out()):
+        if e[0] == "request":
+            server.respond(e[1], status)
+    client.receive(server.out())
+    return sid
+
+
 def random_chunker(rng: random.Random, max_chunk: int):
     def chunker(data: bytes):
         pos = 0

@@ -9,7 +9,7 @@ import random
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from peers import H2Peer, OursPeer, TunnelWorkload, random_chunker, whole
+from peers import H2Peer, OursPeer, TunnelWorkload, open_answered, random_chunker, whole
 
 PAIRS = [(OursPeer, H2Peer), (H2Peer, OursPeer), (OursPeer, OursPeer)]
 PAIR_IDS = ["meshcore-client/h2-server", "h2-client/meshcore-server", "meshcore/meshcore"]
@@ -60,11 +60,7 @@ def test_slow_consumer_holds_sender_at_the_window(client_cls, server_cls):
     """A receiver that never acknowledges caps what the sender may queue at the
     initial stream window: nothing is buffered beyond flow control."""
     client, server = client_cls(True), server_cls(False)
-    sid = client.open("10.0.0.1:80")
-    for e in server.receive(client.out()):
-        if e[0] == "request":
-            server.respond(e[1], 200)
-    client.receive(server.out())
+    sid = open_answered(client, server)
     server.receive(client.out())
     client.receive(server.out())
     sent = 0
@@ -96,11 +92,7 @@ def test_refused_tunnel_reports_status(client_cls, server_cls):
 @pytest.mark.parametrize("client_cls,server_cls", PAIRS, ids=PAIR_IDS)
 def test_reset_mid_stream_reaches_the_other_side(client_cls, server_cls):
     client, server = client_cls(True), server_cls(False)
-    sid = client.open("10.0.0.1:80")
-    for e in server.receive(client.out()):
-        if e[0] == "request":
-            server.respond(e[1], 200)
-    client.receive(server.out())
+    sid = open_answered(client, server)
     client.send(sid, b"partial")
     client.reset(sid, 8)
     events = server.receive(client.out())
