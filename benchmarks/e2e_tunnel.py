@@ -197,9 +197,11 @@ async def measure(mode: str, seconds: float, ca_dir: str, rtts: int) -> dict:
             return None
     try:
         # latency first, on idle proxies (its own 20 warm-up exchanges set up pools)
-        times = await timed("round trips (idle proxies)", _round_trips(port, rtts))
-        await timed("warm-up", _upload(port, 0.3))
         pids = [p.pid for p in procs]
+        cpu_rtt0 = _cpu_seconds(pids) if pids else 0.0
+        times = await timed("round trips (idle proxies)", _round_trips(port, rtts))
+        cpu_rtt = (_cpu_seconds(pids) - cpu_rtt0) / (rtts + 20) if pids else 0.0
+        await timed("warm-up", _upload(port, 0.3))
         cpu0 = _cpu_seconds(pids) if pids else 0.0
         one = await timed("1 stream", _upload(port, seconds))
         cpu1 = _cpu_seconds(pids) if pids else 0.0
@@ -212,6 +214,7 @@ async def measure(mode: str, seconds: float, ca_dir: str, rtts: int) -> dict:
             "rtt_p50_us": statistics.median(times) * 1e6 if times else None,
             "rtt_p99_us": times[int(len(times) * 0.99) - 1] * 1e6 if times else None,
             "cpu_s_per_GiB": (cpu1 - cpu0) / (one[0] / 2**30) if pids and one else 0.0,
+            "cpu_us_per_rtt": cpu_rtt * 1e6,
         }
     finally:
         for p in procs:
@@ -240,13 +243,13 @@ def main() -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=2))
     by = {r["mode"]: r for r in rows}
-    print(f"| mode | 1 stream MB/s | 8 streams MB/s | 64 B RTT p50 µs | p99 µs | proxy CPU s/GiB |")
-    print("|---|---|---|---|---|---|")
+    print(f"| mode | 1 stream MB/s | 8 streams MB/s | 64 B RTT p50 µs | p99 µs | proxy CPU s/GiB | proxy CPU µs/round trip |")
+    print("|---|---|---|---|---|---|---|")
     def f(v, fmt):
         return "stalled" if v is None else format(v, fmt)
     for r in rows:
         print(f"| {r['mode']} | {f(r['single_MBps'], '.0f')} | {f(r['multi8_MBps'], '.0f')} | "
-              f"{f(r['rtt_p50_us'], '.0f')} | {f(r['rtt_p99_us'], '.0f')} | {r['cpu_s_per_GiB']:.2f} |")
+              f"{f(r['rtt_p50_us'], '.0f')} | {f(r['rtt_p99_us'], '.0f')} | {r['cpu_s_per_GiB']:.2f} | {r['cpu_us_per_rtt']:.0f} |")
 
     def ratio(a, b, key):
         return "n/a" if a[key] is None or b[key] is None else f"{a[key] / b[key]:.2f}x"

@@ -4,7 +4,7 @@ There is no pure-Python fallback: if the extensions are missing, importing
 meshcore fails here with instructions instead of silently running slowly.
 """
 try:
-    from meshcore._core import events, frames, h2conn, headers, hpack, huffman, policy, pool  # noqa: F401
+    from meshcore._core import buffers, events, frames, h2conn, headers, hpack, huffman, policy, pool  # noqa: F401
 except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
     raise ImportError(
         "meshcore's compiled core is not built "

@@ -2,8 +2,14 @@
 (TLS in production, anything in tests).
 
 All protocol bytes go through meshcore._core; this module only moves them and turns
-events into calls on StreamTransports. Output is batched: every send in one loop
-iteration, from any stream, leaves in a single transport write.
+events into calls on StreamTransports.
+
+Reads land in the thread's shared ReadBuffer (a BufferedProtocol: no allocation per
+read). Output is batched per input: everything the events of one read cause (data
+relayed on, WINDOW_UPDATEs, answers) leaves in one transport write when the read has
+been handled; a send from outside (a relayed socket's data) is written at once, since
+waiting for the next loop iteration only adds latency (uvloop coalesces the socket
+writes of one iteration anyway).
 """
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from meshcore._core import events as ev
+from meshcore._core.buffers import thread_read_buffer
 from meshcore._core.h2conn import H2Connection
 from meshcore.aio.stream import StreamTransport
 from meshcore.errors import ErrorCode, TunnelError, error_code_name
@@ -24,7 +31,7 @@ KEEPALIVE_TIMEOUT = 20.0      # no ACK within 20 s closes the connection
 DRAIN_DEADLINE = 5.0
 
 
-class HboneConnection(asyncio.Protocol):
+class HboneConnection(asyncio.BufferedProtocol):
     """One HTTP/2 connection carrying tunnels, client or server side."""
 
     def __init__(self, *, client: bool, on_request: Callable | None = None,
@@ -38,7 +45,8 @@ class HboneConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, StreamTransport] = {}
         self._opening: dict[int, tuple[asyncio.Future, Callable, StreamTransport]] = {}
-        self._flush_scheduled = False
+        self._batching = False                  # inside a read: output waits for its end
+        self._rbuf = thread_read_buffer()
         self._write_paused = False
         self._blocked: set[int] = set()         # streams waiting for window or for the transport
         self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
@@ -70,11 +78,21 @@ class HboneConnection(asyncio.Protocol):
         if self._keepalive_interval:
             self._timer = asyncio.get_running_loop().call_later(self._keepalive_interval, self._keepalive)
 
+    def get_buffer(self, sizehint: int):
+        return self._rbuf.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(self._rbuf.filled(nbytes))
+
     def data_received(self, data) -> None:
         self._last_receive = time.monotonic()
         self._ping_deadline = None
-        for event in self.h2.receive_data(data):
-            self._dispatch(event)
+        self._batching = True
+        try:
+            for event in self.h2.receive_data(data):
+                self._dispatch(event)
+        finally:
+            self._batching = False
         self._flush()
 
     def eof_received(self):
@@ -103,8 +121,12 @@ class HboneConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._batching = True
+        try:
+            self._wake_blocked()
+        finally:
+            self._batching = False
         self._flush()
-        self._wake_blocked()
 
     # ------------------------------------------------------------------ events
 
@@ -211,22 +233,22 @@ class HboneConnection(asyncio.Protocol):
         else:
             n = len(data)
         self.h2.send_data(stream_id, data)
-        self._schedule_flush()
+        self._output_queued()
         return n
 
     def end_stream(self, stream_id: int) -> None:
         if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
             self.h2.end_stream(stream_id)
-            self._schedule_flush()
+            self._output_queued()
 
     def reset_stream(self, stream_id: int, code: int) -> None:
         if self.h2.stream_state(stream_id) not in ("closed", "idle"):
             self.h2.reset_stream(stream_id, code)
-            self._schedule_flush()
+            self._output_queued()
 
     def acknowledge(self, stream_id: int, size: int) -> None:
         self.h2.acknowledge_received_data(stream_id, size)
-        self._schedule_flush()
+        self._output_queued()
 
     def forget_stream(self, stream_id: int) -> None:
         if self.streams.pop(stream_id, None) is not None:
@@ -257,13 +279,13 @@ class HboneConnection(asyncio.Protocol):
         self.h2.accept_tunnel(stream_id, headers)
         stream.set_protocol(protocol)
         protocol.connection_made(stream)
-        self._schedule_flush()
+        self._output_queued()
         return stream
 
     def refuse_stream(self, stream_id: int, status: int) -> None:
         if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
             self.h2.refuse_tunnel(stream_id, status)
-            self._schedule_flush()
+            self._output_queued()
 
     async def drain(self, deadline: float = DRAIN_DEADLINE) -> None:
         """Graceful shutdown: GOAWAY, let open tunnels finish, close after `deadline`."""
@@ -298,13 +320,11 @@ class HboneConnection(asyncio.Protocol):
                 "sockname": t.get_extra_info("sockname") if t else None,
                 "peer_identity": self.peer_identity}
 
-    def _schedule_flush(self) -> None:
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+    def _output_queued(self) -> None:
+        if not self._batching:
+            self._flush()
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
         if self._write_paused or self.transport is None or self.transport.is_closing():
             return
         data = self.h2.data_to_send()

@@ -1,8 +1,9 @@
 """Copy bytes between two asyncio transports in both directions, with backpressure,
 half-close and abort semantics of HBONE.md section 4.
 
-Each side is a small Protocol that forwards to the other side's transport:
-- data flows straight through; when one side's write buffer is full (pause_writing),
+Each side is a small BufferedProtocol that forwards to the other side's transport:
+- data flows straight through: sockets read into the thread's shared ReadBuffer, and
+  what was read is written on (copied only when small, see meshcore._core.buffers); when one side's write buffer is full (pause_writing),
   the other side stops reading, so nothing accumulates beyond one read or one window;
 - EOF on one side becomes write_eof() on the other (half-close);
 - the splice closes once both directions are done;
@@ -15,6 +16,7 @@ import asyncio
 import socket
 import struct
 
+from meshcore._core.buffers import detach, thread_read_buffer
 from meshcore.aio.stream import StreamTransport
 from meshcore.errors import ErrorCode
 
@@ -30,9 +32,10 @@ def abort_with_rst(transport: asyncio.BaseTransport) -> None:
     transport.abort()
 
 
-class _Side(asyncio.Protocol):
+class _Side(asyncio.BufferedProtocol):
     def __init__(self, splice: "Splice", name: str):
         self.splice, self.name = splice, name
+        self._rbuf = thread_read_buffer()
         self.transport: asyncio.Transport | None = None
         self.peer: "_Side | None" = None
         self.eof = False            # this side will send no more
@@ -59,7 +62,13 @@ class _Side(asyncio.Protocol):
         if early:
             self.transport.resume_reading()
 
-    def data_received(self, data) -> None:
+    def get_buffer(self, sizehint: int):
+        return self._rbuf.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.data_received(detach(self._rbuf.filled(nbytes)))
+
+    def data_received(self, data) -> None:       # also called by a StreamTransport
         self.splice.bytes[self.name] += len(data)
         if self.peer.transport is None:
             self._early.append(bytes(data))

@@ -1,0 +1,13 @@
+# Receive buffers for asyncio BufferedProtocols: the event loop reads straight into a
+# reused bytearray, so a read costs no allocation (a fresh 256 KiB bytes object per
+# read is an mmap + page faults + munmap in glibc, the largest cost of a relay hop).
+
+cdef class ReadBuffer:
+    cdef bytearray _buf
+    cdef readonly Py_ssize_t size
+    cdef readonly Py_ssize_t replaced      # reads that needed a new buffer (old one still referenced)
+
+    cpdef object get_buffer(self, Py_ssize_t sizehint=*)
+    cpdef object filled(self, Py_ssize_t n)
+
+cpdef object detach(object view)

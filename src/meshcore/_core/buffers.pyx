@@ -1,0 +1,78 @@
+# cython: freethreading_compatible = False
+"""Receive buffers for BufferedProtocols (see buffers.pxd for why).
+
+Data read into a ReadBuffer is handed on as a memoryview. Whoever receives it may keep
+it: uvloop, for one, queues the views given to transport.write() until the end of the
+loop iteration or, when the socket is full, until the peer reads. A buffer that is
+still referenced is never read into again: get_buffer() then allocates a new one, and
+the old one lives as long as its views do.
+
+To keep such pinning cheap, detach() copies small chunks: a view of a few bytes must
+not hold a whole 256 KiB buffer alive. Views are passed on only for chunks of at least
+ZERO_COPY_MIN bytes, so a pinned buffer is never more than 256 KiB / 64 KiB = 4 times
+the data it holds, and flow control (which counts that data) bounds the total.
+"""
+import threading
+
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
+
+cdef extern from "Python.h":
+    ctypedef struct PyByteArrayObject:
+        Py_ssize_t ob_exports
+
+DEFAULT_SIZE = 256 * 1024
+ZERO_COPY_MIN = 64 * 1024
+
+cdef Py_ssize_t _ZERO_COPY_MIN = ZERO_COPY_MIN
+
+
+cdef inline bint _referenced(bytearray buf):
+    # ob_exports counts live buffer exports: memoryviews on it (and views of those)
+    return (<PyByteArrayObject*>buf).ob_exports != 0
+
+
+cdef class ReadBuffer:
+    """A reusable bytearray for BufferedProtocol.get_buffer()/buffer_updated()."""
+
+    def __init__(self, Py_ssize_t size=DEFAULT_SIZE):
+        if size <= 0:
+            raise ValueError(f"buffer size must be positive, not {size}")
+        self.size = size
+        self._buf = PyByteArray_FromStringAndSize(NULL, size)    # no need to zero it
+        self.replaced = 0
+
+    cpdef object get_buffer(self, Py_ssize_t sizehint=-1):
+        """Where the next read goes: the whole buffer, or a new one if views of the
+        previous reads are still alive somewhere."""
+        if _referenced(self._buf):
+            self._buf = PyByteArray_FromStringAndSize(NULL, self.size)
+            self.replaced += 1
+        return memoryview(self._buf)
+
+    cpdef object filled(self, Py_ssize_t n):
+        """The `n` bytes the last read put into the buffer."""
+        if n < 0 or n > self.size:
+            raise ValueError(f"read of {n} bytes into a {self.size}-byte buffer")
+        return memoryview(self._buf)[:n]
+
+
+_local = threading.local()
+
+
+def thread_read_buffer():
+    """The ReadBuffer shared by every protocol of this thread's event loop: reads are
+    sequential, so one buffer serves them all (10,000 relayed connections must not
+    cost 256 KiB each, as uvloop's one receive buffer per loop does not either)."""
+    try:
+        return _local.buffer
+    except AttributeError:
+        _local.buffer = ReadBuffer()
+        return _local.buffer
+
+
+cpdef object detach(object view):
+    """`view` in a form the receiver may keep: itself if large, a bytes copy if small
+    (see the module docstring)."""
+    if len(view) >= _ZERO_COPY_MIN:
+        return view
+    return bytes(view)
