@@ -18,7 +18,7 @@ class TunnelRefused(Event):
 
 class DataReceived(Event):
     stream_id: int
-    data: memoryview
+    data: bytes | memoryview
 
 class StreamEnded(Event):
     stream_id: int

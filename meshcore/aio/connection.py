@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from meshcore._core import events as ev
+from meshcore._core.events import DataReceived
 from meshcore._core.buffers import thread_read_buffer
 from meshcore._core.h2conn import H2Connection
 from meshcore.aio.stream import StreamTransport
@@ -59,7 +60,9 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.on_request_reset: Callable | None = None  # server: a request reset before its answer
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
-        self._last_receive = time.monotonic()
+        self._reads = 0                         # reads so far; the keepalive timer
+        self._reads_seen = 0                    # compares, instead of a clock per read
+        self._idle_since = time.monotonic()
         self._ping_deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
 
@@ -85,12 +88,18 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.data_received(self._rbuf.filled(nbytes))
 
     def data_received(self, data) -> None:
-        self._last_receive = time.monotonic()
-        self._ping_deadline = None
+        self._reads += 1
         self._batching = True
         try:
             for event in self.h2.receive_data(data):
-                self._dispatch(event)
+                if type(event) is DataReceived:     # the hot path, inline
+                    stream = self.streams.get(event.stream_id)
+                    if stream is not None:
+                        stream._on_data(event.data)
+                    else:
+                        self.h2.acknowledge_received_data(event.stream_id, len(event.data))
+                else:
+                    self._dispatch(event)
         finally:
             self._batching = False
         self._flush()
@@ -132,13 +141,7 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def _dispatch(self, e) -> None:
         kind = type(e)
-        if kind is ev.DataReceived:
-            stream = self.streams.get(e.stream_id)
-            if stream is not None:
-                stream._on_data(e.data)
-            else:
-                self.h2.acknowledge_received_data(e.stream_id, len(e.data))
-        elif kind is ev.WindowOpened:
+        if kind is ev.WindowOpened:
             if e.stream_id == 0:
                 self._wake_blocked()
             elif e.stream_id in self._blocked:
@@ -163,6 +166,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             self._on_terminated(e)
         elif kind is ev.PingAcknowledged:
             self._ping_deadline = None
+            self._idle_since = time.monotonic()
         elif kind is ev.SettingsChanged:
             if not self.settings_received.done():
                 self.settings_received.set_result(e.changed)
@@ -342,6 +346,10 @@ class HboneConnection(asyncio.BufferedProtocol):
         now = time.monotonic()
         if self.transport is None or self.transport.is_closing():
             return
+        if self._reads != self._reads_seen:         # the peer spoke: alive, idle from now
+            self._reads_seen = self._reads
+            self._idle_since = now
+            self._ping_deadline = None
         if self._ping_deadline is not None and now >= self._ping_deadline:
             log.warning("HBONE peer %s did not answer PING within %.0f s: closing",
                         self.peer_identity, self._keepalive_timeout)
@@ -350,10 +358,13 @@ class HboneConnection(asyncio.BufferedProtocol):
                 self.on_goaway(self)
             self.transport.abort()
             return
-        if self._ping_deadline is None and now - self._last_receive >= self._keepalive_interval:
+        idle = now - self._idle_since
+        if self._ping_deadline is None and idle >= self._keepalive_interval:
             self.h2.ping()
             self._ping_deadline = now + self._keepalive_timeout
             self._flush()
-        wait = self._keepalive_interval if self._ping_deadline is None else \
+        # a check every half interval: a PING goes out after 1 to 1.5 intervals of silence
+        wait = max(0.01, min(self._keepalive_interval - idle, self._keepalive_interval / 2)) \
+            if self._ping_deadline is None else \
             min(self._keepalive_interval, max(0.01, self._ping_deadline - now))
         self._timer = asyncio.get_running_loop().call_later(wait, self._keepalive)

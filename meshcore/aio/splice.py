@@ -16,7 +16,7 @@ import asyncio
 import socket
 import struct
 
-from meshcore._core.buffers import detach, thread_read_buffer
+from meshcore._core.buffers import thread_read_buffer
 from meshcore.aio.stream import StreamTransport
 from meshcore.errors import ErrorCode
 
@@ -35,6 +35,7 @@ def abort_with_rst(transport: asyncio.BaseTransport) -> None:
 class _Side(asyncio.BufferedProtocol):
     def __init__(self, splice: "Splice", name: str):
         self.splice, self.name = splice, name
+        self.received = 0           # bytes read from this side's transport
         self._rbuf = thread_read_buffer()
         self.transport: asyncio.Transport | None = None
         self.peer: "_Side | None" = None
@@ -66,10 +67,10 @@ class _Side(asyncio.BufferedProtocol):
         return self._rbuf.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(detach(self._rbuf.filled(nbytes)))
+        self.data_received(self._rbuf.take(nbytes))
 
     def data_received(self, data) -> None:       # also called by a StreamTransport
-        self.splice.bytes[self.name] += len(data)
+        self.received += len(data)
         if self.peer.transport is None:
             self._early.append(bytes(data))
             self.transport.pause_reading()
@@ -105,7 +106,6 @@ class Splice:
     def __init__(self):
         self.a, self.b = _Side(self, "a"), _Side(self, "b")
         self.a.peer, self.b.peer = self.b, self.a
-        self.bytes = {"a": 0, "b": 0}
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
 
     def _maybe_done(self) -> None:
@@ -127,3 +127,8 @@ class Splice:
                 other.transport.close()
         if self.a.lost and self.b.lost and not self.done.done():
             self.done.set_result(self.bytes)
+
+    @property
+    def bytes(self) -> dict:
+        """Bytes read from each side so far: {"a": n, "b": n}."""
+        return {"a": self.a.received, "b": self.b.received}

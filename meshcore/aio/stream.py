@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
-from meshcore._core.buffers import detach
 from meshcore.errors import ErrorCode, StreamClosedError
 
 HIGH_WATER = 256 * 1024
@@ -145,9 +144,7 @@ class StreamTransport(asyncio.Transport):
         if self._reading_paused:
             self._inbox.append(bytes(data))
             return
-        # `data` is a view into the connection's read buffer: small chunks are copied
-        # so that a protocol keeping them does not pin the whole buffer
-        self._protocol.data_received(detach(data))
+        self._protocol.data_received(data)
         self._connection.acknowledge(self.stream_id, len(data))
 
     def _on_end(self) -> None:

@@ -2,6 +2,11 @@
 # reused bytearray, so a read costs no allocation (a fresh 256 KiB bytes object per
 # read is an mmap + page faults + munmap in glibc, the largest cost of a relay hop).
 
+# Chunks at least this large are handed on as views of the buffer they were read into;
+# smaller ones are copied into bytes (a view of a few bytes must not pin 256 KiB).
+cdef enum:
+    ZERO_COPY_MIN = 64 * 1024
+
 cdef class ReadBuffer:
     cdef bytearray _buf
     cdef readonly Py_ssize_t size
@@ -9,5 +14,4 @@ cdef class ReadBuffer:
 
     cpdef object get_buffer(self, Py_ssize_t sizehint=*)
     cpdef object filled(self, Py_ssize_t n)
-
-cpdef object detach(object view)
+    cpdef object take(self, Py_ssize_t n)

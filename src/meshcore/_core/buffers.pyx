@@ -7,23 +7,22 @@ loop iteration or, when the socket is full, until the peer reads. A buffer that 
 still referenced is never read into again: get_buffer() then allocates a new one, and
 the old one lives as long as its views do.
 
-To keep such pinning cheap, detach() copies small chunks: a view of a few bytes must
-not hold a whole 256 KiB buffer alive. Views are passed on only for chunks of at least
-ZERO_COPY_MIN bytes, so a pinned buffer is never more than 256 KiB / 64 KiB = 4 times
-the data it holds, and flow control (which counts that data) bounds the total.
+To keep such pinning cheap, small chunks are copied (take(), and the HTTP/2 core's DATA
+chunks): only chunks of at least ZERO_COPY_MIN bytes are views, so a pinned buffer is
+never more than 256 KiB / 64 KiB = 4 times the data it holds, and flow control (which
+counts that data) bounds the total.
 """
 import threading
 
-from cpython.bytearray cimport PyByteArray_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize
+from cpython.bytes cimport PyBytes_FromStringAndSize
 
 cdef extern from "Python.h":
     ctypedef struct PyByteArrayObject:
         Py_ssize_t ob_exports
 
 DEFAULT_SIZE = 256 * 1024
-ZERO_COPY_MIN = 64 * 1024
-
-cdef Py_ssize_t _ZERO_COPY_MIN = ZERO_COPY_MIN
+ZERO_COPY_MIN_BYTES = ZERO_COPY_MIN
 
 
 cdef inline bint _referenced(bytearray buf):
@@ -55,6 +54,15 @@ cdef class ReadBuffer:
             raise ValueError(f"read of {n} bytes into a {self.size}-byte buffer")
         return memoryview(self._buf)[:n]
 
+    cpdef object take(self, Py_ssize_t n):
+        """The `n` bytes just read, in a form the receiver may keep: a view when
+        large, a bytes copy when small."""
+        if n < 0 or n > self.size:
+            raise ValueError(f"read of {n} bytes into a {self.size}-byte buffer")
+        if n < ZERO_COPY_MIN:
+            return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._buf), n)
+        return memoryview(self._buf)[:n]
+
 
 _local = threading.local()
 
@@ -68,11 +76,3 @@ def thread_read_buffer():
     except AttributeError:
         _local.buffer = ReadBuffer()
         return _local.buffer
-
-
-cpdef object detach(object view):
-    """`view` in a form the receiver may keep: itself if large, a bytes copy if small
-    (see the module docstring)."""
-    if len(view) >= _ZERO_COPY_MIN:
-        return view
-    return bytes(view)

@@ -22,7 +22,8 @@ cdef class TunnelRefused(Event):          # client side: a non-2xx final respons
 
 cdef class DataReceived(Event):           # payload bytes (padding removed); acknowledge them
     cdef readonly uint32_t stream_id      # with acknowledge_received_data() once consumed
-    cdef readonly object data             # memoryview into the bytes given to receive_data()
+    cdef readonly object data             # bytes, or for chunks of 64 KiB and more a memoryview
+                                          # into the buffer given to receive_data()
 
 cdef class StreamEnded(Event):            # the peer half-closed (END_STREAM)
     cdef readonly uint32_t stream_id

@@ -118,7 +118,8 @@ cdef class H2Connection:
     cdef bint _block_self_dependent
     # per receive_data call
     cdef list _events
-    cdef object _input                     # bytes being parsed
+    cdef object _input                     # the buffer being parsed (bytes or a view)
+    cdef const unsigned char* _input_ptr
     cdef object _input_view                # memoryview of it, created lazily
     # output
     cdef list _out

@@ -13,10 +13,12 @@ bytes and closes. Caller misuse raises meshcore.errors.UsageError subclasses.
 import os
 import time
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint32_t, int64_t
 from libc.string cimport memcpy, memcmp
 
+from meshcore._core.buffers cimport ZERO_COPY_MIN
 from meshcore._core.frames cimport (
     FrameHeader, FrameBody, read_frame_header, read_u32, check_frame_header, parse_frame_body,
     build_frame, build_frame_header, build_rst_stream, build_window_update, build_ping,
@@ -546,15 +548,18 @@ cdef class H2Connection:
     cpdef list receive_data(self, object data):
         """Feed bytes read from the peer; returns the events they complete."""
         cdef list events = []
+        cdef Py_buffer view
         if self._terminated:
             return events
-        if type(data) is not bytes:
-            data = bytes(data)
+        # parsed where it lies (bytes, or the caller's reused read buffer); DATA
+        # chunks reference it only when large (see _data_chunk)
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         self._events = events
         self._input = data
+        self._input_ptr = <const unsigned char*>view.buf
         self._input_view = None
         try:
-            self._consume(<const unsigned char*>PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+            self._consume(self._input_ptr, view.len)
         except ProtocolError as exc:
             # stream errors are handled where they arise; whatever reaches here ends
             # the connection, since the reader's place in the byte stream is lost
@@ -566,7 +571,9 @@ cdef class H2Connection:
         finally:
             self._events = None
             self._input = None
+            self._input_ptr = NULL
             self._input_view = None
+            PyBuffer_Release(&view)
         return events
 
     cdef int _consume(self, const unsigned char* p, Py_ssize_t n) except -1:
@@ -616,7 +623,7 @@ cdef class H2Connection:
                     pos += need
                 else:
                     take = need if need < n - pos else n - pos
-                    self._payload += (<bytes>self._input)[pos:pos + take]
+                    self._payload += PyBytes_FromStringAndSize(<const char*>p + pos, take)
                     pos += take
                     if take < need:
                         break
@@ -746,11 +753,16 @@ cdef class H2Connection:
     cdef int _data_chunk(self, Py_ssize_t pos, Py_ssize_t length) except -1:
         if self._data_stream is None:
             return 0
-        if self._input_view is None:
-            self._input_view = memoryview(self._input)
         cdef DataReceived ev = DataReceived.__new__(DataReceived)
         ev.stream_id = self._data_stream.id
-        ev.data = self._input_view[pos:pos + length]
+        if length < ZERO_COPY_MIN:
+            # one small allocation, and the receiver may keep it without pinning the
+            # caller's buffer
+            ev.data = PyBytes_FromStringAndSize(<const char*>self._input_ptr + pos, length)
+        else:
+            if self._input_view is None:
+                self._input_view = memoryview(self._input)
+            ev.data = self._input_view[pos:pos + length]
         self._events.append(ev)
         self._data_nonempty = True
         return 0
