@@ -8,7 +8,7 @@ pooled, uvloop), h2 (HBONE built on python-hyper's pure-Python h2, same windows)
 Each proxy runs in its own process on uvloop. Reported: single- and 8-stream upload
 throughput, 64-byte round trips (p50/p99), and the proxies' CPU seconds per GiB.
 
-    pip install ".[bench]" && python benchmarks/e2e_tunnel.py [--seconds 3]
+    pip install ".[bench]" && python benchmarks/e2e_tunnel.py [--seconds 3] [--repeat 5]
 """
 from __future__ import annotations
 
@@ -223,6 +223,16 @@ async def measure(mode: str, seconds: float, ca_dir: str, rtts: int) -> dict:
         sink.close()
 
 
+def _median_row(runs: list[dict]) -> dict:
+    """One row of per-metric medians over repeated runs (a stalled run is left out)."""
+    row = {"mode": runs[0]["mode"], "runs": len(runs)}
+    for key in runs[0]:
+        if key != "mode":
+            values = [r[key] for r in runs if r[key] is not None]
+            row[key] = statistics.median(values) if values else None
+    return row
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "proxy":
         import uvloop
@@ -233,15 +243,22 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rtts", type=int, default=2000)
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the modes this many times, interleaved; report medians")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "e2e.json"))
     args = parser.parse_args()
     from meshcore.identity import CertificateAuthority
     import uvloop
     with tempfile.TemporaryDirectory() as ca_dir:
         CertificateAuthority.create("cluster.local").save(ca_dir)
-        rows = [uvloop.run(measure(m, args.seconds, ca_dir, args.rtts)) for m in args.modes.split(",")]
+        modes = args.modes.split(",")
+        runs = [uvloop.run(measure(m, args.seconds, ca_dir, args.rtts))
+                for _ in range(args.repeat) for m in modes]
+    rows = [_median_row([r for r in runs if r["mode"] == m]) for m in modes]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=2))
+    Path(args.json).write_text(json.dumps({"medians": rows, "runs": runs}, indent=2))
+    if args.repeat > 1:
+        print(f"medians of {args.repeat} interleaved runs")
     by = {r["mode"]: r for r in rows}
     print(f"| mode | 1 stream MB/s | 8 streams MB/s | 64 B RTT p50 µs | p99 µs | proxy CPU s/GiB | proxy CPU µs/round trip |")
     print("|---|---|---|---|---|---|---|")

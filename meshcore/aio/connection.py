@@ -237,7 +237,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         else:
             n = len(data)
         self.h2.send_data(stream_id, data)
-        self._output_queued()
+        if not self._batching:
+            self._flush()
         return n
 
     def end_stream(self, stream_id: int) -> None:
@@ -331,9 +332,12 @@ class HboneConnection(asyncio.BufferedProtocol):
     def _flush(self) -> None:
         if self._write_paused or self.transport is None or self.transport.is_closing():
             return
-        data = self.h2.data_to_send()
-        if data:
-            self.transport.write(data)
+        chunks = self.h2.data_to_send_chunks()
+        if chunks:
+            if len(chunks) == 1:
+                self.transport.write(chunks[0])
+            else:
+                self.transport.writelines(chunks)
 
     def _wake_blocked(self) -> None:
         blocked, self._blocked = self._blocked, set()

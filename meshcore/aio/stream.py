@@ -86,7 +86,8 @@ class StreamTransport(asyncio.Transport):
                 rest = bytes(memoryview(data)[sent:])
                 self._pending.append(rest)
                 self._pending_size += len(rest)
-        self._check_high_water()
+        if self._pending_size > self._high:
+            self._check_high_water()
 
     def writelines(self, chunks) -> None:
         for chunk in chunks:
@@ -138,14 +139,16 @@ class StreamTransport(asyncio.Transport):
     # ------------------------------------------------- called by the connection
 
     def _on_data(self, data) -> None:
+        # called while the connection handles a read: its flush at the end of the read
+        # sends any WINDOW_UPDATE, so the core is told directly
         if self._closing:
-            self._connection.acknowledge(self.stream_id, len(data))
+            self._connection.h2.acknowledge_received_data(self.stream_id, len(data))
             return
         if self._reading_paused:
             self._inbox.append(bytes(data))
             return
         self._protocol.data_received(data)
-        self._connection.acknowledge(self.stream_id, len(data))
+        self._connection.h2.acknowledge_received_data(self.stream_id, len(data))
 
     def _on_end(self) -> None:
         self._remote_closed = True

@@ -127,6 +127,7 @@ cdef class H2Connection:
 
     cpdef list receive_data(self, object data)
     cpdef bytes data_to_send(self)
+    cpdef list data_to_send_chunks(self)
     cpdef send_data(self, uint32_t stream_id, object data, bint end_stream=*)
     cpdef acknowledge_received_data(self, uint32_t stream_id, Py_ssize_t size)
     cpdef Py_ssize_t available_window(self, uint32_t stream_id) except -1

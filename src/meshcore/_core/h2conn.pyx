@@ -259,9 +259,33 @@ cdef class H2Connection:
             return b""
         self._out = []
         self._out_bytes = 0
-        if len(out) == 1:
+        if len(out) == 1 and type(out[0]) is bytes:
             return <bytes>out[0]
         return b"".join(out)
+
+    cpdef list data_to_send_chunks(self):
+        """data_to_send() for transport.writelines(): the queue as a list in which
+        payloads of 64 KiB and more stand as they were given (no copy) and everything
+        between them is joined (a small piece of its own would cost a TLS record)."""
+        cdef list out = self._out, chunks = [], small = []
+        self._pending_control = 0
+        if not out:
+            return chunks
+        self._out = []
+        self._out_bytes = 0
+        for item in out:
+            if type(item) is bytes and PyBytes_GET_SIZE(item) < ZERO_COPY_MIN:
+                small.append(item)
+            elif len(item) >= ZERO_COPY_MIN:
+                if small:
+                    chunks.append(small[0] if len(small) == 1 else b"".join(small))
+                    small = []
+                chunks.append(item)
+            else:
+                small.append(item)
+        if small:
+            chunks.append(small[0] if len(small) == 1 else b"".join(small))
+        return chunks
 
     cdef int _queue_control(self, bytes frame) except -1:
         """A frame sent in answer to the peer (ACKs, resets): counted, so a peer that
@@ -372,17 +396,25 @@ cdef class H2Connection:
     cpdef send_data(self, uint32_t stream_id, object data, bint end_stream=False):
         """Queue `data` on a stream, split to the peer's frame size. Raises
         WindowExceededError if it does not fit in the flow-control windows (see
-        available_window()) and StreamClosedError if the stream cannot send."""
+        available_window()) and StreamClosedError if the stream cannot send.
+        Payloads of 64 KiB and more are queued without a copy: like uvloop's
+        transport.write(), the caller must not modify them until they are sent."""
         cdef Stream stream = self._writable_stream(stream_id)
         if _NEXT[stream.state][SEND_DATA] < 0:
             raise StreamClosedError(
                 f"stream {stream_id} is {STATE_NAMES[stream.state]}: cannot send DATA", stream_id)
-        cdef bytes payload
+        cdef object payload
+        cdef Py_ssize_t n, pos = 0, size
         if type(data) is bytes:
-            payload = <bytes>data
+            payload = data
+            n = PyBytes_GET_SIZE(data)
         else:
-            payload = bytes(data)     # the caller may reuse its buffer once we return
-        cdef Py_ssize_t n = PyBytes_GET_SIZE(payload), pos = 0, size
+            payload = memoryview(data)
+            if payload.itemsize != 1 or payload.ndim != 1:
+                payload = payload.cast("B")
+            n = payload.nbytes
+            if n < ZERO_COPY_MIN:
+                payload = bytes(payload)  # cheap, and the caller may reuse its buffer at once
         cdef Py_ssize_t frame_max = self._remote_max_frame_size
         if n > stream.send_window or n > self._send_window:
             raise WindowExceededError(
@@ -393,7 +425,8 @@ cdef class H2Connection:
         if n <= frame_max:
             self._append(build_frame_header(n, DATA, FLAG_END_STREAM if end_stream else 0, stream_id))
             if n:
-                self._append(payload)
+                self._out.append(payload)
+                self._out_bytes += n
         else:
             view = memoryview(payload)
             while pos < n:
