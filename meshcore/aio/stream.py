@@ -6,7 +6,8 @@ to a TCP socket (the proxies). Flow control becomes transport flow control:
 
 - write() sends what the HTTP/2 windows allow and keeps the rest (at most what the
   caller wrote); above the high-water mark the protocol is told to pause_writing(),
-  and WindowOpened resumes it.
+  and WindowOpened resumes it. As with uvloop's transports, a written payload of
+  64 KiB or more is not copied: do not modify it after write().
 - Received data is handed to the protocol and acknowledged at once, which opens the
   peer's window again. pause_reading() stops the acknowledgements, so the peer stalls
   once the window is spent, and data already in flight (never more than one window)
