@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 
 from meshcore._core import events as ev
-from meshcore._core.events import DataReceived
 from meshcore._core.buffers import thread_read_buffer
+from meshcore._core.events import DataReceived
 from meshcore._core.h2conn import H2Connection
 from meshcore.aio.stream import StreamTransport
 from meshcore.errors import ErrorCode, TunnelError, error_code_name

@@ -3,8 +3,9 @@ half-close and abort semantics of HBONE.md section 4.
 
 Each side is a small BufferedProtocol that forwards to the other side's transport:
 - data flows straight through: sockets read into the thread's shared ReadBuffer, and
-  what was read is written on (copied only when small, see meshcore._core.buffers); when one side's write buffer is full (pause_writing),
-  the other side stops reading, so nothing accumulates beyond one read or one window;
+  what was read is written on (copied only when small, see meshcore._core.buffers);
+  when one side's write buffer is full (pause_writing), the other side stops reading,
+  so nothing accumulates beyond one read or one window;
 - EOF on one side becomes write_eof() on the other (half-close);
 - the splice closes once both directions are done;
 - a side lost with an error aborts the other: a TCP socket with RST (SO_LINGER 0),
