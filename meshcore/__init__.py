@@ -8,46 +8,11 @@ build instructions; there is no pure-Python fallback.
 from meshcore import _core  # noqa: F401  (fails loudly when the extensions are missing)
 from meshcore._core import events
 from meshcore._core.h2conn import H2Connection
-from meshcore.errors import (
-    CompressionError,
-    ConfigError,
-    ErrorCode,
-    FlowControlError,
-    FrameSizeError,
-    HeaderListTooLarge,
-    IdentityError,
-    MeshcoreError,
-    ProtocolError,
-    ResourceLimitError,
-    StreamClosedError,
-    TooManyStreamsError,
-    TunnelError,
-    UsageError,
-    WindowExceededError,
-)
+from meshcore import errors as _errors
+from meshcore.errors import *  # noqa: F401,F403  (the exception tree, listed once in errors.__all__)
 
 from meshcore.mesh import Mesh  # noqa: E402  (after the core, which it builds on)
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "Mesh",
-    "H2Connection",
-    "events",
-    "ErrorCode",
-    "MeshcoreError",
-    "ProtocolError",
-    "FrameSizeError",
-    "FlowControlError",
-    "CompressionError",
-    "HeaderListTooLarge",
-    "ResourceLimitError",
-    "UsageError",
-    "StreamClosedError",
-    "WindowExceededError",
-    "TooManyStreamsError",
-    "TunnelError",
-    "IdentityError",
-    "ConfigError",
-    "__version__",
-]
+__all__ = ["Mesh", "H2Connection", "events", *_errors.__all__, "__version__"]

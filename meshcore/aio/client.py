@@ -5,7 +5,6 @@ import asyncio
 import ssl
 
 from meshcore.aio.connection import HboneConnection
-from meshcore.errors import IdentityError
 from meshcore.identity.tls import handshake_error, verify_server
 
 HANDSHAKE_TIMEOUT = 10.0

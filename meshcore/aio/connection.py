@@ -237,8 +237,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         else:
             n = len(data)
         self.h2.send_data(stream_id, data)
-        if not self._batching:
-            self._flush()
+        self._output_queued()
         return n
 
     def end_stream(self, stream_id: int) -> None:

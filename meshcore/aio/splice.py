@@ -34,8 +34,8 @@ def abort_with_rst(transport: asyncio.BaseTransport) -> None:
 
 
 class _Side(asyncio.BufferedProtocol):
-    def __init__(self, splice: "Splice", name: str):
-        self.splice, self.name = splice, name
+    def __init__(self, splice: "Splice"):
+        self.splice = splice
         self.received = 0           # bytes read from this side's transport
         self._rbuf = thread_read_buffer()
         self.transport: asyncio.Transport | None = None
@@ -105,7 +105,7 @@ class Splice:
     """Two sides, `a` and `b`; connect each to its transport (`a.connection_made(t)`)."""
 
     def __init__(self):
-        self.a, self.b = _Side(self, "a"), _Side(self, "b")
+        self.a, self.b = _Side(self), _Side(self)
         self.a.peer, self.b.peer = self.b, self.a
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
 

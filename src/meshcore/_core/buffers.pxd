@@ -12,6 +12,7 @@ cdef class ReadBuffer:
     cdef readonly Py_ssize_t size
     cdef readonly Py_ssize_t replaced      # reads that needed a new buffer (old one still referenced)
 
+    cdef int _check_read(self, Py_ssize_t n) except -1
     cpdef object get_buffer(self, Py_ssize_t sizehint=*)
     cpdef object filled(self, Py_ssize_t n)
     cpdef object take(self, Py_ssize_t n)

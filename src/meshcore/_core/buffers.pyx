@@ -40,6 +40,11 @@ cdef class ReadBuffer:
         self._buf = PyByteArray_FromStringAndSize(NULL, size)    # no need to zero it
         self.replaced = 0
 
+    cdef int _check_read(self, Py_ssize_t n) except -1:
+        if n < 0 or n > self.size:
+            raise ValueError(f"read of {n} bytes into a {self.size}-byte buffer")
+        return 0
+
     cpdef object get_buffer(self, Py_ssize_t sizehint=-1):
         """Where the next read goes: the whole buffer, or a new one if views of the
         previous reads are still alive somewhere."""
@@ -50,15 +55,13 @@ cdef class ReadBuffer:
 
     cpdef object filled(self, Py_ssize_t n):
         """The `n` bytes the last read put into the buffer."""
-        if n < 0 or n > self.size:
-            raise ValueError(f"read of {n} bytes into a {self.size}-byte buffer")
+        self._check_read(n)
         return memoryview(self._buf)[:n]
 
     cpdef object take(self, Py_ssize_t n):
         """The `n` bytes just read, in a form the receiver may keep: a view when
         large, a bytes copy when small."""
-        if n < 0 or n > self.size:
-            raise ValueError(f"read of {n} bytes into a {self.size}-byte buffer")
+        self._check_read(n)
         if n < ZERO_COPY_MIN:
             return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(self._buf), n)
         return memoryview(self._buf)[:n]

@@ -259,9 +259,7 @@ cdef class H2Connection:
             return b""
         self._out = []
         self._out_bytes = 0
-        if len(out) == 1 and type(out[0]) is bytes:
-            return <bytes>out[0]
-        return b"".join(out)
+        return b"".join(out)      # a lone bytes item comes back as it is, uncopied
 
     cpdef list data_to_send_chunks(self):
         """data_to_send() for transport.writelines(): the queue as a list in which
@@ -274,17 +272,15 @@ cdef class H2Connection:
         self._out = []
         self._out_bytes = 0
         for item in out:
-            if type(item) is bytes and PyBytes_GET_SIZE(item) < ZERO_COPY_MIN:
+            if len(item) < ZERO_COPY_MIN:
                 small.append(item)
-            elif len(item) >= ZERO_COPY_MIN:
+            else:
                 if small:
-                    chunks.append(small[0] if len(small) == 1 else b"".join(small))
+                    chunks.append(b"".join(small))
                     small = []
                 chunks.append(item)
-            else:
-                small.append(item)
         if small:
-            chunks.append(small[0] if len(small) == 1 else b"".join(small))
+            chunks.append(b"".join(small))
         return chunks
 
     cdef int _queue_control(self, bytes frame) except -1:
