@@ -85,3 +85,17 @@ async def relay_setup(ca, server_options=None, mesh_options=None):
                 yield server, echo, mesh
     finally:
         echo.close()
+
+
+@contextlib.asynccontextmanager
+async def server_and_h2_client(ca, **server_options):
+    """A started HboneServer (as SERVER) and an independent h2 HBONE client connected
+    to it (as CLIENT): (server, client)."""
+    from h2hbone import H2TunnelClient, h2_client
+    from meshcore.aio import HboneServer
+    from meshcore.identity import CertificateStore
+
+    async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local",
+                           **server_options) as server:
+        await server.start()
+        yield server, H2TunnelClient(await h2_client(*server.address, CertificateStore(ca).client_context(CLIENT)))

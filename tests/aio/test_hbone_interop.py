@@ -11,8 +11,9 @@ from meshcore.aio import HboneServer
 from meshcore.errors import ErrorCode, TunnelError
 from meshcore.identity import CertificateStore
 
-from h2hbone import H2TunnelClient, h2_client, h2_echo_server
-from helpers import CLIENT, SERVER, wait_until, exchange, port_of, relay_setup, tcp_echo_server, tcp_talker_server
+from h2hbone import h2_echo_server
+from helpers import (CLIENT, SERVER, exchange, port_of, relay_setup, server_and_h2_client, tcp_echo_server,
+                     tcp_talker_server, wait_until)
 
 
 def test_our_client_against_h2_server(run, ca):
@@ -35,10 +36,7 @@ def test_our_client_against_h2_server(run, ca):
 def test_h2_client_against_our_server(run, ca):
     async def scenario():
         echo = await tcp_echo_server()
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            ep = await h2_client(*server.address, CertificateStore(ca).client_context(CLIENT))
-            client = H2TunnelClient(ep)
+        async with server_and_h2_client(ca) as (server, client):
             rng = random.Random(2)
             payloads = {}
             for _ in range(100):
@@ -51,7 +49,7 @@ def test_h2_client_against_our_server(run, ca):
             await asyncio.gather(*(client.ended[s] for s in payloads))
             for sid, p in payloads.items():
                 assert hashlib.sha256(client.received[sid]).digest() == hashlib.sha256(p).digest()
-            ep.writer.close()
+            client.ep.writer.close()
         echo.close()
     run(scenario())
 
@@ -62,9 +60,7 @@ def test_half_close_from_the_server_side(run, ca):
     async def scenario():
         events = []
         talker = await tcp_talker_server(b"hello first" * 1000, events)
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            client = H2TunnelClient(await h2_client(*server.address, CertificateStore(ca).client_context(CLIENT)))
+        async with server_and_h2_client(ca) as (server, client):
             sid = client.open(f"127.0.0.1:{port_of(talker)}")
             assert await client.status[sid] == 200
             await wait_until(lambda: len(client.received[sid]) == 11000, timeout=1)
@@ -110,9 +106,7 @@ def test_authorization_hook_denies_with_401(run, ca):
 
 def test_bad_requests_get_400(run, ca):
     async def scenario():
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            client = H2TunnelClient(await h2_client(*server.address, CertificateStore(ca).client_context(CLIENT)))
+        async with server_and_h2_client(ca) as (server, client):
             bad_authority = client.open("no-port-here")
             sid = client.ep.conn.get_next_available_stream_id()
             client.ep.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"),
@@ -146,9 +140,7 @@ def test_peer_reset_aborts_the_upstream_tcp_with_rst(run, ca):
     async def scenario():
         events = []
         talker = await tcp_talker_server(b"", events)
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            client = H2TunnelClient(await h2_client(*server.address, CertificateStore(ca).client_context(CLIENT)))
+        async with server_and_h2_client(ca) as (server, client):
             sid = client.open(f"127.0.0.1:{port_of(talker)}")
             assert await client.status[sid] == 200
             client.ep.send(sid, b"partial data")
@@ -165,9 +157,7 @@ def test_connection_loss_resets_every_relayed_tcp_connection(run, ca):
     async def scenario():
         events = []
         talker = await tcp_talker_server(b"", events)
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
-            await server.start()
-            client = H2TunnelClient(await h2_client(*server.address, CertificateStore(ca).client_context(CLIENT)))
+        async with server_and_h2_client(ca) as (server, client):
             sids = [client.open(f"127.0.0.1:{port_of(talker)}") for _ in range(3)]
             await asyncio.gather(*(client.status[s] for s in sids))
             for s in sids:

@@ -3,15 +3,13 @@ mTLS connections."""
 import asyncio
 import hashlib
 import os
-import ssl
-
-import pytest
 
 from meshcore import Mesh
 from meshcore.aio import HboneServer, dial
 from meshcore.identity import CertificateStore
 
-from helpers import CLIENT, SERVER, wait_until, exchange, port_of, relay_setup, tcp_echo_server
+from helpers import (CLIENT, SERVER, exchange, port_of, relay_setup, server_and_h2_client, tcp_echo_server,
+                     wait_until)
 
 
 async def open_echo(mesh, server, echo):
@@ -133,7 +131,6 @@ def test_stalled_handshake_is_closed_after_the_timeout(run, ca):
 def test_reset_request_cancels_its_pending_work(run, ca):
     """Rapid Reset's victim work: a CONNECT reset while its authorization (or upstream
     dial) is pending is cancelled."""
-    from h2hbone import H2TunnelClient, h2_client
     async def scenario():
         started, cancelled = asyncio.Event(), asyncio.Event()
 
@@ -144,10 +141,7 @@ def test_reset_request_cancels_its_pending_work(run, ca):
             except asyncio.CancelledError:
                 cancelled.set()
                 raise
-        async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local",
-                               authorize=slow_authorize) as server:
-            await server.start()
-            client = H2TunnelClient(await h2_client(*server.address, CertificateStore(ca).client_context(CLIENT)))
+        async with server_and_h2_client(ca, authorize=slow_authorize) as (server, client):
             sid = client.open("127.0.0.1:9")
             await asyncio.wait_for(started.wait(), 5)
             client.ep.conn.reset_stream(sid, 8)
