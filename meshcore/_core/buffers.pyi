@@ -1,9 +1,11 @@
 DEFAULT_SIZE: int
 ZERO_COPY_MIN_BYTES: int
+SPARE_BUFFERS: int
 
 class ReadBuffer:
     size: int
     replaced: int
+    reused: int
     def __init__(self, size: int = ...) -> None: ...
     def get_buffer(self, sizehint: int = ...) -> memoryview: ...
     def filled(self, n: int) -> memoryview: ...

@@ -18,10 +18,19 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from meshcore._core.buffers import ZERO_COPY_MIN_BYTES
 from meshcore.errors import ErrorCode, StreamClosedError
 
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+HIGH_WATER = 64 * 1024
+LOW_WATER = 16 * 1024
+
+
+def _held(data):
+    """What write() keeps of `data` until the windows open: large payloads as given
+    (the no-modify contract above), small views copied so they pin no read buffer."""
+    if type(data) is bytes or len(data) >= ZERO_COPY_MIN_BYTES:
+        return data
+    return bytes(data)
 
 
 class StreamTransport(asyncio.Transport):
@@ -79,12 +88,12 @@ class StreamTransport(asyncio.Transport):
         if not data:
             return
         if self._pending:
-            self._pending.append(bytes(data))
+            self._pending.append(_held(data))
             self._pending_size += len(data)
         else:
             sent = self._connection.send_stream_data(self.stream_id, data)
             if sent < len(data):
-                rest = bytes(memoryview(data)[sent:])
+                rest = _held(memoryview(data)[sent:])
                 self._pending.append(rest)
                 self._pending_size += len(rest)
         if self._pending_size > self._high:
@@ -204,7 +213,7 @@ class StreamTransport(asyncio.Transport):
             sent = self._connection.send_stream_data(self.stream_id, chunk)
             self._pending_size -= sent
             if sent < len(chunk):
-                self._pending[0] = chunk[sent:]
+                self._pending[0] = _held(memoryview(chunk)[sent:])
                 break
             self._pending.popleft()
         if not self._pending and self._eof_pending and not self._local_closed and not self._lost:

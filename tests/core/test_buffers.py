@@ -6,7 +6,7 @@ import hyperframe.frame as hf
 import pytest
 
 from meshcore import H2Connection, events as ev
-from meshcore._core.buffers import ZERO_COPY_MIN_BYTES, ReadBuffer, thread_read_buffer
+from meshcore._core.buffers import SPARE_BUFFERS, ZERO_COPY_MIN_BYTES, ReadBuffer, thread_read_buffer
 
 from test_connection_api import pair, tunnel
 
@@ -39,6 +39,37 @@ def test_a_large_read_is_shared_and_a_kept_view_pins_its_buffer():
     del kept
     read_into(buf, b"c" * BIG)              # nothing references the new one: reused
     assert buf.replaced == 1 and bytes(buf.take(BIG)) == b"c" * BIG
+
+
+def test_a_released_buffer_is_reused_instead_of_allocating():
+    buf = ReadBuffer(4 * BIG)
+    read_into(buf, b"1" * BIG)
+    first = buf.take(BIG)                   # pins buffer 1
+    read_into(buf, b"2" * BIG)
+    second = buf.take(BIG)                  # pins buffer 2
+    assert buf.replaced == 1
+    del first
+    read_into(buf, b"3" * BIG)              # buffer 1 is free again: no allocation
+    assert (buf.replaced, buf.reused) == (1, 1)
+    assert bytes(second) == b"2" * BIG and bytes(buf.take(BIG)) == b"3" * BIG
+
+
+def test_spares_are_bounded():
+    """Pinned buffers beyond SPARE_BUFFERS are forgotten (freed with their views)."""
+    buf = ReadBuffer(BIG)
+    n = SPARE_BUFFERS + 5
+    kept = []
+    for i in range(n):
+        read_into(buf, bytes([i]) * BIG)
+        kept.append(buf.take(BIG))
+    assert buf.replaced == n - 1
+    assert [bytes(k[:1]) for k in kept] == [bytes([i]) for i in range(n)]
+    kept.clear()
+    for i in range(n):
+        read_into(buf, b"z" * BIG)
+        kept.append(buf.take(BIG))
+    assert buf.reused == SPARE_BUFFERS      # the rest had to be allocated again
+    assert buf.replaced == (n - 1) + (n - 1 - SPARE_BUFFERS)
 
 
 def test_views_of_views_pin_too():

@@ -6,11 +6,18 @@
 # smaller ones are copied into bytes (a view of a few bytes must not pin 256 KiB).
 cdef enum:
     ZERO_COPY_MIN = 64 * 1024
+    # Pinned buffers remembered for reuse once released: one per stream blocked on its
+    # window is typical, and a fresh 256 KiB buffer costs page faults and cold cache.
+    MAX_SPARE_BUFFERS = 8
 
 cdef class ReadBuffer:
     cdef bytearray _buf
+    cdef list _spares                      # earlier buffers, pinned when last seen
     cdef readonly Py_ssize_t size
     cdef readonly Py_ssize_t replaced      # reads that needed a new buffer (old one still referenced)
+    cdef readonly Py_ssize_t reused        # reads that went into a released spare instead
+
+    cdef bytearray _unreferenced_buffer(self)
 
     cdef int _check_read(self, Py_ssize_t n) except -1
     cpdef object get_buffer(self, Py_ssize_t sizehint=*)

@@ -4,8 +4,10 @@
 Data read into a ReadBuffer is handed on as a memoryview. Whoever receives it may keep
 it: uvloop, for one, queues the views given to transport.write() until the end of the
 loop iteration or, when the socket is full, until the peer reads. A buffer that is
-still referenced is never read into again: get_buffer() then allocates a new one, and
-the old one lives as long as its views do.
+still referenced is never read into again: get_buffer() then switches to a spare
+buffer whose views are all gone, or allocates a new one. Up to MAX_SPARE_BUFFERS
+pinned buffers are remembered as spares; beyond that an old buffer lives only as long
+as its views do.
 
 To keep such pinning cheap, small chunks are copied (take(), and the HTTP/2 core's DATA
 chunks): only chunks of at least ZERO_COPY_MIN bytes are views, so a pinned buffer is
@@ -23,6 +25,7 @@ cdef extern from "Python.h":
 
 DEFAULT_SIZE = 256 * 1024
 ZERO_COPY_MIN_BYTES = ZERO_COPY_MIN
+SPARE_BUFFERS = MAX_SPARE_BUFFERS
 
 
 cdef inline bint _referenced(bytearray buf):
@@ -38,7 +41,9 @@ cdef class ReadBuffer:
             raise ValueError(f"buffer size must be positive, not {size}")
         self.size = size
         self._buf = PyByteArray_FromStringAndSize(NULL, size)    # no need to zero it
+        self._spares = []
         self.replaced = 0
+        self.reused = 0
 
     cdef int _check_read(self, Py_ssize_t n) except -1:
         if n < 0 or n > self.size:
@@ -49,9 +54,22 @@ cdef class ReadBuffer:
         """Where the next read goes: the whole buffer, or a new one if views of the
         previous reads are still alive somewhere."""
         if _referenced(self._buf):
-            self._buf = PyByteArray_FromStringAndSize(NULL, self.size)
-            self.replaced += 1
+            self._buf = self._unreferenced_buffer()
         return memoryview(self._buf)
+
+    cdef bytearray _unreferenced_buffer(self):
+        cdef Py_ssize_t i
+        cdef bytearray spare
+        for i in range(len(self._spares)):
+            spare = <bytearray>self._spares[i]
+            if not _referenced(spare):
+                self._spares[i] = self._buf
+                self.reused += 1
+                return spare
+        if len(self._spares) < MAX_SPARE_BUFFERS:
+            self._spares.append(self._buf)
+        self.replaced += 1
+        return PyByteArray_FromStringAndSize(NULL, self.size)
 
     cpdef object filled(self, Py_ssize_t n):
         """The `n` bytes the last read put into the buffer."""
