@@ -8,7 +8,12 @@ pooled, uvloop), h2 (HBONE built on python-hyper's pure-Python h2, same windows)
 Each proxy runs in its own process on uvloop. Reported: single- and 8-stream upload
 throughput, 64-byte round trips (p50/p99), and the proxies' CPU seconds per GiB.
 
-    pip install ".[bench]" && python benchmarks/e2e_tunnel.py [--seconds 3] [--repeat 5]
+The proxies of every mode run side by side for the whole run, and the modes take
+turns: each round measures every mode once, and the table gives per-metric medians
+over the rounds. On a shared 2-core machine speed drifts by 20-30 % within a minute,
+so modes measured minutes apart are not comparable; modes measured in turns are.
+
+    pip install ".[bench]" && python benchmarks/e2e_tunnel.py [--seconds 2] [--repeat 5]
 """
 from __future__ import annotations
 
@@ -60,11 +65,12 @@ def _relay_factory(dial):
     return factory
 
 
-async def run_proxy(role: str, mode: str, listen: int, target: int, ca_dir: str) -> None:
+async def run_proxy(role: str, mode: str, listen: int, target: int, peer_port: int, ca_dir: str) -> None:
+    """`target`: the sink's port; `peer_port`: where the inbound proxy listens."""
     from meshcore.aio import HboneServer
     store, client_id, server_id = _stores(ca_dir)
     loop = asyncio.get_running_loop()
-    peer = ("127.0.0.1", target + 1000)          # where the inbound proxy listens
+    peer = ("127.0.0.1", peer_port)
     if mode == "meshcore" and role == "inbound":
         server = HboneServer(store.server_context(server_id), "cluster.local")
         await server.start("127.0.0.1", listen)
@@ -165,61 +171,75 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def measure(mode: str, seconds: float, ca_dir: str, rtts: int) -> dict:
-    sink = await _sink_server()
-    sink_port = sink.sockets[0].getsockname()[1]
+async def start_proxies(mode: str, sink_port: int, ca_dir: str) -> tuple[int, list]:
+    """The port a client connects to for `mode`, and the proxy processes behind it."""
+    if mode == "direct":
+        return sink_port, []
+    inbound_port, outbound_port = _free_port(), _free_port()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = []
-    port = sink_port
-    if mode != "direct":
-        inbound_port = _free_port()
-        outbound_port = _free_port()
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        # the proxies find each other at target + 1000: inbound listens there
-        target = sink_port
-        inbound_port = target + 1000
-        for role, listen in (("inbound", inbound_port), ("outbound", outbound_port)):
-            p = subprocess.Popen([sys.executable, __file__, "proxy", role, mode, str(listen), str(target), ca_dir],
-                                 stdout=subprocess.PIPE, env=env)
-            procs.append(p)
-            line = await asyncio.get_running_loop().run_in_executor(None, p.stdout.readline)
-            if b"ready" not in line:
-                raise RuntimeError(f"{mode} {role} proxy failed to start")
-        port = outbound_port
-    def phase(name):
-        print(f"  {mode}: {name}", file=sys.stderr, flush=True)
+    for role, listen in (("inbound", inbound_port), ("outbound", outbound_port)):
+        p = subprocess.Popen([sys.executable, __file__, "proxy", role, mode, str(listen), str(sink_port),
+                              str(inbound_port), ca_dir], stdout=subprocess.PIPE, env=env)
+        procs.append(p)
+        line = await asyncio.get_running_loop().run_in_executor(None, p.stdout.readline)
+        if b"ready" not in line:
+            raise RuntimeError(f"{mode} {role} proxy failed to start")
+    return outbound_port, procs
+
+
+async def measure(mode: str, port: int, pids: list, seconds: float, rtts: int) -> dict:
+    """One round of one mode: round trips, then 1 stream, then 8 streams."""
     limit = seconds * 3 + 60
+
     async def timed(name, coro):
-        phase(name)
+        print(f"  {mode}: {name}", file=sys.stderr, flush=True)
         try:
             return await asyncio.wait_for(coro, limit)
         except asyncio.TimeoutError:
             print(f"  {mode}: {name} STALLED (no progress in {limit:.0f} s)", file=sys.stderr, flush=True)
             return None
+    cpu_rtt0 = _cpu_seconds(pids) if pids else 0.0
+    times = await timed("round trips", _round_trips(port, rtts))
+    cpu_rtt = (_cpu_seconds(pids) - cpu_rtt0) / (rtts + 20) if pids else 0.0
+    cpu0 = _cpu_seconds(pids) if pids else 0.0
+    one = await timed("1 stream", _upload(port, seconds))
+    cpu1 = _cpu_seconds(pids) if pids else 0.0
+    eight = await timed("8 streams", asyncio.gather(*(_upload(port, seconds) for _ in range(8))))
+    times = sorted(times) if times else None
+    return {
+        "mode": mode,
+        "single_MBps": one[0] / one[1] / 1e6 if one else None,
+        "multi8_MBps": sum(r for r, _ in eight) / max(e for _, e in eight) / 1e6 if eight else None,
+        "rtt_p50_us": statistics.median(times) * 1e6 if times else None,
+        "rtt_p99_us": times[int(len(times) * 0.99) - 1] * 1e6 if times else None,
+        "cpu_s_per_GiB": (cpu1 - cpu0) / (one[0] / 2**30) if pids and one else 0.0,
+        "cpu_us_per_rtt": cpu_rtt * 1e6,
+    }
+
+
+async def run_rounds(modes: list[str], rounds: int, seconds: float, rtts: int, ca_dir: str) -> list[dict]:
+    """Every mode's proxies up at once; then `rounds` rounds, each measuring every mode."""
+    sink = await _sink_server()
+    sink_port = sink.sockets[0].getsockname()[1]
+    setups = {}
     try:
-        # latency first, on idle proxies (its own 20 warm-up exchanges set up pools)
-        pids = [p.pid for p in procs]
-        cpu_rtt0 = _cpu_seconds(pids) if pids else 0.0
-        times = await timed("round trips (idle proxies)", _round_trips(port, rtts))
-        cpu_rtt = (_cpu_seconds(pids) - cpu_rtt0) / (rtts + 20) if pids else 0.0
-        await timed("warm-up", _upload(port, 0.3))
-        cpu0 = _cpu_seconds(pids) if pids else 0.0
-        one = await timed("1 stream", _upload(port, seconds))
-        cpu1 = _cpu_seconds(pids) if pids else 0.0
-        eight = await timed("8 streams", asyncio.gather(*(_upload(port, seconds) for _ in range(8))))
-        times = sorted(times) if times else None
-        return {
-            "mode": mode,
-            "single_MBps": one[0] / one[1] / 1e6 if one else None,
-            "multi8_MBps": sum(r for r, _ in eight) / max(e for _, e in eight) / 1e6 if eight else None,
-            "rtt_p50_us": statistics.median(times) * 1e6 if times else None,
-            "rtt_p99_us": times[int(len(times) * 0.99) - 1] * 1e6 if times else None,
-            "cpu_s_per_GiB": (cpu1 - cpu0) / (one[0] / 2**30) if pids and one else 0.0,
-            "cpu_us_per_rtt": cpu_rtt * 1e6,
-        }
+        for mode in modes:
+            setups[mode] = await start_proxies(mode, sink_port, ca_dir)
+        for port, _ in setups.values():          # warm-up: pools, TLS sessions, buffers
+            await asyncio.wait_for(_round_trips(port, 1), 60)
+            await asyncio.wait_for(_upload(port, 0.3), 60)
+        runs = []
+        for _ in range(rounds):
+            for mode in modes:
+                port, procs = setups[mode]
+                runs.append(await measure(mode, port, [p.pid for p in procs], seconds, rtts))
+        return runs
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        for _, procs in setups.values():
+            for p in procs:
+                p.kill()
+                p.wait()
         sink.close()
 
 
@@ -236,31 +256,38 @@ def _median_row(runs: list[dict]) -> dict:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "proxy":
         import uvloop
-        _, _, role, mode, listen, target, ca_dir = sys.argv
-        uvloop.run(run_proxy(role, mode, int(listen), int(target), ca_dir))
+        if os.environ.get("E2E_PROXY_CPU"):
+            os.sched_setaffinity(0, {int(os.environ["E2E_PROXY_CPU"])})
+        _, _, role, mode, listen, target, peer_port, ca_dir = sys.argv
+        uvloop.run(run_proxy(role, mode, int(listen), int(target), int(peer_port), ca_dir))
         return 0
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument("--rtts", type=int, default=2000)
+    parser.add_argument("--seconds", type=float, default=2.0, help="per upload measurement")
+    parser.add_argument("--rtts", type=int, default=2000, help="round trips per round")
     parser.add_argument("--modes", default=",".join(MODES))
-    parser.add_argument("--repeat", type=int, default=1,
-                        help="run the modes this many times, interleaved; report medians")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="rounds: each measures every mode once; medians are reported")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "e2e.json"))
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=os.cpu_count() >= 2,
+                        help="run the load generator on CPU 0 and every proxy on CPU 1 (default on "
+                             "2+ CPUs): steadier numbers, and throughput then reads as what one "
+                             "core of proxying can carry")
     args = parser.parse_args()
+    if args.pin:
+        os.sched_setaffinity(0, {0})
+        os.environ["E2E_PROXY_CPU"] = "1"
     from meshcore.identity import CertificateAuthority
     import uvloop
     with tempfile.TemporaryDirectory() as ca_dir:
         CertificateAuthority.create("cluster.local").save(ca_dir)
         modes = args.modes.split(",")
-        runs = [uvloop.run(measure(m, args.seconds, ca_dir, args.rtts))
-                for _ in range(args.repeat) for m in modes]
+        runs = uvloop.run(run_rounds(modes, args.repeat, args.seconds, args.rtts, ca_dir))
     rows = [_median_row([r for r in runs if r["mode"] == m]) for m in modes]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps({"medians": rows, "runs": runs}, indent=2))
-    if args.repeat > 1:
-        print(f"medians of {args.repeat} interleaved runs")
+    print(f"medians of {args.repeat} rounds")
     by = {r["mode"]: r for r in rows}
-    print(f"| mode | 1 stream MB/s | 8 streams MB/s | 64 B RTT p50 µs | p99 µs | proxy CPU s/GiB | proxy CPU µs/round trip |")
+    print("| mode | 1 stream MB/s | 8 streams MB/s | 64 B RTT p50 µs | p99 µs | proxy CPU s/GiB | proxy CPU µs/round trip |")
     print("|---|---|---|---|---|---|---|")
     def f(v, fmt):
         return "stalled" if v is None else format(v, fmt)

@@ -2,9 +2,9 @@
 transports and meshcore._core; it never parses protocol bytes itself."""
 from meshcore.aio.client import dial
 from meshcore.aio.connection import HboneConnection
+from meshcore.aio.datapath import StreamTransport
 from meshcore.aio.server import HboneServer, TunnelRequest, parse_authority, relay_to_authority
 from meshcore.aio.splice import Splice, abort_with_rst
-from meshcore.aio.stream import StreamTransport
 
 __all__ = ["HboneConnection", "HboneServer", "StreamTransport", "Splice", "TunnelRequest", "dial",
            "parse_authority", "relay_to_authority", "abort_with_rst"]

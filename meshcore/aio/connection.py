@@ -1,15 +1,10 @@
 """An HBONE connection: the compiled H2Connection driven over an asyncio transport
 (TLS in production, anything in tests).
 
-All protocol bytes go through meshcore._core; this module only moves them and turns
-events into calls on StreamTransports.
-
-Reads land in the thread's shared ReadBuffer (a BufferedProtocol: no allocation per
-read). Output is batched per input: everything the events of one read cause (data
-relayed on, WINDOW_UPDATEs, answers) leaves in one transport write when the read has
-been handled; a send from outside (a relayed socket's data) is written at once, since
-waiting for the next loop iteration only adds latency (uvloop coalesces the socket
-writes of one iteration anyway).
+All protocol bytes go through meshcore._core. The per-chunk half (reads, DATA to
+streams, sends, output batching) is compiled: meshcore.aio.datapath.ConnectionBase.
+This module is the rest: events other than DATA, opening and accepting streams,
+keepalive, drain.
 """
 from __future__ import annotations
 
@@ -19,10 +14,8 @@ import time
 from collections.abc import Callable
 
 from meshcore._core import events as ev
-from meshcore._core.buffers import thread_read_buffer
-from meshcore._core.events import DataReceived
 from meshcore._core.h2conn import H2Connection
-from meshcore.aio.stream import StreamTransport
+from meshcore.aio.datapath import ConnectionBase, StreamTransport
 from meshcore.errors import ErrorCode, TunnelError, error_code_name
 
 log = logging.getLogger("meshcore.hbone")
@@ -32,26 +25,21 @@ KEEPALIVE_TIMEOUT = 20.0      # no ACK within 20 s closes the connection
 DRAIN_DEADLINE = 5.0
 
 
-class HboneConnection(asyncio.BufferedProtocol):
+class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
     """One HTTP/2 connection carrying tunnels, client or server side."""
 
     def __init__(self, *, client: bool, on_request: Callable | None = None,
                  verify: Callable | None = None, keepalive_interval: float = KEEPALIVE_INTERVAL,
                  keepalive_timeout: float = KEEPALIVE_TIMEOUT, **h2_options):
         self.h2 = H2Connection(client=client, **h2_options)
+        self.loop = asyncio.get_running_loop()
         self.client = client
         self.on_request = on_request            # server: (connection, TunnelRequested) -> None
         self.verify = verify                    # (ssl_object) -> peer identity; raises to refuse
         self.peer_identity = None
-        self.transport: asyncio.Transport | None = None
-        self.streams: dict[int, StreamTransport] = {}
         self._opening: dict[int, tuple[asyncio.Future, Callable, StreamTransport]] = {}
-        self._batching = False                  # inside a read: output waits for its end
-        self._rbuf = thread_read_buffer()
-        self._write_paused = False
-        self._blocked: set[int] = set()         # streams waiting for window or for the transport
-        self.closed: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.settings_received: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future = self.loop.create_future()
+        self.settings_received: asyncio.Future = self.loop.create_future()
         self.error: BaseException | None = None
         self.goaway = False
         self.on_goaway: Callable | None = None          # pool hooks
@@ -60,8 +48,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.on_request_reset: Callable | None = None  # server: a request reset before its answer
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
-        self._reads = 0                         # reads so far; the keepalive timer
-        self._reads_seen = 0                    # compares, instead of a clock per read
+        self._reads_seen = 0                    # the keepalive timer compares _reads, instead of a clock per read
         self._idle_since = time.monotonic()
         self._ping_deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -79,30 +66,7 @@ class HboneConnection(asyncio.BufferedProtocol):
                 return
         self._flush()
         if self._keepalive_interval:
-            self._timer = asyncio.get_running_loop().call_later(self._keepalive_interval, self._keepalive)
-
-    def get_buffer(self, sizehint: int):
-        return self._rbuf.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._rbuf.filled(nbytes))
-
-    def data_received(self, data) -> None:
-        self._reads += 1
-        self._batching = True
-        try:
-            for event in self.h2.receive_data(data):
-                if type(event) is DataReceived:     # the hot path, inline
-                    stream = self.streams.get(event.stream_id)
-                    if stream is not None:
-                        stream._on_data(event.data)
-                    else:
-                        self.h2.acknowledge_received_data(event.stream_id, len(event.data))
-                else:
-                    self._dispatch(event)
-        finally:
-            self._batching = False
-        self._flush()
+            self._timer = self.loop.call_later(self._keepalive_interval, self._keepalive)
 
     def eof_received(self):
         return False
@@ -123,32 +87,12 @@ class HboneConnection(asyncio.BufferedProtocol):
             self.settings_received.set_exception(ConnectionResetError("closed before SETTINGS"))
             self.settings_received.exception()
 
-    def pause_writing(self) -> None:
-        # the peer does not read: stop producing (streams stall on their windows and
-        # control answers pile up in the core, which cuts off a flooding peer)
-        self._write_paused = True
-
-    def resume_writing(self) -> None:
-        self._write_paused = False
-        self._batching = True
-        try:
-            self._wake_blocked()
-        finally:
-            self._batching = False
-        self._flush()
-
     # ------------------------------------------------------------------ events
 
     def _dispatch(self, e) -> None:
         kind = type(e)
         if kind is ev.WindowOpened:
-            if e.stream_id == 0:
-                self._wake_blocked()
-            elif e.stream_id in self._blocked:
-                self._blocked.discard(e.stream_id)
-                stream = self.streams.get(e.stream_id)
-                if stream is not None:
-                    stream._on_window()
+            self._on_window(e.stream_id)
         elif kind is ev.StreamEnded:
             stream = self.streams.get(e.stream_id)
             if stream is not None:
@@ -221,44 +165,6 @@ class HboneConnection(asyncio.BufferedProtocol):
             self._flush()
             self.transport.close()
 
-    # --------------------------------------------------- called by StreamTransport
-
-    def send_stream_data(self, stream_id: int, data) -> int:
-        """Sends as much of `data` as the windows allow now; returns how much."""
-        if self._write_paused:
-            self._blocked.add(stream_id)
-            return 0
-        n = self.h2.available_window(stream_id)
-        if n < len(data):
-            self._blocked.add(stream_id)
-            if n <= 0:
-                return 0
-            data = memoryview(data)[:n]
-        else:
-            n = len(data)
-        self.h2.send_data(stream_id, data)
-        self._output_queued()
-        return n
-
-    def end_stream(self, stream_id: int) -> None:
-        if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
-            self.h2.end_stream(stream_id)
-            self._output_queued()
-
-    def reset_stream(self, stream_id: int, code: int) -> None:
-        if self.h2.stream_state(stream_id) not in ("closed", "idle"):
-            self.h2.reset_stream(stream_id, code)
-            self._output_queued()
-
-    def acknowledge(self, stream_id: int, size: int) -> None:
-        self.h2.acknowledge_received_data(stream_id, size)
-        self._output_queued()
-
-    def forget_stream(self, stream_id: int) -> None:
-        if self.streams.pop(stream_id, None) is not None:
-            self._blocked.discard(stream_id)
-            self._stream_done(stream_id)
-
     def _stream_done(self, stream_id: int) -> None:
         if self.on_stream_closed is not None:
             self.on_stream_closed(self, stream_id)
@@ -271,7 +177,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         sid = self.h2.open_tunnel(authority, headers)
         stream = StreamTransport(self, sid, self._extra())
         self.streams[sid] = stream
-        fut = asyncio.get_running_loop().create_future()
+        fut = self.loop.create_future()
         self._opening[sid] = (fut, protocol_factory, stream)
         self._flush()
         return await fut
@@ -283,13 +189,13 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.h2.accept_tunnel(stream_id, headers)
         stream.set_protocol(protocol)
         protocol.connection_made(stream)
-        self._output_queued()
+        self.output_queued()
         return stream
 
     def refuse_stream(self, stream_id: int, status: int) -> None:
         if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
             self.h2.refuse_tunnel(stream_id, status)
-            self._output_queued()
+            self.output_queued()
 
     async def drain(self, deadline: float = DRAIN_DEADLINE) -> None:
         """Graceful shutdown: GOAWAY, let open tunnels finish, close after `deadline`."""
@@ -324,27 +230,6 @@ class HboneConnection(asyncio.BufferedProtocol):
                 "sockname": t.get_extra_info("sockname") if t else None,
                 "peer_identity": self.peer_identity}
 
-    def _output_queued(self) -> None:
-        if not self._batching:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._write_paused or self.transport is None or self.transport.is_closing():
-            return
-        chunks = self.h2.data_to_send_chunks()
-        if chunks:
-            if len(chunks) == 1:
-                self.transport.write(chunks[0])
-            else:
-                self.transport.writelines(chunks)
-
-    def _wake_blocked(self) -> None:
-        blocked, self._blocked = self._blocked, set()
-        for sid in blocked:
-            stream = self.streams.get(sid)
-            if stream is not None:
-                stream._on_window()
-
     def _keepalive(self) -> None:
         now = time.monotonic()
         if self.transport is None or self.transport.is_closing():
@@ -370,4 +255,4 @@ class HboneConnection(asyncio.BufferedProtocol):
         wait = max(0.01, min(self._keepalive_interval - idle, self._keepalive_interval / 2)) \
             if self._ping_deadline is None else \
             min(self._keepalive_interval, max(0.01, self._ping_deadline - now))
-        self._timer = asyncio.get_running_loop().call_later(wait, self._keepalive)
+        self._timer = self.loop.call_later(wait, self._keepalive)

@@ -2,10 +2,11 @@
 half-close and abort semantics of HBONE.md section 4.
 
 Each side is a small BufferedProtocol that forwards to the other side's transport:
-- data flows straight through: sockets read into the thread's shared ReadBuffer, and
-  what was read is written on (copied only when small, see meshcore._core.buffers);
-  when one side's write buffer is full (pause_writing), the other side stops reading,
-  so nothing accumulates beyond one read or one window;
+- data flows straight through (compiled: meshcore.aio.datapath.SpliceSide): sockets
+  read into the thread's shared ReadBuffer, and what was read is written on (copied
+  only when small, see meshcore._core.buffers); when one side's write buffer is full
+  (pause_writing), the other side stops reading, so nothing accumulates beyond one
+  read or one window;
 - EOF on one side becomes write_eof() on the other (half-close);
 - the splice closes once both directions are done;
 - a side lost with an error aborts the other: a TCP socket with RST (SO_LINGER 0),
@@ -17,8 +18,7 @@ import asyncio
 import socket
 import struct
 
-from meshcore._core.buffers import thread_read_buffer
-from meshcore.aio.stream import StreamTransport
+from meshcore.aio.datapath import SpliceSide, StreamTransport
 from meshcore.errors import ErrorCode
 
 
@@ -33,17 +33,12 @@ def abort_with_rst(transport: asyncio.BaseTransport) -> None:
     transport.abort()
 
 
-class _Side(asyncio.BufferedProtocol):
+class _Side(SpliceSide, asyncio.BufferedProtocol):
+    """A splice side: received, transport, peer, eof, lost and the early-data list
+    live in SpliceSide, which also reads and forwards."""
+
     def __init__(self, splice: "Splice"):
         self.splice = splice
-        self.received = 0           # bytes read from this side's transport
-        self._rbuf = thread_read_buffer()
-        self.transport: asyncio.Transport | None = None
-        self.peer: "_Side | None" = None
-        self.eof = False            # this side will send no more
-        self.lost = False
-        self._early: list = []      # received before the other side existed
-        self._early_eof = False
 
     def connection_made(self, transport) -> None:
         # Nothing may be lost while the other side does not exist yet (an upstream can
@@ -63,20 +58,6 @@ class _Side(asyncio.BufferedProtocol):
             self.eof_received()
         if early:
             self.transport.resume_reading()
-
-    def get_buffer(self, sizehint: int):
-        return self._rbuf.get_buffer(sizehint)
-
-    def buffer_updated(self, nbytes: int) -> None:
-        self.data_received(self._rbuf.take(nbytes))
-
-    def data_received(self, data) -> None:       # also called by a StreamTransport
-        self.received += len(data)
-        if self.peer.transport is None:
-            self._early.append(bytes(data))
-            self.transport.pause_reading()
-            return
-        self.peer.transport.write(data)
 
     def eof_received(self):
         if self.peer.transport is None:
