@@ -1,5 +1,12 @@
 """The asyncio shell: the only code that touches sockets. It moves bytes between
 transports and meshcore._core; it never parses protocol bytes itself."""
+from meshcore._core import not_built
+
+try:
+    from meshcore.aio import datapath  # noqa: F401  (the compiled per-chunk path)
+except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
+    raise not_built(exc) from exc
+
 from meshcore.aio.client import dial
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.datapath import StreamTransport
