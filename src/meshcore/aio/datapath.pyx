@@ -30,10 +30,8 @@ from meshcore._core.events cimport DataReceived
 from meshcore.errors import ErrorCode, StreamClosedError
 
 cdef enum:
-    DEF_HIGH_WATER = 64 * 1024     # a stream's write buffer: one read, then pause the writer
-    DEF_LOW_WATER = 16 * 1024
-HIGH_WATER = DEF_HIGH_WATER
-LOW_WATER = DEF_LOW_WATER
+    HIGH_WATER = 64 * 1024     # a stream's write buffer: one read, then pause the writer
+    LOW_WATER = 16 * 1024
 
 cdef uint32_t _CANCEL = ErrorCode.CANCEL
 cdef uint32_t _NO_ERROR = ErrorCode.NO_ERROR
@@ -102,7 +100,7 @@ cdef class ConnectionBase:
         self._write_output()
         return 0
 
-    # called by streams (the Python names are for the subclass and for tests)
+    # called by streams
     cdef Py_ssize_t _send(self, uint32_t stream_id, object data) except -1:
         """Sends as much of `data` as the windows allow now; returns how much."""
         if self._write_paused:
@@ -120,16 +118,10 @@ cdef class ConnectionBase:
         self._output_queued()
         return n
 
-    def send_stream_data(self, uint32_t stream_id, data):
-        return self._send(stream_id, data)
-
     cdef int _acknowledge(self, uint32_t stream_id, Py_ssize_t size) except -1:
         self.h2.acknowledge_received_data(stream_id, size)
         self._output_queued()
         return 0
-
-    def acknowledge(self, uint32_t stream_id, Py_ssize_t size):
-        self._acknowledge(stream_id, size)
 
     def end_stream(self, uint32_t stream_id):
         if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
@@ -178,9 +170,6 @@ cdef class ConnectionBase:
                 (<StreamTransport>stream)._flush_pending()
         return 0
 
-    def _wake_blocked(self):
-        self._wake()
-
     def _on_window(self, uint32_t stream_id):
         """WINDOW_UPDATE (or SETTINGS) opened a window: resume who waits for it."""
         if stream_id == 0:
@@ -204,7 +193,7 @@ cdef class StreamTransport:
         self._extra = {} if extra is None else extra
         self._pending = deque()
         self._inbox = deque()
-        self._high, self._low = DEF_HIGH_WATER, DEF_LOW_WATER
+        self._high, self._low = HIGH_WATER, LOW_WATER
 
     # ----------------------------------------------------------- asyncio.Transport
 
@@ -231,7 +220,7 @@ cdef class StreamTransport:
         return self._low, self._high
 
     def set_write_buffer_limits(self, high=None, low=None):
-        self._high = DEF_HIGH_WATER if high is None else high
+        self._high = HIGH_WATER if high is None else high
         self._low = self._high // 4 if low is None else low
         if self._low > self._high:
             raise ValueError(f"high ({self._high}) must be >= low ({self._low})")
