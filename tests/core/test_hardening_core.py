@@ -142,6 +142,24 @@ def test_empty_frames_separated_by_data_are_fine():
     assert raw.goaway() is None
 
 
+def test_data_in_flight_after_our_reset_is_ignored_not_counted_as_empty():
+    """RFC 9113 5.1: frames on a stream we reset are ignored. They carry bytes, so they
+    are not the empty-frame flood (CVE-2019-9518), and the connection (with every other
+    tunnel on it) stays up; their bytes still come back to the connection window."""
+    raw = RawClient()
+    raw.open(1)
+    raw.open(3)
+    raw.output()
+    raw.server.reset_stream(1)
+    assert [f.type for f in raw.output()] == [3]
+    for _ in range(50):
+        events = raw.send(frame(0, 0, 1, b"x" * 1000))
+        assert not [e for e in events if isinstance(e, (ev.StreamReset, ev.ConnectionTerminated))]
+    assert raw.goaway() is None
+    assert data_of(raw.send(frame(0, 0, 3, b"still here")), 3) == b"still here"
+    assert raw.server.terminated is False
+
+
 def test_peer_cannot_exceed_our_window():
     """Zero-window / dribble: the stream window is the hard cap on what we accept."""
     raw = RawClient(initial_window_size=100_000)   # in force: RawClient ACKs our SETTINGS

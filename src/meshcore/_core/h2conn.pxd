@@ -109,7 +109,6 @@ cdef class H2Connection:
     cdef int64_t _pad_left
     cdef int64_t _skip_left
     cdef Stream _data_stream               # None: the DATA frame is being discarded
-    cdef bint _data_nonempty
     # header block being assembled (HEADERS + CONTINUATION)
     cdef bytearray _block
     cdef uint32_t _block_stream

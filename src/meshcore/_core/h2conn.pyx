@@ -741,7 +741,6 @@ cdef class H2Connection:
                 f"({self._recv_window})", FLOW_CONTROL_ERROR)
         self._recv_window -= h.length
         self._data_stream = None
-        self._data_nonempty = False
         obj = self._streams.get(sid)
         if obj is None:
             if self._is_idle(sid):
@@ -793,7 +792,6 @@ cdef class H2Connection:
                 self._input_view = memoryview(self._input)
             ev.data = self._input_view[pos:pos + length]
         self._events.append(ev)
-        self._data_nonempty = True
         return 0
 
     cdef int _end_data_frame(self) except -1:
@@ -805,7 +803,10 @@ cdef class H2Connection:
             ev = StreamEnded.__new__(StreamEnded)
             (<StreamEnded>ev).stream_id = stream.id
             self._events.append(ev)
-        self._count_empty(not self._data_nonempty and not self._frame.flags & FLAG_END_STREAM)
+        # CVE-2019-9518 counts frames that cost the peer nothing: a zero-length frame
+        # on the wire. A frame dropped because we reset its stream is not one of them
+        # (RFC 9113 5.1: in-flight DATA after our RST_STREAM is ignored, not punished).
+        self._count_empty(self._frame.length == 0 and not self._frame.flags & FLAG_END_STREAM)
         return 0
 
     cdef int _count_empty(self, bint empty) except -1:
