@@ -16,7 +16,7 @@ from collections.abc import Callable
 from meshcore._core import events as ev
 from meshcore._core.h2conn import H2Connection
 from meshcore.aio.datapath import ConnectionBase, StreamTransport
-from meshcore.errors import ErrorCode, TunnelError, error_code_name
+from meshcore.errors import ErrorCode, StreamClosedError, TunnelError, error_code_name
 
 log = logging.getLogger("meshcore.hbone")
 
@@ -45,7 +45,10 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self.on_goaway: Callable | None = None          # pool hooks
         self.on_settings: Callable | None = None
         self.on_stream_closed: Callable | None = None
-        self.on_request_reset: Callable | None = None  # server: a request reset before its answer
+        # server: the task answering each request (authorization, upstream dial, relay).
+        # The connection owns it: a reset of its stream or the loss of the connection
+        # cancels it, and whatever it opened closes with it.
+        self.request_tasks: dict[int, asyncio.Task] = {}
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
         self._reads_seen = 0                    # the keepalive timer compares _reads, instead of a clock per read
@@ -77,6 +80,9 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         lost = ConnectionResetError(f"HBONE connection lost ({exc or 'closed'})")
         for stream in list(self.streams.values()):
             stream._connection_lost(lost)            # peers vanished: abort, never "complete"
+        for task in list(self.request_tasks.values()):
+            task.cancel()
+        self.request_tasks.clear()
         for fut, _, _ in self._opening.values():
             if not fut.done():
                 fut.set_exception(TunnelError(f"connection lost before the tunnel opened ({exc})", 503))
@@ -101,6 +107,12 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             if self.on_request is None:
                 self.h2.refuse_tunnel(e.stream_id, 503)
             else:
+                # The stream exists from its request on, reading paused: DATA a client
+                # sends before our answer waits in it (within the stream window) and is
+                # delivered once the tunnel is accepted, END_STREAM included.
+                stream = StreamTransport(self, e.stream_id, self._extra())
+                stream.pause_reading()
+                self.streams[e.stream_id] = stream
                 self.on_request(self, e)
         elif kind is ev.TunnelAccepted or kind is ev.TunnelRefused:
             self._on_response(e)
@@ -143,10 +155,15 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             self._stream_done(e.stream_id)
             return
         stream = self.streams.get(e.stream_id)
+        if stream is None or stream.get_protocol() is None:
+            # not answered yet: the client gave up (or rapid-reset us), so the dial and
+            # whatever else the request started are cancelled. Once accepted, the
+            # stream's protocol learns of the reset instead (a peer's CANCEL is an EOF).
+            task = self.request_tasks.pop(e.stream_id, None)
+            if task is not None:
+                task.cancel()
         if stream is not None:
             stream._on_reset(e.error_code, e.remote)
-        elif self.on_request_reset is not None:
-            self.on_request_reset(self, e.stream_id)
 
     def _on_terminated(self, e) -> None:
         if e.remote:
@@ -182,19 +199,39 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self._flush()
         return await fut
 
+    def own_request(self, stream_id: int, task: asyncio.Task) -> None:
+        """Server: `task` answers the request on `stream_id`; it is cancelled if the
+        stream is reset or the connection ends first."""
+        if self.closed.done() or stream_id not in self.streams:
+            task.cancel()
+            return
+        self.request_tasks[stream_id] = task
+        task.add_done_callback(lambda _: self.request_tasks.pop(stream_id, None))
+
     def accept_stream(self, stream_id: int, protocol, headers=()) -> StreamTransport:
-        """Server: answer 200 and connect `protocol` to the tunnel."""
-        stream = StreamTransport(self, stream_id, self._extra())
-        self.streams[stream_id] = stream
+        """Server: answer 200 and connect `protocol` to the tunnel; data the client
+        sent early is delivered now. Raises StreamClosedError if the stream or the
+        connection ended meanwhile (the caller closes what it opened for it)."""
+        stream = self.streams.get(stream_id)
+        if stream is None or self.closed.done() or self.h2.terminated:
+            raise StreamClosedError(f"stream {stream_id} ended before its tunnel was accepted", stream_id)
         self.h2.accept_tunnel(stream_id, headers)
         stream.set_protocol(protocol)
         protocol.connection_made(stream)
+        stream.resume_reading()
         self.output_queued()
         return stream
 
     def refuse_stream(self, stream_id: int, status: int) -> None:
+        stream = self.streams.get(stream_id)
+        if stream is not None and stream.get_protocol() is None:
+            stream._connection_lost(None)            # returns what it held of the window
         if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
             self.h2.refuse_tunnel(stream_id, status)
+            if self.h2.stream_state(stream_id) == "half-closed (local)":
+                # the answer is complete; RFC 9113 8.1 lets us stop the request body so
+                # the stream does not hold a slot until the client ends it
+                self.h2.reset_stream(stream_id, ErrorCode.NO_ERROR)
             self.output_queued()
 
     async def drain(self, deadline: float = DRAIN_DEADLINE) -> None:

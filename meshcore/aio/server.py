@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.splice import Splice
+from meshcore.errors import StreamClosedError
 from meshcore.identity.tls import handshake_error, verify_client
 
 log = logging.getLogger("meshcore.hbone")
@@ -77,19 +78,31 @@ Handler = Callable[[TunnelRequest], Awaitable[None]]
 
 
 async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CONNECT_TIMEOUT) -> None:
-    """Default handler: dial the authority; 200 and relay once connected, 503 if not."""
+    """Default handler: dial the authority; 200 and relay once connected, 503 if not.
+
+    The splice owns the upstream socket however this ends: if the task is cancelled
+    (stream reset, connection lost) during the dial or the relay, or the stream is gone
+    by the time the dial completes, the upstream connection is aborted, never leaked."""
     splice = Splice()
     loop = asyncio.get_running_loop()
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: splice.b, request.host, request.port),
-                               connect_timeout)
-    except (OSError, asyncio.TimeoutError) as exc:
-        log.info("tunnel %s from %s: upstream %s unreachable: %s", request.stream_id,
-                 request.peer_identity, request.authority, exc or type(exc).__name__)
-        request.refuse(503)
-        return
-    request.accept(splice.a)
-    await splice.done
+        try:
+            await asyncio.wait_for(loop.create_connection(lambda: splice.b, request.host, request.port),
+                                   connect_timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            log.info("tunnel %s from %s: upstream %s unreachable: %s", request.stream_id,
+                     request.peer_identity, request.authority, exc or type(exc).__name__)
+            request.refuse(503)
+            return
+        try:
+            request.accept(splice.a)
+        except StreamClosedError:
+            log.info("tunnel %s from %s to %s ended before the upstream connected",
+                     request.stream_id, request.peer_identity, request.authority)
+            return
+        await splice.done
+    finally:
+        splice.abort()
 
 
 class HboneServer:
@@ -107,7 +120,6 @@ class HboneServer:
         self.connection_options = connection_options
         self.connections: set[HboneConnection] = set()
         self._tasks: set[asyncio.Task] = set()
-        self._pending: dict[tuple[int, int], asyncio.Task] = {}
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
         self.stats = {"accepted": 0, "refused": 0, "denied": 0, "handshake_failed": 0}
@@ -172,7 +184,6 @@ class HboneServer:
         conn = HboneConnection(client=False, on_request=self._on_request,
                                verify=lambda obj: verify_client(obj, self.trust_domain, peer),
                                **self.connection_options)
-        conn.on_request_reset = self._on_request_reset
         try:
             ctx = self._context_for(sock.getsockname())
             await asyncio.get_running_loop().connect_accepted_socket(
@@ -201,16 +212,7 @@ class HboneServer:
             self.stats["refused"] += 1
             request.refuse(400)
             return
-        key = (id(conn), event.stream_id)
-        task = self._spawn(self._serve(request))
-        self._pending[key] = task
-        task.add_done_callback(lambda _: self._pending.pop(key, None))
-
-    def _on_request_reset(self, conn: HboneConnection, stream_id: int) -> None:
-        # the peer gave up (or rapid-reset us): cancel the upstream dial
-        task = self._pending.pop((id(conn), stream_id), None)
-        if task is not None:
-            task.cancel()
+        conn.own_request(event.stream_id, self._spawn(self._serve(request)))
 
     async def _serve(self, request: TunnelRequest) -> None:
         try:

@@ -110,6 +110,18 @@ class Splice:
         if self.a.lost and self.b.lost and not self.done.done():
             self.done.set_result(self.bytes)
 
+    def abort(self) -> None:
+        """End what is still open, as a failure (RST / RST_STREAM): the splice's owner
+        is gone. Nothing happens to sides that already ended."""
+        for side in (self.a, self.b):
+            t = side.transport
+            if side.lost or t is None or t.is_closing():
+                continue
+            if isinstance(t, StreamTransport):
+                t.abort(ErrorCode.CANCEL)
+            else:
+                abort_with_rst(t)
+
     @property
     def bytes(self) -> dict:
         """Bytes read from each side so far: {"a": n, "b": n}."""

@@ -44,6 +44,7 @@ cdef class StreamTransport:
     cdef Py_ssize_t _pending_size
     cdef Py_ssize_t _high, _low
     cdef object _inbox                     # deque of data received while reading is paused
+                                           # (or before the tunnel was accepted), unacknowledged
     cdef bint _inbox_eof
     cdef bint _eof_pending                 # write_eof() waits for _pending to drain
     cdef bint _local_closed                # END_STREAM sent (or reset)
@@ -56,6 +57,7 @@ cdef class StreamTransport:
     cpdef write(self, object data)
     cdef int _on_data(self, object data) except -1
     cdef int _flush_pending(self) except -1
+    cdef int _discard_inbox(self) except -1
     cdef int _deliver(self, object data) except -1
 
 

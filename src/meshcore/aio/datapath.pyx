@@ -268,7 +268,7 @@ cdef class StreamTransport:
             return
         self._closing = True
         self._reading_paused = True
-        self._inbox.clear()
+        self._discard_inbox()
         self.write_eof()
         self._maybe_finish()
 
@@ -296,6 +296,7 @@ cdef class StreamTransport:
         if self._inbox_eof and not self._inbox and not self._reading_paused:
             self._inbox_eof = False
             self._deliver_eof()
+        self._maybe_finish()
 
     # ------------------------------------------------- called by the connection
 
@@ -320,7 +321,7 @@ cdef class StreamTransport:
 
     def _on_end(self):
         self._remote_closed = True
-        if self._reading_paused and self._inbox:
+        if self._protocol is None or (self._reading_paused and self._inbox):
             self._inbox_eof = True
         elif not self._closing:
             self._deliver_eof()
@@ -356,11 +357,24 @@ cdef class StreamTransport:
             return
         self._lost = True
         self._local_closed = self._remote_closed = True
+        self._discard_inbox()
         self._connection.forget_stream(self.stream_id)
         if self._protocol is not None:
             self._connection.loop.call_soon(self._protocol.connection_lost, exc)
 
     # ----------------------------------------------------------------- internal
+
+    cdef int _discard_inbox(self) except -1:
+        # Unread data still holds connection window: give it back, or a few abandoned
+        # streams would stall every other tunnel on the connection.
+        cdef Py_ssize_t unread = 0
+        for chunk in self._inbox:
+            unread += len(chunk)
+        self._inbox.clear()
+        self._inbox_eof = False
+        if unread:
+            self._connection._acknowledge(self.stream_id, unread)
+        return 0
 
     cdef int _flush_pending(self) except -1:
         cdef Py_ssize_t sent
@@ -386,6 +400,8 @@ cdef class StreamTransport:
         if self._lost:
             return
         if self._local_closed and self._remote_closed:
+            if self._inbox or self._inbox_eof:
+                return          # finished once the paused protocol has taken it all
             self._connection_lost(None)
         elif self._closing and self._local_closed and not self._remote_closed:
             # we are done and no longer read: stop the peer

@@ -1,0 +1,193 @@
+"""Every dial and relay belongs to its stream, every stream to its connection: when
+either ends, what it owns ends with it. Driven by an independent h2 client over real
+mTLS, with file descriptors counted before and after."""
+import asyncio
+import hashlib
+import os
+import socket
+
+from meshcore import Mesh
+from meshcore.identity import CertificateStore
+
+from helpers import CLIENT, SERVER, exchange, port_of, server_and_h2_client, tcp_echo_server, wait_until
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def holding_server(accepted: list):
+    """An upstream that accepts and keeps each connection open until its peer goes."""
+    async def hold(reader, writer):
+        accepted.append(writer)
+        try:
+            await reader.read()
+        except ConnectionError:
+            pass                                    # reset: what an aborted tunnel gives
+        finally:
+            writer.close()
+            accepted.remove(writer)
+    return await asyncio.start_server(hold, "127.0.0.1", 0)
+
+
+def test_lost_connection_closes_every_upstream_it_opened(run, ca):
+    async def scenario():
+        accepted: list = []
+        upstream = await holding_server(accepted)
+        before = open_fds()
+        async with server_and_h2_client(ca) as (server, client):
+            sids = [client.open(f"127.0.0.1:{port_of(upstream)}") for _ in range(150)]
+            assert await asyncio.gather(*(client.status[s] for s in sids)) == [200] * 150
+            await wait_until(lambda: len(accepted) == 150, 5)
+            assert len(accepted) == 150
+            client.ep.writer.transport.abort()          # the peer vanishes
+            await wait_until(lambda: not accepted and not server.connections, 5)
+            assert not accepted, f"{len(accepted)} upstream connections outlived their HBONE connection"
+        await wait_until(lambda: open_fds() <= before, 5)
+        assert open_fds() <= before
+        upstream.close()
+    run(scenario())
+
+
+def test_lost_connection_cancels_upstream_dials_in_progress(run, ca):
+    async def scenario():
+        # a listener whose accept queue is full: connects to it hang in SYN_SENT
+        full = socket.socket()
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        fillers = []
+        for _ in range(4):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(full.getsockname())
+            fillers.append(s)
+        await asyncio.sleep(0.1)
+        async with server_and_h2_client(ca) as (server, client):
+            before = open_fds()                 # the listener and the client's connection
+            sids = [client.open(f"127.0.0.1:{full.getsockname()[1]}") for _ in range(100)]
+            await wait_until(lambda: open_fds() >= before + 100, 5)   # dials under way
+            assert open_fds() >= before + 100
+            client.ep.writer.transport.abort()
+            await wait_until(lambda: not server.connections and open_fds() <= before, 5)
+            assert open_fds() <= before, "dials outlived the connection that asked for them"
+            assert not client.status[sids[0]].done() or client.status[sids[0]].result() is None
+        for s in fillers:
+            s.close()
+        full.close()
+    run(scenario())
+
+
+def test_reset_request_closes_its_dial(run, ca):
+    async def scenario():
+        full = socket.socket()
+        full.bind(("127.0.0.1", 0))
+        full.listen(0)
+        fillers = [socket.socket() for _ in range(4)]
+        for s in fillers:
+            s.setblocking(False)
+            s.connect_ex(full.getsockname())
+        async with server_and_h2_client(ca) as (server, client):
+            before = open_fds()
+            sids = [client.open(f"127.0.0.1:{full.getsockname()[1]}") for _ in range(15)]   # under the Rapid Reset limit (20)
+            await wait_until(lambda: open_fds() >= before + 15, 5)
+            for sid in sids:
+                client.ep.conn.reset_stream(sid, 8)      # CANCEL
+            client.ep.flush()
+            await wait_until(lambda: open_fds() <= before, 5)
+            assert open_fds() <= before
+            # the connection is still good for an honest tunnel
+            echo = await tcp_echo_server()
+            sid = client.open(f"127.0.0.1:{port_of(echo)}")
+            client.ep.send(sid, b"still here", end=True)
+            assert await client.status[sid] == 200
+            assert await client.ended[sid] == "end"
+            assert bytes(client.received[sid]) == b"still here"
+            echo.close()
+        for s in fillers:
+            s.close()
+        full.close()
+    run(scenario())
+
+
+def test_data_sent_before_the_answer_is_delivered(run, ca):
+    """A client may send DATA (and END_STREAM) right behind its CONNECT: it waits in
+    the stream until the upstream is connected, and nothing is lost."""
+    async def scenario():
+        echo = await tcp_echo_server()
+
+        async def slow_authorize(request):
+            await asyncio.sleep(0.2)                    # the data arrives before the answer
+            return True
+        async with server_and_h2_client(ca, authorize=slow_authorize) as (server, client):
+            payloads = {}
+            for i in range(8):
+                sid = client.open(f"127.0.0.1:{port_of(echo)}")
+                payloads[sid] = os.urandom(1000 + 300_000 * i)
+                client.ep.send(sid, payloads[sid], end=True)
+            for sid, payload in payloads.items():
+                assert await client.status[sid] == 200
+                assert await client.ended[sid] == "end"
+                assert hashlib.sha256(client.received[sid]).digest() == hashlib.sha256(payload).digest()
+        echo.close()
+    run(scenario())
+
+
+def test_refused_streams_give_back_the_window_their_early_data_used(run, ca):
+    """20 denied tunnels each send 1 MiB before their 401 (more than the 16 MiB
+    connection window in all); an honest tunnel on the same connection still flows."""
+    async def scenario():
+        echo = await tcp_echo_server()
+
+        async def deny_slowly(request):
+            await asyncio.sleep(0.1)
+            return request.header(b"x-honest") == b"1"
+        async with server_and_h2_client(ca, authorize=deny_slowly) as (server, client):
+            denied = []
+            for _ in range(20):
+                sid = client.open(f"127.0.0.1:{port_of(echo)}")
+                client.ep.send(sid, b"x" * (1 << 20))
+                denied.append(sid)
+            assert await asyncio.gather(*(client.status[s] for s in denied)) == [401] * 20
+            sid = client.open(f"127.0.0.1:{port_of(echo)}", headers=[(b"x-honest", b"1")])
+            payload = os.urandom(20 << 20)
+            client.ep.send(sid, payload, end=True)
+            assert await client.status[sid] == 200
+            assert await client.ended[sid] == "end"
+            assert hashlib.sha256(client.received[sid]).digest() == hashlib.sha256(payload).digest()
+        echo.close()
+    run(scenario())
+
+
+def test_unread_data_of_a_closed_stream_goes_back_to_the_connection_window(run, ca):
+    """A handler that closes its tunnel without reading what it was sent must not
+    shrink the connection window that every other tunnel shares."""
+    async def scenario():
+        async def handler(reader, writer, request):
+            if request.port == 81:                        # the honest tunnel: echo
+                while data := await reader.read(1 << 16):
+                    writer.write(data)
+                    await writer.drain()
+                writer.write_eof()
+                return
+            await asyncio.sleep(0.3)                      # the data is in by now, unread
+            writer.close()
+
+        async with Mesh(SERVER, CertificateStore(ca)) as db, Mesh(CLIENT, CertificateStore(ca)) as web:
+            server = await db.serve(handler, "127.0.0.1", 0)
+            for _ in range(3):     # 3 rounds of 8 x 3 MiB left unread: 72 MiB > the 16 MiB window
+                tunnels = [await web.open_tunnel("10.0.0.1", 80, SERVER, via=server.address) for _ in range(8)]
+                for _, w in tunnels:
+                    w.write(b"y" * (3 << 20))
+                for r, w in tunnels:
+                    try:
+                        await r.read()
+                    except ConnectionError:
+                        pass
+                    w.close()
+            assert web.pool.dials == 1                    # all of it on one pooled connection
+            r, w = await web.open_tunnel("10.0.0.1", 81, SERVER, via=server.address)
+            payload = os.urandom(8 << 20)
+            assert await asyncio.wait_for(exchange(r, w, payload), 10) == (
+                len(payload), hashlib.sha256(payload).hexdigest())
+            await server.close()
+    run(scenario())
