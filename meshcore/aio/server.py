@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import re
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -21,19 +22,32 @@ HANDSHAKE_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 10.0      # HBONE.md 3: upstream connect timeout
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+
+
 def parse_authority(text: str) -> tuple[str, int]:
-    """"10.0.0.7:8080" or "[fd00::7]:8080" (or "svc.ns.svc:80") -> (host, port)."""
+    """"10.0.0.7:8080" or "[fd00::7]:8080" (or "svc.ns.svc:80") -> (host, port).
+
+    Raises ValueError saying what is wrong: a host must be an IP literal or a DNS name
+    (RFC 1123: labels of 1-63 letters, digits and hyphens, 253 characters at most)."""
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
-            raise ValueError(f"authority {text!r}: IPv6 must be written [addr]:port")
-        ipaddress.IPv6Address(host)
+            raise ValueError(f"authority {text[:80]!r}: IPv6 must be written [addr]:port")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"authority {text[:80]!r}: {host[:64]!r} is not an IPv6 address") from None
     else:
         host, sep, port = text.rpartition(":")
         if not sep or not host or ":" in host:
-            raise ValueError(f"authority {text!r} is not host:port")
+            raise ValueError(f"authority {text[:80]!r} is not host:port")
+        name = host[:-1] if host.endswith(".") else host
+        if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+            raise ValueError(f"authority {text[:80]!r}{'...' if len(text) > 80 else ''}: host is "
+                             f"neither an IP address nor a DNS name ({len(host)} characters)")
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"authority {text!r} has no valid port")
+        raise ValueError(f"authority {text[:80]!r} has no valid port")
     return host, int(port)
 
 

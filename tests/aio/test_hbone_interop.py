@@ -3,11 +3,12 @@ TLS on loopback, in both roles."""
 import asyncio
 import hashlib
 import random
+import re
 
 import pytest
 
 from meshcore import Mesh
-from meshcore.aio import HboneServer
+from meshcore.aio import HboneServer, parse_authority
 from meshcore.errors import ErrorCode, TunnelError
 from meshcore.identity import CertificateStore
 
@@ -108,6 +109,9 @@ def test_bad_requests_get_400(run, ca):
     async def scenario():
         async with server_and_h2_client(ca) as (server, client):
             bad_authority = client.open("no-port-here")
+            long_host = client.open("a" * 300 + ":80")
+            bad_label = client.open("bad_label.example:80")
+            not_v6 = client.open("[10.0.0.1]:80")
             sid = client.ep.conn.get_next_available_stream_id()
             client.ep.conn.send_headers(sid, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"),
                                               (b":authority", b"x:1")], end_stream=True)
@@ -115,9 +119,40 @@ def test_bad_requests_get_400(run, ca):
             client.status[sid], client.ended[sid] = loop.create_future(), loop.create_future()
             client.received[sid] = bytearray()
             client.ep.flush()
-            assert await client.status[bad_authority] == 400
-            assert await client.status[sid] == 400
+            for bad in (bad_authority, long_host, bad_label, not_v6, sid):
+                assert await client.status[bad] == 400
+            assert server.stats["refused"] == 5
     run(scenario())
+
+
+@pytest.mark.parametrize("authority, expected", [
+    ("10.0.0.7:8080", ("10.0.0.7", 8080)),
+    ("[fd00::7]:15008", ("fd00::7", 15008)),
+    ("reviews.bookinfo.svc.cluster.local:9080", ("reviews.bookinfo.svc.cluster.local", 9080)),
+    ("svc.example.:80", ("svc.example.", 80)),
+    ("x" * 63 + ".example:1", ("x" * 63 + ".example", 1)),
+])
+def test_authority_parses(authority, expected):
+    assert parse_authority(authority) == expected
+
+
+@pytest.mark.parametrize("authority, reason", [
+    ("10.0.0.7", "is not host:port"),
+    ("10.0.0.7:0", "no valid port"),
+    ("10.0.0.7:65536", "no valid port"),
+    ("fd00::7:80", "is not host:port"),
+    ("[fd00::7]", "must be written [addr]:port"),
+    ("[10.0.0.7]:80", "is not an IPv6 address"),
+    ("a" * 300 + ":80", "neither an IP address nor a DNS name (300 characters)"),
+    ("x" * 64 + ".example:80", "neither an IP address nor a DNS name"),
+    ("-bad.example:80", "neither an IP address nor a DNS name"),
+    ("bad..example:80", "neither an IP address nor a DNS name"),
+    ("b\u00e4d.example:80", "neither an IP address nor a DNS name"),
+    (":80", "is not host:port"),
+])
+def test_authority_refused_with_reason(authority, reason):
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        parse_authority(authority)
 
 
 def test_peer_reset_mid_stream_aborts_our_reader(run, ca):
