@@ -4,6 +4,7 @@ A test that needs an external program marks itself `needs_tool("curl")`: a missi
 tool skips it. In CI (CI=true, or MESHCORE_REQUIRE_TOOLS=1) every skip is turned
 into a failure, so a green CI run never hides a real peer that did not run.
 """
+import asyncio
 import os
 import shutil
 import sys
@@ -16,6 +17,9 @@ import pytest
 _ROOT = Path(__file__).resolve().parent.parent
 if not any((_ROOT / "meshcore" / "_core").glob("*.so")):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _ROOT]
+
+# peers and helpers shared by the test folders (independent HBONE peers, workloads)
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 REQUIRE_TOOLS = os.environ.get("MESHCORE_REQUIRE_TOOLS") == "1" or os.environ.get("CI") == "true"
 
@@ -36,3 +40,29 @@ def pytest_runtest_makereport(item, call):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.outcome = "failed"
         report.longrepr = f"skipped in CI, which must run every test: {reason}"
+
+
+LOOPS = ["asyncio", "uvloop"]
+
+
+@pytest.fixture(params=LOOPS)
+def run(request):
+    """run(coro) on the loop under test (stock asyncio and uvloop; a missing uvloop
+    skips, and therefore fails in CI), with a hard deadline."""
+    if request.param == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        factory = uvloop.new_event_loop
+    else:
+        factory = asyncio.new_event_loop
+
+    def runner(coro, timeout=60):
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(asyncio.wait_for(coro, timeout))
+    runner.loop_name = request.param
+    return runner
+
+
+@pytest.fixture(scope="session")
+def ca():
+    from meshcore.identity import CertificateAuthority
+    return CertificateAuthority.create("cluster.local")

@@ -23,6 +23,7 @@ log = logging.getLogger("meshcore.hbone")
 KEEPALIVE_INTERVAL = 10.0     # HBONE.md 5: PING after 10 s idle
 KEEPALIVE_TIMEOUT = 20.0      # no ACK within 20 s closes the connection
 DRAIN_DEADLINE = 5.0
+CLOSE_DEADLINE = 1.0          # a closing connection whose peer does not read is aborted after this
 
 
 class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
@@ -30,7 +31,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
 
     def __init__(self, *, client: bool, on_request: Callable | None = None,
                  verify: Callable | None = None, keepalive_interval: float = KEEPALIVE_INTERVAL,
-                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, **h2_options):
+                 keepalive_timeout: float = KEEPALIVE_TIMEOUT, close_deadline: float = CLOSE_DEADLINE,
+                 **h2_options):
         self.h2 = H2Connection(client=client, **h2_options)
         self.loop = asyncio.get_running_loop()
         self.client = client
@@ -51,6 +53,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self.request_tasks: dict[int, asyncio.Task] = {}
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
+        self._close_deadline = close_deadline
         self._reads_seen = 0                    # the keepalive timer compares _reads, instead of a clock per read
         self._idle_since = time.monotonic()
         self._ping_deadline: float | None = None
@@ -173,14 +176,13 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             if e.error_code != ErrorCode.NO_ERROR:
                 log.warning("peer closed the HBONE connection with %s: %s",
                             error_code_name(e.error_code), e.additional_data[:200])
-                self._flush()
-                self.transport.close()
+                self._close_transport()
         else:
             log.warning("HBONE protocol error from peer %s: %s (%s)", self.peer_identity,
                         e.reason, error_code_name(e.error_code))
             self.error = ConnectionError(e.reason)
-            self._flush()
-            self.transport.close()
+            self.transport.pause_reading()      # nothing more is read from a peer we cut off
+            self._close_transport()
 
     def _stream_done(self, stream_id: int) -> None:
         if self.on_stream_closed is not None:
@@ -243,15 +245,13 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         end = time.monotonic() + deadline
         while self.streams and time.monotonic() < end:
             await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
-        self._flush()
-        self.transport.close()
+        self._close_transport()
         await asyncio.shield(self.closed)
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.h2.close(ErrorCode.NO_ERROR)
-            self._flush()
-            self.transport.close()
+            self._close_transport()
 
     @property
     def usable(self) -> bool:
@@ -266,6 +266,23 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         return {"peername": t.get_extra_info("peername") if t else None,
                 "sockname": t.get_extra_info("sockname") if t else None,
                 "peer_identity": self.peer_identity}
+
+    def _close_transport(self) -> None:
+        """Write what is queued (a GOAWAY) and close; a peer that does not read it
+        within the close deadline is aborted, so its socket and buffers go now instead
+        of when TCP gives up."""
+        self._write_paused = False      # the last write: the transport buffers it whatever its state
+        self._flush()
+        self.transport.close()
+        if not self.closed.done():
+            timer = self.loop.call_later(self._close_deadline, self._abort_unclosed)
+            self.closed.add_done_callback(lambda _: timer.cancel())
+
+    def _abort_unclosed(self) -> None:
+        if not self.closed.done():
+            log.warning("HBONE peer %s did not take the end of the connection within %.1f s: aborting",
+                        self.peer_identity, self._close_deadline)
+            self.transport.abort()
 
     def _keepalive(self) -> None:
         now = time.monotonic()
