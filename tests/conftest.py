@@ -4,7 +4,6 @@ A test that needs an external program marks itself `needs_tool("curl")`: a missi
 tool skips it. In CI (CI=true, or MESHCORE_REQUIRE_TOOLS=1) every skip is turned
 into a failure, so a green CI run never hides a real peer that did not run.
 """
-import asyncio
 import os
 import shutil
 import sys
@@ -20,6 +19,8 @@ if not any((_ROOT / "meshcore" / "_core").glob("*.so")):
 
 # peers and helpers shared by the test folders (independent HBONE peers, workloads)
 sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
+
+from loops import LOOPS, loop_runner  # noqa: E402  (tests/support, just put on the path)
 
 REQUIRE_TOOLS = os.environ.get("MESHCORE_REQUIRE_TOOLS") == "1" or os.environ.get("CI") == "true"
 
@@ -42,24 +43,10 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped in CI, which must run every test: {reason}"
 
 
-LOOPS = ["asyncio", "uvloop"]
-
-
 @pytest.fixture(params=LOOPS)
 def run(request):
-    """run(coro) on the loop under test (stock asyncio and uvloop; a missing uvloop
-    skips, and therefore fails in CI), with a hard deadline."""
-    if request.param == "uvloop":
-        uvloop = pytest.importorskip("uvloop")
-        factory = uvloop.new_event_loop
-    else:
-        factory = asyncio.new_event_loop
-
-    def runner(coro, timeout=60):
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(asyncio.wait_for(coro, timeout))
-    runner.loop_name = request.param
-    return runner
+    """run(coro) on each loop under test: stock asyncio and uvloop."""
+    return loop_runner(request.param)
 
 
 @pytest.fixture(scope="session")

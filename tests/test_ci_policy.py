@@ -2,11 +2,14 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 def run_pytest(tmp_path, env_ci):
-    (tmp_path / "conftest.py").write_text(
-        (__import__("pathlib").Path(__file__).parent / "conftest.py").read_text())
+    here = Path(__file__).parent
+    (tmp_path / "conftest.py").write_text((here / "conftest.py").read_text())
+    (tmp_path / "support").mkdir()
+    (tmp_path / "support" / "loops.py").write_text((here / "support" / "loops.py").read_text())
     (tmp_path / "test_tool.py").write_text(textwrap.dedent("""
         import pytest
         @pytest.mark.needs_tool("definitely-not-a-real-tool-xyz")

@@ -91,8 +91,10 @@ class TunnelRequest:
 Handler = Callable[[TunnelRequest], Awaitable[None]]
 
 
-async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CONNECT_TIMEOUT) -> dict | None:
     """Default handler: dial the authority; 200 and relay once connected, 503 if not.
+    Returns the bytes relayed, {"a": from the tunnel, "b": from the upstream}, once the
+    relay has ended (None if it never started).
 
     The splice owns the upstream socket however this ends: if the task is cancelled
     (stream reset, connection lost) during the dial or the relay, or the stream is gone
@@ -114,7 +116,7 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
             log.info("tunnel %s from %s to %s ended before the upstream connected",
                      request.stream_id, request.peer_identity, request.authority)
             return
-        await splice.done
+        return await splice.done
     finally:
         splice.abort()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+from collections.abc import Callable
 
 from meshcore.aio.datapath import SpliceSide, StreamTransport
 from meshcore.errors import ErrorCode
@@ -48,6 +49,8 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
         if self.peer.transport is not None:
             self.peer._release_early()
             self._release_early()
+        elif self is self.splice.a and self.splice.on_connected is not None:
+            self.splice.on_connected(self.splice, transport)
 
     def _release_early(self) -> None:
         early, self._early = self._early, []
@@ -83,12 +86,21 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
 
 
 class Splice:
-    """Two sides, `a` and `b`; connect each to its transport (`a.connection_made(t)`)."""
+    """Two sides, `a` and `b`; connect each to its transport (`a.connection_made(t)`).
 
-    def __init__(self):
+    `on_connected(splice, transport)` is called when `a` connects first (a proxy starts
+    dialing `b` then); a task given to `own()` (that dial) is cancelled if the splice
+    ends before it does. `done` resolves once neither side is open any more."""
+
+    def __init__(self, on_connected: Callable | None = None):
         self.a, self.b = _Side(self), _Side(self)
         self.a.peer, self.b.peer = self.b, self.a
+        self.on_connected = on_connected
+        self._work: asyncio.Task | None = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    def own(self, task: asyncio.Task) -> None:
+        self._work = task
 
     def _maybe_done(self) -> None:
         if self.a.eof and self.b.eof:
@@ -107,7 +119,11 @@ class Splice:
                     abort_with_rst(other.transport)
             else:
                 other.transport.close()
-        if self.a.lost and self.b.lost and not self.done.done():
+        never_connected = False
+        if self._work is not None and not self._work.done():
+            self._work.cancel()                 # a side ended while the other was being dialed
+            never_connected = other.transport is None
+        if (never_connected or (self.a.lost and self.b.lost)) and not self.done.done():
             self.done.set_result(self.bytes)
 
     def abort(self) -> None:

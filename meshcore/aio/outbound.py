@@ -1,0 +1,79 @@
+"""The outbound half of a proxy: accept TCP connections and splice each one to a
+connection that a dial opens for it (an HBONE tunnel, or plain TCP for destinations
+outside the mesh).
+
+Ownership: the listener owns its accepted connections; each accepted connection owns
+its dial. If the client goes away while the dial is under way, the dial is cancelled
+and whatever it opened is closed; if the dial fails, the client's connection is reset
+(never closed as if the destination had answered and ended).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from meshcore.aio.splice import Splice, abort_with_rst
+
+log = logging.getLogger("meshcore.outbound")
+
+# dial(protocol_factory, client_transport): opens the far side for one accepted
+# connection and connects protocol_factory() to it (TunnelError / OSError if it cannot)
+Dial = Callable[[Callable[[], asyncio.BaseProtocol], asyncio.BaseTransport], Awaitable]
+
+
+class OutboundListener:
+    """A TCP listener whose every connection is relayed to what `dial` opens."""
+
+    def __init__(self, dial: Dial):
+        self._dial = dial
+        self._server: asyncio.AbstractServer | None = None
+        self.splices: set[Splice] = set()
+        self.stats = {"accepted": 0, "dial_failed": 0}
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0, **server_options) -> "OutboundListener":
+        self._server = await asyncio.get_running_loop().create_server(
+            self._accepted, host, port, **server_options)
+        return self
+
+    @property
+    def address(self) -> tuple:
+        return self._server.sockets[0].getsockname()[:2]
+
+    async def close(self) -> None:
+        """Stop listening and end every relayed connection."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for splice in list(self.splices):
+            splice.abort()
+        await asyncio.gather(*(s.done for s in list(self.splices)), return_exceptions=True)
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
+
+    def _accepted(self) -> asyncio.BaseProtocol:
+        splice = Splice(on_connected=self._connect)
+        self.splices.add(splice)
+        splice.done.add_done_callback(lambda _: self.splices.discard(splice))
+        return splice.a
+
+    def _connect(self, splice: Splice, client: asyncio.BaseTransport) -> None:
+        self.stats["accepted"] += 1
+        splice.own(asyncio.get_running_loop().create_task(self._open(splice, client)))
+
+    async def _open(self, splice: Splice, client: asyncio.BaseTransport) -> None:
+        try:
+            await self._dial(lambda: splice.b, client)
+        except asyncio.CancelledError:
+            splice.abort()                       # the client left first
+            raise
+        except Exception as exc:                 # TunnelError, OSError, timeouts
+            self.stats["dial_failed"] += 1
+            log.info("outbound connection from %s: %s", client.get_extra_info("peername"), exc)
+            splice.abort()
+            if not client.is_closing():
+                abort_with_rst(client)

@@ -1,0 +1,3 @@
+module hbonepeer
+
+go 1.19

@@ -1,0 +1,82 @@
+"""Independent HBONE peers in compiled languages, built from tests/peers/ by the tests
+themselves and cached under build/test-peers/ by a hash of their sources."""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from meshcore.identity import TrustBundle
+
+ROOT = Path(__file__).resolve().parents[2]
+PEERS = ROOT / "tests" / "peers"
+CACHE = ROOT / "build" / "test-peers"
+
+
+def _source_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_go_peer() -> Path:
+    """tests/peers/go (Go's net/http HTTP/2; no modules, so it builds offline)."""
+    source = PEERS / "go"
+    binary = CACHE / f"hbonepeer-go-{_source_hash(source)}"
+    if not binary.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, GOPROXY="off", GOFLAGS="-mod=mod", GOTOOLCHAIN="local",
+                   GOCACHE=str(CACHE / "gocache"), GOPATH=str(CACHE / "gopath"))
+        tmp = binary.with_suffix(".tmp")
+        subprocess.run([shutil.which("go"), "build", "-o", str(tmp), "."], cwd=source, env=env,
+                       check=True, capture_output=True, timeout=300)
+        tmp.rename(binary)
+    return binary
+
+
+def identity_files(ca, identity, folder: Path) -> dict:
+    """PEM files of `identity` issued by `ca`: {"cert", "key", "ca"} paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    creds = ca.issue(identity)
+    name = identity.service_account
+    paths = {"cert": folder / f"{name}.crt", "key": folder / f"{name}.key", "ca": folder / "root.pem"}
+    paths["cert"].write_bytes(creds.chain_pem())
+    paths["key"].write_bytes(creds.key_pem())
+    paths["ca"].write_bytes(TrustBundle(ca.roots).pem())
+    return {k: str(v) for k, v in paths.items()}
+
+
+class PeerProcess:
+    """A peer binary that prints `listening HOST:PORT` once ready; its log goes to a
+    file (read it as `.log` after exit)."""
+
+    def __init__(self, argv: list[str], log_path: Path):
+        self.argv = argv
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def __aenter__(self) -> "PeerProcess":
+        with open(self.log_path, "wb") as log:
+            self.proc = await asyncio.create_subprocess_exec(*self.argv, stdout=asyncio.subprocess.PIPE,
+                                                             stderr=log)
+        line = (await asyncio.wait_for(self.proc.stdout.readline(), 30)).decode()
+        if not line.startswith("listening "):
+            await self.proc.wait()
+            raise RuntimeError(f"{self.argv[0]} did not start: {line!r} {self.log[-2000:]}")
+        host, _, port = line.split()[1].rpartition(":")
+        self.address = (host, int(port))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        await self.proc.wait()
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
