@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from meshcore.aio.connection import HboneConnection
+from meshcore.aio.memory import trimmer
 from meshcore.aio.splice import Splice
 from meshcore.errors import StreamClosedError
 from meshcore.identity.tls import handshake_error, verify_client
@@ -19,6 +20,7 @@ from meshcore.identity.tls import handshake_error, verify_client
 log = logging.getLogger("meshcore.hbone")
 
 HANDSHAKE_TIMEOUT = 10.0
+MAX_PENDING_HANDSHAKES = 1024   # per listener; more connections wait in the kernel's backlog
 CONNECT_TIMEOUT = 10.0      # HBONE.md 3: upstream connect timeout
 
 
@@ -128,11 +130,16 @@ class HboneServer:
 
     def __init__(self, context: ssl.SSLContext | Callable, trust_domain: str, *,
                  handler: Handler = relay_to_authority, authorize: Callable | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, **connection_options):
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 max_pending_handshakes: int = MAX_PENDING_HANDSHAKES, **connection_options):
         self._context_for = context if callable(context) else (lambda sockname: context)
         self.trust_domain = trust_domain
         self.handler, self.authorize = handler, authorize
         self.handshake_timeout = handshake_timeout
+        # Each TLS handshake in progress holds tens of KiB in the TLS stack: past this
+        # many, no more sockets are accepted until one finishes (the kernel queues them).
+        self.max_pending_handshakes = max_pending_handshakes
+        self._handshake_slots = asyncio.Semaphore(max_pending_handshakes)
         self.connection_options = connection_options
         self.connections: set[HboneConnection] = set()
         self._tasks: set[asyncio.Task] = set()
@@ -140,7 +147,7 @@ class HboneServer:
         self._accepting: asyncio.Task | None = None
         self.stats = {"accepted": 0, "refused": 0, "denied": 0, "handshake_failed": 0}
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1024) -> "HboneServer":
+    async def start(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 4096) -> "HboneServer":
         """Listen. Sockets are accepted here and handed to connect_accepted_socket()
         with the context for their local address: per-destination certificates, and
         handshake failures that are ours to log and count (on asyncio and uvloop)."""
@@ -174,14 +181,19 @@ class HboneServer:
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self._handshake_slots.acquire()
             try:
                 sock, _ = await loop.sock_accept(listener)
             except OSError as exc:          # EMFILE and friends: do not spin
+                self._handshake_slots.release()
                 log.warning("accept failed: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
+            except BaseException:
+                self._handshake_slots.release()
+                raise
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._handshake(sock))
+            self._spawn(self._handshake(sock)).add_done_callback(lambda _: self._handshake_slots.release())
 
     async def __aenter__(self):
         return self
@@ -208,12 +220,18 @@ class HboneServer:
             self.stats["handshake_failed"] += 1
             handshake_error(exc, peer)             # logged and counted by reason
             sock.close()
+            trimmer.connection_ended(asyncio.get_running_loop())
             return
         if conn.error is not None:                 # identity refused by verify_client
             self.stats["handshake_failed"] += 1
+            trimmer.connection_ended(asyncio.get_running_loop())
             return
         self.connections.add(conn)
-        conn.closed.add_done_callback(lambda _: self.connections.discard(conn))
+        conn.closed.add_done_callback(lambda _: self._connection_ended(conn))
+
+    def _connection_ended(self, conn: HboneConnection) -> None:
+        self.connections.discard(conn)
+        trimmer.connection_ended(asyncio.get_running_loop())
 
     def _on_request(self, conn: HboneConnection, event) -> None:
         request = TunnelRequest(conn, event.stream_id, event.method, event.authority, event.headers)

@@ -1,0 +1,71 @@
+"""Giving memory back to the system after a burst of connections.
+
+A TLS connection in progress holds tens of KiB in the TLS stack (OpenSSL's state, the
+event loop's SSL protocol). When thousands end together (a handshake flood timing out,
+a peer dropping its connections), glibc keeps the freed heap for reuse and the process
+stays at its peak size indefinitely. After enough connections have ended,
+a garbage collection frees the connections still held in reference cycles and
+`malloc_trim(0)` returns the memory; it is coalesced (at most one call per second)
+because a trim walks the whole heap. Without glibc this does nothing.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+
+log = logging.getLogger("meshcore.memory")
+
+TRIM_AFTER = 256          # connections ended since the last trim
+TRIM_DELAY = 1.0          # seconds: ends arriving together share one trim
+
+
+def _malloc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+class MemoryTrimmer:
+    """Once `trim_after` connections have ended, trims after `delay` seconds in which
+    no other connection ended: once the burst is over, not in the middle of it."""
+
+    def __init__(self, trim_after: int = TRIM_AFTER, delay: float = TRIM_DELAY):
+        self.trim_after = trim_after
+        self.delay = delay
+        self._ended = 0
+        self._recent = 0          # ended since the timer was last (re)armed
+        self._scheduled = False
+        self._trim = _malloc_trim()
+        self.trims = 0
+
+    def connection_ended(self, loop) -> None:
+        """Count one ended connection (or failed handshake)."""
+        if self._trim is None:
+            return
+        self._ended += 1
+        self._recent += 1
+        if self._ended >= self.trim_after and not self._scheduled:
+            self._scheduled = True
+            self._recent = 0
+            loop.call_later(self.delay, self._run, loop)
+
+    def _run(self, loop) -> None:
+        if self._recent:                  # still ending: wait for a quiet interval
+            self._recent = 0
+            loop.call_later(self.delay, self._run, loop)
+            return
+        self._scheduled = False
+        self._ended = 0
+        self.trims += 1
+        # closed connections linger in reference cycles (protocol <-> transport, the
+        # TLS layer's own) until the cyclic GC runs, which an idle process may not do
+        # for a long time; their TLS state is only freed then
+        gc.collect()
+        self._trim(0)
+
+
+trimmer = MemoryTrimmer()

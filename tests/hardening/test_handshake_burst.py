@@ -1,0 +1,65 @@
+"""HARDENING.md: half-open TLS / stalled handshakes. A burst of connections that never
+start TLS is bounded while it lasts (a cap on concurrent handshakes per listener; the
+rest wait in the kernel's backlog) and its memory is given back once it is over. The
+server runs in its own process so its RSS is its own."""
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+
+SERVER = """
+import asyncio, sys, uvloop
+from meshcore.aio import HboneServer
+from meshcore.identity import CertificateAuthority, CertificateStore, SpiffeId
+async def main():
+    store = CertificateStore(CertificateAuthority.create("cluster.local"))
+    server = HboneServer(store.server_context(SpiffeId("cluster.local", "ns", "db")), "cluster.local",
+                         handshake_timeout=1.0, max_pending_handshakes=256)
+    await server.start()
+    print(server.address[1], flush=True)
+    await asyncio.Event().wait()
+uvloop.run(main())
+"""
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_stalled_handshake_burst_is_bounded_and_its_memory_comes_back():
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+    socks = []
+    try:
+        port = int(server.stdout.readline())
+        time.sleep(0.5)
+        base = peak = rss_kib(server.pid)
+        for _ in range(1500):                   # never send a ClientHello
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            socks.append(s)
+        deadline = time.monotonic() + 10        # 6 rounds of 256 at a 1 s timeout, and a quiet second
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            peak = max(peak, rss_kib(server.pid))
+        after = rss_kib(server.pid)
+        # every stalled socket was closed by the server (reads see EOF or a reset)
+        closed = 0
+        for s in socks:
+            try:
+                closed += s.recv(1) == b""
+            except ConnectionResetError:
+                closed += 1
+            except BlockingIOError:
+                pass
+        assert closed == len(socks), f"{len(socks) - closed} stalled connections still open"
+        # 256 handshakes at ~50 KiB each at most at once (1500 unbounded would be ~75 MB)
+        assert peak - base < 40 * 1024, f"peak +{(peak - base) // 1024} MiB"
+        assert after - base < 8 * 1024, f"+{(after - base) // 1024} MiB kept after the burst"
+    finally:
+        for s in socks:
+            s.close()
+        server.kill()
+        server.wait()
