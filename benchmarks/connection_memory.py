@@ -43,7 +43,19 @@ async def serve(mode: str, ca_dir: str, handshake_timeout: float) -> None:
     store = CertificateStore(CertificateAuthority.load(ca_dir))
     ctx = store.server_context(SpiffeId("cluster.local", "bench", "server"))
     if mode == "meshcore":
-        server = HboneServer(ctx, "cluster.local", handshake_timeout=handshake_timeout)
+        async def sink(request):               # reads each tunnel to its end
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+
+            class Sink(asyncio.Protocol):
+                def eof_received(self):
+                    return False
+
+                def connection_lost(self, exc):
+                    done.set_result(None)
+            request.accept(Sink())
+            await done
+        server = HboneServer(ctx, "cluster.local", handshake_timeout=handshake_timeout, handler=sink)
         await server.start("127.0.0.1", 0)
         port = server.address[1]
     else:
@@ -101,6 +113,20 @@ async def measure(mode: str, args, ca_dir: str) -> dict:
         await asyncio.sleep(1.0)
         row["idle_kib"] = rss_kib(server.pid)
         row["per_idle_connection_kib"] = (row["idle_kib"] - row["start_kib"]) / args.connections
+        if mode == "meshcore" and args.traffic:
+            # one tunnel of `traffic` KiB on each connection, then idle again
+            payload = b"x" * (args.traffic * 1024)
+
+            async def carry(conn):
+                class Quiet(asyncio.Protocol):
+                    pass
+                stream, _ = await conn.open_stream("127.0.0.1:9", Quiet)
+                stream.write(payload)
+                stream.write_eof()
+            for i in range(0, len(conns), 50):
+                await asyncio.gather(*(carry(c) for c in conns[i:i + 50]))
+            await asyncio.sleep(2.0)
+            row["per_used_connection_kib"] = (rss_kib(server.pid) - row["start_kib"]) / args.connections
         for c in conns:
             c.close()
         await asyncio.sleep(3.0)
@@ -134,6 +160,8 @@ def main() -> int:
     p.add_argument("--connections", type=int, default=1000)
     p.add_argument("--pending", type=int, default=10000)
     p.add_argument("--handshake-timeout", type=float, default=3.0)
+    p.add_argument("--traffic", type=int, default=1024,
+                   help="KiB each meshcore connection carries (one tunnel) before the 'used' reading")
     p.add_argument("--modes", default="tls,meshcore")
     p.add_argument("--serve", help=argparse.SUPPRESS)
     p.add_argument("--ca-dir", help=argparse.SUPPRESS)
@@ -153,6 +181,9 @@ def main() -> int:
     print(f"{'server':10} {'KiB/idle conn':>14} {'after close':>12} {'pending peak':>13} "
           f"{'kept after burst':>17}   (RSS; {args.connections} idle, {args.pending} pending)")
     for r in rows:
+        if "per_used_connection_kib" in r:
+            print(f"{r['mode']:10} {r['per_used_connection_kib']:14.1f}  (KiB per idle connection after "
+                  f"carrying {args.traffic} KiB)")
         print(f"{r['mode']:10} {r['per_idle_connection_kib']:14.1f} {r['after_close_kib'] - r['start_kib']:+12d} "
               f"{r['pending_peak_kib'] - r['after_close_kib']:+13d} {r['pending_retained_kib']:+17d}")
     if args.json:
