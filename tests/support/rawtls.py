@@ -7,6 +7,7 @@ import ssl
 import struct
 
 import hpack
+from hyperframe.frame import Frame
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -44,6 +45,33 @@ class RawTlsPeer:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def frames_until_closed(self, limit: float = 10.0) -> list:
+        """Every frame the server sends until it closes the connection (or `limit`
+        seconds pass), parsed by hyperframe."""
+        import time
+        data = bytearray()
+        deadline = time.monotonic() + limit
+        self.sock.settimeout(0.5)
+        while time.monotonic() < deadline:
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except TimeoutError:
+                continue
+            except (OSError, ssl.SSLError):
+                break
+            if not chunk:
+                break
+            data += chunk
+        frames, pos = [], 0
+        while pos + 9 <= len(data):
+            f, length = Frame.parse_frame_header(memoryview(data[pos:pos + 9]))
+            if pos + 9 + length > len(data):
+                break
+            f.parse_body(memoryview(data[pos + 9:pos + 9 + length]))
+            frames.append(f)
+            pos += 9 + length
+        return frames
 
     def close(self) -> None:
         try:
