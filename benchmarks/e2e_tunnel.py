@@ -4,7 +4,9 @@
 
 modes: direct (no proxies: the client talks to the sink), tls (one mTLS 1.3
 connection per client connection, raw bytes), meshcore (HBONE: mTLS + HTTP/2 CONNECT,
-pooled, uvloop), h2 (HBONE built on python-hyper's pure-Python h2, same windows).
+pooled, uvloop), go (HBONE by an independent compiled peer: Go's net/http HTTP/2 and
+crypto/tls, built from tests/peers/go; needs golang-go), h2 (HBONE built on
+python-hyper's pure-Python h2, same windows).
 Each proxy runs in its own process on uvloop. Reported: single- and 8-stream upload
 throughput, 64-byte round trips (p50/p99), and the proxies' CPU seconds per GiB.
 
@@ -29,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("direct", "tls", "meshcore", "h2")
+MODES = ("direct", "tls", "meshcore", "go", "h2")
 CHUNK = 256 * 1024
 
 
@@ -42,32 +44,9 @@ def _stores(ca_dir: str):
             SpiffeId("cluster.local", "bench", "server"))
 
 
-def _relay_factory(dial):
-    """Listener protocol factory: each accepted connection is spliced to a connection
-    that `dial(protocol_factory)` opens for it (closed if that fails)."""
-    from meshcore.aio import Splice
-
-    def factory():
-        splice = Splice()
-        made = splice.a.connection_made
-
-        def connection_made(transport):
-            made(transport)
-
-            async def connect():
-                try:
-                    await dial(lambda: splice.b)
-                except Exception:
-                    transport.abort()
-            asyncio.get_running_loop().create_task(connect())
-        splice.a.connection_made = connection_made
-        return splice.a
-    return factory
-
-
 async def run_proxy(role: str, mode: str, listen: int, target: int, peer_port: int, ca_dir: str) -> None:
     """`target`: the sink's port; `peer_port`: where the inbound proxy listens."""
-    from meshcore.aio import HboneServer
+    from meshcore.aio import HboneServer, OutboundListener
     store, client_id, server_id = _stores(ca_dir)
     loop = asyncio.get_running_loop()
     peer = ("127.0.0.1", peer_port)
@@ -77,18 +56,15 @@ async def run_proxy(role: str, mode: str, listen: int, target: int, peer_port: i
     elif mode == "meshcore":
         from meshcore import Mesh
         mesh = Mesh(client_id, store)
-        await loop.create_server(_relay_factory(
-            lambda proto: mesh.open_tunnel_protocol("127.0.0.1", target, server_id, proto, via=peer)),
-            "127.0.0.1", listen)
+        await OutboundListener(lambda proto, client: mesh.open_tunnel_protocol(
+            "127.0.0.1", target, server_id, proto, via=peer)).start("127.0.0.1", listen)
     elif mode == "tls" and role == "inbound":
-        await loop.create_server(_relay_factory(
-            lambda proto: loop.create_connection(proto, "127.0.0.1", target)),
-            "127.0.0.1", listen, ssl=store.server_context(server_id))
+        await OutboundListener(lambda proto, client: loop.create_connection(proto, "127.0.0.1", target)
+                               ).start("127.0.0.1", listen, ssl=store.server_context(server_id))
     elif mode == "tls":
         ctx = store.client_context(client_id)
-        await loop.create_server(_relay_factory(
-            lambda proto: loop.create_connection(proto, *peer, ssl=ctx, server_hostname="")),
-            "127.0.0.1", listen)
+        await OutboundListener(lambda proto, client: loop.create_connection(
+            proto, *peer, ssl=ctx, server_hostname="")).start("127.0.0.1", listen)
     elif mode == "h2":
         import h2proxy
         if role == "inbound":
@@ -171,10 +147,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _pin_proxy():
+    if os.environ.get("E2E_PROXY_CPU"):
+        os.sched_setaffinity(0, {int(os.environ["E2E_PROXY_CPU"])})
+
+
+async def start_go_proxies(sink_port: int, ca_dir: str) -> tuple[int, list]:
+    """The independent Go net/http HBONE peer (tests/peers/go) as both proxies."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
+    from compiled_peers import build_go_peer, identity_files
+    from meshcore.identity import CertificateAuthority
+    _, client_id, server_id = _stores(ca_dir)
+    ca = CertificateAuthority.load(ca_dir)
+    binary = build_go_peer()
+    files = {"client": identity_files(ca, client_id, Path(ca_dir) / "go"),
+             "server": identity_files(ca, server_id, Path(ca_dir) / "go")}
+    inbound_port, outbound_port = _free_port(), _free_port()
+    argvs = [["-mode", "inbound", "-listen", f"127.0.0.1:{inbound_port}"],
+             ["-mode", "outbound", "-listen", f"127.0.0.1:{outbound_port}",
+              "-peer", f"127.0.0.1:{inbound_port}", "-authority", f"127.0.0.1:{sink_port}",
+              "-expect", str(server_id)]]
+    procs = []
+    for argv, who in zip(argvs, ("server", "client")):
+        f = files[who]
+        p = subprocess.Popen([str(binary), *argv, "-cert", f["cert"], "-key", f["key"], "-ca", f["ca"]],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, preexec_fn=_pin_proxy)
+        procs.append(p)
+        line = await asyncio.get_running_loop().run_in_executor(None, p.stdout.readline)
+        if b"listening" not in line:
+            raise RuntimeError("go proxy failed to start")
+    return outbound_port, procs
+
+
 async def start_proxies(mode: str, sink_port: int, ca_dir: str) -> tuple[int, list]:
     """The port a client connects to for `mode`, and the proxy processes behind it."""
     if mode == "direct":
         return sink_port, []
+    if mode == "go":
+        return await start_go_proxies(sink_port, ca_dir)
     inbound_port, outbound_port = _free_port(), _free_port()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = []
@@ -256,8 +266,7 @@ def _median_row(runs: list[dict]) -> dict:
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "proxy":
         import uvloop
-        if os.environ.get("E2E_PROXY_CPU"):
-            os.sched_setaffinity(0, {int(os.environ["E2E_PROXY_CPU"])})
+        _pin_proxy()
         _, _, role, mode, listen, target, peer_port, ca_dir = sys.argv
         uvloop.run(run_proxy(role, mode, int(listen), int(target), int(peer_port), ca_dir))
         return 0
@@ -299,7 +308,7 @@ def main() -> int:
         return "n/a" if a[key] is None or b[key] is None else f"{a[key] / b[key]:.2f}x"
     if "meshcore" in by:
         m = by["meshcore"]
-        for base in ("tls", "h2"):
+        for base in ("tls", "go", "h2"):
             if base in by:
                 b = by[base]
                 print(f"meshcore vs {base}: throughput {ratio(m, b, 'single_MBps')} (1 stream), "

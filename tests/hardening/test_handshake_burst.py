@@ -28,8 +28,9 @@ def rss_kib(pid: int) -> int:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
-def test_stalled_handshake_burst_is_bounded_and_its_memory_comes_back():
-    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
+def test_stalled_handshake_burst_is_bounded_and_its_memory_comes_back(tmp_path):
+    # run outside the checkout: its meshcore/ folder must not shadow the installed package
+    server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     socks = []
     try:
         port = int(server.stdout.readline())
