@@ -54,6 +54,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
         self._close_deadline = close_deadline
+        self._stream_extra: dict | None = None
         self._reads_seen = 0                    # the keepalive timer compares _reads, instead of a clock per read
         self._idle_since = time.monotonic()
         self._ping_deadline: float | None = None
@@ -262,10 +263,14 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
     # ----------------------------------------------------------------- internal
 
     def _extra(self) -> dict:
-        t = self.transport
-        return {"peername": t.get_extra_info("peername") if t else None,
-                "sockname": t.get_extra_info("sockname") if t else None,
-                "peer_identity": self.peer_identity}
+        """What every stream's get_extra_info() answers: the connection's, built once
+        (streams only read it)."""
+        if self._stream_extra is None:
+            t = self.transport
+            self._stream_extra = {"peername": t.get_extra_info("peername") if t else None,
+                                  "sockname": t.get_extra_info("sockname") if t else None,
+                                  "peer_identity": self.peer_identity}
+        return self._stream_extra
 
     def _close_transport(self) -> None:
         """Write what is queued (a GOAWAY) and close; a peer that does not read it

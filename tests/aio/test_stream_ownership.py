@@ -2,6 +2,7 @@
 either ends, what it owns ends with it. Driven by an independent h2 client over real
 mTLS, with file descriptors counted before and after."""
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -14,6 +15,24 @@ from helpers import CLIENT, SERVER, exchange, port_of, server_and_h2_client, tcp
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+@contextlib.contextmanager
+def listener_that_never_accepts():
+    """A port whose accept queue is full: connects to it hang in SYN_SENT."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = [socket.socket() for _ in range(4)]
+    for s in fillers:
+        s.setblocking(False)
+        s.connect_ex(full.getsockname())
+    try:
+        yield full.getsockname()[1]
+    finally:
+        for s in fillers:
+            s.close()
+        full.close()
 
 
 async def holding_server(accepted: list):
@@ -51,44 +70,32 @@ def test_lost_connection_closes_every_upstream_it_opened(run, ca):
 
 def test_lost_connection_cancels_upstream_dials_in_progress(run, ca):
     async def scenario():
-        # a listener whose accept queue is full: connects to it hang in SYN_SENT
-        full = socket.socket()
-        full.bind(("127.0.0.1", 0))
-        full.listen(0)
-        fillers = []
-        for _ in range(4):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(full.getsockname())
-            fillers.append(s)
-        await asyncio.sleep(0.1)
+        with listener_that_never_accepts() as port:
+            await asyncio.sleep(0.1)
+            await drop_connection_while_dialing(port)
+
+    async def drop_connection_while_dialing(port):
         async with server_and_h2_client(ca) as (server, client):
             before = open_fds()                 # the listener and the client's connection
-            sids = [client.open(f"127.0.0.1:{full.getsockname()[1]}") for _ in range(100)]
+            sids = [client.open(f"127.0.0.1:{port}") for _ in range(100)]
             await wait_until(lambda: open_fds() >= before + 100, 5)   # dials under way
             assert open_fds() >= before + 100
             client.ep.writer.transport.abort()
             await wait_until(lambda: not server.connections and open_fds() <= before, 5)
             assert open_fds() <= before, "dials outlived the connection that asked for them"
             assert not client.status[sids[0]].done() or client.status[sids[0]].result() is None
-        for s in fillers:
-            s.close()
-        full.close()
     run(scenario())
 
 
 def test_reset_request_closes_its_dial(run, ca):
     async def scenario():
-        full = socket.socket()
-        full.bind(("127.0.0.1", 0))
-        full.listen(0)
-        fillers = [socket.socket() for _ in range(4)]
-        for s in fillers:
-            s.setblocking(False)
-            s.connect_ex(full.getsockname())
+        with listener_that_never_accepts() as port:
+            await reset_while_dialing(port)
+
+    async def reset_while_dialing(port):
         async with server_and_h2_client(ca) as (server, client):
             before = open_fds()
-            sids = [client.open(f"127.0.0.1:{full.getsockname()[1]}") for _ in range(15)]   # under the Rapid Reset limit (20)
+            sids = [client.open(f"127.0.0.1:{port}") for _ in range(15)]   # under the Rapid Reset limit (20)
             await wait_until(lambda: open_fds() >= before + 15, 5)
             for sid in sids:
                 client.ep.conn.reset_stream(sid, 8)      # CANCEL
@@ -103,9 +110,6 @@ def test_reset_request_closes_its_dial(run, ca):
             assert await client.ended[sid] == "end"
             assert bytes(client.received[sid]) == b"still here"
             echo.close()
-        for s in fillers:
-            s.close()
-        full.close()
     run(scenario())
 
 
