@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 
 from meshcore.aio.connection import HboneConnection
+from meshcore.aio.tls import start_tls
 from meshcore.identity.tls import handshake_error, verify_server
 
 HANDSHAKE_TIMEOUT = 10.0
@@ -18,12 +20,23 @@ async def dial(host: str, port: int, context: ssl.SSLContext, expected, *,
     expected = tuple(expected)
     peer = f"{host}:{port}"
     loop = asyncio.get_running_loop()
+    family, _, _, _, address = (await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        _, conn = await loop.create_connection(
+        sock.setblocking(False)
+        if local_addr is not None:
+            sock.bind(local_addr)
+        await asyncio.wait_for(loop.sock_connect(sock, address), handshake_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except BaseException:
+        sock.close()
+        raise                           # a TCP failure (refused, unreachable) is not an identity problem
+    try:
+        _, conn = await start_tls(
+            loop, sock, context,
             lambda: HboneConnection(client=True, verify=lambda obj: verify_server(obj, expected, peer),
                                     **connection_options),
-            host, port, ssl=context, server_hostname="", ssl_handshake_timeout=handshake_timeout,
-            local_addr=local_addr)
+            server_side=False, timeout=handshake_timeout)
     except ssl.SSLError as exc:
         raise handshake_error(exc, peer) from None
     except (asyncio.TimeoutError, ConnectionError) as exc:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.memory import trimmer
 from meshcore.aio.splice import Splice
+from meshcore.aio.tls import start_tls
 from meshcore.errors import StreamClosedError
 from meshcore.identity.tls import handshake_error, verify_client
 
@@ -213,9 +214,10 @@ class HboneServer:
                                verify=lambda obj: verify_client(obj, self.trust_domain, peer),
                                **self.connection_options)
         try:
+            sock.setblocking(False)
             ctx = self._context_for(sock.getsockname())
-            await asyncio.get_running_loop().connect_accepted_socket(
-                lambda: conn, sock, ssl=ctx, ssl_handshake_timeout=self.handshake_timeout)
+            await start_tls(asyncio.get_running_loop(), sock, ctx, lambda: conn, server_side=True,
+                            timeout=self.handshake_timeout)
         except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
             self.stats["handshake_failed"] += 1
             handshake_error(exc, peer)             # logged and counted by reason
