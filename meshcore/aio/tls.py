@@ -118,7 +118,7 @@ class TlsTransport(asyncio.Transport):
             self._loop.remove_reader(self._fd)
 
     def _read_ready(self) -> None:
-        if not self._reading:
+        if not self._reading or self._closing:     # a call queued before close() began
             return
         protocol = self._protocol
         eof = False
