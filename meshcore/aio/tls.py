@@ -82,8 +82,7 @@ class TlsTransport(asyncio.Transport):
 
     def __init__(self, loop, ssock: ssl.SSLSocket, protocol):
         super().__init__({"socket": ssock, "ssl_object": ssock, "sslcontext": ssock.context,
-                          "peername": ssock.getpeername(), "sockname": ssock.getsockname(),
-                          "peercert": ssock.getpeercert()})
+                          "peername": ssock.getpeername(), "sockname": ssock.getsockname()})
         self._loop = loop
         self._sock = ssock
         self._fd = ssock.fileno()
@@ -97,6 +96,11 @@ class TlsTransport(asyncio.Transport):
         self._protocol_paused = False
         self._closing = False
         self._lost = False
+
+    def get_extra_info(self, name, default=None):
+        if name == "peercert":              # parsed on request: a dict per connection otherwise
+            return self._sock.getpeercert() if not self._lost else default
+        return self._extra.get(name, default)
 
     def _start(self) -> None:
         self._protocol.connection_made(self)
