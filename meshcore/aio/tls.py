@@ -24,7 +24,8 @@ log = logging.getLogger("meshcore.tls")
 
 HIGH_WATER = 64 * 1024       # bytes the socket did not take: above this the protocol pauses
 LOW_WATER = 16 * 1024
-_SMALL = 16 * 1024           # writelines joins chunks below this into one TLS record
+RECORD = 16 * 1024           # the most plaintext one TLS record carries
+SMALL_MESSAGE = 4 * 1024     # a read that starts with a record this small stops after it
 _WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -137,6 +138,12 @@ class TlsTransport(asyncio.Transport):
                     eof = True
                     break
                 got += n
+                if got == n and n <= SMALL_MESSAGE and not self._sock.pending():
+                    # a lone small record: a small message, most likely all there is.
+                    # Asking again would raise SSLWantReadError on every round trip; if
+                    # more is queued, the socket is still readable and the loop calls
+                    # again. In bulk (a full record first) reading goes on to the end.
+                    break
         except _WAIT:
             pass
         except (OSError, ssl.SSLError) as exc:
@@ -185,15 +192,26 @@ class TlsTransport(asyncio.Transport):
             self._protocol.pause_writing()
 
     def writelines(self, chunks) -> None:
+        """Small pieces (frame headers, small frames) travel with the start of the large
+        payload after them, so every TLS record but a write's last is full: no tiny
+        records, and a reader can take a short record as the end of a write."""
         small = []
+        size = 0
         for chunk in chunks:
-            if len(chunk) < _SMALL:
+            if size + len(chunk) <= RECORD:
                 small.append(chunk)
+                size += len(chunk)
                 continue
-            if small:                       # frame headers and small frames: one record
+            if small:
+                head = RECORD - size
+                small.append(chunk[:head])
                 self.write(b"".join(small))
-                small = []
-            self.write(chunk)
+                chunk = memoryview(chunk)[head:]
+                small, size = [], 0
+            if len(chunk) >= RECORD:
+                self.write(chunk)
+            else:
+                small, size = [chunk], len(chunk)
         if small:
             self.write(b"".join(small))
 
