@@ -25,7 +25,6 @@ log = logging.getLogger("meshcore.tls")
 HIGH_WATER = 64 * 1024       # bytes the socket did not take: above this the protocol pauses
 LOW_WATER = 16 * 1024
 RECORD = 16 * 1024           # the most plaintext one TLS record carries
-SMALL_MESSAGE = 4 * 1024     # a read that starts with a record this small stops after it
 _WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
@@ -138,12 +137,6 @@ class TlsTransport(asyncio.Transport):
                     eof = True
                     break
                 got += n
-                if got == n and n <= SMALL_MESSAGE and not self._sock.pending():
-                    # a lone small record: a small message, most likely all there is.
-                    # Asking again would raise SSLWantReadError on every round trip; if
-                    # more is queued, the socket is still readable and the loop calls
-                    # again. In bulk (a full record first) reading goes on to the end.
-                    break
         except _WAIT:
             pass
         except (OSError, ssl.SSLError) as exc:
@@ -194,7 +187,7 @@ class TlsTransport(asyncio.Transport):
     def writelines(self, chunks) -> None:
         """Small pieces (frame headers, small frames) travel with the start of the large
         payload after them, so every TLS record but a write's last is full: no tiny
-        records, and a reader can take a short record as the end of a write."""
+        records, fewer syscalls."""
         small = []
         size = 0
         for chunk in chunks:
