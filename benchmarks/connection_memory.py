@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -101,7 +100,6 @@ def open_pending(port: int, m: int) -> list:
 
 
 async def measure(mode: str, args, ca_dir: str) -> dict:
-    import uvloop  # noqa: F401
     server = subprocess.Popen([sys.executable, __file__, "--serve", mode, "--ca-dir", ca_dir,
                                "--handshake-timeout", str(args.handshake_timeout)],
                               stdout=subprocess.PIPE, text=True)

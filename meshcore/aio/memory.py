@@ -1,7 +1,7 @@
 """Giving memory back to the system after a burst of connections.
 
-A TLS connection in progress holds tens of KiB in the TLS stack (OpenSSL's state, the
-event loop's SSL protocol). When thousands end together (a handshake flood timing out,
+A TLS connection in progress holds tens of KiB (OpenSSL's state, the connection's
+objects). When thousands end together (a handshake flood timing out,
 a peer dropping its connections), glibc keeps the freed heap for reuse and the process
 stays at its peak size indefinitely. After enough connections have ended,
 a garbage collection frees the connections still held in reference cycles and
@@ -13,9 +13,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
-import logging
-
-log = logging.getLogger("meshcore.memory")
 
 TRIM_AFTER = 256          # connections ended since the last trim
 TRIM_DELAY = 1.0          # seconds: ends arriving together share one trim

@@ -149,9 +149,10 @@ class HboneServer:
         self.stats = {"accepted": 0, "refused": 0, "denied": 0, "handshake_failed": 0}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 4096) -> "HboneServer":
-        """Listen. Sockets are accepted here and handed to connect_accepted_socket()
-        with the context for their local address: per-destination certificates, and
-        handshake failures that are ours to log and count (on asyncio and uvloop)."""
+        """Listen. Sockets are accepted here (at most `max_pending_handshakes` in their
+        TLS handshake at once) and handed to start_tls() with the context for their local
+        address: per-destination certificates, and handshake failures that are ours to
+        log and count (on asyncio and uvloop)."""
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -17,6 +17,14 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+async def assert_echoed(client, sid: int, payload: bytes) -> None:
+    """The tunnel was answered 200, ended cleanly (END_STREAM, not a reset), and brought
+    back exactly `payload`."""
+    assert await client.status[sid] == 200
+    assert await client.ended[sid] == "end"
+    assert hashlib.sha256(client.received[sid]).digest() == hashlib.sha256(payload).digest()
+
+
 @contextlib.contextmanager
 def listener_that_never_accepts():
     """A port whose accept queue is full: connects to it hang in SYN_SENT."""
@@ -106,9 +114,7 @@ def test_reset_request_closes_its_dial(run, ca):
             echo = await tcp_echo_server()
             sid = client.open(f"127.0.0.1:{port_of(echo)}")
             client.ep.send(sid, b"still here", end=True)
-            assert await client.status[sid] == 200
-            assert await client.ended[sid] == "end"
-            assert bytes(client.received[sid]) == b"still here"
+            await assert_echoed(client, sid, b"still here")
             echo.close()
     run(scenario())
 
@@ -129,9 +135,7 @@ def test_data_sent_before_the_answer_is_delivered(run, ca):
                 payloads[sid] = os.urandom(1000 + 300_000 * i)
                 client.ep.send(sid, payloads[sid], end=True)
             for sid, payload in payloads.items():
-                assert await client.status[sid] == 200
-                assert await client.ended[sid] == "end"
-                assert hashlib.sha256(client.received[sid]).digest() == hashlib.sha256(payload).digest()
+                await assert_echoed(client, sid, payload)
         echo.close()
     run(scenario())
 
@@ -155,9 +159,7 @@ def test_refused_streams_give_back_the_window_their_early_data_used(run, ca):
             sid = client.open(f"127.0.0.1:{port_of(echo)}", headers=[(b"x-honest", b"1")])
             payload = os.urandom(20 << 20)
             client.ep.send(sid, payload, end=True)
-            assert await client.status[sid] == 200
-            assert await client.ended[sid] == "end"
-            assert hashlib.sha256(client.received[sid]).digest() == hashlib.sha256(payload).digest()
+            await assert_echoed(client, sid, payload)
         echo.close()
     run(scenario())
 

@@ -2,7 +2,6 @@
 start TLS is bounded while it lasts (a cap on concurrent handshakes per listener; the
 rest wait in the kernel's backlog) and its memory is given back once it is over. The
 server runs in its own process so its RSS is its own."""
-import asyncio
 import socket
 import subprocess
 import sys
