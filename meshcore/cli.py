@@ -20,6 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
     from meshcore.identity.cli import add_parser as add_ca_parser
     add_ca_parser(sub)
+    from meshcore.node.cli import add_parser as add_node_parser
+    add_node_parser(sub)
     return parser
 
 

@@ -18,15 +18,17 @@ from meshcore.aio.splice import Splice, abort_with_rst
 log = logging.getLogger("meshcore.outbound")
 
 # dial(protocol_factory, client_transport): opens the far side for one accepted
-# connection and connects protocol_factory() to it (TunnelError / OSError if it cannot)
+# connection and connects protocol_factory() to it (TunnelError / OSError if it cannot).
+# What it returns is handed to on_end(result, bytes) once the relay has ended.
 Dial = Callable[[Callable[[], asyncio.BaseProtocol], asyncio.BaseTransport], Awaitable]
 
 
 class OutboundListener:
     """A TCP listener whose every connection is relayed to what `dial` opens."""
 
-    def __init__(self, dial: Dial):
+    def __init__(self, dial: Dial, on_end: Callable[[object, dict], None] | None = None):
         self._dial = dial
+        self._on_end = on_end
         self._server: asyncio.AbstractServer | None = None
         self.splices: set[Splice] = set()
         self.stats = {"accepted": 0, "dial_failed": 0}
@@ -55,25 +57,35 @@ class OutboundListener:
     async def __aexit__(self, *exc):
         await self.close()
 
-    def _accepted(self) -> asyncio.BaseProtocol:
-        splice = Splice(on_connected=self._connect)
+    def _accepted(self, dial: Dial | None = None) -> asyncio.BaseProtocol:
+        splice = Splice(on_connected=lambda s, client: self._connect(s, client, dial or self._dial))
         self.splices.add(splice)
         splice.done.add_done_callback(lambda _: self.splices.discard(splice))
         return splice.a
 
-    def _connect(self, splice: Splice, client: asyncio.BaseTransport) -> None:
-        self.stats["accepted"] += 1
-        splice.own(asyncio.get_running_loop().create_task(self._open(splice, client)))
+    def adopt(self, client: asyncio.Transport, dial: Dial | None = None) -> None:
+        """Relay a connection accepted elsewhere (after a SOCKS5 handshake, say), with
+        its own dial; from here on this listener owns it."""
+        protocol = self._accepted(dial)
+        client.set_protocol(protocol)
+        protocol.connection_made(client)
+        client.resume_reading()
 
-    async def _open(self, splice: Splice, client: asyncio.BaseTransport) -> None:
+    def _connect(self, splice: Splice, client: asyncio.BaseTransport, dial: Dial) -> None:
+        self.stats["accepted"] += 1
+        splice.own(asyncio.get_running_loop().create_task(self._open(splice, client, dial)))
+
+    async def _open(self, splice: Splice, client: asyncio.BaseTransport, dial: Dial) -> None:
         try:
-            await self._dial(lambda: splice.b, client)
+            result = await dial(lambda: splice.b, client)
+            if self._on_end is not None:
+                splice.done.add_done_callback(lambda f: self._on_end(result, f.result()))
         except asyncio.CancelledError:
             splice.abort()                       # the client left first
             raise
         except Exception as exc:                 # TunnelError, OSError, timeouts
             self.stats["dial_failed"] += 1
-            log.info("outbound connection from %s: %s", client.get_extra_info("peername"), exc)
+            log.debug("outbound connection from %s: %s", client.get_extra_info("peername"), exc)
             splice.abort()
             if not client.is_closing():
                 abort_with_rst(client)

@@ -15,7 +15,7 @@ from meshcore.aio.connection import HboneConnection
 from meshcore.aio.memory import trimmer
 from meshcore.aio.splice import Splice
 from meshcore.aio.tls import start_tls
-from meshcore.errors import StreamClosedError
+from meshcore.errors import MeshcoreError, StreamClosedError
 from meshcore.identity.tls import handshake_error, verify_client
 
 log = logging.getLogger("meshcore.hbone")
@@ -94,7 +94,8 @@ class TunnelRequest:
 Handler = Callable[[TunnelRequest], Awaitable[None]]
 
 
-async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CONNECT_TIMEOUT) -> dict | None:
+async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CONNECT_TIMEOUT, *,
+                             local_addr: tuple | None = None) -> dict | None:
     """Default handler: dial the authority; 200 and relay once connected, 503 if not.
     Returns the bytes relayed, {"a": from the tunnel, "b": from the upstream}, once the
     relay has ended (None if it never started).
@@ -106,11 +107,11 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
     loop = asyncio.get_running_loop()
     try:
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: splice.b, request.host, request.port),
-                                   connect_timeout)
+            await asyncio.wait_for(loop.create_connection(lambda: splice.b, request.host, request.port,
+                                                          local_addr=local_addr), connect_timeout)
         except (OSError, asyncio.TimeoutError) as exc:
-            log.info("tunnel %s from %s: upstream %s unreachable: %s", request.stream_id,
-                     request.peer_identity, request.authority, exc or type(exc).__name__)
+            request.extra["error"] = f"upstream {request.authority} unreachable: {exc or type(exc).__name__}"
+            log.info("tunnel %s from %s: %s", request.stream_id, request.peer_identity, request.extra["error"])
             request.refuse(503)
             return
         try:
@@ -132,8 +133,12 @@ class HboneServer:
     def __init__(self, context: ssl.SSLContext | Callable, trust_domain: str, *,
                  handler: Handler = relay_to_authority, authorize: Callable | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 max_pending_handshakes: int = MAX_PENDING_HANDSHAKES, **connection_options):
-        self._context_for = context if callable(context) else (lambda sockname: context)
+                 max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
+                 destination_of: Callable[[socket.socket], tuple] | None = None, **connection_options):
+        self._context_for = context if callable(context) else (lambda destination: context)
+        # where the client meant to connect: the local address, or for a transparent
+        # proxy the address before a REDIRECT (it chooses the certificate presented)
+        self.destination_of = destination_of or (lambda sock: sock.getsockname()[:2])
         self.trust_domain = trust_domain
         self.handler, self.authorize = handler, authorize
         self.handshake_timeout = handshake_timeout
@@ -216,12 +221,16 @@ class HboneServer:
                                **self.connection_options)
         try:
             sock.setblocking(False)
-            ctx = self._context_for(sock.getsockname())
+            conn.destination = self.destination_of(sock)
+            ctx = self._context_for(conn.destination)
             await start_tls(asyncio.get_running_loop(), sock, ctx, lambda: conn, server_side=True,
                             timeout=self.handshake_timeout)
-        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError) as exc:
+        except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError, MeshcoreError) as exc:
             self.stats["handshake_failed"] += 1
-            handshake_error(exc, peer)             # logged and counted by reason
+            if isinstance(exc, MeshcoreError):     # no certificate for that destination
+                log.info("TLS connection from %s refused: %s", peer, exc)
+            else:
+                handshake_error(exc, peer)         # logged and counted by reason
             sock.close()
             trimmer.connection_ended(asyncio.get_running_loop())
             return

@@ -119,10 +119,11 @@ class Splice:
                     abort_with_rst(other.transport)
             else:
                 other.transport.close()
-        never_connected = False
         if self._work is not None and not self._work.done():
             self._work.cancel()                 # a side ended while the other was being dialed
-            never_connected = other.transport is None
+        # the far side was never connected (its dial failed or was cancelled): nothing
+        # else will end this splice
+        never_connected = other.transport is None
         if (never_connected or (self.a.lost and self.b.lost)) and not self.done.done():
             self.done.set_result(self.bytes)
 

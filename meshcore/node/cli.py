@@ -1,0 +1,105 @@
+"""`meshcore node`: run the node proxy until SIGTERM (drain, exit 0); SIGHUP reloads."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from meshcore.errors import ConfigError
+from meshcore.node.proxy import DEFAULT_LISTEN, NodeOptions
+
+EPILOG = """listeners (--listen NAME=HOST:PORT, or NAME=off):
+  outbound           15001  captured outbound connections (original destination from SO_ORIGINAL_DST)
+  inbound-plaintext  15006  plaintext inbound from PERMISSIVE peers
+  inbound            15008  HBONE; host "workloads" = one listener on each local workload's address
+  socks5             15080  SOCKS5 for applications and tools (keep it on loopback)
+  admin              15000  /config_dump, POST /logging?level=, POST /quitquitquit
+  metrics            15020  /metrics and /stats/prometheus
+  readiness          15021  /healthz/ready
+A listener without a host binds --address.
+
+configuration: ztunnel's local config (workloads, services, policies) and Istio
+AuthorizationPolicy / PeerAuthentication documents, in any number of files, or inline
+in $LOCAL_XDS. Files are reloaded when they change and on SIGHUP; a bad new config is
+refused with its file, document and field, and the running one is kept."""
+
+
+def _listen(text: str) -> tuple[str, tuple | None]:
+    name, sep, value = text.partition("=")
+    if not sep or name not in DEFAULT_LISTEN:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=HOST:PORT or NAME=off, NAME one of "
+                                         f"{', '.join(DEFAULT_LISTEN)}")
+    if value == "off":
+        return name, None
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not HOST:PORT (or off)")
+    return name, (host.strip("[]"), int(port))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("node", help="run the per-node proxy (HBONE in and out, SOCKS5, L4 policy, metrics)",
+                       description="Run meshcore's node proxy: mTLS HBONE tunnels for the workloads of one "
+                                   "node, L4 authorization, SOCKS5, admin and metrics.",
+                       epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", action="append", default=[], metavar="FILE",
+                   help="configuration file (repeatable); without one, $LOCAL_XDS holds the config inline")
+    p.add_argument("--node-name", default="local", help="this node's name: workloads whose `node` field "
+                   "equals it are served here (default: local)")
+    p.add_argument("--address", default="127.0.0.1",
+                   help="address for listeners given without a host (default: 127.0.0.1)")
+    p.add_argument("--listen", action="append", type=_listen, default=[], metavar="NAME=HOST:PORT",
+                   help="move or turn off one listener (repeatable; see below)")
+    p.add_argument("--ca-dir", help="CA directory (meshcore ca init, or Istio's ca-cert.pem/ca-key.pem "
+                   "layout) to issue this node's workload certificates from")
+    p.add_argument("--state-dir", help="where the built-in CA is created on first start when --ca-dir is "
+                   "not given (default: $MESHCORE_STATE_DIR or ./.meshcore-state)")
+    p.add_argument("--trust-domain", default="cluster.local", help="trust domain of a newly created built-in CA")
+    p.add_argument("--network", default="", help="this node's network name (default: the unnamed network)")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="upstream and tunnel connect timeout (default: 10)")
+    p.add_argument("--drain-deadline", type=float, default=5.0, metavar="SECONDS",
+                   help="how long tunnels may finish after SIGTERM (default: 5)")
+    p.add_argument("--no-preserve-source", action="store_true",
+                   help="never bind a workload's address as the source of connections made for it")
+    p.add_argument("--log-level", default="info", help="info, debug, warn, error, off, or target=level,... "
+                   "(default: info)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log line format (default: text)")
+    p.set_defaults(func=run)
+
+
+def options_from(args: argparse.Namespace) -> NodeOptions:
+    from meshcore.node.config import inline_from_environment
+    inline = None if args.config else inline_from_environment()
+    if not args.config and inline is None:
+        raise ConfigError("no configuration: give --config FILE (or set LOCAL_XDS to the YAML text)",
+                          source="meshcore node")
+    return NodeOptions(node_name=args.node_name, config_paths=tuple(args.config), inline_config=inline,
+                       address=args.address, listen=dict(args.listen), ca_dir=args.ca_dir,
+                       state_dir=args.state_dir, trust_domain=args.trust_domain, network=args.network,
+                       connect_timeout=args.connect_timeout, drain_deadline=args.drain_deadline,
+                       preserve_source=not args.no_preserve_source)
+
+
+def run(args: argparse.Namespace) -> int:
+    from meshcore.node import logs
+    logs.configure(args.log_level, args.log_format)
+    options = options_from(args)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(serve(options))
+
+
+async def serve(options: NodeOptions) -> int:
+    from meshcore.node.proxy import NodeProxy
+    proxy = NodeProxy(options)
+    await proxy.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(proxy.drain()))
+    loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(proxy.drain()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(proxy.reload("SIGHUP")))
+    await proxy.stopped.wait()
+    return 0

@@ -1,0 +1,264 @@
+"""The node proxy's configuration files → one MeshState.
+
+A file holds YAML documents of two shapes, told apart by `kind`:
+- ztunnel's local config (no `kind`): `workloads`, `services`, `policies`, camelCase,
+  every field ztunnel accepts; unknown keys are refused (ztunnel ignores misspelt ones);
+- Istio resources: AuthorizationPolicy, PeerAuthentication.
+
+Several files (and the inline text of MESHCORE_LOCAL_XDS / LOCAL_XDS) merge into one
+configuration, refused as a whole on the first error with file, document, field path
+and reason.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Iterable
+
+from meshcore.config import fields as F
+from meshcore.config.yamlfile import documents, located
+from meshcore.errors import ConfigError
+from meshcore.node.model import (GatewayAddress, LoadBalancer, Locality, MeshState, PeerAuthentication,
+                                 Service, Workload)
+from meshcore.policy.istio import ROOT_NAMESPACE, authorization_policy
+from meshcore.policy.ztunnel import ztunnel_policy
+
+INLINE_VARIABLES = ("MESHCORE_LOCAL_XDS", "LOCAL_XDS")
+
+_WORKLOAD_KEYS = (
+    "uid", "name", "namespace", "serviceAccount", "trustDomain", "workloadIps", "protocol", "node",
+    "network", "waypoint", "networkGateway", "services", "authorizationPolicies", "canonicalName",
+    "canonicalRevision", "workloadName", "workloadType", "locality", "status", "clusterId",
+    "applicationTunnel", "networkMode", "nativeTunnel", "capacity", "hostname", "labels")
+_SERVICE_KEYS = (
+    "name", "namespace", "hostname", "vips", "cidrVips", "ports", "subjectAltNames", "endpoints",
+    "waypoint", "weightedWaypoints", "loadBalancer", "ipFamilies", "canonical", "visibility")
+_PROTOCOLS = ("HBONE", "TCP")
+_STATUS = ("Healthy", "Unhealthy")
+_MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+
+
+def _ip(obj, path: str):
+    text = F.string(obj, path)
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        raise F.fail(path, f"{text!r} is not an IP address") from None
+
+
+def _network_address(obj, path: str) -> tuple:
+    """ztunnel writes VIPs and gateway addresses as "network/ip" ("/10.0.0.1": default network)."""
+    text = F.string(obj, path)
+    network, sep, ip = text.rpartition("/")
+    if not sep:
+        raise F.fail(path, f"{text!r} is not <network>/<ip> (the default network is written /10.0.0.1)")
+    return network, _ip(ip, path)
+
+
+def _port_map(obj, path: str) -> tuple[tuple[int, int], ...]:
+    F.mapping(obj, path)
+    return tuple(sorted((F.port(k, f"{path}.{k}"), F.port(v, f"{path}.{k}")) for k, v in obj.items()))
+
+
+def _gateway(obj, path: str) -> GatewayAddress:
+    F.mapping(obj, path, allowed=("destination", "hboneMtlsPort", "hboneSinglePort"), required=("destination",))
+    port = F.port(obj.get("hboneMtlsPort", 15008), f"{path}.hboneMtlsPort")
+    dest = obj["destination"]
+    if isinstance(dest, dict):
+        F.mapping(dest, f"{path}.destination", allowed=("namespace", "hostname"),
+                  required=("namespace", "hostname"))
+        return GatewayAddress(hostname=(F.string(dest["namespace"], f"{path}.destination.namespace"),
+                                        F.string(dest["hostname"], f"{path}.destination.hostname")),
+                              hbone_mtls_port=port)
+    return GatewayAddress(address=_network_address(dest, f"{path}.destination"), hbone_mtls_port=port)
+
+
+def _labels(obj, path: str) -> tuple[tuple[str, str], ...]:
+    F.mapping(obj, path)
+    return tuple(sorted((F.string(k, path), F.string(str(v), f"{path}.{k}", empty_ok=True))
+                        for k, v in obj.items()))
+
+
+def _choice(obj, path: str, allowed: tuple, default: str) -> str:
+    value = F.string(obj if obj is not None else default, path)
+    if value not in allowed:
+        raise F.fail(path, f"{value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+def workload(obj, path: str) -> Workload:
+    F.mapping(obj, path, allowed=_WORKLOAD_KEYS, required=("workloadIps", "namespace"))
+    s = lambda key, default="": F.string(obj.get(key, default), f"{path}.{key}", empty_ok=True)  # noqa: E731
+    namespace = F.string(obj["namespace"], f"{path}.namespace")
+    name = s("name")
+    ips = tuple(_ip(v, f"{path}.workloadIps[{i}]") for i, v in enumerate(F.sequence(obj["workloadIps"],
+                                                                                      f"{path}.workloadIps")))
+    services = []
+    for key, ports in F.mapping(obj.get("services") or {}, f"{path}.services").items():
+        ns, sep, host = F.string(key, f"{path}.services").partition("/")
+        if not sep or not ns or not host:
+            raise F.fail(f"{path}.services.{key}", "a service is named <namespace>/<hostname>")
+        services.append((key, _port_map(ports or {}, f"{path}.services.{key}")))
+    loc = F.mapping(obj.get("locality") or {}, f"{path}.locality", allowed=("region", "zone", "subzone"))
+    extra = tuple((k, obj[k]) for k in ("applicationTunnel", "networkMode", "nativeTunnel", "capacity", "hostname")
+                  if k in obj)
+    cluster = s("clusterId", "Kubernetes") or "Kubernetes"
+    return Workload(
+        uid=s("uid") or f"{cluster}//v1/Pod/{namespace}/{name or ips[0] if ips else name}",
+        name=name, namespace=namespace, ips=ips,
+        service_account=s("serviceAccount", "default") or "default",
+        trust_domain=s("trustDomain", "cluster.local") or "cluster.local",
+        protocol=_choice(obj.get("protocol"), f"{path}.protocol", _PROTOCOLS, "HBONE"),
+        node=s("node"), network=s("network"),
+        waypoint=_gateway(obj["waypoint"], f"{path}.waypoint") if obj.get("waypoint") else None,
+        network_gateway=(_gateway(obj["networkGateway"], f"{path}.networkGateway")
+                         if obj.get("networkGateway") else None),
+        services=tuple(services),
+        authorization_policies=tuple(F.strings(obj.get("authorizationPolicies"), f"{path}.authorizationPolicies")),
+        canonical_name=s("canonicalName"), canonical_revision=s("canonicalRevision"),
+        workload_name=s("workloadName"), workload_type=s("workloadType", "pod") or "pod",
+        cluster_id=cluster,
+        locality=Locality(*(F.string(loc.get(k, ""), f"{path}.locality.{k}", empty_ok=True)
+                            for k in ("region", "zone", "subzone"))),
+        healthy=_choice(obj.get("status"), f"{path}.status", _STATUS, "Healthy") == "Healthy",
+        labels=_labels(obj.get("labels") or {}, f"{path}.labels"),
+        extra=extra)
+
+
+def service(obj, path: str) -> Service:
+    F.mapping(obj, path, allowed=_SERVICE_KEYS, required=("name", "namespace", "hostname", "vips", "ports"))
+    lb = None
+    if obj.get("loadBalancer"):
+        raw = F.mapping(obj["loadBalancer"], f"{path}.loadBalancer",
+                        allowed=("routingPreferences", "mode", "healthPolicy"))
+        lb = LoadBalancer(tuple(F.strings(raw.get("routingPreferences"), f"{path}.loadBalancer.routingPreferences")),
+                          _choice(raw.get("mode"), f"{path}.loadBalancer.mode", ("Standard", "Strict", "Failover"),
+                                  "Standard"),
+                          _choice(raw.get("healthPolicy"), f"{path}.loadBalancer.healthPolicy",
+                                  ("OnlyHealthy", "AllowAll"), "OnlyHealthy"))
+    return Service(
+        name=F.string(obj["name"], f"{path}.name"),
+        namespace=F.string(obj["namespace"], f"{path}.namespace"),
+        hostname=F.string(obj["hostname"], f"{path}.hostname"),
+        vips=tuple(_network_address(v, f"{path}.vips[{i}]") for i, v in enumerate(F.sequence(obj["vips"],
+                                                                                            f"{path}.vips"))),
+        ports=_port_map(obj["ports"], f"{path}.ports"),
+        subject_alt_names=tuple(F.strings(obj.get("subjectAltNames"), f"{path}.subjectAltNames")),
+        waypoint=_gateway(obj["waypoint"], f"{path}.waypoint") if obj.get("waypoint") else None,
+        load_balancer=lb,
+        cidr_vips=tuple(F.network(v, f"{path}.cidrVips[{i}]")
+                        for i, v in enumerate(F.sequence(obj.get("cidrVips"), f"{path}.cidrVips"))),
+        extra=tuple((k, obj[k]) for k in ("endpoints", "weightedWaypoints", "ipFamilies", "canonical", "visibility")
+                    if k in obj))
+
+
+def peer_authentication(doc: dict) -> PeerAuthentication:
+    F.mapping(doc, "", allowed=("apiVersion", "kind", "metadata", "spec", "status"),
+              required=("apiVersion", "kind", "metadata"))
+    if doc["apiVersion"] not in ("security.istio.io/v1", "security.istio.io/v1beta1"):
+        raise F.fail("apiVersion", f"{doc['apiVersion']!r} is not security.istio.io/v1 or v1beta1")
+    meta = F.mapping(doc["metadata"], "metadata", required=("name",))
+    spec = F.mapping(doc.get("spec") or {}, "spec", allowed=("selector", "mtls", "portLevelMtls"))
+    mtls = F.mapping(spec.get("mtls") or {}, "spec.mtls", allowed=("mode",))
+    selector = None
+    if spec.get("selector") is not None:
+        sel = F.mapping(spec["selector"], "spec.selector", allowed=("matchLabels",))
+        selector = _labels(sel.get("matchLabels") or {}, "spec.selector.matchLabels")
+    ports = []
+    for port, level in F.mapping(spec.get("portLevelMtls") or {}, "spec.portLevelMtls").items():
+        p = f"spec.portLevelMtls.{port}"
+        F.mapping(level, p, allowed=("mode",))
+        ports.append((F.port(port, p), _choice(level.get("mode"), f"{p}.mode", _MTLS_MODES, "UNSET")))
+    if ports and selector is None:
+        # Istio's validation: port-level settings need a workload selector
+        raise F.fail("spec.portLevelMtls", "portLevelMtls requires spec.selector (Istio refuses it otherwise)")
+    return PeerAuthentication(F.string(meta["name"], "metadata.name"),
+                              F.string(meta.get("namespace", "default"), "metadata.namespace"),
+                              _choice(mtls.get("mode"), "spec.mtls.mode", _MTLS_MODES, "UNSET"),
+                              selector, tuple(ports))
+
+
+class _Collected:
+    def __init__(self):
+        self.workloads, self.services, self.policies, self.peer_auths = [], [], [], []
+
+    def add_local_config(self, doc: dict, source: str) -> None:
+        F.mapping(doc, "", allowed=("workloads", "services", "policies"))
+        for i, w in enumerate(F.sequence(doc.get("workloads"), "workloads")):
+            self.workloads.append((workload(w, f"workloads[{i}]"), source))
+        for i, s in enumerate(F.sequence(doc.get("services"), "services")):
+            self.services.append((service(s, f"services[{i}]"), source))
+        for i, p in enumerate(F.sequence(doc.get("policies"), "policies")):
+            self.policies.append(ztunnel_policy(p, f"policies[{i}]", source))
+
+    def add(self, text: str, source: str) -> None:
+        for index, doc in enumerate(documents(text, source), 1):
+            if doc is None:
+                continue
+            try:
+                if not isinstance(doc, dict):
+                    raise ConfigError("a document must be a mapping", path="")
+                kind = doc.get("kind")
+                if kind is None:
+                    self.add_local_config(doc, source)
+                elif kind == "AuthorizationPolicy":
+                    self.policies.append(authorization_policy(doc, source))
+                elif kind == "PeerAuthentication":
+                    self.peer_auths.append(peer_authentication(doc))
+                else:
+                    raise F.fail("kind", f"{kind!r} is not a kind the node proxy reads "
+                                         "(AuthorizationPolicy, PeerAuthentication, or ztunnel's local "
+                                         "config without a kind)")
+            except ConfigError as exc:
+                raise located(exc, source, index) from None
+
+    def state(self, root_namespace: str) -> MeshState:
+        workloads = [w for w, _ in self.workloads]
+        _refuse_duplicates([(w.uid, src) for w, src in self.workloads], "workload uid")
+        _refuse_duplicates([((w.network, str(ip)), src) for w, src in self.workloads for ip in w.ips],
+                           "workload address")
+        _refuse_duplicates([(s.key, src) for s, src in self.services], "service")
+        _refuse_duplicates([(v, src) for s, src in self.services for v in s.vips], "service VIP")
+        _refuse_duplicates([(p.key, p.source) for p in self.policies], "policy")
+        _refuse_duplicates([(p.key, "") for p in self.peer_auths], "PeerAuthentication")
+        return MeshState(tuple(workloads), tuple(s for s, _ in self.services), tuple(self.policies),
+                         tuple(self.peer_auths), root_namespace=root_namespace)
+
+
+def _refuse_duplicates(pairs: list, what: str) -> None:
+    seen: dict = {}
+    for key, source in pairs:
+        if key in seen:
+            shown = f"{key[0]}/{key[1]}" if isinstance(key, tuple) else key
+            where = " and ".join(dict.fromkeys(s for s in (seen[key], source) if s)) or "<config>"
+            raise ConfigError(f"{what} {shown} is defined twice", source=where)
+        seen[key] = source
+
+
+def load(paths: Iterable[str] = (), *, inline: str | None = None,
+         root_namespace: str = ROOT_NAMESPACE) -> MeshState:
+    """Every file (and the inline text) into one MeshState, or ConfigError."""
+    collected = _Collected()
+    sources = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(path)) from None
+        collected.add(text, str(path))
+        sources.append(str(path))
+    if inline:
+        collected.add(inline, "$" + next((v for v in INLINE_VARIABLES if os.environ.get(v) == inline),
+                                         INLINE_VARIABLES[0]))
+        sources.append("<inline>")
+    state = collected.state(root_namespace)
+    state.sources = tuple(sources)
+    return state
+
+
+def inline_from_environment() -> str | None:
+    """ztunnel's LOCAL_XDS (inline YAML), or meshcore's own name for it."""
+    return next((os.environ[v] for v in INLINE_VARIABLES if os.environ.get(v)), None)

@@ -1,0 +1,119 @@
+"""`/config_dump`: the node's state as JSON in ztunnel's shapes (camelCase, its
+top-level keys), so scripts written against ztunnel's dump read meshcore's."""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import fields
+
+from meshcore.node.model import GatewayAddress, MeshState, Service, Workload
+from meshcore.policy.model import Match, Policy, StringMatch
+
+_STRING_KIND = {"exact": "Exact", "prefix": "Prefix", "suffix": "Suffix", "presence": "Presence"}
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p.title() for p in rest)
+
+
+def _gateway(g: GatewayAddress | None):
+    if g is None:
+        return None
+    dest = f"{g.address[0]}/{g.address[1]}" if g.address else {"namespace": g.hostname[0], "hostname": g.hostname[1]}
+    return {"destination": dest, "hboneMtlsPort": g.hbone_mtls_port}
+
+
+def workload(w: Workload) -> dict:
+    out = {"uid": w.uid, "workloadIps": [str(ip) for ip in w.ips], "protocol": w.protocol, "name": w.name,
+           "namespace": w.namespace, "serviceAccount": w.service_account, "workloadName": w.workload_name,
+           "workloadType": w.workload_type, "canonicalName": w.canonical_name,
+           "canonicalRevision": w.canonical_revision, "clusterId": w.cluster_id, "trustDomain": w.trust_domain,
+           "locality": {k: v for k, v in (("region", w.locality.region), ("zone", w.locality.zone),
+                                          ("subzone", w.locality.subzone)) if v},
+           "node": w.node, "network": w.network, "status": "Healthy" if w.healthy else "Unhealthy",
+           "authorizationPolicies": list(w.authorization_policies),
+           "services": {k: {str(p): t for p, t in ports} for k, ports in w.services}}
+    if w.waypoint:
+        out["waypoint"] = _gateway(w.waypoint)
+    if w.network_gateway:
+        out["networkGateway"] = _gateway(w.network_gateway)
+    return out
+
+
+def service(s: Service, state: MeshState) -> dict:
+    out = {"name": s.name, "namespace": s.namespace, "hostname": s.hostname,
+           "vips": [f"{n}/{ip}" for n, ip in s.vips], "ports": {str(p): t for p, t in s.ports},
+           "endpoints": {w.uid: {"workloadUid": w.uid, "service": "", "status": "Healthy" if w.healthy else "Unhealthy",
+                                 "port": dict((str(p), t) for k, ports in w.services if k == s.key for p, t in ports)}
+                         for w in state.endpoints.get(s.key, ())},
+           "subjectAltNames": list(s.subject_alt_names), "ipFamilies": "IPv4"}
+    if s.waypoint:
+        out["waypoint"] = _gateway(s.waypoint)
+    if s.load_balancer:
+        lb = s.load_balancer
+        out["loadBalancer"] = {"routingPreferences": list(lb.routing_preferences), "mode": lb.mode,
+                               "healthPolicy": lb.health_policy}
+    return out
+
+
+def _values(value):
+    if isinstance(value, StringMatch):
+        return {_STRING_KIND[value.kind]: [] if value.kind == "presence" else value.value}
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return {"namespace": value[0], "serviceAccount": value[1]}
+    if isinstance(value, tuple):
+        return [value[0], [_values(v) for v in value[1]]]      # header name, values
+    return value if isinstance(value, int) else str(value)
+
+
+def _match(m: Match) -> dict:
+    return {_camel(f.name): [_values(v) for v in getattr(m, f.name)] for f in fields(m) if getattr(m, f.name)}
+
+
+def policy(p: Policy) -> dict:
+    return {"name": p.name, "namespace": p.namespace, "scope": p.scope.value, "action": p.action.value.title(),
+            "rules": [[[_match(m) for m in clause] for clause in rule] for rule in p.rules],
+            "dryRun": p.dry_run}
+
+
+def _time(t: dt.datetime) -> str:
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def certificates(store, identities) -> list[dict]:
+    out = []
+    for identity in identities:
+        try:
+            creds = store.credentials(identity)
+        except Exception as exc:                  # noqa: BLE001  (shown, not hidden)
+            out.append({"identity": identity.uri, "state": f"Unavailable: {exc}", "certChain": [], "rootCerts": []})
+            continue
+        chain = [{"pem": c.public_bytes(_pem()).decode(), "serialNumber": format(c.serial_number, "x"),
+                  "validFrom": _time(c.not_valid_before_utc), "expirationTime": _time(c.not_valid_after_utc)}
+                 for c in creds.chain]
+        roots = [{"pem": r.public_bytes(_pem()).decode(), "serialNumber": format(r.serial_number, "x"),
+                  "validFrom": _time(r.not_valid_before_utc), "expirationTime": _time(r.not_valid_after_utc)}
+                 for r in store.bundle]
+        out.append({"identity": identity.uri, "state": "Available", "certChain": chain, "rootCerts": roots})
+    return out
+
+
+def _pem():
+    from cryptography.hazmat.primitives.serialization import Encoding
+    return Encoding.PEM
+
+
+def config_dump(proxy) -> dict:
+    state = proxy.config.state
+    local = state.local_workloads(proxy.node_name)
+    return {
+        "workloads": [workload(w) for w in state.workloads],
+        "services": [service(s, state) for s in state.services],
+        "policies": [policy(p) for p in state.policies],
+        "stagedServices": {},
+        "certificates": certificates(proxy.certs, sorted({w.identity for w in local if w.meshed})),
+        "workloadState": {w.uid: {"state": "Up"} for w in local},
+        "staticConfig": {"sources": list(state.sources)},
+        "version": proxy.version,
+        "config": proxy.describe_config(),
+    }

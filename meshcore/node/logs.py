@@ -1,0 +1,75 @@
+"""The node's log output, in ztunnel's shapes: text lines
+`<RFC3339 time>\t<level>\t<target>\t<message>\tkey=value ...` or one JSON object per line,
+and the access log: one line per completed connection."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+
+from meshcore.node.record import ConnectionRecord
+
+access_log = logging.getLogger("meshcore.access")
+
+_TARGETS = {"meshcore.access": "access"}
+
+
+def _text_value(value) -> str:
+    if isinstance(value, int):
+        return str(value)
+    text = str(value)
+    if text and all(c.isalnum() or c in ".:[]-_/" for c in text) and not text[0].isalpha():
+        return text                               # addresses stay bare, like ztunnel's
+    return json.dumps(text)
+
+
+class _Formatter(logging.Formatter):
+    def __init__(self, as_json: bool):
+        super().__init__()
+        self.as_json = as_json
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = dt.datetime.fromtimestamp(record.created, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        level = record.levelname.lower().replace("warning", "warn")
+        target = _TARGETS.get(record.name, record.name.removeprefix("meshcore.").replace(".", "::"))
+        fields = getattr(record, "fields", None) or {}
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + self.formatException(record.exc_info)
+        if self.as_json:
+            return json.dumps({"level": level, "time": when, "scope": target, "message": message, **fields},
+                              separators=(",", ":"))
+        parts = [when, level, target, message]
+        if fields:
+            parts.append(" ".join(f"{k}={_text_value(v)}" for k, v in fields.items()))
+        return "\t".join(parts)
+
+
+def configure(level: str = "info", fmt: str = "text", stream=None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_Formatter(fmt == "json"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    set_level(level)
+
+
+LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
+          "warning": logging.WARNING, "error": logging.ERROR, "off": logging.CRITICAL + 10}
+
+
+def set_level(level: str) -> None:
+    """`info`, or ztunnel's `target=level,...` form (`access=warn,info`)."""
+    for part in level.split(","):
+        target, sep, value = part.strip().rpartition("=")
+        if value.lower() not in LEVELS:
+            raise ValueError(f"unknown log level {value!r} (one of {', '.join(LEVELS)})")
+        name = "meshcore." + target.replace("::", ".") if sep else ""
+        logging.getLogger(name or None).setLevel(LEVELS[value.lower()])
+
+
+def access(record: ConnectionRecord) -> None:
+    if record.error:
+        access_log.warning("connection failed", extra={"fields": record.log_fields()})
+    else:
+        access_log.info("connection complete", extra={"fields": record.log_fields()})

@@ -1,0 +1,167 @@
+"""The node's outbound side: captured connections (15001, original destination from
+SO_ORIGINAL_DST) and SOCKS5 (15080) from workloads on this node, each routed
+(routing.route) and carried over HBONE or passed through as plain TCP."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import logging
+import socket
+
+from meshcore.aio.outbound import OutboundListener
+from meshcore.aio.pool import PoolKey
+from meshcore.errors import TunnelError
+from meshcore.mesh import traceparent
+from meshcore.node import logs, socks5
+from meshcore.node.netaddr import original_destination
+from meshcore.node.record import ConnectionRecord
+from meshcore.node.routing import HBONE, PASSTHROUGH, Route, route
+
+log = logging.getLogger("meshcore.outbound")
+
+
+class RouteRefused(ConnectionRefusedError):
+    def __init__(self, message: str, socks_reply: int = socks5.NOT_ALLOWED):
+        super().__init__(message)
+        self.socks_reply = socks_reply
+
+
+class Outbound:
+    def __init__(self, proxy):
+        self.proxy = proxy
+        self.relay = OutboundListener(self.dial_captured, proxy.finished)
+        self.capture: asyncio.AbstractServer | None = None
+        self.socks: asyncio.AbstractServer | None = None
+        self._choice = itertools.count()
+
+    async def start(self, capture_address, socks_address) -> None:
+        loop = asyncio.get_running_loop()
+        if capture_address is not None:
+            self.capture = await loop.create_server(self.relay._accepted, *capture_address, backlog=4096)
+        if socks_address is not None:
+            self.socks = await loop.create_server(lambda: socks5.Socks5Handshake(self._socks_request),
+                                                  *socks_address, backlog=4096)
+
+    async def close(self) -> None:
+        for server in (self.capture, self.socks):
+            if server is not None:
+                server.close()
+        await self.relay.close()
+
+    # -- entry points ---------------------------------------------------------------
+    async def dial_captured(self, protocol_factory, client: asyncio.Transport) -> ConnectionRecord:
+        ip, port = original_destination(client.get_extra_info("socket"))
+        return await self.dial(protocol_factory, client, ip, port)
+
+    def _socks_request(self, client: asyncio.Transport, host: str, port: int) -> None:
+        async def dial(protocol_factory, transport):
+            def answered():
+                # the reply goes out before any byte of the destination's
+                transport.write(socks5.reply(socks5.SUCCEEDED, transport.get_extra_info("sockname")[:2]))
+                return protocol_factory()
+            try:
+                ip = self.resolve_mesh_name(host) or await self._resolve(host)
+                return await self.dial(answered, transport, ip, port)
+            except Exception as exc:
+                code = getattr(exc, "socks_reply", None) or _socks_code(exc)
+                if not transport.is_closing():
+                    transport.write(socks5.reply(code))
+                    transport.close()         # the reply says why; a RST could discard it
+                raise
+        self.relay.adopt(client, dial)
+
+    def resolve_mesh_name(self, host: str) -> str | None:
+        """Mesh service hostnames resolve to their VIP before DNS is asked."""
+        service = self.proxy.config.state.by_hostname.get(host.rstrip("."))
+        if service is not None:
+            vip = next((v for n, v in service.vips if n in self.proxy.networks), None)
+            return str(vip) if vip is not None else None
+        return None
+
+    async def _resolve(self, host: str) -> str:
+        try:
+            ipaddress.ip_address(host)
+            return host
+        except ValueError:
+            pass
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise RouteRefused(f"cannot resolve {host!r}: {exc.strerror}", socks5.HOST_UNREACHABLE) from None
+        return infos[0][4][0]
+
+    # -- routing and dialing -----------------------------------------------------------
+    async def dial(self, protocol_factory, client: asyncio.Transport, ip: str, port: int) -> ConnectionRecord:
+        proxy = self.proxy
+        peer_ip, peer_port = client.get_extra_info("peername")[:2]
+        record = ConnectionRecord("outbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=_host_port(ip, port))
+        try:
+            source = proxy.config.state.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
+            record.src_workload = source
+            if source is None or source.node != proxy.node_name:
+                raise RouteRefused(f"source {peer_ip} is not a workload of node {proxy.node_name!r}")
+            chosen = route(proxy.config.state, source, ip, port, choice=next(self._choice),
+                           own_addresses=proxy.own_addresses, proxy_ports=proxy.listen_ports)
+            record.dst_workload, record.service = chosen.workload, chosen.service
+            if chosen.kind == HBONE:
+                record.hbone_addr, record.mtls = chosen.authority, True
+                record.src_identity = source.identity.uri
+                record.dst_identity = chosen.expected[0].uri
+                await self._tunnel(chosen, source, peer_ip, peer_port, protocol_factory)
+            elif chosen.kind == PASSTHROUGH:
+                await asyncio.wait_for(asyncio.get_running_loop().create_connection(
+                    protocol_factory, *chosen.dial), proxy.connect_timeout)
+            else:
+                raise RouteRefused(chosen.reason)
+        except (OSError, TunnelError, asyncio.TimeoutError) as exc:
+            record.finish(_describe(exc), "CONNECT")
+            proxy.metrics.failed_connection(record)
+            logs.access(record)
+            raise
+        proxy.metrics.opened_connection(record)
+        return record
+
+    async def _tunnel(self, chosen: Route, source, peer_ip: str, peer_port: int, protocol_factory) -> None:
+        proxy = self.proxy
+        forwarded = f'for="{_host_port(peer_ip, peer_port)}"'
+        if chosen.service is not None:
+            forwarded += f";host={chosen.service.hostname}"
+        baggage = ",".join(f"{k}={v}" for k, v in (
+            ("k8s.cluster.name", source.cluster_id), ("k8s.namespace.name", source.namespace),
+            (f"k8s.{source.workload_type}.name", source.workload_name or source.name),
+            ("service.name", source.canonical_name), ("service.version", source.canonical_revision)) if v)
+        key = PoolKey(source.identity, chosen.expected, chosen.dial, _source_ip(proxy, peer_ip))
+        await asyncio.wait_for(proxy.pool.open_stream(
+            key, chosen.authority, protocol_factory,
+            [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage.encode())]),
+            proxy.connect_timeout)
+
+
+def _source_ip(proxy, ip: str) -> str | None:
+    bind = proxy.binder.local_addr(ip)
+    return bind[0] if bind else None
+
+
+def _host_port(ip: str, port: int) -> str:
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TunnelError):
+        return f"http status: {exc.status}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "connection timed out"
+    return str(exc) or type(exc).__name__
+
+
+def _socks_code(exc: BaseException) -> int:
+    if isinstance(exc, TunnelError):
+        return socks5.NOT_ALLOWED if exc.status == 401 else socks5.HOST_UNREACHABLE
+    if isinstance(exc, ConnectionRefusedError):
+        return socks5.REFUSED
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return socks5.HOST_UNREACHABLE
+    if isinstance(exc, OSError):
+        return socks5.NETWORK_UNREACHABLE
+    return socks5.GENERAL_FAILURE

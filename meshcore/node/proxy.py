@@ -1,0 +1,282 @@
+"""`NodeProxy`: the per-node data plane, composed of the shell's pieces.
+
+    config files ─► ConfigStore (MeshState + compiled policies) ◄─ reload (file change, SIGHUP)
+    15001 capture ─┐                                     ┌─ 15008 HBONE (per local workload address)
+    15080 SOCKS5 ──┴─ Outbound ─ route() ─ HbonePool ──► │  Inbound ─ policy ─ local workload
+                                   └─ plain TCP          └─ 15006 plaintext (PERMISSIVE peers)
+    15000 admin · 15020 metrics · 15021 readiness (HttpEndpoints)
+
+Every listener and connection belongs to the proxy; drain() ends them all.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshcore.aio.client import dial
+from meshcore.aio.pool import HbonePool, PoolKey
+from meshcore.errors import ConfigError, IdentityError
+from meshcore.identity.ca import CertificateAuthority
+from meshcore.identity.store import CertificateStore
+from meshcore.node import config as node_config, logs
+from meshcore.node.admin import HttpEndpoints, text
+from meshcore.node.dump import config_dump
+from meshcore.node.inbound import Inbound
+from meshcore.node.metrics import NodeMetrics
+from meshcore.node.netaddr import SourceBinder
+from meshcore.node.outbound import Outbound
+from meshcore.node.record import ConnectionRecord
+from meshcore.node.store import ConfigStore
+
+log = logging.getLogger("meshcore.node")
+
+# listener name -> (host, port); "workloads" as the inbound host means one listener on
+# each local workload's address (as in a pod's own network namespace)
+DEFAULT_LISTEN = {"outbound": ("", 15001), "inbound-plaintext": ("", 15006), "inbound": ("workloads", 15008),
+                  "socks5": ("127.0.0.1", 15080), "admin": ("127.0.0.1", 15000), "metrics": ("", 15020),
+                  "readiness": ("", 15021)}
+
+
+@dataclass
+class NodeOptions:
+    node_name: str = "local"
+    config_paths: tuple[str, ...] = ()
+    inline_config: str | None = None
+    address: str = "127.0.0.1"                 # where listeners without an explicit host bind
+    listen: dict = field(default_factory=dict)  # name -> (host, port) or None (off)
+    ca_dir: str | None = None
+    state_dir: str | None = None
+    trust_domain: str = "cluster.local"
+    network: str = ""
+    connect_timeout: float = 10.0
+    drain_deadline: float = 5.0
+    preserve_source: bool = True
+    reload_interval: float = 1.0
+
+    def listeners(self) -> dict:
+        out = {}
+        for name, (host, port) in DEFAULT_LISTEN.items():
+            value = self.listen.get(name, (host or self.address, port))
+            if value is not None and value[0] == "":
+                value = (self.address, value[1])
+            out[name] = value
+        return out
+
+
+class NodeProxy:
+    def __init__(self, options: NodeOptions):
+        from meshcore import __version__
+        self.options = options
+        self.version = __version__
+        self.node_name = options.node_name
+        self.network = options.network
+        self.networks = (options.network, "") if options.network else ("",)
+        self.listen = options.listeners()
+        self.listen_ports = frozenset(a[1] for n, a in self.listen.items()
+                                      if a is not None and n in ("outbound", "inbound-plaintext", "inbound", "socks5"))
+        self.own_addresses = frozenset()
+        self.connect_timeout = options.connect_timeout
+        self.drain_deadline = options.drain_deadline
+        self.binder = SourceBinder(options.preserve_source)
+        self.config = ConfigStore()
+        self.metrics = NodeMetrics(self.version)
+        self.ca = self._certificate_authority()
+        self.trust_domain = self.ca.trust_domain
+        self.certs = CertificateStore(self.ca)
+        self.pool = HbonePool(self._connect)
+        self.inbound = Inbound(self)
+        self.outbound = Outbound(self)
+        self.endpoints: list[HttpEndpoints] = []
+        self.pending = {"config", "certificates", "listeners"}
+        self.stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._fingerprint = None
+
+    # -- identity ---------------------------------------------------------------------
+    def _certificate_authority(self) -> CertificateAuthority:
+        o = self.options
+        if o.ca_dir:
+            return CertificateAuthority.load(o.ca_dir)
+        state = Path(o.state_dir or os.environ.get("MESHCORE_STATE_DIR") or Path.cwd() / ".meshcore-state")
+        ca_dir = state / "ca"
+        if (ca_dir / "ca-cert.pem").exists():
+            return CertificateAuthority.load(ca_dir)
+        ca = CertificateAuthority.create(o.trust_domain)
+        ca.save(ca_dir)
+        log.info("created a built-in CA for trust domain %s in %s", o.trust_domain, ca_dir)
+        return ca
+
+    def _issue_local(self) -> None:
+        failed = []
+        for w in self.config.state.local_workloads(self.node_name):
+            if w.meshed:
+                try:
+                    self.certs.credentials(w.identity)
+                except IdentityError as exc:
+                    failed.append(f"{w.identity}: {exc}")
+        if failed:
+            log.error("no certificate for %s", "; ".join(failed))
+            self.pending.add("certificates")
+        else:
+            self.pending.discard("certificates")
+
+    async def _connect(self, key: PoolKey):
+        host, port = key.destination
+        return await dial(host, port, self.certs.client_context(key.source_identity), key.expected,
+                          local_addr=(key.source_ip, 0) if key.source_ip else None)
+
+    # -- configuration ------------------------------------------------------------------
+    def load_config(self) -> None:
+        """Read the files and put them in force, or raise ConfigError keeping the old ones."""
+        o = self.options
+        state = node_config.load(o.config_paths, inline=o.inline_config)
+        self._fingerprint = self._files_fingerprint()
+        self.config.replace(state)
+        self.pending.discard("config")
+
+    async def reload(self, reason: str) -> bool:
+        try:
+            self.load_config()
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("refused").inc()
+            log.error("configuration refused (%s), the previous one stays in force: %s", reason, exc)
+            return False
+        self.metrics.config_reloads.labels("applied").inc()
+        await self._apply()
+        ended = self.inbound.revoke(self.config.state)
+        log.info("configuration %s applied (%s): %d workloads, %d services, %d policies%s", self.config.version,
+                 reason, len(self.config.state.workloads), len(self.config.state.services),
+                 len(self.config.state.policies), f"; {ended} tunnels no longer allowed were closed" if ended else "")
+        return True
+
+    async def _apply(self) -> None:
+        self._issue_local()
+        await self.inbound.sync(self.config.state)
+        wanted = self.inbound.wanted_addresses(self.config.state)
+        missing = wanted - set(self.inbound.servers)
+        if missing:
+            self.pending.add("listeners")
+        else:
+            self.pending.discard("listeners")
+
+    def _files_fingerprint(self):
+        out = []
+        for p in self.options.config_paths:
+            try:
+                st = os.stat(p)
+                out.append((p, st.st_ino, st.st_mtime_ns, st.st_size))
+            except OSError:
+                out.append((p, None))
+        return tuple(out)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.reload_interval)
+            if self._files_fingerprint() != self._fingerprint:
+                self._fingerprint = self._files_fingerprint()
+                await self.reload("files changed")
+
+    async def _rotate(self) -> None:
+        while True:
+            await asyncio.sleep(30)
+            rotated = self.certs.rotate_due()
+            if rotated:
+                log.info("rotated certificates of %s", ", ".join(map(str, rotated)))
+
+    # -- life -----------------------------------------------------------------------------
+    async def start(self) -> "NodeProxy":
+        self.load_config()
+        listen = self.listen
+        self.own_addresses = frozenset()
+        await self._apply()
+        if listen["inbound-plaintext"] is not None:
+            await self.inbound.start_plaintext(listen["inbound-plaintext"])
+        await self.outbound.start(listen["outbound"], listen["socks5"])
+        routes = {"admin": {"/config_dump": self._config_dump, "/logging": self._logging,
+                            "/quitquitquit": self._quit, "/": self._index},
+                  "metrics": {"/metrics": self._metrics, "/stats/prometheus": self._metrics},
+                  "readiness": {"/healthz/ready": self._ready}}
+        for name, table in routes.items():
+            if listen[name] is not None:
+                self.endpoints.append(await HttpEndpoints(table).start(*listen[name]))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._watch()), loop.create_task(self._rotate())]
+        log.info("node %s ready: %s", self.node_name, ", ".join(
+            f"{n} {a[0]}:{a[1]}" for n, a in listen.items() if a is not None))
+        return self
+
+    async def drain(self) -> None:
+        """Stop accepting, GOAWAY every HBONE connection, let tunnels finish until the
+        drain deadline, then end what is left."""
+        log.info("draining (deadline %.0f s)", self.drain_deadline)
+        for task in self._tasks:
+            task.cancel()
+        for e in self.endpoints:
+            await e.close()
+        for server in (self.outbound.capture, self.outbound.socks):
+            if server is not None:
+                server.close()
+        deadline = time.monotonic() + self.drain_deadline
+        inbound = asyncio.ensure_future(self.inbound.close(self.drain_deadline))
+        for conn in self.pool.connections:
+            asyncio.ensure_future(conn.drain(self.drain_deadline))
+        while self.outbound.relay.splices and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await self.outbound.close()
+        await self.pool.close()
+        await inbound
+        self.stopped.set()
+
+    # -- telemetry ---------------------------------------------------------------------
+    def finished(self, record: ConnectionRecord, relayed: dict) -> None:
+        """A relayed connection ended: its bytes, metrics and access-log line."""
+        record.bytes_recv, record.bytes_sent = relayed["a"], relayed["b"]
+        record.finish()
+        self.metrics.closed_connection(record)
+        logs.access(record)
+
+    def describe_config(self) -> dict:
+        o = self.options
+        return {"nodeName": self.node_name, "network": self.network, "trustDomain": self.trust_domain,
+                "configPaths": list(o.config_paths), "inlineConfig": bool(o.inline_config),
+                "listeners": {n: (f"{a[0]}:{a[1]}" if a else None) for n, a in self.listen.items()},
+                "connectTimeout": o.connect_timeout, "drainDeadline": o.drain_deadline,
+                "preserveSourceAddress": o.preserve_source, "configVersion": self.config.version,
+                "configLoaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.config.loaded_at))}
+
+    # -- HTTP endpoints ----------------------------------------------------------------
+    def _config_dump(self, method, query):
+        return 200, "application/json", json.dumps(config_dump(self), indent=2).encode()
+
+    def _logging(self, method, query):
+        if method != "POST":
+            return text(405, "POST /logging?level=<level> (trace, debug, info, warn, error, off; "
+                             "or target=level,... such as access=warn,info)\n")
+        level = (query.get("level") or [""])[0]
+        try:
+            logs.set_level(level)
+        except ValueError as exc:
+            return text(400, f"{exc}\n")
+        return text(200, f"current log level is {level}\n")
+
+    def _quit(self, method, query):
+        if method != "POST":
+            return text(405, "POST /quitquitquit to drain and exit\n")
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.drain()))
+        return text(200, "shutdown now\n")
+
+    def _index(self, method, query):
+        return text(200, "meshcore node admin: /config_dump, POST /logging?level=..., POST /quitquitquit\n")
+
+    def _metrics(self, method, query):
+        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.exposition()
+
+    def _ready(self, method, query):
+        if self.pending:
+            return text(500, f"not ready, pending: {', '.join(sorted(self.pending))}\n")
+        return text(200, "ready\n")

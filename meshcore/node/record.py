@@ -1,0 +1,114 @@
+"""One proxied connection as telemetry sees it: the access log line and the metric
+labels are both derived from this record, so they never disagree."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from meshcore.node.model import Service, Workload
+
+UNKNOWN = "unknown"
+
+
+@dataclass
+class ConnectionRecord:
+    direction: str                                # inbound | outbound
+    src_addr: str = ""
+    dst_addr: str = ""                            # the original destination (ip:port)
+    hbone_addr: str = ""                          # the CONNECT authority, when tunnelled
+    src_workload: Workload | None = None
+    dst_workload: Workload | None = None
+    service: Service | None = None
+    src_identity: str = ""                        # SPIFFE URI, from mTLS only
+    dst_identity: str = ""
+    mtls: bool = False
+    bytes_sent: int = 0                           # toward the connection's client
+    bytes_recv: int = 0                           # from the connection's client
+    flag: str = "-"                               # response flag: DENY, CONNECT, ...
+    error: str = ""
+    started: float = field(default_factory=time.monotonic)
+    duration: float = 0.0
+
+    def finish(self, error: str = "", flag: str | None = None) -> "ConnectionRecord":
+        self.duration = time.monotonic() - self.started
+        if error:
+            self.error = error
+        if flag is not None:
+            self.flag = flag
+        return self
+
+    @property
+    def reporter(self) -> str:
+        return "destination" if self.direction == "inbound" else "source"
+
+    def labels(self) -> dict[str, str]:
+        """Istio's TCP metric labels (ztunnel's set and order)."""
+        s, d, svc = self.src_workload, self.dst_workload, self.service
+        return {
+            "reporter": self.reporter,
+            **_workload_labels("source", s),
+            "source_principal": self.src_identity or UNKNOWN,
+            "source_app": _label(s, "app", s.canonical_name if s else ""),
+            "source_version": _label(s, "version", s.canonical_revision if s else ""),
+            "source_cluster": s.cluster_id if s else UNKNOWN,
+            "destination_service": svc.hostname if svc else UNKNOWN,
+            "destination_service_namespace": svc.namespace if svc else UNKNOWN,
+            "destination_service_name": svc.name if svc else UNKNOWN,
+            **_workload_labels("destination", d),
+            "destination_principal": self.dst_identity or UNKNOWN,
+            "destination_app": _label(d, "app", d.canonical_name if d else ""),
+            "destination_version": _label(d, "version", d.canonical_revision if d else ""),
+            "destination_cluster": d.cluster_id if d else UNKNOWN,
+            "request_protocol": "tcp",
+            "response_flags": self.flag,
+            "connection_security_policy": "mutual_tls" if self.mtls else UNKNOWN,
+            "source_region": (s.locality.region if s else "") or UNKNOWN,
+            "source_zone": (s.locality.zone if s else "") or UNKNOWN,
+            "destination_region": (d.locality.region if d else "") or UNKNOWN,
+            "destination_zone": (d.locality.zone if d else "") or UNKNOWN,
+        }
+
+    def log_fields(self) -> dict[str, object]:
+        """ztunnel's access-log fields, in its order (empty ones left out)."""
+        s, d = self.src_workload, self.dst_workload
+        fields = {
+            "src.addr": self.src_addr,
+            "src.workload": s.name if s else "",
+            "src.namespace": s.namespace if s else "",
+            "src.identity": self.src_identity,
+            "src.cluster": s.cluster_id if s else "",
+            "dst.addr": self.dst_addr,
+            "dst.hbone_addr": self.hbone_addr,
+            "dst.service": self.service.hostname if self.service else "",
+            "dst.workload": d.name if d else "",
+            "dst.namespace": d.namespace if d else "",
+            "dst.identity": self.dst_identity,
+            "dst.cluster": d.cluster_id if d else "",
+            "direction": self.direction,
+            "bytes_sent": self.bytes_sent,
+            "bytes_recv": self.bytes_recv,
+            "duration": f"{round(self.duration * 1000)}ms",
+            "error": self.error,
+        }
+        return {k: v for k, v in fields.items() if v != ""}
+
+
+FIELD_LABELS = ("workload", "canonical_service", "canonical_revision", "workload_namespace")
+
+
+def _workload_labels(side: str, w: Workload | None) -> dict[str, str]:
+    if w is None:
+        return {f"{side}_{k}": UNKNOWN for k in FIELD_LABELS}
+    return {f"{side}_workload": w.workload_name or w.name or UNKNOWN,
+            f"{side}_canonical_service": w.canonical_name or w.workload_name or w.name or UNKNOWN,
+            f"{side}_canonical_revision": w.canonical_revision or "latest",
+            f"{side}_workload_namespace": w.namespace}
+
+
+def _label(w: Workload | None, key: str, fallback: str) -> str:
+    if w is None:
+        return UNKNOWN
+    return dict(w.labels).get(key) or fallback or UNKNOWN
+
+
+LABEL_NAMES = tuple(ConnectionRecord("inbound").labels())
