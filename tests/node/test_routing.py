@@ -1,0 +1,92 @@
+"""The outbound routing decision, row by row (HBONE.md 2 and 7, ztunnel's outbound)."""
+import ipaddress
+
+import pytest
+
+from meshcore.node.config import load
+from meshcore.node.routing import HBONE, PASSTHROUGH, REFUSE, route
+
+MESH = """
+workloads:
+- {uid: client, name: client, namespace: shop, serviceAccount: client, workloadIps: ["10.0.1.1", "fd00::1:1"], node: a}
+- {uid: web-1, name: web-1, namespace: shop, serviceAccount: web, workloadIps: ["10.0.2.1"], node: b,
+   services: {"shop/web.shop.svc": {80: 8080}}}
+- {uid: web-2, name: web-2, namespace: shop, serviceAccount: web, workloadIps: ["10.0.2.2"], node: b,
+   services: {"shop/web.shop.svc": {80: 8081}}}
+- {uid: web-sick, name: web-sick, namespace: shop, serviceAccount: web, workloadIps: ["10.0.2.3"], node: b,
+   status: Unhealthy, services: {"shop/web.shop.svc": {80: 8080}}}
+- {uid: legacy, name: legacy, namespace: old, workloadIps: ["10.0.3.1"], protocol: TCP,
+   services: {"old/legacy.old.svc": {80: 80}}}
+- {uid: guarded, name: guarded, namespace: bank, serviceAccount: vault, workloadIps: ["10.0.4.1"],
+   waypoint: {destination: "/10.0.9.9"}}
+- {uid: wp, name: waypoint, namespace: bank, serviceAccount: waypoint, workloadIps: ["10.0.9.9"]}
+- {uid: remote, name: remote, namespace: shop, workloadIps: ["10.8.0.1"], network: far,
+   services: {"shop/far.shop.svc": {80: 80}}}
+- {uid: v6, name: v6, namespace: shop, serviceAccount: v6, workloadIps: ["fd00::2:1"]}
+services:
+- {name: web, namespace: shop, hostname: web.shop.svc, vips: ["/10.96.0.1"], ports: {80: 8080},
+   subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/web-canary"]}
+- {name: legacy, namespace: old, hostname: legacy.old.svc, vips: ["/10.96.0.2"], ports: {80: 80}}
+- {name: vault, namespace: bank, hostname: vault.bank.svc, vips: ["/10.96.0.3"], ports: {443: 8443},
+   waypoint: {destination: "/10.0.9.9", hboneMtlsPort: 15008}}
+- {name: empty, namespace: shop, hostname: empty.shop.svc, vips: ["/10.96.0.4"], ports: {80: 80}}
+- {name: far, namespace: shop, hostname: far.shop.svc, vips: ["/10.96.0.5"], ports: {80: 80}}
+"""
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    path = tmp_path_factory.mktemp("routing") / "mesh.yaml"
+    path.write_text(MESH)
+    return load([str(path)])
+
+
+def _id(name, ns="shop"):
+    return f"spiffe://cluster.local/ns/{ns}/sa/{name}"
+
+
+ROWS = [
+    # destination, port, choice -> kind, dial, authority, expected identities, note
+    ("10.0.2.1", 8080, 0, HBONE, ("10.0.2.1", 15008), "10.0.2.1:8080", [_id("web")], "workload: HBONE to its 15008"),
+    ("10.96.0.1", 80, 0, HBONE, ("10.0.2.1", 15008), "10.0.2.1:8080",
+     [_id("web"), _id("web-canary")], "VIP: endpoint + port map, service SANs expected too"),
+    ("10.96.0.1", 80, 1, HBONE, ("10.0.2.2", 15008), "10.0.2.2:8081",
+     [_id("web"), _id("web-canary")], "round-robin, per-endpoint port; unhealthy skipped"),
+    ("10.96.0.1", 80, 2, HBONE, ("10.0.2.1", 15008), "10.0.2.1:8080",
+     [_id("web"), _id("web-canary")], "round-robin wraps over the two healthy endpoints"),
+    ("10.96.0.1", 81, 0, REFUSE, None, "", [], "service has no such port"),
+    ("10.96.0.4", 80, 0, REFUSE, None, "", [], "service without endpoints"),
+    ("10.0.3.1", 80, 0, PASSTHROUGH, ("10.0.3.1", 80), "", [], "protocol TCP workload: plain TCP"),
+    ("10.96.0.2", 80, 0, PASSTHROUGH, ("10.0.3.1", 80), "", [], "VIP of a non-mesh service: plain TCP to endpoint"),
+    ("192.0.2.7", 443, 0, PASSTHROUGH, ("192.0.2.7", 443), "", [], "outside the mesh: plain TCP"),
+    ("10.0.4.1", 5432, 0, HBONE, ("10.0.9.9", 15008), "10.0.4.1:5432", [_id("waypoint", "bank")],
+     "workload with a waypoint: to the waypoint, authority = the workload"),
+    ("10.96.0.3", 443, 0, HBONE, ("10.0.9.9", 15008), "10.96.0.3:443", [_id("waypoint", "bank")],
+     "service with a waypoint: authority keeps the VIP:port"),
+    ("10.96.0.5", 80, 0, REFUSE, None, "", [], "endpoint on another network: needs a gateway (not supported)"),
+    ("10.8.0.1", 80, 0, PASSTHROUGH, ("10.8.0.1", 80), "", [], "another network's address is not ours: plain TCP"),
+    ("127.0.0.1", 15008, 0, REFUSE, None, "", [], "loop guard: proxy port on loopback"),
+    ("10.0.0.100", 15001, 0, REFUSE, None, "", [], "loop guard: proxy port on an own address"),
+    ("fd00::2:1", 80, 0, HBONE, ("fd00::2:1", 15008), "[fd00::2:1]:80", [_id("v6")], "IPv6 authority in brackets"),
+]
+
+
+@pytest.mark.parametrize("dst, port, choice, kind, dial, authority, expected, note", ROWS,
+                         ids=[r[-1] for r in ROWS])
+def test_route(state, dst, port, choice, kind, dial, authority, expected, note):
+    source = state.by_uid["client"]
+    r = route(state, source, dst, port, choice=choice, own_addresses=frozenset({ipaddress.ip_address("10.0.0.100")}))
+    assert r.kind == kind, r.reason
+    assert r.dial == dial
+    assert r.authority == authority
+    assert [e.uri for e in r.expected] == expected
+    if kind == HBONE:
+        assert r.source_identity.uri == _id("client")
+    assert r.reason
+
+
+def test_waypoint_does_not_route_to_itself(state):
+    waypoint = state.by_uid["wp"]
+    r = route(state, waypoint, "10.96.0.3", 443)
+    # traffic leaving the waypoint goes to the service's endpoints (none here), never back to it
+    assert r.kind == REFUSE and "no healthy endpoint" in r.reason
