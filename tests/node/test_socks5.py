@@ -42,5 +42,5 @@ def test_bad_request(data, code, message):
 
 
 def test_reply():
-    assert reply(socks5.SUCCEEDED, ("127.0.0.1", 15080)) == b"\x05\x00\x00\x01\x7f\x00\x00\x01\x3a\xd8"
+    assert reply(socks5.SUCCEEDED, ("127.0.0.1", 15080)) == b"\x05\x00\x00\x01\x7f\x00\x00\x01\x3a\xe8"
     assert reply(socks5.REFUSED, ("::1", 1))[:4] == b"\x05\x05\x00\x04"
