@@ -9,14 +9,19 @@ from meshcore.errors import MeshcoreError
 
 def _demo(args: argparse.Namespace) -> int:
     from meshcore.demo import main
-    return main()
+    return main(keep=args.keep, directory=args.dir)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="meshcore", description=__doc__)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run a real HBONE tunnel demo on loopback")
+    demo = sub.add_parser("demo", help="run a local mesh (CA, two node proxies, workloads) and show what it does",
+                          description="Start a real local mesh of separate processes on loopback: a built-in "
+                                      "CA, two node proxies, workloads; send allowed, denied and non-mesh "
+                                      "traffic; report what each node saw, metrics and access logs; stop.")
+    demo.add_argument("--keep", action="store_true", help="leave the mesh running until Ctrl-C")
+    demo.add_argument("--dir", help="keep the mesh's files (CA, config, logs) here instead of a temporary folder")
     demo.set_defaults(func=_demo)
     from meshcore.identity.cli import add_parser as add_ca_parser
     add_ca_parser(sub)

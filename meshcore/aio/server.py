@@ -114,6 +114,7 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
             log.info("tunnel %s from %s: %s", request.stream_id, request.peer_identity, request.extra["error"])
             request.refuse(503)
             return
+        request.extra["splice"] = splice        # its byte counts, whatever ends the relay
         try:
             request.accept(splice.a)
         except StreamClosedError:

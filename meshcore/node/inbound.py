@@ -116,17 +116,21 @@ class Inbound:
         try:
             relayed = await relay_to_authority(request, proxy.connect_timeout,
                                                local_addr=proxy.binder.local_addr(peer_ip))
+        except asyncio.CancelledError:
+            record.error = "ended by the proxy (policy changed, or draining)"
+            raise
         finally:
             self.active.pop(task, None)
-            if relayed is None:
-                record.finish(request.extra.get("error") or "tunnel ended before the workload answered",
-                              flag="CONNECT")
-            else:
+            splice = request.extra.get("splice")
+            if splice is not None and splice.a.transport is not None:
+                relayed = splice.bytes
                 record.bytes_recv, record.bytes_sent = relayed["a"], relayed["b"]
                 record.finish()
-            proxy.metrics.closed_connection(record)
-            if relayed is None:
+            else:
+                record.finish(request.extra.get("error") or record.error or "tunnel ended before the workload "
+                              "answered", flag="CONNECT")
                 proxy.metrics.failed_connection(record)
+            proxy.metrics.closed_connection(record)
             logs.access(record)
 
     def _refuse(self, request: TunnelRequest, record: ConnectionRecord, status: int, why: str,

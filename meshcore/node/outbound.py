@@ -111,7 +111,8 @@ class Outbound:
                 await self._tunnel(chosen, source, peer_ip, peer_port, protocol_factory)
             elif chosen.kind == PASSTHROUGH:
                 await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-                    protocol_factory, *chosen.dial), proxy.connect_timeout)
+                    protocol_factory, *chosen.dial, local_addr=proxy.binder.local_addr(peer_ip)),
+                    proxy.connect_timeout)
             else:
                 raise RouteRefused(chosen.reason)
         except (OSError, TunnelError, asyncio.TimeoutError) as exc:
