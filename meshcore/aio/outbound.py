@@ -19,14 +19,14 @@ log = logging.getLogger("meshcore.outbound")
 
 # dial(protocol_factory, client_transport): opens the far side for one accepted
 # connection and connects protocol_factory() to it (TunnelError / OSError if it cannot).
-# What it returns is handed to on_end(result, bytes) once the relay has ended.
+# What it returns is handed to on_end(result, splice) once the relay has ended.
 Dial = Callable[[Callable[[], asyncio.BaseProtocol], asyncio.BaseTransport], Awaitable]
 
 
 class OutboundListener:
     """A TCP listener whose every connection is relayed to what `dial` opens."""
 
-    def __init__(self, dial: Dial, on_end: Callable[[object, dict], None] | None = None):
+    def __init__(self, dial: Dial, on_end: Callable[[object, Splice], None] | None = None):
         self._dial = dial
         self._on_end = on_end
         self._server: asyncio.AbstractServer | None = None
@@ -79,7 +79,7 @@ class OutboundListener:
         try:
             result = await dial(lambda: splice.b, client)
             if self._on_end is not None:
-                splice.done.add_done_callback(lambda f: self._on_end(result, f.result()))
+                splice.done.add_done_callback(lambda _: self._on_end(result, splice))
         except asyncio.CancelledError:
             splice.abort()                       # the client left first
             raise

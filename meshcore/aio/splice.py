@@ -98,6 +98,7 @@ class Splice:
         self.on_connected = on_connected
         self._work: asyncio.Task | None = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.error: str = ""            # why it did not end cleanly: "a: ..." or "b: ..." (first side to fail)
 
     def own(self, task: asyncio.Task) -> None:
         self._work = task
@@ -110,6 +111,8 @@ class Splice:
 
     def _side_lost(self, side: _Side, exc) -> None:
         other = side.peer
+        if (exc is not None or not side.eof) and not self.error and side.transport is not None:
+            self.error = f"{'a' if side is self.a else 'b'}: {exc or 'closed before the end of data'}"
         if not other.lost and other.transport is not None:
             if exc is not None or not side.eof:
                 # the other side must learn this direction did not complete

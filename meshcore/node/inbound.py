@@ -38,6 +38,8 @@ class Inbound:
 
     # -- listeners ---------------------------------------------------------------
     def wanted_addresses(self, state) -> set[tuple[str, int]]:
+        if self.proxy.listen["inbound"] is None:
+            return set()
         host, port = self.proxy.listen["inbound"]
         if host != "workloads":
             return {(host, port)}
@@ -94,7 +96,10 @@ class Inbound:
         record = ConnectionRecord("inbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=request.authority,
                                   hbone_addr=request.authority, src_identity=request.peer_identity.uri, mtls=True)
         state = proxy.config.state
-        record.src_workload = state.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
+        source = state.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
+        # the address names the source workload only if the node before us kept it (the
+        # identity is what the peer proved; an address it could not keep names someone else)
+        record.src_workload = source if source is not None and source.identity == request.peer_identity else None
         record.service = _forwarded_service(state, request.header(b"forwarded"))
         destination_ip = request.connection.destination[0]
         if request.host != destination_ip:
@@ -112,23 +117,22 @@ class Inbound:
         proxy.metrics.opened_connection(record)
         task = asyncio.current_task()
         self.active[task] = (workload, request.peer_identity.principal, peer_ip, request.host, request.port)
-        relayed = None
+        cancelled = False
         try:
-            relayed = await relay_to_authority(request, proxy.connect_timeout,
-                                               local_addr=proxy.binder.local_addr(peer_ip))
+            await relay_to_authority(request, proxy.connect_timeout, local_addr=proxy.binder.local_addr(peer_ip))
         except asyncio.CancelledError:
-            record.error = "ended by the proxy (policy changed, or draining)"
+            cancelled = True
             raise
         finally:
             self.active.pop(task, None)
             splice = request.extra.get("splice")
             if splice is not None and splice.a.transport is not None:
-                relayed = splice.bytes
-                record.bytes_recv, record.bytes_sent = relayed["a"], relayed["b"]
-                record.finish()
+                record.finish_relay(splice)
+                if cancelled:
+                    record.error = "ended by the proxy (policy changed, or draining)"
             else:
-                record.finish(request.extra.get("error") or record.error or "tunnel ended before the workload "
-                              "answered", flag="CONNECT")
+                record.finish(request.extra.get("error") or "tunnel ended before the workload answered",
+                              flag="CONNECT")
                 proxy.metrics.failed_connection(record)
             proxy.metrics.closed_connection(record)
             logs.access(record)

@@ -233,10 +233,9 @@ class NodeProxy:
         self.stopped.set()
 
     # -- telemetry ---------------------------------------------------------------------
-    def finished(self, record: ConnectionRecord, relayed: dict) -> None:
+    def finished(self, record: ConnectionRecord, splice) -> None:
         """A relayed connection ended: its bytes, metrics and access-log line."""
-        record.bytes_recv, record.bytes_sent = relayed["a"], relayed["b"]
-        record.finish()
+        record.finish_relay(splice)
         self.metrics.closed_connection(record)
         logs.access(record)
 

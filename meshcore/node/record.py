@@ -37,6 +37,13 @@ class ConnectionRecord:
             self.flag = flag
         return self
 
+    def finish_relay(self, splice) -> "ConnectionRecord":
+        """Bytes and outcome of the splice that carried it (side a: the client's)."""
+        self.bytes_recv, self.bytes_sent = splice.a.received, splice.b.received
+        side, _, why = splice.error.partition(": ")
+        return self.finish(f"{'client' if side == 'a' else 'destination'} side ended abnormally: {why}"
+                           if splice.error else "")
+
     @property
     def reporter(self) -> str:
         return "destination" if self.direction == "inbound" else "source"
