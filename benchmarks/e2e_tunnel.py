@@ -4,7 +4,9 @@
 
 modes: direct (no proxies: the client talks to the sink), tls (one mTLS 1.3
 connection per client connection, raw bytes), meshcore (HBONE: mTLS + HTTP/2 CONNECT,
-pooled, uvloop), go (HBONE by an independent compiled peer: Go's net/http HTTP/2 and
+pooled, uvloop: the library's outbound and inbound pieces), node (two `meshcore node`
+processes: the client goes through node-a's SOCKS5 listener from a workload address,
+routing and L4 policy on the way, access logs on), go (HBONE by an independent compiled peer: Go's net/http HTTP/2 and
 crypto/tls, built from tests/peers/go; needs golang-go), h2 (HBONE built on
 python-hyper's pure-Python h2, same windows).
 Each proxy runs in its own process on uvloop. Reported: single- and 8-stream upload
@@ -31,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("direct", "tls", "meshcore", "go", "h2")
+MODES = ("direct", "tls", "meshcore", "node", "go", "h2")
 CHUNK = 256 * 1024
 
 
@@ -94,11 +96,19 @@ async def _sink_server():
             writer.write(b"%d\n" % total)
         await writer.drain()
         writer.close()
-    return await asyncio.start_server(handle, "127.0.0.1", 0)
+    # on every loopback address: the node mode reaches it as a workload at 127.n.2.1
+    return await asyncio.start_server(handle, "0.0.0.0", 0)
 
 
-async def _upload(port: int, seconds: float) -> tuple[int, float]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _open(entry):
+    """A client connection: to 127.0.0.1:entry, or whatever the opener `entry` opens."""
+    if isinstance(entry, int):
+        return await asyncio.open_connection("127.0.0.1", entry)
+    return await entry()
+
+
+async def _upload(port, seconds: float) -> tuple[int, float]:
+    reader, writer = await _open(port)
     sock = writer.get_extra_info("socket")
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     chunk = b"\0" * CHUNK
@@ -114,8 +124,8 @@ async def _upload(port: int, seconds: float) -> tuple[int, float]:
     return received, elapsed
 
 
-async def _round_trips(port: int, n: int) -> list[float]:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def _round_trips(port, n: int) -> list[float]:
+    reader, writer = await _open(port)
     writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     writer.write(b"E")
     msg = b"x" * 64
@@ -179,12 +189,65 @@ async def start_go_proxies(sink_port: int, ca_dir: str) -> tuple[int, list]:
     return outbound_port, procs
 
 
-async def start_proxies(mode: str, sink_port: int, ca_dir: str) -> tuple[int, list]:
-    """The port a client connects to for `mode`, and the proxy processes behind it."""
+NODE_MESH = """
+workloads:
+- {{uid: client, name: client, namespace: bench, serviceAccount: client, workloadIps: ["{client}"], node: node-a}}
+- {{uid: sink, name: sink, namespace: bench, serviceAccount: server, workloadIps: ["{sink}"], node: node-b,
+   labels: {{app: sink}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: sink-callers, namespace: bench}}
+spec:
+  selector: {{matchLabels: {{app: sink}}}}
+  rules: [{{from: [{{source: {{principals: ["cluster.local/ns/bench/sa/client"]}}}}]}}]
+"""
+
+
+async def start_node_proxies(sink_port: int, ca_dir: str) -> tuple:
+    """Two `meshcore node` processes; the opener goes through node-a's SOCKS5 listener."""
+    import random
+    import struct
+    n = random.randint(100, 250)
+    node_a, node_b, client, sink = f"127.{n}.0.1", f"127.{n}.0.2", f"127.{n}.1.1", f"127.{n}.2.1"
+    config = Path(ca_dir) / "node-mesh.yaml"
+    config.write_text(NODE_MESH.format(client=client, sink=sink))
+    procs = []
+    for name, address in (("node-a", node_a), ("node-b", node_b)):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "meshcore", "node", "--config", str(config), "--node-name", name,
+             "--address", address, "--ca-dir", ca_dir, "--listen", f"socks5={address}:15080",
+             "--listen", "admin=off", "--listen", "metrics=off"],
+            stdout=subprocess.DEVNULL, stderr=open(Path(ca_dir) / f"{name}.log", "wb"), preexec_fn=_pin_proxy,
+            cwd=ca_dir))
+    from meshcore.localmesh import LocalMesh
+    deadline = time.monotonic() + 30
+    for address in (node_a, node_b):
+        while LocalMesh.http_get(address, 15021, "/healthz/ready", timeout=1)[0] != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("node proxies did not become ready: " +
+                                   (Path(ca_dir) / "node-a.log").read_text()[-500:])
+            await asyncio.sleep(0.05)
+
+    async def opener():
+        reader, writer = await asyncio.open_connection(node_a, 15080, local_addr=(client, 0))
+        writer.write(b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton(sink) + struct.pack("!H", sink_port))
+        reply = await reader.readexactly(2 + 10)
+        if reply[3] != 0:
+            raise ConnectionError(f"SOCKS5 reply {reply[3]}")
+        return reader, writer
+    return opener, procs
+
+
+async def start_proxies(mode: str, sink_port: int, ca_dir: str) -> tuple:
+    """What a client connects to for `mode` (a port, or an opener), and the proxy
+    processes behind it."""
     if mode == "direct":
         return sink_port, []
     if mode == "go":
         return await start_go_proxies(sink_port, ca_dir)
+    if mode == "node":
+        return await start_node_proxies(sink_port, ca_dir)
     inbound_port, outbound_port = _free_port(), _free_port()
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).parent) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = []
@@ -198,7 +261,7 @@ async def start_proxies(mode: str, sink_port: int, ca_dir: str) -> tuple[int, li
     return outbound_port, procs
 
 
-async def measure(mode: str, port: int, pids: list, seconds: float, rtts: int) -> dict:
+async def measure(mode: str, port, pids: list, seconds: float, rtts: int) -> dict:
     """One round of one mode: round trips, then 1 stream, then 8 streams."""
     limit = seconds * 3 + 60
 
@@ -306,6 +369,13 @@ def main() -> int:
 
     def ratio(a, b, key):
         return "n/a" if a[key] is None or b[key] is None else f"{a[key] / b[key]:.2f}x"
+    if "node" in by:
+        m = by["node"]
+        for base in ("meshcore", "tls", "direct"):
+            if base in by:
+                b = by[base]
+                print(f"node proxies vs {base}: throughput {ratio(m, b, 'single_MBps')} (1 stream), "
+                      f"{ratio(m, b, 'multi8_MBps')} (8 streams); RTT p50 {ratio(m, b, 'rtt_p50_us')}")
     if "meshcore" in by:
         m = by["meshcore"]
         for base in ("tls", "go", "h2"):
