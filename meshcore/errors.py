@@ -38,6 +38,7 @@ __all__ = [
     "TunnelError",
     "IdentityError",
     "ConfigError",
+    "ListenerError",
 ]
 
 
@@ -168,3 +169,7 @@ class ConfigError(MeshcoreError):
         if path:
             where += f", at {path}"
         super().__init__(f"{where}: {reason}")
+
+
+class ListenerError(MeshcoreError):
+    """A listener could not take its address (in use, not local, no permission)."""

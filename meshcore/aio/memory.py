@@ -50,6 +50,13 @@ class MemoryTrimmer:
             self._recent = 0
             loop.call_later(self.delay, self._run, loop)
 
+    def trim_now(self) -> None:
+        """Collect and give free memory back to the system at once (after a large
+        configuration replaced another, say)."""
+        gc.collect()
+        if self._trim is not None:
+            self._trim(0)
+
     def _run(self, loop) -> None:
         if self._recent:                  # still ending: wait for a quiet interval
             self._recent = 0

@@ -81,9 +81,18 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
                        preserve_source=not args.no_preserve_source)
 
 
+def _raise_fd_limit() -> None:
+    """Every tunnel holds two sockets: take the hard limit, as ztunnel does."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def run(args: argparse.Namespace) -> int:
     from meshcore.node import logs
     logs.configure(args.log_level, args.log_format)
+    _raise_fd_limit()
     options = options_from(args)
     try:
         import uvloop

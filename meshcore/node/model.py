@@ -19,7 +19,7 @@ NetworkAddress = tuple[str, IpAddress]          # (network, ip); "" is the defau
 HBONE_PORT = 15008
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GatewayAddress:
     """A waypoint or network gateway: an address on a network, or a service by name."""
     address: NetworkAddress | None = None
@@ -32,14 +32,14 @@ class GatewayAddress:
         return f"{self.hostname[0]}/{self.hostname[1]}:{self.hbone_mtls_port}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Locality:
     region: str = ""
     zone: str = ""
     subzone: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Workload:
     uid: str
     name: str
@@ -64,6 +64,7 @@ class Workload:
     healthy: bool = True
     labels: tuple[tuple[str, str], ...] = ()      # for AuthorizationPolicy/PeerAuthentication selectors
     extra: tuple[tuple[str, object], ...] = ()    # accepted fields meshcore does not act on
+    _policy_view: PolicyWorkload | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def identity(self) -> SpiffeId:
@@ -75,7 +76,7 @@ class Workload:
 
     def policy_view(self) -> PolicyWorkload:
         """What authorization policy selection needs (cached: workloads are frozen)."""
-        view = self.__dict__.get("_policy_view")
+        view = self._policy_view
         if view is None:
             view = PolicyWorkload(self.namespace, self.labels, self.name, self.authorization_policies)
             object.__setattr__(self, "_policy_view", view)
@@ -88,14 +89,14 @@ class Workload:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class LoadBalancer:
     routing_preferences: tuple[str, ...] = ()     # Network, Region, Zone, Subzone, Node, Cluster
     mode: str = "Standard"                        # Standard | Strict | Failover
     health_policy: str = "OnlyHealthy"            # OnlyHealthy | AllowAll
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     name: str
     namespace: str
@@ -116,7 +117,7 @@ class Service:
         return next((t or p for p, t in self.ports if p == port), None)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PeerAuthentication:
     """Istio PeerAuthentication: which inbound connections must be mTLS."""
     name: str

@@ -35,13 +35,14 @@ class Outbound:
         self.socks: asyncio.AbstractServer | None = None
         self._choice = itertools.count()
 
-    async def start(self, capture_address, socks_address) -> None:
+    async def start(self, name: str, address) -> None:
+        """Open the capture ("outbound") or the "socks5" listener."""
         loop = asyncio.get_running_loop()
-        if capture_address is not None:
-            self.capture = await loop.create_server(self.relay._accepted, *capture_address, backlog=4096)
-        if socks_address is not None:
+        if name == "outbound":
+            self.capture = await loop.create_server(self.relay._accepted, *address, backlog=4096)
+        else:
             self.socks = await loop.create_server(lambda: socks5.Socks5Handshake(self._socks_request),
-                                                  *socks_address, backlog=4096)
+                                                  *address, backlog=4096)
 
     async def close(self) -> None:
         for server in (self.capture, self.socks):

@@ -11,6 +11,7 @@ Every listener and connection belongs to the proxy; drain() ends them all.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from meshcore.aio.client import dial
 from meshcore.aio.pool import HbonePool, PoolKey
-from meshcore.errors import ConfigError, IdentityError
+from meshcore.errors import ConfigError, IdentityError, ListenerError
 from meshcore.identity.ca import CertificateAuthority
 from meshcore.identity.store import CertificateStore
 from meshcore.node import config as node_config, logs
@@ -79,7 +80,7 @@ class NodeProxy:
         self.listen = options.listeners()
         self.listen_ports = frozenset(a[1] for n, a in self.listen.items()
                                       if a is not None and n in ("outbound", "inbound-plaintext", "inbound", "socks5"))
-        self.own_addresses = frozenset()
+        self.own_addresses = frozenset()          # refused as destinations on the proxy's ports
         self.connect_timeout = options.connect_timeout
         self.drain_deadline = options.drain_deadline
         self.binder = SourceBinder(options.preserve_source)
@@ -156,6 +157,16 @@ class NodeProxy:
 
     async def _apply(self) -> None:
         self._issue_local()
+        own = set()
+        for address in self.listen.values():
+            try:
+                ip = ipaddress.ip_address(address[0]) if address else None
+            except ValueError:
+                continue                       # "workloads": the local workloads' addresses, below
+            if ip is not None and not ip.is_unspecified:
+                own.add(ip)
+        own.update(ip for w in self.config.state.local_workloads(self.node_name) for ip in w.ips)
+        self.own_addresses = frozenset(own)
         await self.inbound.sync(self.config.state)
         wanted = self.inbound.wanted_addresses(self.config.state)
         missing = wanted - set(self.inbound.servers)
@@ -190,20 +201,29 @@ class NodeProxy:
 
     # -- life -----------------------------------------------------------------------------
     async def start(self) -> "NodeProxy":
+        """Load the configuration and open every listener; ConfigError or ListenerError
+        (with what and where) if that cannot be done."""
         self.load_config()
         listen = self.listen
-        self.own_addresses = frozenset()
         await self._apply()
-        if listen["inbound-plaintext"] is not None:
-            await self.inbound.start_plaintext(listen["inbound-plaintext"])
-        await self.outbound.start(listen["outbound"], listen["socks5"])
         routes = {"admin": {"/config_dump": self._config_dump, "/logging": self._logging,
                             "/quitquitquit": self._quit, "/": self._index},
                   "metrics": {"/metrics": self._metrics, "/stats/prometheus": self._metrics},
                   "readiness": {"/healthz/ready": self._ready}}
-        for name, table in routes.items():
-            if listen[name] is not None:
-                self.endpoints.append(await HttpEndpoints(table).start(*listen[name]))
+        try:
+            for name in ("inbound-plaintext", "outbound", "socks5", *routes):
+                if listen[name] is None:
+                    continue
+                if name == "inbound-plaintext":
+                    await self.inbound.start_plaintext(listen[name])
+                elif name in ("outbound", "socks5"):
+                    await self.outbound.start(name, listen[name])
+                else:
+                    self.endpoints.append(await HttpEndpoints(routes[name]).start(*listen[name]))
+        except OSError as exc:
+            await self.drain()
+            host, port = listen[name]
+            raise ListenerError(f"cannot listen for {name} on {host}:{port}: {exc.strerror or exc}") from None
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch()), loop.create_task(self._rotate())]
         log.info("node %s ready: %s", self.node_name, ", ".join(

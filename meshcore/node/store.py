@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 
 from meshcore._core.policy import PolicyEngine
+from meshcore.aio.memory import trimmer
 from meshcore.errors import ConfigError
 from meshcore.node.model import MeshState
 
@@ -54,7 +55,7 @@ class ConfigStore:
                                             state.peer_authentications)).encode()).hexdigest()[:16]
         # A large configuration is long-lived: keeping it out of the cyclic GC's
         # generations spares every full collection from rescanning it.
-        gc.collect()
+        trimmer.trim_now()            # the parsed text and the old configuration
         gc.freeze()
         for listener in self._listeners:
             try:

@@ -29,7 +29,7 @@ class Scope(enum.Enum):
     WORKLOAD_SELECTOR = "WorkloadSelector"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StringMatch:
     """exact, prefix, suffix or presence (non-empty)."""
     kind: str
@@ -73,7 +73,7 @@ L7_FIELDS = ("remote_ips", "not_remote_ips", "request_principals", "not_request_
              "not_headers", "sni", "not_sni")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Match:
     # L4: what a node proxy sees
     namespaces: Strings = ()
@@ -113,7 +113,7 @@ Clause = tuple[Match, ...]
 Rule = tuple[Clause, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Policy:
     name: str
     namespace: str
@@ -129,7 +129,7 @@ class Policy:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Workload:
     """What policy selection needs to know about a destination workload."""
     namespace: str

@@ -316,10 +316,10 @@ cdef CMatch compile_match(m):
     cdef CMatch c = CMatch.__new__(CMatch)
     cdef uint32_t p = 0
     cdef int code
-    for name, value in (<dict>m.__dict__).items():
+    for name, code in _FIELDS.items():
+        value = getattr(m, name)
         if not value:
             continue
-        code = _FIELDS[name]
         p |= (<uint32_t>1) << code
         if code == 0: c.namespaces = make_strset(value)
         elif code == 1: c.not_namespaces = make_strset(value)

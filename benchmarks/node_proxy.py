@@ -1,0 +1,292 @@
+"""The node proxy at scale: what configuration size, idle tunnels and new tunnels cost.
+
+    pip install ".[bench]" && python benchmarks/node_proxy.py [--tunnels 10000]
+
+- config: 10,000 workloads, 10,000 services, 10,000 policies, as JSON and as YAML:
+  load + compile, and a reload of the same size (what a config change costs);
+- idle RSS of a node with 1,000 configured workloads (50 of them local, with
+  certificates) and 1,000 policies, beside one with a two-workload config;
+- RSS per idle tunnel on each node with --tunnels open through SOCKS5 (each tunnel
+  has carried one round trip, then sits idle);
+- new tunnels per second through a warm pool (open, one round trip, close), one at a
+  time and 8 at once.
+Throughput and round trips through two node proxies are in e2e_tunnel.py (node mode),
+side by side with the library pair, TLS and direct TCP.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PAIR_MESH = """
+workloads:
+- {{uid: client, name: client, namespace: bench, serviceAccount: client, workloadIps: ["{client}"], node: node-a}}
+- {{uid: sink, name: sink, namespace: bench, serviceAccount: server, workloadIps: ["{sink}"], node: node-b,
+   labels: {{app: sink}}}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: sink-callers, namespace: bench}}
+spec:
+  selector: {{matchLabels: {{app: sink}}}}
+  rules: [{{from: [{{source: {{principals: ["cluster.local/ns/bench/sa/client"]}}}}]}}]
+"""
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def ready(address: str) -> bool:
+    try:
+        with socket.create_connection((address, 15021), timeout=1) as s:
+            s.sendall(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\n\r\n")
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+class NodePair:
+    """node-a (client workload) and node-b (sink workload) as `meshcore node` processes."""
+
+    def __init__(self, directory: str, config_text: str | None = None, preexec=None):
+        n = random.randint(100, 250)
+        self.dir = Path(directory)
+        self.node_a, self.node_b = f"127.{n}.0.1", f"127.{n}.0.2"
+        self.client, self.sink = f"127.{n}.1.1", f"127.{n}.2.1"
+        self.config = self.dir / f"mesh-{n}.json"
+        self.config.write_text(config_text or PAIR_MESH.format(client=self.client, sink=self.sink))
+        self.preexec = preexec
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    async def start(self, ca_dir: str, log_level: str = "info") -> "NodePair":
+        for name, address in (("node-a", self.node_a), ("node-b", self.node_b)):
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "meshcore", "node", "--config", str(self.config), "--node-name", name,
+                 "--address", address, "--ca-dir", ca_dir, "--listen", f"socks5={address}:15080",
+                 "--listen", "admin=off", "--listen", "metrics=off", "--log-level", log_level],
+                stdout=subprocess.DEVNULL, stderr=open(self.dir / f"{name}.log", "wb"), preexec_fn=self.preexec,
+                cwd=self.dir)
+        deadline = time.monotonic() + 60
+        for address in (self.node_a, self.node_b):
+            while not ready(address):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("node proxies did not become ready: "
+                                       + (self.dir / "node-a.log").read_text()[-800:])
+                await asyncio.sleep(0.05)
+        return self
+
+    async def open(self, port: int):
+        """A connection from the client workload to sink:port through node-a's SOCKS5."""
+        reader, writer = await asyncio.open_connection(self.node_a, 15080, local_addr=(self.client, 0))
+        writer.write(b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton(self.sink) + struct.pack("!H", port))
+        reply = await reader.readexactly(2 + 10)
+        if reply[3] != 0:
+            raise ConnectionError(f"SOCKS5 reply {reply[3]}")
+        return reader, writer
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs.values()]
+
+    def stop(self) -> None:
+        for p in self.procs.values():
+            p.terminate()
+        for p in self.procs.values():
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+# ------------------------------------------------------------------ configuration scale
+
+def scale_config(n: int, local_node: str = "", local: int = 0) -> dict:
+    workloads, services, policies = [], [], []
+    for i in range(n):
+        ns = f"ns{i % 100}"
+        ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        workloads.append({"uid": f"c//v1/Pod/{ns}/w{i}", "name": f"w{i}", "namespace": ns,
+                          "serviceAccount": f"sa{i % 50}", "workloadIps": [ip],
+                          "node": local_node if i < local else f"node{i % 20}",
+                          "services": {f"{ns}/svc{i}.{ns}.svc.cluster.local": {"80": 8080}}})
+        services.append({"name": f"svc{i}", "namespace": ns, "hostname": f"svc{i}.{ns}.svc.cluster.local",
+                         "vips": [f"/100.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"], "ports": {"80": 8080}})
+        policies.append({"name": f"p{i}", "namespace": ns, "scope": "Namespace", "action": "Allow",
+                         "dryRun": False, "rules": [[[{"principals": [
+                             {"Exact": f"cluster.local/ns/ns{(i + 1) % 100}/sa/sa{i % 50}"}]}],
+                             [{"destinationPorts": [8080, 9090]}]]]})
+    return {"workloads": workloads, "services": services, "policies": policies}
+
+
+def measure_config(n: int, directory: Path) -> dict:
+    import yaml
+    from meshcore.node.config import load
+    from meshcore.node.store import ConfigStore
+    data = scale_config(n)
+    out = {}
+    for kind in ("json", "yaml"):
+        path = directory / f"scale.{kind}"
+        path.write_text(json.dumps(data) if kind == "json" else yaml.safe_dump(data))
+        # a fresh process each: the first load pays for what a real start pays for
+        code = ("import sys, time, json\nfrom meshcore.node.config import load\n"
+                "from meshcore.node.store import ConfigStore\n"
+                "t=time.perf_counter(); s=load([sys.argv[1]]); t1=time.perf_counter(); c=ConfigStore(); "
+                "c.replace(s); t2=time.perf_counter(); s=load([sys.argv[1]]); c.replace(s); t3=time.perf_counter()\n"
+                "print(json.dumps({'load': t1-t, 'compile': t2-t1, 'reload': t3-t2}))")
+        proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=directory)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr)
+        out[kind] = json.loads(proc.stdout)
+        out[kind]["bytes"] = path.stat().st_size
+    del load, ConfigStore
+    return out
+
+
+# ------------------------------------------------------------------ the data path
+
+def echo_sink(address: str) -> tuple[subprocess.Popen, int]:
+    """The sink workload in its own process (each idle tunnel holds a socket there)."""
+    with socket.socket() as s:
+        s.bind((address, 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "meshcore.localworkload", "--echo", f"{address}:{port}"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection((address, port), timeout=1).close()
+            return proc, port
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("the echo sink did not start")
+
+
+async def idle_tunnels(pair: NodePair, port: int, count: int) -> dict:
+    await asyncio.sleep(1.0)
+    before = {n: rss_kib(p.pid) for n, p in pair.procs.items()}
+    slots = asyncio.Semaphore(200)
+    opened = []
+
+    async def one():
+        async with slots:
+            reader, writer = await pair.open(port)
+            writer.write(b"x")
+            await reader.readexactly(1)
+            opened.append(writer)
+    await asyncio.gather(*(one() for _ in range(count)))
+    await asyncio.sleep(2.0)
+    after = {n: rss_kib(p.pid) for n, p in pair.procs.items()}
+    for w in opened:
+        w.close()
+    return {n: (after[n] - before[n]) / count for n in before} | {"open": len(opened)}
+
+
+async def new_tunnels(pair: NodePair, port: int, seconds: float, parallel: int) -> float:
+    done = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker():
+        nonlocal done
+        while time.monotonic() < deadline:
+            reader, writer = await pair.open(port)
+            writer.write(b"x")
+            await reader.readexactly(1)
+            writer.close()
+            done += 1
+    started = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(parallel)))
+    return done / (time.monotonic() - started)
+
+
+async def idle_rss(ca_dir: str, directory: Path, workloads: int) -> dict:
+    out = {}
+    for label, text in (("2 workloads, 1 policy", None), (f"{workloads} workloads, {workloads} policies", "scale")):
+        pair = NodePair(str(directory), None)
+        if text == "scale":
+            data = scale_config(workloads, "node-a", 50)
+            prefix = pair.node_a.rsplit(".", 2)[0]
+            for i, w in enumerate(data["workloads"][:50]):      # local ones: addresses it can listen on
+                w["workloadIps"] = [f"{prefix}.5.{i + 1}"]
+            pair.config.write_text(json.dumps(data))
+        await pair.start(ca_dir, log_level="warn")
+        await asyncio.sleep(2.0)
+        out[label] = rss_kib(pair.procs["node-a"].pid) / 1024
+        pair.stop()
+    return out
+
+
+async def run(args) -> dict:
+    from meshcore.identity import CertificateAuthority
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        ca_dir = str(directory / "ca")
+        CertificateAuthority.create("cluster.local").save(ca_dir)
+        print("configuration load and reload ...", file=sys.stderr, flush=True)
+        results["config"] = measure_config(args.config_size, directory)
+        print("idle RSS ...", file=sys.stderr, flush=True)
+        results["idle_rss_MiB"] = await idle_rss(ca_dir, directory, args.workloads)
+        pair = NodePair(str(directory))
+        sink, port = echo_sink(pair.sink)
+        await pair.start(ca_dir, log_level="warn")
+        try:
+            await new_tunnels(pair, port, 0.5, 1)                 # warm: pool, certificates
+            print("new tunnels per second ...", file=sys.stderr, flush=True)
+            results["new_tunnels_per_s"] = {str(k): await new_tunnels(pair, port, args.seconds, k) for k in (1, 8)}
+            print(f"{args.tunnels} idle tunnels ...", file=sys.stderr, flush=True)
+            results["idle_tunnel_KiB"] = await idle_tunnels(pair, port, args.tunnels)
+        finally:
+            pair.stop()
+            sink.terminate()
+            sink.wait()
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tunnels", type=int, default=10000, help="idle tunnels held open at once")
+    parser.add_argument("--workloads", type=int, default=1000, help="configured workloads for the idle RSS")
+    parser.add_argument("--config-size", type=int, default=10000,
+                        help="workloads, services and policies for the load/reload timing")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per new-tunnel measurement")
+    parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "node_proxy.json"))
+    args = parser.parse_args()
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))     # the client side of every tunnel
+    if args.tunnels + 1024 > hard:
+        parser.error(f"--tunnels {args.tunnels} needs more file descriptors than the limit ({hard})")
+    import uvloop
+    results = uvloop.run(run(args))
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(results, indent=2))
+    c = results["config"]
+    print(f"| measure | value |\n|---|---|")
+    for kind in ("json", "yaml"):
+        r = c[kind]
+        print(f"| {args.config_size:,} workloads + services + policies, {kind.upper()} ({r['bytes'] / 1e6:.1f} MB): "
+              f"load + compile | {r['load'] + r['compile']:.2f} s |")
+        print(f"| same, reload | {r['reload']:.2f} s |")
+    for label, mib in results["idle_rss_MiB"].items():
+        print(f"| node RSS idle, {label} | {mib:.1f} MiB |")
+    t = results["idle_tunnel_KiB"]
+    print(f"| RSS per idle tunnel ({t['open']:,} open), node-a / node-b | {t['node-a']:.1f} / {t['node-b']:.1f} KiB |")
+    for k, rate in results["new_tunnels_per_s"].items():
+        print(f"| new tunnels per second through a warm pool, {k} at a time | {rate:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
