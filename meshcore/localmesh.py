@@ -7,6 +7,7 @@ Addresses live in 127.<n>.0.0/16 (the whole 127/8 is local on Linux):
     127.n.0.1   node-a          127.n.1.1  client (shop/client)   127.n.1.2  batch (jobs/batch)
     127.n.0.2   node-b          127.n.2.1  web (shop/web): HTTP :8080, echo :9000
     127.n.3.1   outside the mesh: HTTP :8080      127.n.10.1  VIP of web.shop.svc.cluster.local
+    127.n.4.1   a waypoint (no node serves it)    127.n.10.2  VIP of web-l7.shop..., through the waypoint
 """
 from __future__ import annotations
 
@@ -74,12 +75,25 @@ workloads:
   canonicalRevision: v1
   labels: {{app: web}}
   services: {{"shop/web.shop.svc.cluster.local": {{80: 8080, 9000: 9000}}}}
+- uid: local//v1/Pod/shop/waypoint
+  name: waypoint
+  namespace: shop
+  serviceAccount: waypoint
+  workloadIps: ["{waypoint}"]
+  node: ""
+  services: {{}}
 services:
 - name: web
   namespace: shop
   hostname: web.shop.svc.cluster.local
   vips: ["/{vip}"]
   ports: {{80: 8080, 9000: 9000}}
+- name: web-l7
+  namespace: shop
+  hostname: web-l7.shop.svc.cluster.local
+  vips: ["/{vip_l7}"]
+  ports: {{80: 8080}}
+  waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}
 """
 
 NODE_NAMES = ("node-a", "node-b")
@@ -103,6 +117,7 @@ class LocalMesh:
         self.node = {"node-a": f"127.{n}.0.1", "node-b": f"127.{n}.0.2"}
         self.client, self.batch, self.web = f"127.{n}.1.1", f"127.{n}.1.2", f"127.{n}.2.1"
         self.outside, self.vip = f"127.{n}.3.1", f"127.{n}.10.1"
+        self.waypoint, self.vip_l7 = f"127.{n}.4.1", f"127.{n}.10.2"
         self.allowed = list(allowed)
         self.log_format = log_format
         self.processes: dict[str, subprocess.Popen] = {}
@@ -119,7 +134,8 @@ class LocalMesh:
 
     # -- files ----------------------------------------------------------------------
     def mesh_text(self) -> str:
-        return MESH.format(client=self.client, batch=self.batch, web=self.web, vip=self.vip)
+        return MESH.format(client=self.client, batch=self.batch, web=self.web, vip=self.vip,
+                           waypoint=self.waypoint, vip_l7=self.vip_l7)
 
     def policy_text(self, allowed=None, denied_namespaces=("jobs",)) -> str:
         allowed = self.allowed if allowed is None else allowed

@@ -15,13 +15,11 @@ access_log = logging.getLogger("meshcore.access")
 _TARGETS = {"meshcore.access": "access"}
 
 
-def _text_value(value) -> str:
-    if isinstance(value, int):
+def _text_value(key: str, value) -> str:
+    """ztunnel's text form: numbers and addresses bare, other values quoted."""
+    if isinstance(value, int) or key.endswith("addr"):
         return str(value)
-    text = str(value)
-    if text and all(c.isalnum() or c in ".:[]-_/" for c in text) and not text[0].isalpha():
-        return text                               # addresses stay bare, like ztunnel's
-    return json.dumps(text)
+    return json.dumps(str(value))
 
 
 class _Formatter(logging.Formatter):
@@ -42,7 +40,7 @@ class _Formatter(logging.Formatter):
                               separators=(",", ":"))
         parts = [when, level, target, message]
         if fields:
-            parts.append(" ".join(f"{k}={_text_value(v)}" for k, v in fields.items()))
+            parts.append(" ".join(f"{k}={_text_value(k, v)}" for k, v in fields.items()))
         return "\t".join(parts)
 
 

@@ -147,7 +147,7 @@ def test_metrics_config_dump_readiness_and_logging(mesh):
     status, text = mesh.http_get(mesh.node["node-a"], 15000, "/config_dump")
     dump = json.loads(text)
     assert {"workloads", "services", "policies", "certificates", "config", "version"} <= set(dump)
-    assert {w["name"] for w in dump["workloads"]} == {"client", "batch", "web"}
+    assert {w["name"] for w in dump["workloads"]} == {"client", "batch", "web", "waypoint"}
     assert dump["services"][0]["vips"] == [f"/{mesh.vip}"]
     certs = {c["identity"]: c for c in dump["certificates"]}
     assert set(certs) == {"spiffe://cluster.local/ns/shop/sa/client", "spiffe://cluster.local/ns/jobs/sa/batch"}
@@ -252,3 +252,39 @@ def test_sigterm_drains_a_transfer_in_flight(tmp_path):
             assert mesh.processes[name].wait(10) == 0, mesh.log(name)[-2000:]
     finally:
         mesh.stop()
+
+
+def test_service_with_a_waypoint_is_sent_to_it_with_the_vip_as_authority(mesh):
+    """A service that names a waypoint: node-a tunnels to the waypoint (expecting its
+    identity), and the CONNECT authority is the original VIP:port (HBONE.md 2). The
+    waypoint here is an HBONE server of the test's own, holding the waypoint's
+    certificate from the mesh's CA, that records what it was asked and relays to web."""
+    from meshcore.aio import HboneServer
+    from meshcore.aio.server import relay_to_authority
+    from meshcore.identity import CertificateAuthority, CertificateStore, SpiffeId
+
+    seen = []
+
+    async def waypoint_handler(request):
+        seen.append((request.authority, str(request.peer_identity)))
+        request.host, request.port = mesh.web, 8080          # the waypoint's routing decision
+        await relay_to_authority(request)
+
+    async def scenario():
+        store = CertificateStore(CertificateAuthority.load(mesh.dir / "ca"))
+        identity = SpiffeId("cluster.local", "shop", "waypoint")
+        server = HboneServer(store.server_context(identity), "cluster.local", handler=waypoint_handler)
+        await server.start(mesh.waypoint, 15008)
+        try:
+            reader, writer = await mesh.socks5(mesh.client, "web-l7.shop.svc.cluster.local", 80)
+            writer.write(b"GET / HTTP/1.1\r\nHost: web-l7\r\nConnection: close\r\n\r\n")
+            answer = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return answer
+        finally:
+            await server.close()
+    answer = asyncio.run(scenario())
+    assert b"hello from web" in answer
+    assert seen == [(f"{mesh.vip_l7}:80", "spiffe://cluster.local/ns/shop/sa/client")]
+    line = wait_for(lambda: access_lines(mesh, "node-a", rf"dst.hbone_addr={re.escape(mesh.vip_l7)}:80"))
+    assert line and 'dst.identity="spiffe://cluster.local/ns/shop/sa/waypoint"' in line[-1]
