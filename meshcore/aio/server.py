@@ -54,7 +54,7 @@ def parse_authority(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@dataclass
+@dataclass(slots=True)
 class TunnelRequest:
     """A CONNECT the server must answer: accept() with a protocol, or refuse()."""
     connection: HboneConnection

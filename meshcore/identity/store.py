@@ -140,6 +140,58 @@ class FileCredentials:
         return self.credentials
 
 
+class CredentialDirectories:
+    """Several workloads' certificate files, one directory each (cert-manager secrets,
+    SPIRE agents, Istio's layout) under one parent: `issue()` hands out the files of the
+    identity asked for. Directories are looked at again when files change."""
+
+    def __init__(self, parent: str | os.PathLike):
+        self.parent = Path(parent)
+        self.by_identity: dict[SpiffeId, FileCredentials] = {}
+        self.bundle: TrustBundle | None = None
+        self._scan()
+
+    def _scan(self) -> None:
+        found: dict[SpiffeId, FileCredentials] = {}
+        candidates = [self.parent, *sorted(p for p in self.parent.iterdir() if p.is_dir())] \
+            if self.parent.is_dir() else []
+        if not candidates:
+            raise IdentityError(f"{self.parent}: not a directory")
+        for d in candidates:
+            try:
+                files = FileCredentials.from_directory(d)
+            except IdentityError as exc:
+                if d != self.parent and "no workload certificate files" not in str(exc):
+                    raise
+                continue
+            found[files.credentials.identity] = files
+        if not found:
+            raise IdentityError(f"{self.parent}: no workload certificate files in it or its subdirectories")
+        bundles = [f.bundle for f in found.values() if f.bundle is not None]
+        bundle = bundles[0] if bundles else None
+        for other in bundles[1:]:
+            bundle = bundle.merged(other)
+        self.by_identity, self.bundle = found, bundle
+
+    def changed(self) -> bool:
+        changed = any([f.changed() for f in self.by_identity.values()])
+        known = set(self.by_identity)
+        self._scan()
+        return changed or set(self.by_identity) != known
+
+    @property
+    def identities(self) -> list[SpiffeId]:
+        return sorted(self.by_identity)
+
+    def issue(self, identity: SpiffeId, *, lifetime: dt.timedelta = DEFAULT_WORKLOAD_LIFETIME,
+              now: dt.datetime | None = None) -> Credentials:
+        files = self.by_identity.get(identity)
+        if files is None:
+            raise IdentityError(f"{self.parent}: no certificate files for {identity} "
+                                f"(found: {', '.join(map(str, self.identities))})")
+        return files.credentials
+
+
 @dataclass
 class _Entry:
     credentials: Credentials
@@ -204,7 +256,7 @@ class CertificateStore:
         files); returns the identities that got new credentials."""
         now = self.clock()
         rotated = []
-        files_changed = isinstance(self.issuer, FileCredentials) and self.issuer.changed()
+        files_changed = isinstance(self.issuer, (FileCredentials, CredentialDirectories)) and self.issuer.changed()
         if files_changed and self.issuer.bundle is not None:
             self.set_trust_bundle(self.issuer.bundle)
         for identity, entry in list(self._entries.items()):

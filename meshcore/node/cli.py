@@ -52,6 +52,10 @@ def add_parser(sub) -> None:
                    help="move or turn off one listener (repeatable; see below)")
     p.add_argument("--ca-dir", help="CA directory (meshcore ca init, or Istio's ca-cert.pem/ca-key.pem "
                    "layout) to issue this node's workload certificates from")
+    p.add_argument("--cert-dir", help="certificates written by cert-manager, a SPIRE agent or `meshcore ca "
+                   "issue`: one directory per workload identity under this one (tls.crt/tls.key/ca.crt, "
+                   "svid.pem/svid_key.pem/svid_bundle.pem, or cert-chain.pem/key.pem/root-cert.pem); "
+                   "reloaded when they change")
     p.add_argument("--state-dir", help="where the built-in CA is created on first start when --ca-dir is "
                    "not given (default: $MESHCORE_STATE_DIR or ./.meshcore-state)")
     p.add_argument("--trust-domain", default="cluster.local", help="trust domain of a newly created built-in CA")
@@ -70,12 +74,15 @@ def add_parser(sub) -> None:
 
 def options_from(args: argparse.Namespace) -> NodeOptions:
     from meshcore.node.config import inline_from_environment
+    if args.ca_dir and args.cert_dir:
+        raise ConfigError("give --ca-dir (a CA to issue from) or --cert-dir (ready certificates), not both",
+                          source="meshcore node")
     inline = None if args.config else inline_from_environment()
     if not args.config and inline is None:
         raise ConfigError("no configuration: give --config FILE (or set LOCAL_XDS to the YAML text)",
                           source="meshcore node")
     return NodeOptions(node_name=args.node_name, config_paths=tuple(args.config), inline_config=inline,
-                       address=args.address, listen=dict(args.listen), ca_dir=args.ca_dir,
+                       address=args.address, listen=dict(args.listen), ca_dir=args.ca_dir, cert_dir=args.cert_dir,
                        state_dir=args.state_dir, trust_domain=args.trust_domain, network=args.network,
                        connect_timeout=args.connect_timeout, drain_deadline=args.drain_deadline,
                        preserve_source=not args.no_preserve_source)

@@ -101,6 +101,7 @@ class Inbound:
         # identity is what the peer proved; an address it could not keep names someone else)
         record.src_workload = source if source is not None and source.identity == request.peer_identity else None
         record.service = _forwarded_service(state, request.header(b"forwarded"))
+        request.headers = ()                   # read; a long-lived tunnel need not keep them
         destination_ip = request.connection.destination[0]
         if request.host != destination_ip:
             return self._refuse(request, record, 400, f"authority {request.authority} is not the address "

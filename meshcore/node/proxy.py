@@ -23,7 +23,7 @@ from meshcore.aio.client import dial
 from meshcore.aio.pool import HbonePool, PoolKey
 from meshcore.errors import ConfigError, IdentityError, ListenerError
 from meshcore.identity.ca import CertificateAuthority
-from meshcore.identity.store import CertificateStore
+from meshcore.identity.store import CertificateStore, CredentialDirectories
 from meshcore.node import config as node_config, logs
 from meshcore.node.admin import HttpEndpoints, text
 from meshcore.node.dump import config_dump
@@ -51,6 +51,7 @@ class NodeOptions:
     address: str = "127.0.0.1"                 # where listeners without an explicit host bind
     listen: dict = field(default_factory=dict)  # name -> (host, port) or None (off)
     ca_dir: str | None = None
+    cert_dir: str | None = None                # certificate files per workload (cert-manager, SPIRE)
     state_dir: str | None = None
     trust_domain: str = "cluster.local"
     network: str = ""
@@ -86,9 +87,8 @@ class NodeProxy:
         self.binder = SourceBinder(options.preserve_source)
         self.config = ConfigStore()
         self.metrics = NodeMetrics(self.version)
-        self.ca = self._certificate_authority()
-        self.trust_domain = self.ca.trust_domain
-        self.certs = CertificateStore(self.ca)
+        self.issuer, self.trust_domain = self._issuer()
+        self.certs = CertificateStore(self.issuer)
         self.pool = HbonePool(self._connect)
         self.inbound = Inbound(self)
         self.outbound = Outbound(self)
@@ -99,6 +99,22 @@ class NodeProxy:
         self._fingerprint = None
 
     # -- identity ---------------------------------------------------------------------
+    def _issuer(self):
+        """Where workload certificates come from, and the trust domain: files written by
+        cert-manager or a SPIRE agent (--cert-dir), a CA (--ca-dir), or the built-in CA."""
+        o = self.options
+        if o.cert_dir:
+            files = CredentialDirectories(o.cert_dir)
+            if files.bundle is None:
+                raise IdentityError(f"{o.cert_dir}: no trust bundle (ca.crt, svid_bundle.pem or root-cert.pem) "
+                                    "beside the certificates")
+            domains = {i.trust_domain for i in files.identities}
+            if len(domains) != 1:
+                raise IdentityError(f"{o.cert_dir}: certificates of several trust domains ({', '.join(sorted(domains))})")
+            return files, domains.pop()
+        ca = self._certificate_authority()
+        return ca, ca.trust_domain
+
     def _certificate_authority(self) -> CertificateAuthority:
         o = self.options
         if o.ca_dir:
@@ -113,6 +129,10 @@ class NodeProxy:
         return ca
 
     def _issue_local(self) -> None:
+        try:
+            self.certs.rotate_due()            # picks up certificate files written meanwhile
+        except IdentityError as exc:
+            log.error("certificates: %s", exc)
         failed = []
         for w in self.config.state.local_workloads(self.node_name):
             if w.meshed:
@@ -195,9 +215,15 @@ class NodeProxy:
     async def _rotate(self) -> None:
         while True:
             await asyncio.sleep(30)
-            rotated = self.certs.rotate_due()
+            try:
+                rotated = self.certs.rotate_due()
+            except IdentityError as exc:
+                log.error("certificates: %s (the previous ones stay in use)", exc)
+                continue
             if rotated:
                 log.info("rotated certificates of %s", ", ".join(map(str, rotated)))
+            if "certificates" in self.pending:
+                self._issue_local()
 
     # -- life -----------------------------------------------------------------------------
     async def start(self) -> "NodeProxy":

@@ -10,7 +10,7 @@ from meshcore.node.model import Service, Workload
 UNKNOWN = "unknown"
 
 
-@dataclass
+@dataclass(slots=True)
 class ConnectionRecord:
     direction: str                                # inbound | outbound
     src_addr: str = ""
