@@ -24,7 +24,7 @@ from meshcore.aio.pool import HbonePool, PoolKey
 from meshcore.errors import ConfigError, IdentityError, ListenerError
 from meshcore.identity.ca import CertificateAuthority
 from meshcore.identity.store import CertificateStore, CredentialDirectories
-from meshcore.node import config as node_config, logs
+from meshcore.node import config as node_config, debug, logs
 from meshcore.node.admin import HttpEndpoints, text
 from meshcore.node.dump import config_dump
 from meshcore.node.inbound import Inbound
@@ -233,7 +233,8 @@ class NodeProxy:
         listen = self.listen
         await self._apply()
         routes = {"admin": {"/config_dump": self._config_dump, "/logging": self._logging,
-                            "/quitquitquit": self._quit, "/": self._index},
+                            "/quitquitquit": self._quit, "/debug/pprof/profile": self._profile,
+                            "/debug/tasks": self._tasks_dump, "/debug/holdings": self._holdings, "/": self._index},
                   "metrics": {"/metrics": self._metrics, "/stats/prometheus": self._metrics},
                   "readiness": {"/healthz/ready": self._ready}}
         try:
@@ -316,7 +317,21 @@ class NodeProxy:
         return text(200, "shutdown now\n")
 
     def _index(self, method, query):
-        return text(200, "meshcore node admin: /config_dump, POST /logging?level=..., POST /quitquitquit\n")
+        return text(200, "meshcore node admin: /config_dump, POST /logging?level=..., POST /quitquitquit, "
+                         "/debug/pprof/profile?seconds=N (collapsed stacks), /debug/tasks, /debug/holdings\n")
+
+    async def _profile(self, method, query):
+        try:
+            seconds = float((query.get("seconds") or ["5"])[0])
+        except ValueError:
+            return text(400, "seconds must be a number\n")
+        return text(200, await debug.profile(seconds))
+
+    def _tasks_dump(self, method, query):
+        return 200, "application/json", json.dumps(debug.tasks(), indent=2).encode()
+
+    def _holdings(self, method, query):
+        return 200, "application/json", json.dumps(debug.holdings(self), indent=2).encode()
 
     def _metrics(self, method, query):
         return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.exposition()

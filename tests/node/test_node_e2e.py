@@ -216,7 +216,7 @@ def test_config_reload_bad_kept_good_applied_revoked_tunnels_closed(mesh):
         time.sleep(1.5)                                      # let both nodes pick the original back up
 
 
-def test_sigterm_drains_a_transfer_in_flight(tmp_path):
+def test_sigterm_and_quitquitquit_drain_a_transfer_in_flight(tmp_path):
     mesh = LocalMesh(tmp_path / "drain")
     mesh.start()
     try:
@@ -237,8 +237,10 @@ def test_sigterm_drains_a_transfer_in_flight(tmp_path):
                 chunk = await reader.read(1 << 16)
                 digest.update(chunk)
                 got += len(chunk)
-            for name in ("node-a", "node-b"):
-                mesh.processes[name].terminate()              # SIGTERM mid-transfer
+            mesh.processes["node-a"].terminate()              # SIGTERM mid-transfer
+            status, body = await asyncio.to_thread(mesh.http_get, mesh.node["node-b"], 15000, "/quitquitquit",
+                                                   "POST")
+            assert (status, body) == (200, "shutdown now\n")
             await asyncio.sleep(0.3)
             with pytest.raises(OSError):                     # no longer accepting
                 await mesh.socks5(mesh.client, "web.shop.svc.cluster.local", 9000)
@@ -288,3 +290,50 @@ def test_service_with_a_waypoint_is_sent_to_it_with_the_vip_as_authority(mesh):
     assert seen == [(f"{mesh.vip_l7}:80", "spiffe://cluster.local/ns/shop/sa/client")]
     line = wait_for(lambda: access_lines(mesh, "node-a", rf"dst.hbone_addr={re.escape(mesh.vip_l7)}:80"))
     assert line and 'dst.identity="spiffe://cluster.local/ns/shop/sa/waypoint"' in line[-1]
+
+
+def test_inbound_answers_400_and_503_as_hbone_says(mesh):
+    """An HBONE client of the test's own (the client workload's certificate from the
+    mesh's CA) asks node-b directly: an authority naming another address than the one
+    dialed is 400; a port where the workload does not listen is 503."""
+    from meshcore import Mesh
+    from meshcore.errors import TunnelError
+    from meshcore.identity import CertificateAuthority, CertificateStore, SpiffeId
+
+    async def scenario():
+        store = CertificateStore(CertificateAuthority.load(mesh.dir / "ca"))
+        web = SpiffeId("cluster.local", "shop", "web")
+        statuses = []
+        async with Mesh(SpiffeId("cluster.local", "shop", "client"), store) as client:
+            for address, port in ((mesh.outside, 8080), (mesh.web, 1)):
+                try:
+                    await client.open_tunnel(address, port, web, via=(mesh.web, 15008))
+                    statuses.append(200)
+                except TunnelError as exc:
+                    statuses.append(exc.status)
+            reader, writer = await client.open_tunnel(mesh.web, 9000, web, via=(mesh.web, 15008))
+            writer.write(b"ping")
+            assert await reader.readexactly(4) == b"ping"      # the same connection still serves
+            writer.close()
+        return statuses
+    assert asyncio.run(scenario()) == [400, 503]
+    log = mesh.log("node-b")
+    assert f"400: authority {mesh.outside}:8080 is not the address the connection was made to ({mesh.web})" in log
+    assert re.search(rf"error=\"upstream {re.escape(mesh.web)}:1 unreachable: .*refused", log)
+
+
+def test_sighup_reloads_and_debug_endpoints_report(mesh):
+    import json
+    import signal
+    os.kill(mesh.processes["node-a"].pid, signal.SIGHUP)
+    assert wait_for(lambda: re.search(r"configuration \w+ applied \(SIGHUP\)", mesh.log("node-a")))
+    asyncio.run(_echo(mesh, 1000))
+    holdings = lambda: json.loads(mesh.http_get(mesh.node["node-a"], 15000, "/debug/holdings")[1])  # noqa: E731
+    assert wait_for(lambda: holdings()["relayed_connections"] == 0)
+    h = holdings()
+    assert h["hbone_outbound_connections"] >= 1 and h["certificates"] == 2 and h["gc_frozen_objects"] > 0
+    status, tasks = mesh.http_get(mesh.node["node-a"], 15000, "/debug/tasks")
+    assert status == 200 and json.loads(tasks)["tasks"] >= 1
+    status, profile = mesh.http_get(mesh.node["node-a"], 15000, "/debug/pprof/profile?seconds=0.3")
+    lines = profile.splitlines()
+    assert status == 200 and lines and all(re.fullmatch(r"\S.* \d+", line) for line in lines)
