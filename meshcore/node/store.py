@@ -19,6 +19,7 @@ from meshcore._core.policy import PolicyEngine
 from meshcore.aio.memory import trimmer
 from meshcore.errors import ConfigError
 from meshcore.node.model import MeshState
+from meshcore.policy.layers import l4_reductions
 
 log = logging.getLogger("meshcore.node.config")
 
@@ -31,6 +32,7 @@ class ConfigStore:
         self.loaded_at = 0.0
         self.generation = 0
         self._listeners: list[Callable[[MeshState, MeshState], None]] = []
+        self._explained: set = set()
         if state is not None:
             self.replace(state)
 
@@ -48,6 +50,11 @@ class ConfigStore:
             engine.update(state.policies)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        for policy in state.policies:
+            if policy not in self._explained:       # once per policy version, not per reload
+                self._explained.add(policy)
+                for sentence in l4_reductions(policy):
+                    log.warning("%s (%s)", sentence, policy.source or "config")
         old, self.state, self.engine = self.state, state, engine
         self.generation += 1
         self.loaded_at = time.time()

@@ -7,6 +7,7 @@ from meshcore.config import fields as F
 from meshcore.config.yamlfile import documents, located
 from meshcore.errors import ConfigError
 from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch
+from meshcore.policy.paths import check_template, is_template
 
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
 ROOT_NAMESPACE = "istio-system"
@@ -25,7 +26,7 @@ _OPERATION = {
     "hosts": ("hosts", "host"), "notHosts": ("not_hosts", "host"),
     "ports": ("destination_ports", "port"), "notPorts": ("not_destination_ports", "port"),
     "methods": ("methods", "str"), "notMethods": ("not_methods", "str"),
-    "paths": ("paths", "str"), "notPaths": ("not_paths", "str"),
+    "paths": ("paths", "path"), "notPaths": ("not_paths", "path"),
 }
 # `when` keys → (model field, value kind)
 _CONDITIONS = {
@@ -37,31 +38,48 @@ _CONDITIONS = {
 _HEADER_KEY = re.compile(r"request\.headers\[([^\]]+)\]")
 
 
-def _values(kind: str, raw, path: str) -> tuple:
+def _values(kind: str, raw, path: str, namespace: str = "") -> tuple:
     if kind == "ip":
         return tuple(F.network(v, f"{path}[{i}]") for i, v in enumerate(F.sequence(raw, path)))
     if kind == "port":
         return tuple(F.port(v, f"{path}[{i}]") for i, v in enumerate(F.sequence(raw, path)))
     if kind == "sa":
+        # `<namespace>/<name>`, or a bare `<name>` meaning the policy's own namespace
+        # (Istio's Source.serviceAccounts); no wildcards, unlike principals
         out = []
         for i, v in enumerate(F.strings(raw, path)):
-            ns, sep, sa = v.partition("/")
-            if not sep or not ns or not sa or "/" in sa:
-                raise F.fail(f"{path}[{i}]", f"{v!r} is not <namespace>/<service account>")
+            if "*" in v:
+                raise F.fail(f"{path}[{i}]", f"{v!r}: wildcards are not supported in serviceAccounts "
+                                             "(Istio refuses them; use principals for prefix/suffix matches)")
+            ns, sep, sa = v.rpartition("/") if "/" in v else (namespace, "/", v)
+            if not ns or not sa or "/" in ns:
+                raise F.fail(f"{path}[{i}]", f"{v!r} is not <namespace>/<service account> or <service account>")
             out.append((ns, sa))
         return tuple(out)
     values = F.strings(raw, path)
     if kind == "host":
         values = [v.lower() for v in values]
+    if kind == "path":
+        out = []
+        for i, v in enumerate(values):
+            if is_template(v):
+                try:
+                    check_template(v)
+                except ValueError as exc:
+                    raise F.fail(f"{path}[{i}]", str(exc)) from None
+                out.append(StringMatch("template", v))
+            else:
+                out.append(StringMatch.istio(v))
+        return tuple(out)
     return tuple(StringMatch.istio(v) for v in values)
 
 
-def _match(obj: dict, table: dict, path: str, what: str) -> Match:
+def _match(obj: dict, table: dict, path: str, what: str, namespace: str) -> Match:
     F.mapping(obj, path, allowed=table)
     kwargs = {}
     for key, raw in obj.items():
         name, kind = table[key]
-        kwargs[name] = _values(kind, raw, f"{path}.{key}")
+        kwargs[name] = _values(kind, raw, f"{path}.{key}", namespace)
     match = Match(**kwargs)
     if match.is_empty():
         raise F.fail(path, f"{what} must set at least one field")
@@ -95,19 +113,36 @@ def _condition(obj, path: str) -> Match:
     return Match(**kw)
 
 
-def _rule(obj, path: str) -> tuple:
+def _rule(obj, path: str, namespace: str) -> tuple:
     F.mapping(obj, path, allowed=("from", "to", "when"))
     clauses = []
     for key, inner, table in (("from", "source", _SOURCE), ("to", "operation", _OPERATION)):
         items = F.sequence(obj.get(key), f"{path}.{key}")
+        if key in obj and not items:
+            # istiod refuses it: an empty list would otherwise match every request
+            raise F.fail(f"{path}.{key}", f"`{key}` must not be empty (leave it out to match any {inner})")
         if items:       # one clause: its sources (or operations) are OR'ed
             clauses.append(tuple(
                 _match(F.mapping(item, f"{path}.{key}[{i}]", allowed=(inner,), required=(inner,))[inner],
-                       table, f"{path}.{key}[{i}].{inner}", inner)
+                       table, f"{path}.{key}[{i}].{inner}", inner, namespace)
                 for i, item in enumerate(items)))
     for i, cond in enumerate(F.sequence(obj.get("when"), f"{path}.when")):
         clauses.append((_condition(cond, f"{path}.when[{i}]"),))
     return tuple(clauses)
+
+
+_GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
+_GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
+
+
+def _go_bool(value, path: str) -> bool:
+    """An annotation's boolean as istiod reads it (Go's strconv.ParseBool)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value)
+    if text in _GO_TRUE or text in _GO_FALSE:
+        return text in _GO_TRUE
+    raise F.fail(path, f"{text!r} is not a boolean (1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False)")
 
 
 def authorization_policy(doc: dict, source: str = "") -> Policy:
@@ -121,7 +156,7 @@ def authorization_policy(doc: dict, source: str = "") -> Policy:
     name = F.string(meta["name"], "metadata.name")
     namespace = F.string(meta.get("namespace", "default"), "metadata.namespace")
     annotations = F.mapping(meta.get("annotations") or {}, "metadata.annotations")
-    dry_run = F.boolean(annotations.get(DRY_RUN_ANNOTATION, False), f"metadata.annotations.{DRY_RUN_ANNOTATION}")
+    dry_run = _go_bool(annotations.get(DRY_RUN_ANNOTATION, "false"), f"metadata.annotations.{DRY_RUN_ANNOTATION}")
     spec = F.mapping(doc.get("spec") or {}, "spec",
                      allowed=("selector", "targetRef", "targetRefs", "action", "provider", "rules"))
     if spec.get("targetRef") or spec.get("targetRefs"):
@@ -141,7 +176,12 @@ def authorization_policy(doc: dict, source: str = "") -> Policy:
         selector = tuple(sorted((F.string(k, "spec.selector.matchLabels"),
                                  F.string(str(v), f"spec.selector.matchLabels.{k}", empty_ok=True))
                                 for k, v in labels.items()))
-    rules = tuple(_rule(r, f"spec.rules[{i}]") for i, r in enumerate(F.sequence(spec.get("rules"), "spec.rules")))
+        for k, v in selector:
+            if "*" in k or "*" in v:
+                raise F.fail(f"spec.selector.matchLabels.{k}", "wildcards are not supported in selector labels "
+                                                               "(Istio refuses them)")
+    rules = tuple(_rule(r, f"spec.rules[{i}]", namespace)
+                  for i, r in enumerate(F.sequence(spec.get("rules"), "spec.rules")))
     if selector is not None:
         scope = Scope.WORKLOAD_SELECTOR
     elif namespace == ROOT_NAMESPACE:

@@ -31,7 +31,7 @@ class Scope(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class StringMatch:
-    """exact, prefix, suffix or presence (non-empty)."""
+    """exact, prefix, suffix, presence (non-empty) or a path template (paths.py)."""
     kind: str
     value: str = ""
 
@@ -49,6 +49,9 @@ class StringMatch:
     def matches(self, value: str | None) -> bool:
         if not value:
             return False
+        if self.kind == "template":
+            from meshcore.policy.paths import template_regex
+            return template_regex(self.value).fullmatch(value) is not None
         if self.kind == "exact":
             return value == self.value
         if self.kind == "prefix":
@@ -59,7 +62,7 @@ class StringMatch:
 
     def __str__(self) -> str:
         return {"exact": self.value, "prefix": self.value + "*", "suffix": "*" + self.value,
-                "presence": "*"}[self.kind]
+                "presence": "*", "template": self.value}[self.kind]
 
 
 Strings = tuple[StringMatch, ...]
@@ -144,11 +147,17 @@ class Workload:
 
 
 def applies_to(policy: Policy, workload: Workload, root_namespace: str) -> bool:
-    """POLICY.md "Which policies apply to a destination workload"."""
+    """Which policies apply to a destination workload (POLICY.md), as ztunnel decides
+    for its own scopes: Global applies mesh-wide whatever its namespace; Namespace to
+    its own namespace only, root namespace included; WorkloadSelector only to the
+    workloads that list it in `authorizationPolicies`. An Istio AuthorizationPolicy
+    without a selector is Global in the root namespace, Namespace elsewhere; with one,
+    it applies to the matching workloads of its namespace (of every namespace from
+    the root namespace)."""
     if policy.key in workload.attached:
         return True
     if policy.selector is None:
-        if policy.scope is Scope.GLOBAL or policy.namespace == root_namespace:
+        if policy.scope is Scope.GLOBAL:
             return True
         if policy.scope is Scope.WORKLOAD_SELECTOR:
             return False        # ztunnel form: attached by name only

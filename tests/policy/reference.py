@@ -20,6 +20,24 @@ class Request:
     sni: str | None = None
 
 
+def _template_holds(template, path):
+    """Istio/Envoy URI templates, segment by segment: {*} one non-empty segment, {**}
+    whatever remains before the literal tail (possibly nothing)."""
+    t, p = template.split("/"), path.split("/")
+    if "{**}" in t:
+        i = t.index("{**}")
+        head, tail = t[:i], t[i + 1:]
+        if len(p) < len(head) + len(tail):
+            return False
+        return (_segments_hold(head, p[:len(head)]) and _segments_hold(tail, p[len(p) - len(tail):])
+                if tail else _segments_hold(head, p[:len(head)]))
+    return len(t) == len(p) and _segments_hold(t, p)
+
+
+def _segments_hold(template, segments):
+    return all((t == "{*}" and s != "") or t == s for t, s in zip(template, segments))
+
+
 def _str_any(matches, value, lower=False):
     if value is None or value == "":
         return False
@@ -28,6 +46,8 @@ def _str_any(matches, value, lower=False):
     for m in matches:
         v = m.value.lower() if lower else m.value
         if m.kind == "presence":
+            return True
+        if m.kind == "template" and _template_holds(v, value):
             return True
         if m.kind == "exact" and value == v:
             return True
@@ -44,14 +64,12 @@ def _ip_any(nets, ip):
 
 
 def _host_any(matches, host):
-    if host is None:
-        return False
-    bare = host
-    if not host.startswith("[") and host.count(":") == 1 and host.rsplit(":", 1)[1].isdigit():
-        bare = host.rsplit(":", 1)[0]
-    elif host.startswith("[") and "]" in host:
-        bare = host[:host.index("]") + 1]
-    return _str_any(matches, host, True) or _str_any(matches, bare, True)
+    """The whole authority, case-insensitively: `example.com` is not `example.com:8080`."""
+    return host is not None and _str_any(matches, host, True)
+
+
+def _path(path):
+    return None if path is None else path.split("?")[0].split("#")[0]
 
 
 def field_checks(m, r: Request):
@@ -59,7 +77,7 @@ def field_checks(m, r: Request):
     parts = r.principal.split("/") if r.principal else []
     ns = parts[2] if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa" else None
     sa = f"{parts[2]}/{parts[4]}" if ns else None
-    headers = r.headers or {}
+    headers = {k.lower(): v for k, v in (r.headers or {}).items()}
     out = []
 
     def add(name, positive, ok):
@@ -84,8 +102,8 @@ def field_checks(m, r: Request):
     add("not_request_principals", False, _str_any(m.not_request_principals, r.request_principal))
     add("methods", True, _str_any(m.methods, r.method))
     add("not_methods", False, _str_any(m.not_methods, r.method))
-    add("paths", True, _str_any(m.paths, r.path))
-    add("not_paths", False, _str_any(m.not_paths, r.path))
+    add("paths", True, _str_any(m.paths, _path(r.path)))
+    add("not_paths", False, _str_any(m.not_paths, _path(r.path)))
     add("hosts", True, _host_any(m.hosts, r.host))
     add("not_hosts", False, _host_any(m.not_hosts, r.host))
     add("headers", True, all(_str_any(v, headers.get(n)) for n, v in m.headers))
@@ -119,7 +137,7 @@ def applies(p, workload, root="istio-system"):
     if p.key in workload.attached:
         return True
     if p.selector is None:
-        if p.scope is Scope.GLOBAL or p.namespace == root:
+        if p.scope is Scope.GLOBAL:
             return True
         if p.scope is Scope.WORKLOAD_SELECTOR:
             return False

@@ -32,7 +32,7 @@ def bad(spec_yaml):
     ("  rules:\n  - from: [{source: {principals: \"cluster.local/ns/a/sa/b\"}}]\n",
      "spec.rules[0].from[0].source.principals", "expected a list"),
     ("  selector: {matchLabels: [a]}\n", "spec.selector.matchLabels", "expected a mapping"),
-    ("  rules:\n  - from: [{source: {serviceAccounts: [\"nosa\"]}}]\n",
+    ("  rules:\n  - from: [{source: {serviceAccounts: [\"a/b/c\"]}}]\n",
      "spec.rules[0].from[0].source.serviceAccounts[0]", "<namespace>/<service account>"),
     ("  targetRefs: [{kind: Gateway, name: waypoint}]\n", "spec.targetRefs", "not supported yet"),
 ])

@@ -151,8 +151,10 @@ def test_l7_fields():
     e = engine(ap("p", {"rules": [{"to": [{"operation": {"methods": ["POST"], "paths": ["/charge*"],
                                                           "hosts": ["Shop.Example"]}}],
                                    "when": [{"key": "request.headers[x-tenant]", "values": ["gold"]}]}]}), "l7")
-    ok = dict(method="POST", path="/charge/1", host="shop.example:8080", headers={"x-tenant": "gold"})
+    ok = dict(method="POST", path="/charge/1", host="shop.example", headers={"x-tenant": "gold"})
     assert allowed(e, **ok)
+    assert allowed(e, **dict(ok, host="SHOP.example"))               # hosts compare case-insensitively
+    assert not allowed(e, **dict(ok, host="shop.example:8080"))      # ...and whole: a port is not stripped
     assert not allowed(e, **dict(ok, method="GET"))
     assert not allowed(e, **dict(ok, path="/refund"))
     assert not allowed(e, **dict(ok, host="other.example"))

@@ -7,10 +7,11 @@ cdef struct IpAddr:
     uint64_t hi                # 128-bit value; IPv4 uses lo only (hi = 0)
     uint64_t lo
 
-cdef class StrSet:             # OR of exact / prefix / suffix / presence
+cdef class StrSet:             # OR of exact / prefix / suffix / path template / presence
     cdef frozenset exact
     cdef tuple prefixes
     cdef tuple suffixes
+    cdef tuple templates       # compiled regular expressions of path templates
     cdef bint presence
     cdef bint contains(self, object value)
 
@@ -38,7 +39,6 @@ cdef class Facts:              # one request, as the engine sees it
     cdef object method
     cdef object path
     cdef object host
-    cdef object host_no_port
     cdef dict headers
     cdef object request_principal
     cdef object sni

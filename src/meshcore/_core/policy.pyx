@@ -20,6 +20,9 @@ from libc.string cimport memcpy
 import gc
 import ipaddress
 
+from meshcore.policy.layers import l4_note
+from meshcore.policy.paths import template_regex
+
 from meshcore.policy.model import Action, Scope, Workload, applies_to
 
 cdef extern from "arpa/inet.h" nogil:
@@ -104,6 +107,9 @@ cdef class StrSet:
         for p in self.suffixes:
             if (<str>value).endswith(p):
                 return True
+        for p in self.templates:
+            if p.fullmatch(value) is not None:
+                return True
         return False
 
 
@@ -111,10 +117,10 @@ cdef StrSet make_strset(tuple matches, bint lower=False):
     cdef StrSet s = StrSet.__new__(StrSet)
     if len(matches) == 1 and matches[0].kind == "exact" and not lower:    # the common case
         s.exact = frozenset((matches[0].value,))
-        s.prefixes = s.suffixes = ()
+        s.prefixes = s.suffixes = s.templates = ()
         s.presence = False
         return s
-    exact, prefixes, suffixes = set(), [], []
+    exact, prefixes, suffixes, templates = set(), [], [], []
     s.presence = False
     for m in matches:
         value = m.value.lower() if lower else m.value
@@ -124,18 +130,21 @@ cdef StrSet make_strset(tuple matches, bint lower=False):
             prefixes.append(value)
         elif m.kind == "suffix":
             suffixes.append(value)
+        elif m.kind == "template":
+            templates.append(template_regex(value))
         else:
             s.presence = True
     s.exact = frozenset(exact)
     s.prefixes = tuple(prefixes)
     s.suffixes = tuple(suffixes)
+    s.templates = tuple(templates)
     return s
 
 
 cdef StrSet make_exact_strset(values):
     cdef StrSet s = StrSet.__new__(StrSet)
     s.exact = frozenset(values)
-    s.prefixes = s.suffixes = ()
+    s.prefixes = s.suffixes = s.templates = ()
     s.presence = False
     return s
 
@@ -224,6 +233,14 @@ cdef class Facts:
             self.service_account = parts[2] + "/" + parts[4]
 
 
+cdef dict _lower_names(dict headers):
+    """HTTP header names are case-insensitive: policies hold them lower-cased."""
+    for k in headers:
+        if <str>k != (<str>k).lower():
+            return {(<str>name).lower(): v for name, v in headers.items()}
+    return headers
+
+
 cdef bint _headers_match(tuple matchers, dict headers, bint negate):
     """positive: every named header matches one of its values; negated: none does."""
     cdef StrSet s
@@ -287,9 +304,9 @@ cdef class CMatch:
             return False
         if p & B_NOT_PATH and self.not_paths.contains(f.path):
             return False
-        if p & B_HOST and not (self.hosts.contains(f.host) or self.hosts.contains(f.host_no_port)):
+        if p & B_HOST and not self.hosts.contains(f.host):
             return False
-        if p & B_NOT_HOST and (self.not_hosts.contains(f.host) or self.not_hosts.contains(f.host_no_port)):
+        if p & B_NOT_HOST and self.not_hosts.contains(f.host):
             return False
         if p & B_HDR and not _headers_match(self.headers, f.headers, False):
             return False
@@ -618,11 +635,13 @@ cdef class PolicySet:
             parse_ip(remote_ip, &f.remote)
         f.port = destination_port
         f.method = method
+        # Istio matches `paths` against the path alone: a query or fragment never reaches it
+        if path is not None and ("?" in <str>path or "#" in <str>path):
+            path = (<str>path).partition("?")[0].partition("#")[0]
         f.path = path
         if host is not None:
-            f.host = (<str>host).lower()
-            f.host_no_port = _strip_port(f.host)
-        f.headers = headers
+            f.host = (<str>host).lower()          # the whole authority: a port is part of it
+        f.headers = _lower_names(headers) if headers is not None else None
         f.request_principal = request_principal
         f.sni = sni
         return self.decide(f)
@@ -661,16 +680,6 @@ cdef class PolicySet:
         return make_decision(d.allowed, d.policy, d.action, d.reason, audit, dry, shadow)
 
 
-cdef str _strip_port(str host):
-    """example.com:8080 -> example.com, [fd00::1]:80 -> [fd00::1]; Istio hosts match
-    with or without the port."""
-    if host.startswith("["):
-        end = host.find("]")
-        return host[:end + 1] if end >= 0 else host
-    head, sep, tail = host.rpartition(":")
-    return head if sep and tail.isdigit() and ":" not in head else host
-
-
 cdef bint _policy_matches(CompiledPolicy p, Facts f):
     cdef CRule r
     for r in p.rules:
@@ -679,7 +688,7 @@ cdef bint _policy_matches(CompiledPolicy p, Facts f):
     return False
 
 
-cdef PolicySet make_policy_set(list compiled):
+cdef PolicySet make_policy_set(list compiled, str note=""):
     cdef PolicySet s = PolicySet.__new__(PolicySet)
     cdef CompiledPolicy p
     groups = {"deny": [], "allow": [], "audit": [], "dry_deny": [], "dry_allow": []}
@@ -699,7 +708,7 @@ cdef PolicySet make_policy_set(list compiled):
     s.has_dry_allow = bool(groups["dry_allow"])
     s.extras = bool(groups["audit"] or groups["dry_deny"] or groups["dry_allow"])
     s.allow_default = make_decision(True, None, None, "allowed: no ALLOW policy applies")
-    s.deny_default = make_decision(False, None, None, "denied: no ALLOW policy matched")
+    s.deny_default = make_decision(False, None, None, "denied: no ALLOW policy matched" + note)
     return s
 
 
@@ -717,6 +726,7 @@ class PolicyEngine:
         self._compiled = {}
         self._tables = {}
         self._by_namespace = {}
+        self._global = []
         self.update(policies)
 
     def update(self, policies):
@@ -738,8 +748,12 @@ class PolicyEngine:
         self._compiled = compiled
         self._tables = {}
         self._by_namespace = {}
+        self._global = []
         for c in compiled.values():
-            self._by_namespace.setdefault((<CompiledPolicy>c).source.namespace, []).append(c)
+            if (<CompiledPolicy>c).source.scope is Scope.GLOBAL:
+                self._global.append(c)             # mesh-wide, whatever its namespace
+            else:
+                self._by_namespace.setdefault((<CompiledPolicy>c).source.namespace, []).append(c)
 
     def _compile_into(self, dict compiled, dict previous, policies, bint l4):
         cdef Py_ssize_t order
@@ -766,15 +780,17 @@ class PolicyEngine:
             workload = Workload.of(*workload)
         table = self._tables.get(workload)
         if table is None:
-            # only the root namespace, the workload's own and attached policies can apply
-            candidates = list(self._by_namespace.get(self.root_namespace, ()))
+            # only global ones, the root namespace's, the workload's own and attached ones can apply
+            candidates = list(self._global)
+            candidates += self._by_namespace.get(self.root_namespace, ())
             if workload.namespace != self.root_namespace:
                 candidates += self._by_namespace.get(workload.namespace, ())
             candidates += [self._compiled[k] for k in workload.attached if k in self._compiled]
             chosen = sorted({id(p): p for p in candidates
                              if applies_to((<CompiledPolicy>p).source, workload, self.root_namespace)}.values(),
                             key=lambda p: (<CompiledPolicy>p).order)
-            table = self._tables[workload] = make_policy_set(chosen)
+            note = l4_note([(<CompiledPolicy>p).source for p in chosen]) if self.layer == "l4" else ""
+            table = self._tables[workload] = make_policy_set(chosen, note)
         return table
 
     def evaluate(self, workload, *args, **kwargs):
