@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_ca_parser(sub)
     from meshcore.node.cli import add_parser as add_node_parser
     add_node_parser(sub)
+    from meshcore.policy.cli import add_parser as add_policy_parser
+    add_policy_parser(sub)
     return parser
 
 

@@ -127,6 +127,7 @@ try it yourself (the mesh stays up with `meshcore demo --keep`):
   curl --interface {mesh.client} --socks5-hostname {a}:15080 http://web.shop.svc.cluster.local/
   curl --interface {mesh.batch} --socks5-hostname {a}:15080 http://web.shop.svc.cluster.local/   # denied
   curl http://{b}:15000/config_dump          curl http://{b}:15020/metrics
+  meshcore policy explain --from cluster.local/ns/jobs/sa/batch --to shop/web {mesh.config_path} {mesh.policy_path}
   curl -X POST "http://{a}:15000/logging?level=debug"
   edit {mesh.policy_path} and watch the nodes reload it (a broken edit is refused, the old policy stays)
   logs: {mesh.dir}/node-a.log, node-b.log"""

@@ -1,0 +1,166 @@
+"""`meshcore policy check | explain`: what operators reach for when a request is denied.
+
+    meshcore policy check policy.yaml mesh.yaml
+    meshcore policy explain --from cluster.local/ns/jobs/sa/batch --to shop/web --port 8080 policy.yaml mesh.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import fields
+
+from meshcore.policy.layers import l4_reductions
+from meshcore.policy.model import Action, Match, Policy, Workload, applies_to
+
+_FIELD_NAMES = {"namespaces": "namespaces", "not_namespaces": "notNamespaces", "principals": "principals",
+                "not_principals": "notPrincipals", "service_accounts": "serviceAccounts",
+                "not_service_accounts": "notServiceAccounts", "source_ips": "ipBlocks",
+                "not_source_ips": "notIpBlocks", "destination_ips": "destination.ip",
+                "not_destination_ips": "not destination.ip", "destination_ports": "ports",
+                "not_destination_ports": "notPorts", "remote_ips": "remoteIpBlocks",
+                "not_remote_ips": "notRemoteIpBlocks", "request_principals": "requestPrincipals",
+                "not_request_principals": "notRequestPrincipals", "methods": "methods",
+                "not_methods": "notMethods", "paths": "paths", "not_paths": "notPaths", "hosts": "hosts",
+                "not_hosts": "notHosts", "headers": "headers", "not_headers": "notHeaders", "sni": "sni",
+                "not_sni": "notSni"}
+
+
+def _value(v) -> str:
+    if isinstance(v, tuple) and len(v) == 2 and isinstance(v[1], tuple):          # a header and its values
+        return f"{v[0]}: {', '.join(map(str, v[1]))}"
+    if isinstance(v, tuple):
+        return "/".join(v)                                                       # namespace/service account
+    return str(v)
+
+
+def describe_match(m: Match) -> str:
+    parts = [f"{_FIELD_NAMES[f.name]} [{', '.join(_value(v) for v in getattr(m, f.name))}]"
+             for f in fields(m) if getattr(m, f.name)]
+    return " and ".join(parts) or "(nothing: never matches)"
+
+
+def describe_rule(rule) -> str:
+    if not rule:
+        return "any request"
+    return "; ".join(" or ".join(describe_match(m) for m in clause) if clause else "(anything)" for clause in rule)
+
+
+def _selection(p: Policy) -> str:
+    if p.selector is not None:
+        return "selector " + ", ".join(f"{k}={v}" for k, v in p.selector)
+    return {"Global": "mesh-wide", "Namespace": f"namespace {p.namespace}",
+            "WorkloadSelector": "where attached by name"}[p.scope.value]
+
+
+def _load(paths):
+    from meshcore.node.config import load
+    return load(paths)
+
+
+def check(args: argparse.Namespace, out=print) -> int:
+    state = _load(args.files)
+    out(f"valid: {len(state.policies)} authorization policies, {len(state.peer_authentications)} "
+        f"PeerAuthentications, {len(state.workloads)} workloads, {len(state.services)} services "
+        f"({', '.join(args.files)})")
+    for p in state.policies:
+        flags = " (dry run)" if p.dry_run else ""
+        out(f"\n{p.key}  {p.action.value}{flags}  {_selection(p)}  [{p.source}]")
+        if not p.rules:
+            out("  no rules: never matches" + (" (an ALLOW without rules denies everything it selects)"
+                                               if p.action is Action.ALLOW else ""))
+        for i, rule in enumerate(p.rules):
+            out(f"  rule {i}: {describe_rule(rule)}")
+        for sentence in l4_reductions(p):
+            out(f"  at L4 (node proxy): {sentence.split(' ', 1)[1]}")
+    for pa in state.peer_authentications:
+        ports = "".join(f", port {port}: {mode}" for port, mode in pa.port_modes)
+        sel = f"selector {', '.join(f'{k}={v}' for k, v in pa.selector)}" if pa.selector else "no selector"
+        out(f"\nPeerAuthentication {pa.key}  mtls {pa.mode}{ports}  {sel}")
+    return 0
+
+
+def _workload(state, target: str, labels: list[str]) -> Workload:
+    namespace, _, name = target.partition("/")
+    known = next((w for w in state.workloads if w.namespace == namespace and name in (w.name, w.uid)), None)
+    extra = dict(label.split("=", 1) for label in labels)
+    if known is not None:
+        return Workload(namespace, tuple(sorted({**dict(known.labels), **extra}.items())), known.name,
+                        known.authorization_policies)
+    return Workload.of(namespace, extra, name)
+
+
+def explain(args: argparse.Namespace, out=print) -> int:
+    from meshcore._core.policy import PolicyEngine
+    state = _load(args.files)
+    workload = _workload(state, args.to, args.label)
+    headers = dict(h.split("=", 1) for h in args.header) or None
+    l7 = dict(method=args.method, path=args.path, host=args.host, headers=headers)
+    principal = args.principal.removeprefix("spiffe://") if args.principal else None
+
+    def evaluate(policies):
+        engine = PolicyEngine(policies, layer=args.layer, root_namespace=state.root_namespace)
+        return engine.evaluate(workload, principal, args.source_ip, args.destination_ip, args.port, **l7)
+
+    decision = evaluate(state.policies)
+    verdict = "ALLOW" if decision.allowed else "DENY"
+    out(f"{verdict}: {decision.reason}")
+    labels = ", ".join(f"{k}={v}" for k, v in workload.labels) or "no labels"
+    out(f"request: from {principal or '(no identity)'} at {args.source_ip} to {workload.namespace}/"
+        f"{workload.name or '?'} ({labels}) at {args.destination_ip}:{args.port}, layer {args.layer}")
+    applying = [p for p in state.policies if applies_to(p, workload, state.root_namespace)]
+    if not applying:
+        out("no policy applies to this workload: allowed by default")
+    for p in applying:
+        matched = []
+        for i, rule in enumerate(p.rules):
+            alone = dataclasses.replace(p, rules=(rule,), dry_run=False,
+                                        action=Action.ALLOW if p.action is Action.AUDIT else p.action)
+            d = evaluate([alone])
+            if d.allowed == (alone.action is Action.ALLOW):
+                matched.append(i)
+        what = f"matched rule {', '.join(map(str, matched))}" if matched else "no rule matched"
+        out(f"  {p.key}  {p.action.value}{' (dry run)' if p.dry_run else ''}  {_selection(p)}: {what}")
+        for i in matched:
+            out(f"    rule {i}: {describe_rule(p.rules[i])}")
+        if args.layer == "l4":
+            for sentence in l4_reductions(p):
+                out(f"    at L4: {sentence.split(' ', 1)[1]}")
+    if decision.audit:
+        out(f"audited by: {', '.join(decision.audit)}")
+    if decision.dry_run:
+        out(f"dry-run policies that matched: {', '.join(decision.dry_run)}")
+    return 0 if decision.allowed else 1
+
+
+def add_parser(sub) -> None:
+    policy = sub.add_parser("policy", help="check authorization policies, or explain a decision",
+                            description="Validate Istio AuthorizationPolicy / PeerAuthentication and "
+                                        "ztunnel local-config files, and explain how they decide a request.")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    c = psub.add_parser("check", help="validate files and print the policies as meshcore compiled them",
+                        description="Load the files as `meshcore node` does (refused as a whole, with file, "
+                                    "document, field and reason) and print every policy's selection and "
+                                    "rules, and what a node proxy (L4) does with rules that need HTTP.")
+    c.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON files")
+    c.set_defaults(func=check)
+    e = psub.add_parser("explain", help="which policy and rule decide a request, and why",
+                        description="Evaluate one request against the files' policies; print the decision, "
+                                    "every policy that applies to the destination and the rules that "
+                                    "matched. Exit status 0 when allowed, 1 when denied.")
+    e.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON files")
+    e.add_argument("--from", dest="principal", metavar="PRINCIPAL",
+                   help="the caller's identity, td/ns/NS/sa/SA or spiffe://...; leave out for plaintext")
+    e.add_argument("--to", required=True, metavar="NAMESPACE/NAME",
+                   help="the destination workload (its labels and attached policies come from the files)")
+    e.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
+                   help="a destination label (repeatable), for workloads the files do not list")
+    e.add_argument("--source-ip", default="10.0.0.1", help="the caller's address (default 10.0.0.1)")
+    e.add_argument("--destination-ip", default="10.0.0.2", help="the destination address (default 10.0.0.2)")
+    e.add_argument("--port", type=int, default=8080, help="the destination port (default 8080)")
+    e.add_argument("--layer", choices=("l4", "l7"), default="l4",
+                   help="l4: as a node proxy decides (default); l7: as a waypoint decides")
+    e.add_argument("--method", help="HTTP method (l7)")
+    e.add_argument("--path", help="HTTP path (l7)")
+    e.add_argument("--host", help="HTTP :authority (l7)")
+    e.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", help="request header (l7)")
+    e.set_defaults(func=explain)
