@@ -16,7 +16,7 @@ from peers import H2Peer, OursPeer, handshake
 
 SIZES = {"16KiB": 16 * 1024, "1MiB": 1024 * 1024}
 
-# what a ztunnel client sends (HBONE.md section 2)
+# what a ztunnel client sends (docs/hbone.md, The CONNECT request)
 CONNECT_HEADERS = [
     (b":method", b"CONNECT"),
     (b":authority", b"10.244.1.17:8080"),

@@ -21,7 +21,7 @@ HBONE_PORT = 15008
 
 
 def traceparent() -> bytes:
-    """W3C trace context for one tunnel (HBONE.md 2): version 00, random ids, not sampled."""
+    """W3C trace context for one tunnel (docs/hbone.md, The CONNECT request): version 00, random ids, not sampled."""
     return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00".encode()
 
 

@@ -20,7 +20,7 @@ from meshcore.errors import ErrorCode, StreamClosedError, TunnelError, error_cod
 
 log = logging.getLogger("meshcore.hbone")
 
-KEEPALIVE_INTERVAL = 10.0     # HBONE.md 5: PING after 10 s idle
+KEEPALIVE_INTERVAL = 10.0     # docs/hbone.md, HTTP/2 settings: PING after 10 s idle
 KEEPALIVE_TIMEOUT = 20.0      # no ACK within 20 s closes the connection
 DRAIN_DEADLINE = 5.0
 CLOSE_DEADLINE = 1.0          # a closing connection whose peer does not read is aborted after this

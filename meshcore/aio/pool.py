@@ -14,7 +14,7 @@ from meshcore._core.pool import PoolCore
 from meshcore.aio.connection import HboneConnection
 from meshcore.errors import TooManyStreamsError, UsageError
 
-IDLE_TIMEOUT = 300.0          # HBONE.md 6: released after 5 min without a checkout
+IDLE_TIMEOUT = 300.0          # docs/hbone.md, Connection pool: released after 5 min without a checkout
 
 
 class PoolKey(NamedTuple):

@@ -22,7 +22,7 @@ log = logging.getLogger("meshcore.hbone")
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_PENDING_HANDSHAKES = 1024   # per listener; more connections wait in the kernel's backlog
-CONNECT_TIMEOUT = 10.0      # HBONE.md 3: upstream connect timeout
+CONNECT_TIMEOUT = 10.0      # docs/hbone.md, Responses: upstream connect timeout
 
 
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")

@@ -1,5 +1,5 @@
 """Copy bytes between two asyncio transports in both directions, with backpressure,
-half-close and abort semantics of HBONE.md section 4.
+half-close and abort semantics of docs/hbone.md, A tunnel's life.
 
 Each side is a small BufferedProtocol that forwards to the other side's transport:
 - data flows straight through (compiled: meshcore.aio.datapath.SpliceSide): sockets

@@ -1,1 +1,1 @@
-"""Configuration in the shapes users already write (CONFIG.md)."""
+"""Configuration in the shapes users already write (docs/configuration.md)."""

@@ -1,4 +1,4 @@
-"""mTLS contexts for HBONE (HBONE.md section 1) and the checks Python's ssl cannot do.
+"""mTLS contexts for HBONE (docs/hbone.md, Transport security) and the checks Python's ssl cannot do.
 
 The ssl module verifies chains, validity and TLS versions during the handshake.
 What it cannot express is checked right after it, before a single byte of HTTP/2:
@@ -82,7 +82,7 @@ def server_context(creds: Credentials, bundle: Iterable[x509.Certificate], *,
                    allow_tls12: bool = False) -> ssl.SSLContext:
     """Presents `creds`, requires a client certificate chaining to `bundle`."""
     ctx = _base_context(ssl.PROTOCOL_TLS_SERVER, creds, bundle, allow_tls12)
-    ctx.num_tickets = 0          # no session resumption (HBONE.md 1)
+    ctx.num_tickets = 0          # no session resumption (docs/hbone.md, Transport security)
     return ctx
 
 

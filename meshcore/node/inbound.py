@@ -1,7 +1,7 @@
 """The node's inbound side: HBONE tunnels (15008) and plaintext from PERMISSIVE peers
 (15006) to the workloads on this node.
 
-For each CONNECT, in this order (HBONE.md 3): the authority must name the address the
+For each CONNECT, in this order (docs/hbone.md, Responses): the authority must name the address the
 client connected to (400); a local workload must live there (503); the destination's
 policies must allow the peer's identity (401); then the workload is dialed (503 if it
 does not answer) and the tunnel relayed. The certificate presented is the destination
@@ -193,7 +193,7 @@ class Inbound:
 
 def _forwarded_service(state, forwarded: bytes | None):
     """The service a tunnel was addressed to, from `forwarded: for=...;host=<hostname>`
-    (HBONE.md 2): telemetry only, never trusted for a decision."""
+    (docs/hbone.md, The CONNECT request): telemetry only, never trusted for a decision."""
     if not forwarded:
         return None
     for part in forwarded.decode("latin-1").split(";"):

@@ -1,4 +1,4 @@
-"""Istio's TCP metrics (HBONE.md 8) in a Prometheus registry of the node's own."""
+"""Istio's TCP metrics (docs/operations.md, Metrics) in a Prometheus registry of the node's own."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, disable_created_metrics, Counter, Gauge, ProcessCollector, generate_latest

@@ -1,4 +1,4 @@
-"""Authorization: Istio AuthorizationPolicy semantics (POLICY.md) compiled to lookup tables.
+"""Authorization: Istio AuthorizationPolicy semantics (docs/policy.md) compiled to lookup tables.
 
     from meshcore.policy import PolicyEngine, load_authorization_policies, Workload
     engine = PolicyEngine(load_authorization_policies(text, "policy.yaml"))

@@ -1,5 +1,5 @@
 """What a policy means at a layer that sees only L4 (a node proxy): the same rules
-the compiled engine applies (POLICY.md "L7 fields at a layer that cannot see L7"),
+the compiled engine applies (docs/policy.md, "At L4 (the node proxy) and at L7 (a waypoint)"),
 said in words for operators: an ALLOW or AUDIT rule that needs HTTP attributes is
 dropped (it can never match there); a DENY rule keeps its L4 part."""
 from __future__ import annotations

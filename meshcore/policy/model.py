@@ -147,7 +147,7 @@ class Workload:
 
 
 def applies_to(policy: Policy, workload: Workload, root_namespace: str) -> bool:
-    """Which policies apply to a destination workload (POLICY.md), as ztunnel decides
+    """Which policies apply to a destination workload (docs/policy.md), as ztunnel decides
     for its own scopes: Global applies mesh-wide whatever its namespace; Namespace to
     its own namespace only, root namespace included; WorkloadSelector only to the
     workloads that list it in `authorizationPolicies`. An Istio AuthorizationPolicy

@@ -1,4 +1,4 @@
-"""ztunnel local-config `policies` entries (CONFIG.md section 1) → the policy model."""
+"""ztunnel local-config `policies` entries (docs/configuration.md) → the policy model."""
 from __future__ import annotations
 
 from meshcore.config import fields as F

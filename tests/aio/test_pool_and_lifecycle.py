@@ -1,4 +1,4 @@
-"""Pool behaviour (HBONE.md 6), drain, keepalive and handshake timeouts, on real
+"""Pool behaviour (docs/hbone.md, Connection pool), drain, keepalive and handshake timeouts, on real
 mTLS connections."""
 import asyncio
 import hashlib

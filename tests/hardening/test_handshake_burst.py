@@ -1,4 +1,4 @@
-"""HARDENING.md: half-open TLS / stalled handshakes. A burst of connections that never
+"""the README's security table: half-open TLS / stalled handshakes. A burst of connections that never
 start TLS is bounded while it lasts (a cap on concurrent handshakes per listener; the
 rest wait in the kernel's backlog) and its memory is given back once it is over. The
 server runs in its own process so its RSS is its own."""

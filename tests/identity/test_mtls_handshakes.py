@@ -1,5 +1,5 @@
 """Real TLS handshakes on loopback: success with identities on both sides, and every
-case of HARDENING.md "Identity and TLS negatives", each refused with a named reason,
+case of the README's security table "Identity and TLS negatives", each refused with a named reason,
 a log line and a counted refusal."""
 import asyncio
 import datetime as dt

@@ -71,7 +71,7 @@ class OursPeer:
 
 
 class H2Peer:
-    """python-hyper's h2, configured like a ztunnel peer (HBONE.md section 5)."""
+    """python-hyper's h2, configured like a ztunnel peer (docs/hbone.md, HTTP/2 settings)."""
 
     name = "h2"
 

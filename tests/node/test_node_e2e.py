@@ -258,7 +258,7 @@ def test_sigterm_and_quitquitquit_drain_a_transfer_in_flight(tmp_path):
 
 def test_service_with_a_waypoint_is_sent_to_it_with_the_vip_as_authority(mesh):
     """A service that names a waypoint: node-a tunnels to the waypoint (expecting its
-    identity), and the CONNECT authority is the original VIP:port (HBONE.md 2). The
+    identity), and the CONNECT authority is the original VIP:port (docs/hbone.md, The CONNECT request). The
     waypoint here is an HBONE server of the test's own, holding the waypoint's
     certificate from the mesh's CA, that records what it was asked and relays to web."""
     from meshcore.aio import HboneServer

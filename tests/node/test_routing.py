@@ -1,4 +1,4 @@
-"""The outbound routing decision, row by row (HBONE.md 2 and 7, ztunnel's outbound)."""
+"""The outbound routing decision, row by row (docs/hbone.md, The CONNECT request and 7, ztunnel's outbound)."""
 import ipaddress
 
 import pytest

@@ -1,4 +1,4 @@
-"""A deliberately simple authorization evaluator, written from POLICY.md alone, to
+"""A deliberately simple authorization evaluator, written from docs/policy.md alone, to
 check the compiled engine against. Slow and obvious on purpose."""
 import ipaddress
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""POLICY.md rule by rule, written as users write policies (YAML), plus ztunnel's
+"""docs/policy.md rule by rule, written as users write policies (YAML), plus ztunnel's
 compiled form for the edge cases only it can express."""
 import pytest
 import yaml
@@ -162,7 +162,7 @@ def test_l7_fields():
     assert not allowed(e, **dict(ok, headers=None))
 
 
-# ztunnel's compiled form: the edge cases of POLICY.md's last section
+# ztunnel's compiled form: the edge cases of docs/policy.md, "ztunnel's compiled form"
 def zt(rules, action="Allow"):
     return PolicyEngine([ztunnel_policy({"name": "z", "namespace": "shop", "scope": "Namespace",
                                          "action": action, "rules": rules}, "policies[0]")])

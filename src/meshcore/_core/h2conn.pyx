@@ -48,7 +48,7 @@ cdef enum:
     PREFACE_LEN = 24
     RECENTLY_RESET_KEPT = 1024
 
-# HBONE.md section 5: ztunnel's settings
+# docs/hbone.md, HTTP/2 settings: ztunnel's settings
 DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024
 DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
 DEFAULT_MAX_FRAME = 1024 * 1024
@@ -166,7 +166,7 @@ cdef class H2Connection:
         self._out = []
         self._out_bytes = 0
         # the connection preface: client magic, then SETTINGS, then the larger
-        # connection window (HBONE.md 5: WINDOW_UPDATE on stream 0 after the preface)
+        # connection window (docs/hbone.md, HTTP/2 settings: WINDOW_UPDATE on stream 0 after the preface)
         settings = [
             (SETTING_HEADER_TABLE_SIZE, header_table_size),
             (SETTING_ENABLE_PUSH, 0),
@@ -350,7 +350,7 @@ cdef class H2Connection:
         self.send_response(stream_id, 200, headers)
 
     def refuse_tunnel(self, uint32_t stream_id, int status, headers=()):
-        """Server: a final non-200 status with END_STREAM (HBONE.md 3: 400, 401, 503)."""
+        """Server: a final non-200 status with END_STREAM (docs/hbone.md, Responses: 400, 401, 503)."""
         if status == 200:
             raise UsageError("refuse_tunnel with 200; use accept_tunnel")
         self.send_response(stream_id, status, headers, True)

@@ -1,4 +1,4 @@
-# Compiled authorization tables (POLICY.md): matchers, per-workload rule indexes,
+# Compiled authorization tables (docs/policy.md): matchers, per-workload rule indexes,
 # and evaluate(request facts) -> Decision.
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 

@@ -1,4 +1,4 @@
-"""Compiled authorization (POLICY.md).
+"""Compiled authorization (docs/policy.md).
 
     engine = PolicyEngine(policies, layer="l4")          # or "l7" for a waypoint
     table = engine.for_workload(Workload.of("shop", {"app": "checkout"}))
@@ -474,7 +474,7 @@ cdef CMatch _l4_part(CMatch m):
 
 
 cdef object _fail_closed(tuple clauses, bint deny):
-    """POLICY.md "L7 fields at a layer that cannot see L7": an ALLOW (or AUDIT) rule that
+    """docs/policy.md, "At L4 (the node proxy) and at L7 (a waypoint)": an ALLOW (or AUDIT) rule that
     needs L7 attributes is dropped (returns None: it can never allow). In a DENY rule the
     L7 part of every match is assumed to hold: a match keeps its L4 fields, and a match
     with only L7 fields makes its whole clause hold (the clause is dropped)."""

@@ -1,4 +1,4 @@
-# Sans-IO HBONE connection pool bookkeeping (HBONE.md section 6): which connection a
+# Sans-IO HBONE connection pool bookkeeping (docs/hbone.md, Connection pool): which connection a
 # new stream goes on, when to dial, when a connection leaves the pool. No I/O, no clock.
 
 cdef class PoolEntry:

@@ -335,7 +335,7 @@ cdef class StreamTransport:
 
     def _on_reset(self, uint32_t error_code, bint remote):
         """RST_STREAM NO_ERROR/CANCEL from the peer reads as end of stream
-        (HBONE.md 4); any other reset, or one of ours for a peer error, is a failure."""
+        (docs/hbone.md, A tunnel's life); any other reset, or one of ours for a peer error, is a failure."""
         if self._lost:
             return
         self._pending.clear()
