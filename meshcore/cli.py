@@ -1,7 +1,11 @@
-"""The `meshcore` command."""
+"""meshcore: a service-mesh data plane (HBONE tunnels over mutual TLS, Istio
+authorization). `meshcore demo` runs a local mesh; `meshcore node` is the per-node
+proxy; `meshcore ca` manages the built-in CA; `meshcore policy` checks and explains
+authorization policies."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from meshcore.errors import MeshcoreError
@@ -13,7 +17,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="meshcore", description=__doc__)
+    parser = argparse.ArgumentParser(prog="meshcore", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run a local mesh (CA, two node proxies, workloads) and show what it does",
@@ -38,12 +43,23 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except MeshcoreError as exc:
-        print(f"meshcore {args.command}: error: {exc}", file=sys.stderr)
+        # the same prefix argparse uses for its own errors: `meshcore <command>: error: ...`
+        command = " ".join(filter(None, (args.command, getattr(args, "ca_command", None),
+                                         getattr(args, "policy_command", None))))
+        print(f"meshcore {command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # the reader went away (`meshcore policy check ... | head`): nothing more to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

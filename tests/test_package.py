@@ -34,3 +34,20 @@ def test_missing_compiled_core_is_a_loud_import_error(tmp_path, missing):
     assert proc.returncode != 0
     assert "ImportError" in proc.stderr
     assert "compiled core is not built" in proc.stderr and "pip install ." in proc.stderr
+
+
+def test_a_source_tree_shadowing_the_installed_build_is_named(tmp_path):
+    """Started inside a checkout whose meshcore/ has no compiled core, while a built copy
+    is installed: the error says which copy was imported, which was shadowed, and how
+    to work in a checkout."""
+    src = Path(meshcore.__file__).parent
+    checkout, site = tmp_path / "checkout", tmp_path / "site"
+    shutil.copytree(src, checkout / "meshcore", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    (checkout / "setup.py").write_text("")
+    shutil.copytree(src, site / "meshcore", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run([sys.executable, "-c", "import meshcore"], cwd=checkout, capture_output=True,
+                          text=True, env={"PYTHONPATH": str(site)})
+    assert proc.returncode != 0
+    assert f"imported from the source tree at {checkout / 'meshcore'}" in proc.stderr
+    assert f"instead of the installed build at {site / 'meshcore'}" in proc.stderr
+    assert "pip install -e ." in proc.stderr

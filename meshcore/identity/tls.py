@@ -168,8 +168,11 @@ def handshake_error(exc: BaseException, peer=None) -> IdentityError:
             if text in message:
                 return _refuse(f"peer certificate refused: {message}", reason, peer)
         return _refuse(f"peer certificate refused: {message}", "untrusted_chain", peer)
-    text = f"{getattr(exc, 'reason', '') or ''} {exc}"
+    # a timeout or a bare connection error has no text of its own: say what it was
+    detail = str(exc) or ("no handshake within the timeout" if isinstance(exc, TimeoutError)
+                          else type(exc).__name__)
+    text = f"{getattr(exc, 'reason', '') or ''} {detail}"
     for marker, reason in _SSL_REASONS:
         if marker in text.upper().replace(" ", "_"):
-            return _refuse(f"TLS handshake failed: {exc}", reason, peer)
-    return _refuse(f"TLS handshake failed: {exc}", "handshake", peer)
+            return _refuse(f"TLS handshake failed: {detail}", reason, peer)
+    return _refuse(f"TLS handshake failed: {detail}", "handshake", peer)

@@ -2,6 +2,8 @@
 import os
 import stat
 
+import pytest
+
 from meshcore.cli import main
 from meshcore.identity import CertificateAuthority, FileCredentials, SpiffeId
 
@@ -36,3 +38,28 @@ def test_errors_are_clear_and_nonzero(tmp_path, capsys):
     (tmp_path / "junk.pem").write_text("hello")
     assert main(["ca", "show", str(tmp_path / "junk.pem")]) == 2
     assert "not a PEM certificate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (TimeoutError(), "TLS handshake failed: no handshake within the timeout"),
+    (ConnectionResetError(), "TLS handshake failed: ConnectionResetError"),
+    (ConnectionResetError(104, "Connection reset by peer"), "TLS handshake failed: [Errno 104] Connection reset by peer"),
+])
+def test_handshake_failures_always_say_what_happened(exc, expected):
+    from meshcore.identity.tls import handshake_error
+    assert str(handshake_error(exc, "10.0.0.1:4000")).startswith(expected)
+
+
+@pytest.mark.parametrize("text, seconds", [("24h", 86400), ("1h30m", 5400), ("90m", 5400), ("3650d", 3650 * 86400),
+                                           ("2.5h", 9000), ("1m30s", 90), ("500ms", 0.5)])
+def test_durations_take_go_syntax(text, seconds):
+    from meshcore.identity.cli import parse_duration
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "1x", "h", "1h 30m", "0s", "-1h"])
+def test_bad_durations_are_refused(text):
+    import argparse
+    from meshcore.identity.cli import parse_duration
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_duration(text)
