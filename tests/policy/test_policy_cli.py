@@ -54,7 +54,7 @@ def test_check_refuses_a_bad_file_with_where_and_why(tmp_path):
     (tmp_path / "bad.yaml").write_text(POLICY.replace("principals:", "principal:"))
     got = meshcore_cmd(tmp_path, "policy", "check", "bad.yaml")
     assert got.returncode == 2
-    assert got.stderr.strip() == ("meshcore policy: error: bad.yaml, document 1, at "
+    assert got.stderr.strip() == ("meshcore policy check: error: bad.yaml, document 1, at "
                                   "spec.rules[0].from[0].source.principal: unknown field (allowed: ipBlocks, "
                                   "namespaces, notIpBlocks, notNamespaces, notPrincipals, notRemoteIpBlocks, "
                                   "notRequestPrincipals, notServiceAccounts, principals, remoteIpBlocks, "
