@@ -20,7 +20,7 @@ from meshcore.config.yamlfile import documents, located
 from meshcore.errors import ConfigError
 from meshcore.node.model import (GatewayAddress, LoadBalancer, Locality, MeshState, PeerAuthentication,
                                  Service, Workload)
-from meshcore.policy.istio import ROOT_NAMESPACE, authorization_policy
+from meshcore.policy.istio import ROOT_NAMESPACE, authorization_policy, workload_selector
 from meshcore.policy.ztunnel import ztunnel_policy
 
 INLINE_VARIABLES = ("MESHCORE_LOCAL_XDS", "LOCAL_XDS")
@@ -160,16 +160,18 @@ def peer_authentication(doc: dict) -> PeerAuthentication:
     meta = F.mapping(doc["metadata"], "metadata", required=("name",))
     spec = F.mapping(doc.get("spec") or {}, "spec", allowed=("selector", "mtls", "portLevelMtls"))
     mtls = F.mapping(spec.get("mtls") or {}, "spec.mtls", allowed=("mode",))
-    selector = None
-    if spec.get("selector") is not None:
-        sel = F.mapping(spec["selector"], "spec.selector", allowed=("matchLabels",))
-        selector = _labels(sel.get("matchLabels") or {}, "spec.selector.matchLabels")
+    selector = workload_selector(spec.get("selector"), "spec.selector")
+    if "portLevelMtls" in spec and not spec["portLevelMtls"]:
+        raise F.fail("spec.portLevelMtls", "port level mTLS, if given, needs at least one port")
     ports = []
     for port, level in F.mapping(spec.get("portLevelMtls") or {}, "spec.portLevelMtls").items():
         p = f"spec.portLevelMtls.{port}"
         F.mapping(level, p, allowed=("mode",))
-        ports.append((F.port(port, p), _choice(level.get("mode"), f"{p}.mode", _MTLS_MODES, "UNSET")))
-    if ports and selector is None:
+        number = F.port(port, p)
+        if number == 0:
+            raise F.fail(p, "port must be in 1-65535")
+        ports.append((number, _choice(level.get("mode"), f"{p}.mode", _MTLS_MODES, "UNSET")))
+    if ports and not selector:
         # Istio's validation: port-level settings need a workload selector
         raise F.fail("spec.portLevelMtls", "portLevelMtls requires spec.selector (Istio refuses it otherwise)")
     return PeerAuthentication(F.string(meta["name"], "metadata.name"),

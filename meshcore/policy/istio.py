@@ -83,6 +83,13 @@ def _match(obj: dict, table: dict, path: str, what: str, namespace: str) -> Matc
     match = Match(**kwargs)
     if match.is_empty():
         raise F.fail(path, f"{what} must set at least one field")
+    if (match.service_accounts or match.not_service_accounts) and (
+            match.principals or match.not_principals or match.namespaces or match.not_namespaces):
+        raise F.fail(path, "serviceAccounts cannot be set with namespaces or principals in one source "
+                           "(istiod refuses it)")
+    for port in match.destination_ports + match.not_destination_ports:
+        if port == 0:
+            raise F.fail(path, "port 0 is not a port a request can reach (1-65535)")
     return match
 
 
@@ -135,6 +142,25 @@ _GO_TRUE = ("1", "t", "T", "TRUE", "true", "True")
 _GO_FALSE = ("0", "f", "F", "FALSE", "false", "False")
 
 
+def workload_selector(obj, path: str) -> tuple[tuple[str, str], ...] | None:
+    """`selector: {matchLabels: {...}}` as istiod validates it: keys not empty, no wildcards."""
+    if obj is None:
+        return None
+    sel = F.mapping(obj, path, allowed=("matchLabels",))
+    labels = F.mapping(sel.get("matchLabels") or {}, f"{path}.matchLabels")
+    out = []
+    for k, v in labels.items():
+        key = F.string(k, f"{path}.matchLabels", empty_ok=True)
+        if not key:
+            raise F.fail(f"{path}.matchLabels", "an empty label key is not supported in a selector")
+        value = F.string(str(v), f"{path}.matchLabels.{key}", empty_ok=True)
+        if "*" in key or "*" in value:
+            raise F.fail(f"{path}.matchLabels.{key}", "wildcards are not supported in selector labels "
+                                                      "(Istio refuses them)")
+        out.append((key, value))
+    return tuple(sorted(out))
+
+
 def _go_bool(value, path: str) -> bool:
     """An annotation's boolean as istiod reads it (Go's strconv.ParseBool)."""
     if isinstance(value, bool):
@@ -169,19 +195,14 @@ def authorization_policy(doc: dict, source: str = "") -> Policy:
         action = Action(action_text)
     except ValueError:
         raise F.fail("spec.action", f"{action_text!r} is not ALLOW, DENY, AUDIT or CUSTOM") from None
-    selector = None
-    if spec.get("selector") is not None:
-        sel = F.mapping(spec["selector"], "spec.selector", allowed=("matchLabels",))
-        labels = F.mapping(sel.get("matchLabels") or {}, "spec.selector.matchLabels")
-        selector = tuple(sorted((F.string(k, "spec.selector.matchLabels"),
-                                 F.string(str(v), f"spec.selector.matchLabels.{k}", empty_ok=True))
-                                for k, v in labels.items()))
-        for k, v in selector:
-            if "*" in k or "*" in v:
-                raise F.fail(f"spec.selector.matchLabels.{k}", "wildcards are not supported in selector labels "
-                                                               "(Istio refuses them)")
-    rules = tuple(_rule(r, f"spec.rules[{i}]", namespace)
-                  for i, r in enumerate(F.sequence(spec.get("rules"), "spec.rules")))
+    if spec.get("provider") is not None:
+        raise F.fail("spec.provider", f"`provider` is for action CUSTOM only, not {action_text}")
+    selector = workload_selector(spec.get("selector"), "spec.selector")
+    raw_rules = F.sequence(spec.get("rules"), "spec.rules")
+    if action is Action.DENY and not raw_rules:
+        raise F.fail("spec.rules", "a DENY policy without rules never applies (istiod refuses it); "
+                                   "write `rules: [{}]` to deny every request")
+    rules = tuple(_rule(r, f"spec.rules[{i}]", namespace) for i, r in enumerate(raw_rules))
     if selector is not None:
         scope = Scope.WORKLOAD_SELECTOR
     elif namespace == ROOT_NAMESPACE:
