@@ -3,9 +3,13 @@ mTLS connections."""
 import asyncio
 import hashlib
 import os
+import socket
+
+import pytest
 
 from meshcore import Mesh
 from meshcore.aio import HboneServer, dial
+from meshcore.errors import IdentityError
 from meshcore.identity import CertificateStore
 
 from helpers import (CLIENT, SERVER, exchange, port_of, relay_setup, server_and_h2_client, tcp_echo_server,
@@ -148,3 +152,18 @@ def test_reset_request_cancels_its_pending_work(run, ca):
             client.ep.flush()
             await asyncio.wait_for(cancelled.wait(), 5)
     run(scenario())
+
+
+def test_a_refused_tcp_connect_is_an_oserror_not_an_identity_problem(run, ca):
+    """Nothing listens at the address: the caller gets the socket's own error
+    (ConnectionRefusedError), not IdentityError("TLS handshake failed ...")."""
+    with socket.socket() as s:                 # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def go():
+        store = CertificateStore(ca)
+        with pytest.raises(ConnectionRefusedError) as err:
+            await dial("127.0.0.1", port, store.client_context(CLIENT), [SERVER])
+        assert not isinstance(err.value, IdentityError)
+    run(go())
