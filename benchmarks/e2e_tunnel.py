@@ -189,54 +189,12 @@ async def start_go_proxies(sink_port: int, ca_dir: str) -> tuple[int, list]:
     return outbound_port, procs
 
 
-NODE_MESH = """
-workloads:
-- {{uid: client, name: client, namespace: bench, serviceAccount: client, workloadIps: ["{client}"], node: node-a}}
-- {{uid: sink, name: sink, namespace: bench, serviceAccount: server, workloadIps: ["{sink}"], node: node-b,
-   labels: {{app: sink}}}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: sink-callers, namespace: bench}}
-spec:
-  selector: {{matchLabels: {{app: sink}}}}
-  rules: [{{from: [{{source: {{principals: ["cluster.local/ns/bench/sa/client"]}}}}]}}]
-"""
-
-
 async def start_node_proxies(sink_port: int, ca_dir: str) -> tuple:
-    """Two `meshcore node` processes; the opener goes through node-a's SOCKS5 listener."""
-    import random
-    import struct
-    n = random.randint(100, 250)
-    node_a, node_b, client, sink = f"127.{n}.0.1", f"127.{n}.0.2", f"127.{n}.1.1", f"127.{n}.2.1"
-    config = Path(ca_dir) / "node-mesh.yaml"
-    config.write_text(NODE_MESH.format(client=client, sink=sink))
-    procs = []
-    for name, address in (("node-a", node_a), ("node-b", node_b)):
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "meshcore", "node", "--config", str(config), "--node-name", name,
-             "--address", address, "--ca-dir", ca_dir, "--listen", f"socks5={address}:15080",
-             "--listen", "admin=off", "--listen", "metrics=off"],
-            stdout=subprocess.DEVNULL, stderr=open(Path(ca_dir) / f"{name}.log", "wb"), preexec_fn=_pin_proxy,
-            cwd=ca_dir))
-    from meshcore.localmesh import LocalMesh
-    deadline = time.monotonic() + 30
-    for address in (node_a, node_b):
-        while LocalMesh.http_get(address, 15021, "/healthz/ready", timeout=1)[0] != 200:
-            if time.monotonic() > deadline:
-                raise RuntimeError("node proxies did not become ready: " +
-                                   (Path(ca_dir) / "node-a.log").read_text()[-500:])
-            await asyncio.sleep(0.05)
-
-    async def opener():
-        reader, writer = await asyncio.open_connection(node_a, 15080, local_addr=(client, 0))
-        writer.write(b"\x05\x01\x00\x05\x01\x00\x01" + socket.inet_aton(sink) + struct.pack("!H", sink_port))
-        reply = await reader.readexactly(2 + 10)
-        if reply[3] != 0:
-            raise ConnectionError(f"SOCKS5 reply {reply[3]}")
-        return reader, writer
-    return opener, procs
+    """Two `meshcore node` processes (node_proxy.NodePair); the opener goes through
+    node-a's SOCKS5 listener from the client workload's address."""
+    from node_proxy import NodePair
+    pair = await NodePair(ca_dir, preexec=_pin_proxy).start(ca_dir)
+    return (lambda: pair.open(sink_port)), list(pair.procs.values())
 
 
 async def start_proxies(mode: str, sink_port: int, ca_dir: str) -> tuple:

@@ -68,7 +68,7 @@ class NodePair:
         self.dir = Path(directory)
         self.node_a, self.node_b = f"127.{n}.0.1", f"127.{n}.0.2"
         self.client, self.sink = f"127.{n}.1.1", f"127.{n}.2.1"
-        self.config = self.dir / f"mesh-{n}.json"
+        self.config = self.dir / f"mesh-{n}.yaml"        # YAML, or one JSON document
         self.config.write_text(config_text or PAIR_MESH.format(client=self.client, sink=self.sink))
         self.preexec = preexec
         self.procs: dict[str, subprocess.Popen] = {}

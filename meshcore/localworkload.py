@@ -25,7 +25,8 @@ async def _http(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamW
         writer.close()
 
 
-async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Echo until EOF, then half-close."""
     try:
         while data := await reader.read(1 << 16):
             writer.write(data)
@@ -48,7 +49,7 @@ async def serve(args: argparse.Namespace) -> None:
     if args.http:
         servers.append(await asyncio.start_server(lambda r, w: _http(args.name, r, w), *_address(args.http)))
     if args.echo:
-        servers.append(await asyncio.start_server(_echo, *_address(args.echo)))
+        servers.append(await asyncio.start_server(echo, *_address(args.echo)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

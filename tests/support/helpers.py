@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 
 from meshcore.identity import SpiffeId
+from meshcore.localworkload import echo
 
 # the identities of the transport tests (here, not in conftest.py: several test folders
 # have a conftest module, and a bare `import conftest` finds whichever loaded first)
@@ -13,17 +14,6 @@ SERVER = SpiffeId("cluster.local", "shop", "db")
 
 async def tcp_echo_server():
     """Echoes; half-closes when the client does."""
-    async def echo(reader, writer):
-        try:
-            while data := await reader.read(1 << 16):
-                writer.write(data)
-                await writer.drain()
-            writer.write_eof()
-            await writer.drain()
-        except ConnectionError:
-            pass
-        finally:
-            writer.close()
     return await asyncio.start_server(echo, "127.0.0.1", 0)
 
 
