@@ -99,6 +99,17 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------------ events
 
+    def _stream_failed(self, stream_id: int, exc: BaseException) -> None:
+        """A stream's protocol raised while handling its event: that stream is reset
+        (INTERNAL_ERROR) and the connection carries on. An error outside any stream is
+        the connection's own and propagates."""
+        stream = self.streams.get(stream_id) if stream_id else None
+        if stream is None:
+            raise exc
+        log.error("tunnel %s on %s failed and was reset: %r", stream_id,
+                  self._extra().get("peername"), exc, exc_info=exc)
+        stream.abort(ErrorCode.INTERNAL_ERROR)
+
     def _dispatch(self, e) -> None:
         kind = type(e)
         if kind is ev.WindowOpened:
@@ -143,6 +154,12 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             if self.h2.stream_state(e.stream_id) not in ("closed", "half-closed (local)"):
                 self.h2.reset_stream(e.stream_id, ErrorCode.CANCEL)
             fut.set_exception(TunnelError(f"tunnel refused with status {e.status}", e.status))
+            self._stream_done(e.stream_id)
+            return
+        if fut.done():
+            # the opener gave up (its client left) while the tunnel was being answered
+            self.streams.pop(e.stream_id, None)
+            self.h2.reset_stream(e.stream_id, ErrorCode.CANCEL)
             self._stream_done(e.stream_id)
             return
         protocol = protocol_factory()

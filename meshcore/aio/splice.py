@@ -20,7 +20,7 @@ import struct
 from collections.abc import Callable
 
 from meshcore.aio.datapath import SpliceSide, StreamTransport
-from meshcore.errors import ErrorCode
+from meshcore.errors import ErrorCode, StreamClosedError
 
 
 def abort_with_rst(transport: asyncio.BaseTransport) -> None:
@@ -32,6 +32,13 @@ def abort_with_rst(transport: asyncio.BaseTransport) -> None:
         except OSError:
             pass
     transport.abort()
+
+
+def _abort(transport) -> None:
+    if isinstance(transport, StreamTransport):
+        transport.abort(ErrorCode.CONNECT_ERROR)
+    else:
+        abort_with_rst(transport)
 
 
 class _Side(SpliceSide, asyncio.BufferedProtocol):
@@ -68,7 +75,12 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
             return True
         self.eof = True
         if not self.peer.lost and self.peer.transport.can_write_eof():
-            self.peer.transport.write_eof()
+            try:
+                self.peer.transport.write_eof()
+            except (OSError, StreamClosedError):
+                # the far side is already gone (reset under us): this direction cannot
+                # complete, so the far side ends as a failure, not a clean close
+                _abort(self.peer.transport)
         self.splice._maybe_done()
         return True                 # keep the other direction open
 

@@ -43,6 +43,39 @@ def test_resets_of_old_streams_are_not_rapid():
     assert raw.goaway() is None
 
 
+def test_resets_of_answered_tunnels_are_a_clients_ordinary_end():
+    """A pooled connection carries many clients: tunnels that were answered (200) and
+    then reset by the client are not Rapid Reset, however many and however quick."""
+    now = [0.0]
+    raw = RawClient(clock=lambda: now[0])
+    for i in range(100):
+        sid = 1 + 2 * i
+        raw.open(sid)
+        raw.server.accept_tunnel(sid)
+        raw.send(frame(3, 0, sid, u32(8)))
+    assert raw.goaway() is None
+
+
+def test_rapid_reset_counts_per_window_not_over_the_connections_life():
+    """20 unanswered resets a second, second after second, on a long-lived connection:
+    each window starts afresh; 21 within one window is the attack."""
+    now = [0.0]
+    raw = RawClient(clock=lambda: now[0])
+    sid = 1
+    for second in range(5):
+        now[0] = float(second)
+        for _ in range(20):
+            raw.open(sid)
+            raw.send(frame(3, 0, sid, u32(8)))
+            sid += 2
+    assert raw.goaway() is None
+    for _ in range(21):
+        raw.open(sid)
+        raw.send(frame(3, 0, sid, u32(8)))
+        sid += 2
+    assert raw.goaway().error_code == E.ENHANCE_YOUR_CALM
+
+
 def test_made_you_reset_counts_our_own_stream_errors():
     """CVE-2025-8671: malformed frames that make us reset streams count too."""
     raw = RawClient(max_local_resets=1024)

@@ -48,6 +48,7 @@ cdef class Stream:
     cdef int64_t recv_unacked              # consumed, not yet returned by WINDOW_UPDATE
     cdef double opened_at
     cdef bint headers_received             # request (server) / final response (client) seen
+    cdef bint answered                     # server: our response headers went out
 
 
 cdef class H2Connection:
@@ -84,7 +85,8 @@ cdef class H2Connection:
     cdef uint32_t _goaway_last_id_sent
     cdef bint _terminated                  # a connection error ended this connection
     # hardening counters
-    cdef uint32_t _rapid_resets
+    cdef uint32_t _rapid_resets            # within the window that began at _rapid_window_start
+    cdef double _rapid_window_start
     cdef uint32_t _local_resets
     cdef uint32_t _empty_frames
     cdef uint32_t _pending_control

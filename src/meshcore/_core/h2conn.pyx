@@ -342,6 +342,7 @@ cdef class H2Connection:
         fields.extend(outgoing_fields(headers))
         self._transition(stream, SEND_HEADERS)
         self._send_headers(stream_id, fields, end_stream)
+        stream.answered = True
         if end_stream:
             self._transition(stream, SEND_END_STREAM)
 
@@ -1114,13 +1115,22 @@ cdef class H2Connection:
         (<StreamReset>ev).remote = True
         (<StreamReset>ev).reason = f"peer reset stream {sid} with {error_code_name(code)}"
         self._events.append(ev)
-        # Rapid Reset (CVE-2023-44487): streams the peer opens and cancels at once
-        if not stream.local and self._clock() - stream.opened_at < self.rapid_reset_age:
-            self._rapid_resets += 1
-            if self._rapid_resets > self.max_rapid_resets:
-                raise ProtocolError(
-                    f"more than {self.max_rapid_resets} streams reset by the peer within "
-                    f"{self.rapid_reset_age:g} s of opening", ENHANCE_YOUR_CALM)
+        # Rapid Reset (CVE-2023-44487): requests the peer opens and cancels before they are
+        # answered, at a rate. Counted per window of rapid_reset_age: over a long-lived
+        # pooled connection, clients that hang up early now and then are not an attack,
+        # and a tunnel already answered cost its work and is a client's ordinary end.
+        cdef double now
+        if not stream.local and not stream.answered:
+            now = self._clock()
+            if now - stream.opened_at < self.rapid_reset_age:
+                if now - self._rapid_window_start >= self.rapid_reset_age:
+                    self._rapid_window_start = now
+                    self._rapid_resets = 0
+                self._rapid_resets += 1
+                if self._rapid_resets > self.max_rapid_resets:
+                    raise ProtocolError(
+                        f"more than {self.max_rapid_resets} requests reset by the peer before their "
+                        f"answer within {self.rapid_reset_age:g} s", ENHANCE_YOUR_CALM)
         return 0
 
     cdef int _on_goaway(self, const unsigned char* p) except -1:

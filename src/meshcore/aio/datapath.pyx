@@ -86,15 +86,20 @@ cdef class ConnectionBase:
         self._batching = True
         try:
             for event in self.h2.receive_data(data):
-                if type(event) is DataReceived:
-                    d = <DataReceived>event
-                    stream = self.streams.get(d.stream_id)
-                    if stream is not None:
-                        (<StreamTransport>stream)._on_data(d.data)
+                # one tunnel's failure (its protocol raised) ends that tunnel, never the
+                # connection and every other tunnel on it
+                try:
+                    if type(event) is DataReceived:
+                        d = <DataReceived>event
+                        stream = self.streams.get(d.stream_id)
+                        if stream is not None:
+                            (<StreamTransport>stream)._on_data(d.data)
+                        else:
+                            self.h2.acknowledge_received_data(d.stream_id, len(d.data))
                     else:
-                        self.h2.acknowledge_received_data(d.stream_id, len(d.data))
-                else:
-                    self._dispatch(event)
+                        self._dispatch(event)
+                except Exception as exc:
+                    self._stream_failed(getattr(event, "stream_id", 0), exc)
         finally:
             self._batching = False
         self._write_output()
