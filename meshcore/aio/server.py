@@ -22,6 +22,7 @@ log = logging.getLogger("meshcore.hbone")
 
 HANDSHAKE_TIMEOUT = 10.0
 MAX_PENDING_HANDSHAKES = 1024   # per listener; more connections wait in the kernel's backlog
+MAX_PENDING_PER_SOURCE = 128    # per client address; more are closed at once
 CONNECT_TIMEOUT = 10.0      # docs/hbone.md, Responses: upstream connect timeout
 
 
@@ -135,6 +136,7 @@ class HboneServer:
                  handler: Handler = relay_to_authority, authorize: Callable | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
+                 max_pending_per_source: int = MAX_PENDING_PER_SOURCE,
                  destination_of: Callable[[socket.socket], tuple] | None = None, **connection_options):
         self._context_for = context if callable(context) else (lambda destination: context)
         # where the client meant to connect: the local address, or for a transparent
@@ -147,12 +149,14 @@ class HboneServer:
         # many, no more sockets are accepted until one finishes (the kernel queues them).
         self.max_pending_handshakes = max_pending_handshakes
         self._handshake_slots = asyncio.Semaphore(max_pending_handshakes)
+        self.max_pending_per_source = max_pending_per_source
+        self._pending_by_source: dict[str, int] = {}
         self.connection_options = connection_options
         self.connections: set[HboneConnection] = set()
         self._tasks: set[asyncio.Task] = set()
         self._listener: socket.socket | None = None
         self._accepting: asyncio.Task | None = None
-        self.stats = {"accepted": 0, "refused": 0, "denied": 0, "handshake_failed": 0}
+        self.stats = {"accepted": 0, "refused": 0, "denied": 0, "handshake_failed": 0, "refused_per_source": 0}
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, *, backlog: int = 4096) -> "HboneServer":
         """Listen. Sockets are accepted here (at most `max_pending_handshakes` in their
@@ -191,7 +195,7 @@ class HboneServer:
         while True:
             await self._handshake_slots.acquire()
             try:
-                sock, _ = await loop.sock_accept(listener)
+                sock, peer = await loop.sock_accept(listener)
             except OSError as exc:          # EMFILE and friends: do not spin
                 self._handshake_slots.release()
                 log.warning("accept failed: %s", exc)
@@ -200,8 +204,26 @@ class HboneServer:
             except BaseException:
                 self._handshake_slots.release()
                 raise
+            source = peer[0]
+            if self._pending_by_source.get(source, 0) >= self.max_pending_per_source:
+                # one address may not hold every handshake slot (a stalled-handshake
+                # flood from one client would delay everyone else until the timeout)
+                self._handshake_slots.release()
+                self.stats["refused_per_source"] += 1
+                if self.stats["refused_per_source"] % 1000 == 1:
+                    log.warning("%s has %d TLS handshakes pending: further connections from it are closed",
+                                source, self.max_pending_per_source)
+                sock.close()
+                continue
+            self._pending_by_source[source] = self._pending_by_source.get(source, 0) + 1
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._handshake(sock)).add_done_callback(lambda _: self._handshake_slots.release())
+            self._spawn(self._handshake(sock)).add_done_callback(lambda _, s=source: self._handshake_done(s))
+
+    def _handshake_done(self, source: str) -> None:
+        self._handshake_slots.release()
+        left = self._pending_by_source.pop(source) - 1
+        if left:
+            self._pending_by_source[source] = left
 
     async def __aenter__(self):
         return self

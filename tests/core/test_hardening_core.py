@@ -1,4 +1,4 @@
-"""the attacks of the README's security table that the sans-IO core decides, driven with raw bytes.
+"""The attacks of the README's security table that the sans-IO core decides, driven with raw bytes.
 
 Each attack gets its stated answer, and a well-behaved stream on the same
 connection keeps its bytes intact up to the point the connection is cut."""

@@ -1,4 +1,4 @@
-"""the README's security table: settings / ping / reset floods (CVE-2019-9512/9514/9515) against the
+"""A row of the README's security table: settings / ping / reset floods (CVE-2019-9512/9514/9515) against the
 real listener, from a peer that never reads what we answer."""
 import asyncio
 import hashlib

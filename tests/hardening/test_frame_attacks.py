@@ -1,4 +1,4 @@
-"""the attacks of the README's security table driven as raw frames at the real listener, over real mTLS.
+"""The attacks of the README's security table driven as raw frames at the real listener, over real mTLS.
 
 Each row asserts the stated answer (the GOAWAY or RST_STREAM code RFC 9113 or the
 CVE's mitigation prescribes), bounded file descriptors, and that an honest tunnel

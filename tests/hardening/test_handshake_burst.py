@@ -1,4 +1,4 @@
-"""the README's security table: half-open TLS / stalled handshakes. A burst of connections that never
+"""A row of the README's security table: half-open TLS / stalled handshakes. A burst of connections that never
 start TLS is bounded while it lasts (a cap on concurrent handshakes per listener; the
 rest wait in the kernel's backlog) and its memory is given back once it is over. The
 server runs in its own process so its RSS is its own."""
@@ -14,7 +14,8 @@ from meshcore.identity import CertificateAuthority, CertificateStore, SpiffeId
 async def main():
     store = CertificateStore(CertificateAuthority.create("cluster.local"))
     server = HboneServer(store.server_context(SpiffeId("cluster.local", "ns", "db")), "cluster.local",
-                         handshake_timeout=1.0, max_pending_handshakes=256)
+                         handshake_timeout=1.0, max_pending_handshakes=256,
+                         max_pending_per_source=1 << 20)    # the listener-wide cap is under test here
     await server.start()
     print(server.address[1], flush=True)
     await asyncio.Event().wait()
@@ -63,3 +64,41 @@ def test_stalled_handshake_burst_is_bounded_and_its_memory_comes_back(tmp_path):
             s.close()
         server.kill()
         server.wait()
+
+
+def test_one_address_cannot_hold_every_handshake_slot():
+    """Stalled connections from one client address are capped per address, so another
+    client's handshake goes through at once instead of after the handshake timeout."""
+    import asyncio
+
+    from meshcore import Mesh
+    from meshcore.aio import HboneServer
+    from meshcore.aio.pool import PoolKey
+    from meshcore.identity import CertificateAuthority, CertificateStore, SpiffeId
+
+    async def go():
+        store = CertificateStore(CertificateAuthority.create("cluster.local"))
+        db, web = SpiffeId("cluster.local", "ns", "db"), SpiffeId("cluster.local", "ns", "web")
+        server = HboneServer(store.server_context(db), "cluster.local", handshake_timeout=10.0,
+                             max_pending_handshakes=32, max_pending_per_source=8)
+        await server.start("127.0.0.1", 0)
+        stalled = []
+        for _ in range(100):                       # never start TLS, from 127.0.0.2
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.setblocking(False)
+            s.connect_ex(server.address)
+            stalled.append(s)
+        await asyncio.sleep(0.5)
+        try:
+            started = time.monotonic()
+            async with Mesh(web, store) as mesh:   # from 127.0.0.1
+                conn = await asyncio.wait_for(mesh.pool._connect(PoolKey(web, (db,), server.address)), 5)
+                conn.transport.abort()
+            assert time.monotonic() - started < 3
+            assert server.stats["refused_per_source"] >= 100 - 8 - 5
+        finally:
+            for s in stalled:
+                s.close()
+            await server.close()
+    asyncio.run(go())

@@ -1,6 +1,7 @@
 """Real TLS handshakes on loopback: success with identities on both sides, and every
-case of the README's security table "Identity and TLS negatives", each refused with a named reason,
-a log line and a counted refusal."""
+identity and TLS negative (unknown CA, expired, wrong trust domain, no client
+certificate, TLS 1.2, no ALPN h2, ...), each refused with a named reason, a log line
+and a counted refusal."""
 import asyncio
 import datetime as dt
 import logging
