@@ -130,7 +130,7 @@ try it yourself (the mesh stays up with `meshcore demo --keep`):
   meshcore policy explain --from cluster.local/ns/jobs/sa/batch --to shop/web {mesh.config_path} {mesh.policy_path}
   curl -X POST "http://{a}:15000/logging?level=debug"
   edit {mesh.policy_path} and watch the nodes reload it (a broken edit is refused, the old policy stays)
-  logs: {mesh.dir}/node-a.log, node-b.log"""
+  the nodes' logs: node-a.log and node-b.log in {mesh.dir} (`meshcore demo --dir DIR` keeps them)"""
 
 
 def run_demo(directory: str, keep: bool = False, out=print) -> bool:
