@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import resource
 import socket
@@ -52,12 +51,8 @@ def rss_kib(pid: int) -> int:
 
 
 def ready(address: str) -> bool:
-    try:
-        with socket.create_connection((address, 15021), timeout=1) as s:
-            s.sendall(b"GET /healthz/ready HTTP/1.1\r\nHost: x\r\n\r\n")
-            return s.recv(64).startswith(b"HTTP/1.1 200")
-    except OSError:
-        return False
+    from meshcore.localmesh import LocalMesh
+    return LocalMesh.http_get(address, 15021, "/healthz/ready", timeout=1)[0] == 200
 
 
 class NodePair:
@@ -273,7 +268,7 @@ def main() -> int:
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
     c = results["config"]
-    print(f"| measure | value |\n|---|---|")
+    print("| measure | value |\n|---|---|")
     for kind in ("json", "yaml"):
         r = c[kind]
         print(f"| {args.config_size:,} workloads + services + policies, {kind.upper()} ({r['bytes'] / 1e6:.1f} MB): "

@@ -64,7 +64,7 @@ async def _echo_via_socks(mesh: LocalMesh, size: int) -> tuple[bool, float]:
 
 async def exercise(mesh: LocalMesh, out=print) -> bool:
     ok = True
-    out(f"allowed   client -> web.shop.svc.cluster.local:80 (node-a SOCKS5 -> HBONE mTLS -> node-b -> web)")
+    out("allowed   client -> web.shop.svc.cluster.local:80 (node-a SOCKS5 -> HBONE mTLS -> node-b -> web)")
     out(f"          {await _http_via_socks(mesh, mesh.client, 'web.shop.svc.cluster.local', 80)}")
     same, seconds = await _echo_via_socks(mesh, 8 << 20)
     ok = ok and same
@@ -144,7 +144,7 @@ def run_demo(directory: str, keep: bool = False, out=print) -> bool:
     out(f"node-b    meshcore node on {mesh.node['node-b']} (pid {mesh.processes['node-b'].pid}): "
         f"web {mesh.web} (HTTP :8080, echo :9000)")
     out(f"service   web.shop.svc.cluster.local VIP {mesh.vip} (80 -> 8080, 9000 -> 9000)")
-    out(f"policy    shop/web-callers ALLOW from cluster.local/ns/shop/sa/client; shop/deny-jobs DENY from "
+    out("policy    shop/web-callers ALLOW from cluster.local/ns/shop/sa/client; shop/deny-jobs DENY from "
         f"namespace jobs\n")
     try:
         ok = asyncio.run(exercise(mesh, out))

@@ -11,6 +11,7 @@ and reason.
 """
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 from collections.abc import Iterable
@@ -242,6 +243,7 @@ def load(paths: Iterable[str] = (), *, inline: str | None = None,
     """Every file (and the inline text) into one MeshState, or ConfigError."""
     collected = _Collected()
     sources = []
+    digest = hashlib.sha256()
     for path in paths:
         try:
             with open(path, encoding="utf-8") as f:
@@ -252,12 +254,15 @@ def load(paths: Iterable[str] = (), *, inline: str | None = None,
             raise ConfigError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=str(path)) from None
         collected.add(text, str(path))
         sources.append(str(path))
+        digest.update(text.encode())
     if inline:
         collected.add(inline, "$" + next((v for v in INLINE_VARIABLES if os.environ.get(v) == inline),
                                          INLINE_VARIABLES[0]))
         sources.append("<inline>")
+        digest.update(inline.encode())
     state = collected.state(root_namespace)
     state.sources = tuple(sources)
+    state.version = digest.hexdigest()[:16]          # what was read, hashed (not the parsed objects)
     return state
 
 

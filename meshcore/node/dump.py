@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import fields
 
+from cryptography.hazmat.primitives.serialization import Encoding
+
 from meshcore.node.model import GatewayAddress, MeshState, Service, Workload
 from meshcore.policy.model import Match, Policy, StringMatch
 
@@ -88,19 +90,14 @@ def certificates(store, identities) -> list[dict]:
         except Exception as exc:                  # noqa: BLE001  (shown, not hidden)
             out.append({"identity": identity.uri, "state": f"Unavailable: {exc}", "certChain": [], "rootCerts": []})
             continue
-        chain = [{"pem": c.public_bytes(_pem()).decode(), "serialNumber": format(c.serial_number, "x"),
-                  "validFrom": _time(c.not_valid_before_utc), "expirationTime": _time(c.not_valid_after_utc)}
-                 for c in creds.chain]
-        roots = [{"pem": r.public_bytes(_pem()).decode(), "serialNumber": format(r.serial_number, "x"),
-                  "validFrom": _time(r.not_valid_before_utc), "expirationTime": _time(r.not_valid_after_utc)}
-                 for r in store.bundle]
-        out.append({"identity": identity.uri, "state": "Available", "certChain": chain, "rootCerts": roots})
+        out.append({"identity": identity.uri, "state": "Available", "certChain": [_cert(c) for c in creds.chain],
+                    "rootCerts": [_cert(r) for r in store.bundle]})
     return out
 
 
-def _pem():
-    from cryptography.hazmat.primitives.serialization import Encoding
-    return Encoding.PEM
+def _cert(c) -> dict:
+    return {"pem": c.public_bytes(Encoding.PEM).decode(), "serialNumber": format(c.serial_number, "x"),
+            "validFrom": _time(c.not_valid_before_utc), "expirationTime": _time(c.not_valid_after_utc)}
 
 
 def config_dump(proxy) -> dict:

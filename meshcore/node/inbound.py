@@ -45,8 +45,9 @@ class Inbound:
             return {(host, port)}
         return {(str(ip), port) for w in state.local_workloads(self.proxy.node_name) if w.meshed for ip in w.ips}
 
-    async def sync(self, state) -> None:
-        """One HBONE listener per wanted address: new workloads get one, removed ones lose it."""
+    async def sync(self, state) -> set:
+        """One HBONE listener per wanted address: new workloads get one, removed ones lose
+        it. Returns the wanted addresses it could not listen on."""
         wanted = self.wanted_addresses(state)
         for address in set(self.servers) - wanted:
             await self.servers.pop(address).close(self.proxy.drain_deadline)
@@ -59,6 +60,7 @@ class Inbound:
                 log.error("cannot listen for HBONE on %s:%s: %s", address[0], address[1], exc.strerror)
                 continue
             self.servers[address] = server
+        return wanted - set(self.servers)
 
     async def start_plaintext(self, address) -> None:
         self.plaintext = await OutboundListener(self.dial_plaintext, self.proxy.finished).start(*address)

@@ -139,6 +139,7 @@ class MeshState:
     policies: tuple = ()                          # meshcore.policy.model.Policy
     peer_authentications: tuple[PeerAuthentication, ...] = ()
     sources: tuple[str, ...] = ()
+    version: str = ""                                  # set by whoever built it from its input
     root_namespace: str = "istio-system"
     by_uid: dict = field(default_factory=dict)
     by_address: dict = field(default_factory=dict)     # NetworkAddress -> Workload

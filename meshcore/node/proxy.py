@@ -129,10 +129,15 @@ class NodeProxy:
         return ca
 
     def _issue_local(self) -> None:
+        """Rotate what is due (and pick up certificate files written meanwhile), then
+        make sure every local workload has a certificate; readiness says if one has not."""
         try:
-            self.certs.rotate_due()            # picks up certificate files written meanwhile
+            rotated = self.certs.rotate_due()
         except IdentityError as exc:
-            log.error("certificates: %s", exc)
+            log.error("certificates: %s (the previous ones stay in use)", exc)
+        else:
+            if rotated:
+                log.info("rotated certificates of %s", ", ".join(map(str, rotated)))
         failed = []
         for w in self.config.state.local_workloads(self.node_name):
             if w.meshed:
@@ -187,10 +192,7 @@ class NodeProxy:
                 own.add(ip)
         own.update(ip for w in self.config.state.local_workloads(self.node_name) for ip in w.ips)
         self.own_addresses = frozenset(own)
-        await self.inbound.sync(self.config.state)
-        wanted = self.inbound.wanted_addresses(self.config.state)
-        missing = wanted - set(self.inbound.servers)
-        if missing:
+        if await self.inbound.sync(self.config.state):
             self.pending.add("listeners")
         else:
             self.pending.discard("listeners")
@@ -208,22 +210,15 @@ class NodeProxy:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.options.reload_interval)
-            if self._files_fingerprint() != self._fingerprint:
-                self._fingerprint = self._files_fingerprint()
+            now = self._files_fingerprint()
+            if now != self._fingerprint:
+                self._fingerprint = now        # a refused file is not retried until it changes again
                 await self.reload("files changed")
 
     async def _rotate(self) -> None:
         while True:
             await asyncio.sleep(30)
-            try:
-                rotated = self.certs.rotate_due()
-            except IdentityError as exc:
-                log.error("certificates: %s (the previous ones stay in use)", exc)
-                continue
-            if rotated:
-                log.info("rotated certificates of %s", ", ".join(map(str, rotated)))
-            if "certificates" in self.pending:
-                self._issue_local()
+            self._issue_local()
 
     # -- life -----------------------------------------------------------------------------
     async def start(self) -> "NodeProxy":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import gc
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -58,8 +57,7 @@ class ConfigStore:
         old, self.state, self.engine = self.state, state, engine
         self.generation += 1
         self.loaded_at = time.time()
-        self.version = hashlib.sha256(repr((state.workloads, state.services, state.policies,
-                                            state.peer_authentications)).encode()).hexdigest()[:16]
+        self.version = state.version or f"generation-{self.generation}"
         # A large configuration is long-lived: keeping it out of the cyclic GC's
         # generations spares every full collection from rescanning it.
         trimmer.trim_now()            # the parsed text and the old configuration

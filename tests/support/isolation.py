@@ -15,12 +15,11 @@ import asyncio
 import contextlib
 import hashlib
 import random
-import socket
 import struct
 from dataclasses import dataclass
 
 from meshcore import Mesh
-from meshcore.aio import HboneServer, OutboundListener
+from meshcore.aio import HboneServer, OutboundListener, abort_with_rst
 from meshcore.identity import CertificateStore
 
 from helpers import CLIENT, SERVER
@@ -37,18 +36,11 @@ class Tunnel:
     seed: int
 
 
-def _rst(writer: asyncio.StreamWriter) -> None:
-    sock = writer.get_extra_info("socket")
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    writer.transport.abort()
-
-
 def _end_early(mode: bytes, writer: asyncio.StreamWriter) -> None:
     if mode == b"F":
         writer.close()
     else:
-        _rst(writer)
+        abort_with_rst(writer.transport)
 
 
 async def _upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -137,12 +129,12 @@ async def run_tunnel(address, t: Tunnel) -> bool | None:
             writer.transport.set_write_buffer_limits(high=64 << 20)
             writer.write(rnd.randbytes(6 << 20))      # the echo cannot come back: nobody reads it
             await asyncio.sleep(rnd.uniform(0.05, 0.3))
-            _rst(writer)
+            abort_with_rst(writer.transport)
             return None
         await send(cut)
         await asyncio.sleep(rnd.uniform(0, 0.05))
         if t.ending == CLIENT_RST:
-            _rst(writer)
+            abort_with_rst(writer.transport)
         else:                                          # leaves: close without a half-close first
             writer.close()
         return None
