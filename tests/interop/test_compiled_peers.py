@@ -1,9 +1,10 @@
-"""meshcore against an independent HBONE peer in a compiled language (Go's net/http
-HTTP/2 and crypto/tls, built by the tests), in both roles, and meshcore against
-itself, under concurrent load, half-close, upstream resets and iperf3.
+"""meshcore against independent HBONE peers in compiled languages (Go's net/http HTTP/2
+with crypto/tls, and Rust's h2 crate with tokio and rustls, the stack Istio's ztunnel
+uses; both built by the tests), in both roles, and meshcore against itself, under
+concurrent load, half-close, upstream resets and iperf3.
 
 A pair is an outbound proxy (TCP in, HBONE out) and an inbound proxy (HBONE in, TCP
-out to the authority); each is meshcore or the Go peer."""
+out to the authority); each is meshcore or a compiled peer."""
 import asyncio
 import contextlib
 import hashlib
@@ -21,26 +22,32 @@ from meshcore.aio import HboneServer, OutboundListener
 from meshcore.identity import CertificateStore
 
 from loops import loop_runner
-from compiled_peers import PeerProcess, build_go_peer, identity_files
+from compiled_peers import TOOLCHAINS, PeerProcess, identity_files, peer_binary
 from helpers import CLIENT, SERVER, exchange, port_of, tcp_echo_server, tcp_talker_server, wait_until
 
-PAIRS = [("meshcore", "meshcore"), ("go", "meshcore"), ("meshcore", "go")]
+
+def pairs(*kinds):
+    """(outbound, inbound) pairs as parameters, each marked with the toolchain it needs."""
+    return [pytest.param(pair, id="-".join(pair),
+                         marks=[pytest.mark.needs_tool(TOOLCHAINS[k]) for k in set(pair) if k in TOOLCHAINS])
+            for pair in kinds]
+
+
+PAIRS = pairs(("meshcore", "meshcore"), ("go", "meshcore"), ("meshcore", "go"),
+              ("rust", "meshcore"), ("meshcore", "rust"))
 # Go's net/http server ends a response only when its handler returns, so a Go inbound
 # cannot half-close toward the client while the client is still sending.
-SERVER_HALF_CLOSE_PAIRS = [("meshcore", "meshcore"), ("go", "meshcore")]
-pytestmark = pytest.mark.needs_tool("go")
+SERVER_HALF_CLOSE_PAIRS = pairs(("meshcore", "meshcore"), ("go", "meshcore"), ("rust", "meshcore"),
+                                ("meshcore", "rust"))
 
 
-@pytest.fixture(scope="session")
-def go_peer():
-    return build_go_peer()
-
-
-@pytest.fixture(params=PAIRS, ids="-".join)
-def pair(request, go_peer, ca, tmp_path):
+@pytest.fixture(params=PAIRS)
+def pair(request, ca, tmp_path):
     """tunnel_pair(target_port) -> async context giving the outbound's address."""
     out_kind, in_kind = request.param
     files = {"client": identity_files(ca, CLIENT, tmp_path), "server": identity_files(ca, SERVER, tmp_path)}
+
+    logs = []
 
     @contextlib.asynccontextmanager
     async def tunnel_pair(target_port: int):
@@ -53,8 +60,8 @@ def pair(request, go_peer, ca, tmp_path):
             else:
                 f = files["server"]
                 peer = await stack.enter_async_context(PeerProcess(
-                    [str(go_peer), "-mode", "inbound", "-cert", f["cert"], "-key", f["key"], "-ca", f["ca"]],
-                    tmp_path / "go-inbound.log"))
+                    [str(peer_binary(in_kind)), "-mode", "inbound", "-cert", f["cert"], "-key", f["key"],
+                     "-ca", f["ca"]], tmp_path / f"{in_kind}-inbound.log"))
                 inbound = peer.address
             if out_kind == "meshcore":
                 mesh = await stack.enter_async_context(Mesh(CLIENT, CertificateStore(ca)))
@@ -66,13 +73,22 @@ def pair(request, go_peer, ca, tmp_path):
             else:
                 f = files["client"]
                 peer = await stack.enter_async_context(PeerProcess(
-                    [str(go_peer), "-mode", "outbound", "-peer", f"{inbound[0]}:{inbound[1]}",
+                    [str(peer_binary(out_kind)), "-mode", "outbound", "-peer", f"{inbound[0]}:{inbound[1]}",
                      "-authority", f"127.0.0.1:{target_port}", "-expect", str(SERVER),
                      "-cert", f["cert"], "-key", f["key"], "-ca", f["ca"]],
-                    tmp_path / "go-outbound.log"))
+                    tmp_path / f"{out_kind}-outbound.log"))
+                logs.append(peer)
                 yield peer.address
     tunnel_pair.kinds = request.param
+    tunnel_pair.peers = logs
     return tunnel_pair
+
+
+def assert_no_stream_was_reset(pair) -> None:
+    """The Rust peer logs every stream it or its partner reset: a clean transfer ends
+    with END_STREAM both ways and no RST_STREAM."""
+    for peer in pair.peers:
+        assert "reset" not in peer.log, peer.log[-2000:]
 
 
 def test_concurrent_tunnels_are_byte_exact(run, pair):
@@ -87,10 +103,11 @@ def test_concurrent_tunnels_are_byte_exact(run, pair):
             results = await asyncio.gather(*(one(p) for p in payloads))
             assert results == [(len(p), hashlib.sha256(p).hexdigest()) for p in payloads]
         echo.close()
+        assert_no_stream_was_reset(pair)
     run(scenario(), timeout=90)
 
 
-@pytest.mark.parametrize("pair", SERVER_HALF_CLOSE_PAIRS, ids="-".join, indirect=True)
+@pytest.mark.parametrize("pair", SERVER_HALF_CLOSE_PAIRS, indirect=True)
 def test_upstream_half_closes_first(run, pair):
     """The workload sends everything and half-closes, then reads until the client is
     done: both directions arrive whole, each ending with EOF, not a reset."""
@@ -110,6 +127,7 @@ def test_upstream_half_closes_first(run, pair):
             assert events == [("received", len(second), hashlib.sha256(second).hexdigest())]
             writer.close()
         talker.close()
+        assert_no_stream_was_reset(pair)
     run(scenario(), timeout=60)
 
 

@@ -3,11 +3,14 @@ themselves and cached under build/test-peers/ by a hash of their sources."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from meshcore.identity import TrustBundle
 
@@ -36,6 +39,56 @@ def build_go_peer() -> Path:
                        check=True, capture_output=True, timeout=300)
         tmp.rename(binary)
     return binary
+
+
+DEBIAN_CRATES = Path("/usr/share/cargo/registry")
+RUST_CRATES = ("h2-0.3", "tokio-rustls-0.23", "rustls-0.20", "rustls-pemfile-1", "webpki-0.22")
+CARGO_OFFLINE = """[source.crates-io]
+replace-with = "debian"
+[source.debian]
+directory = "/usr/share/cargo/registry"
+[net]
+offline = true
+"""
+
+
+def build_rust_peer() -> Path:
+    """tests/peers/rust (the h2 crate, tokio and rustls), built offline against Debian's
+    packaged crates. The sources are copied next to the cache so that the Cargo.lock a
+    build writes never changes the checkout."""
+    source = PEERS / "rust"
+    have = {p.name for p in DEBIAN_CRATES.iterdir()} if DEBIAN_CRATES.is_dir() else set()
+    missing = [c for c in RUST_CRATES if not any(name.startswith(c + ".") for name in have)]
+    if missing:
+        pytest.skip(f"Debian's Rust crates are not installed in {DEBIAN_CRATES}: {', '.join(missing)} "
+                    "(apt-get install librust-h2-dev librust-tokio-rustls-dev librust-rustls-pemfile-dev)")
+    digest = _source_hash(source)
+    binary = CACHE / f"hbonepeer-rust-{digest}"
+    if not binary.exists():
+        work = CACHE / f"rust-src-{digest}"
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.copytree(source, work)
+        (work / ".cargo").mkdir(exist_ok=True)
+        (work / ".cargo" / "config.toml").write_text(CARGO_OFFLINE)
+        env = dict(os.environ, CARGO_TARGET_DIR=str(CACHE / "rust-target"))
+        done = subprocess.run([shutil.which("cargo"), "build", "--release", "--quiet"], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode:
+            raise RuntimeError(f"building the Rust HBONE peer failed:\n{done.stderr[-4000:]}")
+        tmp = binary.with_suffix(".tmp")
+        shutil.copy(CACHE / "rust-target" / "release" / "hbonepeer", tmp)
+        tmp.rename(binary)
+        shutil.rmtree(work, ignore_errors=True)
+    return binary
+
+
+TOOLCHAINS = {"go": "go", "rust": "cargo"}
+
+
+@functools.cache
+def peer_binary(kind: str) -> Path:
+    """The built peer of `kind` ("go" or "rust"), once per test session."""
+    return {"go": build_go_peer, "rust": build_rust_peer}[kind]()
 
 
 def identity_files(ca, identity, folder: Path) -> dict:
