@@ -6,9 +6,12 @@ modes: direct (no proxies: the client talks to the sink), tls (one mTLS 1.3
 connection per client connection, raw bytes), meshcore (HBONE: mTLS + HTTP/2 CONNECT,
 pooled, uvloop: the library's outbound and inbound pieces), node (two `meshcore node`
 processes: the client goes through node-a's SOCKS5 listener from a workload address,
-routing and L4 policy on the way, access logs on), go (HBONE by an independent compiled peer: Go's net/http HTTP/2 and
-crypto/tls, built from tests/peers/go; needs golang-go), h2 (HBONE built on
-python-hyper's pure-Python h2, same windows).
+routing and L4 policy on the way, access logs on), go (HBONE by an independent
+compiled peer: Go's net/http HTTP/2 and crypto/tls, built from tests/peers/go; needs
+golang-go), rust (the same peer on Rust's h2 crate, tokio and rustls, the stack ztunnel
+uses, built from tests/peers/rust; needs cargo and Debian's librust-h2-dev,
+librust-tokio-rustls-dev, librust-rustls-pemfile-dev), h2 (HBONE built on python-hyper's
+pure-Python h2, same windows).
 Each proxy runs in its own process on uvloop. Reported: single- and 8-stream upload
 throughput, 64-byte round trips (p50/p99), and the proxies' CPU seconds per GiB.
 
@@ -33,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-MODES = ("direct", "tls", "meshcore", "node", "go", "h2")
+MODES = ("direct", "tls", "meshcore", "node", "go", "rust", "h2")
 CHUNK = 256 * 1024
 
 
@@ -162,16 +165,17 @@ def _pin_proxy():
         os.sched_setaffinity(0, {int(os.environ["E2E_PROXY_CPU"])})
 
 
-async def start_go_proxies(sink_port: int, ca_dir: str) -> tuple[int, list]:
-    """The independent Go net/http HBONE peer (tests/peers/go) as both proxies."""
+async def start_compiled_proxies(kind: str, sink_port: int, ca_dir: str) -> tuple[int, list]:
+    """An independent compiled HBONE peer (tests/peers/go or tests/peers/rust) as both
+    proxies."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "support"))
-    from compiled_peers import build_go_peer, identity_files
+    from compiled_peers import identity_files, peer_binary
     from meshcore.identity import CertificateAuthority
     _, client_id, server_id = _stores(ca_dir)
     ca = CertificateAuthority.load(ca_dir)
-    binary = build_go_peer()
-    files = {"client": identity_files(ca, client_id, Path(ca_dir) / "go"),
-             "server": identity_files(ca, server_id, Path(ca_dir) / "go")}
+    binary = peer_binary(kind)
+    files = {"client": identity_files(ca, client_id, Path(ca_dir) / kind),
+             "server": identity_files(ca, server_id, Path(ca_dir) / kind)}
     inbound_port, outbound_port = _free_port(), _free_port()
     argvs = [["-mode", "inbound", "-listen", f"127.0.0.1:{inbound_port}"],
              ["-mode", "outbound", "-listen", f"127.0.0.1:{outbound_port}",
@@ -185,7 +189,7 @@ async def start_go_proxies(sink_port: int, ca_dir: str) -> tuple[int, list]:
         procs.append(p)
         line = await asyncio.get_running_loop().run_in_executor(None, p.stdout.readline)
         if b"listening" not in line:
-            raise RuntimeError("go proxy failed to start")
+            raise RuntimeError(f"{kind} proxy failed to start")
     return outbound_port, procs
 
 
@@ -202,8 +206,8 @@ async def start_proxies(mode: str, sink_port: int, ca_dir: str) -> tuple:
     processes behind it."""
     if mode == "direct":
         return sink_port, []
-    if mode == "go":
-        return await start_go_proxies(sink_port, ca_dir)
+    if mode in ("go", "rust"):
+        return await start_compiled_proxies(mode, sink_port, ca_dir)
     if mode == "node":
         return await start_node_proxies(sink_port, ca_dir)
     inbound_port, outbound_port = _free_port(), _free_port()
@@ -336,7 +340,7 @@ def main() -> int:
                       f"{ratio(m, b, 'multi8_MBps')} (8 streams); RTT p50 {ratio(m, b, 'rtt_p50_us')}")
     if "meshcore" in by:
         m = by["meshcore"]
-        for base in ("tls", "go", "h2"):
+        for base in ("tls", "go", "rust", "h2"):
             if base in by:
                 b = by[base]
                 print(f"meshcore vs {base}: throughput {ratio(m, b, 'single_MBps')} (1 stream), "
