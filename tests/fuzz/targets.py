@@ -1,0 +1,270 @@
+"""Fuzz targets: each takes the fuzzer's bytes and fails (raises) only on a bug in
+meshcore. Hostile input must come back as meshcore's own errors, never as anything
+else, and what meshcore writes in reply must stay well-formed and bounded.
+
+The same targets run three ways: over their seeds in the default test run, for a few
+seconds each under atheris in the test run, and for as long as one likes with
+`python tests/fuzz/run.py` (see that file)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from hyperframe.frame import Frame
+
+from meshcore import H2Connection, events as ev
+from meshcore.errors import (CompressionError, ConfigError, ErrorCode, HeaderListTooLarge, ProtocolError,
+                             UsageError)
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+MAX_REPLY = 4 << 20          # what one input may make a connection write back
+
+
+def _well_formed(out: bytes) -> None:
+    """Every frame meshcore wrote parses with hyperframe (an independent codec)."""
+    pos = 0
+    view = memoryview(out)
+    while pos < len(out):
+        assert len(out) - pos >= 9, f"truncated frame header at {pos}"
+        frame, length = Frame.parse_frame_header(view[pos:pos + 9])
+        assert pos + 9 + length <= len(out), f"truncated {type(frame).__name__} at {pos}"
+        frame.parse_body(view[pos + 9:pos + 9 + length])
+        pos += 9 + length
+
+
+def _split_size(data: bytes) -> int:
+    """The first byte chooses how the rest is cut into reads (1..256 bytes each)."""
+    return data[0] + 1 if data else 1
+
+
+def _feed(conn: H2Connection, wire: bytes, split: int, react) -> None:
+    written = 0
+    for i in range(0, len(wire), split):
+        for event in conn.receive_data(wire[i:i + split]):
+            if isinstance(event, ev.ConnectionTerminated) and not event.remote:
+                assert event.error_code != ErrorCode.INTERNAL_ERROR, event.reason
+            try:
+                react(conn, event)
+            except UsageError:
+                pass            # the stream ended earlier in the same read: a caller's answer
+        out = conn.data_to_send()
+        _well_formed(out)
+        written += len(out)
+        assert written <= MAX_REPLY, f"{written} bytes written in reply to {len(wire)}"
+    assert conn.pending_bytes <= MAX_REPLY
+
+
+def _echo(conn: H2Connection, event) -> None:
+    """What a tunnel endpoint does: give back window credit, echo within the window,
+    end the stream when the peer did."""
+    if isinstance(event, ev.DataReceived):
+        conn.acknowledge_received_data(event.stream_id, len(event.data))
+        room = conn.available_window(event.stream_id)
+        if room > 0:
+            conn.send_data(event.stream_id, bytes(event.data[:room]))
+    elif isinstance(event, ev.StreamEnded):
+        conn.end_stream(event.stream_id)
+
+
+def server_connection(data: bytes) -> None:
+    """An inbound HBONE connection fed a client's bytes (after the preface); it accepts
+    tunnels on stream ids 1 mod 4, refuses the others with 503, and echoes."""
+    def react(conn, event):
+        if isinstance(event, ev.TunnelRequested):
+            if event.stream_id % 4 == 1:
+                conn.accept_tunnel(event.stream_id)
+            else:
+                conn.refuse_tunnel(event.stream_id, 503)
+        else:
+            _echo(conn, event)
+    conn = H2Connection(client=False)
+    conn.data_to_send()
+    _feed(conn, PREFACE + data[1:], _split_size(data), react)
+
+
+def client_connection(data: bytes) -> None:
+    """An outbound HBONE connection with three tunnels open, fed a server's bytes."""
+    def react(conn, event):
+        if isinstance(event, ev.TunnelAccepted):
+            room = conn.available_window(event.stream_id)
+            conn.send_data(event.stream_id, b"x" * min(room, 1000))
+        else:
+            _echo(conn, event)
+    conn = H2Connection(client=True)
+    for port in (80, 443, 8080):
+        conn.open_tunnel(f"10.0.0.1:{port}")
+    conn.data_to_send()
+    _feed(conn, data[1:], _split_size(data), react)
+
+
+def hpack_decoder(data: bytes) -> None:
+    """A header block: decoded within the list-size limit or refused with
+    CompressionError/HeaderListTooLarge; what decodes re-encodes to the same fields,
+    and agrees with python-hyper's decoder whenever both accept it."""
+    import hpack
+    from meshcore._core.hpack import HeaderDecoder, HeaderEncoder
+    limit = (100, 4096, 65536)[data[0] % 3] if data else 4096
+    block = data[1:]
+    try:
+        fields = HeaderDecoder(max_header_list_size=limit).decode(block)
+    except (CompressionError, HeaderListTooLarge):
+        return
+    assert sum(len(n) + len(v) + 32 for n, v in fields) <= limit
+    again = HeaderDecoder(max_header_list_size=limit).decode(HeaderEncoder().encode(fields))
+    assert again == fields, (fields, again)
+    try:
+        theirs = hpack.Decoder().decode(block, raw=True)
+    except Exception:       # noqa: BLE001 - the other decoder may be stricter; only agreement is checked
+        return
+    assert [(bytes(n), bytes(v)) for n, v in theirs] == fields, (theirs, fields)
+
+
+def frame_decoder(data: bytes) -> None:
+    """The frame reader, fed in cuts: whole frames or ProtocolError."""
+    from meshcore._core.frames import FrameDecoder
+    decoder = FrameDecoder()
+    split = _split_size(data)
+    seen = 0
+    try:
+        for i in range(1, len(data), split):
+            for f in decoder.feed(data[i:i + split]):
+                assert f.length == len(f.payload)
+                seen += 9 + f.length
+    except ProtocolError:
+        return
+    assert seen <= len(data)
+
+
+def socks5_request(data: bytes) -> None:
+    """A SOCKS5 greeting and CONNECT request: parsed, asked for more, or Socks5Error."""
+    from meshcore.node.socks5 import Socks5Error, parse_greeting, parse_request
+    for parse in (parse_greeting, parse_request):
+        try:
+            parsed = parse(data)
+        except Socks5Error:
+            continue
+        if parsed is not None:
+            assert 0 < parsed[0] <= len(data)
+            if parse is parse_request:
+                assert 0 < parsed[2] < 65536 and parsed[1]
+
+
+def node_config(data: bytes) -> None:
+    """The node's configuration text (ztunnel local config, Istio policies): a mesh
+    state or ConfigError, nothing else."""
+    from meshcore.node.config import load
+    try:
+        load(inline=data.decode("utf-8", "replace") or " ")
+    except ConfigError as exc:
+        assert str(exc)
+
+
+def authorization_policy(data: bytes) -> None:
+    """Istio AuthorizationPolicy documents: policies or ConfigError, nothing else."""
+    from meshcore.policy.istio import load_authorization_policies
+    try:
+        load_authorization_policies(data.decode("utf-8", "replace"))
+    except ConfigError as exc:
+        assert str(exc)
+
+
+class PlantedBug(Exception):
+    """Raised by the planted target: proof that the fuzzer finds what it should."""
+
+
+def planted(data: bytes) -> None:
+    """A bug behind three byte comparisons, for the test of the fuzzing harness."""
+    if len(data) >= 3 and data[0] == 0x48:
+        if data[1] == 0x42:
+            if data[2] == 0x4F:
+                raise PlantedBug(data[:3])
+
+
+TARGETS = {f.__name__: f for f in (server_connection, client_connection, hpack_decoder, frame_decoder,
+                                   socks5_request, node_config, authorization_policy)}
+EXTRA_TARGETS = {"planted": planted}
+
+
+# ------------------------------------------------------------------ seeds
+
+def _h2_client_bytes() -> list[bytes]:
+    """What python-hyper's h2 client sends: CONNECTs, data, half-close, resets, pings."""
+    import h2.config
+    import h2.connection
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    headers = [(":method", "CONNECT"), (":authority", "10.0.0.2:80")]
+    client.send_headers(1, headers)
+    client.send_data(1, b"hello")
+    client.end_stream(1)
+    client.send_headers(3, headers + [("baggage", "k=v")])
+    client.send_data(3, b"x" * 3000)
+    client.reset_stream(3)
+    client.send_headers(5, headers)
+    client.ping(b"12345678")
+    client.increment_flow_control_window(1000)
+    client.close_connection()
+    wire = client.data_to_send()[len(PREFACE):]
+    return [bytes([255]) + wire, bytes([7]) + wire, bytes([0]) + wire[:200]]
+
+
+def _h2_server_bytes() -> list[bytes]:
+    """What python-hyper's h2 server answers to meshcore's client opening three tunnels."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    ours = H2Connection(client=True)
+    for port in (80, 443, 8080):
+        ours.open_tunnel(f"10.0.0.1:{port}")
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    for event in server.receive_data(ours.data_to_send()):
+        if isinstance(event, h2.events.RequestReceived):
+            status = "200" if event.stream_id != 3 else "503"
+            server.send_headers(event.stream_id, [(":status", status)], end_stream=status != "200")
+            if status == "200":
+                server.send_data(event.stream_id, b"y" * 500)
+    server.end_stream(1)
+    server.reset_stream(5)
+    server.ping(b"abcdefgh")
+    wire = server.data_to_send()
+    return [bytes([255]) + wire, bytes([3]) + wire]
+
+
+def seeds(name: str) -> list[bytes]:
+    """Inputs each target starts from: real traffic from independent peers and the
+    project's own example configuration."""
+    if name == "server_connection":
+        return _h2_client_bytes()
+    if name == "client_connection":
+        return _h2_server_bytes()
+    if name == "frame_decoder":
+        return _h2_client_bytes() + _h2_server_bytes()
+    if name == "hpack_decoder":
+        import hpack
+        headers = [(":method", "CONNECT"), (":authority", "10.0.0.2:8080"), ("x-forwarded-for", "10.0.0.9"),
+                   ("baggage", "k8s.namespace.name=default")]
+        encoder = hpack.Encoder()
+        first = encoder.encode(headers)
+        encoder.header_table_size = 256
+        return [bytes([2]) + first, bytes([2]) + encoder.encode(headers, huffman=False),
+                bytes([0]) + hpack.Encoder().encode(headers[:2])]
+    if name == "socks5_request":
+        return [b"\x05\x01\x00", b"\x05\x01\x00\x01\x0a\x00\x00\x02\x00\x50",
+                b"\x05\x01\x00\x03\x0bexample.com\x01\xbb",
+                b"\x05\x01\x00\x04" + bytes(15) + b"\x01\x1f\x90"]
+    if name == "node_config":
+        example = ROOT / "examples" / "node-proxy"
+        texts = [p.read_bytes() for p in sorted(example.glob("*.yaml"))]
+        mesh = {"workloads": [{"uid": "c/default/a", "name": "a", "namespace": "default",
+                               "serviceAccount": "a", "workloadIps": ["10.0.0.5"], "node": "n1",
+                               "protocol": "HBONE"}],
+                "services": [{"name": "s", "namespace": "default", "hostname": "s.default.svc.cluster.local",
+                              "vips": ["/10.96.0.5"], "ports": {"80": 8080}}]}
+        return texts + [json.dumps(mesh).encode()]
+    if name == "authorization_policy":
+        return [(ROOT / "examples" / "node-proxy" / "policy.yaml").read_bytes()]
+    if name == "planted":
+        return [b"\x00"]
+    raise KeyError(name)

@@ -1,0 +1,59 @@
+"""The fuzz targets in the default run: each over its seeds (and any input that once
+failed, kept in tests/fuzz/regressions/<target>/), the harness finding a planted bug,
+and every target fuzzed for a few seconds against a clang-instrumented build of the
+compiled core with AddressSanitizer. Longer runs: tests/fuzz/run.py."""
+from pathlib import Path
+
+import pytest
+
+import run
+import targets
+
+HERE = Path(__file__).resolve().parent
+SMOKE_SECONDS = 4
+
+
+def _inputs(name: str) -> list[bytes]:
+    kept = HERE / "regressions" / name
+    return targets.seeds(name) + [p.read_bytes() for p in sorted(kept.glob("*"))] if kept.is_dir() \
+        else targets.seeds(name)
+
+
+@pytest.mark.parametrize("name", list(targets.TARGETS))
+def test_target_passes_its_seeds(name):
+    for data in _inputs(name):
+        targets.TARGETS[name](data)
+
+
+def test_seeds_reach_past_the_error_paths():
+    """Seeds that every decoder refused would leave the fuzzer starting from nothing."""
+    from meshcore.node.config import load
+    from meshcore.policy.istio import load_authorization_policies
+    assert all(load(inline=s.decode()).workloads or load(inline=s.decode()).services
+               for s in targets.seeds("node_config") if b"workloads" in s)
+    assert load_authorization_policies(targets.seeds("authorization_policy")[0].decode())
+
+
+def test_the_harness_finds_a_planted_bug(tmp_path):
+    """A bug behind three byte comparisons is found, reported as a crash, and the
+    failing input is written where run.py says."""
+    pytest.importorskip("atheris")
+    result = run.run_target("planted", 60, None, tmp_path)
+    assert result["crashed"], Path(result["log"]).read_text()[-2000:]
+    assert [Path(p).read_bytes()[:3] for p in result["artifacts"]] == [b"HBO"]
+
+
+@pytest.fixture(scope="module")
+def instrumented_core():
+    pytest.importorskip("atheris")
+    return run.build_instrumented_core()
+
+
+@pytest.mark.needs_tool("clang")
+@pytest.mark.parametrize("name", list(targets.TARGETS))
+def test_target_fuzzes_clean(name, instrumented_core, tmp_path):
+    result = run.run_target(name, SMOKE_SECONDS, instrumented_core, tmp_path)
+    log = Path(result["log"]).read_text(errors="replace")
+    assert not result["crashed"], log[-4000:]
+    assert result["runs"] > 50, log[-2000:]
+    assert result["counters"] > 20_000, "the compiled core was not instrumented"
