@@ -10,11 +10,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import hpack
 from hyperframe.frame import Frame
 
 from meshcore import H2Connection, events as ev
+from meshcore._core.frames import FrameDecoder
+from meshcore._core.hpack import HeaderDecoder, HeaderEncoder
 from meshcore.errors import (CompressionError, ConfigError, ErrorCode, HeaderListTooLarge, ProtocolError,
                              UsageError)
+from meshcore.node.config import load as load_node_config
+from meshcore.node.socks5 import Socks5Error, parse_greeting, parse_request
+from meshcore.policy.istio import load_authorization_policies
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -102,8 +108,6 @@ def hpack_decoder(data: bytes) -> None:
     """A header block: decoded within the list-size limit or refused with
     CompressionError/HeaderListTooLarge; what decodes re-encodes to the same fields,
     and agrees with python-hyper's decoder whenever both accept it."""
-    import hpack
-    from meshcore._core.hpack import HeaderDecoder, HeaderEncoder
     limit = (100, 4096, 65536)[data[0] % 3] if data else 4096
     block = data[1:]
     try:
@@ -122,7 +126,6 @@ def hpack_decoder(data: bytes) -> None:
 
 def frame_decoder(data: bytes) -> None:
     """The frame reader, fed in cuts: whole frames or ProtocolError."""
-    from meshcore._core.frames import FrameDecoder
     decoder = FrameDecoder()
     split = _split_size(data)
     seen = 0
@@ -138,7 +141,6 @@ def frame_decoder(data: bytes) -> None:
 
 def socks5_request(data: bytes) -> None:
     """A SOCKS5 greeting and CONNECT request: parsed, asked for more, or Socks5Error."""
-    from meshcore.node.socks5 import Socks5Error, parse_greeting, parse_request
     for parse in (parse_greeting, parse_request):
         try:
             parsed = parse(data)
@@ -153,16 +155,14 @@ def socks5_request(data: bytes) -> None:
 def node_config(data: bytes) -> None:
     """The node's configuration text (ztunnel local config, Istio policies): a mesh
     state or ConfigError, nothing else."""
-    from meshcore.node.config import load
     try:
-        load(inline=data.decode("utf-8", "replace") or " ")
+        load_node_config(inline=data.decode("utf-8", "replace") or " ")
     except ConfigError as exc:
         assert str(exc)
 
 
 def authorization_policy(data: bytes) -> None:
     """Istio AuthorizationPolicy documents: policies or ConfigError, nothing else."""
-    from meshcore.policy.istio import load_authorization_policies
     try:
         load_authorization_policies(data.decode("utf-8", "replace"))
     except ConfigError as exc:
@@ -242,7 +242,6 @@ def seeds(name: str) -> list[bytes]:
     if name == "frame_decoder":
         return _h2_client_bytes() + _h2_server_bytes()
     if name == "hpack_decoder":
-        import hpack
         headers = [(":method", "CONNECT"), (":authority", "10.0.0.2:8080"), ("x-forwarded-for", "10.0.0.9"),
                    ("baggage", "k8s.namespace.name=default")]
         encoder = hpack.Encoder()
