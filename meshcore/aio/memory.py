@@ -1,12 +1,14 @@
-"""Giving memory back to the system after a burst of connections.
+"""Giving memory back to the system after a burst of connections or tunnels.
 
 A TLS connection in progress holds tens of KiB (OpenSSL's state, the connection's
 objects). When thousands end together (a handshake flood timing out,
 a peer dropping its connections), glibc keeps the freed heap for reuse and the process
-stays at its peak size indefinitely. After enough connections have ended,
-a garbage collection frees the connections still held in reference cycles and
-`malloc_trim(0)` returns the memory; it is coalesced (at most one call per second)
-because a trim walks the whole heap. Without glibc this does nothing.
+stays at its peak size indefinitely. A burst of large tunnels leaves the same kind of
+holes (record and window buffers between the objects that stay: ~1 KiB per connection
+that carried one). After enough connections or tunnels have ended, a garbage collection
+frees the connections still held in reference cycles and `malloc_trim(0)` returns the
+memory; it is coalesced (at most one call per second) because a trim walks the whole
+heap. Without glibc this does nothing.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import ctypes
 import ctypes.util
 import gc
 
-TRIM_AFTER = 256          # connections ended since the last trim
+TRIM_AFTER = 512          # ended since the last trim: a connection counts 4, a tunnel 1
+CONNECTION_WEIGHT = 4
 TRIM_DELAY = 1.0          # seconds: ends arriving together share one trim
 
 
@@ -27,8 +30,9 @@ def _malloc_trim():
 
 
 class MemoryTrimmer:
-    """Once `trim_after` connections have ended, trims after `delay` seconds in which
-    no other connection ended: once the burst is over, not in the middle of it."""
+    """Once `trim_after` has been reached (a connection counts 4, a tunnel 1), trims
+    after `delay` seconds in which nothing else ended: once the burst is over, not in
+    the middle of it."""
 
     def __init__(self, trim_after: int = TRIM_AFTER, delay: float = TRIM_DELAY):
         self.trim_after = trim_after
@@ -41,9 +45,16 @@ class MemoryTrimmer:
 
     def connection_ended(self, loop) -> None:
         """Count one ended connection (or failed handshake)."""
+        self._count(loop, CONNECTION_WEIGHT)
+
+    def tunnel_ended(self, loop) -> None:
+        """Count one ended tunnel."""
+        self._count(loop, 1)
+
+    def _count(self, loop, weight: int) -> None:
         if self._trim is None:
             return
-        self._ended += 1
+        self._ended += weight
         self._recent += 1
         if self._ended >= self.trim_after and not self._scheduled:
             self._scheduled = True

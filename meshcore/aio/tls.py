@@ -87,7 +87,8 @@ class TlsTransport(asyncio.Transport):
         self._sock = ssock
         self._fd = ssock.fileno()
         self._protocol = protocol
-        self._backlog: collections.deque = collections.deque()   # what the socket has not taken
+        # what the socket has not taken; made on demand (an empty deque is 0.6 KiB)
+        self._backlog: collections.deque | None = None
         self._backlog_size = 0
         self._high, self._low = HIGH_WATER, LOW_WATER
         self._reading = False           # the reader is registered
@@ -175,6 +176,8 @@ class TlsTransport(asyncio.Transport):
             if sent < 0 or sent == len(data):
                 return
             data = memoryview(data)[sent:]
+            if self._backlog is None:
+                self._backlog = collections.deque()
         self._backlog.append(data)
         self._backlog_size += len(data)
         if not self._writing:
@@ -242,6 +245,7 @@ class TlsTransport(asyncio.Transport):
             self._protocol_paused = False
             self._protocol.resume_writing()
         if not self._backlog:
+            self._backlog = None
             if self._writing:
                 self._writing = False
                 self._loop.remove_writer(self._fd)
@@ -329,7 +333,7 @@ class TlsTransport(asyncio.Transport):
         if self._writing:
             self._writing = False
             self._loop.remove_writer(self._fd)
-        self._backlog.clear()
+        self._backlog = None
         self._backlog_size = 0
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, exc)

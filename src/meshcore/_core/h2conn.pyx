@@ -523,6 +523,8 @@ cdef class H2Connection:
     cdef int _close_stream(self, Stream stream) except -1:
         if self._streams.pop(stream.id, None) is None:
             return 0
+        if not self._streams:
+            self._streams = {}      # an emptied dict keeps its table; an idle connection need not
         stream.state = CLOSED
         if stream.local:
             self._open_local -= 1
