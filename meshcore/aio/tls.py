@@ -20,6 +20,8 @@ import logging
 import socket
 import ssl
 
+from meshcore.aio.tlsread import read_into
+
 log = logging.getLogger("meshcore.tls")
 
 HIGH_WATER = 64 * 1024       # bytes the socket did not take: above this the protocol pauses
@@ -85,6 +87,9 @@ class TlsTransport(asyncio.Transport):
                           "peername": ssock.getpeername(), "sockname": ssock.getsockname()})
         self._loop = loop
         self._sock = ssock
+        # the C object under ssl.SSLSocket: its Python methods are frames around it,
+        # on the path of every record
+        self._sslobj = getattr(ssock, "_sslobj", None) or ssock
         self._fd = ssock.fileno()
         self._protocol = protocol
         # what the socket has not taken; made on demand (an empty deque is 0.6 KiB)
@@ -114,7 +119,7 @@ class TlsTransport(asyncio.Transport):
         if not self._reading and not self._lost:
             self._reading = True
             self._loop.add_reader(self._fd, self._read_ready)
-            if self._sock.pending():       # decrypted bytes OpenSSL holds: no readiness event for them
+            if self._sslobj.pending():     # decrypted bytes OpenSSL holds: no readiness event for them
                 self._loop.call_soon(self._read_ready)
 
     def _remove_reader(self) -> None:
@@ -126,31 +131,19 @@ class TlsTransport(asyncio.Transport):
         if not self._reading or self._closing:     # a call queued before close() began
             return
         protocol = self._protocol
-        eof = False
-        error = None
-        got = 0
+        buf = protocol.get_buffer(-1)
         try:
-            buf = protocol.get_buffer(-1)
-            size = len(buf)
-            while got < size:
-                n = self._sock.recv_into(buf[got:] if got else buf)
-                if n == 0:
-                    eof = True
-                    break
-                got += n
-        except _WAIT:
-            pass
+            got, eof = read_into(self._sslobj, self._fd, buf)
         except (OSError, ssl.SSLError) as exc:
-            error = exc
+            self._fatal(exc)
+            return
         if got:
             protocol.buffer_updated(got)
-        if error is not None:
-            self._fatal(error)
-        elif eof:
+        if eof:
             self._remove_reader()
             if not protocol.eof_received():
                 self.close()
-        elif got == size and self._reading and self._sock.pending():
+        elif got == len(buf) and self._reading and self._sslobj.pending():
             self._loop.call_soon(self._read_ready)
 
     def pause_reading(self) -> None:
@@ -220,7 +213,7 @@ class TlsTransport(asyncio.Transport):
         view = None
         try:
             while sent < total:
-                sent += self._sock.send(view[sent:] if sent else data)
+                sent += self._sslobj.write(view[sent:] if sent else data)
                 if view is None and sent < total:
                     view = memoryview(data)
         except _WAIT:

@@ -1,0 +1,55 @@
+# cython: freethreading_compatible = False
+"""Reading a TLS connection into a protocol's buffer, in C.
+
+OpenSSL (as Python's ssl module drives it) never reads ahead of one record, so after
+each record this asks whether OpenSSL or the socket holds anything more, and stops
+when neither does. Asking OpenSSL once more instead would end every read with
+SSLWantReadError, an exception object _ssl builds and fills in at a cost of
+microseconds, on the path of every round trip."""
+import ssl
+
+cdef extern from "sys/ioctl.h":
+    int ioctl(int fd, unsigned long request, ...) nogil
+    unsigned long FIONREAD
+
+cdef object _WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+cdef object _SSLError = ssl.SSLError
+cdef int _SSL_ERROR_EOF = ssl.SSL_ERROR_EOF
+
+
+cdef inline bint _socket_empty(int fd) noexcept nogil:
+    cdef int n = 0
+    if ioctl(fd, FIONREAD, &n) < 0:
+        return False            # unknown: let OpenSSL find out
+    return n == 0
+
+
+def read_into(object sslobj, int fd, object buf):
+    """Decrypt what the connection holds into `buf` (a writable buffer): (bytes, eof).
+    `sslobj` is the connection's _ssl object (or an ssl.SSLSocket: the same read and
+    pending), `fd` its socket. EOF is close_notify, or a TCP FIN without it (as
+    ssl.SSLSocket reads one). Raises OSError or ssl.SSLError on failure."""
+    cdef Py_ssize_t size = len(buf)
+    cdef Py_ssize_t got = 0
+    cdef Py_ssize_t n
+    cdef object view = None
+    try:
+        while got < size:
+            if got:
+                if view is None:
+                    view = memoryview(buf)
+                n = sslobj.read(size - got, view[got:])
+            else:
+                n = sslobj.read(size, buf)
+            if n == 0:
+                return got, True
+            got += n
+            if not sslobj.pending() and _socket_empty(fd):
+                break
+    except _WAIT:
+        pass
+    except _SSLError as exc:
+        if exc.args and exc.args[0] == _SSL_ERROR_EOF:
+            return got, True
+        raise
+    return got, False
