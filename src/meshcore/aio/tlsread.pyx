@@ -8,16 +8,12 @@ SSLWantReadError, an exception object _ssl builds and fills in at a cost of
 microseconds, on the path of every round trip."""
 import ssl
 
-cdef extern from "sys/ioctl.h":
-    int ioctl(int fd, unsigned long request, ...) nogil
-    unsigned long FIONREAD
-
 cdef object _WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 cdef object _SSLError = ssl.SSLError
 cdef int _SSL_ERROR_EOF = ssl.SSL_ERROR_EOF
 
 
-cdef inline bint _socket_empty(int fd) noexcept nogil:
+cdef bint socket_empty(int fd) noexcept nogil:
     cdef int n = 0
     if ioctl(fd, FIONREAD, &n) < 0:
         return False            # unknown: let OpenSSL find out
@@ -44,7 +40,7 @@ def read_into(object sslobj, int fd, object buf):
             if n == 0:
                 return got, True
             got += n
-            if not sslobj.pending() and _socket_empty(fd):
+            if not sslobj.pending() and socket_empty(fd):
                 break
     except _WAIT:
         pass
