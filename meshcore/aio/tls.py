@@ -6,8 +6,9 @@ they saw: a connection that once carried a large transfer stays at ~560 KiB whil
 and a node proxy keeps a connection to every peer node. Here OpenSSL reads the socket
 into its own record buffer, which it releases when idle, and decrypts straight into
 the protocol's buffer (the thread's shared ReadBuffer); writes are encrypted straight
-into the socket. Measured: ~28 KiB per idle connection after a 1 MiB transfer, and less
-CPU per byte received than the event loop's layer (no memory-BIO copies).
+into the socket. Measured (benchmarks/connection_memory.py): ~34 KiB per idle HBONE
+connection after a 1 MiB tunnel, all layers, and less CPU per byte received than the
+event loop's layer (no memory-BIO copies). Reads run in C (meshcore.aio.tlsread).
 
 `start_tls()` handshakes with a deadline and hands the connection to an asyncio
 (Buffered)Protocol through `TlsTransport`, which has asyncio.Transport's interface.
