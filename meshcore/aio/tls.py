@@ -25,8 +25,8 @@ from meshcore.aio.tlsread import read_into
 
 log = logging.getLogger("meshcore.tls")
 
-HIGH_WATER = 64 * 1024       # bytes the socket did not take: above this the protocol pauses
-LOW_WATER = 16 * 1024
+HIGH_WATER = 256 * 1024      # bytes the socket did not take: above this the protocol pauses
+LOW_WATER = 64 * 1024
 RECORD = 16 * 1024           # the most plaintext one TLS record carries
 _WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 

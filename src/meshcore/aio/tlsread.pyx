@@ -2,11 +2,16 @@
 """Reading a TLS connection into a protocol's buffer, in C.
 
 OpenSSL (as Python's ssl module drives it) never reads ahead of one record, so after
-each record this asks whether OpenSSL or the socket holds anything more, and stops
+a short record this asks whether OpenSSL or the socket holds anything more, and stops
 when neither does. Asking OpenSSL once more instead would end every read with
 SSLWantReadError, an exception object _ssl builds and fills in at a cost of
-microseconds, on the path of every round trip."""
+microseconds, on the path of every round trip. After a full record it reads on: in a
+bulk transfer the next one is usually there, and the question would cost a syscall
+per record."""
 import ssl
+
+cdef enum:
+    FULL_RECORD = 16384         # the most plaintext one TLS record carries
 
 cdef object _WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 cdef object _SSLError = ssl.SSLError
@@ -40,7 +45,10 @@ def read_into(object sslobj, int fd, object buf):
             if n == 0:
                 return got, True
             got += n
-            if not sslobj.pending() and socket_empty(fd):
+            # after a full record more usually follows (a bulk transfer): asking the
+            # socket each time would cost a syscall per record; after a short one the
+            # sender has likely paused, and asking spares the exception
+            if n < FULL_RECORD and not sslobj.pending() and socket_empty(fd):
                 break
     except _WAIT:
         pass
