@@ -145,7 +145,7 @@ def run_demo(directory: str, keep: bool = False, out=print) -> bool:
         f"web {mesh.web} (HTTP :8080, echo :9000)")
     out(f"service   web.shop.svc.cluster.local VIP {mesh.vip} (80 -> 8080, 9000 -> 9000)")
     out("policy    shop/web-callers ALLOW from cluster.local/ns/shop/sa/client; shop/deny-jobs DENY from "
-        f"namespace jobs\n")
+        "namespace jobs\n")
     try:
         ok = asyncio.run(exercise(mesh, out))
         ok = report(mesh, out) and ok

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import re
-import sys
 from pathlib import Path
 
 from meshcore.errors import IdentityError

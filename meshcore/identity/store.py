@@ -10,7 +10,6 @@ established connections, which hold the old context, are untouched.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import ssl
 from collections.abc import Callable, Iterable

@@ -1,11 +1,9 @@
 """ReadBuffer and the zero-copy rules: what is copied, what is shared, and that a
 buffer still referenced anywhere is never read into again."""
-import asyncio
-
 import hyperframe.frame as hf
 import pytest
 
-from meshcore import H2Connection, events as ev
+from meshcore import events as ev
 from meshcore._core.buffers import SPARE_BUFFERS, ZERO_COPY_MIN_BYTES, ReadBuffer, thread_read_buffer
 
 from test_connection_api import pair, tunnel

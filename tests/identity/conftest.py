@@ -1,5 +1,3 @@
-import datetime as dt
-
 import pytest
 
 from meshcore.identity import CertificateAuthority, SpiffeId, TrustBundle

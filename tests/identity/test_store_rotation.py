@@ -2,14 +2,13 @@
 CA rotation with an overlapping bundle, file credentials reloaded on change."""
 import asyncio
 import datetime as dt
-import shutil
 
 import pytest
 from cryptography import x509
 
 from meshcore.errors import IdentityError
 from meshcore.identity import (CertificateAuthority, CertificateStore, FileCredentials, SpiffeId,
-                               TrustBundle, identity_of, verify_client, verify_server)
+                               TrustBundle, verify_client, verify_server)
 from meshcore.identity.x509util import certs_pem, key_pem
 
 from tlspeers import handshake

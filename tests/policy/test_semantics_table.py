@@ -1,6 +1,5 @@
 """docs/policy.md rule by rule, written as users write policies (YAML), plus ztunnel's
 compiled form for the edge cases only it can express."""
-import pytest
 import yaml
 
 from meshcore._core.policy import PolicyEngine
