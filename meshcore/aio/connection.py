@@ -16,6 +16,7 @@ from collections.abc import Callable
 from meshcore._core import events as ev
 from meshcore._core.h2conn import H2Connection
 from meshcore.aio.datapath import ConnectionBase, StreamTransport
+from meshcore.aio.keepalive import keepalive_clock
 from meshcore.aio.memory import trimmer
 from meshcore.errors import ErrorCode, StreamClosedError, TunnelError, error_code_name
 
@@ -59,7 +60,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self._reads_seen = 0                    # the keepalive timer compares _reads, instead of a clock per read
         self._idle_since = time.monotonic()
         self._ping_deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._keepalive_slot: int | None = None  # pending check on the loop's KeepaliveClock
 
     # ------------------------------------------------------------- asyncio.Protocol
 
@@ -74,14 +75,15 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
                 return
         self._flush()
         if self._keepalive_interval:
-            self._timer = self.loop.call_later(self._keepalive_interval, self._keepalive)
+            self._keepalive_slot = keepalive_clock(self.loop).schedule(self, self._keepalive_interval)
 
     def eof_received(self):
         return False
 
     def connection_lost(self, exc) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        if self._keepalive_slot is not None:
+            keepalive_clock(self.loop).cancel(self, self._keepalive_slot)
+            self._keepalive_slot = None
         lost = ConnectionResetError(f"HBONE connection lost ({exc or 'closed'})")
         for stream in list(self.streams.values()):
             stream._connection_lost(lost)            # peers vanished: abort, never "complete"
@@ -320,6 +322,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             self.transport.abort()
 
     def _keepalive(self) -> None:
+        self._keepalive_slot = None             # this check is the one that was pending
         now = time.monotonic()
         if self.transport is None or self.transport.is_closing():
             return
@@ -344,4 +347,4 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         wait = max(0.01, min(self._keepalive_interval - idle, self._keepalive_interval / 2)) \
             if self._ping_deadline is None else \
             min(self._keepalive_interval, max(0.01, self._ping_deadline - now))
-        self._timer = self.loop.call_later(wait, self._keepalive)
+        self._keepalive_slot = keepalive_clock(self.loop).schedule(self, wait)
