@@ -67,8 +67,9 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         if self.verify is not None:
+            verify, self.verify = self.verify, None      # used once: its closure need not stay
             try:
-                self.peer_identity = self.verify(transport.get_extra_info("ssl_object"))
+                self.peer_identity = verify(transport.get_extra_info("ssl_object"))
             except Exception as exc:                     # refused identity: nothing more
                 self.error = exc
                 transport.abort()

@@ -17,7 +17,7 @@ cdef class ConnectionBase:
     cdef public object transport           # the TLS transport
     cdef public object loop
     cdef public dict streams               # stream id -> StreamTransport
-    cdef public set _blocked               # streams waiting for window or for the transport
+    cdef public set _blocked               # streams waiting for window or for the transport (None: none)
     cdef public bint _batching             # inside a read: output waits for its end
     cdef public bint _write_paused         # the transport's buffer is full
     cdef public Py_ssize_t _reads          # reads so far (the keepalive timer compares)
@@ -25,6 +25,7 @@ cdef class ConnectionBase:
 
     cdef int _receive(self, object data) except -1
     cdef Py_ssize_t _send(self, uint32_t stream_id, object data) except -1
+    cdef int _block(self, uint32_t stream_id) except -1
     cdef int _acknowledge(self, uint32_t stream_id, Py_ssize_t size) except -1
     cdef int _output_queued(self) except -1
     cdef int _write_output(self) except -1

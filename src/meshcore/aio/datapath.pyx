@@ -53,7 +53,7 @@ cdef class ConnectionBase:
 
     def __cinit__(self, *args, **kwargs):
         self.streams = {}
-        self._blocked = set()
+        self._blocked = None          # made when a stream first waits (an empty set is 0.2 KiB)
         self._rbuf = thread_read_buffer()
 
     # asyncio.BufferedProtocol
@@ -109,11 +109,11 @@ cdef class ConnectionBase:
     cdef Py_ssize_t _send(self, uint32_t stream_id, object data) except -1:
         """Sends as much of `data` as the windows allow now; returns how much."""
         if self._write_paused:
-            self._blocked.add(stream_id)
+            self._block(stream_id)
             return 0
         cdef Py_ssize_t n = self.h2.available_window(stream_id)
         if n < len(data):
-            self._blocked.add(stream_id)
+            self._block(stream_id)
             if n <= 0:
                 return 0
             data = memoryview(data)[:n]
@@ -138,9 +138,16 @@ cdef class ConnectionBase:
             self.h2.reset_stream(stream_id, code)
             self._output_queued()
 
+    cdef int _block(self, uint32_t stream_id) except -1:
+        if self._blocked is None:
+            self._blocked = set()
+        self._blocked.add(stream_id)
+        return 0
+
     def forget_stream(self, uint32_t stream_id):
         if self.streams.pop(stream_id, None) is not None:
-            self._blocked.discard(stream_id)
+            if self._blocked is not None:
+                self._blocked.discard(stream_id)
             self._stream_done(stream_id)
 
     cdef int _output_queued(self) except -1:
@@ -168,7 +175,9 @@ cdef class ConnectionBase:
         return 0
 
     cdef int _wake(self) except -1:
-        blocked, self._blocked = self._blocked, set()
+        blocked, self._blocked = self._blocked, None
+        if blocked is None:
+            return 0
         for sid in blocked:
             stream = self.streams.get(sid)
             if stream is not None:
@@ -179,7 +188,7 @@ cdef class ConnectionBase:
         """WINDOW_UPDATE (or SETTINGS) opened a window: resume who waits for it."""
         if stream_id == 0:
             self._wake()
-        elif stream_id in self._blocked:
+        elif self._blocked is not None and stream_id in self._blocked:
             self._blocked.discard(stream_id)
             stream = self.streams.get(stream_id)
             if stream is not None:
