@@ -49,6 +49,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self.on_goaway: Callable | None = None          # pool hooks
         self.on_settings: Callable | None = None
         self.on_stream_closed: Callable | None = None
+        self.on_closed: Callable | None = None           # owner's hook: (connection) -> None, once
         # server: the task answering each request (authorization, upstream dial, relay).
         # The connection owns it: a reset of its stream or the loss of the connection
         # cancels it, and whatever it opened closes with it.
@@ -97,6 +98,9 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self._opening.clear()
         if not self.closed.done():
             self.closed.set_result(exc)
+        on_closed, self.on_closed = self.on_closed, None
+        if on_closed is not None:
+            on_closed(self)
         if not self.settings_received.done():
             self.settings_received.set_exception(ConnectionResetError("closed before SETTINGS"))
             self.settings_received.exception()

@@ -262,7 +262,10 @@ class HboneServer:
             trimmer.connection_ended(asyncio.get_running_loop())
             return
         self.connections.add(conn)
-        conn.closed.add_done_callback(lambda _: self._connection_ended(conn))
+        if conn.closed.done():
+            self._connection_ended(conn)
+        else:                                      # a hook, not a future callback: 0.2 KiB less each
+            conn.on_closed = self._connection_ended
 
     def _connection_ended(self, conn: HboneConnection) -> None:
         self.connections.discard(conn)
