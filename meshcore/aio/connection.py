@@ -212,9 +212,11 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
 
     def _stream_done(self, stream_id: int) -> None:
         # an emptied dict keeps its table (~0.2 KiB each): a connection left idle after
-        # carrying tunnels gets fresh ones
+        # carrying tunnels gets fresh ones, and builds its streams' extra info again
+        # for the next one
         if not self.streams:
             self.streams = {}
+            self._stream_extra = None
         if not self._opening:
             self._opening = {}
         trimmer.tunnel_ended(self.loop)
