@@ -302,8 +302,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
     # ----------------------------------------------------------------- internal
 
     def _extra(self) -> dict:
-        """What every stream's get_extra_info() answers: the connection's, built once
-        (streams only read it)."""
+        """What every stream's get_extra_info() answers: the connection's, shared by the
+        streams open together (they only read it) and built again after they all end."""
         if self._stream_extra is None:
             t = self.transport
             self._stream_extra = {"peername": t.get_extra_info("peername") if t else None,
