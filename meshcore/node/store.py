@@ -31,7 +31,6 @@ class ConfigStore:
         self.loaded_at = 0.0
         self.generation = 0
         self._listeners: list[Callable[[MeshState, MeshState], None]] = []
-        self._explained: set = set()
         if state is not None:
             self.replace(state)
 
@@ -49,9 +48,11 @@ class ConfigStore:
             engine.update(state.policies)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        # each new or changed policy's reductions once, not at every reload (a set of
+        # every version ever seen would grow with each edit)
+        previous = {p.key: p for p in self.state.policies}
         for policy in state.policies:
-            if policy not in self._explained:       # once per policy version, not per reload
-                self._explained.add(policy)
+            if previous.get(policy.key) != policy:
                 for sentence in l4_reductions(policy):
                     log.warning("%s (%s)", sentence, policy.source or "config")
         old, self.state, self.engine = self.state, state, engine
