@@ -11,17 +11,21 @@ from pathlib import Path as _Path
 __version__ = "0.1.0"
 
 
+def _has_core(package: _Path) -> bool:
+    return any(package.glob("_core/*.so")) or any(package.glob("_core/*.pyd"))
+
+
 def _use_installed_build() -> None:
     """Started inside a source checkout that was never built in place, the checkout's
     meshcore/ folder shadows the installed package (Python puts the current directory
     first on the path). The installed build of the same version is used then, so
     programs and snippets run from the checkout work; another version is refused."""
     here = _Path(__file__).resolve().parent
-    if any(here.glob("_core/*.so")) or any(here.glob("_core/*.pyd")):
+    if _has_core(here):
         return
     for entry in _sys.path:
         other = _Path(entry or ".").resolve() / "meshcore"
-        if other == here or not (any(other.glob("_core/*.so")) or any(other.glob("_core/*.pyd"))):
+        if other == here or not _has_core(other):
             continue
         if f'__version__ = "{__version__}"' not in (other / "__init__.py").read_text():
             raise ImportError(
