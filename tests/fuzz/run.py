@@ -12,7 +12,7 @@ instrumented by atheris. The corpus grows in build/fuzz/corpus/<target>/ (seeded
 tests/fuzz/targets.py) and carries over between runs; an input that fails is written
 to build/fuzz/crashes/<target>/ and replays with
 
-    python tests/fuzz/run.py --replay build/fuzz/crashes/<target>/crash-... <target>
+    python tests/fuzz/run.py <target> --replay build/fuzz/crashes/<target>/crash-...
 
 Needs `pip install atheris` (Linux x86_64 wheels for CPython 3.11-3.13) and, for
 --native, Debian's clang.
@@ -32,6 +32,8 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 WORK = ROOT / "build" / "fuzz"
+if str(HERE) not in sys.path:              # targets.py, imported late (see fuzz_one)
+    sys.path.insert(0, str(HERE))
 
 
 def _sources_hash() -> str:
@@ -79,7 +81,6 @@ def _atheris_preload() -> str:
 def fuzz_one(name: str, libfuzzer_args: list[str]) -> None:
     """In the fuzzing process: instrument meshcore's Python, then hand over to libFuzzer."""
     import atheris
-    sys.path.insert(0, str(HERE))
     with atheris.instrument_imports(include=["meshcore", "targets"]):
         import targets
     test = {**targets.TARGETS, **targets.EXTRA_TARGETS}[name]
@@ -88,7 +89,6 @@ def fuzz_one(name: str, libfuzzer_args: list[str]) -> None:
 
 
 def replay(name: str, paths: list[str]) -> int:
-    sys.path.insert(0, str(HERE))
     import targets
     test = {**targets.TARGETS, **targets.EXTRA_TARGETS}[name]
     for path in paths:
@@ -99,7 +99,6 @@ def replay(name: str, paths: list[str]) -> int:
 
 
 def _seed(name: str, corpus: Path) -> None:
-    sys.path.insert(0, str(HERE))
     import targets
     corpus.mkdir(parents=True, exist_ok=True)
     for data in targets.seeds(name):
@@ -140,7 +139,6 @@ def main(argv=None) -> int:
     if argv[:1] == ["--in-process"]:
         fuzz_one(argv[1], argv[3:])
         return 0
-    sys.path.insert(0, str(HERE))
     import targets
     parser = argparse.ArgumentParser(description="Coverage-guided fuzzing of meshcore with atheris.")
     parser.add_argument("targets", nargs="*", metavar="TARGET",
@@ -148,7 +146,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=60, help="how long each target runs (default 60)")
     parser.add_argument("--native", action=argparse.BooleanOptionalAction, default=shutil.which("clang") is not None,
                         help="fuzz an instrumented build of the compiled core (default: when clang is installed)")
-    parser.add_argument("--replay", nargs="+", metavar="FILE", help="run one target over these inputs and stop")
+    parser.add_argument("--replay", nargs="+", metavar="FILE",
+                        help="run one target (named before --replay) over these inputs and stop")
     args = parser.parse_args(argv)
     known = {**targets.TARGETS, **targets.EXTRA_TARGETS}
     names = args.targets or list(targets.TARGETS)

@@ -2,6 +2,8 @@
 failed, kept in tests/fuzz/regressions/<target>/), the harness finding a planted bug,
 and every target fuzzed for a few seconds against a clang-instrumented build of the
 compiled core with AddressSanitizer. Longer runs: tests/fuzz/run.py."""
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,20 @@ def test_the_harness_finds_a_planted_bug(tmp_path):
     result = run.run_target("planted", 60, None, tmp_path)
     assert result["crashed"], Path(result["log"]).read_text()[-2000:]
     assert [Path(p).read_bytes()[:3] for p in result["artifacts"]] == [b"HBO"]
+
+
+def test_replay_as_documented(tmp_path):
+    """`run.py TARGET --replay FILE...` replays inputs: a passing one exits 0, the planted
+    bug's input fails with its exception."""
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_bytes(b"\x00")
+    bad.write_bytes(b"HBO")
+    script = str(HERE / "run.py")
+    ok = subprocess.run([sys.executable, script, "planted", "--replay", str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and f"{good}: passes" in ok.stdout, ok.stdout + ok.stderr
+    failed = subprocess.run([sys.executable, script, "planted", "--replay", str(good), str(bad)],
+                            capture_output=True, text=True)
+    assert failed.returncode != 0 and "PlantedBug" in failed.stderr, failed.stdout + failed.stderr
 
 
 @pytest.fixture(scope="module")
