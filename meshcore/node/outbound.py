@@ -57,16 +57,13 @@ class Outbound:
 
     def _socks_request(self, client: asyncio.Transport, host: str, port: int) -> None:
         async def dial(protocol_factory, transport):
-            def answered():
-                # the reply goes out before any byte of the destination's
-                transport.write(socks5.reply(socks5.SUCCEEDED, transport.get_extra_info("sockname")[:2]))
-                return protocol_factory()
+            answer = _SocksAnswer(transport, protocol_factory)
             try:
                 ip = self.resolve_mesh_name(host) or await self._resolve(host)
-                return await self.dial(answered, transport, ip, port)
+                return await self.dial(answer.connected, transport, ip, port)
             except Exception as exc:
                 code = getattr(exc, "socks_reply", None) or _socks_code(exc)
-                if not transport.is_closing():
+                if not answer.sent and not transport.is_closing():
                     transport.write(socks5.reply(code))
                     transport.close()         # the reply says why; a RST could discard it
                 raise
@@ -138,6 +135,35 @@ class Outbound:
             key, chosen.authority, protocol_factory,
             [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage.encode())]),
             proxy.connect_timeout)
+
+
+class _SocksAnswer:
+    """The SOCKS5 success reply, sent when the far side is connected and before any of
+    its bytes. A protocol factory is no such moment: uvloop calls it before its TCP
+    connect has succeeded (stock asyncio after), so a refused connection would have
+    been answered twice, success then failure. `connected` stands in for the relay's
+    protocol until connection_made, then hands the transport over to it."""
+
+    def __init__(self, client: asyncio.Transport, protocol_factory):
+        self.client = client
+        self.protocol_factory = protocol_factory
+        self.sent = False
+
+    def connected(self) -> asyncio.BaseProtocol:
+        return _AnswerOnConnect(self)
+
+
+class _AnswerOnConnect(asyncio.Protocol):
+    def __init__(self, answer: _SocksAnswer):
+        self.answer = answer
+
+    def connection_made(self, transport) -> None:
+        answer = self.answer
+        answer.sent = True
+        answer.client.write(socks5.reply(socks5.SUCCEEDED, answer.client.get_extra_info("sockname")[:2]))
+        protocol = answer.protocol_factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
 
 
 def _source_ip(proxy, ip: str) -> str | None:
