@@ -15,6 +15,7 @@ edge: an HTTP/2 error code (RFC 9113 section 7) or an HTTP status.
     │   ├── WindowExceededError  more data than the flow-control window allows
     │   └── TooManyStreamsError  the peer's MAX_CONCURRENT_STREAMS is reached
     ├── TunnelError              a tunnel failed; .status is the HTTP status (401, 503, ...)
+    │   └── StreamRefusedError   the peer refused the stream unprocessed (REFUSED_STREAM)
     ├── IdentityError            certificates, SPIFFE ids, trust bundles
     └── ConfigError              a refused configuration; .source, .document, .path, .reason
 """
@@ -36,6 +37,7 @@ __all__ = [
     "WindowExceededError",
     "TooManyStreamsError",
     "TunnelError",
+    "StreamRefusedError",
     "IdentityError",
     "ConfigError",
     "ListenerError",
@@ -139,6 +141,17 @@ class TunnelError(MeshcoreError):
     def __init__(self, message: str, status: int = 503):
         super().__init__(message)
         self.status = status
+
+
+class StreamRefusedError(TunnelError):
+    """The peer reset the tunnel's stream with REFUSED_STREAM before answering it, so it
+    did nothing with it. ``going_away``: the refusal came with the peer's GOAWAY (the
+    connection is ending; another connection may take the tunnel); otherwise the peer
+    is refusing new streams."""
+
+    def __init__(self, message: str, going_away: bool):
+        super().__init__(message, 503)
+        self.going_away = going_away
 
 
 class IdentityError(MeshcoreError):

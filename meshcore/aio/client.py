@@ -50,4 +50,7 @@ async def dial(host: str, port: int, context: ssl.SSLContext, expected, *,
     except (asyncio.TimeoutError, ConnectionError) as exc:
         conn.transport.abort()
         raise ConnectionError(f"HBONE server {peer} sent no SETTINGS: {exc!r}") from None
+    except BaseException:
+        conn.transport.abort()          # cancelled: nobody will own this connection
+        raise
     return conn

@@ -18,7 +18,7 @@ from meshcore._core.h2conn import H2Connection
 from meshcore.aio.datapath import ConnectionBase, StreamTransport
 from meshcore.aio.keepalive import keepalive_clock
 from meshcore.aio.memory import trimmer
-from meshcore.errors import ErrorCode, StreamClosedError, TunnelError, error_code_name
+from meshcore.errors import ErrorCode, StreamClosedError, StreamRefusedError, TunnelError, error_code_name
 
 log = logging.getLogger("meshcore.hbone")
 
@@ -161,7 +161,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             self.streams.pop(e.stream_id, None)
             if self.h2.stream_state(e.stream_id) not in ("closed", "half-closed (local)"):
                 self.h2.reset_stream(e.stream_id, ErrorCode.CANCEL)
-            fut.set_exception(TunnelError(f"tunnel refused with status {e.status}", e.status))
+            if not fut.done():                  # else the opener gave up first
+                fut.set_exception(TunnelError(f"tunnel refused with status {e.status}", e.status))
             self._stream_done(e.stream_id)
             return
         if fut.done():
@@ -179,8 +180,17 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         opening = self._opening.pop(e.stream_id, None)
         if opening is not None:
             self.streams.pop(e.stream_id, None)
-            opening[0].set_exception(TunnelError(
-                f"tunnel reset before it opened ({error_code_name(e.error_code)})", 503))
+            if opening[0].done():
+                pass                            # the opener gave up first
+            elif e.error_code == ErrorCode.REFUSED_STREAM:
+                # unprocessed: the pool may try another connection if this one is going away
+                going_away = self.goaway or self.h2.goaway_received
+                opening[0].set_exception(StreamRefusedError(
+                    f"tunnel refused before it opened (REFUSED_STREAM"
+                    f"{', the connection is going away' if going_away else ''})", going_away))
+            else:
+                opening[0].set_exception(TunnelError(
+                    f"tunnel reset before it opened ({error_code_name(e.error_code)})", 503))
             self._stream_done(e.stream_id)
             return
         stream = self.streams.get(e.stream_id)

@@ -124,6 +124,13 @@ cdef list outgoing_fields(object headers):
     return out
 
 
+def validate_outgoing_fields(headers):
+    """The fields as they would be sent ((bytes, bytes[, flag]) tuples), or UsageError
+    naming the malformed one: what sending them would check, for a caller that wants to
+    refuse a request before it chooses or dials a connection for it."""
+    return outgoing_fields(headers)
+
+
 def validate_request(fields):
     """Python entry for tests: (method, authority, regular) or ProtocolError."""
     return parse_request(list(fields))
