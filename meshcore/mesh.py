@@ -12,7 +12,8 @@ import os
 from collections.abc import Awaitable, Callable, Iterable
 
 from meshcore.aio.client import dial
-from meshcore.aio.pool import HbonePool, PoolKey
+from meshcore.aio.pool import (IDLE_TIMEOUT, MAX_CONNECTIONS_PER_KEY, MAX_STREAMS, REFUSAL_HOLD, HbonePool,
+                                PoolKey)
 from meshcore.aio.server import HboneServer, TunnelRequest
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.identity.store import CertificateStore, FileCredentials
@@ -28,12 +29,18 @@ def traceparent() -> bytes:
 class Mesh:
     """One workload identity joining the mesh from this process."""
 
-    def __init__(self, identity: SpiffeId, store: CertificateStore, *, max_streams: int = 100,
-                 idle_timeout: float = 300.0, **connection_options):
+    def __init__(self, identity: SpiffeId, store: CertificateStore, *, max_streams: int = MAX_STREAMS,
+                 idle_timeout: float = IDLE_TIMEOUT, max_connections_per_key: int = MAX_CONNECTIONS_PER_KEY,
+                 refusal_hold: float = REFUSAL_HOLD, **connection_options):
+        """The pool's options (meshcore.aio.pool): `max_streams` per connection,
+        `max_connections_per_key` per destination and expected identities, connections
+        closed after `idle_timeout` s unused, a destination refusing streams not asked
+        again for `refusal_hold` s. `connection_options` go to every HboneConnection."""
         self.identity = identity
         self.store = store
         self.connection_options = connection_options
-        self.pool = HbonePool(self._connect, max_streams=max_streams, idle_timeout=idle_timeout)
+        self.pool = HbonePool(self._connect, max_streams=max_streams, idle_timeout=idle_timeout,
+                              max_connections_per_key=max_connections_per_key, refusal_hold=refusal_hold)
         self.servers: list[HboneServer] = []
 
     @classmethod
@@ -51,7 +58,10 @@ class Mesh:
     async def open_tunnel_protocol(self, address: str, port: int, expected, protocol_factory: Callable,
                                    *, via: tuple[str, int] | None = None, headers: Iterable = ()):
         """Tunnel to `address:port` through the HBONE server at `via` (default: the
-        destination's own node, address:15008) whose identity is one of `expected`."""
+        destination's own node, address:15008) whose identity is one of `expected`.
+        Raises UsageError for a malformed header field (before any connection is
+        dialed), TunnelError(status) when the far end refuses (503 also when it refuses
+        new streams), or the dial's error (OSError, IdentityError)."""
         expected = (expected,) if isinstance(expected, SpiffeId) else tuple(expected)
         via = via or (address, HBONE_PORT)
         authority = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

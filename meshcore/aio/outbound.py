@@ -80,12 +80,21 @@ class OutboundListener:
             result = await dial(lambda: splice.b, client)
             if self._on_end is not None:
                 splice.done.add_done_callback(lambda _: self._on_end(result, splice))
-        except asyncio.CancelledError:
-            splice.abort()                       # the client left first
-            raise
-        except Exception as exc:                 # TunnelError, OSError, timeouts
-            self.stats["dial_failed"] += 1
-            log.debug("outbound connection from %s: %s", client.get_extra_info("peername"), exc)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            client_left = task is not None and task.cancelling() > 0
             splice.abort()
-            if not client.is_closing():
-                abort_with_rst(client)
+            if client_left:
+                raise
+            # the dial was cancelled by something other than this connection's end: a
+            # failed dial like any other, not a silent end of the task
+            self._failed(client, exc)
+        except Exception as exc:                 # TunnelError, OSError, timeouts
+            splice.abort()
+            self._failed(client, exc)
+
+    def _failed(self, client: asyncio.BaseTransport, exc: BaseException) -> None:
+        self.stats["dial_failed"] += 1
+        log.debug("outbound connection from %s: %r", client.get_extra_info("peername"), exc)
+        if not client.is_closing():
+            abort_with_rst(client)
