@@ -1,4 +1,4 @@
-"""The node proxy's configuration files → one MeshState.
+"""Configuration files → the mesh's resources (meshcore.state.model objects).
 
 A file holds YAML documents of two shapes, told apart by `kind`:
 - ztunnel's local config (no `kind`): `workloads`, `services`, `policies`, camelCase,
@@ -7,7 +7,8 @@ A file holds YAML documents of two shapes, told apart by `kind`:
 
 Several files (and the inline text of MESHCORE_LOCAL_XDS / LOCAL_XDS) merge into one
 configuration, refused as a whole on the first error with file, document, field path
-and reason.
+and reason. parse() gives the resources (for the mesh store's file source); load()
+puts them in a fresh store and returns its view (for tools and tests).
 """
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import hashlib
 import ipaddress
 import os
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from meshcore.config import fields as F
 from meshcore.config.yamlfile import documents, located
 from meshcore.errors import ConfigError
-from meshcore.node.model import (GatewayAddress, LoadBalancer, Locality, MeshState, PeerAuthentication,
-                                 Service, Workload)
+from meshcore.state.model import (GatewayAddress, HealthPolicy, LoadBalancer, LoadBalancerMode, Locality, MtlsMode,
+                                  PeerAuthentication, Protocol, Service, Workload)
+from meshcore.state.store import MeshStore
+from meshcore.state.view import MeshView
 from meshcore.policy.istio import ROOT_NAMESPACE, authorization_policy, workload_selector
 from meshcore.policy.ztunnel import ztunnel_policy
 
@@ -34,9 +38,7 @@ _WORKLOAD_KEYS = (
 _SERVICE_KEYS = (
     "name", "namespace", "hostname", "vips", "cidrVips", "ports", "subjectAltNames", "endpoints",
     "waypoint", "weightedWaypoints", "loadBalancer", "ipFamilies", "canonical", "visibility")
-_PROTOCOLS = ("HBONE", "TCP")
 _STATUS = ("Healthy", "Unhealthy")
-_MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
 
 
 def _ip(obj, path: str):
@@ -80,11 +82,13 @@ def _labels(obj, path: str) -> tuple[tuple[str, str], ...]:
                         for k, v in obj.items()))
 
 
-def _choice(obj, path: str, allowed: tuple, default: str) -> str:
+def _choice(obj, path: str, allowed, default):
+    """One of `allowed` (strings, or a StrEnum whose members are returned)."""
     value = F.string(obj if obj is not None else default, path)
-    if value not in allowed:
-        raise F.fail(path, f"{value!r} is not one of {', '.join(allowed)}")
-    return value
+    names = [str(a) for a in allowed]
+    if value not in names:
+        raise F.fail(path, f"{value!r} is not one of {', '.join(names)}")
+    return allowed(value) if isinstance(allowed, type) else value
 
 
 def workload(obj, path: str) -> Workload:
@@ -109,7 +113,7 @@ def workload(obj, path: str) -> Workload:
         name=name, namespace=namespace, ips=ips,
         service_account=s("serviceAccount", "default") or "default",
         trust_domain=s("trustDomain", "cluster.local") or "cluster.local",
-        protocol=_choice(obj.get("protocol"), f"{path}.protocol", _PROTOCOLS, "HBONE"),
+        protocol=_choice(obj.get("protocol"), f"{path}.protocol", Protocol, "HBONE"),
         node=s("node"), network=s("network"),
         waypoint=_gateway(obj["waypoint"], f"{path}.waypoint") if obj.get("waypoint") else None,
         network_gateway=(_gateway(obj["networkGateway"], f"{path}.networkGateway")
@@ -133,10 +137,9 @@ def service(obj, path: str) -> Service:
         raw = F.mapping(obj["loadBalancer"], f"{path}.loadBalancer",
                         allowed=("routingPreferences", "mode", "healthPolicy"))
         lb = LoadBalancer(tuple(F.strings(raw.get("routingPreferences"), f"{path}.loadBalancer.routingPreferences")),
-                          _choice(raw.get("mode"), f"{path}.loadBalancer.mode", ("Standard", "Strict", "Failover"),
-                                  "Standard"),
-                          _choice(raw.get("healthPolicy"), f"{path}.loadBalancer.healthPolicy",
-                                  ("OnlyHealthy", "AllowAll"), "OnlyHealthy"))
+                          _choice(raw.get("mode"), f"{path}.loadBalancer.mode", LoadBalancerMode, "Standard"),
+                          _choice(raw.get("healthPolicy"), f"{path}.loadBalancer.healthPolicy", HealthPolicy,
+                                  "OnlyHealthy"))
     return Service(
         name=F.string(obj["name"], f"{path}.name"),
         namespace=F.string(obj["namespace"], f"{path}.namespace"),
@@ -171,13 +174,13 @@ def peer_authentication(doc: dict) -> PeerAuthentication:
         number = F.port(port, p)
         if number == 0:
             raise F.fail(p, "port must be in 1-65535")
-        ports.append((number, _choice(level.get("mode"), f"{p}.mode", _MTLS_MODES, "UNSET")))
+        ports.append((number, _choice(level.get("mode"), f"{p}.mode", MtlsMode, "UNSET")))
     if ports and not selector:
         # Istio's validation: port-level settings need a workload selector
         raise F.fail("spec.portLevelMtls", "portLevelMtls requires spec.selector (Istio refuses it otherwise)")
     return PeerAuthentication(F.string(meta["name"], "metadata.name"),
                               F.string(meta.get("namespace", "default"), "metadata.namespace"),
-                              _choice(mtls.get("mode"), "spec.mtls.mode", _MTLS_MODES, "UNSET"),
+                              _choice(mtls.get("mode"), "spec.mtls.mode", MtlsMode, "UNSET"),
                               selector, tuple(ports))
 
 
@@ -215,8 +218,7 @@ class _Collected:
             except ConfigError as exc:
                 raise located(exc, source, index) from None
 
-    def state(self, root_namespace: str) -> MeshState:
-        workloads = [w for w, _ in self.workloads]
+    def resources(self) -> list:
         _refuse_duplicates([(w.uid, src) for w, src in self.workloads], "workload uid")
         _refuse_duplicates([((w.network, str(ip)), src) for w, src in self.workloads for ip in w.ips],
                            "workload address")
@@ -224,8 +226,7 @@ class _Collected:
         _refuse_duplicates([(v, src) for s, src in self.services for v in s.vips], "service VIP")
         _refuse_duplicates([(p.key, p.source) for p in self.policies], "policy")
         _refuse_duplicates([(p.key, "") for p in self.peer_auths], "PeerAuthentication")
-        return MeshState(tuple(workloads), tuple(s for s, _ in self.services), tuple(self.policies),
-                         tuple(self.peer_auths), root_namespace=root_namespace)
+        return [*(s for s, _ in self.services), *(w for w, _ in self.workloads), *self.policies, *self.peer_auths]
 
 
 def _refuse_duplicates(pairs: list, what: str) -> None:
@@ -238,9 +239,15 @@ def _refuse_duplicates(pairs: list, what: str) -> None:
         seen[key] = source
 
 
-def load(paths: Iterable[str] = (), *, inline: str | None = None,
-         root_namespace: str = ROOT_NAMESPACE) -> MeshState:
-    """Every file (and the inline text) into one MeshState, or ConfigError."""
+@dataclass(frozen=True)
+class ParsedConfig:
+    resources: list                   # Service, Workload, Policy, PeerAuthentication
+    sources: tuple[str, ...]          # the files read ("<inline>" for the inline text)
+    version: str                      # a digest of the text read
+
+
+def parse(paths: Iterable[str] = (), *, inline: str | None = None) -> ParsedConfig:
+    """Every file (and the inline text) into one set of resources, or ConfigError."""
     collected = _Collected()
     sources = []
     digest = hashlib.sha256()
@@ -260,10 +267,17 @@ def load(paths: Iterable[str] = (), *, inline: str | None = None,
                                          INLINE_VARIABLES[0]))
         sources.append("<inline>")
         digest.update(inline.encode())
-    state = collected.state(root_namespace)
-    state.sources = tuple(sources)
-    state.version = digest.hexdigest()[:16]          # what was read, hashed (not the parsed objects)
-    return state
+    # what was read, hashed (not the parsed objects)
+    return ParsedConfig(collected.resources(), tuple(sources), digest.hexdigest()[:16])
+
+
+def load(paths: Iterable[str] = (), *, inline: str | None = None,
+         root_namespace: str = ROOT_NAMESPACE) -> MeshView:
+    """Every file (and the inline text) in force in a store of its own: its view, or ConfigError."""
+    parsed = parse(paths, inline=inline)
+    store = MeshStore(root_namespace=root_namespace)
+    store.replace("files", parsed.resources, atomic=True, version=parsed.version)
+    return store.view
 
 
 def inline_from_environment() -> str | None:

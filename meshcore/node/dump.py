@@ -7,7 +7,8 @@ from dataclasses import fields
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meshcore.node.model import GatewayAddress, MeshState, Service, Workload
+from meshcore.state.model import GatewayAddress, Service, Workload
+from meshcore.state.view import MeshView
 from meshcore.policy.model import Match, Policy, StringMatch
 
 _STRING_KIND = {"exact": "Exact", "prefix": "Prefix", "suffix": "Suffix", "presence": "Presence"}
@@ -42,12 +43,15 @@ def workload(w: Workload) -> dict:
     return out
 
 
-def service(s: Service, state: MeshState) -> dict:
+def endpoint(w: Workload, service_key: str) -> dict:
+    return {"workloadUid": w.uid, "service": "", "status": "Healthy" if w.healthy else "Unhealthy",
+            "port": {str(p): t for k, ports in w.services if k == service_key for p, t in ports}}
+
+
+def service(s: Service, state: MeshView) -> dict:
     out = {"name": s.name, "namespace": s.namespace, "hostname": s.hostname,
            "vips": [f"{n}/{ip}" for n, ip in s.vips], "ports": {str(p): t for p, t in s.ports},
-           "endpoints": {w.uid: {"workloadUid": w.uid, "service": "", "status": "Healthy" if w.healthy else "Unhealthy",
-                                 "port": dict((str(p), t) for k, ports in w.services if k == s.key for p, t in ports)}
-                         for w in state.endpoints.get(s.key, ())},
+           "endpoints": {w.uid: endpoint(w, s.key) for w in state.endpoints.get(s.key, ())},
            "subjectAltNames": list(s.subject_alt_names), "ipFamilies": "IPv4"}
     if s.waypoint:
         out["waypoint"] = _gateway(s.waypoint)
@@ -101,16 +105,17 @@ def _cert(c) -> dict:
 
 
 def config_dump(proxy) -> dict:
-    state = proxy.config.state
+    state = proxy.store.view
     local = state.local_workloads(proxy.node_name)
     return {
         "workloads": [workload(w) for w in state.workloads],
         "services": [service(s, state) for s in state.services],
         "policies": [policy(p) for p in state.policies],
-        "stagedServices": {},
+        # endpoints that name a service not known yet, as ztunnel lists them
+        "stagedServices": {key: {w.uid: endpoint(w, key) for w in members} for key, members in state.staged.items()},
         "certificates": certificates(proxy.certs, sorted({w.identity for w in local if w.meshed})),
         "workloadState": {w.uid: {"state": "Up"} for w in local},
-        "staticConfig": {"sources": list(state.sources)},
+        "staticConfig": {"sources": list(proxy.files.sources)},
         "version": proxy.version,
         "config": proxy.describe_config(),
     }

@@ -84,7 +84,7 @@ class Inbound:
         return self.proxy.certs.server_context(workload.identity)
 
     def _local_workload(self, ip):
-        state = self.proxy.config.state
+        state = self.proxy.store.view
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
@@ -97,7 +97,7 @@ class Inbound:
         peer_ip, peer_port = request.peer_address[:2]
         record = ConnectionRecord("inbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=request.authority,
                                   hbone_addr=request.authority, src_identity=request.peer_identity.uri, mtls=True)
-        state = proxy.config.state
+        state = proxy.store.view
         source = state.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
         # the address names the source workload only if the node before us kept it (the
         # identity is what the peer proved; an address it could not keep names someone else)
@@ -113,8 +113,8 @@ class Inbound:
         if workload is None:
             return self._refuse(request, record, 503, f"no workload of this node at {request.host}")
         record.dst_identity = workload.identity.uri
-        decision = proxy.config.engine.for_workload(workload.policy_view()).evaluate(
-            request.peer_identity.principal, peer_ip, request.host, request.port)
+        decision = state.policy_set(workload).evaluate(request.peer_identity.principal, peer_ip, request.host,
+                                                       request.port)
         if not decision:
             return self._refuse(request, record, 401, f"policy rejection: {decision.reason}", flag="DENY")
         proxy.metrics.opened_connection(record)
@@ -149,11 +149,10 @@ class Inbound:
 
     def revoke(self, state) -> int:
         """After a configuration change: end the tunnels the new policies deny."""
-        engine = self.proxy.config.engine
         ended = 0
         for task, (workload, principal, src, dst, port) in list(self.active.items()):
             current = state.by_uid.get(workload.uid)
-            if current is None or not engine.for_workload(current.policy_view()).evaluate(principal, src, dst, port):
+            if current is None or not state.policy_set(current).evaluate(principal, src, dst, port):
                 task.cancel()
                 ended += 1
         return ended
@@ -165,19 +164,19 @@ class Inbound:
         dst_ip, dst_port = original_destination(sock)
         peer_ip, peer_port = client.get_extra_info("peername")[:2]
         record = ConnectionRecord("inbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=f"{dst_ip}:{dst_port}")
-        record.src_workload = proxy.config.state.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
+        view = proxy.store.view
+        record.src_workload = view.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
         workload = record.dst_workload = self._local_workload(dst_ip)
         try:
             if workload is None:
                 raise PolicyRefusal(f"no workload of this node at {dst_ip}")
             if dst_port in proxy.listen_ports:
                 raise PolicyRefusal(f"{dst_ip}:{dst_port} is one of the proxy's own ports (loop guard)")
-            mode = proxy.config.state.mtls_mode(workload, dst_port)
+            mode = view.mtls_mode(workload, dst_port)
             if mode == "STRICT":
                 raise PolicyRefusal(f"PeerAuthentication is STRICT for {workload.namespace}/{workload.name} "
                                     f"port {dst_port}: plaintext refused")
-            decision = proxy.config.engine.for_workload(workload.policy_view()).evaluate(
-                None, peer_ip, dst_ip, dst_port)
+            decision = view.policy_set(workload).evaluate(None, peer_ip, dst_ip, dst_port)
             if not decision:
                 raise PolicyRefusal(f"policy rejection: {decision.reason}")
             await asyncio.wait_for(asyncio.get_running_loop().create_connection(
@@ -201,5 +200,5 @@ def _forwarded_service(state, forwarded: bytes | None):
     for part in forwarded.decode("latin-1").split(";"):
         key, _, value = part.strip().partition("=")
         if key.lower() == "host":
-            return state.by_hostname.get(value.strip('"'))
+            return state.service_by_hostname(value.strip('"'))
     return None

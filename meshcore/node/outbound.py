@@ -71,7 +71,7 @@ class Outbound:
 
     def resolve_mesh_name(self, host: str) -> str | None:
         """Mesh service hostnames resolve to their VIP before DNS is asked."""
-        service = self.proxy.config.state.by_hostname.get(host.rstrip("."))
+        service = self.proxy.store.view.service_by_hostname(host.rstrip("."))
         if service is not None:
             vip = next((v for n, v in service.vips if n in self.proxy.networks), None)
             return str(vip) if vip is not None else None
@@ -95,11 +95,12 @@ class Outbound:
         peer_ip, peer_port = client.get_extra_info("peername")[:2]
         record = ConnectionRecord("outbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=_host_port(ip, port))
         try:
-            source = proxy.config.state.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
+            view = proxy.store.view
+            source = view.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
             record.src_workload = source
             if source is None or source.node != proxy.node_name:
                 raise RouteRefused(f"source {peer_ip} is not a workload of node {proxy.node_name!r}")
-            chosen = route(proxy.config.state, source, ip, port, choice=next(self._choice),
+            chosen = route(view, source, ip, port, choice=next(self._choice),
                            own_addresses=proxy.own_addresses, proxy_ports=proxy.listen_ports)
             record.dst_workload, record.service = chosen.workload, chosen.service
             if chosen.kind == HBONE:

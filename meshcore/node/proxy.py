@@ -1,6 +1,7 @@
 """`NodeProxy`: the per-node data plane, composed of the shell's pieces.
 
-    config files ─► ConfigStore (MeshState + compiled policies) ◄─ reload (file change, SIGHUP)
+    config files ─► FileSource ─► MeshStore (views + compiled policies) ─► subscribers:
+                   (reload: file change, SIGHUP)        listeners, certificates, revocation
     15001 capture ─┐                                     ┌─ 15008 HBONE (per local workload address)
     15080 SOCKS5 ──┴─ Outbound ─ route() ─ HbonePool ──► │  Inbound ─ policy ─ local workload
                                    └─ plain TCP          └─ 15006 plaintext (PERMISSIVE peers)
@@ -24,7 +25,7 @@ from meshcore.aio.pool import HbonePool, PoolKey
 from meshcore.errors import ConfigError, IdentityError, ListenerError
 from meshcore.identity.ca import CertificateAuthority
 from meshcore.identity.store import CertificateStore, CredentialDirectories
-from meshcore.node import config as node_config, debug, logs
+from meshcore.node import debug, logs
 from meshcore.node.admin import HttpEndpoints, text
 from meshcore.node.dump import config_dump
 from meshcore.node.inbound import Inbound
@@ -32,7 +33,9 @@ from meshcore.node.metrics import NodeMetrics
 from meshcore.node.netaddr import SourceBinder
 from meshcore.node.outbound import Outbound
 from meshcore.node.record import ConnectionRecord
-from meshcore.node.store import ConfigStore
+from meshcore.sources.files import FileSource
+from meshcore.state.changes import Kind
+from meshcore.state.store import MeshStore, StateChange
 
 log = logging.getLogger("meshcore.node")
 
@@ -85,7 +88,9 @@ class NodeProxy:
         self.connect_timeout = options.connect_timeout
         self.drain_deadline = options.drain_deadline
         self.binder = SourceBinder(options.preserve_source)
-        self.config = ConfigStore()
+        self.store = MeshStore()
+        self.files = FileSource(self.store, options.config_paths, options.inline_config)
+        self.loaded_at = 0.0
         self.metrics = NodeMetrics(self.version)
         self.issuer, self.trust_domain = self._issuer()
         self.certs = CertificateStore(self.issuer)
@@ -96,7 +101,6 @@ class NodeProxy:
         self.pending = {"config", "certificates", "listeners"}
         self.stopped = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
-        self._fingerprint = None
 
     # -- identity ---------------------------------------------------------------------
     def _issuer(self):
@@ -139,7 +143,7 @@ class NodeProxy:
             if rotated:
                 log.info("rotated certificates of %s", ", ".join(map(str, rotated)))
         failed = []
-        for w in self.config.state.local_workloads(self.node_name):
+        for w in self.store.view.local_workloads(self.node_name):
             if w.meshed:
                 try:
                     self.certs.credentials(w.identity)
@@ -157,30 +161,34 @@ class NodeProxy:
                           local_addr=(key.source_ip, 0) if key.source_ip else None)
 
     # -- configuration ------------------------------------------------------------------
-    def load_config(self) -> None:
-        """Read the files and put them in force, or raise ConfigError keeping the old ones."""
-        o = self.options
-        state = node_config.load(o.config_paths, inline=o.inline_config)
-        self._fingerprint = self._files_fingerprint()
-        self.config.replace(state)
-        self.pending.discard("config")
-
     async def reload(self, reason: str) -> bool:
+        """Read the configuration and certificate files again and put what changed in
+        force; a refused configuration keeps the one in force (logged and counted)."""
+        self._issue_local()
         try:
-            self.load_config()
+            applied = await self.files.reload()
         except ConfigError as exc:
             self.metrics.config_reloads.labels("refused").inc()
             log.error("configuration refused (%s), the previous one stays in force: %s", reason, exc)
             return False
         self.metrics.config_reloads.labels("applied").inc()
-        await self._apply()
-        ended = self.inbound.revoke(self.config.state)
-        log.info("configuration %s applied (%s): %d workloads, %d services, %d policies%s", self.config.version,
-                 reason, len(self.config.state.workloads), len(self.config.state.services),
-                 len(self.config.state.policies), f"; {ended} tunnels no longer allowed were closed" if ended else "")
+        view = self.store.view
+        log.info("configuration %s applied (%s): %d workloads, %d services, %d policies; %s", view.version, reason,
+                 len(view.by_uid), len(view.by_service_key), len(view.policy_by_key),
+                 ", ".join(f"{len(keys)} {kind} changed" for kind, keys in applied.changed.items()) or "no change")
         return True
 
-    async def _apply(self) -> None:
+    async def _on_change(self, change: StateChange) -> None:
+        """A change is in force: listeners, certificates and own addresses follow the
+        local workloads; tunnels the new policies deny end."""
+        self.loaded_at = time.time()
+        if change.keys(Kind.WORKLOAD):
+            await self._reconcile()
+        ended = self.inbound.revoke(change.new)
+        if ended:
+            log.info("%d tunnels no longer allowed were closed", ended)
+
+    async def _reconcile(self) -> None:
         self._issue_local()
         own = set()
         for address in self.listen.values():
@@ -190,29 +198,17 @@ class NodeProxy:
                 continue                       # "workloads": the local workloads' addresses, below
             if ip is not None and not ip.is_unspecified:
                 own.add(ip)
-        own.update(ip for w in self.config.state.local_workloads(self.node_name) for ip in w.ips)
+        own.update(ip for w in self.store.view.local_workloads(self.node_name) for ip in w.ips)
         self.own_addresses = frozenset(own)
-        if await self.inbound.sync(self.config.state):
+        if await self.inbound.sync(self.store.view):
             self.pending.add("listeners")
         else:
             self.pending.discard("listeners")
 
-    def _files_fingerprint(self):
-        out = []
-        for p in self.options.config_paths:
-            try:
-                st = os.stat(p)
-                out.append((p, st.st_ino, st.st_mtime_ns, st.st_size))
-            except OSError:
-                out.append((p, None))
-        return tuple(out)
-
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.options.reload_interval)
-            now = self._files_fingerprint()
-            if now != self._fingerprint:
-                self._fingerprint = now        # a refused file is not retried until it changes again
+            if self.files.changed_on_disk():
                 await self.reload("files changed")
 
     async def _rotate(self) -> None:
@@ -224,9 +220,12 @@ class NodeProxy:
     async def start(self) -> "NodeProxy":
         """Load the configuration and open every listener; ConfigError or ListenerError
         (with what and where) if that cannot be done."""
-        self.load_config()
+        await self.files.reload()
+        self.loaded_at = time.time()
+        self.pending.discard("config")
         listen = self.listen
-        await self._apply()
+        await self._reconcile()
+        self.store.subscribe(self._on_change, (Kind.WORKLOAD, Kind.AUTHORIZATION_POLICY, Kind.PEER_AUTHENTICATION))
         routes = {"admin": {"/config_dump": self._config_dump, "/logging": self._logging,
                             "/quitquitquit": self._quit, "/debug/pprof/profile": self._profile,
                             "/debug/tasks": self._tasks_dump, "/debug/holdings": self._holdings, "/": self._index},
@@ -287,8 +286,9 @@ class NodeProxy:
                 "configPaths": list(o.config_paths), "inlineConfig": bool(o.inline_config),
                 "listeners": {n: (f"{a[0]}:{a[1]}" if a else None) for n, a in self.listen.items()},
                 "connectTimeout": o.connect_timeout, "drainDeadline": o.drain_deadline,
-                "preserveSourceAddress": o.preserve_source, "configVersion": self.config.version,
-                "configLoaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.config.loaded_at))}
+                "preserveSourceAddress": o.preserve_source, "configVersion": self.store.view.version,
+                "configGeneration": self.store.view.generation,
+                "configLoaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
     # -- HTTP endpoints ----------------------------------------------------------------
     def _config_dump(self, method, query):

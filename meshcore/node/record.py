@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from meshcore.node.model import Service, Workload
+from meshcore.state.model import Service, Workload
 
 UNKNOWN = "unknown"
 

@@ -16,7 +16,8 @@ import ipaddress
 from dataclasses import dataclass
 
 from meshcore.identity.spiffe import SpiffeId
-from meshcore.node.model import GatewayAddress, MeshState, Service, Workload
+from meshcore.state.model import GatewayAddress, HealthPolicy, Service, Workload
+from meshcore.state.view import MeshView
 
 PROXY_PORTS = frozenset((15001, 15006, 15008, 15080))
 
@@ -54,7 +55,7 @@ def _expected(workload: Workload, service: Service | None) -> tuple[SpiffeId, ..
     return tuple(dict.fromkeys(ids))
 
 
-def _waypoint_route(state: MeshState, gateway: GatewayAddress, source: Workload, authority: str,
+def _waypoint_route(state: MeshView, gateway: GatewayAddress, source: Workload, authority: str,
                     service: Service | None, workload: Workload | None) -> Route:
     if gateway.address is not None:
         network, ip = gateway.address
@@ -79,7 +80,7 @@ def _is_waypoint_of(source: Workload, gateway: GatewayAddress | None) -> bool:
     return gateway is not None and gateway.address is not None and gateway.address[1] in source.ips
 
 
-def route(state: MeshState, source: Workload, ip, port: int, *, choice: int = 0,
+def route(state: MeshView, source: Workload, ip, port: int, *, choice: int = 0,
           own_addresses: frozenset = frozenset(), proxy_ports: frozenset = PROXY_PORTS) -> Route:
     """The route for a connection from `source` to `ip:port` (the original destination)."""
     ip = ipaddress.ip_address(ip)
@@ -95,7 +96,7 @@ def route(state: MeshState, source: Workload, ip, port: int, *, choice: int = 0,
         if service.waypoint is not None and not _is_waypoint_of(source, service.waypoint):
             return _waypoint_route(state, service.waypoint, source, authority, service, None)
         members = state.endpoints.get(service.key, ())
-        health_all = service.load_balancer is not None and service.load_balancer.health_policy == "AllowAll"
+        health_all = service.load_balancer is not None and service.load_balancer.health_policy is HealthPolicy.ALLOW_ALL
         candidates = [w for w in members if (w.healthy or health_all) and w.ips
                       and w.target_port(service.key, port) is not None]
         if not candidates:
@@ -111,7 +112,7 @@ def route(state: MeshState, source: Workload, ip, port: int, *, choice: int = 0,
     return _to_workload(state, source, dest, ip, port, None)
 
 
-def _to_workload(state: MeshState, source: Workload, dest: Workload, ip, port: int,
+def _to_workload(state: MeshView, source: Workload, dest: Workload, ip, port: int,
                  service: Service | None) -> Route:
     authority = _host_port(ip, port)
     if dest.waypoint is not None and not _is_waypoint_of(source, dest.waypoint) and service is None:

@@ -7,7 +7,7 @@ import pytest
 
 from meshcore.errors import ConfigError
 from meshcore.node.config import load
-from meshcore.node.model import Workload
+from meshcore.state.model import Workload
 
 FULL = """
 workloads:

@@ -331,7 +331,8 @@ def test_sighup_reloads_and_debug_endpoints_report(mesh):
     holdings = lambda: json.loads(mesh.http_get(mesh.node["node-a"], 15000, "/debug/holdings")[1])  # noqa: E731
     assert wait_for(lambda: holdings()["relayed_connections"] == 0)
     h = holdings()
-    assert h["hbone_outbound_connections"] >= 1 and h["certificates"] == 2 and h["gc_frozen_objects"] > 0
+    assert h["hbone_outbound_connections"] >= 1 and h["certificates"] == 2
+    assert h["gc_frozen_objects"] == 0           # reloads never freeze what is alive (it would never be freed)
     status, tasks = mesh.http_get(mesh.node["node-a"], 15000, "/debug/tasks")
     assert status == 200 and json.loads(tasks)["tasks"] >= 1
     status, profile = mesh.http_get(mesh.node["node-a"], 15000, "/debug/pprof/profile?seconds=0.3")

@@ -194,15 +194,15 @@ def test_l4_denial_names_the_dropped_rule_and_why():
 
 
 def test_node_logs_each_l4_reduction_once(caplog, tmp_path):
-    from meshcore.node.config import load
-    from meshcore.node.store import ConfigStore
+    from meshcore.node.config import parse
+    from meshcore.state import MeshStore
     path = tmp_path / "p.yaml"
     path.write_text(ap('{action: DENY, rules: [{from: [{source: {namespaces: [jobs]}}], '
                        'to: [{operation: {paths: ["/admin"]}}]}]}', name="no-admin"))
-    store = ConfigStore()
-    with caplog.at_level("WARNING", logger="meshcore.node.config"):
-        store.replace(load([str(path)]))
-        store.replace(load([str(path)]))                   # a reload of the same policy: no second line
+    store = MeshStore()
+    with caplog.at_level("WARNING", logger="meshcore.state"):
+        store.replace("files", parse([str(path)]).resources)
+        store.replace("files", parse([str(path)]).resources)   # a reload of the same policy: no second line
     lines = [r.getMessage() for r in caplog.records]
     assert lines == [f"shop/no-admin rule 0 denies on its L4 part only: paths cannot be seen without a waypoint "
                      f"and are taken to match ({path})"]

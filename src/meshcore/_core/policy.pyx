@@ -716,7 +716,11 @@ class PolicyEngine:
     """All policies, compiled once; per-workload tables built on first use and cached.
 
     layer="l4" (node proxy) compiles the fail-closed form of policies with L7 fields;
-    layer="l7" (waypoint) keeps them."""
+    layer="l7" (waypoint) keeps them.
+
+    An engine in force is never changed by a configuration change: changed() returns
+    a new engine that shares every compiled policy and per-workload table the change
+    does not touch, so connections holding the old one keep deciding as they began."""
 
     def __init__(self, policies=(), *, layer="l4", root_namespace="istio-system"):
         if layer not in ("l4", "l7"):
@@ -727,48 +731,101 @@ class PolicyEngine:
         self._tables = {}
         self._by_namespace = {}
         self._global = []
+        self._next_order = 0
         self.update(policies)
 
     def update(self, policies):
-        """Replace the policy set. Unchanged policies keep their compiled form, so a
-        change recompiles only what changed; per-workload tables are rebuilt lazily."""
-        cdef Py_ssize_t order
+        """Replace the policy set in place (ValueError on the first policy that cannot
+        be compiled, or a key given twice; nothing changes then)."""
+        keys = set()
+        for policy in policies:
+            if policy.key in keys:
+                raise ValueError(f"policy {policy.key} given twice")
+            keys.add(policy.key)
+        engine, rejected = self.changed(policies, [k for k in self._compiled if k not in keys])
+        if rejected:
+            key, reason = next(iter(rejected.items()))
+            raise ValueError(reason)
+        self.__dict__.update(engine.__dict__)
+
+    def changed(self, upserts=(), removes=()):
+        """(engine, rejected): a new engine with the model Policies in `upserts` put in
+        force and the keys in `removes` taken out; `rejected` maps the key of each
+        policy that could not be compiled to why (it stays as it was). A changed
+        policy keeps its place in evaluation order; a new one goes last. Only the
+        per-workload tables of namespaces whose policies changed are dropped (all of
+        them when a mesh-wide policy changed); they are rebuilt on next use."""
         cdef bint l4 = self.layer == "l4"
-        previous = self._compiled
-        compiled = {}
+        cdef Py_ssize_t order = self._next_order
+        cdef CompiledPolicy old, c
+        compiled = dict(self._compiled)
+        rejected = {}
+        namespaces = set()            # namespaces whose policy lists changed
+        keys = set()                  # changed keys (ztunnel workloads attach policies by key)
+        everyone = False
+        root = self.root_namespace
+        gc_was_enabled = gc.isenabled()
         # compiling allocates ~20 objects per rule: pausing the cyclic GC meanwhile saves
         # it from rescanning the heap dozens of times (compiled objects are untracked)
-        gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            self._compile_into(compiled, previous, policies, l4)
+            for key in removes:
+                old = compiled.pop(key, None)
+                if old is not None:
+                    namespaces.add(old.source.namespace)
+                    keys.add(key)
+                    everyone = everyone or old.source.scope is Scope.GLOBAL
+            for policy in upserts:
+                old = compiled.get(policy.key)
+                if old is not None and (old.source is policy or old.source == policy):
+                    continue
+                try:
+                    c = compile_policy(policy, old.order if old is not None else order, l4)
+                except ValueError as exc:
+                    rejected[policy.key] = str(exc)
+                    continue
+                if old is None:
+                    order += 1
+                else:
+                    namespaces.add(old.source.namespace)
+                    everyone = everyone or old.source.scope is Scope.GLOBAL
+                compiled[policy.key] = c
+                namespaces.add(policy.namespace)
+                keys.add(policy.key)
+                everyone = everyone or policy.scope is Scope.GLOBAL
         finally:
             if gc_was_enabled:
                 gc.enable()
-        self._compiled = compiled
-        self._tables = {}
-        self._by_namespace = {}
-        self._global = []
+        engine = PolicyEngine.__new__(PolicyEngine)
+        engine.layer = self.layer
+        engine.root_namespace = root
+        engine._compiled = compiled
+        engine._next_order = order
+        if not keys:
+            engine._tables, engine._by_namespace, engine._global = self._tables, self._by_namespace, self._global
+            return engine, rejected
+        everyone = everyone or root in namespaces
+        by_namespace = dict(self._by_namespace)
+        for ns in namespaces:
+            by_namespace.pop(ns, None)
+        global_ = [c for c in self._global if c.key not in keys]
         for c in compiled.values():
-            if (<CompiledPolicy>c).source.scope is Scope.GLOBAL:
-                self._global.append(c)             # mesh-wide, whatever its namespace
-            else:
-                self._by_namespace.setdefault((<CompiledPolicy>c).source.namespace, []).append(c)
-
-    def _compile_into(self, dict compiled, dict previous, policies, bint l4):
-        cdef Py_ssize_t order
-        for order, policy in enumerate(policies):
-            if policy.key in compiled:
-                raise ValueError(f"policy {policy.key} given twice")
-            old = previous.get(policy.key)
-            if old is not None and ((<CompiledPolicy>old).source is policy
-                                    or (<CompiledPolicy>old).source == policy):
-                (<CompiledPolicy>old).order = order
-                for r in (<CompiledPolicy>old).rules:
-                    (<CRule>r).order = order
-                compiled[policy.key] = old
-            else:
-                compiled[policy.key] = compile_policy(policy, order, l4)
+            if c.source.namespace in namespaces:
+                if c.source.scope is Scope.GLOBAL:
+                    if c.key in keys:
+                        global_.append(c)          # mesh-wide, whatever its namespace
+                else:
+                    by_namespace.setdefault(c.source.namespace, []).append(c)
+            elif c.key in keys and c.source.scope is Scope.GLOBAL:
+                global_.append(c)
+        engine._by_namespace = by_namespace
+        engine._global = global_
+        if everyone:
+            engine._tables = {}
+        else:
+            engine._tables = {w: t for w, t in self._tables.items()
+                              if (<object>w).namespace not in namespaces and keys.isdisjoint((<object>w).attached)}
+        return engine, rejected
 
     @property
     def policies(self):

@@ -1,0 +1,75 @@
+"""What sources send the store and what they get back: changes by kind and key, and
+the outcome of applying them (what changed, what was rejected and why)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from meshcore.policy.model import Policy
+from meshcore.state.model import PeerAuthentication, Service, Workload
+
+
+class Kind(StrEnum):
+    """The kinds of resource the store holds, each keyed by its own `key`: a workload by
+    uid, a service by namespace/hostname, a policy or PeerAuthentication by namespace/name."""
+    WORKLOAD = "workload"
+    SERVICE = "service"
+    AUTHORIZATION_POLICY = "authorization policy"
+    PEER_AUTHENTICATION = "PeerAuthentication"
+
+
+KIND_OF_TYPE = {Workload: Kind.WORKLOAD, Service: Kind.SERVICE, Policy: Kind.AUTHORIZATION_POLICY,
+                PeerAuthentication: Kind.PEER_AUTHENTICATION}
+
+
+def kind_of(resource) -> Kind:
+    try:
+        return KIND_OF_TYPE[type(resource)]
+    except KeyError:
+        raise TypeError(f"{type(resource).__name__} is not a kind of resource the mesh store holds") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Upsert:
+    """Put a resource in force, adding it or replacing the one with the same key."""
+    resource: object
+
+    @property
+    def kind(self) -> Kind:
+        return kind_of(self.resource)
+
+    @property
+    def key(self) -> str:
+        return self.resource.key
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    kind: Kind
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """One change that was not applied (the resource in force, if any, stays)."""
+    kind: Kind
+    key: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Applied:
+    """The outcome of one apply() or replace(): the keys of each kind that changed (added,
+    replaced by a different resource, or removed) and the changes rejected."""
+    generation: int
+    changed: dict = field(default_factory=dict)        # Kind -> frozenset of keys
+    rejected: tuple[Rejection, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.changed)
+
+    def keys(self, kind: Kind) -> frozenset:
+        return self.changed.get(kind, frozenset())

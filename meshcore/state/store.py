@@ -1,0 +1,424 @@
+"""The mesh store: every resource in force, changed by deltas, read through views.
+
+    store = MeshStore()
+    applied = store.apply("xds", [Upsert(workload), Remove(Kind.SERVICE, "shop/web.shop.svc")])
+    applied.rejected        # the changes that were not applied, each with its reason
+    store.replace("files", resources, atomic=True)   # diff against what "files" sent before
+    view = store.view       # immutable; the next change makes a new one
+
+Any number of sources write to one store; each owns the resources it sent, and a
+source cannot replace or remove another's. A change set applies resource by resource:
+a bad resource is rejected with its reason while the rest apply (what an xDS NACK
+needs); `atomic=True` is all or nothing (a configuration file is refused whole).
+
+What a change touches is all it costs: indexes are updated per resource (a copy of
+each index it changes, not a rebuild), the policy engine compiles only the policies
+that changed and drops only the per-workload tables they touch, and a workload naming
+a service that is not known yet waits in `staged` until the service arrives.
+
+One writer at a time: `apply_async`/`replace_async` take the store's writer lock, so
+two reloads never interleave, and build a large change's view on a worker thread so
+the event loop keeps moving tunnels meanwhile. Subscribers hear of each change after
+it is in force (which keys of which kinds changed), in order.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from meshcore.errors import ConfigError, UsageError
+from meshcore.policy.istio import ROOT_NAMESPACE
+from meshcore.policy.layers import l4_reductions
+from meshcore.state.changes import Applied, Kind, Rejection, Remove, Upsert, kind_of
+from meshcore.state.model import PeerAuthentication, Service, Workload
+from meshcore.state.view import MeshView
+
+log = logging.getLogger("meshcore.state")
+
+# a change set at least this large is built on a worker thread by apply_async/replace_async
+THREAD_THRESHOLD = 256
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """What subscribers receive: the view before and after, and the keys that changed."""
+    old: MeshView
+    new: MeshView
+    changed: dict                      # Kind -> frozenset of keys
+    source: str
+
+    def keys(self, kind: Kind) -> frozenset:
+        return self.changed.get(kind, frozenset())
+
+
+class _Draft:
+    """The next view, built from the current one by copy-on-write: an index is copied
+    the first time this draft changes it, so the view in force is never touched."""
+
+    def __init__(self, base: MeshView):
+        self.view = base.copy()
+        self._own: set[str] = set()
+        self._members: dict[str, list] = {}         # service key -> endpoint list being edited
+        self._sets: dict[tuple[str, object], set] = {}
+        self.changed: dict[Kind, set] = {}
+
+    def index(self, name: str) -> dict:
+        if name not in self._own:
+            setattr(self.view, name, dict(getattr(self.view, name)))
+            self._own.add(name)
+        return getattr(self.view, name)
+
+    def _set(self, index: str, key) -> set:
+        s = self._sets.get((index, key))
+        if s is None:
+            s = self._sets[(index, key)] = set(getattr(self.view, index).get(key, ()))
+        return s
+
+    def _endpoint_list(self, service_key: str) -> list:
+        members = self._members.get(service_key)
+        if members is None:
+            members = self._members[service_key] = list(
+                self.view.endpoints.get(service_key) or self.view.staged.get(service_key) or ())
+        return members
+
+    def mark(self, kind: Kind, key: str) -> None:
+        self.changed.setdefault(kind, set()).add(key)
+
+    # -- workloads ----------------------------------------------------------------------
+    def workload_conflict(self, w: Workload) -> str | None:
+        for ip in w.ips:
+            holder = self.view.by_address.get((w.network, ip))
+            if holder is not None and holder.uid != w.uid:
+                return f"address {w.network}/{ip} is already workload {holder.uid}'s"
+        return None
+
+    def put_workload(self, w: Workload) -> None:
+        old = self.view.by_uid.get(w.uid)
+        if old == w:
+            return
+        self.index("by_uid")[w.uid] = w
+        addresses = self.index("by_address")
+        if old is not None:
+            for ip in old.ips:
+                addresses.pop((old.network, ip), None)
+            self._set("by_identity", old.identity).discard(old.uid)
+            self._set("by_node", old.node).discard(old.uid)
+        for ip in w.ips:
+            addresses[(w.network, ip)] = w
+        self._set("by_identity", w.identity).add(w.uid)
+        self._set("by_node", w.node).add(w.uid)
+        old_services = {key for key, _ in old.services} if old is not None else set()
+        for key, _ in w.services:
+            members = self._endpoint_list(key)
+            if key in old_services:
+                members[next(i for i, m in enumerate(members) if m.uid == w.uid)] = w    # keeps its turn
+            else:
+                members.append(w)
+        for key in old_services.difference(k for k, _ in w.services):
+            self._endpoint_list(key)[:] = [m for m in self._endpoint_list(key) if m.uid != w.uid]
+        self.mark(Kind.WORKLOAD, w.uid)
+
+    def remove_workload(self, uid: str) -> None:
+        old = self.view.by_uid.get(uid)
+        if old is None:
+            return
+        del self.index("by_uid")[uid]
+        addresses = self.index("by_address")
+        for ip in old.ips:
+            addresses.pop((old.network, ip), None)
+        self._set("by_identity", old.identity).discard(uid)
+        self._set("by_node", old.node).discard(uid)
+        for key, _ in old.services:
+            self._endpoint_list(key)[:] = [m for m in self._endpoint_list(key) if m.uid != uid]
+        self.mark(Kind.WORKLOAD, uid)
+
+    # -- services -----------------------------------------------------------------------
+    def service_conflict(self, s: Service) -> str | None:
+        for vip in s.vips:
+            holder = self.view.by_vip.get(vip)
+            if holder is not None and holder.key != s.key:
+                return f"VIP {vip[0]}/{vip[1]} is already service {holder.key}'s"
+        return None
+
+    def put_service(self, s: Service) -> None:
+        old = self.view.by_service_key.get(s.key)
+        if old == s:
+            return
+        if old is not None:
+            self._unindex_service(old)
+        self.index("by_service_key")[s.key] = s
+        vips = self.index("by_vip")
+        for vip in s.vips:
+            vips[vip] = s
+        hostnames = self.index("by_hostname")
+        hostnames[s.hostname] = {**hostnames.get(s.hostname, {}), s.namespace: s}
+        self._endpoint_list(s.key)              # its staged endpoints join it in finish()
+        self.mark(Kind.SERVICE, s.key)
+
+    def remove_service(self, key: str) -> None:
+        old = self.view.by_service_key.get(key)
+        if old is None:
+            return
+        self._unindex_service(old)
+        del self.index("by_service_key")[key]
+        self._endpoint_list(key)                # its endpoints go back to staging in finish()
+        self.mark(Kind.SERVICE, key)
+
+    def _unindex_service(self, old: Service) -> None:
+        vips = self.index("by_vip")
+        for vip in old.vips:
+            if vips.get(vip) is old:
+                del vips[vip]
+        hostnames = self.index("by_hostname")
+        same = {ns: s for ns, s in hostnames.get(old.hostname, {}).items() if ns != old.namespace}
+        if same:
+            hostnames[old.hostname] = same
+        else:
+            hostnames.pop(old.hostname, None)
+
+    # -- PeerAuthentication -----------------------------------------------------------
+    def put_peer_auth(self, pa: PeerAuthentication) -> None:
+        if self.view.peer_auth_by_key.get(pa.key) == pa:
+            return
+        self.index("peer_auth_by_key")[pa.key] = pa
+        self.mark(Kind.PEER_AUTHENTICATION, pa.key)
+
+    def remove_peer_auth(self, key: str) -> None:
+        if key in self.view.peer_auth_by_key:
+            del self.index("peer_auth_by_key")[key]
+            self.mark(Kind.PEER_AUTHENTICATION, key)
+
+    # -- the view -----------------------------------------------------------------------
+    def finish(self, generation: int, version: str) -> MeshView:
+        v = self.view
+        for (name, key), members in self._sets.items():
+            index = self.index(name)
+            if members:
+                index[key] = frozenset(members)
+            else:
+                index.pop(key, None)
+        if self._members:
+            endpoints, staged = self.index("endpoints"), self.index("staged")
+            for key, members in self._members.items():
+                endpoints.pop(key, None)
+                staged.pop(key, None)
+                if members:
+                    (endpoints if key in v.by_service_key else staged)[key] = tuple(members)
+        if Kind.PEER_AUTHENTICATION in self.changed:
+            namespaces = {key.partition("/")[0] for key in self.changed[Kind.PEER_AUTHENTICATION]}
+            by_namespace = self.index("peer_auths_by_namespace")
+            for ns in namespaces:
+                by_namespace.pop(ns, None)
+            for pa in v.peer_auth_by_key.values():
+                if pa.namespace in namespaces:
+                    by_namespace[pa.namespace] = by_namespace.get(pa.namespace, ()) + (pa,)
+        v.generation = generation
+        if version:
+            v.version = version
+        return v
+
+
+class MeshStore:
+    def __init__(self, *, root_namespace: str = ROOT_NAMESPACE, layer: str = "l4"):
+        self._view = MeshView(root_namespace=root_namespace, layer=layer)
+        self._owner: dict[tuple[Kind, str], str] = {}          # (kind, key) -> source
+        self._sent: dict[str, dict[tuple[Kind, str], object]] = {}   # source -> what it put in force
+        self._subscribers: list[tuple[frozenset | None, Callable]] = []
+        self._writer: asyncio.Lock | None = None
+        self._notifying = False
+
+    @property
+    def view(self) -> MeshView:
+        return self._view
+
+    def resources_of(self, source: str) -> dict:
+        """(kind, key) -> resource, for what `source` has in force."""
+        return dict(self._sent.get(source, {}))
+
+    def subscribe(self, callback: Callable[[StateChange], object], kinds: Iterable[Kind] | None = None) -> None:
+        """callback(StateChange) after each change that touches one of `kinds` (every
+        kind when None). A coroutine function is awaited when the change came through
+        apply_async/replace_async (in order, before the next change applies)."""
+        self._subscribers.append((frozenset(kinds) if kinds is not None else None, callback))
+
+    # -- synchronous writes (start-up, tests, tools) ------------------------------------
+    def apply(self, source: str, changes: Iterable, *, version: str = "") -> Applied:
+        """Apply upserts and removes from `source`, resource by resource."""
+        pending = self._prepare(source, list(changes), version)
+        return self._commit(source, pending, awaited=False)
+
+    def replace(self, source: str, resources: Iterable, *, atomic: bool = False, version: str = "") -> Applied:
+        """`source`'s whole set: what it no longer lists is removed, what is new or
+        different is upserted. atomic: raise ConfigError, changing nothing, if any
+        resource would be rejected."""
+        pending = self._prepare(source, self._diff(source, resources), version, atomic=atomic)
+        return self._commit(source, pending, awaited=False)
+
+    # -- the writer queue -------------------------------------------------------------------
+    async def apply_async(self, source: str, changes: Iterable, *, version: str = "") -> Applied:
+        async with self._lock():
+            changes = list(changes)
+            pending = await self._prepare_off_loop(len(changes), self._prepare, source, changes, version)
+            return await self._commit_async(source, pending)
+
+    async def replace_async(self, source: str, resources: Iterable, *, atomic: bool = False,
+                            version: str = "") -> Applied:
+        async with self._lock():
+            resources = list(resources)
+
+            def prepare():
+                return self._prepare(source, self._diff(source, resources), version, atomic=atomic)
+            pending = await self._prepare_off_loop(len(resources), prepare)
+            return await self._commit_async(source, pending)
+
+    def _lock(self) -> asyncio.Lock:
+        if self._writer is None:
+            self._writer = asyncio.Lock()
+        return self._writer
+
+    @staticmethod
+    async def _prepare_off_loop(size: int, fn, *args):
+        if size < THREAD_THRESHOLD:
+            return fn(*args)
+        # the view in force and the ownership maps only change in _commit, on the loop,
+        # and the writer lock keeps every other writer out meanwhile
+        return await asyncio.to_thread(fn, *args)
+
+    # -- building a change ------------------------------------------------------------------
+    def _diff(self, source: str, resources: Iterable) -> list:
+        previous = self._sent.get(source, {})
+        wanted: dict[tuple[Kind, str], object] = {}
+        for r in resources:
+            wanted[(kind_of(r), r.key)] = r
+        changes: list = [Remove(kind, key) for (kind, key) in previous if (kind, key) not in wanted]
+        changes += [Upsert(r) for ident, r in wanted.items() if previous.get(ident) != r]
+        return changes
+
+    def _prepare(self, source: str, changes: list, version: str, atomic: bool = False):
+        draft = _Draft(self._view)
+        rejected: list[Rejection] = []
+        owner = self._owner
+        policies_up, policies_gone = [], []
+        sent: dict[tuple[Kind, str], object] = {}       # (kind, key) -> resource, or None: removed
+        # services first, so workloads naming them find them in this same change
+        changes.sort(key=lambda c: 0 if _kind(c) is Kind.SERVICE else 1)
+        for change in changes:
+            kind, key = _kind(change), change.key
+            holder = owner.get((kind, key))
+            if holder is not None and holder != source:
+                rejected.append(Rejection(kind, key, f"owned by source {holder}"))
+                continue
+            if isinstance(change, Remove):
+                if holder is None:
+                    continue
+                if kind is Kind.WORKLOAD:
+                    draft.remove_workload(key)
+                elif kind is Kind.SERVICE:
+                    draft.remove_service(key)
+                elif kind is Kind.AUTHORIZATION_POLICY:
+                    policies_gone.append(key)
+                else:
+                    draft.remove_peer_auth(key)
+                sent[(kind, key)] = None
+                continue
+            r = change.resource
+            if kind is Kind.WORKLOAD:
+                why = draft.workload_conflict(r)
+                if why is None:
+                    draft.put_workload(r)
+            elif kind is Kind.SERVICE:
+                why = draft.service_conflict(r)
+                if why is None:
+                    draft.put_service(r)
+            elif kind is Kind.AUTHORIZATION_POLICY:
+                why = None
+                policies_up.append(r)
+            else:
+                why = None
+                draft.put_peer_auth(r)
+            if why is not None:
+                rejected.append(Rejection(kind, key, why))
+            elif kind is not Kind.AUTHORIZATION_POLICY:
+                sent[(kind, key)] = r
+        if policies_up or policies_gone:
+            engine, refused = self._view.engine.changed(policies_up, policies_gone)
+            by_key = draft.index("policy_by_key")
+            for key in policies_gone:
+                by_key.pop(key, None)
+                draft.mark(Kind.AUTHORIZATION_POLICY, key)
+                sent[(Kind.AUTHORIZATION_POLICY, key)] = None
+            for p in policies_up:
+                if p.key in refused:
+                    rejected.append(Rejection(Kind.AUTHORIZATION_POLICY, p.key, refused[p.key]))
+                elif by_key.get(p.key) != p:
+                    by_key[p.key] = p
+                    draft.mark(Kind.AUTHORIZATION_POLICY, p.key)
+                    sent[(Kind.AUTHORIZATION_POLICY, p.key)] = p
+            draft.view.engine = engine
+        if atomic and rejected:
+            raise ConfigError("; ".join(map(str, rejected)), source=source)
+        view = draft.finish(self._view.generation + 1, version)
+        return view, sent, rejected, {k: frozenset(v) for k, v in draft.changed.items()}
+
+    def _install(self, source: str, pending) -> tuple[MeshView, Applied]:
+        view, sent, rejected, changed = pending
+        mine = self._sent.setdefault(source, {})
+        for ident, r in sent.items():
+            if r is None:
+                mine.pop(ident, None)
+                self._owner.pop(ident, None)
+            else:
+                mine[ident] = r
+                self._owner[ident] = source
+        if not mine:
+            self._sent.pop(source, None)
+        old, self._view = self._view, view
+        if view.engine.layer == "l4":
+            # what a node proxy does with rules it cannot see, once per new or changed policy
+            for key in changed.get(Kind.AUTHORIZATION_POLICY, ()):
+                policy = view.policy_by_key.get(key)
+                for sentence in l4_reductions(policy) if policy is not None else ():
+                    log.warning("%s (%s)", sentence, policy.source or source)
+        return old, Applied(view.generation, changed, tuple(rejected))
+
+    def _commit(self, source: str, pending, *, awaited: bool) -> Applied:
+        if self._notifying:
+            raise UsageError("a subscriber changed the mesh store while hearing of a change")
+        old, applied = self._install(source, pending)
+        if applied.changed:
+            self._notifying = True
+            try:
+                for result in self._notify(StateChange(old, self._view, applied.changed, source)):
+                    asyncio.ensure_future(result)     # a synchronous write cannot wait for it
+            finally:
+                self._notifying = False
+        return applied
+
+    def _notify(self, change: StateChange):
+        """Call the subscribers that asked for what changed; yields what they return to be awaited."""
+        for kinds, callback in self._subscribers:
+            if kinds is None or not kinds.isdisjoint(change.changed):
+                try:
+                    result = callback(change)
+                except Exception:
+                    log.exception("a subscriber to mesh changes failed")
+                    continue
+                if inspect.isawaitable(result):
+                    yield result
+
+    async def _commit_async(self, source: str, pending) -> Applied:
+        old, applied = self._install(source, pending)
+        if applied.changed:
+            for result in self._notify(StateChange(old, self._view, applied.changed, source)):
+                try:
+                    await result
+                except Exception:
+                    log.exception("a subscriber to mesh changes failed")
+        return applied
+
+
+def _kind(change) -> Kind:
+    return change.kind

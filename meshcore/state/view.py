@@ -1,0 +1,116 @@
+"""One immutable view of the mesh: every resource in force, the indexes the data path
+looks things up by, and the compiled authorization policies.
+
+The store (store.py) makes a new view for each change and never alters one it has
+handed out, so a connection that started under a view keeps deciding with it. Views
+share what a change did not touch (index dictionaries are copied only when changed,
+compiled policies and per-workload policy tables are shared by the engine).
+"""
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from meshcore._core.policy import PolicyEngine
+from meshcore.identity.spiffe import SpiffeId
+from meshcore.policy.istio import ROOT_NAMESPACE
+from meshcore.state.model import IpAddress, MtlsMode, PeerAuthentication, Service, Workload
+
+_EMPTY = MappingProxyType({})
+
+
+class MeshView:
+    """Read-only. Dictionaries here belong to the view: never change them."""
+
+    __slots__ = ("generation", "version", "root_namespace", "by_uid", "by_service_key",
+                 "policy_by_key", "peer_auth_by_key", "by_address", "by_vip", "by_hostname", "by_identity",
+                 "by_node", "endpoints", "staged", "peer_auths_by_namespace", "engine")
+
+    def __init__(self, *, root_namespace: str = ROOT_NAMESPACE, layer: str = "l4"):
+        self.generation = 0
+        self.version = ""                  # what the last change was made from (a source's digest)
+        self.root_namespace = root_namespace
+        self.by_uid: dict[str, Workload] = {}
+        self.by_service_key: dict[str, Service] = {}
+        self.policy_by_key: dict = {}                       # key -> meshcore.policy.model.Policy
+        self.peer_auth_by_key: dict[str, PeerAuthentication] = {}
+        self.by_address: dict = {}                          # (network, ip) -> Workload
+        self.by_vip: dict = {}                              # (network, ip) -> Service
+        self.by_hostname: dict = {}                         # hostname -> {namespace: Service}
+        self.by_identity: dict = {}                         # SpiffeId -> frozenset of uids
+        self.by_node: dict = {}                             # node name -> frozenset of uids
+        self.endpoints: dict = {}                           # service key -> (Workload, ...), known services
+        self.staged: dict = {}                              # the same for services not known yet
+        self.peer_auths_by_namespace: dict = {}             # namespace -> (PeerAuthentication, ...)
+        self.engine = PolicyEngine((), layer=layer, root_namespace=root_namespace)
+
+    def copy(self) -> "MeshView":
+        """A shallow copy for the store to build the next view on (it copies each index
+        it changes before changing it)."""
+        view = MeshView.__new__(MeshView)
+        for name in MeshView.__slots__:
+            setattr(view, name, getattr(self, name))
+        return view
+
+    # -- whole collections ------------------------------------------------------------
+    @property
+    def workloads(self) -> tuple[Workload, ...]:
+        return tuple(self.by_uid.values())
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        return tuple(self.by_service_key.values())
+
+    @property
+    def policies(self) -> tuple:
+        return tuple(self.policy_by_key.values())
+
+    @property
+    def peer_authentications(self) -> tuple[PeerAuthentication, ...]:
+        return tuple(self.peer_auth_by_key.values())
+
+    # -- lookups ------------------------------------------------------------------------
+    def workload_at(self, network: str, ip: IpAddress) -> Workload | None:
+        return self.by_address.get((network, ip))
+
+    def service_at(self, network: str, ip: IpAddress) -> Service | None:
+        return self.by_vip.get((network, ip)) or self.by_vip.get(("", ip))
+
+    def service_by_hostname(self, hostname: str, namespace: str | None = None) -> Service | None:
+        """A hostname names one service per namespace: the caller's namespace first, then
+        the first namespace in name order (deterministic whatever order things arrived)."""
+        found = self.by_hostname.get(hostname)
+        if not found:
+            return None
+        if namespace is not None and namespace in found:
+            return found[namespace]
+        return found[min(found)]
+
+    def workloads_of(self, identity: SpiffeId) -> tuple[Workload, ...]:
+        return tuple(self.by_uid[uid] for uid in self.by_identity.get(identity, ()))
+
+    def local_workloads(self, node: str) -> list[Workload]:
+        return [self.by_uid[uid] for uid in self.by_node.get(node, ())]
+
+    def policy_set(self, workload: Workload):
+        """The compiled policies that apply to a destination workload."""
+        return self.engine.for_workload(workload.policy_view())
+
+    def mtls_mode(self, workload: Workload, port: int) -> MtlsMode:
+        """PeerAuthentication for one inbound port: the workload's own policy (port level
+        first), else its namespace's, else the mesh-wide one in the root namespace;
+        UNSET inherits from the next level; PERMISSIVE when nothing says otherwise."""
+        own = self.peer_auths_by_namespace.get(workload.namespace, ())
+        labels = dict(workload.labels)
+        selected = [pa for pa in own if pa.selector is not None
+                    and all(labels.get(k) == v for k, v in pa.selector)]
+        namespace_wide = [pa for pa in own if pa.selector is None]
+        mesh_wide = [pa for pa in self.peer_auths_by_namespace.get(self.root_namespace, ()) if pa.selector is None]
+        for level in (selected, namespace_wide, mesh_wide):
+            # Istio takes the oldest when several apply; without an age, the first that arrived
+            for pa in level[:1]:
+                mode = dict(pa.port_modes).get(port, MtlsMode.UNSET) if pa.selector is not None else MtlsMode.UNSET
+                if mode == MtlsMode.UNSET:
+                    mode = pa.mode
+                if mode != MtlsMode.UNSET:
+                    return mode
+        return MtlsMode.PERMISSIVE
