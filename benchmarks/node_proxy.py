@@ -129,25 +129,23 @@ def scale_config(n: int, local_node: str = "", local: int = 0) -> dict:
 
 def measure_config(n: int, directory: Path) -> dict:
     import yaml
-    from meshcore.node.config import load
-    from meshcore.node.store import ConfigStore
     data = scale_config(n)
     out = {}
     for kind in ("json", "yaml"):
         path = directory / f"scale.{kind}"
         path.write_text(json.dumps(data) if kind == "json" else yaml.safe_dump(data))
         # a fresh process each: the first load pays for what a real start pays for
-        code = ("import sys, time, json\nfrom meshcore.node.config import load\n"
-                "from meshcore.node.store import ConfigStore\n"
-                "t=time.perf_counter(); s=load([sys.argv[1]]); t1=time.perf_counter(); c=ConfigStore(); "
-                "c.replace(s); t2=time.perf_counter(); s=load([sys.argv[1]]); c.replace(s); t3=time.perf_counter()\n"
+        code = ("import sys, time, json\nfrom meshcore.node.config import parse\n"
+                "from meshcore.state import MeshStore\n"
+                "t=time.perf_counter(); p=parse([sys.argv[1]]); t1=time.perf_counter(); c=MeshStore(); "
+                "c.replace('files', p.resources, atomic=True); t2=time.perf_counter(); p=parse([sys.argv[1]]); "
+                "c.replace('files', p.resources, atomic=True); t3=time.perf_counter()\n"
                 "print(json.dumps({'load': t1-t, 'compile': t2-t1, 'reload': t3-t2}))")
         proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, cwd=directory)
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr)
         out[kind] = json.loads(proc.stdout)
         out[kind]["bytes"] = path.stat().st_size
-    del load, ConfigStore
     return out
 
 
