@@ -7,6 +7,7 @@ import signal
 
 from meshcore.errors import ConfigError
 from meshcore.node.proxy import DEFAULT_LISTEN, NodeOptions
+from meshcore.policy.istio import ROOT_NAMESPACE
 
 EPILOG = """listeners (--listen NAME=HOST:PORT, or NAME=off):
   outbound           15001  captured outbound connections (original destination from SO_ORIGINAL_DST)
@@ -59,6 +60,10 @@ def add_parser(sub) -> None:
     p.add_argument("--state-dir", help="where the built-in CA is created on first start when --ca-dir is "
                    "not given (default: $MESHCORE_STATE_DIR or ./.meshcore-state)")
     p.add_argument("--trust-domain", default="cluster.local", help="trust domain of a newly created built-in CA")
+    p.add_argument("--root-namespace", default=ROOT_NAMESPACE, metavar="NAMESPACE",
+                   help="the mesh's root namespace (Istio's meshConfig.rootNamespace): an AuthorizationPolicy "
+                        "without a selector there applies to the whole mesh, and a PeerAuthentication there "
+                        f"is the mesh-wide default (default: {ROOT_NAMESPACE})")
     p.add_argument("--network", default="", help="this node's network name (default: the unnamed network)")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="upstream and tunnel connect timeout (default: 10)")
@@ -85,7 +90,7 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
                        address=args.address, listen=dict(args.listen), ca_dir=args.ca_dir, cert_dir=args.cert_dir,
                        state_dir=args.state_dir, trust_domain=args.trust_domain, network=args.network,
                        connect_timeout=args.connect_timeout, drain_deadline=args.drain_deadline,
-                       preserve_source=not args.no_preserve_source)
+                       preserve_source=not args.no_preserve_source, root_namespace=args.root_namespace)
 
 
 def _raise_fd_limit() -> None:

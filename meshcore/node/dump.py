@@ -9,7 +9,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshcore.state.model import GatewayAddress, Service, Workload
 from meshcore.state.view import MeshView
-from meshcore.policy.model import Match, Policy, StringMatch
+from meshcore.policy.model import Match, Policy, StringMatch, resolved_scope
 
 _STRING_KIND = {"exact": "Exact", "prefix": "Prefix", "suffix": "Suffix", "presence": "Presence"}
 
@@ -76,8 +76,8 @@ def _match(m: Match) -> dict:
     return {_camel(f.name): [_values(v) for v in getattr(m, f.name)] for f in fields(m) if getattr(m, f.name)}
 
 
-def policy(p: Policy) -> dict:
-    return {"name": p.name, "namespace": p.namespace, "scope": p.scope.value, "action": p.action.value.title(),
+def policy(p: Policy, root_namespace: str) -> dict:
+    return {"name": p.name, "namespace": p.namespace, "scope": resolved_scope(p, root_namespace).value, "action": p.action.value.title(),
             "rules": [[[_match(m) for m in clause] for clause in rule] for rule in p.rules],
             "dryRun": p.dry_run}
 
@@ -110,7 +110,7 @@ def config_dump(proxy) -> dict:
     return {
         "workloads": [workload(w) for w in state.workloads],
         "services": [service(s, state) for s in state.services],
-        "policies": [policy(p) for p in state.policies],
+        "policies": [policy(p, state.root_namespace) for p in state.policies],
         # endpoints that name a service not known yet, as ztunnel lists them
         "stagedServices": {key: {w.uid: endpoint(w, key) for w in members} for key, members in state.staged.items()},
         "certificates": certificates(proxy.certs, sorted({w.identity for w in local if w.meshed})),

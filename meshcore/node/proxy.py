@@ -62,6 +62,7 @@ class NodeOptions:
     drain_deadline: float = 5.0
     preserve_source: bool = True
     reload_interval: float = 1.0
+    root_namespace: str = "istio-system"       # Istio's meshConfig.rootNamespace
 
     def listeners(self) -> dict:
         out = {}
@@ -88,7 +89,7 @@ class NodeProxy:
         self.connect_timeout = options.connect_timeout
         self.drain_deadline = options.drain_deadline
         self.binder = SourceBinder(options.preserve_source)
-        self.store = MeshStore()
+        self.store = MeshStore(root_namespace=options.root_namespace)
         self.files = FileSource(self.store, options.config_paths, options.inline_config)
         self.loaded_at = 0.0
         self.metrics = NodeMetrics(self.version)

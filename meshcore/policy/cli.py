@@ -1,16 +1,20 @@
 """`meshcore policy check | explain`: what operators reach for when a request is denied.
 
-    meshcore policy check policy.yaml mesh.yaml
-    meshcore policy explain --from cluster.local/ns/jobs/sa/batch --to shop/web --port 8080 policy.yaml mesh.yaml
+    meshcore policy check examples/node-proxy/policy.yaml examples/node-proxy/mesh.yaml
+    meshcore policy explain --from cluster.local/ns/shop/sa/frontend --to shop/checkout-0 examples/node-proxy/*.yaml
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 from dataclasses import fields
 
+from meshcore.errors import ConfigError, IdentityError
+from meshcore.identity.spiffe import SpiffeId
+from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.policy.layers import l4_reductions
-from meshcore.policy.model import Action, Match, Policy, Workload, applies_to
+from meshcore.policy.model import Action, Match, Policy, Scope, Workload, applies_to, resolved_scope
 
 _FIELD_NAMES = {"namespaces": "namespaces", "not_namespaces": "notNamespaces", "principals": "principals",
                 "not_principals": "notPrincipals", "service_accounts": "serviceAccounts",
@@ -45,26 +49,34 @@ def describe_rule(rule) -> str:
     return "; ".join(" or ".join(describe_match(m) for m in clause) if clause else "(anything)" for clause in rule)
 
 
-def _selection(p: Policy) -> str:
+def _selection(p: Policy, root_namespace: str) -> str:
     if p.selector is not None:
         return "selector " + ", ".join(f"{k}={v}" for k, v in p.selector)
-    return {"Global": "mesh-wide", "Namespace": f"namespace {p.namespace}",
-            "WorkloadSelector": "where attached by name"}[p.scope.value]
+    return {Scope.GLOBAL: "mesh-wide", Scope.NAMESPACE: f"namespace {p.namespace}",
+            Scope.WORKLOAD_SELECTOR: "where attached by name"}[resolved_scope(p, root_namespace)]
 
 
-def _load(paths):
+def _load(args):
     from meshcore.node.config import load
-    return load(paths)
+    # the store logs each policy's L4 reductions for a running node; check and explain
+    # print them in their own output, once
+    state_log = logging.getLogger("meshcore.state")
+    level = state_log.level
+    state_log.setLevel(logging.ERROR)
+    try:
+        return load(args.files, root_namespace=args.root_namespace)
+    finally:
+        state_log.setLevel(level)
 
 
 def check(args: argparse.Namespace, out=print) -> int:
-    state = _load(args.files)
+    state = _load(args)
     out(f"valid: {len(state.policies)} authorization policies, {len(state.peer_authentications)} "
         f"PeerAuthentications, {len(state.workloads)} workloads, {len(state.services)} services "
         f"({', '.join(args.files)})")
     for p in state.policies:
         flags = " (dry run)" if p.dry_run else ""
-        out(f"\n{p.key}  {p.action.value}{flags}  {_selection(p)}  [{p.source}]")
+        out(f"\n{p.key}  {p.action.value}{flags}  {_selection(p, state.root_namespace)}  [{p.source}]")
         if not p.rules:
             out("  no rules: never matches" + (" (an ALLOW without rules denies everything it selects)"
                                                if p.action is Action.ALLOW else ""))
@@ -79,34 +91,70 @@ def check(args: argparse.Namespace, out=print) -> int:
     return 0
 
 
-def _workload(state, target: str, labels: list[str]) -> Workload:
-    namespace, _, name = target.partition("/")
+def _where(args) -> str:
+    return ", ".join(args.files)
+
+
+def _destination(state, args):
+    """The workload named by --to (NAMESPACE/NAME, its name or uid), as the files list it."""
+    namespace, sep, name = args.to.partition("/")
+    if not sep or not namespace or not name:
+        raise ConfigError("expected NAMESPACE/NAME, a workload of the files", source=f"--to {args.to}")
     known = next((w for w in state.workloads if w.namespace == namespace and name in (w.name, w.uid)), None)
-    extra = dict(label.split("=", 1) for label in labels)
-    if known is not None:
-        return Workload(namespace, tuple(sorted({**dict(known.labels), **extra}.items())), known.name,
-                        known.authorization_policies)
-    return Workload.of(namespace, extra, name)
+    if known is None:
+        listed = ", ".join(sorted(f"{w.namespace}/{w.name}" for w in state.workloads)) or "none"
+        raise ConfigError(f"no such workload in {_where(args)} (workloads there: {listed})",
+                          source=f"--to {args.to}")
+    return known
+
+
+def _source(state, args):
+    """(principal without spiffe://, the first workload of that identity or None), or
+    (None, None) for a plaintext caller."""
+    if not args.principal:
+        return None, None
+    text = args.principal if args.principal.startswith("spiffe://") else "spiffe://" + args.principal
+    try:
+        identity = SpiffeId.parse(text)
+    except IdentityError as exc:
+        raise ConfigError(f"not an identity: {exc} (write TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT, "
+                          "or the same after spiffe://)", source=f"--from {args.principal}") from None
+    return identity.principal, next((w for w in state.workloads if w.meshed and w.identity == identity), None)
 
 
 def explain(args: argparse.Namespace, out=print) -> int:
     from meshcore._core.policy import PolicyEngine
-    state = _load(args.files)
-    workload = _workload(state, args.to, args.label)
+    state = _load(args)
+    destination = _destination(state, args)
+    view = destination.policy_view()
+    extra = dict(label.split("=", 1) for label in args.label)
+    workload = Workload(view.namespace, tuple(sorted({**dict(view.labels), **extra}.items())), view.name,
+                        view.attached)
+    principal, caller = _source(state, args)
+    source_ip = args.source_ip or (str(caller.ips[0]) if caller is not None and caller.ips else None)
+    if source_ip is None:
+        if principal:
+            raise ConfigError(f"no workload in {_where(args)} has this identity: give the caller's address "
+                              "with --source-ip", source=f"--from {args.principal}")
+        raise ConfigError("a plaintext caller (no --from) has no workload to take an address from: give it "
+                          "with --source-ip", source="--source-ip")
+    destination_ip = args.destination_ip or (str(destination.ips[0]) if destination.ips else None)
+    if destination_ip is None:
+        raise ConfigError(f"the workload has no address in {_where(args)}: give one with --destination-ip",
+                          source=f"--to {args.to}")
     headers = dict(h.split("=", 1) for h in args.header) or None
     l7 = dict(method=args.method, path=args.path, host=args.host, headers=headers)
-    principal = args.principal.removeprefix("spiffe://") if args.principal else None
 
     def evaluate(policies):
         engine = PolicyEngine(policies, layer=args.layer, root_namespace=state.root_namespace)
-        return engine.evaluate(workload, principal, args.source_ip, args.destination_ip, args.port, **l7)
+        return engine.evaluate(workload, principal, source_ip, destination_ip, args.port, **l7)
 
     decision = evaluate(state.policies)
     verdict = "ALLOW" if decision.allowed else "DENY"
     out(f"{verdict}: {decision.reason}")
     labels = ", ".join(f"{k}={v}" for k, v in workload.labels) or "no labels"
-    out(f"request: from {principal or '(no identity)'} at {args.source_ip} to {workload.namespace}/"
-        f"{workload.name or '?'} ({labels}) at {args.destination_ip}:{args.port}, layer {args.layer}")
+    out(f"request: from {principal or '(no identity)'} at {source_ip} to {workload.namespace}/"
+        f"{workload.name} ({labels}) at {destination_ip}:{args.port}, layer {args.layer}")
     applying = [p for p in state.policies if applies_to(p, workload, state.root_namespace)]
     if not applying:
         out("no policy applies to this workload: allowed by default")
@@ -119,7 +167,7 @@ def explain(args: argparse.Namespace, out=print) -> int:
             if d.allowed == (alone.action is Action.ALLOW):
                 matched.append(i)
         what = f"matched rule {', '.join(map(str, matched))}" if matched else "no rule matched"
-        out(f"  {p.key}  {p.action.value}{' (dry run)' if p.dry_run else ''}  {_selection(p)}: {what}")
+        out(f"  {p.key}  {p.action.value}{' (dry run)' if p.dry_run else ''}  {_selection(p, state.root_namespace)}: {what}")
         for i in matched:
             out(f"    rule {i}: {describe_rule(p.rules[i])}")
         if args.layer == "l4":
@@ -142,25 +190,46 @@ def add_parser(sub) -> None:
                                     "document, field and reason) and print every policy's selection and "
                                     "rules, and what a node proxy (L4) does with rules that need HTTP.")
     c.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON files")
+    _root_namespace_option(c)
     c.set_defaults(func=check)
     e = psub.add_parser("explain", help="which policy and rule decide a request, and why",
                         description="Evaluate one request against the files' policies; print the decision, "
                                     "every policy that applies to the destination and the rules that "
                                     "matched. Exit status 0 when allowed, 1 when denied.")
     e.add_argument("files", nargs="+", metavar="FILE", help="YAML or JSON files")
-    e.add_argument("--from", dest="principal", metavar="PRINCIPAL",
-                   help="the caller's identity, td/ns/NS/sa/SA or spiffe://...; leave out for plaintext")
+    e.add_argument("--from", dest="principal", metavar="IDENTITY",
+                   help="the caller's identity, TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT or spiffe://...; "
+                        "leave out for a plaintext caller")
     e.add_argument("--to", required=True, metavar="NAMESPACE/NAME",
-                   help="the destination workload (its labels and attached policies come from the files)")
+                   help="the destination workload, by name or uid, as the files list it (its labels, "
+                        "address and attached policies come from there)")
     e.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
-                   help="a destination label (repeatable), for workloads the files do not list")
-    e.add_argument("--source-ip", default="10.0.0.1", help="the caller's address (default 10.0.0.1)")
-    e.add_argument("--destination-ip", default="10.0.0.2", help="the destination address (default 10.0.0.2)")
+                   type=_key_value("--label"), help="a label the destination carries in addition to, or instead "
+                                                    "of, the one the files give it (repeatable): what if")
+    e.add_argument("--source-ip", help="the caller's address (default: the address of the first workload "
+                                       "of the files with the --from identity)")
+    e.add_argument("--destination-ip", help="the destination's address (default: the workload's own)")
     e.add_argument("--port", type=int, default=8080, help="the destination port (default 8080)")
     e.add_argument("--layer", choices=("l4", "l7"), default="l4",
                    help="l4: as a node proxy decides (default); l7: as a waypoint decides")
     e.add_argument("--method", help="HTTP method (l7)")
     e.add_argument("--path", help="HTTP path (l7)")
     e.add_argument("--host", help="HTTP :authority (l7)")
-    e.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", help="request header (l7)")
+    e.add_argument("--header", action="append", default=[], metavar="NAME=VALUE", type=_key_value("--header"),
+                   help="request header (l7)")
+    _root_namespace_option(e)
     e.set_defaults(func=explain)
+
+
+def _root_namespace_option(parser) -> None:
+    parser.add_argument("--root-namespace", default=ROOT_NAMESPACE, metavar="NAMESPACE",
+                        help="the mesh's root namespace, as `meshcore node --root-namespace` (Istio's "
+                             f"meshConfig.rootNamespace; default: {ROOT_NAMESPACE})")
+
+
+def _key_value(option: str):
+    def parse(text: str) -> str:
+        if "=" not in text or text.startswith("="):
+            raise argparse.ArgumentTypeError(f"{option} {text!r}: expected NAME=VALUE")
+        return text
+    return parse

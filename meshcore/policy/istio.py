@@ -10,7 +10,7 @@ from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch
 from meshcore.policy.paths import check_template, is_template
 
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
-ROOT_NAMESPACE = "istio-system"
+ROOT_NAMESPACE = "istio-system"            # Istio's default meshConfig.rootNamespace
 DRY_RUN_ANNOTATION = "istio.io/dry-run"
 
 _SOURCE = {
@@ -195,6 +195,11 @@ def authorization_policy(doc: dict, source: str = "") -> Policy:
         action = Action(action_text)
     except ValueError:
         raise F.fail("spec.action", f"{action_text!r} is not ALLOW, DENY, AUDIT or CUSTOM") from None
+    if action is Action.AUDIT and DRY_RUN_ANNOTATION in annotations:
+        # istiod refuses the annotation, whatever its value, on anything but ALLOW and DENY
+        raise F.fail(f"metadata.annotations.{DRY_RUN_ANNOTATION}",
+                     f"the {DRY_RUN_ANNOTATION} annotation is for ALLOW and DENY policies only, not AUDIT "
+                     "(istiod refuses it); an AUDIT policy never changes a decision anyway")
     if spec.get("provider") is not None:
         raise F.fail("spec.provider", f"`provider` is for action CUSTOM only, not {action_text}")
     selector = workload_selector(spec.get("selector"), "spec.selector")
@@ -203,12 +208,9 @@ def authorization_policy(doc: dict, source: str = "") -> Policy:
         raise F.fail("spec.rules", "a DENY policy without rules never applies (istiod refuses it); "
                                    "write `rules: [{}]` to deny every request")
     rules = tuple(_rule(r, f"spec.rules[{i}]", namespace) for i, r in enumerate(raw_rules))
-    if selector is not None:
-        scope = Scope.WORKLOAD_SELECTOR
-    elif namespace == ROOT_NAMESPACE:
-        scope = Scope.GLOBAL
-    else:
-        scope = Scope.NAMESPACE
+    # without a selector, mesh-wide or namespace-wide depending on the root namespace of
+    # the mesh that selects it (model.resolved_scope)
+    scope = Scope.WORKLOAD_SELECTOR if selector is not None else Scope.ROOT_OR_NAMESPACE
     return Policy(name, namespace, action, rules, scope, selector, dry_run, source)
 
 

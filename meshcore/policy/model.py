@@ -24,9 +24,14 @@ class Action(enum.Enum):
 
 
 class Scope(enum.Enum):
-    GLOBAL = "Global"               # root namespace, no selector: the whole mesh
+    GLOBAL = "Global"               # the whole mesh, whatever the policy's namespace
     NAMESPACE = "Namespace"         # no selector: every workload of the namespace
     WORKLOAD_SELECTOR = "WorkloadSelector"
+    # An Istio AuthorizationPolicy without a selector: Global in the root namespace,
+    # Namespace elsewhere. The root namespace is an option of whoever selects policies
+    # (meshConfig.rootNamespace), not of the file, so this is resolved at selection
+    # (resolved_scope), never when the policy is read.
+    ROOT_OR_NAMESPACE = "RootOrNamespace"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,14 @@ class Workload:
         return cls(namespace, tuple(sorted((labels or {}).items())), name, tuple(attached))
 
 
+def resolved_scope(policy: Policy, root_namespace: str) -> Scope:
+    """The ztunnel scope a policy has in a mesh whose root namespace is `root_namespace`
+    (what istiod would send ztunnel): Global, Namespace or WorkloadSelector."""
+    if policy.scope is Scope.ROOT_OR_NAMESPACE:
+        return Scope.GLOBAL if policy.namespace == root_namespace else Scope.NAMESPACE
+    return policy.scope
+
+
 def applies_to(policy: Policy, workload: Workload, root_namespace: str) -> bool:
     """Which policies apply to a destination workload (docs/policy.md), as ztunnel decides
     for its own scopes: Global applies mesh-wide whatever its namespace; Namespace to
@@ -157,9 +170,10 @@ def applies_to(policy: Policy, workload: Workload, root_namespace: str) -> bool:
     if policy.key in workload.attached:
         return True
     if policy.selector is None:
-        if policy.scope is Scope.GLOBAL:
+        scope = resolved_scope(policy, root_namespace)
+        if scope is Scope.GLOBAL:
             return True
-        if policy.scope is Scope.WORKLOAD_SELECTOR:
+        if scope is Scope.WORKLOAD_SELECTOR:
             return False        # ztunnel form: attached by name only
         return policy.namespace == workload.namespace
     if policy.namespace != workload.namespace and policy.namespace != root_namespace:

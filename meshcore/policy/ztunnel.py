@@ -12,6 +12,7 @@ _PORT_FIELDS = {"destinationPorts": "destination_ports", "notDestinationPorts": 
 _SA_FIELDS = {"serviceAccounts": "service_accounts", "notServiceAccounts": "not_service_accounts"}
 MATCH_KEYS = tuple(_STRING_FIELDS) + tuple(_IP_FIELDS) + tuple(_PORT_FIELDS) + tuple(_SA_FIELDS)
 _KINDS = {"Exact": "exact", "Prefix": "prefix", "Suffix": "suffix", "Presence": "presence"}
+_SCOPES = {s.value: s for s in (Scope.GLOBAL, Scope.NAMESPACE, Scope.WORKLOAD_SELECTOR)}
 
 
 def _string_match(obj, path: str) -> StringMatch:
@@ -56,14 +57,16 @@ def ztunnel_policy(obj, path: str, source: str = "") -> Policy:
     name = F.string(obj["name"], f"{path}.name")
     namespace = F.string(obj["namespace"], f"{path}.namespace")
     scope_text = F.string(obj.get("scope", "Namespace"), f"{path}.scope")
-    try:
-        scope = Scope(scope_text)
-    except ValueError:
-        raise F.fail(f"{path}.scope", f"{scope_text!r} is not Global, Namespace or WorkloadSelector") from None
+    scope = _SCOPES.get(scope_text)
+    if scope is None:
+        raise F.fail(f"{path}.scope", f"{scope_text!r} is not Global, Namespace or WorkloadSelector")
     action_text = F.string(obj.get("action", "Allow"), f"{path}.action")
-    actions = {"Allow": Action.ALLOW, "Deny": Action.DENY, "Audit": Action.AUDIT}
+    actions = {"Allow": Action.ALLOW, "Deny": Action.DENY}
     if action_text not in actions:
-        raise F.fail(f"{path}.action", f"{action_text!r} is not Allow, Deny or Audit")
+        # ztunnel's RbacAction has these two only; istiod turns AUDIT into logging
+        # config and never sends it to ztunnel
+        raise F.fail(f"{path}.action", f"{action_text!r} is not Allow or Deny (ztunnel's local config has "
+                                       "no Audit; write an Istio AuthorizationPolicy with action AUDIT)")
     rules = []
     for i, rule in enumerate(F.sequence(obj.get("rules"), f"{path}.rules")):
         clauses = []

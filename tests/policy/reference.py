@@ -137,9 +137,12 @@ def applies(p, workload, root="istio-system"):
     if p.key in workload.attached:
         return True
     if p.selector is None:
-        if p.scope is Scope.GLOBAL:
+        scope = p.scope
+        if scope is Scope.ROOT_OR_NAMESPACE:           # Istio, no selector: mesh-wide in the root namespace
+            scope = Scope.GLOBAL if p.namespace == root else Scope.NAMESPACE
+        if scope is Scope.GLOBAL:
             return True
-        if p.scope is Scope.WORKLOAD_SELECTOR:
+        if scope is Scope.WORKLOAD_SELECTOR:
             return False
         return p.namespace == workload.namespace
     if p.namespace not in (workload.namespace, root):

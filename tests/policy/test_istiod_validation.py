@@ -24,6 +24,7 @@ VALID = [
     # an empty rule matches every request: "add an empty rule `{}`" is istiod's own advice
     ap("{action: DENY, rules: [{}]}"),
     ap("{action: AUDIT}"),
+    ap("{action: DENY, rules: [{}]}").replace("namespace: shop}", "namespace: shop, annotations: {istio.io/dry-run: 'true'}}"),
     ap("{selector: {matchLabels: {app: web, version: v1}}, rules: [{}]}"),
     ap('{rules: [{from: [{source: {principals: ["cluster.local/ns/a/sa/b"]}}, {source: {namespaces: [a]}}]}]}'),
     ap('{rules: [{from: [{source: {serviceAccounts: ["a/b", "c"]}}]}]}'),
@@ -38,6 +39,12 @@ VALID = [
 INVALID = [
     # (document, path in the error, words of the reason)
     (ap("{action: DENY}"), "spec.rules", "DENY policy without rules"),
+    # checkDryRunAnnotation: the annotation, whatever its value, on ALLOW and DENY only
+    (ap("{action: AUDIT, rules: [{}]}").replace("namespace: shop}", "namespace: shop, annotations: "
+                                                 "{istio.io/dry-run: 'true'}}"),
+     "metadata.annotations.istio.io/dry-run", "ALLOW and DENY policies only, not AUDIT"),
+    (ap("{action: AUDIT}").replace("namespace: shop}", "namespace: shop, annotations: {istio.io/dry-run: 'false'}}"),
+     "metadata.annotations.istio.io/dry-run", "ALLOW and DENY policies only, not AUDIT"),
     (ap("{action: DENY, rules: []}"), "spec.rules", "DENY policy without rules"),
     (ap("{provider: {name: x}, rules: [{}]}"), "spec.provider", "for action CUSTOM only"),
     (ap("{action: CUSTOM, provider: {name: ext}, rules: [{}]}"), "spec.action", "CUSTOM"),

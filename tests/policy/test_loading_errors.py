@@ -45,6 +45,15 @@ def test_bad_documents(spec, path, reason):
     assert str(err).startswith(f"policies.yaml, document 2, at {path}: ")
 
 
+def test_ztunnel_audit_in_a_node_config_names_file_document_and_path(tmp_path):
+    from meshcore.node.config import load
+    (tmp_path / "mesh.yaml").write_text("workloads: []\n---\npolicies:\n- {name: a, namespace: shop, action: Audit}\n")
+    with pytest.raises(ConfigError) as info:
+        load([str(tmp_path / "mesh.yaml")])
+    assert str(info.value).startswith(f"{tmp_path / 'mesh.yaml'}, document 2, at policies[0].action: 'Audit' "
+                                      "is not Allow or Deny")
+
+
 def test_syntax_error_names_line():
     with pytest.raises(ConfigError, match=r"policies.yaml: not valid YAML .* line 3"):
         load_authorization_policies("a: 1\nb: [\nc: }", "policies.yaml")
@@ -63,7 +72,10 @@ def test_missing_name():
 
 @pytest.mark.parametrize("entry,path,reason", [
     ({"name": "x", "namespace": "a", "scope": "Cluster"}, "policies[3].scope", "not Global"),
-    ({"name": "x", "namespace": "a", "action": "ALLOW"}, "policies[3].action", "not Allow, Deny or Audit"),
+    ({"name": "x", "namespace": "a", "action": "ALLOW"}, "policies[3].action", "not Allow or Deny"),
+    # ztunnel's RbacAction is Allow or Deny: istiod never sends it an AUDIT policy
+    ({"name": "x", "namespace": "a", "action": "Audit"}, "policies[3].action", "not Allow or Deny"),
+    ({"name": "x", "namespace": "a", "scope": "RootOrNamespace"}, "policies[3].scope", "not Global"),
     ({"name": "x", "namespace": "a", "rules": [[[{"destinationPorts": [70000]}]]]},
      "policies[3].rules[0][0][0].destinationPorts[0]", "not a port"),
     ({"name": "x", "namespace": "a", "rules": [[[{"principals": [{"Regex": ".*"}]}]]]},
