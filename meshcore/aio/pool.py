@@ -95,6 +95,8 @@ class HbonePool:
             attempt += 1
             conn = await self._checkout(key)
             try:
+                if not conn.usable:              # ending or going away before its hooks said so
+                    raise StreamClosedError(f"the connection to {_where(key)} is going away")
                 return await conn.open_stream(authority, protocol_factory, fields)
             except StreamClosedError as exc:     # nothing sent: GOAWAY either way, or stream ids used up
                 self._release(conn)
@@ -129,12 +131,8 @@ class HbonePool:
                 raise TunnelError("the connection pool is closed", 503)
             step, conn_id = self.core.acquire(key, self._clock())
             if step == _USE:
-                conn = self._conns[conn_id]
-                if conn.usable:
-                    return conn
-                self._release(conn)              # ended or going away before its hooks said so
-                self._retire(conn)
-            elif step == _DIAL:
+                return self._conns[conn_id]
+            if step == _DIAL:
                 await self._join(self._start_dial(key))
             elif step == _WAIT_DIAL:
                 await self._join(self._dials[key])

@@ -1,0 +1,318 @@
+"""The pool owns its dials (meshcore.aio.pool): callers sharing a dial leave alone, a
+dial nobody waits for is cancelled and closes what it opened, a failure reaches every
+caller; requests that can never be sent cost no connection; a peer refusing streams or
+going away is asked a bounded number of times. Real mTLS on loopback, file
+descriptors counted, on asyncio and uvloop."""
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+
+import h2.events
+import pytest
+
+from meshcore import Mesh
+from meshcore.aio import HboneServer, OutboundListener
+from meshcore.aio.pool import HbonePool, PoolKey
+from meshcore.errors import IdentityError, TunnelError, UsageError
+from meshcore.identity import CertificateStore, SpiffeId
+
+from h2hbone import H2Endpoint
+from helpers import CLIENT, SERVER, exchange, port_of, relay_setup, tcp_echo_server, wait_until
+
+OTHER = SpiffeId("cluster.local", "shop", "cache")
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+class GatedConnect:
+    """The mesh's own dial, held at a gate until the test opens it; notes whether it
+    was cancelled. It changes when the dial ends, nothing of how the pool runs it."""
+
+    def __init__(self, mesh: Mesh):
+        self.mesh = mesh
+        self.gate = asyncio.Event()
+        self.started = 0
+        self.cancelled = 0
+
+    async def __call__(self, key: PoolKey):
+        self.started += 1
+        try:
+            await self.gate.wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        return await Mesh._connect(self.mesh, key)
+
+
+def gated_pool(mesh: Mesh) -> GatedConnect:
+    connect = GatedConnect(mesh)
+    mesh.pool = HbonePool(connect)
+    return connect
+
+
+async def echo_tunnel(mesh, server, echo, **kwargs):
+    return await mesh.open_tunnel("127.0.0.1", port_of(echo), SERVER, via=server.address, **kwargs)
+
+
+def test_a_caller_leaving_a_shared_dial_leaves_alone(run, ca):
+    async def scenario():
+        async with relay_setup(ca) as (server, echo, mesh):
+            connect = gated_pool(mesh)
+            callers = [asyncio.ensure_future(echo_tunnel(mesh, server, echo)) for _ in range(5)]
+            await wait_until(lambda: connect.started == 1, 5)
+            await asyncio.sleep(0.05)
+            callers[0].cancel()                          # the first caller leaves
+            await asyncio.sleep(0.05)
+            assert connect.cancelled == 0, "the dial was cancelled while four callers waited for it"
+            connect.gate.set()
+            pairs = await asyncio.gather(*callers[1:])
+            with pytest.raises(asyncio.CancelledError):
+                await callers[0]
+            for i, (r, w) in enumerate(pairs):
+                payload = b"caller %d" % i
+                assert await exchange(r, w, payload) == (len(payload), hashlib.sha256(payload).hexdigest())
+            pool = mesh.pool
+            assert (pool.dials, pool.dial_failures, pool.dials_abandoned) == (1, 0, 0)
+            assert len(server.connections) == 1
+    run(scenario())
+
+
+@contextlib.contextmanager
+def listener_that_never_accepts():
+    """A port whose accept queue is full: connects to it hang in SYN_SENT."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = [socket.socket() for _ in range(4)]
+    for s in fillers:
+        s.setblocking(False)
+        s.connect_ex(full.getsockname())
+    try:
+        yield full.getsockname()
+    finally:
+        for s in fillers:
+            s.close()
+        full.close()
+
+
+@contextlib.asynccontextmanager
+async def stalling_server(ca, stage: str):
+    """A server whose dial never completes: at the TCP connect ("tcp"), in the TLS
+    handshake ("tls": a plain TCP server that never answers the ClientHello), or after
+    it ("settings": TLS completes, no HTTP/2 SETTINGS ever come). Yields (address,
+    accepted count)."""
+    if stage == "tcp":
+        with listener_that_never_accepts() as address:
+            yield address, lambda: 0
+        return
+    accepted = []
+
+    async def hold(reader, writer):
+        accepted.append(writer)
+        try:
+            await reader.read()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+    ssl_ctx = CertificateStore(ca).server_context(SERVER) if stage == "settings" else None
+    server = await asyncio.start_server(hold, "127.0.0.1", 0, ssl=ssl_ctx)
+    try:
+        yield server.sockets[0].getsockname()[:2], lambda: len(accepted)
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("stage", ["tcp", "tls", "settings"])
+def test_a_dial_every_caller_left_is_cancelled_and_closes_what_it_opened(run, ca, stage):
+    async def scenario():
+        async with stalling_server(ca, stage) as (address, accepted):
+            await asyncio.sleep(0.05)
+            before = open_fds()
+            async with Mesh(CLIENT, CertificateStore(ca)) as mesh:
+                callers = [asyncio.ensure_future(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address))
+                           for _ in range(3)]
+                await wait_until(lambda: open_fds() > before and (stage == "tcp" or accepted()), 5)
+                assert open_fds() > before, "the dial holds no socket"
+                await asyncio.sleep(0.1)                 # well into the stage
+                for caller in callers:
+                    caller.cancel()
+                    await asyncio.sleep(0.01)
+                await asyncio.gather(*callers, return_exceptions=True)
+                await wait_until(lambda: open_fds() <= before, 5)
+                assert open_fds() <= before, f"the abandoned dial left {open_fds() - before} descriptors open"
+                pool = mesh.pool
+                assert (pool.dials, pool.dials_abandoned, pool.dial_failures) == (1, 1, 0)
+                assert pool.connections == []
+    run(scenario())
+
+
+def test_a_dial_failure_reaches_every_caller_as_itself(run, ca):
+    async def scenario():
+        async with relay_setup(ca) as (server, echo, mesh):
+            results = await asyncio.gather(
+                *(mesh.open_tunnel("127.0.0.1", port_of(echo), OTHER, via=server.address) for _ in range(5)),
+                return_exceptions=True)
+            assert all(isinstance(r, IdentityError) and r.reason == "unexpected_identity" for r in results), results
+            assert (mesh.pool.dials, mesh.pool.dial_failures) == (1, 1)
+            with pytest.raises(IdentityError):           # a failure is not remembered: the next caller dials
+                await mesh.open_tunnel("127.0.0.1", port_of(echo), OTHER, via=server.address)
+            assert (mesh.pool.dials, mesh.pool.dial_failures) == (2, 2)
+    run(scenario())
+
+
+def test_a_request_that_can_never_be_sent_fails_before_any_dial(run, ca):
+    async def scenario():
+        async with relay_setup(ca) as (server, echo, mesh):
+            with pytest.raises(UsageError, match="X-Id"):
+                await asyncio.wait_for(echo_tunnel(mesh, server, echo, headers=[("X-Id", "1")]), 5)
+            with pytest.raises(UsageError, match="connection-specific"):
+                await asyncio.wait_for(echo_tunnel(mesh, server, echo, headers=[("connection", "close")]), 5)
+            key = PoolKey(CLIENT, (SERVER,), server.address)
+            for authority in ("10.0.0.1", "10.0.0.1:0", "", "fd00::1:80", "h\u00f6st:80"):
+                with pytest.raises(UsageError, match="authority"):
+                    await asyncio.wait_for(mesh.pool.open_stream(key, authority, asyncio.Protocol), 5)
+            assert mesh.pool.dials == 0 and mesh.pool.connections == [] and not server.connections
+            # a one-shot iterable of fields is checked and then sent whole
+            r, w = await echo_tunnel(mesh, server, echo, headers=iter([("x-id", "1")]))
+            assert await exchange(r, w, b"sent") == (4, hashlib.sha256(b"sent").hexdigest())
+            assert mesh.pool.dials == 1
+    run(scenario())
+
+
+def test_a_server_allowing_no_streams_is_one_dial_and_a_clear_error(run, ca):
+    async def scenario():
+        async with relay_setup(ca, server_options={"max_concurrent_streams": 0},
+                               mesh_options={"refusal_hold": 0.3}) as (server, echo, mesh):
+            results = await asyncio.wait_for(asyncio.gather(
+                *(echo_tunnel(mesh, server, echo) for _ in range(5)), return_exceptions=True), 5)
+            for r in results:
+                assert isinstance(r, TunnelError) and r.status == 503 and "refuses new streams" in str(r), r
+            for _ in range(3):                           # within the hold: no new dial
+                with pytest.raises(TunnelError, match="refuses new streams"):
+                    await asyncio.wait_for(echo_tunnel(mesh, server, echo), 5)
+            assert mesh.pool.dials == 1 and len(server.connections) <= 1
+            await asyncio.sleep(0.35)
+            with pytest.raises(TunnelError, match="refuses new streams"):
+                await asyncio.wait_for(echo_tunnel(mesh, server, echo), 5)
+            assert mesh.pool.dials == 2                  # asked again once the hold was over
+            # connections of a peer that allows no stream are not kept
+            await wait_until(lambda: not mesh.pool.connections, 3)
+            assert mesh.pool.connections == []
+    run(scenario())
+
+
+async def going_away_server(ctx, *, when: str, bad_connections: int):
+    """An HBONE server (python-hyper h2) whose first `bad_connections` connections send
+    GOAWAY: right after their SETTINGS (when="settings"), or with last stream id 0 in
+    answer to the first CONNECT (when="request"), so the client's stream is refused
+    unprocessed. Later connections echo. Returns (server, connections accepted)."""
+    accepted = [0]
+
+    async def on_connection(reader, writer):
+        accepted[0] += 1
+        bad = accepted[0] <= bad_connections
+        ep = H2Endpoint(reader, writer, client=False)
+        if bad and when == "settings":
+            ep.conn.close_connection(last_stream_id=0)
+            ep.flush()
+        task = asyncio.get_running_loop().create_task(ep.run())
+        while (e := await ep.events.get()) is not None:
+            if isinstance(e, h2.events.RequestReceived):
+                if bad:
+                    ep.conn.close_connection(last_stream_id=0)
+                    ep.flush()
+                    continue
+                ep.conn.send_headers(e.stream_id, [(b":status", b"200")])
+                ep.flush()
+            elif isinstance(e, h2.events.DataReceived) and not bad:
+                ep.send(e.stream_id, e.data)
+            elif isinstance(e, h2.events.StreamEnded) and not bad:
+                ep.send(e.stream_id, b"", end=True)
+        await task
+        writer.close()
+
+    return await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=ctx), accepted
+
+
+@pytest.mark.parametrize("when", ["request", "settings"])
+def test_a_tunnel_refused_by_goaway_is_tried_on_a_new_connection(run, ca, when):
+    async def scenario():
+        server, accepted = await going_away_server(CertificateStore(ca).server_context(SERVER),
+                                                   when=when, bad_connections=1)
+        async with Mesh(CLIENT, CertificateStore(ca)) as mesh:
+            r, w = await asyncio.wait_for(
+                mesh.open_tunnel("10.0.0.1", 80, SERVER, via=server.sockets[0].getsockname()[:2]), 5)
+            assert await exchange(r, w, b"second time") == (11, hashlib.sha256(b"second time").hexdigest())
+            assert (mesh.pool.dials, mesh.pool.retries, accepted[0]) == (2, 1, 2)
+        server.close()
+    run(scenario())
+
+
+@pytest.mark.parametrize("when", ["request", "settings"])
+def test_goaway_retries_are_bounded(run, ca, when):
+    async def scenario():
+        server, accepted = await going_away_server(CertificateStore(ca).server_context(SERVER),
+                                                   when=when, bad_connections=1000)
+        async with Mesh(CLIENT, CertificateStore(ca)) as mesh:
+            with pytest.raises(TunnelError, match="in 3 attempts") as err:
+                await asyncio.wait_for(
+                    mesh.open_tunnel("10.0.0.1", 80, SERVER, via=server.sockets[0].getsockname()[:2]), 5)
+            assert err.value.status == 503
+            assert (mesh.pool.dials, mesh.pool.retries, accepted[0]) == (3, 2, 3)
+            await wait_until(lambda: not mesh.pool.connections, 3)
+            assert mesh.pool.connections == []           # each one retired and closed
+        server.close()
+    run(scenario())
+
+
+def test_callers_beyond_the_connection_cap_wait_for_room(run, ca):
+    async def scenario():
+        async with relay_setup(ca, mesh_options={"max_streams": 2, "max_connections_per_key": 2}) as (
+                server, echo, mesh):
+            first = [await echo_tunnel(mesh, server, echo) for _ in range(4)]
+            assert mesh.pool.dials == 2
+            fifth = asyncio.ensure_future(echo_tunnel(mesh, server, echo))
+            with pytest.raises(asyncio.TimeoutError):    # the caller's own timeout bounds the wait
+                await asyncio.wait_for(echo_tunnel(mesh, server, echo), 0.2)
+            assert not fifth.done() and mesh.pool.dials == 2
+            r, w = first[0]
+            assert await exchange(r, w, b"done") == (4, hashlib.sha256(b"done").hexdigest())
+            r5, w5 = await asyncio.wait_for(fifth, 5)    # the ended tunnel made room
+            assert await exchange(r5, w5, b"fifth") == (5, hashlib.sha256(b"fifth").hexdigest())
+            assert mesh.pool.dials == 2
+            for r, w in first[1:]:
+                w.close()
+    run(scenario())
+
+
+def test_outbound_clients_sharing_a_dial_survive_one_that_resets(run, ca):
+    """Five clients of an OutboundListener wait on one dial; the first resets its
+    connection. The other four get their tunnels."""
+    async def scenario():
+        async with relay_setup(ca) as (server, echo, mesh):
+            connect = gated_pool(mesh)
+            listener = await OutboundListener(lambda factory, client: mesh.open_tunnel_protocol(
+                "127.0.0.1", port_of(echo), SERVER, factory, via=server.address)).start()
+            clients = [await asyncio.open_connection(*listener.address) for _ in range(5)]
+            await wait_until(lambda: listener.stats["accepted"] == 5 and connect.started == 1, 5)
+            _, w0 = clients[0]
+            w0.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            w0.transport.abort()                          # RST
+            await wait_until(lambda: len(listener.splices) == 4, 5)
+            assert connect.cancelled == 0
+            connect.gate.set()
+            results = await asyncio.wait_for(asyncio.gather(
+                *(exchange(r, w, b"client %d" % i) for i, (r, w) in enumerate(clients[1:], 1))), 10)
+            assert results == [(8, hashlib.sha256(b"client %d" % i).hexdigest()) for i in range(1, 5)]
+            assert listener.stats["dial_failed"] == 0
+            assert (mesh.pool.dials, mesh.pool.dial_failures, mesh.pool.dials_abandoned) == (1, 0, 0)
+            for _, w in clients:
+                w.close()
+            await listener.close()
+    run(scenario())
