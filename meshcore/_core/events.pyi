@@ -1,17 +1,26 @@
 class Event: ...
 
-class TunnelRequested(Event):
+class RequestReceived(Event):
     stream_id: int
     method: str
+    scheme: str
     authority: str
+    path: str
+    protocol: str
     headers: list[tuple[bytes, bytes]]
 
-class TunnelAccepted(Event):
+class TunnelRequested(RequestReceived): ...
+
+class ResponseReceived(Event):
     stream_id: int
     status: int
     headers: list[tuple[bytes, bytes]]
 
-class TunnelRefused(Event):
+class TunnelAccepted(ResponseReceived): ...
+
+class TunnelRefused(ResponseReceived): ...
+
+class InformationalResponseReceived(Event):
     stream_id: int
     status: int
     headers: list[tuple[bytes, bytes]]

@@ -78,7 +78,8 @@ def test_trailers_and_informational_responses():
     enc = hpack.Encoder()
     events = c.receive_data(frame(1, 0x4, sid, enc.encode([(":status", "100")]))
                             + frame(1, 0x4, sid, enc.encode([(":status", "200")])))
-    assert [type(e) for e in events if not isinstance(e, ev.SettingsChanged)] == [ev.TunnelAccepted]
+    assert [type(e) for e in events if not isinstance(e, ev.SettingsChanged)] == [
+        ev.InformationalResponseReceived, ev.TunnelAccepted]
 
 
 def test_send_more_than_the_window_is_refused():

@@ -4,19 +4,31 @@ from libc.stdint cimport uint32_t
 cdef class Event:
     pass
 
-cdef class TunnelRequested(Event):        # server side: a request arrived (usually CONNECT)
+cdef class RequestReceived(Event):        # server side: a request's header section
     cdef readonly uint32_t stream_id
     cdef readonly str method
-    cdef readonly str authority           # "" when absent (non-CONNECT requests may omit it)
+    cdef readonly str scheme              # "" when absent (CONNECT)
+    cdef readonly str authority           # :authority, else the Host field; "" when neither
+    cdef readonly str path                # "" when absent (CONNECT)
+    cdef readonly str protocol            # extended CONNECT's :protocol (RFC 8441); "" otherwise
     cdef readonly list headers            # regular fields, [(bytes, bytes)], pseudo-headers removed
 
-cdef class TunnelAccepted(Event):         # client side: a 2xx final response
+cdef class TunnelRequested(RequestReceived):   # a CONNECT (plain, or extended with a protocol):
+    pass                                  # DATA on its stream is tunnel bytes, never content
+
+cdef class ResponseReceived(Event):       # client side: the final response to a request
     cdef readonly uint32_t stream_id
     cdef readonly int status
     cdef readonly list headers
 
-cdef class TunnelRefused(Event):          # client side: a non-2xx final response
-    cdef readonly uint32_t stream_id
+cdef class TunnelAccepted(ResponseReceived):   # a 2xx final response to a CONNECT
+    pass
+
+cdef class TunnelRefused(ResponseReceived):    # a non-2xx final response to a CONNECT
+    pass
+
+cdef class InformationalResponseReceived(Event):   # client side: a 1xx response, not final;
+    cdef readonly uint32_t stream_id      # several may come before the final one
     cdef readonly int status
     cdef readonly list headers
 
@@ -28,8 +40,8 @@ cdef class DataReceived(Event):           # payload bytes (padding removed); ack
 cdef class StreamEnded(Event):            # the peer half-closed (END_STREAM)
     cdef readonly uint32_t stream_id
 
-cdef class TrailersReceived(Event):
-    cdef readonly uint32_t stream_id
+cdef class TrailersReceived(Event):       # a header section after the message's content,
+    cdef readonly uint32_t stream_id      # always followed by StreamEnded
     cdef readonly list headers
 
 cdef class StreamReset(Event):            # the stream is gone; remote: the peer sent RST_STREAM

@@ -17,13 +17,22 @@ cdef class Event:
         return f"<{type(self).__name__} {' '.join(parts)}>"
 
 
-cdef class TunnelRequested(Event):
-    _fields = ("stream_id", "method", "authority", "headers")
+cdef class RequestReceived(Event):
+    _fields = ("stream_id", "method", "scheme", "authority", "path", "protocol", "headers")
 
-cdef class TunnelAccepted(Event):
+cdef class TunnelRequested(RequestReceived):
+    _fields = ("stream_id", "method", "authority", "protocol", "headers")
+
+cdef class ResponseReceived(Event):
     _fields = ("stream_id", "status", "headers")
 
-cdef class TunnelRefused(Event):
+cdef class TunnelAccepted(ResponseReceived):
+    pass
+
+cdef class TunnelRefused(ResponseReceived):
+    pass
+
+cdef class InformationalResponseReceived(Event):
     _fields = ("stream_id", "status", "headers")
 
 cdef class DataReceived(Event):

@@ -1,4 +1,5 @@
-# The sans-IO HTTP/2 connection for CONNECT tunnels (RFC 9113), client or server.
+# The sans-IO HTTP/2 connection (RFC 9113), client or server: CONNECT tunnels (HBONE)
+# and requests with responses.
 # Bytes in -> events; commands -> bytes out. No sockets, no timers, no clock of
 # its own (a clock callable is injected for the Rapid Reset rule).
 from libc.stdint cimport uint8_t, uint32_t, int64_t
@@ -48,7 +49,11 @@ cdef class Stream:
     cdef int64_t recv_unacked              # consumed, not yet returned by WINDOW_UPDATE
     cdef double opened_at
     cdef bint headers_received             # request (server) / final response (client) seen
-    cdef bint answered                     # server: our response headers went out
+    cdef bint answered                     # server: our final response headers went out
+    cdef bint tunnel                       # a CONNECT: DATA is tunnel bytes, not content
+    cdef bint head                         # the request was HEAD: its response has no content
+    cdef int64_t recv_content_left         # content the peer declared and has not sent (-1: none)
+    cdef int64_t send_content_left         # content we declared and have not sent (-1: none)
 
 
 cdef class H2Connection:
@@ -61,12 +66,14 @@ cdef class H2Connection:
     cdef int64_t _acked_initial_window     # in force
     cdef list _pending_local_settings      # SETTINGS sent, not yet ACKed: [list of pairs]
     cdef dict _advertised                  # every setting we advertised
+    cdef bint _local_connect_protocol      # we accept extended CONNECT (RFC 8441)
     # the peer's settings
     cdef uint32_t _remote_max_frame_size
     cdef uint32_t _remote_max_concurrent
     cdef int64_t _remote_initial_window
     cdef uint32_t _remote_max_header_list
     cdef bint _remote_settings_seen
+    cdef bint _remote_connect_protocol     # the server accepts extended CONNECT
     # connection-level flow control
     cdef int64_t _send_window
     cdef int64_t _recv_window
@@ -159,6 +166,12 @@ cdef class H2Connection:
     cdef int _queue_control(self, bytes frame) except -1
     cdef int _count_empty(self, bint empty) except -1
     cdef int _credit(self, object stream, int64_t size) except -1
+    cdef int _content_exceeded(self, Stream stream, int64_t size) except -1
+    cdef Stream _new_local_stream(self, bint tunnel)
+    cdef int _start_local_stream(self, Stream stream, list fields, bint end_stream) except -1
+    cdef int _check_outgoing_request(self, bytes method, bytes scheme, bytes authority,
+                                     bytes path, bytes protocol, list regular) except -1
+    cdef Stream _unanswered_stream(self, uint32_t stream_id)
     cdef void _append(self, bytes chunk)
     cdef int _send_headers(self, uint32_t sid, list fields, bint end_stream) except -1
     cdef bint _is_idle(self, uint32_t sid)

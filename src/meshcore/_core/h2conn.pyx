@@ -1,9 +1,15 @@
-"""The sans-IO HTTP/2 connection state machine for HBONE CONNECT tunnels.
+"""The sans-IO HTTP/2 connection state machine: HBONE CONNECT tunnels, and requests
+with their responses (what an L7 proxy carries).
 
     conn = H2Connection(client=True)
     sid = conn.open_tunnel("10.0.0.7:8080", [(b"forwarded", b'for="10.0.0.5:4711"')])
+    sid = conn.send_request("GET", "https", "reviews:9080", "/ratings/7", end_stream=True)
     sock.sendall(conn.data_to_send())
     for event in conn.receive_data(sock.recv(65536)): ...
+
+A CONNECT stream is a tunnel: its DATA is bytes, with no content rules. Every other
+request and response is held to RFC 9113 section 8: its header sections are checked
+(headers.pyx) and its DATA must add up to a declared content-length.
 
 Peer misbehaviour never raises out of receive_data(): a stream error resets that
 stream (RST_STREAM + StreamReset(remote=False)), a connection error queues GOAWAY
@@ -32,11 +38,13 @@ from meshcore._core.frames cimport (
     NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED,
     FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR, ENHANCE_YOUR_CALM)
 from meshcore._core.hpack cimport HeaderEncoder, HeaderDecoder
-from meshcore._core.headers cimport parse_request, parse_response, check_trailers, outgoing_fields
+from meshcore._core.headers cimport (
+    parse_request, parse_response, check_trailers, check_request_head, outgoing_fields,
+    outgoing_content_length, outgoing_host)
 from meshcore._core.events cimport (
-    TunnelRequested, TunnelAccepted, TunnelRefused, DataReceived, StreamEnded,
-    TrailersReceived, StreamReset, WindowOpened, SettingsChanged, SettingsAcknowledged,
-    PingAcknowledged, ConnectionTerminated)
+    RequestReceived, TunnelRequested, ResponseReceived, TunnelAccepted, TunnelRefused,
+    InformationalResponseReceived, DataReceived, StreamEnded, TrailersReceived, StreamReset,
+    WindowOpened, SettingsChanged, SettingsAcknowledged, PingAcknowledged, ConnectionTerminated)
 
 from meshcore.errors import (
     ProtocolError, StreamClosedError, WindowExceededError, TooManyStreamsError, UsageError,
@@ -99,13 +107,21 @@ def next_state(int state, int stream_input):
     return _NEXT[state][stream_input]
 
 
+cdef bytes _field_bytes(object value):
+    if isinstance(value, str):
+        return (<str>value).encode("latin-1")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise UsageError(f"a field value must be str or bytes, not {type(value).__name__}")
+
+
 cdef class Stream:
     def __repr__(self):
         return f"<Stream {self.id} {STATE_NAMES[self.state]}>"
 
 
 cdef class H2Connection:
-    """One HTTP/2 connection carrying CONNECT tunnels. See the module docstring."""
+    """One HTTP/2 connection carrying CONNECT tunnels and requests. See the module docstring."""
 
     def __init__(self, bint client, *, max_concurrent_streams=None,
                  initial_window_size=DEFAULT_STREAM_WINDOW,
@@ -113,14 +129,20 @@ cdef class H2Connection:
                  max_frame_size=DEFAULT_MAX_FRAME, max_header_list_size=None,
                  header_table_size=4096, max_rapid_resets=20, rapid_reset_age=1.0,
                  max_local_resets=1024, max_continuation_frames=8,
-                 max_pending_control_frames=1000, max_empty_frames=1, clock=time.monotonic):
+                 max_pending_control_frames=1000, max_empty_frames=1, clock=time.monotonic,
+                 enable_connect_protocol=False):
         if not DEFAULT_MAX_FRAME_SIZE <= max_frame_size <= MAX_FRAME_SIZE_LIMIT:
             raise ValueError(f"max_frame_size {max_frame_size} outside 16384..16777215")
         if not 0 <= initial_window_size <= MAX_WINDOW_SIZE:
             raise ValueError(f"initial_window_size {initial_window_size} outside 0..2^31-1")
         if not DEFAULT_WINDOW_SIZE <= connection_window_size <= MAX_WINDOW_SIZE:
             raise ValueError(f"connection_window_size {connection_window_size} outside 65535..2^31-1")
+        if enable_connect_protocol and client:
+            raise ValueError("enable_connect_protocol is a server setting (RFC 8441: the server "
+                             "accepts extended CONNECT)")
         self.client = client
+        self._local_connect_protocol = enable_connect_protocol
+        self._remote_connect_protocol = False
         if max_concurrent_streams is None:
             max_concurrent_streams = CLIENT_ASSUMED_MAX_CONCURRENT if client else SERVER_MAX_CONCURRENT_STREAMS
         if max_header_list_size is None:
@@ -175,6 +197,8 @@ cdef class H2Connection:
             (SETTING_MAX_FRAME_SIZE, max_frame_size),
             (SETTING_MAX_HEADER_LIST_SIZE, max_header_list_size),
         ]
+        if enable_connect_protocol:
+            settings.append((SETTING_ENABLE_CONNECT_PROTOCOL, 1))
         self._pending_local_settings = [settings]
         self._advertised = dict(settings)
         if client:
@@ -201,6 +225,12 @@ cdef class H2Connection:
     @property
     def remote_settings_received(self):
         return self._remote_settings_seen
+
+    @property
+    def peer_accepts_extended_connect(self):
+        """The server sent SETTINGS_ENABLE_CONNECT_PROTOCOL = 1: open_tunnel() may carry
+        a protocol (RFC 8441)."""
+        return self._remote_connect_protocol
 
     @property
     def outbound_window(self):
@@ -296,10 +326,11 @@ cdef class H2Connection:
 
     # --------------------------------------------------------------- commands
 
-    def open_tunnel(self, authority, headers=()):
-        """Client: send CONNECT for `authority` ("ip:port"); returns the new stream id."""
+    cdef Stream _new_local_stream(self, bint tunnel):
+        """A stream for a request we are about to send; registered by the caller once
+        its header section has passed every check."""
         if not self.client:
-            raise UsageError("only the client side opens tunnels")
+            raise UsageError("only the client side opens streams (push is disabled)")
         if self._terminated or self._goaway_received or self._goaway_sent:
             raise StreamClosedError("the connection is going away; open a new one")
         if self._open_local >= self._remote_max_concurrent:
@@ -307,15 +338,8 @@ cdef class H2Connection:
                 f"the peer allows {self._remote_max_concurrent} concurrent streams")
         if self._next_stream_id > MAX_WINDOW_SIZE:
             raise StreamClosedError("stream ids exhausted on this connection; open a new one")
-        if isinstance(authority, str):
-            authority = authority.encode("latin-1")
-        if not authority:
-            raise UsageError("CONNECT needs an authority (host:port)")
-        cdef list fields = [(b":method", b"CONNECT"), (b":authority", bytes(authority))]
-        fields.extend(outgoing_fields(headers))
-        cdef uint32_t sid = self._next_stream_id
         cdef Stream stream = Stream.__new__(Stream)
-        stream.id = sid
+        stream.id = self._next_stream_id
         stream.state = IDLE
         stream.local = True
         stream.send_window = self._remote_initial_window
@@ -323,28 +347,165 @@ cdef class H2Connection:
         stream.recv_unacked = 0
         stream.opened_at = 0.0
         stream.headers_received = False
+        stream.tunnel = tunnel
+        stream.recv_content_left = -1
+        stream.send_content_left = -1
+        return stream
+
+    cdef int _start_local_stream(self, Stream stream, list fields, bint end_stream) except -1:
         self._next_stream_id += 2
-        self._streams[sid] = stream
+        self._streams[stream.id] = stream
         self._open_local += 1
         self._transition(stream, SEND_HEADERS)
-        self._send_headers(sid, fields, False)
-        return sid
+        self._send_headers(stream.id, fields, end_stream)
+        if end_stream:
+            self._transition(stream, SEND_END_STREAM)
+        return 0
 
-    def send_response(self, uint32_t stream_id, int status, headers=(), bint end_stream=False):
-        """Server: answer a request. 200 accepts a tunnel; anything else refuses it
-        (and by default ends the stream)."""
+    def open_tunnel(self, authority, headers=(), *, protocol=None, scheme=None, path=None):
+        """Client: send CONNECT for `authority` ("ip:port"); returns the new stream id.
+
+        With `protocol` (and then `scheme` and `path`), an extended CONNECT (RFC 8441),
+        which the server must have enabled (peer_accepts_extended_connect)."""
+        cdef Stream stream = self._new_local_stream(True)
+        if isinstance(authority, str):
+            authority = authority.encode("latin-1")
+        if not authority:
+            raise UsageError("CONNECT needs an authority (host:port)")
+        cdef list fields
+        if protocol is None and scheme is None and path is None:
+            fields = [(b":method", b"CONNECT"), (b":authority", bytes(authority))]
+            fields.extend(outgoing_fields(headers))
+        else:
+            if protocol is None:
+                raise UsageError("a CONNECT with :scheme or :path is an extended CONNECT: "
+                                 "give its protocol too")
+            if not self._remote_connect_protocol:
+                raise UsageError("the server has not enabled extended CONNECT "
+                                 "(SETTINGS_ENABLE_CONNECT_PROTOCOL)")
+            if scheme is None or path is None:
+                raise UsageError("an extended CONNECT needs a scheme and a path")
+            fields = [(b":method", b"CONNECT"), (b":protocol", _field_bytes(protocol)),
+                      (b":scheme", _field_bytes(scheme)), (b":authority", bytes(authority)),
+                      (b":path", _field_bytes(path))]
+            regular = outgoing_fields(headers)
+            self._check_outgoing_request(b"CONNECT", fields[2][1], fields[3][1], fields[4][1],
+                                         fields[1][1], regular)
+            fields.extend(regular)
+        self._start_local_stream(stream, fields, False)
+        return stream.id
+
+    def send_request(self, method, scheme, authority, path, headers=(), bint end_stream=False):
+        """Client: send a request's header section (END_STREAM with it when there is no
+        content); returns the new stream id. `authority` None leaves :authority out
+        (a Host field may carry it then). A content-length among `headers` is held to:
+        send_data() refuses more, and ending the stream with less."""
+        cdef bytes m = _field_bytes(method)
+        if m == b"CONNECT":
+            raise UsageError("CONNECT opens a tunnel: use open_tunnel()")
+        cdef Stream stream = self._new_local_stream(False)
+        cdef bytes sch = _field_bytes(scheme)
+        cdef bytes auth = None if authority is None else _field_bytes(authority)
+        cdef bytes pth = _field_bytes(path)
+        cdef list regular = outgoing_fields(headers)
+        self._check_outgoing_request(m, sch, auth, pth, None, regular)
+        cdef list fields = [(b":method", m), (b":scheme", sch)]
+        if auth is not None:
+            fields.append((b":authority", auth))
+        fields.append((b":path", pth))
+        fields.extend(regular)
+        stream.head = m == b"HEAD"
+        stream.send_content_left = outgoing_content_length(regular)
+        if end_stream and stream.send_content_left > 0:
+            raise UsageError(f"the request declares content-length {stream.send_content_left} "
+                             "but ends with its header section")
+        self._start_local_stream(stream, fields, end_stream)
+        return stream.id
+
+    cdef int _check_outgoing_request(self, bytes method, bytes scheme, bytes authority,
+                                     bytes path, bytes protocol, list regular) except -1:
+        try:
+            check_request_head(method, scheme, authority, path, protocol, outgoing_host(regular),
+                               True)
+        except ProtocolError as exc:
+            raise UsageError(f"refusing to send a malformed request: {exc.args[0]}") from None
+        return 0
+
+    cdef Stream _unanswered_stream(self, uint32_t stream_id):
         if self.client:
             raise UsageError("only the server side sends responses")
-        if not 100 <= status <= 999:
-            raise UsageError(f"status {status} is not a three-digit code")
         cdef Stream stream = self._writable_stream(stream_id)
+        if stream.answered:
+            raise UsageError(f"stream {stream_id} already has its final response "
+                             "(send_trailers() ends it with trailers)")
+        if _NEXT[stream.state][SEND_HEADERS] < 0:
+            raise StreamClosedError(
+                f"stream {stream_id} is {STATE_NAMES[stream.state]}: cannot send a response",
+                stream_id)
+        return stream
+
+    def send_informational(self, uint32_t stream_id, int status, headers=()):
+        """Server: an informational (1xx) response; any number may precede the final
+        one. 101 does not exist in HTTP/2 (RFC 9113 8.6)."""
+        if not 100 <= status <= 199:
+            raise UsageError(f"status {status} is not informational (1xx): use send_response()")
+        if status == 101:
+            raise UsageError("status 101 (Switching Protocols) does not exist in HTTP/2; "
+                             "extended CONNECT replaces it")
+        cdef Stream stream = self._unanswered_stream(stream_id)
         cdef list fields = [(b":status", str(status).encode())]
         fields.extend(outgoing_fields(headers))
+        self._send_headers(stream_id, fields, False)
+
+    def send_response(self, uint32_t stream_id, int status, headers=(), bint end_stream=False):
+        """Server: the final response's header section. 200 accepts a tunnel; anything
+        else refuses it (and by default ends the stream). On a request stream, a
+        content-length among `headers` is held to (none is sent after HEAD, 204, 304)."""
+        if not 200 <= status <= 999:
+            if 100 <= status <= 199:
+                raise UsageError(f"status {status} is informational: use send_informational()")
+            raise UsageError(f"status {status} is not a three-digit final status (200-999)")
+        cdef Stream stream = self._unanswered_stream(stream_id)
+        cdef list fields = [(b":status", str(status).encode())]
+        cdef list regular = outgoing_fields(headers)
+        cdef int64_t length = outgoing_content_length(regular) if regular else -1
+        if stream.tunnel:
+            if length >= 0 and 200 <= status <= 299:
+                raise UsageError("a 2xx response to CONNECT carries no content-length "
+                                 "(RFC 9110 9.3.6): the tunnel's bytes are not content")
+        else:
+            if status == 204 and length >= 0:
+                raise UsageError("a 204 response carries no content-length (RFC 9110 8.6)")
+            stream.send_content_left = 0 if stream.head or status == 204 or status == 304 else length
+            if end_stream and stream.send_content_left > 0:
+                raise UsageError(f"the response declares content-length {length} "
+                                 "but ends with its header section")
+        fields.extend(regular)
         self._transition(stream, SEND_HEADERS)
         self._send_headers(stream_id, fields, end_stream)
         stream.answered = True
         if end_stream:
             self._transition(stream, SEND_END_STREAM)
+
+    def send_trailers(self, uint32_t stream_id, headers):
+        """Either side: end the stream with a trailer section (HEADERS with END_STREAM,
+        regular fields only), after the content."""
+        cdef Stream stream = self._writable_stream(stream_id)
+        if not self.client and not stream.answered:
+            raise UsageError(f"stream {stream_id} has no final response yet: trailers come after it")
+        if stream.tunnel:
+            raise UsageError(f"stream {stream_id} is a CONNECT tunnel: only DATA may follow its "
+                             "header sections (RFC 9113 8.5)")
+        if _NEXT[stream.state][SEND_END_STREAM] < 0:
+            raise StreamClosedError(
+                f"stream {stream_id} is {STATE_NAMES[stream.state]}: cannot send trailers", stream_id)
+        if stream.send_content_left > 0:
+            raise UsageError(f"trailers would end stream {stream_id} with {stream.send_content_left} "
+                             "bytes of its declared content-length unsent")
+        cdef list fields = outgoing_fields(headers)
+        self._transition(stream, SEND_HEADERS)
+        self._send_headers(stream_id, fields, True)
+        self._transition(stream, SEND_END_STREAM)
 
     def accept_tunnel(self, uint32_t stream_id, headers=()):
         """Server: 200 for a CONNECT; data may flow both ways from here."""
@@ -400,6 +561,8 @@ cdef class H2Connection:
         if _NEXT[stream.state][SEND_DATA] < 0:
             raise StreamClosedError(
                 f"stream {stream_id} is {STATE_NAMES[stream.state]}: cannot send DATA", stream_id)
+        if not stream.local and not stream.answered:
+            raise UsageError(f"stream {stream_id} has no final response yet: content comes after it")
         cdef object payload
         cdef Py_ssize_t n, pos = 0, size
         if type(data) is bytes:
@@ -417,6 +580,16 @@ cdef class H2Connection:
             raise WindowExceededError(
                 f"{n} bytes exceed the flow-control window of stream {stream_id} "
                 f"(stream {stream.send_window}, connection {self._send_window})")
+        if stream.send_content_left >= 0:
+            if n > stream.send_content_left:
+                raise UsageError(
+                    f"{n} bytes exceed what stream {stream_id} declared: {stream.send_content_left} "
+                    "bytes of content left (content-length; none after HEAD, 204, 304)")
+            if end_stream and n < stream.send_content_left:
+                raise UsageError(
+                    f"ending stream {stream_id} with {stream.send_content_left - n} bytes of its "
+                    "declared content-length unsent")
+            stream.send_content_left -= n
         stream.send_window -= n
         self._send_window -= n
         if n <= frame_max:
@@ -675,6 +848,10 @@ cdef class H2Connection:
                 if self._data_stream is not None:
                     # the pad-length byte and the padding are ours to consume, not the app's
                     self._credit(self._data_stream, 1 + self._pad_left)
+                    if (self._data_stream.recv_content_left >= 0
+                            and self._content_exceeded(self._data_stream, self._data_left)):
+                        self._credit(None, self._data_left)
+                        self._data_stream = None
                 if self._data_left == 0 and self._pad_left == 0:
                     self._end_data_frame()
             elif phase == READ_DATA_PADDING or phase == READ_SKIP:
@@ -769,6 +946,12 @@ cdef class H2Connection:
             else:
                 stream.recv_window -= h.length
                 self._data_stream = stream
+                # content is counted before any of it is delivered (padded: once the
+                # padding is known), so the application never sees more than declared
+                if (stream.recv_content_left >= 0 and not h.flags & FLAG_PADDED
+                        and self._content_exceeded(stream, h.length)):
+                    self._credit(None, h.length)
+                    self._data_stream = None
         if h.flags & FLAG_PADDED:
             if h.length == 0:
                 raise ProtocolError("padded DATA frame of 0 bytes", FRAME_SIZE_ERROR)
@@ -802,15 +985,32 @@ cdef class H2Connection:
         self._phase = READ_FRAME_HEADER
         self._data_stream = None
         if stream is not None and self._frame.flags & FLAG_END_STREAM:
-            self._transition(stream, RECV_END_STREAM)
-            ev = StreamEnded.__new__(StreamEnded)
-            (<StreamEnded>ev).stream_id = stream.id
-            self._events.append(ev)
+            if stream.recv_content_left > 0:
+                self._stream_error(stream.id, PROTOCOL_ERROR,
+                                   f"malformed message: {_short_content(stream)}")
+            else:
+                self._transition(stream, RECV_END_STREAM)
+                ev = StreamEnded.__new__(StreamEnded)
+                (<StreamEnded>ev).stream_id = stream.id
+                self._events.append(ev)
         # CVE-2019-9518 counts frames that cost the peer nothing: a zero-length frame
         # on the wire. A frame dropped because we reset its stream is not one of them
         # (RFC 9113 5.1: in-flight DATA after our RST_STREAM is ignored, not punished).
         self._count_empty(self._frame.length == 0 and not self._frame.flags & FLAG_END_STREAM)
         return 0
+
+    cdef int _content_exceeded(self, Stream stream, int64_t size) except -1:
+        """1 when `size` more bytes of DATA overrun the content the peer declared (RFC 9113
+        8.1.1): the stream is reset, a stream error and never the connection's."""
+        if size <= stream.recv_content_left:
+            stream.recv_content_left -= size
+            return 0
+        self._stream_error(
+            stream.id, PROTOCOL_ERROR,
+            f"malformed message: {size} bytes of DATA on stream {stream.id} overrun its declared "
+            f"content ({stream.recv_content_left} bytes left; content-length, or none after "
+            "HEAD, 204, 304)")
+        return 1
 
     cdef int _count_empty(self, bint empty) except -1:
         if not empty:
@@ -915,28 +1115,36 @@ cdef class H2Connection:
                                       f"HEADERS on {STATE_NAMES[stream.state]} stream {sid}")
         try:
             if not stream.headers_received:       # client: the response
-                status, regular = parse_response(fields)
+                status, regular, length = parse_response(fields)
                 if status < 200:
                     if flags & FLAG_END_STREAM:
                         raise ProtocolError(f"informational response {status} with END_STREAM")
+                    ev = InformationalResponseReceived.__new__(InformationalResponseReceived)
+                    (<InformationalResponseReceived>ev).stream_id = sid
+                    (<InformationalResponseReceived>ev).status = status
+                    (<InformationalResponseReceived>ev).headers = regular
+                    self._events.append(ev)
                     return 0
                 stream.headers_received = True
-                if 200 <= status < 300:
-                    ev = TunnelAccepted.__new__(TunnelAccepted)
-                    (<TunnelAccepted>ev).stream_id = sid
-                    (<TunnelAccepted>ev).status = status
-                    (<TunnelAccepted>ev).headers = regular
+                if stream.tunnel:
+                    ev = (TunnelAccepted.__new__(TunnelAccepted) if 200 <= status < 300
+                          else TunnelRefused.__new__(TunnelRefused))
                 else:
-                    ev = TunnelRefused.__new__(TunnelRefused)
-                    (<TunnelRefused>ev).stream_id = sid
-                    (<TunnelRefused>ev).status = status
-                    (<TunnelRefused>ev).headers = regular
+                    ev = ResponseReceived.__new__(ResponseReceived)
+                    stream.recv_content_left = (0 if stream.head or status == 204 or status == 304
+                                                else length)
+                (<ResponseReceived>ev).stream_id = sid
+                (<ResponseReceived>ev).status = status
+                (<ResponseReceived>ev).headers = regular
             else:                                 # trailers
                 if not flags & FLAG_END_STREAM:
-                    raise ProtocolError("trailers without END_STREAM")
+                    raise ProtocolError("a header section after the first without END_STREAM "
+                                        "(trailers end the stream)")
                 ev = TrailersReceived.__new__(TrailersReceived)
                 (<TrailersReceived>ev).stream_id = sid
                 (<TrailersReceived>ev).headers = check_trailers(fields)
+            if flags & FLAG_END_STREAM and stream.recv_content_left > 0:
+                raise ProtocolError(_short_content(stream))
         except ProtocolError as exc:
             return self._stream_error(sid, PROTOCOL_ERROR, f"malformed message: {exc.args[0]}")
         self._events.append(ev)
@@ -969,19 +1177,35 @@ cdef class H2Connection:
         stream.recv_unacked = 0
         stream.opened_at = self._clock()
         stream.headers_received = True
+        stream.recv_content_left = -1
+        stream.send_content_left = -1
         self._streams[sid] = stream
         self._open_remote += 1
         if self_dependent:
             return self._stream_error(sid, PROTOCOL_ERROR, f"stream {sid} depends on itself")
+        cdef int64_t length
         try:
-            method, authority, regular = parse_request(fields)
+            method, scheme, authority, path, protocol, regular, length = parse_request(
+                fields, self._local_connect_protocol)
+            if flags & FLAG_END_STREAM and length > 0:
+                raise ProtocolError(f"END_STREAM on the header section of a request that declares "
+                                    f"content-length {length}")
         except ProtocolError as exc:
             return self._stream_error(sid, PROTOCOL_ERROR, f"malformed request: {exc.args[0]}")
-        ev = TunnelRequested.__new__(TunnelRequested)
-        (<TunnelRequested>ev).stream_id = sid
-        (<TunnelRequested>ev).method = method
-        (<TunnelRequested>ev).authority = authority
-        (<TunnelRequested>ev).headers = regular
+        if method == "CONNECT":
+            ev = TunnelRequested.__new__(TunnelRequested)
+            stream.tunnel = True
+        else:
+            ev = RequestReceived.__new__(RequestReceived)
+            stream.head = method == "HEAD"
+            stream.recv_content_left = length
+        (<RequestReceived>ev).stream_id = sid
+        (<RequestReceived>ev).method = method
+        (<RequestReceived>ev).scheme = scheme
+        (<RequestReceived>ev).authority = authority
+        (<RequestReceived>ev).path = path
+        (<RequestReceived>ev).protocol = protocol
+        (<RequestReceived>ev).headers = regular
         self._events.append(ev)
         if flags & FLAG_END_STREAM:
             self._transition(stream, RECV_END_STREAM)
@@ -1015,6 +1239,8 @@ cdef class H2Connection:
             elif ident == SETTING_ENABLE_CONNECT_PROTOCOL:
                 if value > 1:
                     raise ProtocolError(f"SETTINGS_ENABLE_CONNECT_PROTOCOL = {value}")
+                if value == 0 and self._remote_connect_protocol:
+                    raise ProtocolError("SETTINGS_ENABLE_CONNECT_PROTOCOL went back from 1 to 0")
             changed[ident] = value
         settings_ev = SettingsChanged.__new__(SettingsChanged)
         (<SettingsChanged>settings_ev).changed = changed
@@ -1045,6 +1271,9 @@ cdef class H2Connection:
                 self._remote_max_frame_size = value
             elif ident == SETTING_MAX_HEADER_LIST_SIZE:
                 self._remote_max_header_list = value
+            elif ident == SETTING_ENABLE_CONNECT_PROTOCOL:
+                if self.client:
+                    self._remote_connect_protocol = value == 1
         self._remote_settings_seen = True
         self._queue_control(build_settings([], True))
         return 0
@@ -1158,6 +1387,11 @@ cdef class H2Connection:
                 (<StreamReset>reset).reason = f"stream {stream.id} above GOAWAY last stream {last}"
                 self._events.append(reset)
         return 0
+
+
+cdef str _short_content(Stream stream):
+    return (f"stream {stream.id} ended with {stream.recv_content_left} bytes of its declared "
+            "content-length missing")
 
 
 cdef str _type_name(uint32_t t):
