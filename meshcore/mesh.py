@@ -80,11 +80,17 @@ class Mesh:
             via=via, headers=headers)
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    async def serve(self, handler: Callable[..., Awaitable[None]], host: str = "0.0.0.0",
+    async def serve(self, handler: Callable[..., Awaitable[None]] | None = None, host: str = "0.0.0.0",
                     port: int = HBONE_PORT, *, authorize: Callable | None = None) -> HboneServer:
         """Accept tunnels for this identity: `handler(reader, writer, request)` runs for
         each CONNECT that `authorize(request)` (optional; bool or a policy Decision)
-        lets through. The tunnel is answered 200 before the handler runs."""
+        lets through. The tunnel is answered 200 before the handler runs.
+
+        Without a handler, each tunnel is relayed to its authority as a node relays it
+        (HboneServer.relay): only to the address the connection arrived on (400 for any
+        other), never to a listener of this Mesh (400)."""
+        if handler is None:
+            return await self._start_server(None, host, port, authorize)
         loop = asyncio.get_running_loop()
 
         async def accept(request: TunnelRequest) -> None:
@@ -98,9 +104,13 @@ class Mesh:
                 if not transport.is_closing():
                     writer.close()
 
+        return await self._start_server(accept, host, port, authorize)
+
+    async def _start_server(self, handler, host: str, port: int, authorize) -> HboneServer:
         server = HboneServer(lambda sockname: self.store.server_context(self.identity),
-                             self.identity.trust_domain, handler=accept, authorize=authorize,
+                             self.identity.trust_domain, handler=handler, authorize=authorize,
                              **self.connection_options)
+        server.own_listeners = lambda: [s.address for s in self.servers if s._listener is not None]
         await server.start(host, port)
         self.servers.append(server)
         return server

@@ -67,6 +67,7 @@ class TunnelRequest:
     port: int = 0
     answered: bool = False
     extra: dict = field(default_factory=dict)
+    server: "HboneServer | None" = None          # the server that received it
 
     @property
     def peer_identity(self):
@@ -95,15 +96,51 @@ class TunnelRequest:
 Handler = Callable[[TunnelRequest], Awaitable[None]]
 
 
+def _listens_on(listener: tuple, ip, port: int) -> bool:
+    if port != listener[1]:
+        return False
+    bound = ipaddress.ip_address(listener[0])
+    return bound.is_unspecified or bound == ip
+
+
+def _loops_back(request: TunnelRequest) -> bool:
+    """Whether dialing the request's host:port would reach a listener of the server that
+    received it (or of the proxy it belongs to): every tunnel through it would open
+    another, each one deeper."""
+    if request.server is None:
+        return False
+    try:
+        ip = ipaddress.ip_address(request.host)
+    except ValueError:
+        return False                       # a name: not resolved here, and not one of ours
+    destination = getattr(request.connection, "destination", None)
+    if destination is not None and (ip, request.port) == (ipaddress.ip_address(destination[0]), destination[1]):
+        return True                        # the address the client dialed (before a REDIRECT, say)
+    return any(_listens_on(listener, ip, request.port) for listener in request.server.own_listeners())
+
+
+def _refuse(request: TunnelRequest, status: int, why: str) -> None:
+    request.extra["error"] = why
+    log.info("tunnel %s from %s refused (%d): %s", request.stream_id, request.peer_identity, status, why)
+    request.refuse(status)
+
+
 async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CONNECT_TIMEOUT, *,
                              local_addr: tuple | None = None) -> dict | None:
-    """Default handler: dial the authority; 200 and relay once connected, 503 if not.
+    """Dial the request's host and port; 200 and relay once connected, 503 if not, 400 if
+    they are a listener of the server (a tunnel to it would loop). Where the tunnel may
+    go is the caller's decision (a handler that routes sets request.host/port first);
+    the default handler, HboneServer.relay, decides it as a node does.
     Returns the bytes relayed, {"a": from the tunnel, "b": from the upstream}, once the
     relay has ended (None if it never started).
 
     The splice owns the upstream socket however this ends: if the task is cancelled
     (stream reset, connection lost) during the dial or the relay, or the stream is gone
     by the time the dial completes, the upstream connection is aborted, never leaked."""
+    if _loops_back(request):
+        _refuse(request, 400, f"authority {request.authority} is a listener of this server: the tunnel "
+                              "would loop back into it")
+        return None
     splice = Splice()
     loop = asyncio.get_running_loop()
     try:
@@ -130,10 +167,12 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
 class HboneServer:
     """Accept HBONE tunnels: mTLS (client certificate of our trust domain required),
     then for each CONNECT: method and authority checked (400), `authorize(request)`
-    consulted (401), and `handler(request)` run to accept or refuse it."""
+    consulted (401), and `handler(request)` run to accept or refuse it. Without a
+    handler, `relay` relays each tunnel as a node does: to the address the connection
+    arrived on only (400 otherwise), never to a listener of its own (400)."""
 
     def __init__(self, context: ssl.SSLContext | Callable, trust_domain: str, *,
-                 handler: Handler = relay_to_authority, authorize: Callable | None = None,
+                 handler: Handler | None = None, authorize: Callable | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
                  max_pending_per_source: int = MAX_PENDING_PER_SOURCE,
@@ -143,7 +182,11 @@ class HboneServer:
         # proxy the address before a REDIRECT (it chooses the certificate presented)
         self.destination_of = destination_of or (lambda sock: sock.getsockname()[:2])
         self.trust_domain = trust_domain
-        self.handler, self.authorize = handler, authorize
+        self.handler = handler if handler is not None else self.relay
+        self.authorize = authorize
+        # the listeners of the proxy this server belongs to (this server's own unless
+        # told otherwise: Mesh.serve() counts all of its servers): no tunnel goes there
+        self.own_listeners: Callable[[], list[tuple]] = lambda: [self.address] if self._listener else []
         self.handshake_timeout = handshake_timeout
         # Each TLS handshake in progress holds tens of KiB in the TLS stack: past this
         # many, no more sockets are accepted until one finishes (the kernel queues them).
@@ -231,6 +274,23 @@ class HboneServer:
     async def __aexit__(self, *exc):
         await self.close()
 
+    async def relay(self, request: TunnelRequest) -> dict | None:
+        """The default handler: relay the tunnel to its authority if that is the address
+        the connection arrived on (`destination_of`: the local address, or the original
+        destination of a REDIRECT), as ztunnel and the node proxy require; 400 if it
+        names any other host, which would make this server an open relay for every peer
+        of the trust domain."""
+        arrival = request.connection.destination
+        try:
+            same = ipaddress.ip_address(request.host) == ipaddress.ip_address(arrival[0])
+        except ValueError:
+            same = False
+        if not same:
+            _refuse(request, 400, f"authority {request.authority} is not the address the connection was made "
+                                  f"to ({arrival[0]})")
+            return None
+        return await relay_to_authority(request)
+
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
@@ -272,7 +332,7 @@ class HboneServer:
         trimmer.connection_ended(asyncio.get_running_loop())
 
     def _on_request(self, conn: HboneConnection, event) -> None:
-        request = TunnelRequest(conn, event.stream_id, event.method, event.authority, event.headers)
+        request = TunnelRequest(conn, event.stream_id, event.method, event.authority, event.headers, server=self)
         if event.method != "CONNECT":
             self.stats["refused"] += 1
             request.refuse(400)
