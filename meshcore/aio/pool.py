@@ -28,8 +28,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from meshcore._core.headers import validate_outgoing_fields
-from meshcore._core.pool import OpenFailure, PoolCore, Step
+from meshcore._core.pool import OpenFailure, PoolCore, Step, request_fields
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.server import parse_authority
 from meshcore.errors import (StreamClosedError, StreamRefusedError, TooManyStreamsError, TunnelError,
@@ -286,7 +285,7 @@ def _checked_request(authority, headers) -> list:
         parse_authority(text)            # what a meshcore server accepts (else it answers 400)
     except ValueError as exc:
         raise UsageError(f"bad CONNECT authority: {exc}") from None
-    return validate_outgoing_fields(headers)
+    return request_fields(headers)
 
 
 def _where(key: PoolKey) -> str:
