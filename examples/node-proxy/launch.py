@@ -1,6 +1,6 @@
 """Run a node proxy on this machine with the sample configuration.
 
-    python examples/node-proxy/launch.py            # node-a on 127.0.0.1, state in ./.meshcore-state
+    python examples/node-proxy/launch.py     # node-a on 127.0.0.1; its built-in CA in ~/.local/state/meshcore
 
 Then, from the frontend workload's address, through the SOCKS5 listener:
 
@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 here = Path(__file__).resolve().parent
+# the built-in CA goes where `meshcore node` puts it by default ($MESHCORE_STATE_DIR, else
+# $XDG_STATE_HOME/meshcore, else ~/.local/state/meshcore); extra arguments go to the node
 args = ["meshcore", "node", "--node-name", "node-a",
-        "--config", str(here / "mesh.yaml"), "--config", str(here / "policy.yaml"),
-        "--state-dir", os.environ.get("MESHCORE_STATE_DIR", ".meshcore-state"), *sys.argv[1:]]
+        "--config", str(here / "mesh.yaml"), "--config", str(here / "policy.yaml"), *sys.argv[1:]]
 os.execvp(sys.executable, [sys.executable, "-m", *args])

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import signal
 
 from meshcore.errors import ConfigError
 from meshcore.node.proxy import DEFAULT_LISTEN, NodeOptions
 from meshcore.policy.istio import ROOT_NAMESPACE
+
+log = logging.getLogger("meshcore.node")
 
 EPILOG = """listeners (--listen NAME=HOST:PORT, or NAME=off):
   outbound           15001  captured outbound connections (original destination from SO_ORIGINAL_DST)
@@ -57,8 +60,9 @@ def add_parser(sub) -> None:
                    "issue`: one directory per workload identity under this one (tls.crt/tls.key/ca.crt, "
                    "svid.pem/svid_key.pem/svid_bundle.pem, or cert-chain.pem/key.pem/root-cert.pem); "
                    "reloaded when they change")
-    p.add_argument("--state-dir", help="where the built-in CA is created on first start when --ca-dir is "
-                   "not given (default: $MESHCORE_STATE_DIR or ./.meshcore-state)")
+    p.add_argument("--state-dir", help="where the built-in CA is created on first start when neither --ca-dir "
+                   "nor --cert-dir is given (default: $MESHCORE_STATE_DIR, else $XDG_STATE_HOME/meshcore, else "
+                   "~/.local/state/meshcore)")
     p.add_argument("--trust-domain", default="cluster.local", help="trust domain of a newly created built-in CA")
     p.add_argument("--root-namespace", default=ROOT_NAMESPACE, metavar="NAMESPACE",
                    help="the mesh's root namespace (Istio's meshConfig.rootNamespace): an AuthorizationPolicy "
@@ -106,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
     _raise_fd_limit()
     options = options_from(args)
+    # a typo in a file is refused before anything is created (the built-in CA, listeners)
+    from meshcore.node.config import load
+    load(options.config_paths, inline=options.inline_config, root_namespace=options.root_namespace)
     try:
         import uvloop
         runner = uvloop.run
@@ -123,4 +130,5 @@ async def serve(options: NodeOptions) -> int:
     loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(proxy.drain()))
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(proxy.reload("SIGHUP")))
     await proxy.stopped.wait()
+    log.info("node %s stopped", options.node_name)
     return 0

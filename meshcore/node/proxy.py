@@ -12,6 +12,7 @@ Every listener and connection belongs to the proxy; drain() ends them all.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import json
 import logging
@@ -74,6 +75,14 @@ class NodeOptions:
         return out
 
 
+def default_state_dir() -> Path:
+    """Where the built-in CA lives without --state-dir or $MESHCORE_STATE_DIR: the XDG
+    state directory ($XDG_STATE_HOME/meshcore, else ~/.local/state/meshcore), never the
+    directory the node happens to start in (a checkout, where a CA key could be committed)."""
+    base = os.environ.get("XDG_STATE_HOME")
+    return (Path(base) if base else Path.home() / ".local" / "state") / "meshcore"
+
+
 class NodeProxy:
     def __init__(self, options: NodeOptions):
         from meshcore import __version__
@@ -124,7 +133,7 @@ class NodeProxy:
         o = self.options
         if o.ca_dir:
             return CertificateAuthority.load(o.ca_dir)
-        state = Path(o.state_dir or os.environ.get("MESHCORE_STATE_DIR") or Path.cwd() / ".meshcore-state")
+        state = Path(o.state_dir or os.environ.get("MESHCORE_STATE_DIR") or default_state_dir())
         ca_dir = state / "ca"
         if (ca_dir / "ca-cert.pem").exists():
             return CertificateAuthority.load(ca_dir)
@@ -243,19 +252,22 @@ class NodeProxy:
                 else:
                     self.endpoints.append(await HttpEndpoints(routes[name]).start(*listen[name]))
         except OSError as exc:
-            await self.drain()
+            await self.drain(quiet=True)           # nothing was served: no "draining" before the error
             host, port = listen[name]
-            raise ListenerError(f"cannot listen for {name} on {host}:{port}: {exc.strerror or exc}") from None
+            hint = " (is another meshcore node or ztunnel running?)" if exc.errno == errno.EADDRINUSE else ""
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)     # uvloop's own text names the address again
+            raise ListenerError(f"cannot listen for {name} on {host}:{port}: {reason}{hint}") from None
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._watch()), loop.create_task(self._rotate())]
         log.info("node %s ready: %s", self.node_name, ", ".join(
             f"{n} {a[0]}:{a[1]}" for n, a in listen.items() if a is not None))
         return self
 
-    async def drain(self) -> None:
+    async def drain(self, quiet: bool = False) -> None:
         """Stop accepting, GOAWAY every HBONE connection, let tunnels finish until the
         drain deadline, then end what is left."""
-        log.info("draining (deadline %.0f s)", self.drain_deadline)
+        if not quiet:
+            log.info("draining (deadline %.0f s)", self.drain_deadline)
         for task in self._tasks:
             task.cancel()
         for e in self.endpoints:

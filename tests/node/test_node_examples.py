@@ -1,6 +1,7 @@
 """examples/node-proxy: the sample configuration loads, the launcher runs a node proxy
 that curl reaches the sample service through, and the Kubernetes manifests hold what a
 per-node deployment needs."""
+import os
 import subprocess
 import sys
 import time
@@ -50,9 +51,11 @@ def test_launcher_runs_and_serves_the_sample_mesh(tmp_path):
     address = "127.0.10.254"
     checkout = subprocess.Popen([sys.executable, "-m", "meshcore.localworkload", "--name", "checkout",
                                  "--http", "127.0.10.2:8080"], cwd=tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "MESHCORE_STATE_DIR"}
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
     node = subprocess.Popen([sys.executable, str(EXAMPLE / "launch.py"), "--address", address,
                              "--listen", f"socks5={address}:15080", "--listen", f"admin={address}:15000"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 20
         while LocalMesh.http_get(address, 15021, "/healthz/ready", timeout=1)[0] != 200:
@@ -63,7 +66,9 @@ def test_launcher_runs_and_serves_the_sample_mesh(tmp_path):
                              capture_output=True, text=True)
         assert got.returncode == 0, got.stderr
         assert got.stdout.startswith("hello from checkout: GET / HTTP/1.1 from 127.0.10.1:")
-        assert (tmp_path / ".meshcore-state" / "ca" / "ca-cert.pem").exists()      # built-in CA, first start
+        # the built-in CA, created on first start in the state directory, not where the node started
+        assert (tmp_path / "state" / "meshcore" / "ca" / "ca-cert.pem").exists()
+        assert not (tmp_path / ".meshcore-state").exists()
     finally:
         for proc in (node, checkout):
             proc.terminate()
