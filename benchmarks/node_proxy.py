@@ -58,7 +58,7 @@ def ready(address: str) -> bool:
 class NodePair:
     """node-a (client workload) and node-b (sink workload) as `meshcore node` processes."""
 
-    def __init__(self, directory: str, config_text: str | None = None, preexec=None):
+    def __init__(self, directory: str, config_text: str | None = None, preexec=None, admin: bool = False):
         n = random.randint(100, 250)
         self.dir = Path(directory)
         self.node_a, self.node_b = f"127.{n}.0.1", f"127.{n}.0.2"
@@ -66,6 +66,7 @@ class NodePair:
         self.config = self.dir / f"mesh-{n}.yaml"        # YAML, or one JSON document
         self.config.write_text(config_text or PAIR_MESH.format(client=self.client, sink=self.sink))
         self.preexec = preexec
+        self.admin = admin                                # admin (15000) on each node's address
         self.procs: dict[str, subprocess.Popen] = {}
 
     async def start(self, ca_dir: str, log_level: str = "info") -> "NodePair":
@@ -73,7 +74,8 @@ class NodePair:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "meshcore", "node", "--config", str(self.config), "--node-name", name,
                  "--address", address, "--ca-dir", ca_dir, "--listen", f"socks5={address}:15080",
-                 "--listen", "admin=off", "--listen", "metrics=off", "--log-level", log_level],
+                 "--listen", f"admin={address}:15000" if self.admin else "admin=off", "--listen", "metrics=off",
+                 "--log-level", log_level],
                 stdout=subprocess.DEVNULL, stderr=open(self.dir / f"{name}.log", "wb"), preexec_fn=self.preexec,
                 cwd=self.dir)
         deadline = time.monotonic() + 60

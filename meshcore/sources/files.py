@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import Sequence
 
+from meshcore.aio.memory import gc_paused
 from meshcore.node import config as file_config
 from meshcore.state.changes import Applied
 from meshcore.state.store import MeshStore
@@ -26,6 +27,7 @@ class FileSource:
         self.sources: tuple[str, ...] = ()        # what the configuration in force was read from
         self.version = ""
         self._fingerprint = None
+        self._parsed: tuple = ((), "")
         self._lock = asyncio.Lock()
 
     def fingerprint(self) -> tuple:
@@ -54,12 +56,18 @@ class FileSource:
         self.sources, self.version = parsed.sources, parsed.version
         return applied
 
+    def _read(self) -> tuple[list, str]:
+        """On the store's worker thread: the resources and their version."""
+        with gc_paused():
+            parsed = file_config.parse(self.paths, inline=self.inline)
+        self._parsed = parsed.sources, parsed.version
+        return parsed.resources, parsed.version
+
     async def reload(self) -> Applied:
         """Read on a worker thread, then put in force through the store's writer;
         ConfigError keeps what is in force."""
         async with self._lock:
             self._fingerprint = self.fingerprint()
-            parsed = await asyncio.to_thread(file_config.parse, self.paths, inline=self.inline)
-            applied = await self.store.replace_async(SOURCE, parsed.resources, atomic=True, version=parsed.version)
-            self.sources, self.version = parsed.sources, parsed.version
+            applied = await self.store.replace_async(SOURCE, read=self._read, atomic=True)
+            self.sources, self.version = self._parsed
             return applied

@@ -29,6 +29,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from meshcore.aio.memory import gc_paused
 from meshcore.errors import ConfigError, UsageError
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.policy.layers import l4_reductions
@@ -264,14 +265,18 @@ class MeshStore:
             pending = await self._prepare_off_loop(len(changes), self._prepare, source, changes, version)
             return await self._commit_async(source, pending)
 
-    async def replace_async(self, source: str, resources: Iterable, *, atomic: bool = False,
-                            version: str = "") -> Applied:
+    async def replace_async(self, source: str, resources: Iterable | None = None, *, read: Callable | None = None,
+                            atomic: bool = False, version: str = "") -> Applied:
+        """replace() through the writer queue. `read()`, instead of `resources`, returns
+        (resources, version) and runs on the worker thread with the diff, so that a
+        large parsed set is made and dropped there, not on the event loop."""
         async with self._lock():
-            resources = list(resources)
-
             def prepare():
-                return self._prepare(source, self._diff(source, resources), version, atomic=atomic)
-            pending = await self._prepare_off_loop(len(resources), prepare)
+                with gc_paused():
+                    wanted, v = read() if read is not None else (resources, version)
+                    return self._prepare(source, self._diff(source, wanted), v, atomic=atomic)
+            size = THREAD_THRESHOLD if read is not None else len(resources)
+            pending = await self._prepare_off_loop(size, prepare)
             return await self._commit_async(source, pending)
 
     def _lock(self) -> asyncio.Lock:
@@ -298,6 +303,10 @@ class MeshStore:
         return changes
 
     def _prepare(self, source: str, changes: list, version: str, atomic: bool = False):
+        with gc_paused():
+            return self._prepare_draft(source, changes, version, atomic)
+
+    def _prepare_draft(self, source: str, changes: list, version: str, atomic: bool):
         draft = _Draft(self._view)
         rejected: list[Rejection] = []
         owner = self._owner
