@@ -33,8 +33,8 @@ cdef enum:
 cdef inline str _show(bytes value):
     """A field value for an error message: readable, and bounded."""
     if PyBytes_GET_SIZE(value) > 64:
-        return repr(value[:64]) + "..."
-    return repr(value)
+        return repr(value[:64].decode("latin-1")) + "..."
+    return repr(value.decode("latin-1"))
 
 
 cdef int check_regular_field(bytes name, bytes value) except -1:
