@@ -123,14 +123,14 @@ def report(mesh: LocalMesh, out=print) -> bool:
 def next_steps(mesh: LocalMesh) -> str:
     a, b = mesh.node["node-a"], mesh.node["node-b"]
     return f"""
-try it yourself (the mesh stays up with `meshcore demo --keep`):
+try it yourself, while the mesh runs:
   curl --interface {mesh.client} --socks5-hostname {a}:15080 http://web.shop.svc.cluster.local/
   curl --interface {mesh.batch} --socks5-hostname {a}:15080 http://web.shop.svc.cluster.local/   # denied
   curl http://{b}:15000/config_dump          curl http://{b}:15020/metrics
   meshcore policy explain --from cluster.local/ns/jobs/sa/batch --to shop/web {mesh.config_path} {mesh.policy_path}
   curl -X POST "http://{a}:15000/logging?level=debug"
   edit {mesh.policy_path} and watch the nodes reload it (a broken edit is refused, the old policy stays)
-  the nodes' logs: node-a.log and node-b.log in {mesh.dir} (`meshcore demo --dir DIR` keeps them)"""
+  the nodes' logs: node-a.log and node-b.log in {mesh.dir}"""
 
 
 def run_demo(directory: str, keep: bool = False, out=print) -> bool:
@@ -149,8 +149,8 @@ def run_demo(directory: str, keep: bool = False, out=print) -> bool:
     try:
         ok = asyncio.run(exercise(mesh, out))
         ok = report(mesh, out) and ok
-        out(next_steps(mesh))
         if keep:
+            out(next_steps(mesh))
             out("\nthe mesh is running; Ctrl-C stops it")
             try:
                 while all(p.poll() is None for p in mesh.processes.values()):
@@ -161,6 +161,9 @@ def run_demo(directory: str, keep: bool = False, out=print) -> bool:
         codes = mesh.stop()
     drained = all(code == 0 for code in codes.values())
     out(f"\nstopped   every process exited ({', '.join(f'{k} {v}' for k, v in codes.items())})")
+    if not keep:
+        # commands for processes that are gone would not work: say how to get them
+        out("          `meshcore demo --keep` leaves the mesh running, with commands to try it yourself")
     ok = ok and drained
     out("all as expected" if ok else "UNEXPECTED RESULTS (see the logs above)")
     return ok

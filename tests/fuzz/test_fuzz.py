@@ -59,6 +59,25 @@ def test_replay_as_documented(tmp_path):
     assert failed.returncode != 0 and "PlantedBug" in failed.stderr, failed.stdout + failed.stderr
 
 
+def test_without_clang_the_runner_refuses_unless_told(tmp_path, monkeypatch, capsys):
+    """Fuzzing the Python layer alone looks like a clean run of everything: without
+    clang the runner stops and says why; --no-native runs and says so on every line."""
+    pytest.importorskip("atheris")
+    monkeypatch.setattr(run, "WORK", tmp_path)             # no instrumented build cached there
+    monkeypatch.setattr(run.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as stop:
+        run.main(["--seconds", "1", "socks5_request"])
+    assert "clang is not installed, so the compiled core cannot be instrumented" in str(stop.value.code)
+    assert "--no-native" in str(stop.value.code)
+    monkeypatch.undo()
+    blind = subprocess.run([sys.executable, str(HERE / "run.py"), "--no-native", "--seconds", "1", "socks5_request"],
+                           capture_output=True, text=True, timeout=120)
+    assert blind.returncode == 0, blind.stdout + blind.stderr
+    assert blind.stderr.startswith("WARNING: --no-native: the compiled core is NOT instrumented")
+    line, = [l for l in blind.stdout.splitlines() if l.startswith("socks5_request")]
+    assert line.endswith("ok (Python layer only: compiled core not instrumented)")
+
+
 @pytest.fixture(scope="module")
 def instrumented_core():
     pytest.importorskip("atheris")
