@@ -49,6 +49,13 @@ def pair_config(pair: NodePair, n: int, version: int) -> str:
     return json.dumps(data)
 
 
+def rewrite(path: Path, text: str) -> None:
+    """As a ConfigMap update does: the node's file watcher never sees a half-written file."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def summary(samples: list[float]) -> dict:
     s = sorted(samples)
     return {"count": len(s), "p50_us": round(statistics.median(s) * 1e6),
@@ -91,7 +98,7 @@ async def stall(ca_dir: str, directory: Path, size: int, seconds: float) -> dict
         started = time.monotonic()
         while time.monotonic() - started < seconds * 3:
             version += 1
-            pair.config.write_text(pair_config(pair, size, version))
+            rewrite(pair.config, pair_config(pair, size, version))
             for p in pair.procs.values():
                 os.kill(p.pid, signal.SIGHUP)
             before = reload_count(pair, "node-b")
@@ -123,22 +130,25 @@ async def churn(ca_dir: str, directory: Path, reloads: int) -> dict:
                            "tunnels": h.get("inbound_tunnels")})
         held = [await pair.open(port) for _ in range(50)]
         stop = asyncio.Event()
-        opened = 0
+        opened, failures = 0, []
 
         async def opener():
             nonlocal opened
             while not stop.is_set():
-                reader, writer = await pair.open(port)
-                writer.write(b"x")
-                await reader.readexactly(1)
-                writer.close()
-                opened += 1
+                try:
+                    reader, writer = await pair.open(port)
+                    writer.write(b"x")
+                    await reader.readexactly(1)
+                    writer.close()
+                    opened += 1
+                except (OSError, asyncio.IncompleteReadError) as exc:
+                    failures.append(repr(exc))
         workers = [asyncio.ensure_future(opener()) for _ in range(2)]
         await asyncio.sleep(1.0)
         sample("start")
         step = max(1, reloads // 10)
         for i in range(1, reloads + 1):
-            pair.config.write_text(pair_config(pair, 0, i))
+            rewrite(pair.config, pair_config(pair, 0, i))
             os.kill(node_b.pid, signal.SIGHUP)
             await asyncio.sleep(0.02)
             if i % step == 0:
@@ -150,7 +160,8 @@ async def churn(ca_dir: str, directory: Path, reloads: int) -> dict:
         await asyncio.sleep(2.0)
         sample("after traffic")
         return {"reloads_sent": reloads, "reloads_applied": reload_count(pair, "node-b"),
-                "tunnels_opened": opened, "series": series}
+                "tunnels_opened": opened, "tunnels_failed": len(failures), "first_failures": failures[:3],
+                "series": series}
     finally:
         pair.stop()
         sink.kill()
