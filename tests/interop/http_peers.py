@@ -143,7 +143,7 @@ class H2:
         out = []
         try:
             events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
+        except h2.exceptions.ProtocolError as exc:      # h2's verdict on what it received
             self.error = exc
             return [("error", type(exc).__name__)]
         for e in events:
@@ -154,9 +154,9 @@ class H2:
                             h.get(b":scheme", b"").decode("latin-1"), authority.decode("latin-1"),
                             h.get(b":path", b"").decode("latin-1"), _regular(e.headers)))
             elif isinstance(e, h2.events.InformationalResponseReceived):
-                out.append(("informational", e.stream_id, int(dict(e.headers)[b":status"]), _regular(e.headers)))
+                out.append(("informational", e.stream_id, _status(e.headers), _regular(e.headers)))
             elif isinstance(e, h2.events.ResponseReceived):
-                out.append(("response", e.stream_id, int(dict(e.headers)[b":status"]), _regular(e.headers)))
+                out.append(("response", e.stream_id, _status(e.headers), _regular(e.headers)))
             elif isinstance(e, h2.events.DataReceived):
                 out.append(("data", e.stream_id, e.data))
                 self.conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
@@ -169,6 +169,23 @@ class H2:
             elif isinstance(e, h2.events.ConnectionTerminated):
                 out.append(("goaway", e.error_code))
         return out
+
+
+def reset_frames(data: bytes) -> list:
+    """(stream id, error code) of every RST_STREAM frame in `data`."""
+    found, pos = [], 0
+    while pos < len(data):
+        length = int.from_bytes(data[pos:pos + 3], "big")
+        if data[pos + 3] == 0x3:
+            found.append((int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7fffffff,
+                          int.from_bytes(data[pos + 9:pos + 13], "big")))
+        pos += 9 + length
+    return found
+
+
+def _status(headers):
+    value = dict(headers).get(b":status", b"")
+    return int(value) if value.isdigit() else value      # h2 passes on what it does not check
 
 
 def _b(v) -> bytes:
