@@ -16,6 +16,8 @@ edge: an HTTP/2 error code (RFC 9113 section 7) or an HTTP status.
     │   └── TooManyStreamsError  the peer's MAX_CONCURRENT_STREAMS is reached
     ├── TunnelError              a tunnel failed; .status is the HTTP status (401, 503, ...)
     │   └── StreamRefusedError   the peer refused the stream unprocessed (REFUSED_STREAM)
+    ├── StreamResetError         a request's stream was reset before its exchange completed;
+    │                            .error_code, .stream_id, .remote
     ├── IdentityError            certificates, SPIFFE ids, trust bundles
     └── ConfigError              a refused configuration; .source, .document, .path, .reason
 """
@@ -38,6 +40,7 @@ __all__ = [
     "TooManyStreamsError",
     "TunnelError",
     "StreamRefusedError",
+    "StreamResetError",
     "IdentityError",
     "ConfigError",
     "ListenerError",
@@ -152,6 +155,19 @@ class StreamRefusedError(TunnelError):
     def __init__(self, message: str, going_away: bool):
         super().__init__(message, 503)
         self.going_away = going_away
+
+
+class StreamResetError(MeshcoreError):
+    """A request's stream was reset before its exchange was complete: by the peer
+    (``remote``), or by meshcore because the peer's message was malformed. What was
+    received before stays valid; what was to come will not. ``error_code`` is the RFC
+    9113 code of the RST_STREAM."""
+
+    def __init__(self, message: str, error_code: int, stream_id: int, remote: bool):
+        super().__init__(message)
+        self.error_code = ErrorCode(error_code) if error_code in ErrorCode._value2member_map_ else error_code
+        self.stream_id = stream_id
+        self.remote = remote
 
 
 class IdentityError(MeshcoreError):
