@@ -1,4 +1,5 @@
-"""Run a node proxy on this machine with the sample configuration.
+"""Run a node proxy on this machine with the sample configuration (README.md here says
+what to send through it and how to stop it).
 
     python examples/node-proxy/launch.py     # node-a on 127.0.0.1; its built-in CA in ~/.local/state/meshcore
 
@@ -11,6 +12,7 @@ Then, from the frontend workload's address, through the SOCKS5 listener:
 
 Edit mesh.yaml or policy.yaml while it runs: a good change applies at once, a broken
 one is refused with file, document and field, and the running configuration stays.
+Ctrl-C (or SIGTERM, or POST /quitquitquit on the admin port) drains and stops it.
 """
 import os
 import sys

@@ -74,3 +74,29 @@ def test_launcher_runs_and_serves_the_sample_mesh(tmp_path):
             proc.terminate()
             proc.wait(10)
     assert node.returncode == 0
+
+
+def test_dockerfile_builds_the_image_the_daemonset_runs():
+    """docker cannot run here: the Dockerfile is read for what the DaemonSet relies on."""
+    dockerfile = (EXAMPLE / "Dockerfile").read_text()
+    stages = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("FROM ")]
+    assert stages == ["python:3.11-slim", "python:3.11-slim"]
+    assert "pip wheel --no-cache-dir --no-deps --wheel-dir /wheels ." in dockerfile
+    assert 'ENTRYPOINT ["meshcore"]' in dockerfile                  # the DaemonSet's args start with `node`
+    ds = next(d for d in yaml.safe_load_all((EXAMPLE / "kubernetes" / "daemonset.yaml").read_text())
+              if d["kind"] == "DaemonSet")
+    image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+    build = f"docker build -f examples/node-proxy/Dockerfile -t {image} ."
+    assert build in dockerfile and build in (EXAMPLE / "README.md").read_text()
+    ignored = (EXAMPLE / "Dockerfile.dockerignore").read_text().split()
+    assert {"**/*.so", ".git", "build", ".meshcore-state"} <= set(ignored)   # no local build or key in the image
+
+
+def test_readme_policy_command_runs_from_the_clone_root():
+    import re
+    import shlex
+    text = (EXAMPLE / "README.md").read_text().replace("\\\n", " ")
+    command, = re.findall(r"^meshcore policy explain .*$", text, re.M)
+    got = subprocess.run([sys.executable, "-m", "meshcore", *shlex.split(command)[1:]], cwd=EXAMPLE.parents[1],
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 1 and got.stdout.startswith("DENY: denied: no ALLOW policy matched"), got
