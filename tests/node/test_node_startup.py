@@ -64,6 +64,8 @@ def test_a_config_mistake_is_refused_before_a_ca_is_created(tmp_path):
 def _node(tmp_path, address: str, *extra):
     return subprocess.Popen([sys.executable, "-m", "meshcore", "node", "--config", "mesh.yaml", "--address", address,
                              "--listen", f"socks5={address}:15080", "--listen", f"admin={address}:15000",
+                             # ports other tests may hold on every address (0.0.0.0) stay closed
+                             "--listen", "inbound-plaintext=off", "--listen", "metrics=off",
                              "--drain-deadline", "1", *extra],
                             cwd=tmp_path, env=node_env(tmp_path), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
