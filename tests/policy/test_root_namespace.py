@@ -23,6 +23,12 @@ spec:
   action: DENY
   rules: [{from: [{source: {namespaces: [legacy]}}]}]
 """
+PEER_AUTHENTICATION = """---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: default, namespace: mesh-root}
+spec: {mtls: {mode: STRICT}}
+"""
 JOBS, LEGACY = "cluster.local/ns/jobs/sa/batch", "cluster.local/ns/legacy/sa/old"
 SHOP, ISTIO = Workload.of("shop", {"app": "web"}), Workload.of("istio-system", {"app": "gw"})
 
@@ -45,7 +51,7 @@ def test_the_engines_root_namespace_decides_which_policy_is_mesh_wide():
 
 def test_meshcore_node_root_namespace_reaches_the_policies_in_force(tmp_path):
     (tmp_path / "mesh.yaml").write_text("workloads:\n- {name: web, namespace: shop, workloadIps: [10.0.0.2], "
-                                        "labels: {app: web}}\n---\n" + POLICIES)
+                                        "labels: {app: web}}\n---\n" + POLICIES + PEER_AUTHENTICATION)
     args = build_parser().parse_args(["node", "--config", str(tmp_path / "mesh.yaml"), "--state-dir",
                                       str(tmp_path / "state"), "--root-namespace", "mesh-root"])
     proxy = NodeProxy(options_from(args))
@@ -54,7 +60,13 @@ def test_meshcore_node_root_namespace_reaches_the_policies_in_force(tmp_path):
     assert denied(engine, SHOP, JOBS) and not denied(engine, SHOP, LEGACY)
     scopes = {p["name"]: p["scope"] for p in config_dump(proxy)["policies"]}
     assert scopes == {"deny-jobs": "Global", "deny-legacy": "Namespace"}      # as istiod would send them
+    # a PeerAuthentication in the root namespace is the mesh-wide default; istio-system's is not
+    web, = proxy.store.view.workloads
+    assert proxy.store.view.mtls_mode(web, 8080) == "STRICT"
 
     args = build_parser().parse_args(["node", "--config", str(tmp_path / "mesh.yaml"), "--state-dir",
                                       str(tmp_path / "state")])
     assert options_from(args).root_namespace == "istio-system"
+    proxy = NodeProxy(options_from(args))
+    proxy.files.load()
+    assert proxy.store.view.mtls_mode(web, 8080) == "PERMISSIVE"
