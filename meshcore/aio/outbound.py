@@ -42,11 +42,20 @@ class OutboundListener:
     def address(self) -> tuple:
         return self._server.sockets[0].getsockname()[:2]
 
-    async def close(self) -> None:
-        """Stop listening and end every relayed connection."""
+    def stop_accepting(self) -> None:
         if self._server is not None:
             self._server.close()
             self._server = None
+
+    async def wait_closed(self, timeout: float) -> None:
+        """Until every relayed connection has ended by itself, or `timeout` has passed."""
+        pending = [s.done for s in self.splices]
+        if pending and timeout > 0:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def close(self) -> None:
+        """Stop listening and end every relayed connection."""
+        self.stop_accepting()
         for splice in list(self.splices):
             splice.abort()
         await asyncio.gather(*(s.done for s in list(self.splices)), return_exceptions=True)

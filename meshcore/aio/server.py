@@ -3,6 +3,7 @@ default handler that relays a tunnel to the TCP address it names."""
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
 import logging
 import re
@@ -306,6 +307,8 @@ class HboneServer:
             sock.setblocking(False)
             conn.destination = self.destination_of(sock)
             ctx = self._context_for(conn.destination)
+            if inspect.isawaitable(ctx):           # a certificate source that may ask a remote CA
+                ctx = await ctx
             await start_tls(asyncio.get_running_loop(), sock, ctx, lambda: conn, server_side=True,
                             timeout=self.handshake_timeout)
         except (ssl.SSLError, OSError, asyncio.TimeoutError, ConnectionError, MeshcoreError) as exc:

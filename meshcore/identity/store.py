@@ -9,6 +9,7 @@ established connections, which hold the old context, are untouched.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import ssl
@@ -211,6 +212,7 @@ class CertificateStore:
         self.issuer, self.bundle = issuer, bundle
         self.lifetime, self.rotate_at, self.allow_tls12, self.clock = lifetime, rotate_at, allow_tls12, clock
         self._entries: dict[SpiffeId, _Entry] = {}
+        self._pending: dict[SpiffeId, asyncio.Future] = {}
         self.rotations = 0
 
     @property
@@ -218,7 +220,9 @@ class CertificateStore:
         return sorted(self._entries)
 
     def _issue(self, identity: SpiffeId) -> _Entry:
-        creds = self.issuer.issue(identity, lifetime=self.lifetime, now=self.clock())
+        return self._keep(identity, self.issuer.issue(identity, lifetime=self.lifetime, now=self.clock()))
+
+    def _keep(self, identity: SpiffeId, creds: Credentials) -> _Entry:
         nb, na = creds.not_before, creds.not_after
         entry = _Entry(creds, nb + (na - nb) * self.rotate_at)
         self._entries[identity] = entry
@@ -232,6 +236,34 @@ class CertificateStore:
 
     def credentials(self, identity: SpiffeId) -> Credentials:
         return self._entry(identity).credentials
+
+    # -- asynchronous: what a remote CA can stand behind -------------------------------
+    async def get(self, identity: SpiffeId) -> Credentials:
+        """The credentials of `identity`, issued when missing or expired. An issuer with
+        `issue_async` (a remote CA) is awaited; callers asking for the same identity
+        meanwhile share that one request, and one caller leaving does not cancel it."""
+        entry = self._entries.get(identity)
+        if entry is not None and self.clock() < entry.credentials.not_after:
+            return entry.credentials
+        pending = self._pending.get(identity)
+        if pending is None:
+            pending = self._pending[identity] = asyncio.ensure_future(self._issue_async(identity))
+            pending.add_done_callback(lambda _: self._pending.pop(identity, None))
+        return (await asyncio.shield(pending)).credentials
+
+    async def _issue_async(self, identity: SpiffeId) -> _Entry:
+        issue = getattr(self.issuer, "issue_async", None)
+        if issue is None:
+            return self._issue(identity)
+        return self._keep(identity, await issue(identity, lifetime=self.lifetime, now=self.clock()))
+
+    async def server_context_async(self, identity: SpiffeId) -> ssl.SSLContext:
+        await self.get(identity)
+        return self.server_context(identity)
+
+    async def client_context_async(self, identity: SpiffeId) -> ssl.SSLContext:
+        await self.get(identity)
+        return self.client_context(identity)
 
     def server_context(self, identity: SpiffeId) -> ssl.SSLContext:
         entry = self._entry(identity)

@@ -6,6 +6,11 @@ client connected to (400); a local workload must live there (503); the destinati
 policies must allow the peer's identity (401); then the workload is dialed (503 if it
 does not answer) and the tunnel relayed. The certificate presented is the destination
 workload's, chosen by the address the client connected to.
+
+The component follows the mesh store: an HBONE listener per local workload address
+appears and goes with the workloads, and a change that makes the policies deny an open
+tunnel or plaintext connection ends it. Every decision reads one view of the store,
+taken when the connection arrived.
 """
 from __future__ import annotations
 
@@ -16,10 +21,15 @@ import socket
 
 from meshcore.aio.outbound import OutboundListener
 from meshcore.aio.server import HboneServer, TunnelRequest, relay_to_authority
+from meshcore.aio.splice import Splice
 from meshcore.errors import IdentityError
-from meshcore.node import logs
+from meshcore.node.context import ProxyContext, listener_error
 from meshcore.node.netaddr import original_destination
 from meshcore.node.record import ConnectionRecord
+from meshcore.state.changes import Kind
+from meshcore.state.model import MtlsMode
+from meshcore.state.store import StateChange
+from meshcore.state.view import MeshView
 
 log = logging.getLogger("meshcore.inbound")
 
@@ -29,30 +39,80 @@ class PolicyRefusal(ConnectionRefusedError):
 
 
 class Inbound:
-    def __init__(self, proxy):
-        self.proxy = proxy
+    """HBONE (`hbone`: "workloads" for one listener per local workload address, a fixed
+    (host, port), or None) and plaintext (`plaintext`: (host, port) or None) inbound."""
+
+    def __init__(self, ctx: ProxyContext, *, hbone: tuple | None, plaintext: tuple | None):
+        self.ctx = ctx
+        self.hbone_address = hbone
+        self.plaintext_address = plaintext
         self.servers: dict[tuple[str, int], HboneServer] = {}
         self.plaintext: OutboundListener | None = None
-        # request task -> (destination workload, principal, source ip, destination ip, port)
+        self.unbound: set[tuple[str, int]] = set()      # wanted HBONE addresses it could not listen on
+        # what each open tunnel and plaintext connection was allowed as, to check again when
+        # policies change: (destination workload, principal, source ip, destination ip, port)
         self.active: dict[asyncio.Task, tuple] = {}
+        self.plaintext_active: dict[Splice, tuple] = {}
+
+    # -- life -------------------------------------------------------------------------
+    async def start(self) -> "Inbound":
+        """Open the plaintext listener (OSError if it cannot) and the HBONE listeners for
+        the view in force, then follow the store."""
+        if self.plaintext_address is not None:
+            try:
+                self.plaintext = await OutboundListener(self.dial_plaintext, self._plaintext_ended).start(
+                    *self.plaintext_address)
+            except OSError as exc:
+                raise listener_error("inbound-plaintext", self.plaintext_address, exc) from None
+        await self.sync(self.ctx.store.view)
+        self.ctx.store.subscribe(self._on_change, (Kind.WORKLOAD, Kind.AUTHORIZATION_POLICY,
+                                                   Kind.PEER_AUTHENTICATION))
+        return self
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting; GOAWAY every HBONE connection and let tunnels finish until the
+        deadline; plaintext connections get the same time."""
+        if self.plaintext is not None:
+            self.plaintext.stop_accepting()
+        await asyncio.gather(*(s.close(deadline) for s in self.servers.values()),
+                             self._plaintext_drained(deadline), return_exceptions=True)
+        self.servers.clear()
+
+    async def _plaintext_drained(self, deadline: float) -> None:
+        if self.plaintext is not None:
+            await self.plaintext.wait_closed(deadline)
+
+    async def close(self) -> None:
+        await self.drain(0)
+        if self.plaintext is not None:
+            await self.plaintext.close()
+
+    async def _on_change(self, change: StateChange) -> None:
+        if change.keys(Kind.WORKLOAD):
+            await self.sync(change.new)
+        ended = self.revoke(change.new)
+        if ended:
+            log.info("%d tunnels no longer allowed were closed", ended)
 
     # -- listeners ---------------------------------------------------------------
-    def wanted_addresses(self, state) -> set[tuple[str, int]]:
-        if self.proxy.listen["inbound"] is None:
+    def wanted_addresses(self, state: MeshView) -> set[tuple[str, int]]:
+        if self.hbone_address is None:
             return set()
-        host, port = self.proxy.listen["inbound"]
+        host, port = self.hbone_address
         if host != "workloads":
             return {(host, port)}
-        return {(str(ip), port) for w in state.local_workloads(self.proxy.node_name) if w.meshed for ip in w.ips}
+        return {(str(ip), port) for w in state.local_workloads(self.ctx.settings.node_name) if w.meshed
+                for ip in w.ips}
 
-    async def sync(self, state) -> set:
+    async def sync(self, state: MeshView) -> set:
         """One HBONE listener per wanted address: new workloads get one, removed ones lose
-        it. Returns the wanted addresses it could not listen on."""
+        it. Returns (and keeps in `unbound`) the wanted addresses it could not listen on."""
         wanted = self.wanted_addresses(state)
+        settings = self.ctx.settings
         for address in set(self.servers) - wanted:
-            await self.servers.pop(address).close(self.proxy.drain_deadline)
+            await self.servers.pop(address).close(settings.drain_deadline)
         for address in sorted(wanted - set(self.servers)):
-            server = HboneServer(self.context_for, self.proxy.trust_domain, handler=self.handle,
+            server = HboneServer(self.context_for, settings.trust_domain, handler=self.handle,
                                  destination_of=original_destination)
             try:
                 await server.start(*address)
@@ -60,45 +120,37 @@ class Inbound:
                 log.error("cannot listen for HBONE on %s:%s: %s", address[0], address[1], exc.strerror)
                 continue
             self.servers[address] = server
-        return wanted - set(self.servers)
-
-    async def start_plaintext(self, address) -> None:
-        self.plaintext = await OutboundListener(self.dial_plaintext, self.proxy.finished).start(*address)
-
-    async def close(self, deadline: float) -> None:
-        await asyncio.gather(*(s.close(deadline) for s in self.servers.values()), return_exceptions=True)
-        self.servers.clear()
-        if self.plaintext is not None:
-            await self.plaintext.close()
+        self.unbound = wanted - set(self.servers)
+        return self.unbound
 
     @property
     def connections(self) -> int:
         return sum(len(s.connections) for s in self.servers.values())
 
     # -- HBONE ---------------------------------------------------------------------
-    def context_for(self, destination):
-        workload = self._local_workload(destination[0])
+    async def context_for(self, destination):
+        workload = self._local_workload(self.ctx.store.view, destination[0])
         if workload is None:
-            raise IdentityError(f"no workload of node {self.proxy.node_name!r} at {destination[0]}",
+            raise IdentityError(f"no workload of node {self.ctx.settings.node_name!r} at {destination[0]}",
                                 "unknown-destination")
-        return self.proxy.certs.server_context(workload.identity)
+        return await self.ctx.certs.server_context_async(workload.identity)
 
-    def _local_workload(self, ip):
-        state = self.proxy.store.view
+    def _local_workload(self, state: MeshView, ip):
         try:
             address = ipaddress.ip_address(ip)
         except ValueError:
             return None
-        w = next((w for w in (state.workload_at(n, address) for n in self.proxy.networks) if w), None)
-        return w if w is not None and w.node == self.proxy.node_name else None
+        settings = self.ctx.settings
+        w = next((w for w in (state.workload_at(n, address) for n in settings.networks) if w), None)
+        return w if w is not None and w.node == settings.node_name else None
 
     async def handle(self, request: TunnelRequest) -> None:
-        proxy = self.proxy
+        ctx = self.ctx
         peer_ip, peer_port = request.peer_address[:2]
         record = ConnectionRecord("inbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=request.authority,
                                   hbone_addr=request.authority, src_identity=request.peer_identity.uri, mtls=True)
-        state = proxy.store.view
-        source = state.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
+        state = ctx.store.view
+        source = state.workload_at(ctx.settings.network, ipaddress.ip_address(peer_ip))
         # the address names the source workload only if the node before us kept it (the
         # identity is what the peer proved; an address it could not keep names someone else)
         record.src_workload = source if source is not None and source.identity == request.peer_identity else None
@@ -108,7 +160,7 @@ class Inbound:
         if request.host != destination_ip:
             return self._refuse(request, record, 400, f"authority {request.authority} is not the address "
                                                      f"the connection was made to ({destination_ip})")
-        workload = self._local_workload(request.host)
+        workload = self._local_workload(state, request.host)
         record.dst_workload = workload
         if workload is None:
             return self._refuse(request, record, 503, f"no workload of this node at {request.host}")
@@ -117,12 +169,13 @@ class Inbound:
                                                        request.port)
         if not decision:
             return self._refuse(request, record, 401, f"policy rejection: {decision.reason}", flag="DENY")
-        proxy.metrics.opened_connection(record)
+        ctx.telemetry.opened(record)
         task = asyncio.current_task()
         self.active[task] = (workload, request.peer_identity.principal, peer_ip, request.host, request.port)
         cancelled = False
         try:
-            await relay_to_authority(request, proxy.connect_timeout, local_addr=proxy.binder.local_addr(peer_ip))
+            await relay_to_authority(request, ctx.settings.connect_timeout,
+                                     local_addr=ctx.binder.local_addr(peer_ip))
         except asyncio.CancelledError:
             cancelled = True
             raise
@@ -136,63 +189,82 @@ class Inbound:
             else:
                 record.finish(request.extra.get("error") or "tunnel ended before the workload answered",
                               flag="CONNECT")
-                proxy.metrics.failed_connection(record)
-            proxy.metrics.closed_connection(record)
-            logs.access(record)
+                ctx.telemetry.metrics.failed_connection(record)
+            ctx.telemetry.closed(record)
 
     def _refuse(self, request: TunnelRequest, record: ConnectionRecord, status: int, why: str,
                 flag: str = "CONNECT") -> None:
         request.refuse(status)
-        record.finish(f"{status}: {why}", flag)
-        self.proxy.metrics.failed_connection(record)
-        logs.access(record)
+        self.ctx.telemetry.refused(record, f"{status}: {why}", flag)
 
-    def revoke(self, state) -> int:
-        """After a configuration change: end the tunnels the new policies deny."""
+    def revoke(self, state: MeshView) -> int:
+        """After a configuration change: end the tunnels and plaintext connections the
+        policies in force now deny (or whose workload is gone)."""
         ended = 0
-        for task, (workload, principal, src, dst, port) in list(self.active.items()):
-            current = state.by_uid.get(workload.uid)
-            if current is None or not state.policy_set(current).evaluate(principal, src, dst, port):
+        for task, facts in list(self.active.items()):
+            if not _still_allowed(state, *facts):
                 task.cancel()
+                ended += 1
+        for splice, facts in list(self.plaintext_active.items()):
+            if not _still_allowed(state, *facts):
+                self.plaintext_active.pop(splice, None)
+                splice.abort()
                 ended += 1
         return ended
 
     # -- plaintext (PERMISSIVE) ----------------------------------------------------
     async def dial_plaintext(self, protocol_factory, client: asyncio.Transport) -> ConnectionRecord:
-        proxy = self.proxy
+        ctx = self.ctx
         sock: socket.socket = client.get_extra_info("socket")
         dst_ip, dst_port = original_destination(sock)
         peer_ip, peer_port = client.get_extra_info("peername")[:2]
         record = ConnectionRecord("inbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=f"{dst_ip}:{dst_port}")
-        view = proxy.store.view
-        record.src_workload = view.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
-        workload = record.dst_workload = self._local_workload(dst_ip)
+        view = ctx.store.view
+        record.src_workload = view.workload_at(ctx.settings.network, ipaddress.ip_address(peer_ip))
+        workload = record.dst_workload = self._local_workload(view, dst_ip)
         try:
             if workload is None:
                 raise PolicyRefusal(f"no workload of this node at {dst_ip}")
-            if dst_port in proxy.listen_ports:
+            if dst_port in ctx.settings.proxy_ports:
                 raise PolicyRefusal(f"{dst_ip}:{dst_port} is one of the proxy's own ports (loop guard)")
             mode = view.mtls_mode(workload, dst_port)
-            if mode == "STRICT":
+            if mode is MtlsMode.STRICT:
                 raise PolicyRefusal(f"PeerAuthentication is STRICT for {workload.namespace}/{workload.name} "
                                     f"port {dst_port}: plaintext refused")
             decision = view.policy_set(workload).evaluate(None, peer_ip, dst_ip, dst_port)
             if not decision:
                 raise PolicyRefusal(f"policy rejection: {decision.reason}")
             await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-                protocol_factory, dst_ip, dst_port, local_addr=proxy.binder.local_addr(peer_ip)),
-                proxy.connect_timeout)
+                protocol_factory, dst_ip, dst_port, local_addr=ctx.binder.local_addr(peer_ip)),
+                ctx.settings.connect_timeout)
+            facts = (workload, None, peer_ip, dst_ip, dst_port, mode)
+            now = ctx.store.view
+            if now is not view and not _still_allowed(now, *facts):
+                # the revocation pass of a change that came while we connected did not see us
+                raise PolicyRefusal("no longer allowed by the configuration applied while connecting")
         except (OSError, asyncio.TimeoutError) as exc:
             flag = "DENY" if isinstance(exc, PolicyRefusal) else "CONNECT"
-            record.finish(str(exc) or type(exc).__name__, flag)
-            proxy.metrics.failed_connection(record)
-            logs.access(record)
+            ctx.telemetry.refused(record, str(exc) or type(exc).__name__, flag)
             raise
-        proxy.metrics.opened_connection(record)
+        ctx.telemetry.opened(record)
+        self.plaintext_active[client.get_protocol().splice] = facts
         return record
 
+    def _plaintext_ended(self, record: ConnectionRecord, splice: Splice) -> None:
+        self.plaintext_active.pop(splice, None)
+        self.ctx.telemetry.relay_ended(record, splice)
 
-def _forwarded_service(state, forwarded: bytes | None):
+
+def _still_allowed(state: MeshView, workload, principal, src, dst, port, mode=None) -> bool:
+    current = state.by_uid.get(workload.uid)
+    if current is None:
+        return False
+    if mode is not None and state.mtls_mode(current, port) is MtlsMode.STRICT:
+        return False                           # plaintext, now that mTLS is required
+    return bool(state.policy_set(current).evaluate(principal, src, dst, port))
+
+
+def _forwarded_service(state: MeshView, forwarded: bytes | None):
     """The service a tunnel was addressed to, from `forwarded: for=...;host=<hostname>`
     (docs/hbone.md, The CONNECT request): telemetry only, never trusted for a decision."""
     if not forwarded:

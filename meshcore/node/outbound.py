@@ -13,10 +13,13 @@ from meshcore.aio.outbound import OutboundListener
 from meshcore.aio.pool import PoolKey
 from meshcore.errors import TunnelError
 from meshcore.mesh import traceparent
-from meshcore.node import logs, socks5
+from meshcore.node import socks5
+from meshcore.node.context import ProxyContext, listener_error
 from meshcore.node.netaddr import original_destination
 from meshcore.node.record import ConnectionRecord
 from meshcore.node.routing import HBONE, PASSTHROUGH, Route, route
+from meshcore.state.changes import Kind
+from meshcore.state.view import MeshView
 
 log = logging.getLogger("meshcore.outbound")
 
@@ -28,26 +31,58 @@ class RouteRefused(ConnectionRefusedError):
 
 
 class Outbound:
-    def __init__(self, proxy):
-        self.proxy = proxy
-        self.relay = OutboundListener(self.dial_captured, proxy.finished)
+    """Captured connections (`capture`: (host, port) or None) and SOCKS5 (`socks5`), from
+    this node's workloads, routed and carried over HBONE through the context's pool."""
+
+    def __init__(self, ctx: ProxyContext, *, capture: tuple | None, socks5: tuple | None):
+        self.ctx = ctx
+        self.capture_address, self.socks_address = capture, socks5
+        self.relay = OutboundListener(self.dial_captured, ctx.telemetry.relay_ended)
         self.capture: asyncio.AbstractServer | None = None
         self.socks: asyncio.AbstractServer | None = None
+        self.own_addresses: frozenset = frozenset()   # refused as destinations on the proxy's ports
         self._choice = itertools.count()
 
-    async def start(self, name: str, address) -> None:
-        """Open the capture ("outbound") or the "socks5" listener."""
+    async def start(self) -> "Outbound":
+        """Open the capture and SOCKS5 listeners (ListenerError naming the one that
+        cannot listen), then follow the store's local workloads."""
         loop = asyncio.get_running_loop()
-        if name == "outbound":
-            self.capture = await loop.create_server(self.relay._accepted, *address, backlog=4096)
-        else:
-            self.socks = await loop.create_server(lambda: socks5.Socks5Handshake(self._socks_request),
-                                                  *address, backlog=4096)
+        self._own_addresses(self.ctx.store.view)
+        self.ctx.store.subscribe(lambda change: self._own_addresses(change.new), (Kind.WORKLOAD,))
+        for name, address, factory in (("outbound", self.capture_address, self.relay._accepted),
+                                       ("socks5", self.socks_address,
+                                        lambda: socks5.Socks5Handshake(self._socks_request))):
+            if address is None:
+                continue
+            try:
+                server = await loop.create_server(factory, *address, backlog=4096)
+            except OSError as exc:
+                await self.close()
+                raise listener_error(name, address, exc) from None
+            if name == "outbound":
+                self.capture = server
+            else:
+                self.socks = server
+        return self
 
-    async def close(self) -> None:
+    def _own_addresses(self, view: MeshView) -> None:
+        settings = self.ctx.settings
+        self.own_addresses = frozenset(settings.listener_ips).union(
+            ip for w in view.local_workloads(settings.node_name) for ip in w.ips)
+
+    def stop_accepting(self) -> None:
         for server in (self.capture, self.socks):
             if server is not None:
                 server.close()
+        self.capture = self.socks = None
+
+    async def drain(self, deadline: float) -> None:
+        """Stop accepting; relayed connections have until the deadline to end."""
+        self.stop_accepting()
+        await self.relay.wait_closed(deadline)
+
+    async def close(self) -> None:
+        self.stop_accepting()
         await self.relay.close()
 
     # -- entry points ---------------------------------------------------------------
@@ -71,9 +106,9 @@ class Outbound:
 
     def resolve_mesh_name(self, host: str) -> str | None:
         """Mesh service hostnames resolve to their VIP before DNS is asked."""
-        service = self.proxy.store.view.service_by_hostname(host.rstrip("."))
+        service = self.ctx.store.view.service_by_hostname(host.rstrip("."))
         if service is not None:
-            vip = next((v for n, v in service.vips if n in self.proxy.networks), None)
+            vip = next((v for n, v in service.vips if n in self.ctx.settings.networks), None)
             return str(vip) if vip is not None else None
         return None
 
@@ -91,17 +126,17 @@ class Outbound:
 
     # -- routing and dialing -----------------------------------------------------------
     async def dial(self, protocol_factory, client: asyncio.Transport, ip: str, port: int) -> ConnectionRecord:
-        proxy = self.proxy
+        ctx, settings = self.ctx, self.ctx.settings
         peer_ip, peer_port = client.get_extra_info("peername")[:2]
         record = ConnectionRecord("outbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=_host_port(ip, port))
         try:
-            view = proxy.store.view
-            source = view.workload_at(proxy.network, ipaddress.ip_address(peer_ip))
+            view = ctx.store.view
+            source = view.workload_at(settings.network, ipaddress.ip_address(peer_ip))
             record.src_workload = source
-            if source is None or source.node != proxy.node_name:
-                raise RouteRefused(f"source {peer_ip} is not a workload of node {proxy.node_name!r}")
+            if source is None or source.node != settings.node_name:
+                raise RouteRefused(f"source {peer_ip} is not a workload of node {settings.node_name!r}")
             chosen = route(view, source, ip, port, choice=next(self._choice),
-                           own_addresses=proxy.own_addresses, proxy_ports=proxy.listen_ports)
+                           own_addresses=self.own_addresses, proxy_ports=settings.proxy_ports)
             record.dst_workload, record.service = chosen.workload, chosen.service
             if chosen.kind == HBONE:
                 record.hbone_addr, record.mtls = chosen.authority, True
@@ -110,20 +145,18 @@ class Outbound:
                 await self._tunnel(chosen, source, peer_ip, peer_port, protocol_factory)
             elif chosen.kind == PASSTHROUGH:
                 await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-                    protocol_factory, *chosen.dial, local_addr=proxy.binder.local_addr(peer_ip)),
-                    proxy.connect_timeout)
+                    protocol_factory, *chosen.dial, local_addr=ctx.binder.local_addr(peer_ip)),
+                    settings.connect_timeout)
             else:
                 raise RouteRefused(chosen.reason)
         except (OSError, TunnelError, asyncio.TimeoutError) as exc:
-            record.finish(_describe(exc), "CONNECT")
-            proxy.metrics.failed_connection(record)
-            logs.access(record)
+            ctx.telemetry.refused(record, _describe(exc), "CONNECT")
             raise
-        proxy.metrics.opened_connection(record)
+        ctx.telemetry.opened(record)
         return record
 
     async def _tunnel(self, chosen: Route, source, peer_ip: str, peer_port: int, protocol_factory) -> None:
-        proxy = self.proxy
+        ctx = self.ctx
         forwarded = f'for="{_host_port(peer_ip, peer_port)}"'
         if chosen.service is not None:
             forwarded += f";host={chosen.service.hostname}"
@@ -131,11 +164,12 @@ class Outbound:
             ("k8s.cluster.name", source.cluster_id), ("k8s.namespace.name", source.namespace),
             (f"k8s.{source.workload_type}.name", source.workload_name or source.name),
             ("service.name", source.canonical_name), ("service.version", source.canonical_revision)) if v)
-        key = PoolKey(source.identity, chosen.expected, chosen.dial, _source_ip(proxy, peer_ip))
-        await asyncio.wait_for(proxy.pool.open_stream(
+        bind = ctx.binder.local_addr(peer_ip)
+        key = PoolKey(source.identity, chosen.expected, chosen.dial, bind[0] if bind else None)
+        await asyncio.wait_for(ctx.pool.open_stream(
             key, chosen.authority, protocol_factory,
             [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage.encode())]),
-            proxy.connect_timeout)
+            ctx.settings.connect_timeout)
 
 
 class _SocksAnswer:
@@ -165,11 +199,6 @@ class _AnswerOnConnect(asyncio.Protocol):
         protocol = answer.protocol_factory()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)
-
-
-def _source_ip(proxy, ip: str) -> str | None:
-    bind = proxy.binder.local_addr(ip)
-    return bind[0] if bind else None
 
 
 def _host_port(ip: str, port: int) -> str:

@@ -7,12 +7,12 @@
                                    └─ plain TCP          └─ 15006 plaintext (PERMISSIVE peers)
     15000 admin · 15020 metrics · 15021 readiness (HttpEndpoints)
 
-Every listener and connection belongs to the proxy; drain() ends them all.
+Each component takes the shared context (node/context.py), owns its listeners and
+follows the store by subscription; the proxy only wires them, and drain() ends them all.
 """
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
 import json
 import logging
@@ -21,22 +21,21 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshcore.aio.client import dial
-from meshcore.aio.pool import HbonePool, PoolKey
 from meshcore.errors import ConfigError, IdentityError, ListenerError
 from meshcore.identity.ca import CertificateAuthority
 from meshcore.identity.store import CertificateStore, CredentialDirectories
 from meshcore.node import debug, logs
 from meshcore.node.admin import HttpEndpoints, text
+from meshcore.node.certificates import LocalCertificates
+from meshcore.node.context import ProxyContext, ProxySettings, hbone_pool, listener_error
 from meshcore.node.dump import config_dump
 from meshcore.node.inbound import Inbound
 from meshcore.node.metrics import NodeMetrics
 from meshcore.node.netaddr import SourceBinder
 from meshcore.node.outbound import Outbound
-from meshcore.node.record import ConnectionRecord
+from meshcore.node.telemetry import Telemetry
 from meshcore.sources.files import FileSource
-from meshcore.state.changes import Kind
-from meshcore.state.store import MeshStore, StateChange
+from meshcore.state.store import MeshStore
 
 log = logging.getLogger("meshcore.node")
 
@@ -84,33 +83,44 @@ def default_state_dir() -> Path:
 
 
 class NodeProxy:
+    """Wiring: the mesh store and its file source, the shared context, the components
+    (certificates, inbound, outbound, HTTP endpoints), signals and admin routes."""
+
     def __init__(self, options: NodeOptions):
         from meshcore import __version__
         self.options = options
         self.version = __version__
         self.node_name = options.node_name
-        self.network = options.network
-        self.networks = (options.network, "") if options.network else ("",)
         self.listen = options.listeners()
-        self.listen_ports = frozenset(a[1] for n, a in self.listen.items()
-                                      if a is not None and n in ("outbound", "inbound-plaintext", "inbound", "socks5"))
-        self.own_addresses = frozenset()          # refused as destinations on the proxy's ports
-        self.connect_timeout = options.connect_timeout
-        self.drain_deadline = options.drain_deadline
-        self.binder = SourceBinder(options.preserve_source)
         self.store = MeshStore(root_namespace=options.root_namespace)
         self.files = FileSource(self.store, options.config_paths, options.inline_config)
         self.loaded_at = 0.0
         self.metrics = NodeMetrics(self.version)
         self.issuer, self.trust_domain = self._issuer()
         self.certs = CertificateStore(self.issuer)
-        self.pool = HbonePool(self._connect)
-        self.inbound = Inbound(self)
-        self.outbound = Outbound(self)
+        self.pool = hbone_pool(self.certs)
+        listener_ips = set()
+        for address in self.listen.values():
+            try:
+                ip = ipaddress.ip_address(address[0]) if address else None
+            except ValueError:
+                continue                       # "workloads": the local workloads' addresses
+            if ip is not None and not ip.is_unspecified:
+                listener_ips.add(ip)
+        settings = ProxySettings(
+            node_name=options.node_name, network=options.network, trust_domain=self.trust_domain,
+            connect_timeout=options.connect_timeout, drain_deadline=options.drain_deadline,
+            proxy_ports=frozenset(a[1] for n, a in self.listen.items()
+                                  if a is not None and n in ("outbound", "inbound-plaintext", "inbound", "socks5")),
+            listener_ips=frozenset(listener_ips))
+        self.ctx = ProxyContext(settings, self.store, self.certs, Telemetry(self.metrics),
+                                SourceBinder(options.preserve_source), self.pool)
+        self.certificates = LocalCertificates(self.ctx)
+        self.inbound = Inbound(self.ctx, hbone=self.listen["inbound"], plaintext=self.listen["inbound-plaintext"])
+        self.outbound = Outbound(self.ctx, capture=self.listen["outbound"], socks5=self.listen["socks5"])
         self.endpoints: list[HttpEndpoints] = []
-        self.pending = {"config", "certificates", "listeners"}
         self.stopped = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._watcher: asyncio.Task | None = None
 
     # -- identity ---------------------------------------------------------------------
     def _issuer(self):
@@ -142,39 +152,11 @@ class NodeProxy:
         log.info("created a built-in CA for trust domain %s in %s", o.trust_domain, ca_dir)
         return ca
 
-    def _issue_local(self) -> None:
-        """Rotate what is due (and pick up certificate files written meanwhile), then
-        make sure every local workload has a certificate; readiness says if one has not."""
-        try:
-            rotated = self.certs.rotate_due()
-        except IdentityError as exc:
-            log.error("certificates: %s (the previous ones stay in use)", exc)
-        else:
-            if rotated:
-                log.info("rotated certificates of %s", ", ".join(map(str, rotated)))
-        failed = []
-        for w in self.store.view.local_workloads(self.node_name):
-            if w.meshed:
-                try:
-                    self.certs.credentials(w.identity)
-                except IdentityError as exc:
-                    failed.append(f"{w.identity}: {exc}")
-        if failed:
-            log.error("no certificate for %s", "; ".join(failed))
-            self.pending.add("certificates")
-        else:
-            self.pending.discard("certificates")
-
-    async def _connect(self, key: PoolKey):
-        host, port = key.destination
-        return await dial(host, port, self.certs.client_context(key.source_identity), key.expected,
-                          local_addr=(key.source_ip, 0) if key.source_ip else None)
-
     # -- configuration ------------------------------------------------------------------
     async def reload(self, reason: str) -> bool:
         """Read the configuration and certificate files again and put what changed in
         force; a refused configuration keeps the one in force (logged and counted)."""
-        self._issue_local()
+        await self.certificates.rotate()
         try:
             applied = await self.files.reload()
         except ConfigError as exc:
@@ -182,38 +164,13 @@ class NodeProxy:
             log.error("configuration refused (%s), the previous one stays in force: %s", reason, exc)
             return False
         self.metrics.config_reloads.labels("applied").inc()
+        if applied.changed:
+            self.loaded_at = time.time()
         view = self.store.view
         log.info("configuration %s applied (%s): %d workloads, %d services, %d policies; %s", view.version, reason,
                  len(view.by_uid), len(view.by_service_key), len(view.policy_by_key),
                  ", ".join(f"{len(keys)} {kind} changed" for kind, keys in applied.changed.items()) or "no change")
         return True
-
-    async def _on_change(self, change: StateChange) -> None:
-        """A change is in force: listeners, certificates and own addresses follow the
-        local workloads; tunnels the new policies deny end."""
-        self.loaded_at = time.time()
-        if change.keys(Kind.WORKLOAD):
-            await self._reconcile()
-        ended = self.inbound.revoke(change.new)
-        if ended:
-            log.info("%d tunnels no longer allowed were closed", ended)
-
-    async def _reconcile(self) -> None:
-        self._issue_local()
-        own = set()
-        for address in self.listen.values():
-            try:
-                ip = ipaddress.ip_address(address[0]) if address else None
-            except ValueError:
-                continue                       # "workloads": the local workloads' addresses, below
-            if ip is not None and not ip.is_unspecified:
-                own.add(ip)
-        own.update(ip for w in self.store.view.local_workloads(self.node_name) for ip in w.ips)
-        self.own_addresses = frozenset(own)
-        if await self.inbound.sync(self.store.view):
-            self.pending.add("listeners")
-        else:
-            self.pending.discard("listeners")
 
     async def _watch(self) -> None:
         while True:
@@ -221,10 +178,16 @@ class NodeProxy:
             if self.files.changed_on_disk():
                 await self.reload("files changed")
 
-    async def _rotate(self) -> None:
-        while True:
-            await asyncio.sleep(30)
-            self._issue_local()
+    def pending(self) -> list[str]:
+        """What keeps the node from being ready."""
+        out = []
+        if not self.loaded_at:
+            out.append("config")
+        if self.certificates.missing:
+            out.append("certificates")
+        if self.inbound.unbound:
+            out.append("listeners")
+        return out
 
     # -- life -----------------------------------------------------------------------------
     async def start(self) -> "NodeProxy":
@@ -232,70 +195,51 @@ class NodeProxy:
         (with what and where) if that cannot be done."""
         await self.files.reload()
         self.loaded_at = time.time()
-        self.pending.discard("config")
         listen = self.listen
-        await self._reconcile()
-        self.store.subscribe(self._on_change, (Kind.WORKLOAD, Kind.AUTHORIZATION_POLICY, Kind.PEER_AUTHENTICATION))
         routes = {"admin": {"/config_dump": self._config_dump, "/logging": self._logging,
                             "/quitquitquit": self._quit, "/debug/pprof/profile": self._profile,
                             "/debug/tasks": self._tasks_dump, "/debug/holdings": self._holdings, "/": self._index},
                   "metrics": {"/metrics": self._metrics, "/stats/prometheus": self._metrics},
                   "readiness": {"/healthz/ready": self._ready}}
         try:
-            for name in ("inbound-plaintext", "outbound", "socks5", *routes):
-                if listen[name] is None:
-                    continue
-                if name == "inbound-plaintext":
-                    await self.inbound.start_plaintext(listen[name])
-                elif name in ("outbound", "socks5"):
-                    await self.outbound.start(name, listen[name])
-                else:
-                    self.endpoints.append(await HttpEndpoints(routes[name]).start(*listen[name]))
-        except OSError as exc:
+            await self.certificates.start()
+            await self.inbound.start()
+            await self.outbound.start()
+            for name in routes:
+                if listen[name] is not None:
+                    try:
+                        self.endpoints.append(await HttpEndpoints(routes[name]).start(*listen[name]))
+                    except OSError as exc:
+                        raise listener_error(name, listen[name], exc) from None
+        except ListenerError:
             await self.drain(quiet=True)           # nothing was served: no "draining" before the error
-            host, port = listen[name]
-            hint = " (is another meshcore node or ztunnel running?)" if exc.errno == errno.EADDRINUSE else ""
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)     # uvloop's own text names the address again
-            raise ListenerError(f"cannot listen for {name} on {host}:{port}: {reason}{hint}") from None
-        loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._watch()), loop.create_task(self._rotate())]
+            raise
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())
         log.info("node %s ready: %s", self.node_name, ", ".join(
             f"{n} {a[0]}:{a[1]}" for n, a in listen.items() if a is not None))
         return self
 
     async def drain(self, quiet: bool = False) -> None:
-        """Stop accepting, GOAWAY every HBONE connection, let tunnels finish until the
-        drain deadline, then end what is left."""
+        """Stop accepting, GOAWAY every HBONE connection, let tunnels and connections
+        finish until the drain deadline, then end what is left."""
+        deadline = self.options.drain_deadline
         if not quiet:
-            log.info("draining (deadline %.0f s)", self.drain_deadline)
-        for task in self._tasks:
-            task.cancel()
+            log.info("draining (deadline %.0f s)", deadline)
+        if self._watcher is not None:
+            self._watcher.cancel()
+        await self.certificates.close()
         for e in self.endpoints:
             await e.close()
-        for server in (self.outbound.capture, self.outbound.socks):
-            if server is not None:
-                server.close()
-        deadline = time.monotonic() + self.drain_deadline
-        inbound = asyncio.ensure_future(self.inbound.close(self.drain_deadline))
-        for conn in self.pool.connections:
-            asyncio.ensure_future(conn.drain(self.drain_deadline))
-        while self.outbound.relay.splices and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
+        await asyncio.gather(self.inbound.drain(deadline), self.outbound.drain(deadline),
+                             *(conn.drain(deadline) for conn in self.pool.connections), return_exceptions=True)
         await self.outbound.close()
         await self.pool.close()
-        await inbound
+        await self.inbound.close()
         self.stopped.set()
-
-    # -- telemetry ---------------------------------------------------------------------
-    def finished(self, record: ConnectionRecord, splice) -> None:
-        """A relayed connection ended: its bytes, metrics and access-log line."""
-        record.finish_relay(splice)
-        self.metrics.closed_connection(record)
-        logs.access(record)
 
     def describe_config(self) -> dict:
         o = self.options
-        return {"nodeName": self.node_name, "network": self.network, "trustDomain": self.trust_domain,
+        return {"nodeName": self.node_name, "network": o.network, "trustDomain": self.trust_domain,
                 "configPaths": list(o.config_paths), "inlineConfig": bool(o.inline_config),
                 "listeners": {n: (f"{a[0]}:{a[1]}" if a else None) for n, a in self.listen.items()},
                 "connectTimeout": o.connect_timeout, "drainDeadline": o.drain_deadline,
@@ -345,6 +289,7 @@ class NodeProxy:
         return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.exposition()
 
     def _ready(self, method, query):
-        if self.pending:
-            return text(500, f"not ready, pending: {', '.join(sorted(self.pending))}\n")
+        pending = self.pending()
+        if pending:
+            return text(500, f"not ready, pending: {', '.join(sorted(pending))}\n")
         return text(200, "ready\n")

@@ -140,8 +140,13 @@ def capture_mesh(tmp_path):
     def log(name):
         return (tmp_path / f"{name}.log").read_text(errors="replace")
 
+    def reload(mode):
+        (tmp_path / "mesh.yaml").write_text(MESH.format(client=CLIENT, web=WEB, vip=VIP, mode=mode))
+        for name in ("node-a", "node-b"):
+            procs[name].send_signal(signal.SIGHUP)
+
     with Hosts() as hosts:
-        hosts.start, hosts.log = start, log
+        hosts.start, hosts.log, hosts.reload = start, log, reload
         try:
             yield hosts
         finally:
@@ -182,6 +187,37 @@ def test_permissive_admits_plaintext_with_policy(capture_mesh):
     assert got.stdout.startswith("hello from web")
     line = [l for l in capture_mesh.log("node-b").splitlines() if f"src.addr={PLAIN}:" in l][-1]
     assert "connection complete" in line and "src.identity" not in line
+
+
+HOLD_OPEN = [sys.executable, "-c", """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 8080), timeout=10)
+s.sendall(b"GET / HTTP/1.1\\r\\nHost: web\\r\\n")   # unfinished: the server waits for the rest
+print("connected", flush=True)
+s.settimeout(20)
+try:
+    print("ended" if s.recv(100) == b"" else "data", flush=True)
+except OSError as exc:
+    print("ended", type(exc).__name__, flush=True)
+""", WEB]
+
+
+def test_a_plaintext_connection_ends_when_mtls_becomes_strict(capture_mesh):
+    capture_mesh.start("PERMISSIVE")
+    held = subprocess.Popen(["ip", "netns", "exec", capture_mesh.ns["plain"], *HOLD_OPEN],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert held.stdout.readline().strip() == "connected", held.stderr.read()
+        started = time.monotonic()
+        capture_mesh.reload("STRICT")
+        try:
+            out, err = held.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            out, err = "still open", capture_mesh.log("node-b")[-3000:]
+    finally:
+        held.kill()
+    assert out.startswith("ended") and time.monotonic() - started < 5, (out, err)
+    assert "1 tunnels no longer allowed were closed" in capture_mesh.log("node-b")
 
 
 @pytest.mark.needs_tool("iperf3")

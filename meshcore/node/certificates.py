@@ -1,0 +1,70 @@
+"""The local workloads' certificates: fetched when a workload appears on this node
+(before its first connection needs one), rotated at half-life, dropped when the last
+local workload of an identity goes. Readiness asks `missing`."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from meshcore.errors import IdentityError
+from meshcore.node.context import ProxyContext
+from meshcore.state.changes import Kind
+from meshcore.state.view import MeshView
+
+log = logging.getLogger("meshcore.node")
+
+ROTATION_CHECK = 30.0        # seconds between checks for certificates past half-life or changed files
+
+
+class LocalCertificates:
+    def __init__(self, ctx: ProxyContext):
+        self.ctx = ctx
+        self.missing: dict = {}            # SpiffeId -> why it has no certificate
+        self._rotation: asyncio.Task | None = None
+
+    async def start(self) -> "LocalCertificates":
+        await self.refresh(self.ctx.store.view)
+        self.ctx.store.subscribe(lambda change: self.refresh(change.new), (Kind.WORKLOAD,))
+        self._rotation = asyncio.get_running_loop().create_task(self._rotate())
+        return self
+
+    def wanted(self, view: MeshView) -> set:
+        return {w.identity for w in view.local_workloads(self.ctx.settings.node_name) if w.meshed}
+
+    async def refresh(self, view: MeshView) -> None:
+        """Every local identity gets a certificate now; identities no longer local are
+        forgotten (their connections keep the contexts they made)."""
+        certs, wanted = self.ctx.certs, self.wanted(view)
+        for identity in set(certs.identities) - wanted:
+            certs.forget(identity)
+        missing = {}
+        for identity in sorted(wanted):
+            try:
+                await certs.get(identity)
+            except IdentityError as exc:
+                missing[identity] = str(exc)
+        if missing:
+            log.error("no certificate for %s", "; ".join(f"{i}: {why}" for i, why in missing.items()))
+        self.missing = missing
+
+    async def rotate(self) -> None:
+        """Rotate what is due (and pick up certificate files written meanwhile), then
+        fetch what is missing."""
+        try:
+            rotated = self.ctx.certs.rotate_due()
+        except IdentityError as exc:
+            log.error("certificates: %s (the previous ones stay in use)", exc)
+        else:
+            if rotated:
+                log.info("rotated certificates of %s", ", ".join(map(str, rotated)))
+        await self.refresh(self.ctx.store.view)
+
+    async def _rotate(self) -> None:
+        while True:
+            await asyncio.sleep(ROTATION_CHECK)
+            await self.rotate()
+
+    async def close(self) -> None:
+        if self._rotation is not None:
+            self._rotation.cancel()
+            self._rotation = None
