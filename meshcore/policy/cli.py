@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 from dataclasses import fields
 
@@ -167,7 +168,8 @@ def explain(args: argparse.Namespace, out=print) -> int:
             if d.allowed == (alone.action is Action.ALLOW):
                 matched.append(i)
         what = f"matched rule {', '.join(map(str, matched))}" if matched else "no rule matched"
-        out(f"  {p.key}  {p.action.value}{' (dry run)' if p.dry_run else ''}  {_selection(p, state.root_namespace)}: {what}")
+        flags = " (dry run)" if p.dry_run else ""
+        out(f"  {p.key}  {p.action.value}{flags}  {_selection(p, state.root_namespace)}: {what}")
         for i in matched:
             out(f"    rule {i}: {describe_rule(p.rules[i])}")
         if args.layer == "l4":
@@ -206,10 +208,12 @@ def add_parser(sub) -> None:
     e.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    type=_key_value("--label"), help="a label the destination carries in addition to, or instead "
                                                     "of, the one the files give it (repeatable): what if")
-    e.add_argument("--source-ip", help="the caller's address (default: the address of the first workload "
-                                       "of the files with the --from identity)")
-    e.add_argument("--destination-ip", help="the destination's address (default: the workload's own)")
-    e.add_argument("--port", type=int, default=8080, help="the destination port (default 8080)")
+    e.add_argument("--source-ip", type=_address("--source-ip"),
+                   help="the caller's address (default: the address of the first workload of the files with "
+                        "the --from identity)")
+    e.add_argument("--destination-ip", type=_address("--destination-ip"),
+                   help="the destination's address (default: the workload's own)")
+    e.add_argument("--port", type=_port, default=8080, help="the destination port (default 8080)")
     e.add_argument("--layer", choices=("l4", "l7"), default="l4",
                    help="l4: as a node proxy decides (default); l7: as a waypoint decides")
     e.add_argument("--method", help="HTTP method (l7)")
@@ -225,6 +229,21 @@ def _root_namespace_option(parser) -> None:
     parser.add_argument("--root-namespace", default=ROOT_NAMESPACE, metavar="NAMESPACE",
                         help="the mesh's root namespace, as `meshcore node --root-namespace` (Istio's "
                              f"meshConfig.rootNamespace; default: {ROOT_NAMESPACE})")
+
+
+def _address(option: str):
+    def parse(text: str) -> str:
+        try:
+            return str(ipaddress.ip_address(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{option} {text!r} is not an IP address") from None
+    return parse
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"--port {text!r} is not a port (1-65535)")
+    return int(text)
 
 
 def _key_value(option: str):

@@ -107,6 +107,17 @@ def test_explain_refuses_what_it_cannot_answer_for(tmp_path):
         assert got.stderr.startswith(f"meshcore policy explain: error: {message}"), got.stderr
 
 
+def test_explain_refuses_malformed_addresses_and_ports(tmp_path):
+    names = files(tmp_path)
+    for args, message in [(["--source-ip", "10.0.0.300"], "argument --source-ip: --source-ip '10.0.0.300' is "
+                                                          "not an IP address"),
+                          (["--destination-ip", "web"], "argument --destination-ip: --destination-ip 'web' is not "
+                                                        "an IP address"),
+                          (["--port", "70000"], "argument --port: --port '70000' is not a port (1-65535)")]:
+        got = meshcore_cmd(tmp_path, "policy", "explain", "--to", "shop/web", *args, *names)
+        assert got.returncode == 2 and got.stderr.rstrip().endswith(message), got.stderr
+
+
 def test_root_namespace_option_makes_its_selectorless_policies_mesh_wide(tmp_path):
     names = files(tmp_path)
     (tmp_path / "root.yaml").write_text(POLICY.split("---")[1].replace("namespace: shop", "namespace: mesh-root")
