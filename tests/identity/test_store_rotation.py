@@ -185,3 +185,34 @@ def test_external_ca_intermediate_issues_chains(ca, alice, tmp_path):
     server_saw, client_saw = asyncio.run(handshake(
         CertificateStore(ca).server_context(bob), CertificateStore(sub).client_context(alice), expected=[bob]))
     assert (server_saw, client_saw) == (alice, bob)
+
+
+class RemoteCa:
+    """An issuer that answers asynchronously, as a CA reached over the network does."""
+
+    def __init__(self, ca, delay=0.05):
+        self.ca, self.delay, self.requests = ca, delay, 0
+        self.bundle = TrustBundle(ca.roots)
+
+    async def issue_async(self, identity, *, lifetime, now):
+        self.requests += 1
+        await asyncio.sleep(self.delay)
+        return self.ca.issue(identity, lifetime=lifetime, now=now)
+
+
+def test_async_get_shares_one_request_and_a_caller_leaving_does_not_cancel_it(ca, alice):
+    remote = RemoteCa(ca)
+    store = CertificateStore(remote)
+
+    async def scenario():
+        leaving = asyncio.ensure_future(store.get(alice))
+        staying = [asyncio.ensure_future(store.get(alice)) for _ in range(4)]
+        await asyncio.sleep(0.01)
+        leaving.cancel()
+        got = await asyncio.gather(*staying)
+        ctx = await store.server_context_async(alice)
+        return got, ctx
+    got, ctx = asyncio.run(scenario())
+    assert remote.requests == 1
+    assert all(c is got[0] for c in got) and got[0].identity == alice
+    assert store.credentials(alice) is got[0] and ctx is store.server_context(alice)
