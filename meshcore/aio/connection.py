@@ -125,8 +125,10 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         elif kind is ev.StreamEnded:
             stream = self.streams.get(e.stream_id)
             if stream is not None:
+                self._exchange_event(stream, e)
                 stream._on_end()
-        elif kind is ev.TunnelRequested:
+        elif kind is ev.TunnelRequested or kind is ev.RequestReceived:
+            # a CONNECT, or a request for meshcore.aio.request to answer: on_request decides
             if self.on_request is None:
                 self.h2.refuse_tunnel(e.stream_id, 503)
             else:
@@ -151,6 +153,18 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
                 self.settings_received.set_result(e.changed)
             if self.on_settings is not None:
                 self.on_settings(self)
+        elif kind is ev.ResponseReceived or kind is ev.InformationalResponseReceived or kind is ev.TrailersReceived:
+            stream = self.streams.get(e.stream_id)
+            if stream is not None:
+                self._exchange_event(stream, e)
+
+    @staticmethod
+    def _exchange_event(stream, e) -> None:
+        """A request stream's header sections, end and reset go to its exchange (the
+        stream's protocol, meshcore.aio.request) before the stream acts on them."""
+        handler = getattr(stream.get_protocol(), "stream_event", None)
+        if handler is not None:
+            handler(e)
 
     def _on_response(self, e) -> None:
         opening = self._opening.pop(e.stream_id, None)
@@ -194,6 +208,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             self._stream_done(e.stream_id)
             return
         stream = self.streams.get(e.stream_id)
+        if stream is not None:
+            self._exchange_event(stream, e)
         if stream is None or stream.get_protocol() is None:
             # not answered yet: the client gave up (or rapid-reset us), so the dial and
             # whatever else the request started are cancelled. Once accepted, the

@@ -541,6 +541,14 @@ cdef class H2Connection:
             raise StreamClosedError(f"stream {sid} is {self.stream_state(sid)}", sid)
         return <Stream>stream
 
+    def declared_content_left(self, uint32_t stream_id):
+        """Bytes of content still to send on this stream under what its header section
+        declared: -1 when it declared no content-length, 0 after HEAD, 204 and 304."""
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            raise StreamClosedError(f"stream {stream_id} is {self.stream_state(stream_id)}", stream_id)
+        return (<Stream>stream).send_content_left
+
     cpdef Py_ssize_t available_window(self, uint32_t stream_id) except -1:
         """How many bytes send_data() accepts on this stream right now."""
         stream = self._streams.get(stream_id)
