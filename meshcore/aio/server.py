@@ -66,7 +66,7 @@ class TunnelRequest:
     headers: list
     host: str = ""
     port: int = 0
-    answered: bool = False
+    status: int = 0                               # what it was answered: 200, or the refusal's status
     extra: dict = field(default_factory=dict)
     server: "HboneServer | None" = None          # the server that received it
 
@@ -85,12 +85,16 @@ class TunnelRequest:
     def header(self, name: bytes) -> bytes | None:
         return next((v for n, v in self.headers if n == name), None)
 
+    @property
+    def answered(self) -> bool:
+        return self.status != 0
+
     def accept(self, protocol: asyncio.BaseProtocol, headers=()):
-        self.answered = True
+        self.status = 200
         return self.connection.accept_stream(self.stream_id, protocol, headers)
 
     def refuse(self, status: int) -> None:
-        self.answered = True
+        self.status = status
         self.connection.refuse_stream(self.stream_id, status)
 
 
@@ -363,10 +367,10 @@ class HboneServer:
                     request.refuse(401)
                     return
             await self.handler(request)
-            if request.answered:
-                self.stats["accepted"] += 1
-            else:
+            if not request.answered:
                 request.refuse(503)
+            # tunnels answered 200; a handler's refusals (401 by policy, 503 unreachable) are refusals
+            self.stats["accepted" if request.status == 200 else "refused"] += 1
         except asyncio.CancelledError:
             if not request.answered:
                 request.refuse(503)

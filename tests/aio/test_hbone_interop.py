@@ -86,6 +86,9 @@ def test_upstream_refused_is_503_and_others_continue(run, ca):
             w.write(b"after")                      # the other tunnel is undisturbed
             assert await r.readexactly(5) == b"after"
             w.close()
+            # counted once each has ended: the refusal is not an accepted tunnel
+            await wait_until(lambda: server.stats["accepted"] + server.stats["refused"] == 2, timeout=5)
+            assert (server.stats["accepted"], server.stats["refused"]) == (1, 1)
     run(scenario())
 
 
