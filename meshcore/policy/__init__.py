@@ -6,7 +6,7 @@
 """
 from meshcore.policy.istio import authorization_policy, load_authorization_policies
 from meshcore.policy.layers import l4_reductions
-from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch, Workload, applies_to
+from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch, Workload, applies_to, resolved_scope
 from meshcore.policy.ztunnel import ztunnel_policy
 
 
@@ -20,4 +20,4 @@ def __getattr__(name: str):
 
 __all__ = ["Action", "Decision", "Match", "Policy", "PolicyEngine", "Scope", "StringMatch", "Workload",
            "applies_to", "authorization_policy", "l4_reductions", "load_authorization_policies",
-           "ztunnel_policy"]
+           "resolved_scope", "ztunnel_policy"]
