@@ -1,5 +1,5 @@
 """The node proxy's configuration: ztunnel's local config (every field ztunnel accepts)
-and Istio resources into one MeshState; refusals name file, document, field and reason."""
+and Istio resources into one view of the mesh; refusals name file, document, field and reason."""
 import ipaddress
 import textwrap
 
