@@ -12,8 +12,10 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from meshcore._core.events import RequestReceived
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.memory import trimmer
+from meshcore.aio.request import accept_request, serve
 from meshcore.aio.splice import Splice
 from meshcore.aio.tls import start_tls
 from meshcore.errors import MeshcoreError, StreamClosedError
@@ -174,10 +176,14 @@ class HboneServer:
     then for each CONNECT: method and authority checked (400), `authorize(request)`
     consulted (401), and `handler(request)` run to accept or refuse it. Without a
     handler, `relay` relays each tunnel as a node does: to the address the connection
-    arrived on only (400 otherwise), never to a listener of its own (400)."""
+    arrived on only (400 otherwise), never to a listener of its own (400).
+
+    Other requests go to `request_handler(exchange)` (a meshcore.aio.request
+    ServerExchange) when there is one, and are refused with 400 when not."""
 
     def __init__(self, context: ssl.SSLContext | Callable, trust_domain: str, *,
                  handler: Handler | None = None, authorize: Callable | None = None,
+                 request_handler: Callable | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  max_pending_handshakes: int = MAX_PENDING_HANDSHAKES,
                  max_pending_per_source: int = MAX_PENDING_PER_SOURCE,
@@ -189,6 +195,7 @@ class HboneServer:
         self.trust_domain = trust_domain
         self.handler = handler if handler is not None else self.relay
         self.authorize = authorize
+        self.request_handler = request_handler
         # the listeners of the proxy this server belongs to (this server's own unless
         # told otherwise: Mesh.serve() counts all of its servers): no tunnel goes there
         self.own_listeners: Callable[[], list[tuple]] = lambda: [self.address] if self._listener else []
@@ -339,6 +346,11 @@ class HboneServer:
         trimmer.connection_ended(asyncio.get_running_loop())
 
     def _on_request(self, conn: HboneConnection, event) -> None:
+        if self.request_handler is not None and type(event) is RequestReceived:
+            exchange = accept_request(conn, event)
+            exchange.task = self._spawn(serve(exchange, self.request_handler))
+            conn.own_request(event.stream_id, exchange.task)
+            return
         request = TunnelRequest(conn, event.stream_id, event.method, event.authority, event.headers, server=self)
         if event.method != "CONNECT":
             self.stats["refused"] += 1

@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from meshcore.aio import HboneConnection, dial
+from meshcore.aio import HboneConnection, HboneServer, dial, relay_to_authority
 from meshcore.aio.request import ClientExchange, request, request_dispatcher, send_request
 from meshcore.aio.tls import start_tls
 from meshcore.errors import ErrorCode, StreamResetError, UsageError
@@ -18,7 +18,7 @@ from meshcore.identity import CertificateStore
 from meshcore.identity.tls import verify_client
 
 from h2http import STREAM_WINDOW, Received, h2_http_client, h2_http_server, open_request
-from helpers import CLIENT, SERVER, port_of, wait_until
+from helpers import CLIENT, SERVER, port_of, tcp_echo_server, wait_until
 
 
 def sha(data) -> str:
@@ -400,4 +400,33 @@ def test_request_beside_a_tunnel_on_one_connection(run, ca):
             finally:
                 conn.close()
             del loop
+    run(scenario())
+
+
+def test_hbone_server_answers_requests_beside_tunnels(run, ca):
+    """HboneServer(request_handler=...): requests go to the handler, CONNECTs to the
+    tunnel handler, on one h2 client connection; without a request handler a request
+    is refused with 400 as before."""
+    async def scenario():
+        echo = await tcp_echo_server()
+        for request_handler in (our_handler, None):
+            async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local",
+                                   handler=relay_to_authority, request_handler=request_handler) as server:
+                await server.start()
+                ep = await h2_http_client(*server.address, CertificateStore(ca).client_context(CLIENT))
+                tunnel = ep.conn.get_next_available_stream_id()
+                ep.queue(tunnel)
+                ep.headers(tunnel, [(":method", "CONNECT"), (":authority", f"127.0.0.1:{port_of(echo)}")])
+                sid = open_request(ep, "POST", "/echo")
+                ep.send(sid, b"a request", end=True)
+                ep.send(tunnel, b"tunnel bytes", end=True)
+                got = await Received().collect(ep.queue(sid))
+                through = await Received().collect(ep.queue(tunnel))
+                assert through.response[0] == 200 and bytes(through.body) == b"tunnel bytes"
+                if request_handler is None:
+                    assert got.response[0] == 400
+                else:
+                    assert got.response[0] == 200 and bytes(got.body) == b"a request"
+                ep.writer.close()
+        echo.close()
     run(scenario())
