@@ -248,15 +248,24 @@ class MeshStore:
     # -- synchronous writes (start-up, tests, tools) ------------------------------------
     def apply(self, source: str, changes: Iterable, *, version: str = "") -> Applied:
         """Apply upserts and removes from `source`, resource by resource."""
+        self._refuse_while_writing()
         pending = self._prepare(source, list(changes), version)
-        return self._commit(source, pending, awaited=False)
+        return self._commit(source, pending)
 
     def replace(self, source: str, resources: Iterable, *, atomic: bool = False, version: str = "") -> Applied:
         """`source`'s whole set: what it no longer lists is removed, what is new or
         different is upserted. atomic: raise ConfigError, changing nothing, if any
         resource would be rejected."""
+        self._refuse_while_writing()
         pending = self._prepare(source, self._diff(source, resources), version, atomic=atomic)
-        return self._commit(source, pending, awaited=False)
+        return self._commit(source, pending)
+
+    def _refuse_while_writing(self) -> None:
+        # an asynchronous writer builds on the view in force: a change slipped in
+        # meanwhile would be lost when it installs its own
+        if self._writer is not None and self._writer.locked():
+            raise UsageError("a synchronous change while an asynchronous one is being applied; "
+                             "use apply_async/replace_async")
 
     # -- the writer queue -------------------------------------------------------------------
     async def apply_async(self, source: str, changes: Iterable, *, version: str = "") -> Applied:
@@ -393,7 +402,7 @@ class MeshStore:
                     log.warning("%s (%s)", sentence, policy.source or source)
         return old, Applied(view.generation, changed, tuple(rejected))
 
-    def _commit(self, source: str, pending, *, awaited: bool) -> Applied:
+    def _commit(self, source: str, pending) -> Applied:
         if self._notifying:
             raise UsageError("a subscriber changed the mesh store while hearing of a change")
         old, applied = self._install(source, pending)

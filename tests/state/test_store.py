@@ -227,3 +227,18 @@ def test_a_view_is_a_snapshot_a_connection_can_keep():
     store.apply("a", [Remove(Kind.WORKLOAD, "w1")])
     assert list(kept.by_uid) == ["w1"] and kept.workload_at("", ip("10.0.0.1")).uid == "w1"
     assert len(store.view.by_uid) == 48 and store.view.generation == 50
+
+
+def test_a_synchronous_change_during_an_asynchronous_one_is_refused_not_lost(monkeypatch):
+    monkeypatch.setattr(store_module, "THREAD_THRESHOLD", 1)
+    store = MeshStore()
+
+    async def scenario():
+        writing = asyncio.ensure_future(store.replace_async("a", [wl("w1", "10.0.0.1")]))
+        await asyncio.sleep(0)                                   # it holds the writer now
+        with pytest.raises(UsageError, match="use apply_async/replace_async"):
+            store.apply("b", [Upsert(wl("w2", "10.0.0.2"))])
+        await writing
+        store.apply("b", [Upsert(wl("w2", "10.0.0.2"))])          # and once it is done, it applies
+    asyncio.run(scenario())
+    assert sorted(store.view.by_uid) == ["w1", "w2"]
