@@ -175,9 +175,9 @@ class Outbound:
 class _SocksAnswer:
     """The SOCKS5 success reply, sent when the far side is connected and before any of
     its bytes. A protocol factory is no such moment: uvloop calls it before its TCP
-    connect has succeeded (stock asyncio after), so a refused connection would have
-    been answered twice, success then failure. `connected` stands in for the relay's
-    protocol until connection_made, then hands the transport over to it."""
+    connect has succeeded (stock asyncio after), and a reply sent from there would be
+    followed by a failure reply when the connect is refused. `connected` stands in for
+    the relay's protocol until connection_made, then hands the transport over to it."""
 
     def __init__(self, client: asyncio.Transport, protocol_factory):
         self.client = client

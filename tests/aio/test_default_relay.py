@@ -70,8 +70,8 @@ def test_destination_of_names_the_arrival_address(run, ca):
 
 @pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
 def test_a_tunnel_to_the_servers_own_listener_is_refused(run, ca, bind):
-    """Before, the server relayed such a tunnel to itself: a client could nest TLS in
-    it, and tunnels three deep went through one server."""
+    """Relayed, such a tunnel would reach the server again: a client could nest TLS in
+    it, tunnel in tunnel, as deep as it liked through one server."""
     async def scenario():
         async with HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local") as server:
             await server.start(bind, 0)

@@ -102,7 +102,8 @@ def test_a_failure_is_the_only_reply(run, node, case, code):
 
 @pytest.mark.needs_tool("curl")
 def test_curl_reports_the_refusal(node):
-    """curl, which saw a success followed by a failure as an HTTP/0.9 answer before."""
+    """curl reads a success reply followed by a failure as the start of an HTTP/0.9
+    answer: with one reply, it reports the refusal and its code."""
     import subprocess
 
     async def target(p, proxy):
