@@ -46,6 +46,7 @@ from meshcore.errors import ErrorCode, StreamClosedError, StreamResetError, Usag
 log = logging.getLogger("meshcore.http")
 
 READ_ALL_LIMIT = 16 * 1024 * 1024
+MAX_INFORMATIONAL = 16          # 1xx responses kept per request; a peer sending more is cut off
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +307,11 @@ class ClientExchange(_Exchange):
 
     def _header_section(self, e) -> None:
         if type(e) is ev.InformationalResponseReceived:
+            if len(self.informational) >= MAX_INFORMATIONAL:
+                # each one is kept for the application: without a bound, a peer could
+                # grow the list for as long as it likes
+                self.reset(ErrorCode.ENHANCE_YOUR_CALM)
+                return
             response = Response(e.status, e.headers)
             self.informational.append(response)
             if self.on_informational is not None:
@@ -405,7 +411,10 @@ def send_request(connection, method: str, path: str, *, authority: str | None, s
                  headers: Iterable = (), end_stream: bool = False) -> ClientExchange:
     """Client: send a request's header section on `connection` (an HboneConnection);
     `end_stream` when it has no content. Raises UsageError for a malformed request and
-    TooManyStreamsError / StreamClosedError when the connection cannot take a stream."""
+    TooManyStreamsError / StreamClosedError when the connection cannot take a stream.
+
+    HbonePool counts the streams it hands out on its connections: requests go on a
+    connection of one's own (dial()), not beside the pool's tunnels."""
     if connection.closed.done() or connection.transport is None:
         raise StreamClosedError("the connection is closed; open a new one")
     sid = connection.h2.send_request(method, scheme, authority, path, headers, end_stream)

@@ -193,6 +193,9 @@ def test_reset_and_malformed_responses_reach_the_exchange(run, ca):
         await Received().collect(queue)
         if path == b"/reset":
             ep.reset(sid, ErrorCode.INTERNAL_ERROR)
+        elif path == b"/chatty":
+            for _ in range(20):
+                ep.headers(sid, [(":status", "103")])
         elif path == b"/short":
             ep.headers(sid, [(":status", "200"), ("content-length", "10")])
             ep.send(sid, b"12345", end=True)
@@ -205,6 +208,10 @@ def test_reset_and_malformed_responses_reach_the_exchange(run, ca):
             with pytest.raises(StreamResetError) as info:
                 await exchange.response()
             assert info.value.remote and info.value.error_code == ErrorCode.INTERNAL_ERROR
+            exchange = send_request(conn, "GET", "/chatty", authority="a", end_stream=True)
+            with pytest.raises(StreamResetError) as info:
+                await exchange.response()
+            assert info.value.error_code == ErrorCode.ENHANCE_YOUR_CALM and len(exchange.informational) == 16
             exchange = send_request(conn, "GET", "/short", authority="a", end_stream=True)
             assert (await exchange.response()).status == 200
             with pytest.raises(StreamResetError) as info:
