@@ -52,6 +52,17 @@ class PoolKey(NamedTuple):
     source_ip: str | None = None
 
 
+class _NotProcessed(Exception):
+    """One try failed and the peer did not process the tunnel: `why` (OpenFailure)
+    decides whether another connection may be tried; `error` is what the caller gets
+    if not. Never leaves the pool."""
+
+    def __init__(self, why: OpenFailure, error):
+        super().__init__(why, error)
+        self.why = why
+        self.error = error if isinstance(error, BaseException) else TunnelError(error, 503)
+
+
 class _Dial:
     """One dial for a key, shared by the callers waiting for it."""
     __slots__ = ("key", "task", "waiters")
@@ -89,38 +100,44 @@ class HbonePool:
     async def open_stream(self, key: PoolKey, authority: str, protocol_factory, headers=()):
         """A tunnel on a pooled connection for `key` (dialing one if none has room)."""
         fields = _checked_request(authority, headers)
-        attempt = 0
+        attempt = 1
         while True:
-            attempt += 1
-            conn = await self._checkout(key)
             try:
-                if not conn.usable:              # ending or going away before its hooks said so
-                    raise StreamClosedError(f"the connection to {_where(key)} is going away")
-                return await conn.open_stream(authority, protocol_factory, fields)
-            except StreamClosedError as exc:     # nothing sent: GOAWAY either way, or stream ids used up
-                self._release(conn)
-                self._retire(conn)
-                why, error = OpenFailure.GOING_AWAY, exc
-            except TooManyStreamsError as exc:   # nothing sent: the peer allows fewer than we counted
-                self.core.set_limit(id(conn), conn.h2.open_local_streams, self._clock())
-                self._release(conn)
-                why, error = OpenFailure.OVER_LIMIT, exc
-            except StreamRefusedError as exc:    # sent, refused unprocessed; its slot is already back
-                if exc.going_away:
-                    why = OpenFailure.GOING_AWAY
-                else:
-                    why = OpenFailure.PEER_REFUSED
-                    self.core.refused(id(conn), self._clock())
-                error = exc
-            except UsageError:                   # nothing sent, and sending it again cannot help
-                self._release(conn)
-                raise
-            if not self.core.retry(why, attempt):
-                if why == OpenFailure.PEER_REFUSED:
-                    raise error
-                raise TunnelError(f"no connection to {_where(key)} took the tunnel in {attempt} attempts, "
-                                  f"the last: {error}", 503) from error
+                return await self._open_once(key, authority, protocol_factory, fields)
+            except _NotProcessed as failure:
+                if not self.core.retry(failure.why, attempt):
+                    if failure.why == OpenFailure.PEER_REFUSED:
+                        raise failure.error from None
+                    raise TunnelError(f"no connection to {_where(key)} took the tunnel in {attempt} attempts; "
+                                      f"the last: {failure.error}", 503) from failure.error
+            attempt += 1
             self.retries += 1
+
+    async def _open_once(self, key: PoolKey, authority: str, protocol_factory, fields: list):
+        """One try on one connection; _NotProcessed if the peer never processed the tunnel."""
+        conn = await self._checkout(key)
+        if not conn.usable:                      # ending or going away before its hooks said so
+            self._release(conn)
+            self._retire(conn)
+            raise _NotProcessed(OpenFailure.GOING_AWAY, f"the connection to {_where(key)} is going away")
+        try:
+            return await conn.open_stream(authority, protocol_factory, fields)
+        except StreamClosedError as exc:         # nothing sent: GOAWAY either way, or stream ids used up
+            self._release(conn)
+            self._retire(conn)
+            raise _NotProcessed(OpenFailure.GOING_AWAY, exc) from None
+        except TooManyStreamsError as exc:       # nothing sent: the peer allows fewer than we counted
+            self.core.set_limit(id(conn), conn.h2.open_local_streams, self._clock())
+            self._release(conn)
+            raise _NotProcessed(OpenFailure.OVER_LIMIT, exc) from None
+        except StreamRefusedError as exc:        # sent and refused unprocessed; its slot is already back
+            if not exc.going_away:
+                self.core.refused(id(conn), self._clock())
+            raise _NotProcessed(OpenFailure.GOING_AWAY if exc.going_away else OpenFailure.PEER_REFUSED,
+                                exc) from None
+        except UsageError:                       # nothing sent, and sending it again cannot help
+            self._release(conn)
+            raise
 
     # ----------------------------------------------------------------- checkout
 
@@ -131,10 +148,13 @@ class HbonePool:
             step, conn_id = self.core.acquire(key, self._clock())
             if step == _USE:
                 return self._conns[conn_id]
-            if step == _DIAL:
-                await self._join(self._start_dial(key))
-            elif step == _WAIT_DIAL:
-                await self._join(self._dials[key])
+            if step == _DIAL or step == _WAIT_DIAL:
+                conn = await self._join(self._start_dial(key) if step == _DIAL else self._dials[key])
+                if conn is not None and not conn.usable:
+                    # a peer that ends connections right after their SETTINGS must cost
+                    # this caller an attempt, or it would be dialed again without end
+                    raise _NotProcessed(OpenFailure.GOING_AWAY,
+                                        f"the connection dialed to {_where(key)} ended before its first tunnel")
             elif step == _WAIT_ROOM:
                 event = self._room.get(key)
                 if event is None:
@@ -152,7 +172,7 @@ class HbonePool:
         self.dials += 1
         return dial
 
-    async def _dial(self, dial: _Dial) -> None:
+    async def _dial(self, dial: _Dial) -> HboneConnection | None:
         try:
             conn = await self._connect(dial.key)
         except asyncio.CancelledError:
@@ -166,20 +186,22 @@ class HbonePool:
             del self._dials[dial.key]
         if self._closed:
             conn.close()
-            return
+            return None
         # registered even if its callers left meanwhile: the next ones use it, the idle sweep ends it
         self._register(dial.key, conn)
+        return conn
 
     def _end_dial(self, dial: _Dial) -> None:
         if self._dials.get(dial.key) is dial:
             del self._dials[dial.key]
             self.core.end_dial(dial.key)
 
-    async def _join(self, dial: _Dial) -> None:
-        """Wait for `dial` to end; its error is raised here. Leaving early leaves alone."""
+    async def _join(self, dial: _Dial) -> HboneConnection | None:
+        """Wait for `dial` to end: its connection, or its error raised here. Leaving
+        early leaves alone."""
         dial.waiters += 1
         try:
-            await asyncio.shield(dial.task)
+            return await asyncio.shield(dial.task)
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if dial.task.cancelled() and not (task is not None and task.cancelling()):
@@ -204,6 +226,8 @@ class HbonePool:
         conn.on_goaway = self._retire
         conn.on_settings = self._settings
         conn.closed.add_done_callback(lambda _: self._forget(conn))
+        if not conn.usable:                      # a GOAWAY came with its SETTINGS, before the hooks
+            self._retire(conn)
         if self._sweeper is None:
             self._schedule_sweep()
 

@@ -206,20 +206,28 @@ def test_a_server_allowing_no_streams_is_one_dial_and_a_clear_error(run, ca):
     run(scenario())
 
 
+@contextlib.asynccontextmanager
 async def going_away_server(ctx, *, when: str, bad_connections: int):
     """An HBONE server (python-hyper h2) whose first `bad_connections` connections send
     GOAWAY: right after their SETTINGS (when="settings"), or with last stream id 0 in
     answer to the first CONNECT (when="request"), so the client's stream is refused
-    unprocessed. Later connections echo. Returns (server, connections accepted)."""
+    unprocessed. Later connections echo. Yields (address, connections accepted)."""
     accepted = [0]
 
     async def on_connection(reader, writer):
         accepted[0] += 1
         bad = accepted[0] <= bad_connections
         ep = H2Endpoint(reader, writer, client=False)
-        if bad and when == "settings":
-            ep.conn.close_connection(last_stream_id=0)
-            ep.flush()
+        if bad and when != "request":
+            if when == "settings":
+                ep.conn.close_connection(last_stream_id=0)
+                ep.flush()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await reader.read()                  # what the client sends no longer matters
+            else:
+                await asyncio.sleep(0.05)                # the client has our SETTINGS by now
+            writer.close()
+            return
         task = asyncio.get_running_loop().create_task(ep.run())
         while (e := await ep.events.get()) is not None:
             if isinstance(e, h2.events.RequestReceived):
@@ -236,37 +244,67 @@ async def going_away_server(ctx, *, when: str, bad_connections: int):
         await task
         writer.close()
 
-    return await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=ctx), accepted
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=ctx)
+    try:
+        yield server.sockets[0].getsockname()[:2], accepted
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("when", ["request", "settings"])
 def test_a_tunnel_refused_by_goaway_is_tried_on_a_new_connection(run, ca, when):
     async def scenario():
-        server, accepted = await going_away_server(CertificateStore(ca).server_context(SERVER),
-                                                   when=when, bad_connections=1)
-        async with Mesh(CLIENT, CertificateStore(ca)) as mesh:
-            r, w = await asyncio.wait_for(
-                mesh.open_tunnel("10.0.0.1", 80, SERVER, via=server.sockets[0].getsockname()[:2]), 5)
+        async with going_away_server(CertificateStore(ca).server_context(SERVER), when=when,
+                                     bad_connections=1) as (address, accepted), \
+                Mesh(CLIENT, CertificateStore(ca)) as mesh:
+            r, w = await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
             assert await exchange(r, w, b"second time") == (11, hashlib.sha256(b"second time").hexdigest())
             assert (mesh.pool.dials, mesh.pool.retries, accepted[0]) == (2, 1, 2)
-        server.close()
     run(scenario())
 
 
 @pytest.mark.parametrize("when", ["request", "settings"])
 def test_goaway_retries_are_bounded(run, ca, when):
     async def scenario():
-        server, accepted = await going_away_server(CertificateStore(ca).server_context(SERVER),
-                                                   when=when, bad_connections=1000)
-        async with Mesh(CLIENT, CertificateStore(ca)) as mesh:
+        async with going_away_server(CertificateStore(ca).server_context(SERVER), when=when,
+                                     bad_connections=1000) as (address, accepted), \
+                Mesh(CLIENT, CertificateStore(ca)) as mesh:
             with pytest.raises(TunnelError, match="in 3 attempts") as err:
-                await asyncio.wait_for(
-                    mesh.open_tunnel("10.0.0.1", 80, SERVER, via=server.sockets[0].getsockname()[:2]), 5)
+                await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
             assert err.value.status == 503
             assert (mesh.pool.dials, mesh.pool.retries, accepted[0]) == (3, 2, 3)
             await wait_until(lambda: not mesh.pool.connections, 3)
             assert mesh.pool.connections == []           # each one retired and closed
-        server.close()
+    run(scenario())
+
+
+def test_a_server_closing_every_connection_after_its_settings_is_not_dialed_without_end(run, ca):
+    async def scenario():
+        async with going_away_server(CertificateStore(ca).server_context(SERVER), when="close",
+                                     bad_connections=1000) as (address, accepted), \
+                Mesh(CLIENT, CertificateStore(ca)) as mesh:
+            with pytest.raises((TunnelError, ConnectionError)):
+                await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
+            assert mesh.pool.dials <= 3 and accepted[0] <= 3
+    run(scenario())
+
+
+def test_closing_the_pool_ends_its_dials_and_their_callers(run, ca):
+    async def scenario():
+        with listener_that_never_accepts() as address:
+            await asyncio.sleep(0.05)
+            before = open_fds()
+            mesh = Mesh(CLIENT, CertificateStore(ca))
+            callers = [asyncio.ensure_future(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address))
+                       for _ in range(3)]
+            await wait_until(lambda: open_fds() > before, 5)
+            await mesh.close()
+            results = await asyncio.gather(*callers, return_exceptions=True)
+            assert all(isinstance(r, TunnelError) and "closed" in str(r) for r in results), results
+            with pytest.raises(TunnelError, match="closed"):
+                await mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address)
+            await wait_until(lambda: open_fds() <= before, 5)
+            assert open_fds() <= before
     run(scenario())
 
 
