@@ -5,7 +5,9 @@ outside the mesh).
 Ownership: the listener owns its accepted connections; each accepted connection owns
 its dial. If the client goes away while the dial is under way, the dial is cancelled
 and whatever it opened is closed; if the dial fails, the client's connection is reset
-(never closed as if the destination had answered and ended).
+(never closed as if the destination had answered and ended). A dial through an
+HbonePool is a request for a tunnel: cancelling it withdraws that request, and the
+HBONE connection being dialed for it stays the pool's while other clients wait for it.
 """
 from __future__ import annotations
 
