@@ -61,6 +61,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self._reads_seen = 0                    # the keepalive timer compares _reads, instead of a clock per read
         self._idle_since = time.monotonic()
         self._ping_deadline: float | None = None
+        self._drained: asyncio.Future | None = None     # while draining: resolved when the last stream ends
         self._keepalive_slot: int | None = None  # pending check on the loop's KeepaliveClock
 
     # ------------------------------------------------------------- asyncio.Protocol
@@ -243,6 +244,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         if not self.streams:
             self.streams = {}
             self._stream_extra = None
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
         if not self._opening:
             self._opening = {}
         trimmer.tunnel_ended(self.loop)
@@ -308,9 +311,10 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             return
         self.h2.close(ErrorCode.NO_ERROR)
         self._flush()
-        end = time.monotonic() + deadline
-        while self.streams and time.monotonic() < end:
-            await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        if self.streams:
+            # the last stream's end resolves it (_stream_done): no polling
+            self._drained = self.loop.create_future()
+            await asyncio.wait((self._drained, self.closed), timeout=deadline)
         self._close_transport()
         await asyncio.shield(self.closed)
 

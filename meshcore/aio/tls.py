@@ -79,6 +79,9 @@ def _set_ready(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
+CLOSE_TIMEOUT = 1.0      # seconds a graceful close waits for the peer's close_notify or EOF
+
+
 class TlsTransport(asyncio.Transport):
     """A TLS connection with asyncio.Transport's interface (TLS has no half-close:
     can_write_eof() is False)."""
@@ -273,14 +276,25 @@ class TlsTransport(asyncio.Transport):
     def is_closing(self) -> bool:
         return self._closing or self._lost
 
+    close_timeout = CLOSE_TIMEOUT
+
     def close(self) -> None:
-        """Send what is queued, then close_notify, then close."""
+        """Send what is queued, then close_notify, then close; a peer that has not taken
+        the end within `close_timeout` (not reading, or never answering) is cut off, so
+        its socket and buffers go now instead of when TCP gives up."""
         if self._closing or self._lost:
             return
         self._closing = True
         self._remove_reader()
+        self._close_timer = self._loop.call_later(self.close_timeout, self._close_expired)
         if not self._backlog:
             self._loop.call_soon(self._shutdown)
+
+    def _close_expired(self) -> None:
+        if not self._lost:
+            log.debug("TLS peer %s did not end the connection within %.1f s: closing it",
+                      self._extra.get("peername"), self.close_timeout)
+            self._finish(None)
 
     def _shutdown(self) -> None:
         """close_notify and a half-close, then read (and discard) until the peer's EOF.
@@ -323,6 +337,10 @@ class TlsTransport(asyncio.Transport):
         if self._lost:
             return
         self._lost = self._closing = True
+        timer = getattr(self, "_close_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._close_timer = None
         self._remove_reader()
         if self._writing:
             self._writing = False
