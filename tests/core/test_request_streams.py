@@ -297,3 +297,24 @@ def test_connect_protocol_setting_cannot_be_withdrawn():
     assert c.peer_accepts_extended_connect
     events = c.receive_data(settings((8, 0)))
     assert any(isinstance(e, ev.ConnectionTerminated) and "back from 1 to 0" in e.reason for e in events)
+
+
+def test_headers_on_an_established_tunnel_are_a_stream_error():
+    """RFC 9113 8.5: once a CONNECT is answered 2xx, only DATA (and stream management)
+    may follow on its stream, either way."""
+    raw = RawClient()
+    raw.open(1)
+    raw.server.accept_tunnel(1)
+    raw.output()
+    events = raw.send(frame(1, END_HEADERS | END_STREAM, 1, raw.block([("x-late", "1")])))
+    assert kinds(events) == ["StreamReset"] and "established CONNECT tunnel 1" in events[0].reason
+    assert resets(raw) == [(1, E.PROTOCOL_ERROR)]
+    peer = RawServer()
+    sid = peer.client.open_tunnel("10.0.0.1:80")
+    peer.headers(sid, [(":status", "200")])
+    events = peer.headers(sid, [("x-late", "1")], end=True)
+    assert kinds(events) == ["StreamReset"] and "only DATA" in events[0].reason
+    # a refused CONNECT's response is an ordinary one: trailers may end it
+    sid = peer.client.open_tunnel("10.0.0.1:80")
+    peer.headers(sid, [(":status", "503")])
+    assert kinds(peer.headers(sid, [("x-why", "no upstream")], end=True)) == ["TrailersReceived", "StreamEnded"]

@@ -51,6 +51,7 @@ cdef class Stream:
     cdef bint headers_received             # request (server) / final response (client) seen
     cdef bint answered                     # server: our final response headers went out
     cdef bint tunnel                       # a CONNECT: DATA is tunnel bytes, not content
+    cdef bint established                  # a CONNECT answered 2xx: only DATA may follow (8.5)
     cdef bint head                         # the request was HEAD: its response has no content
     cdef int64_t recv_content_left         # content the peer declared and has not sent (-1: none)
     cdef int64_t send_content_left         # content we declared and have not sent (-1: none)

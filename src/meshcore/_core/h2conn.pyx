@@ -484,6 +484,7 @@ cdef class H2Connection:
         self._transition(stream, SEND_HEADERS)
         self._send_headers(stream_id, fields, end_stream)
         stream.answered = True
+        stream.established = stream.tunnel and status < 300
         if end_stream:
             self._transition(stream, SEND_END_STREAM)
 
@@ -1135,7 +1136,8 @@ cdef class H2Connection:
                     return 0
                 stream.headers_received = True
                 if stream.tunnel:
-                    ev = (TunnelAccepted.__new__(TunnelAccepted) if 200 <= status < 300
+                    stream.established = status < 300
+                    ev = (TunnelAccepted.__new__(TunnelAccepted) if stream.established
                           else TunnelRefused.__new__(TunnelRefused))
                 else:
                     ev = ResponseReceived.__new__(ResponseReceived)
@@ -1145,6 +1147,9 @@ cdef class H2Connection:
                 (<ResponseReceived>ev).status = status
                 (<ResponseReceived>ev).headers = regular
             else:                                 # trailers
+                if stream.established:
+                    raise ProtocolError(f"HEADERS on established CONNECT tunnel {sid}: only DATA "
+                                        "may follow its answer (RFC 9113 8.5)")
                 if not flags & FLAG_END_STREAM:
                     raise ProtocolError("a header section after the first without END_STREAM "
                                         "(trailers end the stream)")
