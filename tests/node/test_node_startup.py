@@ -3,7 +3,6 @@ directory (never in the directory the node starts in, a checkout say), a configu
 with a mistake is refused before anything is created, a port taken by another node is
 named as such, and the last line of a node that stopped says so."""
 import os
-import shutil
 import signal
 import socket
 import subprocess
