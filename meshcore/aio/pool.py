@@ -182,13 +182,13 @@ class HbonePool:
             self.dial_failures += 1
             self._end_dial(dial)
             raise
-        if self._dials.get(dial.key) is dial:
-            del self._dials[dial.key]
-        if self._closed:
+        if self._dials.get(dial.key) is not dial or self._closed:
+            # abandoned (its connection came as it was cancelled), or the pool closed:
+            # nobody asked for this connection any more, and another dial may own the key
             conn.close()
             return None
-        # registered even if its callers left meanwhile: the next ones use it, the idle sweep ends it
-        self._register(dial.key, conn)
+        del self._dials[dial.key]
+        self._register(dial.key, conn)          # add() ends the key's dial in the core
         return conn
 
     def _end_dial(self, dial: _Dial) -> None:

@@ -15,7 +15,7 @@ import pytest
 from meshcore import Mesh
 from meshcore.aio import HboneServer, OutboundListener
 from meshcore.aio.pool import HbonePool, PoolKey
-from meshcore.errors import IdentityError, TunnelError, UsageError
+from meshcore.errors import IdentityError, StreamRefusedError, TunnelError, UsageError
 from meshcore.identity import CertificateStore, SpiffeId
 
 from h2hbone import H2Endpoint
@@ -207,35 +207,42 @@ def test_a_server_allowing_no_streams_is_one_dial_and_a_clear_error(run, ca):
 
 
 @contextlib.asynccontextmanager
-async def going_away_server(ctx, *, when: str, bad_connections: int):
-    """An HBONE server (python-hyper h2) whose first `bad_connections` connections send
-    GOAWAY: right after their SETTINGS (when="settings"), or with last stream id 0 in
-    answer to the first CONNECT (when="request"), so the client's stream is refused
-    unprocessed. Later connections echo. Yields (address, connections accepted)."""
+async def scripted_server(ctx, *, misbehaviour: str, bad_connections: int):
+    """An HBONE server (python-hyper h2) whose first `bad_connections` connections
+    misbehave, the later ones echo. Yields (address, connections accepted).
+
+    - "goaway-on-request": GOAWAY with last stream id 0 in answer to the first CONNECT,
+      so the client's stream is refused unprocessed;
+    - "goaway-with-settings": GOAWAY right behind its SETTINGS;
+    - "close-after-settings": closes the connection once its SETTINGS are out;
+    - "refuse-streams": RST_STREAM(REFUSED_STREAM) to every CONNECT, no GOAWAY.
+    """
     accepted = [0]
 
     async def on_connection(reader, writer):
         accepted[0] += 1
         bad = accepted[0] <= bad_connections
         ep = H2Endpoint(reader, writer, client=False)
-        if bad and when != "request":
-            if when == "settings":
-                ep.conn.close_connection(last_stream_id=0)
-                ep.flush()
-                with contextlib.suppress(ConnectionError, OSError):
-                    await reader.read()                  # what the client sends no longer matters
-            else:
-                await asyncio.sleep(0.05)                # the client has our SETTINGS by now
+        if bad and misbehaviour == "goaway-with-settings":
+            ep.conn.close_connection(last_stream_id=0)
+            ep.flush()
+            with contextlib.suppress(ConnectionError, OSError):
+                await reader.read()                      # what the client sends no longer matters
+            writer.close()
+            return
+        if bad and misbehaviour == "close-after-settings":
+            await asyncio.sleep(0.05)                    # the client has our SETTINGS by now
             writer.close()
             return
         task = asyncio.get_running_loop().create_task(ep.run())
         while (e := await ep.events.get()) is not None:
             if isinstance(e, h2.events.RequestReceived):
-                if bad:
+                if bad and misbehaviour == "goaway-on-request":
                     ep.conn.close_connection(last_stream_id=0)
-                    ep.flush()
-                    continue
-                ep.conn.send_headers(e.stream_id, [(b":status", b"200")])
+                elif bad:
+                    ep.conn.reset_stream(e.stream_id, 7)     # REFUSED_STREAM
+                else:
+                    ep.conn.send_headers(e.stream_id, [(b":status", b"200")])
                 ep.flush()
             elif isinstance(e, h2.events.DataReceived) and not bad:
                 ep.send(e.stream_id, e.data)
@@ -251,11 +258,11 @@ async def going_away_server(ctx, *, when: str, bad_connections: int):
         server.close()
 
 
-@pytest.mark.parametrize("when", ["request", "settings"])
-def test_a_tunnel_refused_by_goaway_is_tried_on_a_new_connection(run, ca, when):
+@pytest.mark.parametrize("misbehaviour", ["goaway-on-request", "goaway-with-settings"])
+def test_a_tunnel_refused_by_goaway_is_tried_on_a_new_connection(run, ca, misbehaviour):
     async def scenario():
-        async with going_away_server(CertificateStore(ca).server_context(SERVER), when=when,
-                                     bad_connections=1) as (address, accepted), \
+        async with scripted_server(CertificateStore(ca).server_context(SERVER), misbehaviour=misbehaviour,
+                                   bad_connections=1) as (address, accepted), \
                 Mesh(CLIENT, CertificateStore(ca)) as mesh:
             r, w = await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
             assert await exchange(r, w, b"second time") == (11, hashlib.sha256(b"second time").hexdigest())
@@ -263,11 +270,11 @@ def test_a_tunnel_refused_by_goaway_is_tried_on_a_new_connection(run, ca, when):
     run(scenario())
 
 
-@pytest.mark.parametrize("when", ["request", "settings"])
-def test_goaway_retries_are_bounded(run, ca, when):
+@pytest.mark.parametrize("misbehaviour", ["goaway-on-request", "goaway-with-settings"])
+def test_goaway_retries_are_bounded(run, ca, misbehaviour):
     async def scenario():
-        async with going_away_server(CertificateStore(ca).server_context(SERVER), when=when,
-                                     bad_connections=1000) as (address, accepted), \
+        async with scripted_server(CertificateStore(ca).server_context(SERVER), misbehaviour=misbehaviour,
+                                   bad_connections=1000) as (address, accepted), \
                 Mesh(CLIENT, CertificateStore(ca)) as mesh:
             with pytest.raises(TunnelError, match="in 3 attempts") as err:
                 await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
@@ -280,12 +287,31 @@ def test_goaway_retries_are_bounded(run, ca, when):
 
 def test_a_server_closing_every_connection_after_its_settings_is_not_dialed_without_end(run, ca):
     async def scenario():
-        async with going_away_server(CertificateStore(ca).server_context(SERVER), when="close",
-                                     bad_connections=1000) as (address, accepted), \
+        async with scripted_server(CertificateStore(ca).server_context(SERVER), misbehaviour="close-after-settings",
+                                   bad_connections=1000) as (address, accepted), \
                 Mesh(CLIENT, CertificateStore(ca)) as mesh:
             with pytest.raises((TunnelError, ConnectionError)):
                 await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
             assert mesh.pool.dials <= 3 and accepted[0] <= 3
+    run(scenario())
+
+
+def test_a_server_refusing_streams_is_not_asked_again_during_the_hold(run, ca):
+    async def scenario():
+        async with scripted_server(CertificateStore(ca).server_context(SERVER), misbehaviour="refuse-streams",
+                                   bad_connections=1) as (address, accepted), \
+                Mesh(CLIENT, CertificateStore(ca), refusal_hold=0.3) as mesh:
+            with pytest.raises(StreamRefusedError) as err:      # refused, not retried
+                await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
+            assert err.value.status == 503 and not err.value.going_away
+            for _ in range(3):
+                with pytest.raises(TunnelError, match="refuses new streams"):
+                    await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
+            assert (mesh.pool.dials, mesh.pool.retries, mesh.pool.refusals, accepted[0]) == (1, 0, 3, 1)
+            await asyncio.sleep(0.35)
+            with pytest.raises(StreamRefusedError):             # asked again on the same connection
+                await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
+            assert mesh.pool.dials == 1
     run(scenario())
 
 
