@@ -9,12 +9,12 @@ RFC 9113 and h2 disagree, the difference is listed and asserted, so it cannot ch
 unnoticed."""
 import hashlib
 import random
-
-import pytest
-
 import struct
 
+import h2.events
+import h2.settings
 import hpack
+import pytest
 
 from http_peers import H2, Ours, connected, merge_data, reset_frames
 from malformed_http import BAD_REQUESTS, BAD_RESPONSES, GOOD_REQUESTS, GOOD_RESPONSES
@@ -368,3 +368,36 @@ def test_header_section_after_the_final_one_without_end_stream_is_refused_by_bot
         assert events == [("reset", 1, E.PROTOCOL_ERROR)]
     else:
         assert events[0][0] == "error"
+
+
+# ------------------------------------------------------------ extended CONNECT
+
+def test_extended_connect_both_ways():
+    """RFC 8441 between meshcore and h2 in both roles: the server enables it in its
+    SETTINGS, the client's CONNECT carries :protocol, :scheme and :path, and the stream
+    is a tunnel (its DATA is bytes, not content)."""
+    fields = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+              (b":authority", b"chat.example"), (b":path", b"/chat"), (b"sec-websocket-version", b"13")]
+    # h2 client -> meshcore server
+    client, server = connected(H2(True), Ours(False, enable_connect_protocol=True))
+    client.raw_headers(1, fields)
+    request = server.receive(client.out())
+    assert request == [("request", 1, "CONNECT", "https", "chat.example", "/chat",
+                        [(b"sec-websocket-version", b"13")])]
+    server.conn.accept_tunnel(1)
+    assert client.receive(server.out()) == [("response", 1, 200, [])]
+    client.data(1, b"\x81\x05hello", end=True)
+    assert server.receive(client.out()) == [("data", 1, b"\x81\x05hello"), ("end", 1)]
+    # meshcore client -> h2 server
+    client, server = Ours(True), H2(False)
+    server.conn.update_settings({h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL: 1})
+    connected(client, server)
+    assert client.conn.peer_accepts_extended_connect
+    sid = client.conn.open_tunnel("chat.example", [("sec-websocket-version", "13")], protocol="websocket",
+                                  scheme="https", path="/chat")
+    requests = [e for e in server.conn.receive_data(client.out()) if isinstance(e, h2.events.RequestReceived)]
+    assert [r.headers for r in requests] == [fields]
+    server.respond(sid, 200)
+    assert client.receive(server.out()) == [("response", sid, 200, [])]
+    client.conn.send_data(sid, b"\x81\x05hello", end_stream=True)
+    assert server.receive(client.out()) == [("data", sid, b"\x81\x05hello"), ("end", sid)]
