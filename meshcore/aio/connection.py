@@ -274,6 +274,15 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self.request_tasks[stream_id] = task
         task.add_done_callback(lambda _: self._request_done(stream_id))
 
+    def cancel_request(self, stream_id: int) -> bool:
+        """Server: end the work answering `stream_id` (a revoked authorization, say);
+        whatever it opened closes with it. False if there is none."""
+        task = self.request_tasks.get(stream_id)
+        if task is None:
+            return False
+        task.cancel()
+        return True
+
     def _request_done(self, stream_id: int) -> None:
         self.request_tasks.pop(stream_id, None)
         if not self.request_tasks:

@@ -58,7 +58,7 @@ def parse_authority(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)          # one request is one object: hashed by identity
 class TunnelRequest:
     """A CONNECT the server must answer: accept() with a protocol, or refuse()."""
     connection: HboneConnection
@@ -363,7 +363,9 @@ class HboneServer:
             self.stats["refused"] += 1
             request.refuse(400)
             return
-        conn.own_request(event.stream_id, self._spawn(self._serve(request)))
+        # the connection owns the request's task: a reset, the connection's loss or
+        # cancel_request() ends it; the server keeps only its accept loop and handshakes
+        conn.own_request(event.stream_id, asyncio.get_running_loop().create_task(self._serve(request)))
 
     async def _serve(self, request: TunnelRequest) -> None:
         try:

@@ -50,8 +50,9 @@ class Inbound:
         self.plaintext: OutboundListener | None = None
         self.unbound: set[tuple[str, int]] = set()      # wanted HBONE addresses it could not listen on
         # what each open tunnel and plaintext connection was allowed as, to check again when
-        # policies change: (destination workload, principal, source ip, destination ip, port)
-        self.active: dict[asyncio.Task, tuple] = {}
+        # policies change: (destination workload, principal, source ip, destination ip, port);
+        # the connection owns a tunnel's task, and is asked to end it
+        self.active: dict[TunnelRequest, tuple] = {}
         self.plaintext_active: dict[Splice, tuple] = {}
 
     # -- life -------------------------------------------------------------------------
@@ -170,8 +171,7 @@ class Inbound:
         if not decision:
             return self._refuse(request, record, 401, f"policy rejection: {decision.reason}", flag="DENY")
         ctx.telemetry.opened(record)
-        task = asyncio.current_task()
-        self.active[task] = (workload, request.peer_identity.principal, peer_ip, request.host, request.port)
+        self.active[request] = (workload, request.peer_identity.principal, peer_ip, request.host, request.port)
         cancelled = False
         try:
             await relay_to_authority(request, ctx.settings.connect_timeout,
@@ -180,7 +180,7 @@ class Inbound:
             cancelled = True
             raise
         finally:
-            self.active.pop(task, None)
+            self.active.pop(request, None)
             splice = request.extra.get("splice")
             if splice is not None and splice.a.transport is not None:
                 record.finish_relay(splice)
@@ -201,9 +201,8 @@ class Inbound:
         """After a configuration change: end the tunnels and plaintext connections the
         policies in force now deny (or whose workload is gone)."""
         ended = 0
-        for task, facts in list(self.active.items()):
-            if not _still_allowed(state, *facts):
-                task.cancel()
+        for request, facts in list(self.active.items()):
+            if not _still_allowed(state, *facts) and request.connection.cancel_request(request.stream_id):
                 ended += 1
         for splice, facts in list(self.plaintext_active.items()):
             if not _still_allowed(state, *facts):
