@@ -15,7 +15,8 @@ from meshcore.errors import ConfigError, IdentityError
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.policy.layers import l4_reductions
-from meshcore.policy.model import Action, Match, Policy, Scope, Workload, applies_to, resolved_scope
+from meshcore.policy.model import (L7_FIELDS, Action, Match, Policy, Scope, Workload, applies_to,
+                                   resolved_scope)
 
 _FIELD_NAMES = {"namespaces": "namespaces", "not_namespaces": "notNamespaces", "principals": "principals",
                 "not_principals": "notPrincipals", "service_accounts": "serviceAccounts",
@@ -92,6 +93,10 @@ def check(args: argparse.Namespace, out=print) -> int:
     return 0
 
 
+def _needs_l7(clause) -> bool:
+    return any(getattr(m, f) for m in clause for f in L7_FIELDS)
+
+
 def _where(args) -> str:
     return ", ".join(args.files)
 
@@ -159,19 +164,27 @@ def explain(args: argparse.Namespace, out=print) -> int:
     applying = [p for p in state.policies if applies_to(p, workload, state.root_namespace)]
     if not applying:
         out("no policy applies to this workload: allowed by default")
+    def holds(p: Policy, rules) -> bool:
+        """Whether `rules` of p match this request, as the engine decides it."""
+        alone = dataclasses.replace(p, rules=rules, dry_run=False,
+                                    action=Action.ALLOW if p.action is Action.AUDIT else p.action)
+        return evaluate([alone]).allowed == (alone.action is Action.ALLOW)
+
     for p in applying:
-        matched = []
-        for i, rule in enumerate(p.rules):
-            alone = dataclasses.replace(p, rules=(rule,), dry_run=False,
-                                        action=Action.ALLOW if p.action is Action.AUDIT else p.action)
-            d = evaluate([alone])
-            if d.allowed == (alone.action is Action.ALLOW):
-                matched.append(i)
+        matched = [i for i, rule in enumerate(p.rules) if holds(p, (rule,))]
         what = f"matched rule {', '.join(map(str, matched))}" if matched else "no rule matched"
         flags = " (dry run)" if p.dry_run else ""
         out(f"  {p.key}  {p.action.value}{flags}  {_selection(p, state.root_namespace)}: {what}")
         for i in matched:
             out(f"    rule {i}: {describe_rule(p.rules[i])}")
+        if not matched:
+            # the parts of each rule that this request fails; a part a node proxy cannot
+            # see is left to the "at L4" line below
+            for i, rule in enumerate(p.rules):
+                missed = [clause for clause in rule if not holds(p, ((clause,),))
+                          and not (args.layer == "l4" and _needs_l7(clause))]
+                if missed:
+                    out(f"    rule {i} did not match: {'; '.join(describe_rule((c,)) for c in missed)}")
         if args.layer == "l4":
             for sentence in l4_reductions(p):
                 out(f"    at L4: {sentence.split(' ', 1)[1]}")

@@ -77,6 +77,10 @@ def test_explain_names_the_deciding_policy_and_rule(tmp_path):
     l4 = meshcore_cmd(tmp_path, "policy", "explain", "--from", "spiffe://cluster.local/ns/shop/sa/other",
                       "--source-ip", "10.0.0.1", "--to", "shop/web", "--method", "GET", "--path", "/public/a/b", *names)
     assert l4.returncode == 1 and "rule 1 needs methods, paths" in l4.stdout.splitlines()[0]
+    # which part of each rule the request failed; the L7 part is the "at L4" line's to explain
+    assert ("  shop/web-callers  ALLOW  selector app=web: no rule matched\n"
+            "    rule 0 did not match: principals [cluster.local/ns/shop/sa/client]\n"
+            "    at L4: rule 1 needs methods, paths") in l4.stdout, l4.stdout
 
     l7 = meshcore_cmd(tmp_path, "policy", "explain", "--from", "spiffe://cluster.local/ns/shop/sa/other",
                       "--source-ip", "10.0.0.1", "--to", "shop/web", "--layer", "l7", "--method", "GET", "--path", "/public/a/b?x=1", *names)
