@@ -1,0 +1,86 @@
+"""The inbound component on its own, as a waypoint would reuse it: a ProxyContext (store,
+certificates, telemetry) and an Inbound, no NodeProxy; a change in the store opens a
+listener for a new local workload and ends a tunnel that a new policy denies."""
+import asyncio
+import ipaddress
+import random
+import textwrap
+
+import pytest
+
+from meshcore import Mesh
+from meshcore.errors import TunnelError
+from meshcore.identity import CertificateAuthority, CertificateStore, SpiffeId
+from meshcore.node.context import ProxyContext, ProxySettings
+from meshcore.node.inbound import Inbound
+from meshcore.node.metrics import NodeMetrics
+from meshcore.node.netaddr import SourceBinder
+from meshcore.node.telemetry import Telemetry
+from meshcore.policy.istio import load_authorization_policies
+from meshcore.state import MeshStore, Upsert, Workload
+from meshcore.localworkload import echo
+
+CLIENT_ID = SpiffeId("cluster.local", "shop", "client")
+
+
+def workload(uid: str, ip: str, sa: str, node: str = "n1") -> Workload:
+    return Workload(uid=uid, name=uid, namespace="shop", ips=(ipaddress.ip_address(ip),), service_account=sa,
+                    node=node, labels=(("app", uid),))
+
+
+def allow(principal: str):
+    return load_authorization_policies(textwrap.dedent(f"""\
+        apiVersion: security.istio.io/v1
+        kind: AuthorizationPolicy
+        metadata: {{name: web, namespace: shop}}
+        spec:
+          selector: {{matchLabels: {{app: web}}}}
+          rules: [{{from: [{{source: {{principals: ["{principal}"]}}}}]}}]
+        """), "test.yaml")[0]
+
+
+def test_inbound_follows_the_store_without_a_node_proxy(run):
+    net = f"127.{random.randint(100, 250)}"
+    web_ip, api_ip, client_ip = f"{net}.2.1", f"{net}.2.2", f"{net}.1.1"
+    ca = CertificateAuthority.create("cluster.local")
+    store = MeshStore()
+    store.apply("test", [Upsert(workload("client", client_ip, "client", node="n0")),
+                         Upsert(workload("web", web_ip, "web")), Upsert(allow("cluster.local/ns/shop/sa/client"))])
+    metrics = NodeMetrics("test")
+    ctx = ProxyContext(ProxySettings(node_name="n1"), store, CertificateStore(ca), Telemetry(metrics),
+                       SourceBinder(False))
+
+    async def scenario():
+        upstream = await asyncio.start_server(echo, web_ip, 0)
+        port = upstream.sockets[0].getsockname()[1]
+        api_upstream = await asyncio.start_server(echo, api_ip, port)
+        inbound = await Inbound(ctx, hbone=("workloads", 15008), plaintext=None).start()
+        try:
+            assert set(inbound.servers) == {(web_ip, 15008)}
+            async with Mesh(CLIENT_ID, CertificateStore(ca)) as mesh:
+                reader, writer = await mesh.open_tunnel(web_ip, port, SpiffeId("cluster.local", "shop", "web"))
+                writer.write(b"ping")
+                assert await reader.readexactly(4) == b"ping"
+                # a new local workload: its listener opens with the change
+                await store.apply_async("test", [Upsert(workload("api", api_ip, "api"))])
+                assert set(inbound.servers) == {(web_ip, 15008), (api_ip, 15008)}
+                r2, w2 = await mesh.open_tunnel(api_ip, port, SpiffeId("cluster.local", "shop", "api"))
+                w2.write(b"pong")
+                assert await r2.readexactly(4) == b"pong"
+                # a policy that no longer names the client ends its open tunnel to web
+                await store.apply_async("test", [Upsert(allow("cluster.local/ns/shop/sa/someone-else"))])
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+                with pytest.raises(TunnelError) as refused:
+                    await mesh.open_tunnel(web_ip, port, SpiffeId("cluster.local", "shop", "web"))
+                assert refused.value.status == 401
+                w2.write(b"still")                      # the tunnel to api is another workload's: untouched
+                assert await r2.readexactly(5) == b"still"
+                w2.close()
+                writer.close()
+        finally:
+            await inbound.close()
+            upstream.close()
+            api_upstream.close()
+        closed = metrics.closed.collect()[0].samples
+        return sum(s.value for s in closed if s.name.endswith("_total"))
+    assert run(scenario()) >= 1
