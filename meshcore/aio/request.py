@@ -263,7 +263,8 @@ class _Exchange(asyncio.Protocol):
         body chunks not read give their window back."""
         if self.transport is None:
             return
-        if self._send_error is None and self._recv_error is None and not (self._local_ended and self._ended):
+        if self._send_error is None and self._recv_error is None and not (
+                self._local_ended and self._end_received):
             self.reset(ErrorCode.CANCEL)
         else:
             self.transport.close()

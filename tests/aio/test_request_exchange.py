@@ -437,3 +437,47 @@ def test_hbone_server_answers_requests_beside_tunnels(run, ca):
                 ep.writer.close()
         echo.close()
     run(scenario())
+
+
+def test_our_client_abandons_and_loses_exchanges(run, ca):
+    """Closing an exchange before its body is read resets it (CANCEL) and gives the
+    unread window back; a lost connection fails what waits on it."""
+    resets = []
+
+    async def big_then_hang(ep, sid, request, queue):
+        path = dict(request.headers)[b":path"]
+        if path == b"/hang":
+            ep.writer.close()                    # the server goes away before answering
+            return
+        ep.headers(sid, [(":status", "200")])
+        if path == b"/small":
+            ep.send(sid, b"s" * 100_000, end=True)
+            return
+        ep.send(sid, b"b" * (6 * 1024 * 1024), end=True)        # more than the window: still sending
+        got = await Received().collect(queue, until=lambda r: r.reset is not None)
+        resets.append(got.reset)
+
+    async def scenario():
+        async with our_client_to_h2(ca, big_then_hang) as (conn, _):
+            async with send_request(conn, "GET", "/big", authority="a", end_stream=True) as exchange:
+                assert (await exchange.response()).status == 200
+                assert await exchange.read()
+            await wait_until(lambda: resets, 2)
+            assert resets == [ErrorCode.CANCEL]
+            await wait_until(lambda: not conn.streams, 2)
+            assert not conn.streams and conn.h2.open_streams == 0
+            with pytest.raises(UsageError, match="only 0 are unacknowledged"):
+                conn.h2.acknowledge_received_data(1, 1)     # every byte's window went back
+            # a whole response left unread: nothing to reset, the window comes back all the same
+            async with send_request(conn, "GET", "/small", authority="a", end_stream=True) as exchange:
+                assert (await exchange.response()).status == 200
+                await wait_until(lambda: conn.h2.stream_state(exchange.stream_id) == "closed", 2)
+            await wait_until(lambda: not conn.streams, 2)
+            with pytest.raises(UsageError, match="only 0 are unacknowledged"):
+                conn.h2.acknowledge_received_data(1, 1)
+            exchange = send_request(conn, "GET", "/hang", authority="a", end_stream=True)
+            with pytest.raises(ConnectionResetError):
+                await exchange.response()
+            with pytest.raises(ConnectionResetError):
+                await exchange.read()
+    run(scenario())
