@@ -138,12 +138,12 @@ class Outbound:
             chosen = route(view, source, ip, port, choice=next(self._choice),
                            own_addresses=self.own_addresses, proxy_ports=settings.proxy_ports)
             record.dst_workload, record.service = chosen.workload, chosen.service
-            if chosen.kind == HBONE:
+            if chosen.kind is HBONE:
                 record.hbone_addr, record.mtls = chosen.authority, True
                 record.src_identity = source.identity.uri
                 record.dst_identity = chosen.expected[0].uri
                 await self._tunnel(chosen, source, peer_ip, peer_port, protocol_factory)
-            elif chosen.kind == PASSTHROUGH:
+            elif chosen.kind is PASSTHROUGH:
                 await asyncio.wait_for(asyncio.get_running_loop().create_connection(
                     protocol_factory, *chosen.dial, local_addr=ctx.binder.local_addr(peer_ip)),
                     settings.connect_timeout)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from enum import StrEnum
 
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.state.model import GatewayAddress, HealthPolicy, Service, Workload
@@ -21,12 +22,18 @@ from meshcore.state.view import MeshView
 
 PROXY_PORTS = frozenset((15001, 15006, 15008, 15080))
 
-HBONE, PASSTHROUGH, REFUSE = "hbone", "passthrough", "refuse"
+class RouteKind(StrEnum):
+    HBONE = "hbone"                              # a tunnel through the pool
+    PASSTHROUGH = "passthrough"                  # plain TCP
+    REFUSE = "refuse"
+
+
+HBONE, PASSTHROUGH, REFUSE = RouteKind.HBONE, RouteKind.PASSTHROUGH, RouteKind.REFUSE
 
 
 @dataclass(frozen=True)
 class Route:
-    kind: str                                    # hbone | passthrough | refuse
+    kind: RouteKind
     dial: tuple[str, int] | None = None          # the TCP address to connect to
     authority: str = ""                          # CONNECT authority (hbone)
     source_identity: SpiffeId | None = None
