@@ -235,10 +235,6 @@ class MeshStore:
     def view(self) -> MeshView:
         return self._view
 
-    def resources_of(self, source: str) -> dict:
-        """(kind, key) -> resource, for what `source` has in force."""
-        return dict(self._sent.get(source, {}))
-
     def subscribe(self, callback: Callable[[StateChange], object], kinds: Iterable[Kind] | None = None) -> None:
         """callback(StateChange) after each change that touches one of `kinds` (every
         kind when None). A coroutine function is awaited when the change came through
@@ -322,9 +318,9 @@ class MeshStore:
         policies_up, policies_gone = [], []
         sent: dict[tuple[Kind, str], object] = {}       # (kind, key) -> resource, or None: removed
         # services first, so workloads naming them find them in this same change
-        changes.sort(key=lambda c: 0 if _kind(c) is Kind.SERVICE else 1)
+        changes.sort(key=lambda c: 0 if c.kind is Kind.SERVICE else 1)
         for change in changes:
-            kind, key = _kind(change), change.key
+            kind, key = change.kind, change.key
             holder = owner.get((kind, key))
             if holder is not None and holder != source:
                 rejected.append(Rejection(kind, key, f"owned by source {holder}"))
@@ -436,7 +432,3 @@ class MeshStore:
                 except Exception:
                     log.exception("a subscriber to mesh changes failed")
         return applied
-
-
-def _kind(change) -> Kind:
-    return change.kind
