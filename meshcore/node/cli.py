@@ -94,7 +94,8 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
                        address=args.address, listen=dict(args.listen), ca_dir=args.ca_dir, cert_dir=args.cert_dir,
                        state_dir=args.state_dir, trust_domain=args.trust_domain, network=args.network,
                        connect_timeout=args.connect_timeout, drain_deadline=args.drain_deadline,
-                       preserve_source=not args.no_preserve_source, root_namespace=args.root_namespace)
+                       preserve_source=not args.no_preserve_source, root_namespace=args.root_namespace,
+                       freeze_startup=True)
 
 
 def _raise_fd_limit() -> None:

@@ -13,6 +13,7 @@ follows the store by subscription; the proxy only wires them, and drain() ends t
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import json
 import logging
@@ -63,6 +64,9 @@ class NodeOptions:
     preserve_source: bool = True
     reload_interval: float = 1.0
     root_namespace: str = "istio-system"       # Istio's meshConfig.rootNamespace
+    # a process of its own (meshcore node): the configuration loaded at start-up is kept
+    # out of the cyclic GC's scans; not for a proxy sharing a process with other work
+    freeze_startup: bool = False
 
     def listeners(self) -> dict:
         out = {}
@@ -195,6 +199,14 @@ class NodeProxy:
         (with what and where) if that cannot be done."""
         await self.files.reload()
         self.loaded_at = time.time()
+        if self.options.freeze_startup:
+            # A full collection scans every object: with 10,000 workloads, services and
+            # policies that is ~185 ms with the loop stopped. What start-up loaded lives
+            # long and holds no cycles (what a reload replaces is freed by reference
+            # counting, frozen or not), and no connection exists yet whose objects could
+            # be frozen with it: once, here, never per reload.
+            gc.collect()
+            gc.freeze()
         listen = self.listen
         routes = {"admin": {"/config_dump": self._config_dump, "/logging": self._logging,
                             "/quitquitquit": self._quit, "/debug/pprof/profile": self._profile,
