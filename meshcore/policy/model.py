@@ -28,9 +28,9 @@ class Scope(enum.Enum):
     NAMESPACE = "Namespace"         # no selector: every workload of the namespace
     WORKLOAD_SELECTOR = "WorkloadSelector"
     # An Istio AuthorizationPolicy without a selector: Global in the root namespace,
-    # Namespace elsewhere. The root namespace is an option of whoever selects policies
-    # (meshConfig.rootNamespace), not of the file, so this is resolved at selection
-    # (resolved_scope), never when the policy is read.
+    # Namespace elsewhere (as istiod converts it for ztunnel). The root namespace is an
+    # option of whoever selects policies (meshConfig.rootNamespace), not of the file, so
+    # this is resolved at selection (resolved_scope), never when the policy is read.
     ROOT_OR_NAMESPACE = "RootOrNamespace"
 
 

@@ -63,8 +63,8 @@ def ztunnel_policy(obj, path: str, source: str = "") -> Policy:
     action_text = F.string(obj.get("action", "Allow"), f"{path}.action")
     actions = {"Allow": Action.ALLOW, "Deny": Action.DENY}
     if action_text not in actions:
-        # ztunnel's RbacAction has these two only; istiod turns AUDIT into logging
-        # config and never sends it to ztunnel
+        # ztunnel's authorization action has these two only: istiod sends it no AUDIT
+        # policy ("ztunnel does not support the AUDIT action")
         raise F.fail(f"{path}.action", f"{action_text!r} is not Allow or Deny (ztunnel's local config has "
                                        "no Audit; write an Istio AuthorizationPolicy with action AUDIT)")
     rules = []
