@@ -77,6 +77,23 @@ class NodeOptions:
             out[name] = value
         return out
 
+    def settings(self, trust_domain: str) -> ProxySettings:
+        """What the components share, from these options."""
+        listen = self.listeners()
+        listener_ips = set()
+        for address in listen.values():
+            try:
+                ip = ipaddress.ip_address(address[0]) if address else None
+            except ValueError:
+                continue                       # "workloads": the local workloads' addresses
+            if ip is not None and not ip.is_unspecified:
+                listener_ips.add(ip)
+        traffic = ("outbound", "inbound-plaintext", "inbound", "socks5")
+        return ProxySettings(node_name=self.node_name, network=self.network, trust_domain=trust_domain,
+                             connect_timeout=self.connect_timeout, drain_deadline=self.drain_deadline,
+                             proxy_ports=frozenset(a[1] for n, a in listen.items() if a is not None and n in traffic),
+                             listener_ips=frozenset(listener_ips))
+
 
 def default_state_dir() -> Path:
     """Where the built-in CA lives without --state-dir or $MESHCORE_STATE_DIR: the XDG
@@ -103,20 +120,7 @@ class NodeProxy:
         self.issuer, self.trust_domain = self._issuer()
         self.certs = CertificateStore(self.issuer)
         self.pool = hbone_pool(self.certs)
-        listener_ips = set()
-        for address in self.listen.values():
-            try:
-                ip = ipaddress.ip_address(address[0]) if address else None
-            except ValueError:
-                continue                       # "workloads": the local workloads' addresses
-            if ip is not None and not ip.is_unspecified:
-                listener_ips.add(ip)
-        settings = ProxySettings(
-            node_name=options.node_name, network=options.network, trust_domain=self.trust_domain,
-            connect_timeout=options.connect_timeout, drain_deadline=options.drain_deadline,
-            proxy_ports=frozenset(a[1] for n, a in self.listen.items()
-                                  if a is not None and n in ("outbound", "inbound-plaintext", "inbound", "socks5")),
-            listener_ips=frozenset(listener_ips))
+        settings = options.settings(self.trust_domain)
         self.ctx = ProxyContext(settings, self.store, self.certs, Telemetry(self.metrics),
                                 SourceBinder(options.preserve_source), self.pool)
         self.certificates = LocalCertificates(self.ctx)
