@@ -109,3 +109,26 @@ def test_fuzz_commands_name_real_targets(command):
     words = [w for w in shlex.split(command)[2:] if not w.startswith("-") and not w.replace(".", "").isdigit()]
     named = [w for w in words if "/" not in w and not w.startswith("<")]
     assert all(w in targets.TARGETS for w in named), command
+
+
+INLINE = sorted(set(re.findall(r"`((?:pip install \S+ && )?python (\S+\.py)[^`]*)`", (ROOT / "README.md").read_text())))
+
+
+def test_inline_script_commands_name_scripts_and_options_that_exist():
+    """The prose names commands too (`python benchmarks/....py --option`): each script
+    is in the clone and takes each option it is shown with."""
+    assert len(INLINE) >= 5
+    env = dict(os.environ, PYTHONPATH=str(Path(meshcore.__file__).parent.parent))
+    for command, script in INLINE:
+        assert (ROOT / script).is_file(), command
+    running = {script: subprocess.Popen([sys.executable, script, "--help"], cwd=ROOT, env=env, text=True,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for script in {script for _, script in INLINE}}
+    helps = {}
+    for script, proc in running.items():
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, (script, err[-2000:])
+        helps[script] = set(re.findall(r"--[a-z][a-z-]*", out))
+    for command, script in INLINE:
+        options = set(re.findall(r"(?<=\s)--[a-z][a-z-]*", command.split(script, 1)[1]))
+        assert options <= helps[script], (command, options - helps[script])
