@@ -109,3 +109,25 @@ def test_l4_policies(p, w, reqs):
        layer=st.sampled_from(["l4", "l7"]))
 def test_l7_policies_at_both_layers(p, w, reqs, layer):
     check(layer, p, w, reqs)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(versions=st.lists(policies(with_l7=False), min_size=2, max_size=4), w=workloads,
+       reqs=st.lists(requests, min_size=1, max_size=6))
+def test_an_engine_changed_step_by_step_decides_as_a_fresh_one(versions, w, reqs):
+    """Each step puts one policy set in force as a delta (upserts, and removes of what
+    it no longer has); the engine in force before a step keeps deciding as it did."""
+    engine = PolicyEngine(versions[0])
+    for policy_list in versions[1:]:
+        before, before_table = engine, engine.for_workload(w)
+        kept = [before_table.evaluate(r.principal, r.source_ip, r.destination_ip, r.port).allowed for r in reqs]
+        keys = {p.key for p in policy_list}
+        engine, rejected = engine.changed(policy_list, [p.key for p in before.policies if p.key not in keys])
+        assert not rejected
+        fresh = PolicyEngine(policy_list).for_workload(w)
+        table = engine.for_workload(w)
+        for r in reqs:
+            args = (r.principal, r.source_ip, r.destination_ip, r.port)
+            assert table.evaluate(*args).allowed == fresh.evaluate(*args).allowed
+        assert [before.for_workload(w).evaluate(r.principal, r.source_ip, r.destination_ip, r.port).allowed
+                for r in reqs] == kept
