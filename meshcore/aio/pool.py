@@ -299,16 +299,30 @@ class HbonePool:
         await asyncio.gather(*dials, *(asyncio.shield(c.closed) for c in conns), return_exceptions=True)
 
 
+# authorities already found good: a proxy tunnels to the same few again and again, and
+# parsing one costs more than a third of what the pool adds to opening a tunnel
+_GOOD_AUTHORITIES: set = set()
+_GOOD_AUTHORITIES_MAX = 4096
+
+
 def _checked_request(authority, headers) -> list:
     """The CONNECT's fields as they will be sent, or UsageError if it could never be
     sent: checked before a connection is chosen, so a bad request costs none."""
-    text = authority.decode("latin-1") if isinstance(authority, (bytes, bytearray)) else authority
-    if not isinstance(text, str) or not text.isascii():
-        raise UsageError(f"CONNECT authority {authority!r:.80} is not host:port in ASCII")
-    try:
-        parse_authority(text)            # what a meshcore server accepts (else it answers 400)
-    except ValueError as exc:
-        raise UsageError(f"bad CONNECT authority: {exc}") from None
+    if isinstance(authority, bytearray):
+        authority = bytes(authority)
+    if not isinstance(authority, (str, bytes)):
+        raise UsageError(f"CONNECT authority {authority!r:.80} is not host:port")
+    if authority not in _GOOD_AUTHORITIES:
+        text = authority.decode("latin-1") if isinstance(authority, bytes) else authority
+        if not text.isascii():
+            raise UsageError(f"CONNECT authority {authority!r:.80} is not host:port in ASCII")
+        try:
+            parse_authority(text)        # what a meshcore server accepts (else it answers 400)
+        except ValueError as exc:
+            raise UsageError(f"bad CONNECT authority: {exc}") from None
+        if len(_GOOD_AUTHORITIES) >= _GOOD_AUTHORITIES_MAX:
+            _GOOD_AUTHORITIES.clear()
+        _GOOD_AUTHORITIES.add(authority)
     return request_fields(headers)
 
 
