@@ -1,5 +1,5 @@
 from enum import IntEnum
-from typing import Any, Hashable, Iterable
+from typing import Any, Hashable
 
 class Step(IntEnum):
     USE: int
@@ -12,8 +12,6 @@ class OpenFailure(IntEnum):
     GOING_AWAY: int
     OVER_LIMIT: int
     PEER_REFUSED: int
-
-def request_fields(headers: Iterable[tuple]) -> list[tuple]: ...
 
 class PoolEntry:
     key: Hashable

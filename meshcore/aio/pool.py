@@ -28,7 +28,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
-from meshcore._core.pool import OpenFailure, PoolCore, Step, request_fields
+from meshcore._core.headers import validate_outgoing_fields
+from meshcore._core.pool import OpenFailure, PoolCore, Step
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.server import parse_authority
 from meshcore.errors import (StreamClosedError, StreamRefusedError, TooManyStreamsError, TunnelError,
@@ -323,7 +324,7 @@ def _checked_request(authority, headers) -> list:
         if len(_GOOD_AUTHORITIES) >= _GOOD_AUTHORITIES_MAX:
             _GOOD_AUTHORITIES.clear()
         _GOOD_AUTHORITIES.add(authority)
-    return request_fields(headers)
+    return validate_outgoing_fields(headers)
 
 
 def _where(key: PoolKey) -> str:

@@ -20,14 +20,6 @@
   once their last stream ends (release()/retire() return True then);
 - idle(): connections without a checkout for idle_timeout and no streams.
 """
-from meshcore._core.headers cimport outgoing_fields
-
-
-def request_fields(headers):
-    """The fields of a request as they will be sent ((bytes, bytes[, flag]) tuples), or
-    the UsageError sending them would raise: checked by the connection's own rule before
-    the pool chooses or dials a connection for a request that can never be sent."""
-    return outgoing_fields(headers)
 
 
 cdef class PoolEntry:
