@@ -7,7 +7,7 @@ mesh-wide DENY policies on IP blocks in the root namespace.
 """
 import ipaddress
 
-from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch, Workload
+from meshcore.policy.model import Action, Match, Policy, PolicyTarget, Scope, StringMatch
 
 N_NAMESPACES = 1000
 RULES = 10
@@ -41,7 +41,7 @@ def build() -> list[Policy]:
     return out
 
 
-WORKLOAD = Workload.of("ns500", {"app": "app3"})
+WORKLOAD = PolicyTarget.of("ns500", {"app": "app3"})
 # (principal, source ip, destination ip, port): allowed by shop/app3 rule 4; denied (no rule)
 ALLOWED = (principal(504, 3), "10.1.2.3", "10.9.0.1", 8004)
 DENIED = (principal(504, 5), "10.1.2.3", "10.9.0.1", 8004)

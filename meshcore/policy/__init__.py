@@ -1,12 +1,12 @@
 """Authorization: Istio AuthorizationPolicy semantics (docs/policy.md) compiled to lookup tables.
 
-    from meshcore.policy import PolicyEngine, load_authorization_policies, Workload
+    from meshcore.policy import PolicyEngine, PolicyTarget, load_authorization_policies
     engine = PolicyEngine(load_authorization_policies(text, "policy.yaml"))
-    decision = engine.evaluate(Workload.of("shop", {"app": "web"}), principal, src_ip, dst_ip, port)
+    decision = engine.evaluate(PolicyTarget.of("shop", {"app": "web"}), principal, src_ip, dst_ip, port)
 """
 from meshcore.policy.istio import authorization_policy, load_authorization_policies
 from meshcore.policy.layers import l4_reductions
-from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch, Workload, applies_to, resolved_scope
+from meshcore.policy.model import Action, Match, Policy, PolicyTarget, Scope, StringMatch, applies_to, resolved_scope
 from meshcore.policy.ztunnel import ztunnel_policy
 
 
@@ -18,6 +18,6 @@ def __getattr__(name: str):
         return getattr(policy, name)
     raise AttributeError(f"module 'meshcore.policy' has no attribute {name!r}")
 
-__all__ = ["Action", "Decision", "Match", "Policy", "PolicyEngine", "Scope", "StringMatch", "Workload",
+__all__ = ["Action", "Decision", "Match", "Policy", "PolicyEngine", "PolicyTarget", "Scope", "StringMatch",
            "applies_to", "authorization_policy", "l4_reductions", "load_authorization_policies",
            "resolved_scope", "ztunnel_policy"]

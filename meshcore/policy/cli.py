@@ -15,7 +15,7 @@ from meshcore.errors import ConfigError, IdentityError
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.policy.layers import l4_reductions
-from meshcore.policy.model import (L7_FIELDS, Action, Match, Policy, Scope, Workload, applies_to,
+from meshcore.policy.model import (L7_FIELDS, Action, Match, Policy, PolicyTarget, Scope, applies_to,
                                    resolved_scope)
 
 _FIELD_NAMES = {"namespaces": "namespaces", "not_namespaces": "notNamespaces", "principals": "principals",
@@ -134,7 +134,7 @@ def explain(args: argparse.Namespace, out=print) -> int:
     destination = _destination(state, args)
     view = destination.policy_view()
     extra = dict(label.split("=", 1) for label in args.label)
-    workload = Workload(view.namespace, tuple(sorted({**dict(view.labels), **extra}.items())), view.name,
+    workload = PolicyTarget(view.namespace, tuple(sorted({**dict(view.labels), **extra}.items())), view.name,
                         view.attached)
     principal, caller = _source(state, args)
     source_ip = args.source_ip or (str(caller.ips[0]) if caller is not None and caller.ips else None)

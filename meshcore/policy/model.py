@@ -138,8 +138,9 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
-class Workload:
-    """What policy selection needs to know about a destination workload."""
+class PolicyTarget:
+    """A destination workload as policy selection sees it: namespace, labels, name and
+    the policies attached to it by name (meshcore.state.model.Workload.policy_view())."""
     namespace: str
     labels: tuple[tuple[str, str], ...] = ()
     name: str = ""
@@ -147,7 +148,7 @@ class Workload:
 
     @classmethod
     def of(cls, namespace: str, labels: dict | None = None, name: str = "",
-           attached=()) -> "Workload":
+           attached=()) -> "PolicyTarget":
         return cls(namespace, tuple(sorted((labels or {}).items())), name, tuple(attached))
 
 
@@ -159,7 +160,7 @@ def resolved_scope(policy: Policy, root_namespace: str) -> Scope:
     return policy.scope
 
 
-def applies_to(policy: Policy, workload: Workload, root_namespace: str) -> bool:
+def applies_to(policy: Policy, workload: PolicyTarget, root_namespace: str) -> bool:
     """Which policies apply to a destination workload (docs/policy.md), as ztunnel decides
     for its own scopes: Global applies mesh-wide whatever its namespace; Namespace to
     its own namespace only, root namespace included; WorkloadSelector only to the

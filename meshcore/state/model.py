@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from meshcore.identity.spiffe import SpiffeId
-from meshcore.policy.model import Workload as PolicyWorkload
+from meshcore.policy.model import PolicyTarget
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 NetworkAddress = tuple[str, IpAddress]          # (network, ip); "" is the default network
@@ -91,7 +91,7 @@ class Workload:
     healthy: bool = True
     labels: tuple[tuple[str, str], ...] = ()      # for AuthorizationPolicy/PeerAuthentication selectors
     extra: tuple[tuple[str, object], ...] = ()    # accepted fields meshcore does not act on
-    _policy_view: PolicyWorkload | None = field(default=None, init=False, repr=False, compare=False)
+    _policy_view: PolicyTarget | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -105,11 +105,11 @@ class Workload:
     def meshed(self) -> bool:
         return self.protocol is Protocol.HBONE
 
-    def policy_view(self) -> PolicyWorkload:
+    def policy_view(self) -> PolicyTarget:
         """What authorization policy selection needs (cached: workloads are frozen)."""
         view = self._policy_view
         if view is None:
-            view = PolicyWorkload(self.namespace, self.labels, self.name, self.authorization_policies)
+            view = PolicyTarget(self.namespace, self.labels, self.name, self.authorization_policies)
             object.__setattr__(self, "_policy_view", view)
         return view
 

@@ -5,7 +5,7 @@ import ipaddress
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from meshcore._core.policy import PolicyEngine
-from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch, Workload
+from meshcore.policy.model import Action, Match, Policy, PolicyTarget, Scope, StringMatch
 
 from reference import Request, decide
 
@@ -82,7 +82,7 @@ requests = st.builds(
     st.one_of(st.none(), st.fixed_dictionaries({}, optional={"x-tenant": st.sampled_from(["gold", "silver"]),
                                                               "x-env": st.sampled_from(["prod", "dev"])})),
     st.one_of(st.none(), st.sampled_from(["issuer/alice", "issuer/bob"])))
-workloads = st.builds(lambda ns, app: Workload.of(ns, {"app": app}),
+workloads = st.builds(lambda ns, app: PolicyTarget.of(ns, {"app": app}),
                       st.sampled_from(NAMESPACES), st.sampled_from(["web", "db"]))
 
 

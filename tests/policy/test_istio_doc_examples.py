@@ -1,6 +1,6 @@
 """Examples in the shape of Istio's documentation, loaded from YAML and evaluated."""
 from meshcore._core.policy import PolicyEngine
-from meshcore.policy import Workload, load_authorization_policies
+from meshcore.policy import PolicyTarget, load_authorization_policies
 
 DOCS = """
 apiVersion: security.istio.io/v1
@@ -85,8 +85,8 @@ spec:
 """
 
 SLEEP = "cluster.local/ns/default/sa/sleep"
-HTTPBIN = Workload.of("foo", {"app": "httpbin", "version": "v1"})
-TCP_ECHO = Workload.of("foo", {"app": "tcp-echo"})
+HTTPBIN = PolicyTarget.of("foo", {"app": "httpbin", "version": "v1"})
+TCP_ECHO = PolicyTarget.of("foo", {"app": "tcp-echo"})
 
 
 def test_documentation_examples_at_the_waypoint():

@@ -6,10 +6,10 @@ import pytest
 
 from meshcore._core.policy import PolicyEngine
 from meshcore.errors import ConfigError
-from meshcore.policy import Workload, load_authorization_policies, ztunnel_policy
+from meshcore.policy import PolicyTarget, load_authorization_policies, ztunnel_policy
 from meshcore.policy.paths import normalize, template_regex
 
-SHOP = Workload.of("shop", {"app": "web"})
+SHOP = PolicyTarget.of("shop", {"app": "web"})
 CLIENT = "cluster.local/ns/shop/sa/client"
 
 
@@ -153,13 +153,13 @@ def zt(scope, namespace, action="Deny"):
 
 
 @pytest.mark.parametrize("scope, namespace, workload, applies", [
-    ("Namespace", "istio-system", Workload.of("istio-system"), True),
-    ("Namespace", "istio-system", Workload.of("shop"), False),     # not mesh-wide
-    ("Namespace", "shop", Workload.of("shop"), True),
-    ("Global", "shop", Workload.of("jobs"), True),                 # mesh-wide wherever it lives
-    ("Global", "istio-system", Workload.of("jobs"), True),
-    ("WorkloadSelector", "shop", Workload.of("shop"), False),      # only where attached
-    ("WorkloadSelector", "shop", Workload.of("shop", attached=["shop/z"]), True),
+    ("Namespace", "istio-system", PolicyTarget.of("istio-system"), True),
+    ("Namespace", "istio-system", PolicyTarget.of("shop"), False),     # not mesh-wide
+    ("Namespace", "shop", PolicyTarget.of("shop"), True),
+    ("Global", "shop", PolicyTarget.of("jobs"), True),                 # mesh-wide wherever it lives
+    ("Global", "istio-system", PolicyTarget.of("jobs"), True),
+    ("WorkloadSelector", "shop", PolicyTarget.of("shop"), False),      # only where attached
+    ("WorkloadSelector", "shop", PolicyTarget.of("shop", attached=["shop/z"]), True),
 ])
 def test_ztunnel_scopes(scope, namespace, workload, applies):
     e = PolicyEngine([zt(scope, namespace)])

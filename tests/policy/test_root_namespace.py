@@ -6,7 +6,7 @@ from meshcore.cli import build_parser
 from meshcore.node.cli import options_from
 from meshcore.node.dump import config_dump
 from meshcore.node.proxy import NodeProxy
-from meshcore.policy import Workload, load_authorization_policies
+from meshcore.policy import PolicyTarget, load_authorization_policies
 
 POLICIES = """
 apiVersion: security.istio.io/v1
@@ -30,7 +30,7 @@ metadata: {name: default, namespace: mesh-root}
 spec: {mtls: {mode: STRICT}}
 """
 JOBS, LEGACY = "cluster.local/ns/jobs/sa/batch", "cluster.local/ns/legacy/sa/old"
-SHOP, ISTIO = Workload.of("shop", {"app": "web"}), Workload.of("istio-system", {"app": "gw"})
+SHOP, ISTIO = PolicyTarget.of("shop", {"app": "web"}), PolicyTarget.of("istio-system", {"app": "gw"})
 
 
 def denied(engine, workload, principal):

@@ -3,11 +3,11 @@ compiled form for the edge cases only it can express."""
 import yaml
 
 from meshcore._core.policy import PolicyEngine
-from meshcore.policy import Workload, load_authorization_policies, ztunnel_policy
+from meshcore.policy import PolicyTarget, load_authorization_policies, ztunnel_policy
 
 FRONTEND = "cluster.local/ns/shop/sa/frontend"
 BATCH = "cluster.local/ns/jobs/sa/batch"
-CHECKOUT = Workload.of("shop", {"app": "checkout"})
+CHECKOUT = PolicyTarget.of("shop", {"app": "checkout"})
 
 
 def engine(text, layer="l4"):
@@ -98,13 +98,13 @@ def test_selector_namespace_and_root_scopes():
                               "rules": [{"to": [{"operation": {"ports": ["5432"]}}]}]}, "istio-system"))
     e = engine(text)
     assert not allowed(e)                                        # checkout: allow-nothing selects it
-    web = Workload.of("shop", {"app": "web"})
+    web = PolicyTarget.of("shop", {"app": "web"})
     assert allowed(e, workload=web)                              # selector does not match web
-    pay = Workload.of("payments", {"app": "pay"})
+    pay = PolicyTarget.of("payments", {"app": "pay"})
     assert not allowed(e, workload=pay, principal=BATCH)         # namespace-wide DENY
     assert allowed(e, workload=pay)
     assert not allowed(e, workload=web, src="6.6.6.6")           # mesh-wide from root namespace
-    db = Workload.of("data", {"tier": "db"})
+    db = PolicyTarget.of("data", {"tier": "db"})
     assert not allowed(e, workload=db, port=5432) and allowed(e, workload=db, port=80)
     assert e.for_workload(web).policies == ["istio-system/mesh"]
 

@@ -1,7 +1,7 @@
 """Compiled authorization (docs/policy.md).
 
     engine = PolicyEngine(policies, layer="l4")          # or "l7" for a waypoint
-    table = engine.for_workload(Workload.of("shop", {"app": "checkout"}))
+    table = engine.for_workload(PolicyTarget.of("shop", {"app": "checkout"}))
     decision = table.evaluate("cluster.local/ns/shop/sa/frontend", "10.0.0.5", "10.0.0.7", 8080)
 
 Each policy compiles once into matchers: exact strings in hash sets, prefixes and
@@ -23,7 +23,7 @@ import ipaddress
 from meshcore.policy.layers import l4_note
 from meshcore.policy.paths import template_regex
 
-from meshcore.policy.model import Action, Scope, Workload, applies_to
+from meshcore.policy.model import Action, PolicyTarget, Scope, applies_to
 
 cdef extern from "arpa/inet.h" nogil:
     int inet_pton(int af, const char* src, void* dst)
@@ -832,9 +832,9 @@ class PolicyEngine:
         return [p.source for p in self._compiled.values()]
 
     def for_workload(self, workload):
-        """The PolicySet of a destination workload (Workload or (namespace, labels))."""
-        if not isinstance(workload, Workload):
-            workload = Workload.of(*workload)
+        """The PolicySet of a destination workload (PolicyTarget or (namespace, labels))."""
+        if not isinstance(workload, PolicyTarget):
+            workload = PolicyTarget.of(*workload)
         table = self._tables.get(workload)
         if table is None:
             # only global ones, the root namespace's, the workload's own and attached ones can apply
