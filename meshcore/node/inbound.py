@@ -118,7 +118,7 @@ class Inbound:
             try:
                 await server.start(*address)
             except OSError as exc:
-                log.error("cannot listen for HBONE on %s:%s: %s", address[0], address[1], exc.strerror)
+                log.error("%s", listener_error("inbound", address, exc))
                 continue
             self.servers[address] = server
         self.unbound = wanted - set(self.servers)
