@@ -206,7 +206,9 @@ class HbonePool:
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if dial.task.cancelled() and not (task is not None and task.cancelling()):
-                raise TunnelError(f"the dial to {_where(dial.key)} was cancelled: the pool closed", 503) from None
+                # the dial, not this caller, was cancelled: that is a failed dial to the caller
+                why = "the pool closed" if self._closed else "its connect was cancelled"
+                raise TunnelError(f"the dial to {_where(dial.key)} did not complete: {why}", 503) from None
             raise
         finally:
             dial.waiters -= 1
