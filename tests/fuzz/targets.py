@@ -75,13 +75,25 @@ def _echo(conn: H2Connection, event) -> None:
 
 def server_connection(data: bytes) -> None:
     """An inbound HBONE connection fed a client's bytes (after the preface); it accepts
-    tunnels on stream ids 1 mod 4, refuses the others with 503, and echoes."""
+    tunnels on stream ids 1 mod 4, refuses the others with 503, and echoes; requests
+    other than CONNECT get a 103, then a response with a declared length and trailers."""
     def react(conn, event):
         if isinstance(event, ev.TunnelRequested):
             if event.stream_id % 4 == 1:
                 conn.accept_tunnel(event.stream_id)
             else:
                 conn.refuse_tunnel(event.stream_id, 503)
+        elif isinstance(event, ev.RequestReceived):
+            conn.send_informational(event.stream_id, 103)
+            if event.method == "HEAD":
+                conn.send_response(event.stream_id, 200, [("content-length", "5")], end_stream=True)
+            else:
+                conn.send_response(event.stream_id, 200, [("content-length", "5")])
+                conn.send_data(event.stream_id, b"hello")
+                conn.send_trailers(event.stream_id, [("grpc-status", "0")])
+        elif isinstance(event, ev.DataReceived) and conn.stream_state(event.stream_id) in (
+                "half-closed (local)", "closed"):
+            conn.acknowledge_received_data(event.stream_id, len(event.data))   # answered already
         else:
             _echo(conn, event)
     conn = H2Connection(client=False)
@@ -90,18 +102,28 @@ def server_connection(data: bytes) -> None:
 
 
 def client_connection(data: bytes) -> None:
-    """An outbound HBONE connection with three tunnels open, fed a server's bytes."""
+    """An outbound HBONE connection with three tunnels open and two requests (a POST
+    with its content sent, a HEAD), fed a server's bytes."""
     def react(conn, event):
         if isinstance(event, ev.TunnelAccepted):
             room = conn.available_window(event.stream_id)
             conn.send_data(event.stream_id, b"x" * min(room, 1000))
-        else:
+        elif isinstance(event, ev.DataReceived) and event.stream_id in requests:
+            conn.acknowledge_received_data(event.stream_id, len(event.data))
+        elif not (isinstance(event, ev.StreamEnded) and event.stream_id in requests):
             _echo(conn, event)
     conn = H2Connection(client=True)
     for port in (80, 443, 8080):
         conn.open_tunnel(f"10.0.0.1:{port}")
+    requests = _client_requests(conn)
     conn.data_to_send()
     _feed(conn, data[1:], _split_size(data), react)
+
+
+def _client_requests(conn: H2Connection) -> tuple[int, int]:
+    post = conn.send_request("POST", "https", "shop.example", "/orders", [("content-length", "4")])
+    conn.send_data(post, b"body", end_stream=True)
+    return post, conn.send_request("HEAD", "https", "shop.example", "/", end_stream=True)
 
 
 def hpack_decoder(data: bytes) -> None:
@@ -202,6 +224,13 @@ def _h2_client_bytes() -> list[bytes]:
     client.send_data(3, b"x" * 3000)
     client.reset_stream(3)
     client.send_headers(5, headers)
+    request = [(":method", "POST"), (":scheme", "https"), (":authority", "shop.example"), (":path", "/orders"),
+               ("content-length", "4"), ("te", "trailers")]
+    client.send_headers(7, request)
+    client.send_data(7, b"body")
+    client.send_headers(7, [("x-checksum", "abc")], end_stream=True)
+    client.send_headers(9, [(":method", "HEAD"), (":scheme", "https"), (":path", "/"), ("host", "shop.example")],
+                        end_stream=True)
     client.ping(b"12345678")
     client.increment_flow_control_window(1000)
     client.close_connection()
@@ -217,10 +246,18 @@ def _h2_server_bytes() -> list[bytes]:
     ours = H2Connection(client=True)
     for port in (80, 443, 8080):
         ours.open_tunnel(f"10.0.0.1:{port}")
+    post, head = _client_requests(ours)
     server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     server.initiate_connection()
     for event in server.receive_data(ours.data_to_send()):
-        if isinstance(event, h2.events.RequestReceived):
+        if isinstance(event, h2.events.RequestReceived) and event.stream_id == post:
+            server.send_headers(post, [(":status", "100")])
+            server.send_headers(post, [(":status", "201"), ("content-length", "7")])
+            server.send_data(post, b"created")
+            server.send_headers(post, [("grpc-status", "0")], end_stream=True)
+        elif isinstance(event, h2.events.RequestReceived) and event.stream_id == head:
+            server.send_headers(head, [(":status", "200"), ("content-length", "100")], end_stream=True)
+        elif isinstance(event, h2.events.RequestReceived):
             status = "200" if event.stream_id != 3 else "503"
             server.send_headers(event.stream_id, [(":status", status)], end_stream=status != "200")
             if status == "200":
