@@ -95,6 +95,8 @@ class _Exchange(asyncio.Protocol):
         transport.pause_reading()
 
     def data_received(self, data) -> None:
+        if not data:
+            return                      # b"" is read()'s end of the body, never a chunk
         if type(data) is not bytes:
             data = bytes(data)          # a view into the connection's shared read buffer
         self._chunks.append(data)
@@ -280,6 +282,10 @@ class _Exchange(asyncio.Protocol):
             await asyncio.shield(self._drained)   # one writer giving up leaves it for the next
         if self._send_error is not None:
             raise self._send_error
+        if self.transport.is_closing() and not self._local_ended:
+            # the connection is gone and the stream's connection_lost() is still to run:
+            # a write now would vanish without a word
+            raise ConnectionResetError(f"stream {self.stream_id} was lost with its connection")
 
     # ------------------------------------------------------------------- internal
 
