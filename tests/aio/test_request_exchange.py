@@ -282,6 +282,11 @@ async def our_handler(exchange):
             await asyncio.sleep(0.002)
         await exchange.write(str(total).encode())
         await exchange.end()
+    elif exchange.path == "/duplex":          # a bidirectional gRPC stream: answers as it reads
+        exchange.respond(200, [("content-type", "application/grpc")])
+        async for chunk in exchange:
+            await exchange.write(chunk.upper())
+        await exchange.end(trailers=[("grpc-status", "0")])
     elif exchange.path == "/wait":
         try:
             await exchange.read_all()
@@ -480,4 +485,24 @@ def test_our_client_abandons_and_loses_exchanges(run, ca):
                 await exchange.response()
             with pytest.raises(ConnectionResetError):
                 await exchange.read()
+    run(scenario())
+
+
+def test_full_duplex_stream_like_grpc(run, ca):
+    """The server answers each message while the request is still open: a response
+    flows before the request ends, and the stream ends with grpc-status trailers."""
+    async def scenario():
+        async with h2_client_to_us(ca, our_handler) as (ep, connections):
+            sid = open_request(ep, "POST", "/duplex", headers=[("content-type", "application/grpc"),
+                                                              ("te", "trailers")])
+            got = Received()
+            for i in range(10):
+                message = b"\0\0\0\0\x05msg" + str(i).encode() + b"!"
+                ep.send(sid, message)
+                await got.collect(ep.queue(sid), until=lambda r, n=len(message) * (i + 1): len(r.body) >= n)
+                assert bytes(got.body).endswith(message.upper()) and not got.ended
+            ep.send(sid, b"", end=True)
+            await got.collect(ep.queue(sid))
+            assert got.response == (200, [(b"content-type", b"application/grpc")])
+            assert got.trailers == [(b"grpc-status", b"0")] and got.ended and got.reset is None
     run(scenario())
