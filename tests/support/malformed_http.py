@@ -79,6 +79,7 @@ GOOD_REQUESTS = [
      ("GET", "urn", "", "isbn:0451450523")),
     ("connect", [CONNECT, TARGET], ("CONNECT", "", "10.0.0.1:8080", "")),
     ("te-trailers", [(":method", "POST"), S, A, P, ("te", "trailers")], ("POST", "https", "example.com", "/")),
+    ("te-trailers-any-case", [(":method", "POST"), S, A, P, ("te", "Trailers")], ("POST", "https", "example.com", "/")),
     ("content-length-list-of-equals", [(":method", "POST"), S, A, P, ("content-length", "0, 0")],
      ("POST", "https", "example.com", "/")),
     ("empty-value", [M, S, A, P, ("x-empty", "")], ("GET", "https", "example.com", "/")),

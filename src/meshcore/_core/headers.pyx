@@ -50,7 +50,7 @@ cdef int check_regular_field(bytes name, bytes value) except -1:
     _check_value(name, value)
     if name in CONNECTION_SPECIFIC:
         raise ProtocolError(f"connection-specific field {name.decode()!r}")
-    if name == b"te" and value != b"trailers":
+    if name == b"te" and value != b"trailers" and value.lower() != b"trailers":
         raise ProtocolError("TE field other than \"trailers\"")
     return 0
 
