@@ -5,11 +5,16 @@ informational responses, HEAD, resets, and a request beside a CONNECT tunnel."""
 import asyncio
 import contextlib
 import hashlib
+import os
 import random
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+import meshcore
 from meshcore.aio import HboneConnection, HboneServer, dial, relay_to_authority
 from meshcore.aio.request import ClientExchange, request, request_dispatcher, send_request
 from meshcore.aio.tls import start_tls
@@ -506,3 +511,17 @@ def test_full_duplex_stream_like_grpc(run, ca):
             assert got.response == (200, [(b"content-type", b"application/grpc")])
             assert got.trailers == [(b"grpc-status", b"0")] and got.ended and got.reset is None
     run(scenario())
+
+
+def test_example_runs_as_a_user_would():
+    """examples/http_over_hbone.py, run from another directory."""
+    example = Path(__file__).resolve().parents[2] / "examples" / "http_over_hbone.py"
+    env = dict(os.environ, PYTHONPATH=str(Path(meshcore.__file__).parent.parent))
+    done = subprocess.run([sys.executable, str(example)], capture_output=True, env=env, cwd="/", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().splitlines() == [
+        "200 spiffe://cluster.local/ns/shop/sa/web GET /hello:  [(b'x-bytes-read', b'0')]",
+        "[100] 200",
+        "POST /orders: TWO PARTS",
+        "[(b'x-bytes-read', b'9')]",
+    ]
