@@ -149,12 +149,14 @@ class TunnelError(MeshcoreError):
 class StreamRefusedError(TunnelError):
     """The peer reset the tunnel's stream with REFUSED_STREAM before answering it, so it
     did nothing with it. ``going_away``: the refusal came with the peer's GOAWAY (the
-    connection is ending; another connection may take the tunnel); otherwise the peer
-    is refusing new streams."""
+    connection is ending; another connection may take the tunnel). ``before_settings``:
+    the stream was sent before the peer's SETTINGS, so it may have been over a stream
+    limit not known yet. Neither: the peer is refusing new streams."""
 
-    def __init__(self, message: str, going_away: bool):
+    def __init__(self, message: str, going_away: bool = False, before_settings: bool = False):
         super().__init__(message, 503)
         self.going_away = going_away
+        self.before_settings = before_settings
 
 
 class StreamResetError(MeshcoreError):

@@ -31,6 +31,10 @@ CLOSE_DEADLINE = 1.0          # a closing connection whose peer does not read is
 class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
     """One HTTP/2 connection carrying tunnels, client or server side."""
 
+    # client: the last tunnel opened before the peer's SETTINGS came (a class default, so
+    # connections that never open one early carry no attribute for it)
+    _last_sid_before_settings = 0
+
     def __init__(self, *, client: bool, on_request: Callable | None = None,
                  verify: Callable | None = None, keepalive_interval: float = KEEPALIVE_INTERVAL,
                  keepalive_timeout: float = KEEPALIVE_TIMEOUT, close_deadline: float = CLOSE_DEADLINE,
@@ -198,11 +202,14 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             if opening[0].done():
                 pass                            # the opener gave up first
             elif e.error_code == ErrorCode.REFUSED_STREAM:
-                # unprocessed: the pool may try another connection if this one is going away
+                # unprocessed: the pool may try another connection if this one is going
+                # away, or if the stream went out before the peer told its stream limit
                 going_away = self.goaway or self.h2.goaway_received
+                early = e.stream_id <= self._last_sid_before_settings
                 opening[0].set_exception(StreamRefusedError(
                     f"tunnel refused before it opened (REFUSED_STREAM"
-                    f"{', the connection is going away' if going_away else ''})", going_away))
+                    f"{', the connection is going away' if going_away else ''}"
+                    f"{', sent before the peer SETTINGS' if early else ''})", going_away, early))
             else:
                 opening[0].set_exception(TunnelError(
                     f"tunnel reset before it opened ({error_code_name(e.error_code)})", 503))
@@ -258,6 +265,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         """Client: CONNECT `authority`; once the peer answers 200, `protocol_factory()`
         is connected to a StreamTransport. Raises TunnelError(status) otherwise."""
         sid = self.h2.open_tunnel(authority, headers)
+        if not self.settings_received.done():
+            self._last_sid_before_settings = sid
         stream = StreamTransport(self, sid, self._extra())
         self.streams[sid] = stream
         fut = self.loop.create_future()

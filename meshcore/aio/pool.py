@@ -132,10 +132,14 @@ class HbonePool:
             self._release(conn)
             raise _NotProcessed(OpenFailure.OVER_LIMIT, exc) from None
         except StreamRefusedError as exc:        # sent and refused unprocessed; its slot is already back
-            if not exc.going_away:
+            if exc.going_away:
+                why = OpenFailure.GOING_AWAY
+            elif exc.before_settings:            # over a limit we did not know yet: not a refusal
+                why = OpenFailure.OVER_LIMIT
+            else:
+                why = OpenFailure.PEER_REFUSED
                 self.core.refused(id(conn), self._clock())
-            raise _NotProcessed(OpenFailure.GOING_AWAY if exc.going_away else OpenFailure.PEER_REFUSED,
-                                exc) from None
+            raise _NotProcessed(why, exc) from None
         except UsageError:                       # nothing sent, and sending it again cannot help
             self._release(conn)
             raise

@@ -9,12 +9,17 @@ import hashlib
 import os
 import socket
 
+import h2.config
+import h2.connection
 import h2.events
+import h2.exceptions
+import h2.settings
 import pytest
 
 from meshcore import Mesh
-from meshcore.aio import HboneServer, OutboundListener
+from meshcore.aio import HboneConnection, OutboundListener
 from meshcore.aio.pool import HbonePool, PoolKey
+from meshcore.aio.tls import start_tls
 from meshcore.errors import IdentityError, StreamRefusedError, TunnelError, UsageError
 from meshcore.identity import CertificateStore, SpiffeId
 
@@ -312,6 +317,93 @@ def test_a_server_refusing_streams_is_not_asked_again_during_the_hold(run, ca):
             with pytest.raises(StreamRefusedError):             # asked again on the same connection
                 await asyncio.wait_for(mesh.open_tunnel("10.0.0.1", 80, SERVER, via=address), 5)
             assert mesh.pool.dials == 1
+    run(scenario())
+
+
+@contextlib.asynccontextmanager
+async def late_settings_server(ctx, *, limit: int):
+    """An HBONE server (python-hyper h2) that sends nothing, its SETTINGS included,
+    until the client's first requests are in (up to 0.3 s); then its SETTINGS (at most
+    `limit` streams), 200 to the first `limit` requests and REFUSED_STREAM to the
+    others. Tunnels it accepts echo. Yields (address, connections accepted)."""
+    accepted = [0]
+
+    async def on_connection(reader, writer):
+        accepted[0] += 1
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False, header_encoding=None))
+        conn.initiate_connection()
+        conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limit})
+        requests, pending = [], []
+
+        async def first_requests():
+            while len(requests) <= limit:
+                data = await reader.read(1 << 16)
+                if not data:
+                    return
+                for e in conn.receive_data(data):
+                    if isinstance(e, h2.events.RequestReceived):
+                        requests.append(e.stream_id)
+                    else:
+                        pending.append(e)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(first_requests(), 0.3)
+        for i, sid in enumerate(requests):
+            if i < limit:
+                conn.send_headers(sid, [(b":status", b"200")])
+            else:
+                conn.reset_stream(sid, 7)               # REFUSED_STREAM: over the limit it just sent
+        writer.write(conn.data_to_send())
+        try:
+            while True:
+                for e in pending:
+                    if isinstance(e, h2.events.DataReceived):
+                        conn.acknowledge_received_data(e.flow_controlled_length, e.stream_id)
+                        conn.send_data(e.stream_id, e.data)
+                    elif isinstance(e, h2.events.StreamEnded):
+                        conn.end_stream(e.stream_id)
+                writer.write(conn.data_to_send())
+                data = await reader.read(1 << 16)
+                if not data:
+                    break
+                pending = conn.receive_data(data)
+        except (ConnectionError, OSError, h2.exceptions.H2Error):
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=ctx)
+    try:
+        yield server.sockets[0].getsockname()[:2], accepted
+    finally:
+        server.close()
+
+
+def test_streams_refused_over_a_limit_the_peer_had_not_sent_yet_are_tried_again(run, ca):
+    """A connect that hands the pool its connection before the server's SETTINGS: the
+    pool assumes 100 streams, the server then allows 2 and refuses the third with
+    REFUSED_STREAM. The third goes on a new connection; the peer is not held off."""
+    async def scenario():
+        store = CertificateStore(ca)
+
+        async def connect_without_waiting_for_settings(key):
+            sock = socket.socket()
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, key.destination)
+            _, conn = await start_tls(asyncio.get_running_loop(), sock, store.client_context(CLIENT),
+                                      lambda: HboneConnection(client=True), server_side=False, timeout=5)
+            return conn
+
+        async with late_settings_server(store.server_context(SERVER), limit=2) as (address, accepted):
+            pool = HbonePool(connect_without_waiting_for_settings)
+            key = PoolKey(CLIENT, (SERVER,), address)
+            readers = [asyncio.StreamReader() for _ in range(3)]
+            opened = await asyncio.wait_for(asyncio.gather(*(
+                pool.open_stream(key, "10.0.0.1:80", lambda r=r: asyncio.StreamReaderProtocol(r)) for r in readers)), 5)
+            for (transport, _), reader, i in zip(opened, readers, range(3)):
+                transport.write(b"tunnel %d" % i)
+                transport.write_eof()
+                assert await asyncio.wait_for(reader.read(), 5) == b"tunnel %d" % i
+            assert (pool.dials, pool.retries, pool.refusals, accepted[0]) == (2, 1, 0, 2)
+            await pool.close()
     run(scenario())
 
 
