@@ -12,9 +12,12 @@ What a caller can get instead of a tunnel:
 
 - UsageError: the request can never be sent (a malformed header field, an authority
   that is not host:port); raised before any connection is chosen or dialed;
-- TunnelError(503): the peer refuses new streams (SETTINGS_MAX_CONCURRENT_STREAMS 0,
-  or REFUSED_STREAM outside a GOAWAY; the pool asks it again after `refusal_hold`
-  seconds), or `max_attempts` connections in a row were going away;
+- StreamRefusedError (a TunnelError, 503): the peer refused this tunnel's stream with
+  REFUSED_STREAM outside a GOAWAY; it is not asked again for `refusal_hold` seconds;
+- TunnelError(503): the peer refuses new streams (SETTINGS_MAX_CONCURRENT_STREAMS 0, or
+  a REFUSED_STREAM less than `refusal_hold` seconds ago), or `max_attempts` connections
+  in a row did not process the tunnel (going away, or over a stream limit the peer had
+  not sent yet);
 - TunnelError(status): the far end answered the CONNECT with that status;
 - the dial's own error (OSError, IdentityError, ...).
 
