@@ -356,6 +356,14 @@ class ServerExchange(_Exchange):
     def peer_identity(self):
         return self.connection.peer_identity
 
+    @property
+    def peer_address(self):
+        return self.transport.get_extra_info("peername")
+
+    @property
+    def local_address(self):
+        return self.transport.get_extra_info("sockname")
+
     def inform(self, status: int, headers: Iterable = ()) -> None:
         """An informational (1xx) response; any number may precede the final one."""
         self._send_headers_check()

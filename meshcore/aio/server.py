@@ -179,7 +179,8 @@ class HboneServer:
     arrived on only (400 otherwise), never to a listener of its own (400).
 
     Other requests go to `request_handler(exchange)` (a meshcore.aio.request
-    ServerExchange) when there is one, and are refused with 400 when not."""
+    ServerExchange) when there is one, and are refused with 400 when not; deciding
+    whether a request is allowed is that handler's (`authorize` sees tunnels only)."""
 
     def __init__(self, context: ssl.SSLContext | Callable, trust_domain: str, *,
                  handler: Handler | None = None, authorize: Callable | None = None,

@@ -267,7 +267,8 @@ async def our_handler(exchange):
         exchange.inform(103, [("link", "</x.js>; rel=preload")])
         body = await exchange.read_all()
         exchange.respond(200, [("x-sha256", sha(body)), ("x-authority", exchange.authority),
-                               ("x-identity", str(exchange.peer_identity))])
+                               ("x-identity", str(exchange.peer_identity)),
+                               ("x-peer", exchange.peer_address[0]), ("x-local-port", str(exchange.local_address[1]))])
         await exchange.write(body)
         await exchange.end(trailers=[(b"x-echo-" + n, v) for n, v in exchange.trailers] or [("x-none", "1")])
     elif exchange.path == "/head":
@@ -313,6 +314,8 @@ def test_requests_from_h2_to_our_server(run, ca):
             assert status == 200 and dict(fields)[b"x-sha256"] == sha(body).encode()
             assert dict(fields)[b"x-authority"] == b"example.com"
             assert dict(fields)[b"x-identity"] == str(CLIENT).encode()
+            assert dict(fields)[b"x-peer"] == b"127.0.0.1"
+            assert int(dict(fields)[b"x-local-port"]) == ep.writer.get_extra_info("peername")[1]
             assert sha(got.body) == sha(body)
             assert got.trailers == [(b"x-echo-x-checksum", sha(body).encode())]
             # HEAD: a length without content
