@@ -318,3 +318,16 @@ def test_headers_on_an_established_tunnel_are_a_stream_error():
     sid = peer.client.open_tunnel("10.0.0.1:80")
     peer.headers(sid, [(":status", "503")])
     assert kinds(peer.headers(sid, [("x-why", "no upstream")], end=True)) == ["TrailersReceived", "StreamEnded"]
+
+
+def test_requests_made_to_be_reset_count_toward_madeyoureset():
+    """Content that overruns its declared length costs the peer nothing and makes us
+    reset the stream: like every reset the peer provokes, it counts toward
+    max_local_resets (CVE-2025-8671), past which the connection ends."""
+    raw = RawClient(max_local_resets=10)
+    for i in range(11):
+        sid = 2 * i + 1
+        raw.send(frame(1, END_HEADERS, sid, request_block(raw, extra=[("content-length", "1")])))
+        events = raw.send(data(sid, b"xx"))
+    assert any(isinstance(e, ev.ConnectionTerminated) and e.error_code == E.ENHANCE_YOUR_CALM for e in events)
+    assert raw.goaway().error_code == E.ENHANCE_YOUR_CALM
