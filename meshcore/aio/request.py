@@ -395,7 +395,7 @@ class ServerExchange(_Exchange):
         if not by_us and not self.responded and self.task is not None and not self.task.done():
             self.task.cancel()
 
-    def finish(self) -> None:
+    def finish(self, handler_failed: bool = False) -> None:
         """After the handler: a request left unanswered gets 500, a response left
         unended is reset (its content may be cut short), a request body still arriving
         after a complete response is stopped with NO_ERROR (RFC 9113 8.1), and unread
@@ -404,8 +404,9 @@ class ServerExchange(_Exchange):
             return
         if self._send_error is None:
             if not self.responded:
-                log.warning("request %s %s on stream %s got no response: 500", self.method, self.path,
-                            self.stream_id)
+                if not handler_failed:        # else its failure was logged already
+                    log.warning("request %s %s on stream %s got no response: 500", self.method, self.path,
+                                self.stream_id)
                 try:
                     self.respond(500, end=True)
                 except UsageError:
@@ -483,6 +484,7 @@ Handler = Callable[[ServerExchange], Awaitable[None]]
 async def serve(exchange: ServerExchange, handler: Handler) -> None:
     """Run `handler` for one request, then finish() the exchange. A handler that
     raises answers 500 if it had not answered yet, else its stream is reset."""
+    failed = False
     try:
         await handler(exchange)
     except (StreamResetError, ConnectionResetError) as exc:
@@ -493,11 +495,12 @@ async def serve(exchange: ServerExchange, handler: Handler) -> None:
             exchange.reset(ErrorCode.CANCEL)
         raise
     except Exception:
+        failed = True
         log.exception("request handler failed for %s %s", exchange.method, exchange.path)
         if exchange.responded and exchange._send_error is None:
             exchange.reset(ErrorCode.INTERNAL_ERROR)
     finally:
-        exchange.finish()
+        exchange.finish(failed)
 
 
 def request_dispatcher(handler: Handler, tunnels: Callable | None = None) -> Callable:
