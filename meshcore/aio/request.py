@@ -3,17 +3,21 @@
 A request stream is a StreamTransport like a tunnel's; its protocol is an exchange,
 which holds what arrived (the body, then the trailers) and sends the other half.
 
-Client, on a connection from dial() or the pool:
+Client, on a connection from dial() (the pool's connections carry its tunnels):
 
-    exchange = send_request(connection, "POST", "/orders", authority="shop:8080",
-                            headers=[("content-type", "application/json")])
-    await exchange.write(b'{"item": 7}')
-    await exchange.end()                          # or end(trailers=[...])
-    response = await exchange.response()          # the final one (1xx: exchange.informational)
-    async for chunk in exchange: ...              # the body
-    exchange.trailers                             # once the body has ended
+    async with send_request(connection, "POST", "/orders", authority="shop:8080",
+                            headers=[("content-type", "application/json")]) as exchange:
+        await exchange.write(b'{"item": 7}')
+        await exchange.end()                      # or end(trailers=[...])
+        response = await exchange.response()      # the final one (1xx: exchange.informational)
+        async for chunk in exchange: ...          # the body
+        exchange.trailers                         # once the body has ended
 
-Server, as HboneConnection(on_request=request_dispatcher(handle)):
+Leaving the block (or close()) releases the stream, resetting it if the exchange is
+unfinished; request() does a whole exchange in one call.
+
+Server, as HboneServer(..., request_handler=handle), or on a connection of one's own
+HboneConnection(on_request=request_dispatcher(handle)):
 
     async def handle(exchange: ServerExchange):
         body = await exchange.read_all()
