@@ -78,6 +78,13 @@ class _Dial:
 
 
 class HbonePool:
+    """HBONE connections by PoolKey, dialed with `connect(key)` when a tunnel needs one.
+
+    `max_streams` tunnels per connection (or fewer, if the peer says so), at most
+    `max_connections_per_key` connections per key, closed after `idle_timeout` s
+    without a checkout; a peer refusing streams is not asked again for `refusal_hold`
+    s; a tunnel is tried on at most `max_attempts` connections."""
+
     def __init__(self, connect: Callable[[PoolKey], Awaitable[HboneConnection]], *,
                  max_streams: int = MAX_STREAMS, max_connections_per_key: int = MAX_CONNECTIONS_PER_KEY,
                  idle_timeout: float = IDLE_TIMEOUT, refusal_hold: float = REFUSAL_HOLD,
