@@ -1,4 +1,5 @@
 from collections.abc import Callable, Iterable
+from enum import IntEnum
 from typing import Union
 
 from meshcore._core.events import Event
@@ -15,6 +16,13 @@ CLIENT_ASSUMED_MAX_CONCURRENT: int
 CLIENT_MAX_HEADER_LIST: int
 SERVER_MAX_HEADER_LIST: int
 STATE_NAMES: tuple[str, ...]
+
+class StreamState(IntEnum):
+    IDLE = 0
+    OPEN = 1
+    HALF_CLOSED_LOCAL = 2
+    HALF_CLOSED_REMOTE = 3
+    CLOSED = 4
 
 def next_state(state: int, stream_input: int) -> int: ...
 
@@ -59,6 +67,9 @@ class H2Connection:
     @property
     def pending_bytes(self) -> int: ...
     def stream_state(self, stream_id: int) -> str: ...
+    def state_of(self, stream_id: int) -> int: ...
+    def can_send(self, stream_id: int) -> bool: ...
+    def can_receive(self, stream_id: int) -> bool: ...
     def receive_data(self, data: _Bytes) -> list[Event]: ...
     def data_to_send(self) -> bytes: ...
     def data_to_send_chunks(self) -> list[bytes | memoryview]: ...

@@ -178,7 +178,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         fut, protocol_factory, stream = opening
         if type(e) is ev.TunnelRefused:
             self.streams.pop(e.stream_id, None)
-            if self.h2.stream_state(e.stream_id) not in ("closed", "half-closed (local)"):
+            if self.h2.can_send(e.stream_id):
                 self.h2.reset_stream(e.stream_id, ErrorCode.CANCEL)
             if not fut.done():                  # else the opener gave up first
                 fut.set_exception(TunnelError(f"tunnel refused with status {e.status}", e.status))
@@ -315,9 +315,9 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         stream = self.streams.get(stream_id)
         if stream is not None and stream.get_protocol() is None:
             stream._connection_lost(None)            # returns what it held of the window
-        if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
+        if self.h2.can_send(stream_id):
             self.h2.refuse_tunnel(stream_id, status)
-            if self.h2.stream_state(stream_id) == "half-closed (local)":
+            if self.h2.can_receive(stream_id):
                 # the answer is complete; RFC 9113 8.1 lets us stop the request body so
                 # the stream does not hold a slot until the client ends it
                 self.h2.reset_stream(stream_id, ErrorCode.NO_ERROR)

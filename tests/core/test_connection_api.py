@@ -159,3 +159,22 @@ def test_reset_event_carries_peer_code():
     events = c.receive_data(s.data_to_send())
     assert [(e.stream_id, e.error_code, e.remote) for e in events] == [(sid, E.CONNECT_ERROR, True)]
     assert c.stream_state(sid) == "closed"
+
+
+def test_stream_states_are_exported_as_values_and_predicates():
+    from meshcore._core.h2conn import StreamState
+    client = H2Connection(client=True)
+    server = H2Connection(client=False)
+    server.receive_data(client.data_to_send())
+    client.receive_data(server.data_to_send())
+    sid = client.open_tunnel("10.0.0.7:8080")
+    assert client.state_of(sid) == StreamState.OPEN and client.can_send(sid) and client.can_receive(sid)
+    client.end_stream(sid)
+    assert client.state_of(sid) == StreamState.HALF_CLOSED_LOCAL
+    assert not client.can_send(sid) and client.can_receive(sid)
+    assert client.stream_state(sid) == "half-closed (local)"
+    server.receive_data(client.data_to_send())
+    assert server.state_of(sid) == StreamState.HALF_CLOSED_REMOTE and server.can_send(sid) and not server.can_receive(sid)
+    client.reset_stream(sid)
+    assert client.state_of(sid) == StreamState.CLOSED and not (client.can_send(sid) or client.can_receive(sid))
+    assert client.state_of(sid + 2) == StreamState.IDLE

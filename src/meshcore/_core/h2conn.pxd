@@ -140,6 +140,9 @@ cdef class H2Connection:
     cpdef send_data(self, uint32_t stream_id, object data, bint end_stream=*)
     cpdef acknowledge_received_data(self, uint32_t stream_id, Py_ssize_t size)
     cpdef Py_ssize_t available_window(self, uint32_t stream_id) except -1
+    cpdef int state_of(self, uint32_t stream_id)          # IDLE .. CLOSED above
+    cpdef bint can_send(self, uint32_t stream_id)         # open or half-closed (remote)
+    cpdef bint can_receive(self, uint32_t stream_id)      # open or half-closed (local)
 
     cdef int _consume(self, const unsigned char* p, Py_ssize_t n) except -1
     cdef int _begin_frame(self) except -1

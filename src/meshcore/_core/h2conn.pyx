@@ -17,6 +17,7 @@ and returns ConnectionTerminated(remote=False); the caller writes the pending
 bytes and closes. Caller misuse raises meshcore.errors.UsageError subclasses.
 """
 import os
+from enum import IntEnum
 import time
 
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_SIMPLE
@@ -96,6 +97,15 @@ cdef void _build_table():
 _build_table()
 
 STATE_NAMES = ("idle", "open", "half-closed (local)", "half-closed (remote)", "closed")
+
+
+class StreamState(IntEnum):
+    """RFC 9113 5.1 stream states, as state_of() answers them."""
+    IDLE = 0
+    OPEN = 1
+    HALF_CLOSED_LOCAL = 2
+    HALF_CLOSED_REMOTE = 3
+    CLOSED = 4
 INPUT_NAMES = ("send HEADERS", "receive HEADERS", "send DATA", "receive DATA",
                "send END_STREAM", "receive END_STREAM", "send RST_STREAM", "receive RST_STREAM")
 
@@ -263,12 +273,27 @@ cdef class H2Connection:
         """Bytes queued for data_to_send()."""
         return self._out_bytes
 
-    def stream_state(self, uint32_t stream_id):
-        """'idle', 'open', 'half-closed (local)', 'half-closed (remote)' or 'closed'."""
+    cpdef int state_of(self, uint32_t stream_id):
+        """The stream's state (RFC 9113 5.1) as a StreamState value."""
         stream = self._streams.get(stream_id)
         if stream is not None:
-            return STATE_NAMES[(<Stream>stream).state]
-        return STATE_NAMES[IDLE] if self._is_idle(stream_id) else STATE_NAMES[CLOSED]
+            return (<Stream>stream).state
+        return IDLE if self._is_idle(stream_id) else CLOSED
+
+    cpdef bint can_send(self, uint32_t stream_id):
+        """We may still send on it: open or half-closed (remote)."""
+        cdef int state = self.state_of(stream_id)
+        return state == OPEN or state == HALF_CLOSED_REMOTE
+
+    cpdef bint can_receive(self, uint32_t stream_id):
+        """The peer may still send on it: open or half-closed (local)."""
+        cdef int state = self.state_of(stream_id)
+        return state == OPEN or state == HALF_CLOSED_LOCAL
+
+    def stream_state(self, uint32_t stream_id):
+        """For people: 'idle', 'open', 'half-closed (local)', 'half-closed (remote)' or
+        'closed'. Code asks state_of(), can_send() or can_receive()."""
+        return STATE_NAMES[self.state_of(stream_id)]
 
     cdef bint _is_idle(self, uint32_t sid):
         if (sid & 1) == (1 if self.client else 0):     # ours

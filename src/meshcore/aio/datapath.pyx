@@ -129,12 +129,12 @@ cdef class ConnectionBase:
         return 0
 
     def end_stream(self, uint32_t stream_id):
-        if self.h2.stream_state(stream_id) in ("open", "half-closed (remote)"):
+        if self.h2.can_send(stream_id):
             self.h2.end_stream(stream_id)
             self._output_queued()
 
     def reset_stream(self, uint32_t stream_id, uint32_t code):
-        if self.h2.stream_state(stream_id) not in ("closed", "idle"):
+        if self.h2.can_send(stream_id) or self.h2.can_receive(stream_id):
             self.h2.reset_stream(stream_id, code)
             self._output_queued()
 
