@@ -24,7 +24,7 @@ from meshcore.errors import IdentityError, StreamRefusedError, TunnelError, Usag
 from meshcore.identity import CertificateStore, SpiffeId
 
 from h2hbone import H2Endpoint
-from helpers import CLIENT, SERVER, exchange, port_of, relay_setup, tcp_echo_server, wait_until
+from helpers import CLIENT, SERVER, exchange, port_of, relay_setup, wait_until
 
 OTHER = SpiffeId("cluster.local", "shop", "cache")
 
