@@ -137,7 +137,7 @@ def measure_config(n: int, directory: Path) -> dict:
         path = directory / f"scale.{kind}"
         path.write_text(json.dumps(data) if kind == "json" else yaml.safe_dump(data))
         # a fresh process each: the first load pays for what a real start pays for
-        code = ("import sys, time, json\nfrom meshcore.node.config import parse\n"
+        code = ("import sys, time, json\nfrom meshcore.sources.config import parse\n"
                 "from meshcore.state import MeshStore\n"
                 "t=time.perf_counter(); p=parse([sys.argv[1]]); t1=time.perf_counter(); c=MeshStore(); "
                 "c.replace('files', p.resources, atomic=True); t2=time.perf_counter(); p=parse([sys.argv[1]]); "

@@ -27,7 +27,7 @@ from node_proxy import scale_config  # noqa: E402
 def resources(n: int) -> list:
     import tempfile
 
-    from meshcore.node.config import parse
+    from meshcore.sources.config import parse
     with tempfile.NamedTemporaryFile("w", suffix=".json") as f:
         json.dump(scale_config(n), f)
         f.flush()

@@ -89,7 +89,7 @@ def test_ca_commands_run_in_order(tmp_path):
 def test_node_command_is_valid_from_the_clone_root(monkeypatch):
     from meshcore.cli import build_parser
     from meshcore.node.cli import options_from
-    from meshcore.node.config import load
+    from meshcore.sources.config import load
     monkeypatch.chdir(ROOT)
     nodes = [c for c, _ in COMMANDS if c.startswith(LOAD_ONLY)]
     assert nodes

@@ -82,7 +82,7 @@ def add_parser(sub) -> None:
 
 
 def options_from(args: argparse.Namespace) -> NodeOptions:
-    from meshcore.node.config import inline_from_environment
+    from meshcore.sources.config import inline_from_environment
     if args.ca_dir and args.cert_dir:
         raise ConfigError("give --ca-dir (a CA to issue from) or --cert-dir (ready certificates), not both",
                           source="meshcore node")
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     _raise_fd_limit()
     options = options_from(args)
     # a typo in a file is refused before anything is created (the built-in CA, listeners)
-    from meshcore.node.config import load
+    from meshcore.sources.config import load
     load(options.config_paths, inline=options.inline_config, root_namespace=options.root_namespace)
     try:
         import uvloop

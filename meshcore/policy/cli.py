@@ -59,7 +59,7 @@ def _selection(p: Policy, root_namespace: str) -> str:
 
 
 def _load(args):
-    from meshcore.node.config import load
+    from meshcore.sources.config import load
     # the store logs each policy's L4 reductions for a running node; check and explain
     # print them in their own output, once
     state_log = logging.getLogger("meshcore.state")

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 
 from meshcore.aio.memory import gc_paused
-from meshcore.node import config as file_config
+from meshcore.sources import config as file_config
 from meshcore.state.changes import Applied
 from meshcore.state.store import MeshStore
 

@@ -18,7 +18,7 @@ from meshcore._core.frames import FrameDecoder
 from meshcore._core.hpack import HeaderDecoder, HeaderEncoder
 from meshcore.errors import (CompressionError, ConfigError, ErrorCode, HeaderListTooLarge, ProtocolError,
                              UsageError)
-from meshcore.node.config import load as load_node_config
+from meshcore.sources.config import load as load_node_config
 from meshcore.node.socks5 import Socks5Error, parse_greeting, parse_request
 from meshcore.policy.istio import load_authorization_policies
 

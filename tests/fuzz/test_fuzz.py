@@ -29,7 +29,7 @@ def test_target_passes_its_seeds(name):
 
 def test_seeds_reach_past_the_error_paths():
     """Seeds that every decoder refused would leave the fuzzer starting from nothing."""
-    from meshcore.node.config import load
+    from meshcore.sources.config import load
     from meshcore.policy.istio import load_authorization_policies
     assert all(load(inline=s.decode()).workloads or load(inline=s.decode()).services
                for s in targets.seeds("node_config") if b"workloads" in s)

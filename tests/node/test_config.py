@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from meshcore.errors import ConfigError
-from meshcore.node.config import load
+from meshcore.sources.config import load
 from meshcore.state.model import Workload
 
 FULL = """
@@ -112,7 +112,7 @@ def test_defaults_are_documented_ones(tmp_path):
 
 def test_inline_config_from_the_environment(monkeypatch):
     monkeypatch.setenv("LOCAL_XDS", "workloads: [{namespace: a, workloadIps: ['10.1.1.1']}]")
-    from meshcore.node.config import inline_from_environment
+    from meshcore.sources.config import inline_from_environment
     state = load(inline=inline_from_environment())
     assert state.workloads[0].namespace == "a"
 

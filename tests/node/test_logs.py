@@ -6,7 +6,7 @@ import logging
 import pytest
 
 from meshcore.node import logs
-from meshcore.node.config import load
+from meshcore.sources.config import load
 from meshcore.node.record import ConnectionRecord
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from meshcore.localmesh import LocalMesh
-from meshcore.node.config import load
+from meshcore.sources.config import load
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "node-proxy"
 

@@ -3,7 +3,7 @@ import ipaddress
 
 import pytest
 
-from meshcore.node.config import load
+from meshcore.sources.config import load
 from meshcore.node.routing import HBONE, PASSTHROUGH, REFUSE, route
 
 MESH = """

@@ -194,7 +194,7 @@ def test_l4_denial_names_the_dropped_rule_and_why():
 
 
 def test_node_logs_each_l4_reduction_once(caplog, tmp_path):
-    from meshcore.node.config import parse
+    from meshcore.sources.config import parse
     from meshcore.state import MeshStore
     path = tmp_path / "p.yaml"
     path.write_text(ap('{action: DENY, rules: [{from: [{source: {namespaces: [jobs]}}], '

@@ -5,7 +5,7 @@ second with the field that is wrong."""
 import pytest
 
 from meshcore.errors import ConfigError
-from meshcore.node.config import load
+from meshcore.sources.config import load
 
 
 def ap(spec: str, namespace: str = "shop") -> str:

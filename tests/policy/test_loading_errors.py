@@ -46,7 +46,7 @@ def test_bad_documents(spec, path, reason):
 
 
 def test_ztunnel_audit_in_a_node_config_names_file_document_and_path(tmp_path):
-    from meshcore.node.config import load
+    from meshcore.sources.config import load
     (tmp_path / "mesh.yaml").write_text("workloads: []\n---\npolicies:\n- {name: a, namespace: shop, action: Audit}\n")
     with pytest.raises(ConfigError) as info:
         load([str(tmp_path / "mesh.yaml")])
