@@ -50,7 +50,9 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self.settings_received: asyncio.Future = self.loop.create_future()
         self.error: BaseException | None = None
         self.goaway = False
-        self.on_goaway: Callable | None = None          # pool hooks
+        # pool hooks; on_unusable: no new stream may go on it (GOAWAY either way, or an
+        # unanswered keepalive PING)
+        self.on_unusable: Callable | None = None
         self.on_settings: Callable | None = None
         self.on_stream_closed: Callable | None = None
         self.on_closed: Callable | None = None           # owner's hook: (connection) -> None, once
@@ -231,8 +233,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
     def _on_terminated(self, e) -> None:
         if e.remote:
             self.goaway = True
-            if self.on_goaway is not None:
-                self.on_goaway(self)
+            if self.on_unusable is not None:
+                self.on_unusable(self)
             if e.error_code != ErrorCode.NO_ERROR:
                 log.warning("peer closed the HBONE connection with %s: %s",
                             error_code_name(e.error_code), e.additional_data[:200])
@@ -329,6 +331,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             return
         self.h2.close(ErrorCode.NO_ERROR)
         self._flush()
+        if self.on_unusable is not None:
+            self.on_unusable(self)
         if self.streams:
             # the last stream's end resolves it (_stream_done): no polling
             self._drained = self.loop.create_future()
@@ -389,8 +393,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             log.warning("HBONE peer %s did not answer PING within %.0f s: closing",
                         self.peer_identity, self._keepalive_timeout)
             self.error = TimeoutError("keepalive PING not acknowledged")
-            if self.on_goaway is not None:
-                self.on_goaway(self)
+            if self.on_unusable is not None:
+                self.on_unusable(self)
             self.transport.abort()
             return
         idle = now - self._idle_since

@@ -240,7 +240,7 @@ class HbonePool:
         self._key_of[cid] = key
         self.core.add(key, cid, conn.h2.remote_max_concurrent_streams, self._clock())
         conn.on_stream_closed = self._stream_closed
-        conn.on_goaway = self._retire
+        conn.on_unusable = self._retire
         conn.on_settings = self._settings
         conn.closed.add_done_callback(lambda _: self._forget(conn))
         if not conn.usable:                      # a GOAWAY came with its SETTINGS, before the hooks
