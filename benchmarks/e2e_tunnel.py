@@ -51,7 +51,7 @@ def _stores(ca_dir: str):
 
 async def run_proxy(role: str, mode: str, listen: int, target: int, peer_port: int, ca_dir: str) -> None:
     """`target`: the sink's port; `peer_port`: where the inbound proxy listens."""
-    from meshcore.aio import HboneServer, OutboundListener
+    from meshcore.aio import HboneServer, RelayListener
     store, client_id, server_id = _stores(ca_dir)
     loop = asyncio.get_running_loop()
     peer = ("127.0.0.1", peer_port)
@@ -61,14 +61,14 @@ async def run_proxy(role: str, mode: str, listen: int, target: int, peer_port: i
     elif mode == "meshcore":
         from meshcore import Mesh
         mesh = Mesh(client_id, store)
-        await OutboundListener(lambda proto, client: mesh.open_tunnel_protocol(
+        await RelayListener(lambda proto, client: mesh.open_tunnel_protocol(
             "127.0.0.1", target, server_id, proto, via=peer)).start("127.0.0.1", listen)
     elif mode == "tls" and role == "inbound":
-        await OutboundListener(lambda proto, client: loop.create_connection(proto, "127.0.0.1", target)
+        await RelayListener(lambda proto, client: loop.create_connection(proto, "127.0.0.1", target)
                                ).start("127.0.0.1", listen, ssl=store.server_context(server_id))
     elif mode == "tls":
         ctx = store.client_context(client_id)
-        await OutboundListener(lambda proto, client: loop.create_connection(
+        await RelayListener(lambda proto, client: loop.create_connection(
             proto, *peer, ssl=ctx, server_hostname="")).start("127.0.0.1", listen)
     elif mode == "h2":
         import h2proxy

@@ -10,9 +10,9 @@ except ImportError as exc:  # pragma: no cover - exercised by a subprocess test
 from meshcore.aio.client import dial
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.datapath import StreamTransport
-from meshcore.aio.outbound import OutboundListener
+from meshcore.aio.relay import RelayListener
 from meshcore.aio.server import HboneServer, TunnelRequest, parse_authority, relay_to_authority
 from meshcore.aio.splice import Splice, abort_with_rst
 
-__all__ = ["HboneConnection", "HboneServer", "OutboundListener", "StreamTransport", "Splice", "TunnelRequest", "dial",
+__all__ = ["HboneConnection", "HboneServer", "RelayListener", "StreamTransport", "Splice", "TunnelRequest", "dial",
            "parse_authority", "relay_to_authority", "abort_with_rst"]

@@ -19,7 +19,7 @@ import ipaddress
 import logging
 import socket
 
-from meshcore.aio.outbound import OutboundListener
+from meshcore.aio.relay import RelayListener
 from meshcore.aio.server import HboneServer, TunnelRequest, relay_to_authority
 from meshcore.aio.splice import Splice
 from meshcore.errors import IdentityError
@@ -47,7 +47,7 @@ class Inbound:
         self.hbone_address = hbone
         self.plaintext_address = plaintext
         self.servers: dict[tuple[str, int], HboneServer] = {}
-        self.plaintext: OutboundListener | None = None
+        self.plaintext: RelayListener | None = None
         self.unbound: set[tuple[str, int]] = set()      # wanted HBONE addresses it could not listen on
         # what each open tunnel and plaintext connection was allowed as, to check again when
         # policies change: (destination workload, principal, source ip, destination ip, port);
@@ -61,7 +61,7 @@ class Inbound:
         the view in force, then follow the store."""
         if self.plaintext_address is not None:
             try:
-                self.plaintext = await OutboundListener(self.dial_plaintext, self._plaintext_ended).start(
+                self.plaintext = await RelayListener(self.dial_plaintext, self._plaintext_ended).start(
                     *self.plaintext_address)
             except OSError as exc:
                 raise listener_error("inbound-plaintext", self.plaintext_address, exc) from None

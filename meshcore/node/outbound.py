@@ -9,7 +9,7 @@ import itertools
 import logging
 import socket
 
-from meshcore.aio.outbound import OutboundListener
+from meshcore.aio.relay import RelayListener
 from meshcore.aio.pool import PoolKey
 from meshcore.errors import TunnelError
 from meshcore.mesh import traceparent
@@ -37,7 +37,7 @@ class Outbound:
     def __init__(self, ctx: ProxyContext, *, capture: tuple | None, socks5: tuple | None):
         self.ctx = ctx
         self.capture_address, self.socks_address = capture, socks5
-        self.relay = OutboundListener(self.dial_captured, ctx.telemetry.relay_ended)
+        self.relay = RelayListener(self.dial_captured, ctx.telemetry.relay_ended)
         self.capture: asyncio.AbstractServer | None = None
         self.socks: asyncio.AbstractServer | None = None
         self.own_addresses: frozenset = frozenset()   # refused as destinations on the proxy's ports

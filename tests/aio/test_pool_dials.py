@@ -17,7 +17,7 @@ import h2.settings
 import pytest
 
 from meshcore import Mesh
-from meshcore.aio import HboneConnection, OutboundListener
+from meshcore.aio import HboneConnection, RelayListener
 from meshcore.aio.pool import HbonePool, PoolKey
 from meshcore.aio.tls import start_tls
 from meshcore.errors import IdentityError, StreamRefusedError, TunnelError, UsageError
@@ -447,12 +447,12 @@ def test_callers_beyond_the_connection_cap_wait_for_room(run, ca):
 
 
 def test_outbound_clients_sharing_a_dial_survive_one_that_resets(run, ca):
-    """Five clients of an OutboundListener wait on one dial; the first resets its
+    """Five clients of an RelayListener wait on one dial; the first resets its
     connection. The other four get their tunnels."""
     async def scenario():
         async with relay_setup(ca) as (server, echo, mesh):
             connect = gated_pool(mesh)
-            listener = await OutboundListener(lambda factory, client: mesh.open_tunnel_protocol(
+            listener = await RelayListener(lambda factory, client: mesh.open_tunnel_protocol(
                 "127.0.0.1", port_of(echo), SERVER, factory, via=server.address)).start()
             clients = [await asyncio.open_connection(*listener.address) for _ in range(5)]
             await wait_until(lambda: listener.stats["accepted"] == 5 and connect.started == 1, 5)

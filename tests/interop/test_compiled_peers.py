@@ -18,7 +18,7 @@ import struct
 import pytest
 
 from meshcore import Mesh
-from meshcore.aio import HboneServer, OutboundListener
+from meshcore.aio import HboneServer, RelayListener
 from meshcore.identity import CertificateStore
 
 from loops import loop_runner
@@ -65,7 +65,7 @@ def pair(request, ca, tmp_path):
                 inbound = peer.address
             if out_kind == "meshcore":
                 mesh = await stack.enter_async_context(Mesh(CLIENT, CertificateStore(ca)))
-                listener = await stack.enter_async_context(OutboundListener(
+                listener = await stack.enter_async_context(RelayListener(
                     lambda factory, client: mesh.open_tunnel_protocol(
                         "127.0.0.1", target_port, SERVER, factory, via=inbound)))
                 await listener.start()

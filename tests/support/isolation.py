@@ -2,7 +2,7 @@
 outbound + inbound pair over mTLS: the machinery of the isolation property test and of
 the soak run (benchmarks/soak_tunnels.py).
 
-    client ─TCP─► OutboundListener ─pool (HBONE, mTLS)─► HboneServer ─TCP─► scripted upstream
+    client ─TCP─► RelayListener ─pool (HBONE, mTLS)─► HboneServer ─TCP─► scripted upstream
 
 A tunnel's first 5 bytes tell the upstream how to behave: `E` echo until EOF then
 half-close; `F k` echo k bytes then close (FIN) while the client may still write;
@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 
 from meshcore import Mesh
-from meshcore.aio import HboneServer, OutboundListener, abort_with_rst
+from meshcore.aio import HboneServer, RelayListener, abort_with_rst
 from meshcore.identity import CertificateStore
 
 from helpers import CLIENT, SERVER
@@ -75,7 +75,7 @@ async def proxy_pair(ca, max_streams: int = 16):
     server = HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local")
     await server.start()
     mesh = Mesh(CLIENT, CertificateStore(ca), max_streams=max_streams)
-    outbound = await OutboundListener(lambda proto, client: mesh.open_tunnel_protocol(
+    outbound = await RelayListener(lambda proto, client: mesh.open_tunnel_protocol(
         "127.0.0.1", up_port, SERVER, proto, via=server.address)).start()
     try:
         yield outbound.address, mesh, server

@@ -1,6 +1,6 @@
-"""The outbound half of a proxy: accept TCP connections and splice each one to a
-connection that a dial opens for it (an HBONE tunnel, or plain TCP for destinations
-outside the mesh).
+"""A relaying TCP listener: accept connections and splice each one to a connection
+that a dial opens for it (an HBONE tunnel; plain TCP for destinations outside the
+mesh; a local workload, for plaintext arriving at a node).
 
 Ownership: the listener owns its accepted connections; each accepted connection owns
 its dial. If the client goes away while the dial is under way, the dial is cancelled
@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from meshcore.aio.splice import Splice, abort_with_rst
 
-log = logging.getLogger("meshcore.outbound")
+log = logging.getLogger("meshcore.relay")
 
 # dial(protocol_factory, client_transport): opens the far side for one accepted
 # connection and connects protocol_factory() to it (TunnelError / OSError if it cannot).
@@ -25,7 +25,7 @@ log = logging.getLogger("meshcore.outbound")
 Dial = Callable[[Callable[[], asyncio.BaseProtocol], asyncio.BaseTransport], Awaitable]
 
 
-class OutboundListener:
+class RelayListener:
     """A TCP listener whose every connection is relayed to what `dial` opens."""
 
     def __init__(self, dial: Dial, on_end: Callable[[object, Splice], None] | None = None):
@@ -35,7 +35,7 @@ class OutboundListener:
         self.splices: set[Splice] = set()
         self.stats = {"accepted": 0, "dial_failed": 0}
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0, **server_options) -> "OutboundListener":
+    async def start(self, host: str = "127.0.0.1", port: int = 0, **server_options) -> "RelayListener":
         self._server = await asyncio.get_running_loop().create_server(
             self._accepted, host, port, **server_options)
         return self
