@@ -11,7 +11,7 @@ import socket
 
 from meshcore.aio.relay import RelayListener
 from meshcore.aio.pool import PoolKey
-from meshcore.errors import TunnelError
+from meshcore.errors import MeshcoreError, TunnelError
 from meshcore.mesh import traceparent
 from meshcore.node import socks5
 from meshcore.node.context import ProxyContext, listener_error
@@ -149,7 +149,8 @@ class Outbound:
                     settings.connect_timeout)
             else:
                 raise RouteRefused(chosen.reason)
-        except (OSError, TunnelError, asyncio.TimeoutError) as exc:
+        except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
+            # a tunnel refused, a destination unreachable, or no certificate to present
             ctx.telemetry.refused(record, _describe(exc), "CONNECT")
             raise
         ctx.telemetry.opened(record)

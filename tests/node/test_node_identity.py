@@ -77,3 +77,29 @@ def test_a_listener_that_cannot_bind_is_named(setup, tmp_path):
         with pytest.raises(ListenerError, match=r"cannot listen for outbound on 192\.0\.2\.1:15001"):
             await NodeProxy(options).start()
     asyncio.run(scenario())
+
+
+def test_a_workload_without_a_certificate_is_refused_with_an_access_log_line(setup, caplog):
+    ca, options, certs, address = setup
+    _write_cert_manager(ca, SpiffeId("cluster.local", "shop", "client"), certs / "client")
+    client_ip, web_ip = (address.rsplit(".", 2)[0] + suffix for suffix in (".1.1", ".1.2"))  # web has no files
+
+    async def scenario():
+        proxy = await NodeProxy(options).start()
+        try:
+            reader, writer = await asyncio.open_connection(address, 15080, local_addr=(web_ip, 0))
+            # to the client workload: an HBONE tunnel, which web has no certificate to open
+            writer.write(b"\x05\x01\x00\x05\x01\x00\x01" + bytes(map(int, client_ip.split("."))) +
+                         (8080).to_bytes(2, "big"))
+            assert await reader.readexactly(2) == b"\x05\x00"     # no authentication
+            reply = await reader.read(100)
+            writer.close()
+            return reply
+        finally:
+            await proxy.drain()
+    with caplog.at_level("INFO", logger="meshcore.access"):
+        reply = asyncio.run(scenario())
+    assert reply[:2] == b"\x05\x01" and len(reply) == 10       # general failure, the one reply
+    lines = [r for r in caplog.records if r.name == "meshcore.access"]
+    assert len(lines) == 1 and "no certificate files for spiffe://cluster.local/ns/shop/sa/web" in str(
+        lines[0].__dict__.get("fields", {}).get("error"))
