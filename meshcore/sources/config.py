@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from meshcore.config import fields as F
 from meshcore.config.yamlfile import documents, located
-from meshcore.errors import ConfigError
+from meshcore.errors import ConfigError, IdentityError
 from meshcore.state.model import (GatewayAddress, HealthPolicy, LoadBalancer, LoadBalancerMode, Locality, MtlsMode,
                                   PeerAuthentication, Protocol, Service, Workload)
 from meshcore.state.store import MeshStore
@@ -108,7 +108,7 @@ def workload(obj, path: str) -> Workload:
     extra = tuple((k, obj[k]) for k in ("applicationTunnel", "networkMode", "nativeTunnel", "capacity", "hostname")
                   if k in obj)
     cluster = s("clusterId", "Kubernetes") or "Kubernetes"
-    return Workload(
+    w = Workload(
         uid=s("uid") or f"{cluster}//v1/Pod/{namespace}/{name or ips[0] if ips else name}",
         name=name, namespace=namespace, ips=ips,
         service_account=s("serviceAccount", "default") or "default",
@@ -128,6 +128,13 @@ def workload(obj, path: str) -> Workload:
         healthy=_choice(obj.get("status"), f"{path}.status", _STATUS, "Healthy") == "Healthy",
         labels=_labels(obj.get("labels") or {}, f"{path}.labels"),
         extra=extra)
+    try:
+        w.identity                               # its SPIFFE id: certificates and policy name it so
+    except IdentityError as exc:
+        field = ("trustDomain" if "trust domain" in exc.args[0] else
+                 "namespace" if "namespace" in exc.args[0] else "serviceAccount")
+        raise F.fail(f"{path}.{field}", exc.args[0]) from None
+    return w
 
 
 def service(obj, path: str) -> Service:

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from meshcore.aio.memory import gc_paused
-from meshcore.errors import ConfigError, UsageError
+from meshcore.errors import ConfigError, IdentityError, UsageError
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.policy.layers import l4_reductions
 from meshcore.state.changes import Applied, Kind, Rejection, Remove, Upsert, kind_of
@@ -90,6 +90,10 @@ class _Draft:
 
     # -- workloads ----------------------------------------------------------------------
     def workload_conflict(self, w: Workload) -> str | None:
+        try:
+            w.identity
+        except IdentityError as exc:             # a source that does not validate as strictly
+            return str(exc)
         for ip in w.ips:
             holder = self.view.by_address.get((w.network, ip))
             if holder is not None and holder.uid != w.uid:

@@ -98,6 +98,13 @@ def test_a_conflicting_resource_is_rejected_and_the_rest_apply(changes, rejected
     assert "w9" in store.view.by_uid and applied.keys(Kind.WORKLOAD) == {"w9"}
 
 
+def test_a_workload_without_a_valid_identity_is_rejected_not_raised():
+    store = MeshStore()
+    applied = store.apply("xds", [Upsert(wl("w1", "10.0.0.1", sa="fro=tend")), Upsert(wl("w2", "10.0.0.2"))])
+    assert [str(r) for r in applied.rejected] == ["workload w1: invalid service account 'fro=tend' in SPIFFE id"]
+    assert list(store.view.by_uid) == ["w2"]
+
+
 def test_a_source_cannot_change_or_remove_what_another_owns():
     store = MeshStore()
     store.apply("files", [Upsert(wl("w1", "10.0.0.1"))])
