@@ -48,6 +48,9 @@ class Remove:
     kind: Kind
     key: str
 
+    def __post_init__(self):
+        object.__setattr__(self, "kind", Kind(self.kind))    # "workload" is Kind.WORKLOAD
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:

@@ -88,17 +88,33 @@ class _Draft:
     def mark(self, kind: Kind, key: str) -> None:
         self.changed.setdefault(kind, set()).add(key)
 
+    def put(self, kind: Kind, resource) -> tuple[str | None, str | None]:
+        """Put a workload, service or PeerAuthentication in the draft: (None, None), or
+        (the key of what blocks it, if another resource of its kind, why) and nothing changed."""
+        if kind is Kind.WORKLOAD:
+            blocker, why = self.workload_conflict(resource)
+            if why is None:
+                self.put_workload(resource)
+            return blocker, why
+        if kind is Kind.SERVICE:
+            blocker, why = self.service_conflict(resource)
+            if why is None:
+                self.put_service(resource)
+            return blocker, why
+        self.put_peer_auth(resource)
+        return None, None
+
     # -- workloads ----------------------------------------------------------------------
-    def workload_conflict(self, w: Workload) -> str | None:
+    def workload_conflict(self, w: Workload) -> tuple[str | None, str | None]:
         try:
             w.identity
         except IdentityError as exc:             # a source that does not validate as strictly
-            return str(exc)
+            return None, str(exc)
         for ip in w.ips:
             holder = self.view.by_address.get((w.network, ip))
             if holder is not None and holder.uid != w.uid:
-                return f"address {w.network}/{ip} is already workload {holder.uid}'s"
-        return None
+                return holder.uid, f"address {w.network}/{ip} is already workload {holder.uid}'s"
+        return None, None
 
     def put_workload(self, w: Workload) -> None:
         old = self.view.by_uid.get(w.uid)
@@ -107,33 +123,40 @@ class _Draft:
         self.index("by_uid")[w.uid] = w
         addresses = self.index("by_address")
         if old is not None:
-            for ip in old.ips:
-                addresses.pop((old.network, ip), None)
+            self._unindex_addresses(old)
             self._set("by_identity", old.identity).discard(old.uid)
             self._set("by_node", old.node).discard(old.uid)
         for ip in w.ips:
             addresses[(w.network, ip)] = w
         self._set("by_identity", w.identity).add(w.uid)
         self._set("by_node", w.node).add(w.uid)
-        old_services = {key for key, _ in old.services} if old is not None else set()
-        for key, _ in w.services:
+        keys = dict.fromkeys(key for key, _ in w.services)          # a key listed twice is one membership
+        old_keys = dict.fromkeys(key for key, _ in old.services) if old is not None else {}
+        for key in keys:
             members = self._endpoint_list(key)
-            if key in old_services:
-                members[next(i for i, m in enumerate(members) if m.uid == w.uid)] = w    # keeps its turn
-            else:
+            turn = next((i for i, m in enumerate(members) if m.uid == w.uid), None)
+            if turn is None:
                 members.append(w)
-        for key in old_services.difference(k for k, _ in w.services):
-            self._endpoint_list(key)[:] = [m for m in self._endpoint_list(key) if m.uid != w.uid]
+            else:
+                members[turn] = w                                   # keeps its turn
+        for key in old_keys:
+            if key not in keys:
+                self._endpoint_list(key)[:] = [m for m in self._endpoint_list(key) if m.uid != w.uid]
         self.mark(Kind.WORKLOAD, w.uid)
+
+    def _unindex_addresses(self, old: Workload) -> None:
+        addresses = self.index("by_address")
+        for ip in old.ips:
+            holder = addresses.get((old.network, ip))
+            if holder is not None and holder.uid == old.uid:
+                del addresses[(old.network, ip)]
 
     def remove_workload(self, uid: str) -> None:
         old = self.view.by_uid.get(uid)
         if old is None:
             return
         del self.index("by_uid")[uid]
-        addresses = self.index("by_address")
-        for ip in old.ips:
-            addresses.pop((old.network, ip), None)
+        self._unindex_addresses(old)
         self._set("by_identity", old.identity).discard(uid)
         self._set("by_node", old.node).discard(uid)
         for key, _ in old.services:
@@ -141,12 +164,12 @@ class _Draft:
         self.mark(Kind.WORKLOAD, uid)
 
     # -- services -----------------------------------------------------------------------
-    def service_conflict(self, s: Service) -> str | None:
+    def service_conflict(self, s: Service) -> tuple[str | None, str | None]:
         for vip in s.vips:
             holder = self.view.by_vip.get(vip)
             if holder is not None and holder.key != s.key:
-                return f"VIP {vip[0]}/{vip[1]} is already service {holder.key}'s"
-        return None
+                return holder.key, f"VIP {vip[0]}/{vip[1]} is already service {holder.key}'s"
+        return None, None
 
     def put_service(self, s: Service) -> None:
         old = self.view.by_service_key.get(s.key)
@@ -234,6 +257,8 @@ class MeshStore:
         self._subscribers: list[tuple[frozenset | None, Callable]] = []
         self._writer: asyncio.Lock | None = None
         self._notifying = False
+        self._tasks: set[asyncio.Task] = set()          # writes under way, notifications to deliver
+        self._told: asyncio.Task | None = None          # the last notification of a synchronous write
 
     @property
     def view(self) -> MeshView:
@@ -269,24 +294,44 @@ class MeshStore:
 
     # -- the writer queue -------------------------------------------------------------------
     async def apply_async(self, source: str, changes: Iterable, *, version: str = "") -> Applied:
-        async with self._lock():
-            changes = list(changes)
-            pending = await self._prepare_off_loop(len(changes), self._prepare, source, changes, version)
-            return await self._commit_async(source, pending)
+        changes = list(changes)
+        return await self._write(source, len(changes), lambda: self._prepare(source, changes, version))
 
     async def replace_async(self, source: str, resources: Iterable | None = None, *, read: Callable | None = None,
                             atomic: bool = False, version: str = "") -> Applied:
         """replace() through the writer queue. `read()`, instead of `resources`, returns
         (resources, version) and runs on the worker thread with the diff, so that a
         large parsed set is made and dropped there, not on the event loop."""
-        async with self._lock():
-            def prepare():
-                with gc_paused():
-                    wanted, v = read() if read is not None else (resources, version)
-                    return self._prepare(source, self._diff(source, wanted), v, atomic=atomic)
-            size = THREAD_THRESHOLD if read is not None else len(resources)
-            pending = await self._prepare_off_loop(size, prepare)
-            return await self._commit_async(source, pending)
+        resources = list(resources) if read is None else None
+
+        def prepare():
+            with gc_paused():
+                wanted, v = read() if read is not None else (resources, version)
+                return self._prepare(source, self._diff(source, wanted), v, atomic=atomic)
+        return await self._write(source, THREAD_THRESHOLD if read is not None else len(resources), prepare)
+
+    async def _write(self, source: str, size: int, prepare) -> Applied:
+        """One change through the writer lock, in a task of the store's own: a caller
+        cancelled meanwhile does not cancel it, because a view installed with some
+        subscribers not yet told (listeners, revocation) would leave them out of step."""
+        async def write():
+            async with self._lock():
+                pending = await self._prepare_off_loop(size, prepare)
+                return await self._commit_async(source, pending)
+        return await asyncio.shield(self._own(write()))
+
+    def _own(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        # its caller may have left: the outcome is then nobody's to raise
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return task
+
+    async def settled(self) -> None:
+        """Until every change under way has applied and its subscribers have heard of it."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def _lock(self) -> asyncio.Lock:
         if self._writer is None:
@@ -321,8 +366,11 @@ class MeshStore:
         owner = self._owner
         policies_up, policies_gone = [], []
         sent: dict[tuple[Kind, str], object] = {}       # (kind, key) -> resource, or None: removed
-        # services first, so workloads naming them find them in this same change
-        changes.sort(key=lambda c: 0 if c.kind is Kind.SERVICE else 1)
+        # removes first (they free addresses and VIPs), then services (workloads naming
+        # them find them in this same change), then the rest
+        changes.sort(key=lambda c: (not isinstance(c, Remove), c.kind is not Kind.SERVICE))
+        moving = {(c.kind, c.key) for c in changes}
+        waiting = []                 # (change, why): blocked by a resource that also changes in this set
         for change in changes:
             kind, key = change.kind, change.key
             holder = owner.get((kind, key))
@@ -343,24 +391,30 @@ class MeshStore:
                 sent[(kind, key)] = None
                 continue
             r = change.resource
-            if kind is Kind.WORKLOAD:
-                why = draft.workload_conflict(r)
-                if why is None:
-                    draft.put_workload(r)
-            elif kind is Kind.SERVICE:
-                why = draft.service_conflict(r)
-                if why is None:
-                    draft.put_service(r)
-            elif kind is Kind.AUTHORIZATION_POLICY:
-                why = None
+            if kind is Kind.AUTHORIZATION_POLICY:
                 policies_up.append(r)
-            else:
-                why = None
-                draft.put_peer_auth(r)
-            if why is not None:
-                rejected.append(Rejection(kind, key, why))
-            elif kind is not Kind.AUTHORIZATION_POLICY:
+                continue
+            blocker, why = draft.put(kind, r)
+            if why is None:
                 sent[(kind, key)] = r
+            elif blocker is not None and (kind, blocker) in moving:
+                waiting.append((change, why))    # its holder changes in this set too: try after it
+            else:
+                rejected.append(Rejection(kind, key, why))
+        # an address or VIP taken by a resource that moves on later in the same set: tried
+        # again while others make progress, so the order within a set does not matter
+        progress = True
+        while waiting and progress:
+            progress, still = False, []
+            for change, _ in waiting:
+                blocker, why = draft.put(change.kind, change.resource)
+                if why is None:
+                    sent[(change.kind, change.key)] = change.resource
+                    progress = True
+                else:
+                    still.append((change, why))
+            waiting = still
+        rejected += [Rejection(change.kind, change.key, why) for change, why in waiting]
         if policies_up or policies_gone:
             engine, refused = self._view.engine.changed(policies_up, policies_gone)
             by_key = draft.index("policy_by_key")
@@ -409,11 +463,34 @@ class MeshStore:
         if applied.changed:
             self._notifying = True
             try:
-                for result in self._notify(StateChange(old, self._view, applied.changed, source)):
-                    asyncio.ensure_future(result)     # a synchronous write cannot wait for it
+                awaited = list(self._notify(StateChange(old, self._view, applied.changed, source)))
             finally:
                 self._notifying = False
+            if awaited:
+                self._tell_later(awaited)
         return applied
+
+    def _tell_later(self, awaited: list) -> None:
+        """A synchronous write cannot wait for its asynchronous subscribers: they run in a
+        task of the store's, after those of the writes before it."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            for result in awaited:
+                result.close()
+            raise UsageError("an asynchronous subscriber cannot hear of a change made outside an event loop; "
+                             "use apply_async/replace_async") from None
+        before = self._told
+
+        async def tell():
+            if before is not None:
+                await asyncio.wait([before])
+            for result in awaited:
+                try:
+                    await result
+                except Exception:
+                    log.exception("a subscriber to mesh changes failed")
+        self._told = self._own(tell())
 
     def _notify(self, change: StateChange):
         """Call the subscribers that asked for what changed; yields what they return to be awaited."""
@@ -428,6 +505,8 @@ class MeshStore:
                     yield result
 
     async def _commit_async(self, source: str, pending) -> Applied:
+        if self._told is not None:               # a synchronous write's subscribers hear first
+            await asyncio.wait([self._told])
         old, applied = self._install(source, pending)
         if applied.changed:
             for result in self._notify(StateChange(old, self._view, applied.changed, source)):

@@ -209,3 +209,14 @@ def test_update_recompiles_only_changes():
     assert not allowed(e, principal=BATCH)
     e.update(base[:1])
     assert allowed(e, principal=BATCH)
+
+
+def test_replicas_share_one_table_and_the_cache_is_bounded(monkeypatch):
+    from meshcore._core import policy as compiled
+    e = engine(ap("all", {"rules": [{}]}))
+    first, second = (PolicyTarget.of("shop", {"app": "checkout"}, name=n) for n in ("checkout-0", "checkout-1"))
+    assert e.for_workload(first) is e.for_workload(second)       # selection never reads the name
+    monkeypatch.setattr(compiled, "TABLE_CACHE_LIMIT", 4)
+    for i in range(10):
+        e.for_workload(PolicyTarget.of("shop", {"app": "checkout", "pod-template-hash": str(i)}))
+    assert len(e._tables) <= 4

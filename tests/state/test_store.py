@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import textwrap
+from dataclasses import replace as replace_fields
 
 import pytest
 
@@ -236,16 +237,89 @@ def test_a_view_is_a_snapshot_a_connection_can_keep():
     assert len(store.view.by_uid) == 48 and store.view.generation == 50
 
 
-def test_a_synchronous_change_during_an_asynchronous_one_is_refused_not_lost(monkeypatch):
-    monkeypatch.setattr(store_module, "THREAD_THRESHOLD", 1)
+def test_a_synchronous_change_during_an_asynchronous_one_is_refused_not_lost():
+    import threading
     store = MeshStore()
+    reading, release = threading.Event(), threading.Event()
+
+    def slow_read():                                             # on the store's worker thread
+        reading.set()
+        release.wait(5)
+        return [wl("w1", "10.0.0.1")], ""
 
     async def scenario():
-        writing = asyncio.ensure_future(store.replace_async("a", [wl("w1", "10.0.0.1")]))
-        await asyncio.sleep(0)                                   # it holds the writer now
+        writing = asyncio.ensure_future(store.replace_async("a", read=slow_read))
+        while not reading.is_set():
+            await asyncio.sleep(0.001)                           # it holds the writer now
         with pytest.raises(UsageError, match="use apply_async/replace_async"):
             store.apply("b", [Upsert(wl("w2", "10.0.0.2"))])
+        release.set()
         await writing
         store.apply("b", [Upsert(wl("w2", "10.0.0.2"))])          # and once it is done, it applies
     asyncio.run(scenario())
     assert sorted(store.view.by_uid) == ["w1", "w2"]
+
+
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_addresses_moving_along_apply_in_any_order(order):
+    store = MeshStore()
+    store.replace("files", [wl("a", "10.0.1.1"), wl("b", "10.0.1.2")], atomic=True)
+    moved = [wl("a", "10.0.1.2"), wl("b", "10.0.1.3")]         # a takes the address b leaves
+    store.replace("files", [moved[i] for i in order], atomic=True)
+    assert store.view.workload_at("", ip("10.0.1.2")).uid == "a"
+    assert store.view.workload_at("", ip("10.0.1.3")).uid == "b" and store.view.workload_at("", ip("10.0.1.1")) is None
+
+
+def test_a_service_key_listed_twice_is_one_endpoint_that_follows_its_workload():
+    store = MeshStore()
+    twice = Workload(uid="w", name="w", namespace="shop", ips=(ip("10.0.0.1"),), node="n1",
+                     services=((WEB, ((80, 8080),)), (WEB, ((81, 8081),))))
+    store.apply("a", [Upsert(svc()), Upsert(twice)])
+    store.apply("a", [Upsert(replace_fields(twice, ips=(ip("10.0.0.2"),)))])
+    assert [w.ips for w in store.view.endpoints[WEB]] == [(ip("10.0.0.2"),)]
+
+
+def test_a_remove_names_its_kind_as_text_or_member():
+    store = MeshStore()
+    store.apply("a", [Upsert(wl("w1", "10.0.0.1"))])
+    store.apply("a", [Remove("workload", "w1")])
+    assert store.view.by_uid == {}
+
+
+def test_a_write_runs_to_its_end_when_its_caller_is_cancelled(monkeypatch):
+    monkeypatch.setattr(store_module, "THREAD_THRESHOLD", 1)     # the write waits for a thread
+    store = MeshStore()
+    heard = []
+
+    async def subscriber(change):
+        await asyncio.sleep(0.01)
+        heard.append(change.new.generation)
+
+    async def scenario():
+        store.subscribe(subscriber)
+        caller = asyncio.ensure_future(store.apply_async("a", [Upsert(wl("w1", "10.0.0.1"))]))
+        await asyncio.sleep(0)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        await store.settled()
+    asyncio.run(scenario())
+    assert list(store.view.by_uid) == ["w1"] and heard == [1]
+
+
+def test_asynchronous_subscribers_of_synchronous_writes_hear_in_order():
+    store = MeshStore()
+    heard = []
+
+    async def subscriber(change):
+        await asyncio.sleep(0.01 if change.new.generation == 1 else 0)
+        heard.append(change.new.generation)
+
+    async def scenario():
+        store.subscribe(subscriber)
+        store.apply("a", [Upsert(wl("w1", "10.0.0.1"))])
+        store.apply("a", [Upsert(wl("w2", "10.0.0.2"))])
+        await store.apply_async("a", [Upsert(wl("w3", "10.0.0.3"))])
+        await store.settled()
+    asyncio.run(scenario())
+    assert heard == [1, 2, 3]

@@ -712,6 +712,9 @@ cdef PolicySet make_policy_set(list compiled, str note=""):
     return s
 
 
+TABLE_CACHE_LIMIT = 65536       # per-workload tables kept at once (rebuilt on use past it)
+
+
 class PolicyEngine:
     """All policies, compiled once; per-workload tables built on first use and cached.
 
@@ -823,8 +826,11 @@ class PolicyEngine:
         if everyone:
             engine._tables = {}
         else:
-            engine._tables = {w: t for w, t in self._tables.items()
-                              if (<object>w).namespace not in namespaces and keys.isdisjoint((<object>w).attached)}
+            # a copy first, in one call: this may run on a worker thread while the event
+            # loop adds tables to the engine in force
+            tables = dict(self._tables)
+            engine._tables = {k: t for k, t in tables.items()
+                              if (<tuple>k)[0] not in namespaces and keys.isdisjoint((<tuple>k)[2])}
         return engine, rejected
 
     @property
@@ -835,7 +841,9 @@ class PolicyEngine:
         """The PolicySet of a destination workload (PolicyTarget or (namespace, labels))."""
         if not isinstance(workload, PolicyTarget):
             workload = PolicyTarget.of(*workload)
-        table = self._tables.get(workload)
+        # what selection reads: workloads alike (replicas of one template) share a table
+        key = (workload.namespace, workload.labels, workload.attached)
+        table = self._tables.get(key)
         if table is None:
             # only global ones, the root namespace's, the workload's own and attached ones can apply
             candidates = list(self._global)
@@ -847,7 +855,9 @@ class PolicyEngine:
                              if applies_to((<CompiledPolicy>p).source, workload, self.root_namespace)}.values(),
                             key=lambda p: (<CompiledPolicy>p).order)
             note = l4_note([(<CompiledPolicy>p).source for p in chosen]) if self.layer == "l4" else ""
-            table = self._tables[workload] = make_policy_set(chosen, note)
+            if len(self._tables) >= TABLE_CACHE_LIMIT:
+                self._tables = {}          # label sets come and go (rollouts): the cache stays bounded
+            table = self._tables[key] = make_policy_set(chosen, note)
         return table
 
     def evaluate(self, workload, *args, **kwargs):
