@@ -21,19 +21,25 @@ class LocalCertificates:
         self.ctx = ctx
         self.missing: dict = {}            # SpiffeId -> why it has no certificate
         self._rotation: asyncio.Task | None = None
+        self._unsubscribe = None
+        self._refreshing = asyncio.Lock()  # a change and a rotation check refresh one after the other
 
     async def start(self) -> "LocalCertificates":
-        await self.refresh(self.ctx.store.view)
-        self.ctx.store.subscribe(lambda change: self.refresh(change.new), (Kind.WORKLOAD,))
+        await self.refresh()
+        self._unsubscribe = self.ctx.store.subscribe(lambda change: self.refresh(), (Kind.WORKLOAD,))
         self._rotation = asyncio.get_running_loop().create_task(self._rotate())
         return self
 
     def wanted(self, view: MeshView) -> set:
         return {w.identity for w in view.local_workloads(self.ctx.settings.node_name) if w.meshed}
 
-    async def refresh(self, view: MeshView) -> None:
-        """Every local identity gets a certificate now; identities no longer local are
-        forgotten (their connections keep the contexts they made)."""
+    async def refresh(self) -> None:
+        """Every local identity of the view in force gets a certificate now; identities no
+        longer local are forgotten (their connections keep the contexts they made)."""
+        async with self._refreshing:
+            await self._refresh(self.ctx.store.view)
+
+    async def _refresh(self, view: MeshView) -> None:
         certs, wanted = self.ctx.certs, self.wanted(view)
         for identity in set(certs.identities) - wanted:
             certs.forget(identity)
@@ -57,7 +63,7 @@ class LocalCertificates:
         else:
             if rotated:
                 log.info("rotated certificates of %s", ", ".join(map(str, rotated)))
-        await self.refresh(self.ctx.store.view)
+        await self.refresh()
 
     async def _rotate(self) -> None:
         while True:
@@ -65,6 +71,10 @@ class LocalCertificates:
             await self.rotate()
 
     async def close(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._rotation is not None:
             self._rotation.cancel()
+            await asyncio.gather(self._rotation, return_exceptions=True)
             self._rotation = None

@@ -127,9 +127,9 @@ async def serve(options: NodeOptions) -> int:
     proxy = NodeProxy(options)
     await proxy.start()
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(proxy.drain()))
-    loop.add_signal_handler(signal.SIGINT, lambda: asyncio.ensure_future(proxy.drain()))
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(proxy.reload("SIGHUP")))
+    loop.add_signal_handler(signal.SIGTERM, lambda: proxy.spawn(proxy.drain()))
+    loop.add_signal_handler(signal.SIGINT, lambda: proxy.spawn(proxy.drain()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: proxy.spawn(proxy.reload_safely("SIGHUP")))
     await proxy.stopped.wait()
     log.info("node %s stopped", options.node_name)
     return 0

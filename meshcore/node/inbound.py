@@ -34,6 +34,9 @@ from meshcore.state.view import MeshView
 log = logging.getLogger("meshcore.inbound")
 
 
+BIND_RETRY = 2.0            # seconds between tries of a local workload address that could not be bound
+
+
 class PolicyRefusal(ConnectionRefusedError):
     pass
 
@@ -54,30 +57,44 @@ class Inbound:
         # the connection owns a tunnel's task, and is asked to end it
         self.active: dict[TunnelRequest, tuple] = {}
         self.plaintext_active: dict[Splice, tuple] = {}
+        self._following = True
+        self._unsubscribe = None
+        self._retry: asyncio.Task | None = None            # binding what is in `unbound` again
+        self._closing: set[asyncio.Task] = set()           # listeners of removed workloads draining
 
     # -- life -------------------------------------------------------------------------
     async def start(self) -> "Inbound":
-        """Open the plaintext listener (OSError if it cannot) and the HBONE listeners for
-        the view in force, then follow the store."""
+        """Open the plaintext listener (ListenerError if it cannot) and the HBONE listeners
+        for the view in force, then follow the store."""
         if self.plaintext_address is not None:
             try:
                 self.plaintext = await RelayListener(self.dial_plaintext, self._plaintext_ended).start(
                     *self.plaintext_address)
             except OSError as exc:
                 raise listener_error("inbound-plaintext", self.plaintext_address, exc) from None
+        self._unsubscribe = self.ctx.store.subscribe(
+            self._on_change, (Kind.WORKLOAD, Kind.AUTHORIZATION_POLICY, Kind.PEER_AUTHENTICATION))
         await self.sync(self.ctx.store.view)
-        self.ctx.store.subscribe(self._on_change, (Kind.WORKLOAD, Kind.AUTHORIZATION_POLICY,
-                                                   Kind.PEER_AUTHENTICATION))
         return self
 
     async def drain(self, deadline: float) -> None:
-        """Stop accepting; GOAWAY every HBONE connection and let tunnels finish until the
-        deadline; plaintext connections get the same time."""
+        """Stop accepting and following the store; GOAWAY every HBONE connection and let
+        tunnels finish until the deadline; plaintext connections get the same time."""
+        self._stop_following()
         if self.plaintext is not None:
             self.plaintext.stop_accepting()
-        await asyncio.gather(*(s.close(deadline) for s in self.servers.values()),
-                             self._plaintext_drained(deadline), return_exceptions=True)
+        closing = [s.close(deadline) for s in self.servers.values()]
         self.servers.clear()
+        await asyncio.gather(*closing, *self._closing, self._plaintext_drained(deadline), return_exceptions=True)
+
+    def _stop_following(self) -> None:
+        self._following = False
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
 
     async def _plaintext_drained(self, deadline: float) -> None:
         if self.plaintext is not None:
@@ -89,11 +106,12 @@ class Inbound:
             await self.plaintext.close()
 
     async def _on_change(self, change: StateChange) -> None:
-        if change.keys(Kind.WORKLOAD):
-            await self.sync(change.new)
+        # revocation first: closing listeners of removed workloads waits for their tunnels
         ended = self.revoke(change.new)
         if ended:
             log.info("%d tunnels no longer allowed were closed", ended)
+        if change.keys(Kind.WORKLOAD):
+            await self.sync(change.new)
 
     # -- listeners ---------------------------------------------------------------
     def wanted_addresses(self, state: MeshView) -> set[tuple[str, int]]:
@@ -107,22 +125,40 @@ class Inbound:
 
     async def sync(self, state: MeshView) -> set:
         """One HBONE listener per wanted address: new workloads get one, removed ones lose
-        it. Returns (and keeps in `unbound`) the wanted addresses it could not listen on."""
+        it (their tunnels drain in the background, owned here until drain() or close()).
+        Returns (and keeps in `unbound`) the wanted addresses it could not listen on; they
+        are tried again every few seconds."""
+        if not self._following:
+            return set()
         wanted = self.wanted_addresses(state)
         settings = self.ctx.settings
         for address in set(self.servers) - wanted:
-            await self.servers.pop(address).close(settings.drain_deadline)
+            task = asyncio.get_running_loop().create_task(self.servers.pop(address).close(settings.drain_deadline))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         for address in sorted(wanted - set(self.servers)):
             server = HboneServer(self.context_for, settings.trust_domain, handler=self.handle,
                                  destination_of=original_destination)
             try:
                 await server.start(*address)
             except OSError as exc:
-                log.error("%s", listener_error("inbound", address, exc))
+                if address not in self.unbound:
+                    log.error("%s", listener_error("inbound", address, exc))
                 continue
             self.servers[address] = server
         self.unbound = wanted - set(self.servers)
+        if self.unbound and self._retry is None:
+            self._retry = asyncio.get_running_loop().create_task(self._bind_later())
         return self.unbound
+
+    async def _bind_later(self) -> None:
+        # an address not on this host yet (a pod's IP is added after the pod is known)
+        try:
+            while self.unbound and self._following:
+                await asyncio.sleep(BIND_RETRY)
+                await self.sync(self.ctx.store.view)
+        finally:
+            self._retry = None
 
     @property
     def connections(self) -> int:

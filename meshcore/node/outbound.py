@@ -42,13 +42,12 @@ class Outbound:
         self.socks: asyncio.AbstractServer | None = None
         self.own_addresses: frozenset = frozenset()   # refused as destinations on the proxy's ports
         self._choice = itertools.count()
+        self._unsubscribe = None
 
     async def start(self) -> "Outbound":
         """Open the capture and SOCKS5 listeners (ListenerError naming the one that
         cannot listen), then follow the store's local workloads."""
         loop = asyncio.get_running_loop()
-        self._own_addresses(self.ctx.store.view)
-        self.ctx.store.subscribe(lambda change: self._own_addresses(change.new), (Kind.WORKLOAD,))
         for name, address, factory in (("outbound", self.capture_address, self.relay._accepted),
                                        ("socks5", self.socks_address,
                                         lambda: socks5.Socks5Handshake(self._socks_request))):
@@ -63,6 +62,9 @@ class Outbound:
                 self.capture = server
             else:
                 self.socks = server
+        self._own_addresses(self.ctx.store.view)
+        self._unsubscribe = self.ctx.store.subscribe(lambda change: self._own_addresses(change.new),
+                                                     (Kind.WORKLOAD,))
         return self
 
     def _own_addresses(self, view: MeshView) -> None:
@@ -71,6 +73,9 @@ class Outbound:
             ip for w in view.local_workloads(settings.node_name) for ip in w.ips)
 
     def stop_accepting(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         for server in (self.capture, self.socks):
             if server is not None:
                 server.close()

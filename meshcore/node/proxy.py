@@ -129,6 +129,8 @@ class NodeProxy:
         self.endpoints: list[HttpEndpoints] = []
         self.stopped = asyncio.Event()
         self._watcher: asyncio.Task | None = None
+        self._draining: asyncio.Future | None = None
+        self._background: set[asyncio.Task] = set()    # reloads and drains that signals started
 
     # -- identity ---------------------------------------------------------------------
     def _issuer(self):
@@ -184,7 +186,24 @@ class NodeProxy:
         while True:
             await asyncio.sleep(self.options.reload_interval)
             if self.files.changed_on_disk():
-                await self.reload("files changed")
+                await self.reload_safely("files changed")
+
+    async def reload_safely(self, reason: str) -> bool:
+        """reload(), with a failure that is not the configuration's logged and counted
+        instead of ending the caller (the file watcher, a signal handler)."""
+        try:
+            return await self.reload(reason)
+        except Exception:
+            self.metrics.config_reloads.labels("failed").inc()
+            log.exception("reload (%s) failed; the configuration in force stays", reason)
+            return False
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Run a reload or drain that a signal or an admin call asked for, owned here."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     def pending(self) -> list[str]:
         """What keeps the node from being ready."""
@@ -237,12 +256,24 @@ class NodeProxy:
 
     async def drain(self, quiet: bool = False) -> None:
         """Stop accepting, GOAWAY every HBONE connection, let tunnels and connections
-        finish until the drain deadline, then end what is left."""
+        finish until the drain deadline, then end what is left. Once: a second call (a
+        signal and /quitquitquit together) waits for the first."""
+        if self._draining is not None:
+            await asyncio.shield(self._draining)
+            return
+        self._draining = asyncio.get_running_loop().create_future()
+        try:
+            await self._drain(quiet)
+        finally:
+            self._draining.set_result(None)
+
+    async def _drain(self, quiet: bool) -> None:
         deadline = self.options.drain_deadline
         if not quiet:
             log.info("draining (deadline %.0f s)", deadline)
         if self._watcher is not None:
             self._watcher.cancel()
+        await self.store.settled()                 # a reload under way finishes first
         await self.certificates.close()
         for e in self.endpoints:
             await e.close()
@@ -281,7 +312,7 @@ class NodeProxy:
     def _quit(self, method, query):
         if method != "POST":
             return text(405, "POST /quitquitquit to drain and exit\n")
-        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.drain()))
+        asyncio.get_running_loop().call_soon(self.spawn, self.drain())
         return text(200, "shutdown now\n")
 
     def _index(self, method, query):

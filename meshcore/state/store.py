@@ -264,11 +264,19 @@ class MeshStore:
     def view(self) -> MeshView:
         return self._view
 
-    def subscribe(self, callback: Callable[[StateChange], object], kinds: Iterable[Kind] | None = None) -> None:
+    def subscribe(self, callback: Callable[[StateChange], object],
+                  kinds: Iterable[Kind] | None = None) -> Callable[[], None]:
         """callback(StateChange) after each change that touches one of `kinds` (every
         kind when None). A coroutine function is awaited when the change came through
-        apply_async/replace_async (in order, before the next change applies)."""
-        self._subscribers.append((frozenset(kinds) if kinds is not None else None, callback))
+        apply_async/replace_async (in order, before the next change applies). Returns
+        the call that ends the subscription (a component makes it when it closes)."""
+        entry = (frozenset(kinds) if kinds is not None else None, callback)
+        self._subscribers.append(entry)
+
+        def unsubscribe() -> None:
+            if entry in self._subscribers:
+                self._subscribers.remove(entry)
+        return unsubscribe
 
     # -- synchronous writes (start-up, tests, tools) ------------------------------------
     def apply(self, source: str, changes: Iterable, *, version: str = "") -> Applied:

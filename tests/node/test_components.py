@@ -84,3 +84,32 @@ def test_inbound_follows_the_store_without_a_node_proxy(run):
         closed = metrics.closed.collect()[0].samples
         return sum(s.value for s in closed if s.name.endswith("_total"))
     assert run(scenario()) >= 1
+
+
+def test_an_address_that_cannot_be_bound_is_tried_again_and_a_closed_inbound_follows_nothing(run, monkeypatch):
+    import socket
+    from meshcore.node import inbound as inbound_module
+    monkeypatch.setattr(inbound_module, "BIND_RETRY", 0.05)
+    net = f"127.{random.randint(100, 250)}"
+    web_ip = f"{net}.2.1"
+    store = MeshStore()
+    store.apply("test", [Upsert(workload("web", web_ip, "web"))])
+    ctx = ProxyContext(ProxySettings(node_name="n1"), store, CertificateStore(CertificateAuthority.create("cluster.local")),
+                       Telemetry(NodeMetrics("test")), SourceBinder(False))
+
+    async def scenario():
+        squatter = socket.create_server((web_ip, 15008))         # someone else holds the address
+        inbound = await Inbound(ctx, hbone=("workloads", 15008), plaintext=None).start()
+        try:
+            assert inbound.unbound == {(web_ip, 15008)} and not inbound.servers
+            squatter.close()
+            for _ in range(100):
+                if inbound.servers:
+                    break
+                await asyncio.sleep(0.02)
+            assert set(inbound.servers) == {(web_ip, 15008)} and not inbound.unbound
+        finally:
+            await inbound.close()
+        await store.apply_async("test", [Upsert(workload("api", f"{net}.2.2", "api"))])
+        return inbound.servers
+    assert run(scenario()) == {}
