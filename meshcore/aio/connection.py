@@ -274,7 +274,25 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         fut = self.loop.create_future()
         self._opening[sid] = (fut, protocol_factory, stream)
         self._flush()
-        return await fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._abandon_open(sid, fut)
+            raise
+
+    def _abandon_open(self, sid: int, fut: asyncio.Future) -> None:
+        """The opener left: the stream goes now (RST_STREAM CANCEL), not when the peer
+        answers, so a peer that never answers holds neither a stream nor a pool slot."""
+        if fut.done() and not fut.cancelled() and fut.exception() is None:
+            fut.result()[0].abort()             # answered 200 just before the opener left
+            return
+        if self._opening.pop(sid, None) is None:
+            return
+        self.streams.pop(sid, None)
+        if self.h2.can_send(sid) or self.h2.can_receive(sid):
+            self.h2.reset_stream(sid, ErrorCode.CANCEL)
+            self._flush()
+        self._stream_done(sid)
 
     def own_request(self, stream_id: int, task: asyncio.Task) -> None:
         """Server: `task` answers the request on `stream_id`; it is cancelled if the

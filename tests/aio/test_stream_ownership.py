@@ -197,3 +197,33 @@ def test_unread_data_of_a_closed_stream_goes_back_to_the_connection_window(run, 
                 len(payload), hashlib.sha256(payload).hexdigest())
             await server.close()
     run(scenario())
+
+
+def test_a_tunnel_given_up_before_its_answer_leaves_no_stream_or_pool_slot(run, ca):
+    """An opener that times out before the server answers resets its stream at once: a
+    peer that never answers holds neither a stream nor a pool slot."""
+    import pytest
+    from meshcore.aio import HboneServer
+
+    async def scenario():
+        cancelled = asyncio.Event()
+
+        async def never_answers(request):
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.set()
+                raise
+        server = HboneServer(CertificateStore(ca).server_context(SERVER), "cluster.local", handler=never_answers)
+        await server.start()
+        try:
+            async with Mesh(CLIENT, CertificateStore(ca)) as mesh:
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(mesh.open_tunnel("127.0.0.1", 9, SERVER, via=server.address), 0.3)
+                conn, = mesh.pool.connections
+                assert not conn.streams
+                assert [e.active for e in mesh.pool.core.entries()] == [0]
+                await asyncio.wait_for(cancelled.wait(), 2)         # the server saw the reset
+        finally:
+            await server.close()
+    run(scenario())
