@@ -235,13 +235,13 @@ class Inbound:
 
     def revoke(self, state: MeshView) -> int:
         """After a configuration change: end the tunnels and plaintext connections the
-        policies in force now deny (or whose workload is gone)."""
-        ended = 0
+        policies in force now deny (or whose workload is gone, or moved)."""
+        ended, node = 0, self.ctx.settings.node_name
         for request, facts in list(self.active.items()):
-            if not _still_allowed(state, *facts) and request.connection.cancel_request(request.stream_id):
+            if not _still_allowed(state, node, *facts) and request.connection.cancel_request(request.stream_id):
                 ended += 1
         for splice, facts in list(self.plaintext_active.items()):
-            if not _still_allowed(state, *facts):
+            if not _still_allowed(state, node, *facts):
                 self.plaintext_active.pop(splice, None)
                 splice.abort()
                 ended += 1
@@ -274,7 +274,7 @@ class Inbound:
                 ctx.settings.connect_timeout)
             facts = (workload, None, peer_ip, dst_ip, dst_port, mode)
             now = ctx.store.view
-            if now is not view and not _still_allowed(now, *facts):
+            if now is not view and not _still_allowed(now, ctx.settings.node_name, *facts):
                 # the revocation pass of a change that came while we connected did not see us
                 raise PolicyRefusal("no longer allowed by the configuration applied while connecting")
         except (OSError, asyncio.TimeoutError) as exc:
@@ -290,9 +290,12 @@ class Inbound:
         self.ctx.telemetry.relay_ended(record, splice)
 
 
-def _still_allowed(state: MeshView, workload, principal, src, dst, port, mode=None) -> bool:
+def _still_allowed(state: MeshView, node: str, workload, principal, src, dst, port, mode=None) -> bool:
+    """Whether a connection allowed under an earlier view is allowed under `state`: its
+    destination is still this node's workload at that address, and its policies (and,
+    for plaintext, its PeerAuthentication) still let it in."""
     current = state.by_uid.get(workload.uid)
-    if current is None:
+    if current is None or current.node != node or ipaddress.ip_address(dst) not in current.ips:
         return False
     if mode is not None and state.mtls_mode(current, port) is MtlsMode.STRICT:
         return False                           # plaintext, now that mTLS is required

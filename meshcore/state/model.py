@@ -1,7 +1,7 @@
 """The mesh's resources as meshcore models them: workloads, services, peer
 authentication (authorization policies are meshcore.policy.model.Policy). Sources
-build them (ztunnel's local config and Istio YAML today, istiod's Address resources
-over xDS the same way); the store (store.py) holds them and views (view.py) index them.
+build them (meshcore.sources: ztunnel's local config and Istio YAML files); the store
+(store.py) holds them and views (view.py) index them.
 
 Every object is frozen and compared by value: a source that sends the same resource
 again changes nothing, and a connection that started under one view keeps it intact.

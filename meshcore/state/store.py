@@ -268,8 +268,9 @@ class MeshStore:
                   kinds: Iterable[Kind] | None = None) -> Callable[[], None]:
         """callback(StateChange) after each change that touches one of `kinds` (every
         kind when None). A coroutine function is awaited when the change came through
-        apply_async/replace_async (in order, before the next change applies). Returns
-        the call that ends the subscription (a component makes it when it closes)."""
+        apply_async/replace_async (in order, before the next change applies), so it must
+        not await a change of its own (it would wait for itself). Returns the call that
+        ends the subscription (a component makes it when it closes)."""
         entry = (frozenset(kinds) if kinds is not None else None, callback)
         self._subscribers.append(entry)
 
