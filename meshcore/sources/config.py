@@ -191,17 +191,26 @@ def peer_authentication(doc: dict) -> PeerAuthentication:
                               selector, tuple(ports))
 
 
+def _consumed(items: list):
+    """(index, item), each item dropped from the list once taken: the parsed text is
+    freed an element at a time, not in one long free of the whole document at the end
+    (which holds the GIL: ~15 ms for 10,000 of each kind)."""
+    for i in range(len(items)):
+        item, items[i] = items[i], None
+        yield i, item
+
+
 class _Collected:
     def __init__(self):
         self.workloads, self.services, self.policies, self.peer_auths = [], [], [], []
 
     def add_local_config(self, doc: dict, source: str) -> None:
         F.mapping(doc, "", allowed=("workloads", "services", "policies"))
-        for i, w in enumerate(F.sequence(doc.get("workloads"), "workloads")):
+        for i, w in _consumed(F.sequence(doc.get("workloads"), "workloads")):
             self.workloads.append((workload(w, f"workloads[{i}]"), source))
-        for i, s in enumerate(F.sequence(doc.get("services"), "services")):
+        for i, s in _consumed(F.sequence(doc.get("services"), "services")):
             self.services.append((service(s, f"services[{i}]"), source))
-        for i, p in enumerate(F.sequence(doc.get("policies"), "policies")):
+        for i, p in _consumed(F.sequence(doc.get("policies"), "policies")):
             self.policies.append(ztunnel_policy(p, f"policies[{i}]", source))
 
     def add(self, text: str, source: str) -> None:
