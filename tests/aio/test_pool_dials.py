@@ -24,7 +24,7 @@ from meshcore.errors import IdentityError, StreamRefusedError, TunnelError, Usag
 from meshcore.identity import CertificateStore, SpiffeId
 
 from h2hbone import H2Endpoint
-from helpers import CLIENT, SERVER, exchange, port_of, relay_setup, wait_until
+from helpers import CLIENT, SERVER, exchange, listener_that_never_accepts, port_of, relay_setup, wait_until
 
 OTHER = SpiffeId("cluster.local", "shop", "cache")
 
@@ -84,24 +84,6 @@ def test_a_caller_leaving_a_shared_dial_leaves_alone(run, ca):
             assert (pool.dials, pool.dial_failures, pool.dials_abandoned) == (1, 0, 0)
             assert len(server.connections) == 1
     run(scenario())
-
-
-@contextlib.contextmanager
-def listener_that_never_accepts():
-    """A port whose accept queue is full: connects to it hang in SYN_SENT."""
-    full = socket.socket()
-    full.bind(("127.0.0.1", 0))
-    full.listen(0)
-    fillers = [socket.socket() for _ in range(4)]
-    for s in fillers:
-        s.setblocking(False)
-        s.connect_ex(full.getsockname())
-    try:
-        yield full.getsockname()
-    finally:
-        for s in fillers:
-            s.close()
-        full.close()
 
 
 @contextlib.asynccontextmanager

@@ -2,15 +2,14 @@
 either ends, what it owns ends with it. Driven by an independent h2 client over real
 mTLS, with file descriptors counted before and after."""
 import asyncio
-import contextlib
 import hashlib
 import os
-import socket
 
 from meshcore import Mesh
 from meshcore.identity import CertificateStore
 
-from helpers import CLIENT, SERVER, exchange, port_of, server_and_h2_client, tcp_echo_server, wait_until
+from helpers import (CLIENT, SERVER, exchange, listener_that_never_accepts, port_of, server_and_h2_client,
+                     tcp_echo_server, wait_until)
 
 
 def open_fds() -> int:
@@ -23,24 +22,6 @@ async def assert_echoed(client, sid: int, payload: bytes) -> None:
     assert await client.status[sid] == 200
     assert await client.ended[sid] == "end"
     assert hashlib.sha256(client.received[sid]).digest() == hashlib.sha256(payload).digest()
-
-
-@contextlib.contextmanager
-def listener_that_never_accepts():
-    """A port whose accept queue is full: connects to it hang in SYN_SENT."""
-    full = socket.socket()
-    full.bind(("127.0.0.1", 0))
-    full.listen(0)
-    fillers = [socket.socket() for _ in range(4)]
-    for s in fillers:
-        s.setblocking(False)
-        s.connect_ex(full.getsockname())
-    try:
-        yield full.getsockname()[1]
-    finally:
-        for s in fillers:
-            s.close()
-        full.close()
 
 
 async def holding_server(accepted: list):
@@ -78,7 +59,7 @@ def test_lost_connection_closes_every_upstream_it_opened(run, ca):
 
 def test_lost_connection_cancels_upstream_dials_in_progress(run, ca):
     async def scenario():
-        with listener_that_never_accepts() as port:
+        with listener_that_never_accepts() as (_, port):
             await asyncio.sleep(0.1)
             await drop_connection_while_dialing(port)
 
@@ -97,7 +78,7 @@ def test_lost_connection_cancels_upstream_dials_in_progress(run, ca):
 
 def test_reset_request_closes_its_dial(run, ca):
     async def scenario():
-        with listener_that_never_accepts() as port:
+        with listener_that_never_accepts() as (_, port):
             await reset_while_dialing(port)
 
     async def reset_while_dialing(port):

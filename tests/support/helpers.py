@@ -2,6 +2,7 @@
 import asyncio
 import contextlib
 import hashlib
+import socket
 
 from meshcore.identity import SpiffeId
 from meshcore.localworkload import echo
@@ -89,3 +90,21 @@ async def server_and_h2_client(ca, **server_options):
                            **server_options) as server:
         await server.start()
         yield server, H2TunnelClient(await h2_client(*server.address, CertificateStore(ca).client_context(CLIENT)))
+
+
+@contextlib.contextmanager
+def listener_that_never_accepts():
+    """An address whose accept queue is full: connects to it hang in SYN_SENT."""
+    full = socket.socket()
+    full.bind(("127.0.0.1", 0))
+    full.listen(0)
+    fillers = [socket.socket() for _ in range(4)]
+    for s in fillers:
+        s.setblocking(False)
+        s.connect_ex(full.getsockname())
+    try:
+        yield full.getsockname()
+    finally:
+        for s in fillers:
+            s.close()
+        full.close()
