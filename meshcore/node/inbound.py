@@ -107,11 +107,22 @@ class Inbound:
 
     async def _on_change(self, change: StateChange) -> None:
         # revocation first: closing listeners of removed workloads waits for their tunnels
-        ended = self.revoke(change.new)
-        if ended:
-            log.info("%d tunnels no longer allowed were closed", ended)
+        if self._may_revoke(change):
+            ended = self.revoke(change.new)
+            if ended:
+                log.info("%d tunnels no longer allowed were closed", ended)
         if change.keys(Kind.WORKLOAD):
             await self.sync(change.new)
+
+    def _may_revoke(self, change: StateChange) -> bool:
+        """Policies, PeerAuthentication or a workload of this node changed: only those
+        decide whether a connection to this node's workloads stays allowed."""
+        if change.keys(Kind.AUTHORIZATION_POLICY) or change.keys(Kind.PEER_AUTHENTICATION):
+            return True
+        node = self.ctx.settings.node_name
+        return any(w is not None and w.node == node
+                   for uid in change.keys(Kind.WORKLOAD) for w in (change.old.by_uid.get(uid),
+                                                                  change.new.by_uid.get(uid)))
 
     # -- listeners ---------------------------------------------------------------
     def wanted_addresses(self, state: MeshView) -> set[tuple[str, int]]:
