@@ -12,6 +12,7 @@ heap. Without glibc this does nothing.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -31,6 +32,14 @@ _was_enabled = True
 _switch_interval = 0.005
 
 
+def _on_event_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        return False
+
+
 @contextlib.contextmanager
 def gc_paused():
     """No cyclic collection while a large configuration is parsed and diffed. Parsing
@@ -44,10 +53,11 @@ def gc_paused():
         if _pauses == 0:
             _was_enabled = gc.isenabled()
             gc.disable()
-            # the work runs on a worker thread: the event loop's thread, waiting for the
-            # GIL after each poll, gets it back within 0.5 ms instead of the default 5
             _switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch_interval, BACKGROUND_SWITCH_INTERVAL))
+            if not _on_event_loop():
+                # on a worker thread: the event loop's thread, waiting for the GIL after
+                # each poll, gets it back within 0.5 ms instead of the default 5
+                sys.setswitchinterval(min(_switch_interval, BACKGROUND_SWITCH_INTERVAL))
         _pauses += 1
     try:
         yield
