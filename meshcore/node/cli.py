@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 
 from meshcore.errors import ConfigError
@@ -25,7 +26,11 @@ A listener without a host binds --address.
 configuration: ztunnel's local config (workloads, services, policies) and Istio
 AuthorizationPolicy / PeerAuthentication documents, in any number of files, or inline
 in $LOCAL_XDS. Files are reloaded when they change and on SIGHUP; a bad new config is
-refused with its file, document and field, and the running one is kept."""
+refused with its file, document and field, and the running one is kept.
+
+environment (ztunnel's names; a flag given wins): NODE_NAME (--node-name),
+LOCAL_XDS_PATH (--config), LOCAL_XDS (inline configuration), TRUST_DOMAIN
+(--trust-domain), NETWORK (--network)."""
 
 
 def _listen(text: str) -> tuple[str, tuple | None]:
@@ -46,10 +51,13 @@ def add_parser(sub) -> None:
                        description="Run meshcore's node proxy: mTLS HBONE tunnels for the workloads of one "
                                    "node, L4 authorization, SOCKS5, admin and metrics.",
                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    env = os.environ
     p.add_argument("--config", action="append", default=[], metavar="FILE",
-                   help="configuration file (repeatable); without one, $LOCAL_XDS holds the config inline")
-    p.add_argument("--node-name", default="local", help="this node's name: workloads whose `node` field "
-                   "equals it are served here (default: local)")
+                   help="configuration file (repeatable); without one, the file $LOCAL_XDS_PATH names, or "
+                        "the configuration itself in $LOCAL_XDS")
+    p.add_argument("--node-name", default=env.get("NODE_NAME", ""),
+                   help="this node's name ($NODE_NAME): workloads whose `node` field equals it are served "
+                        "here; without one, every workload is (as ztunnel without NODE_NAME)")
     p.add_argument("--address", default="127.0.0.1",
                    help="address for listeners given without a host (default: 127.0.0.1)")
     p.add_argument("--listen", action="append", type=_listen, default=[], metavar="NAME=HOST:PORT",
@@ -63,12 +71,14 @@ def add_parser(sub) -> None:
     p.add_argument("--state-dir", help="where the built-in CA is created on first start when neither --ca-dir "
                    "nor --cert-dir is given (default: $MESHCORE_STATE_DIR, else $XDG_STATE_HOME/meshcore, else "
                    "~/.local/state/meshcore)")
-    p.add_argument("--trust-domain", default="cluster.local", help="trust domain of a newly created built-in CA")
+    p.add_argument("--trust-domain", default=env.get("TRUST_DOMAIN") or "cluster.local",
+                   help="trust domain of a newly created built-in CA ($TRUST_DOMAIN; default: cluster.local)")
     p.add_argument("--root-namespace", default=ROOT_NAMESPACE, metavar="NAMESPACE",
                    help="the mesh's root namespace (Istio's meshConfig.rootNamespace): an AuthorizationPolicy "
                         "without a selector there applies to the whole mesh, and a PeerAuthentication there "
                         f"is the mesh-wide default (default: {ROOT_NAMESPACE})")
-    p.add_argument("--network", default="", help="this node's network name (default: the unnamed network)")
+    p.add_argument("--network", default=env.get("NETWORK", ""),
+                   help="this node's network name ($NETWORK; default: the unnamed network)")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="upstream and tunnel connect timeout (default: 10)")
     p.add_argument("--drain-deadline", type=float, default=5.0, metavar="SECONDS",
@@ -86,11 +96,12 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
     if args.ca_dir and args.cert_dir:
         raise ConfigError("give --ca-dir (a CA to issue from) or --cert-dir (ready certificates), not both",
                           source="meshcore node")
-    inline = None if args.config else inline_from_environment()
-    if not args.config and inline is None:
-        raise ConfigError("no configuration: give --config FILE (or set LOCAL_XDS to the YAML text)",
-                          source="meshcore node")
-    return NodeOptions(node_name=args.node_name, config_paths=tuple(args.config), inline_config=inline,
+    paths = tuple(args.config) or tuple(p for p in (os.environ.get("LOCAL_XDS_PATH"),) if p)
+    inline = None if paths else inline_from_environment()
+    if not paths and inline is None:
+        raise ConfigError("no configuration: give --config FILE (or set LOCAL_XDS_PATH to a file, or LOCAL_XDS "
+                          "to the YAML text)", source="meshcore node")
+    return NodeOptions(node_name=args.node_name, config_paths=paths, inline_config=inline,
                        address=args.address, listen=dict(args.listen), ca_dir=args.ca_dir, cert_dir=args.cert_dir,
                        state_dir=args.state_dir, trust_domain=args.trust_domain, network=args.network,
                        connect_timeout=args.connect_timeout, drain_deadline=args.drain_deadline,
@@ -131,5 +142,5 @@ async def serve(options: NodeOptions) -> int:
     loop.add_signal_handler(signal.SIGINT, lambda: proxy.spawn(proxy.drain()))
     loop.add_signal_handler(signal.SIGHUP, lambda: proxy.spawn(proxy.reload_safely("SIGHUP")))
     await proxy.stopped.wait()
-    log.info("node %s stopped", options.node_name)
+    log.info("node %s stopped", options.node_name or "(unnamed)")
     return 0

@@ -19,13 +19,17 @@ from meshcore.state.store import MeshStore
 
 @dataclass(frozen=True)
 class ProxySettings:
-    node_name: str = "local"
+    node_name: str = ""                         # "": every workload is this node's (no NODE_NAME)
     network: str = ""
     trust_domain: str = "cluster.local"
     connect_timeout: float = 10.0
     drain_deadline: float = 5.0
     proxy_ports: frozenset = frozenset()        # the proxy's own traffic ports: never a destination
     listener_ips: frozenset = frozenset()       # addresses its listeners were given explicitly
+
+    def serves(self, workload) -> bool:
+        """Whether `workload` is this node's: its `node` is our name, or we have none."""
+        return not self.node_name or workload.node == self.node_name
 
     @property
     def networks(self) -> tuple[str, ...]:

@@ -119,8 +119,8 @@ class Inbound:
         decide whether a connection to this node's workloads stays allowed."""
         if change.keys(Kind.AUTHORIZATION_POLICY) or change.keys(Kind.PEER_AUTHENTICATION):
             return True
-        node = self.ctx.settings.node_name
-        return any(w is not None and w.node == node
+        serves = self.ctx.settings.serves
+        return any(w is not None and serves(w)
                    for uid in change.keys(Kind.WORKLOAD) for w in (change.old.by_uid.get(uid),
                                                                   change.new.by_uid.get(uid)))
 
@@ -190,7 +190,7 @@ class Inbound:
             return None
         settings = self.ctx.settings
         w = next((w for w in (state.workload_at(n, address) for n in settings.networks) if w), None)
-        return w if w is not None and w.node == settings.node_name else None
+        return w if w is not None and settings.serves(w) else None
 
     async def handle(self, request: TunnelRequest) -> None:
         ctx = self.ctx
@@ -247,12 +247,12 @@ class Inbound:
     def revoke(self, state: MeshView) -> int:
         """After a configuration change: end the tunnels and plaintext connections the
         policies in force now deny (or whose workload is gone, or moved)."""
-        ended, node = 0, self.ctx.settings.node_name
+        ended, settings = 0, self.ctx.settings
         for request, facts in list(self.active.items()):
-            if not _still_allowed(state, node, *facts) and request.connection.cancel_request(request.stream_id):
+            if not _still_allowed(state, settings, *facts) and request.connection.cancel_request(request.stream_id):
                 ended += 1
         for splice, facts in list(self.plaintext_active.items()):
-            if not _still_allowed(state, node, *facts):
+            if not _still_allowed(state, settings, *facts):
                 self.plaintext_active.pop(splice, None)
                 splice.abort()
                 ended += 1
@@ -285,7 +285,7 @@ class Inbound:
                 ctx.settings.connect_timeout)
             facts = (workload, None, peer_ip, dst_ip, dst_port, mode)
             now = ctx.store.view
-            if now is not view and not _still_allowed(now, ctx.settings.node_name, *facts):
+            if now is not view and not _still_allowed(now, ctx.settings, *facts):
                 # the revocation pass of a change that came while we connected did not see us
                 raise PolicyRefusal("no longer allowed by the configuration applied while connecting")
         except (OSError, asyncio.TimeoutError) as exc:
@@ -301,12 +301,12 @@ class Inbound:
         self.ctx.telemetry.relay_ended(record, splice)
 
 
-def _still_allowed(state: MeshView, node: str, workload, principal, src, dst, port, mode=None) -> bool:
+def _still_allowed(state: MeshView, settings, workload, principal, src, dst, port, mode=None) -> bool:
     """Whether a connection allowed under an earlier view is allowed under `state`: its
     destination is still this node's workload at that address, and its policies (and,
     for plaintext, its PeerAuthentication) still let it in."""
     current = state.by_uid.get(workload.uid)
-    if current is None or current.node != node or ipaddress.ip_address(dst) not in current.ips:
+    if current is None or not settings.serves(current) or ipaddress.ip_address(dst) not in current.ips:
         return False
     if mode is not None and state.mtls_mode(current, port) is MtlsMode.STRICT:
         return False                           # plaintext, now that mTLS is required

@@ -138,8 +138,9 @@ class Outbound:
             view = ctx.store.view
             source = view.workload_at(settings.network, ipaddress.ip_address(peer_ip))
             record.src_workload = source
-            if source is None or source.node != settings.node_name:
-                raise RouteRefused(f"source {peer_ip} is not a workload of node {settings.node_name!r}")
+            if source is None or not settings.serves(source):
+                raise RouteRefused(f"source {peer_ip} is not a workload of node {settings.node_name!r}"
+                                   if settings.node_name else f"source {peer_ip} is not a workload of the mesh")
             chosen = route(view, source, ip, port, choice=next(self._choice),
                            own_addresses=self.own_addresses, proxy_ports=settings.proxy_ports)
             record.dst_workload, record.service = chosen.workload, chosen.service

@@ -49,7 +49,7 @@ DEFAULT_LISTEN = {"outbound": ("", 15001), "inbound-plaintext": ("", 15006), "in
 
 @dataclass
 class NodeOptions:
-    node_name: str = "local"
+    node_name: str = ""                         # "": every workload is this node's (ztunnel without NODE_NAME)
     config_paths: tuple[str, ...] = ()
     inline_config: str | None = None
     address: str = "127.0.0.1"                 # where listeners without an explicit host bind
@@ -250,7 +250,7 @@ class NodeProxy:
             await self.drain(quiet=True)           # nothing was served: no "draining" before the error
             raise
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
-        log.info("node %s ready: %s", self.node_name, ", ".join(
+        log.info("node %s ready: %s", self.node_name or "(unnamed: every workload is local)", ", ".join(
             f"{n} {a[0]}:{a[1]}" for n, a in listen.items() if a is not None))
         return self
 

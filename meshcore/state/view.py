@@ -89,6 +89,10 @@ class MeshView:
         return tuple(self.by_uid[uid] for uid in self.by_identity.get(identity, ()))
 
     def local_workloads(self, node: str) -> list[Workload]:
+        """The workloads a node proxy named `node` serves; with no name, every one (as
+        ztunnel does without NODE_NAME)."""
+        if not node:
+            return list(self.by_uid.values())
         return [self.by_uid[uid] for uid in self.by_node.get(node, ())]
 
     def policy_set(self, workload: Workload):

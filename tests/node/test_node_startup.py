@@ -61,7 +61,9 @@ def test_a_config_mistake_is_refused_before_a_ca_is_created(tmp_path):
 
 
 def _node(tmp_path, address: str, *extra):
+    # a node of its own name: the configuration's one workload is another node's
     return subprocess.Popen([sys.executable, "-m", "meshcore", "node", "--config", "mesh.yaml", "--address", address,
+                             "--node-name", "here",
                              "--listen", f"socks5={address}:15080", "--listen", f"admin={address}:15000",
                              # ports other tests may hold on every address (0.0.0.0) stay closed
                              "--listen", "inbound-plaintext=off", "--listen", "metrics=off",
@@ -99,4 +101,26 @@ def test_a_port_in_use_is_named_and_a_stopped_node_says_so(tmp_path):
         if node.poll() is None:
             node.kill()
     assert node.returncode == 0
-    assert out.splitlines()[-1].endswith("node local stopped"), out
+    assert out.splitlines()[-1].endswith("node here stopped"), out
+
+
+def test_ztunnel_environment_sets_the_defaults_and_flags_win(tmp_path, monkeypatch):
+    from meshcore.cli import build_parser
+    from meshcore.node.cli import options_from
+    (tmp_path / "mesh.yaml").write_text(MESH)
+    for name, value in (("NODE_NAME", "elsewhere"), ("LOCAL_XDS_PATH", str(tmp_path / "mesh.yaml")),
+                        ("TRUST_DOMAIN", "example.org"), ("NETWORK", "net1")):
+        monkeypatch.setenv(name, value)
+    options = options_from(build_parser().parse_args(["node"]))
+    assert (options.node_name, options.config_paths, options.trust_domain, options.network) == (
+        "elsewhere", (str(tmp_path / "mesh.yaml"),), "example.org", "net1")
+    options = options_from(build_parser().parse_args(["node", "--node-name", "here", "--network", ""]))
+    assert (options.node_name, options.network) == ("here", "")
+
+
+def test_without_a_node_name_every_workload_is_local():
+    from meshcore.sources.config import load
+    view = load(inline="workloads:\n- {uid: a, namespace: shop, workloadIps: [10.0.0.1], node: n1}\n"
+                       "- {uid: b, namespace: shop, workloadIps: [10.0.0.2]}\n")
+    assert sorted(w.uid for w in view.local_workloads("")) == ["a", "b"]
+    assert [w.uid for w in view.local_workloads("n1")] == ["a"]
