@@ -2,6 +2,7 @@
 top-level keys), so scripts written against ztunnel's dump read meshcore's."""
 from __future__ import annotations
 
+import base64
 import datetime as dt
 from dataclasses import fields
 
@@ -100,7 +101,8 @@ def certificates(store, identities) -> list[dict]:
 
 
 def _cert(c) -> dict:
-    return {"pem": c.public_bytes(Encoding.PEM).decode(), "serialNumber": format(c.serial_number, "x"),
+    # the PEM text base64-encoded, as ztunnel writes it (istioctl decodes it)
+    return {"pem": base64.b64encode(c.public_bytes(Encoding.PEM)).decode(), "serialNumber": format(c.serial_number, "x"),
             "validFrom": _time(c.not_valid_before_utc), "expirationTime": _time(c.not_valid_after_utc)}
 
 

@@ -1,6 +1,7 @@
 """Two node proxies as real processes (meshcore.localmesh: CA, node-a, node-b, workloads),
 driven from outside by curl and by plain sockets through SOCKS5."""
 import asyncio
+import base64
 import hashlib
 import os
 import re
@@ -152,7 +153,9 @@ def test_metrics_config_dump_readiness_and_logging(mesh):
     certs = {c["identity"]: c for c in dump["certificates"]}
     assert set(certs) == {"spiffe://cluster.local/ns/shop/sa/client", "spiffe://cluster.local/ns/jobs/sa/batch"}
     chain = certs["spiffe://cluster.local/ns/shop/sa/client"]["certChain"][0]
-    assert chain["pem"].startswith("-----BEGIN CERTIFICATE-----") and chain["expirationTime"].endswith("Z")
+    # base64 of the PEM text, as ztunnel writes it
+    assert base64.b64decode(chain["pem"]).startswith(b"-----BEGIN CERTIFICATE-----")
+    assert chain["expirationTime"].endswith("Z")
 
     assert mesh.http_get(mesh.node["node-a"], 15021, "/healthz/ready") == (200, "ready\n")
     assert mesh.http_get(mesh.node["node-a"], 15000, "/logging")[0] == 405
