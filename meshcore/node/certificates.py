@@ -31,7 +31,11 @@ class LocalCertificates:
         return self
 
     def wanted(self, view: MeshView) -> set:
-        return {w.identity for w in view.local_workloads(self.ctx.settings.node_name) if w.meshed}
+        settings = self.ctx.settings
+        wanted = {w.identity for w in view.local_workloads(settings.node_name) if w.meshed}
+        if settings.own_identity is not None:
+            wanted.add(settings.own_identity)
+        return wanted
 
     async def refresh(self) -> None:
         """Every local identity of the view in force gets a certificate now; identities no

@@ -30,7 +30,8 @@ refused with its file, document and field, and the running one is kept.
 
 environment (ztunnel's names; a flag given wins): NODE_NAME (--node-name),
 LOCAL_XDS_PATH (--config), LOCAL_XDS (inline configuration), TRUST_DOMAIN
-(--trust-domain), NETWORK (--network)."""
+(--trust-domain), NETWORK (--network); with POD_NAME, POD_NAMESPACE and
+SERVICE_ACCOUNT set, the proxy also holds its own identity's certificate."""
 
 
 def _listen(text: str) -> tuple[str, tuple | None]:
@@ -96,7 +97,11 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
     if args.ca_dir and args.cert_dir:
         raise ConfigError("give --ca-dir (a CA to issue from) or --cert-dir (ready certificates), not both",
                           source="meshcore node")
-    paths = tuple(args.config) or tuple(p for p in (os.environ.get("LOCAL_XDS_PATH"),) if p)
+    env = os.environ
+    paths = tuple(args.config) or tuple(p for p in (env.get("LOCAL_XDS_PATH"),) if p)
+    # ztunnel in its pod: it holds its own identity too
+    own = ((env["POD_NAMESPACE"], env["SERVICE_ACCOUNT"])
+           if all(env.get(v) for v in ("POD_NAME", "POD_NAMESPACE", "SERVICE_ACCOUNT")) else None)
     inline = None if paths else inline_from_environment()
     if not paths and inline is None:
         raise ConfigError("no configuration: give --config FILE (or set LOCAL_XDS_PATH to a file, or LOCAL_XDS "
@@ -106,7 +111,7 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
                        state_dir=args.state_dir, trust_domain=args.trust_domain, network=args.network,
                        connect_timeout=args.connect_timeout, drain_deadline=args.drain_deadline,
                        preserve_source=not args.no_preserve_source, root_namespace=args.root_namespace,
-                       freeze_startup=True)
+                       freeze_startup=True, own_identity=own)
 
 
 def _raise_fd_limit() -> None:

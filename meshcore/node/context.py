@@ -26,6 +26,7 @@ class ProxySettings:
     drain_deadline: float = 5.0
     proxy_ports: frozenset = frozenset()        # the proxy's own traffic ports: never a destination
     listener_ips: frozenset = frozenset()       # addresses its listeners were given explicitly
+    own_identity: object = None                 # SpiffeId the proxy holds for itself, or None
 
     def serves(self, workload) -> bool:
         """Whether `workload` is this node's: its `node` is our name, or we have none."""

@@ -115,7 +115,7 @@ def config_dump(proxy) -> dict:
         "policies": [policy(p, state.root_namespace) for p in state.policies],
         # endpoints that name a service not known yet, as ztunnel lists them
         "stagedServices": {key: {w.uid: endpoint(w, key) for w in members} for key, members in state.staged.items()},
-        "certificates": certificates(proxy.certs, sorted({w.identity for w in local if w.meshed})),
+        "certificates": certificates(proxy.certs, sorted(proxy.certificates.wanted(state))),
         "workloadState": {w.uid: {"state": "Up"} for w in local},
         "staticConfig": {"sources": list(proxy.files.sources)},
         "version": proxy.version,

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from meshcore.errors import ConfigError, IdentityError, ListenerError
 from meshcore.identity.ca import CertificateAuthority
+from meshcore.identity.spiffe import SpiffeId
 from meshcore.identity.store import CertificateStore, CredentialDirectories
 from meshcore.node import debug, logs
 from meshcore.node.admin import HttpEndpoints, text
@@ -67,6 +68,9 @@ class NodeOptions:
     # a process of its own (meshcore node): the configuration loaded at start-up is kept
     # out of the cyclic GC's scans; not for a proxy sharing a process with other work
     freeze_startup: bool = False
+    # (namespace, service account) of the proxy's own identity (ztunnel's, from POD_NAMESPACE
+    # and SERVICE_ACCOUNT): its certificate is held beside the local workloads'
+    own_identity: tuple[str, str] | None = None
 
     def listeners(self) -> dict:
         out = {}
@@ -89,10 +93,11 @@ class NodeOptions:
             if ip is not None and not ip.is_unspecified:
                 listener_ips.add(ip)
         traffic = ("outbound", "inbound-plaintext", "inbound", "socks5")
+        own = SpiffeId(trust_domain, *self.own_identity) if self.own_identity else None
         return ProxySettings(node_name=self.node_name, network=self.network, trust_domain=trust_domain,
                              connect_timeout=self.connect_timeout, drain_deadline=self.drain_deadline,
                              proxy_ports=frozenset(a[1] for n, a in listen.items() if a is not None and n in traffic),
-                             listener_ips=frozenset(listener_ips))
+                             listener_ips=frozenset(listener_ips), own_identity=own)
 
 
 def default_state_dir() -> Path:

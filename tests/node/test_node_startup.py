@@ -14,7 +14,7 @@ import pytest
 
 import meshcore
 from meshcore.localmesh import LocalMesh
-from meshcore.node.proxy import NodeOptions, NodeProxy, default_state_dir
+from meshcore.node.proxy import DEFAULT_LISTEN, NodeOptions, NodeProxy, default_state_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH = "workloads:\n- {name: web, namespace: shop, workloadIps: [10.0.0.2], node: elsewhere}\n"
@@ -124,3 +124,31 @@ def test_without_a_node_name_every_workload_is_local():
                        "- {uid: b, namespace: shop, workloadIps: [10.0.0.2]}\n")
     assert sorted(w.uid for w in view.local_workloads("")) == ["a", "b"]
     assert [w.uid for w in view.local_workloads("n1")] == ["a"]
+
+
+def test_in_its_pod_the_proxy_holds_its_own_identity(tmp_path, monkeypatch):
+    import asyncio
+    from meshcore.cli import build_parser
+    from meshcore.identity import SpiffeId
+    from meshcore.node.cli import options_from
+    from meshcore.node.dump import config_dump
+    (tmp_path / "mesh.yaml").write_text(MESH)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("MESHCORE_STATE_DIR", raising=False)
+    for name, value in (("POD_NAME", "ztunnel-x1"), ("POD_NAMESPACE", "istio-system"),
+                        ("SERVICE_ACCOUNT", "ztunnel"), ("NODE_NAME", "here")):
+        monkeypatch.setenv(name, value)
+    options = options_from(build_parser().parse_args(["node", "--config", str(tmp_path / "mesh.yaml")]))
+    address = f"127.0.{os.getpid() % 200 + 20}.{os.getpid() % 250 + 2}"
+    options.address, options.listen = address, {n: None for n in DEFAULT_LISTEN}
+    options.freeze_startup = False
+
+    async def scenario():
+        proxy = await NodeProxy(options).start()
+        try:
+            return proxy.certs.identities, [c["identity"] for c in config_dump(proxy)["certificates"]]
+        finally:
+            await proxy.drain()
+    identities, dumped = asyncio.run(scenario())
+    own = SpiffeId("cluster.local", "istio-system", "ztunnel")
+    assert identities == [own] and dumped == [own.uri]
