@@ -30,8 +30,8 @@ from pathlib import Path
 
 PAIR_MESH = """
 workloads:
-- {{uid: client, name: client, namespace: bench, serviceAccount: client, workloadIps: ["{client}"], node: node-a}}
-- {{uid: sink, name: sink, namespace: bench, serviceAccount: server, workloadIps: ["{sink}"], node: node-b,
+- {{uid: client, name: client, namespace: bench, serviceAccount: client, workloadIps: ["{client}"], protocol: HBONE, node: node-a}}
+- {{uid: sink, name: sink, namespace: bench, serviceAccount: server, workloadIps: ["{sink}"], protocol: HBONE, node: node-b,
    labels: {{app: sink}}}}
 ---
 apiVersion: security.istio.io/v1
@@ -117,7 +117,7 @@ def scale_config(n: int, local_node: str = "", local: int = 0) -> dict:
         ns = f"ns{i % 100}"
         ip = f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
         workloads.append({"uid": f"c//v1/Pod/{ns}/w{i}", "name": f"w{i}", "namespace": ns,
-                          "serviceAccount": f"sa{i % 50}", "workloadIps": [ip],
+                          "serviceAccount": f"sa{i % 50}", "workloadIps": [ip], "protocol": "HBONE",
                           "node": local_node if i < local else f"node{i % 20}",
                           "services": {f"{ns}/svc{i}.{ns}.svc.cluster.local": {"80": 8080}}})
         services.append({"name": f"svc{i}", "namespace": ns, "hostname": f"svc{i}.{ns}.svc.cluster.local",

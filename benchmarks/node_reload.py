@@ -38,9 +38,9 @@ def pair_config(pair: NodePair, n: int, version: int) -> str:
     data = scale_config(n) if n else {"workloads": [], "services": [], "policies": []}
     data["workloads"] += [
         {"uid": "client", "name": "client", "namespace": "bench", "serviceAccount": "client",
-         "workloadIps": [pair.client], "node": "node-a"},
+         "workloadIps": [pair.client], "protocol": "HBONE", "node": "node-a"},
         {"uid": "sink", "name": "sink", "namespace": "bench", "serviceAccount": "server",
-         "workloadIps": [pair.sink], "node": "node-b", "labels": {"app": "sink"}}]
+         "workloadIps": [pair.sink], "protocol": "HBONE", "node": "node-b", "labels": {"app": "sink"}}]
     data["policies"] += [
         {"name": "sink-callers", "namespace": "bench", "scope": "Namespace", "action": "Allow",
          "rules": [[[{"principals": [{"Exact": "cluster.local/ns/bench/sa/client"}]}]]]},

@@ -54,6 +54,7 @@ workloads:
   namespace: shop
   serviceAccount: client
   workloadIps: ["{client}"]
+  protocol: HBONE
   node: node-a
   canonicalName: client
   services: {{}}
@@ -62,6 +63,7 @@ workloads:
   namespace: jobs
   serviceAccount: batch
   workloadIps: ["{batch}"]
+  protocol: HBONE
   node: node-a
   canonicalName: batch
   services: {{}}
@@ -70,6 +72,7 @@ workloads:
   namespace: shop
   serviceAccount: web
   workloadIps: ["{web}"]
+  protocol: HBONE
   node: node-b
   canonicalName: web
   canonicalRevision: v1
@@ -80,6 +83,7 @@ workloads:
   namespace: shop
   serviceAccount: waypoint
   workloadIps: ["{waypoint}"]
+  protocol: HBONE
   node: ""
   services: {{}}
 services:

@@ -113,7 +113,7 @@ def workload(obj, path: str) -> Workload:
         name=name, namespace=namespace, ips=ips,
         service_account=s("serviceAccount", "default") or "default",
         trust_domain=s("trustDomain", "cluster.local") or "cluster.local",
-        protocol=_choice(obj.get("protocol"), f"{path}.protocol", Protocol, "HBONE"),
+        protocol=_choice(obj.get("protocol"), f"{path}.protocol", Protocol, "TCP"),
         node=s("node"), network=s("network"),
         waypoint=_gateway(obj["waypoint"], f"{path}.waypoint") if obj.get("waypoint") else None,
         network_gateway=(_gateway(obj["networkGateway"], f"{path}.networkGateway")

@@ -27,8 +27,8 @@ CLIENT, PLAIN = "198.18.0.2", "198.18.0.6"
 
 MESH = """
 workloads:
-- {{uid: client, name: client, namespace: shop, serviceAccount: client, workloadIps: ["{client}"], node: node-a}}
-- {{uid: web, name: web, namespace: shop, serviceAccount: web, workloadIps: ["{web}"], node: node-b, labels: {{app: web}},
+- {{uid: client, name: client, namespace: shop, serviceAccount: client, workloadIps: ["{client}"], protocol: HBONE, node: node-a}}
+- {{uid: web, name: web, namespace: shop, serviceAccount: web, workloadIps: ["{web}"], protocol: HBONE, node: node-b, labels: {{app: web}},
    services: {{"shop/web.shop.svc.cluster.local": {{80: 8080, 5201: 5201}}}}}}
 services:
 - {{name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: ["/{vip}"], ports: {{80: 8080, 5201: 5201}}}}

@@ -106,7 +106,7 @@ def test_defaults_are_documented_ones(tmp_path):
         - {namespace: ns, workloadIps: ["10.0.0.1"], services: {}}
         """)])
     w, = state.workloads
-    assert (w.trust_domain, w.service_account, w.protocol, w.healthy) == ("cluster.local", "default", "HBONE", True)
+    assert (w.trust_domain, w.service_account, w.protocol, w.healthy) == ("cluster.local", "default", "TCP", True)
     assert state.mtls_mode(w, 80) == "PERMISSIVE"
 
 

@@ -13,8 +13,8 @@ from meshcore.node.proxy import NodeOptions, NodeProxy
 
 MESH = """
 workloads:
-- {{uid: a, name: client, namespace: shop, serviceAccount: client, workloadIps: ["{prefix}.1.1"], node: n1}}
-- {{uid: b, name: web, namespace: shop, serviceAccount: web, workloadIps: ["{prefix}.1.2"], node: n1}}
+- {{uid: a, name: client, namespace: shop, serviceAccount: client, workloadIps: ["{prefix}.1.1"], protocol: HBONE, node: n1}}
+- {{uid: b, name: web, namespace: shop, serviceAccount: web, workloadIps: ["{prefix}.1.2"], protocol: HBONE, node: n1}}
 """
 
 

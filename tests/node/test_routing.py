@@ -8,21 +8,21 @@ from meshcore.node.routing import HBONE, PASSTHROUGH, REFUSE, route
 
 MESH = """
 workloads:
-- {uid: client, name: client, namespace: shop, serviceAccount: client, workloadIps: ["10.0.1.1", "fd00::1:1"], node: a}
-- {uid: web-1, name: web-1, namespace: shop, serviceAccount: web, workloadIps: ["10.0.2.1"], node: b,
+- {uid: client, name: client, namespace: shop, serviceAccount: client, workloadIps: ["10.0.1.1", "fd00::1:1"], protocol: HBONE, node: a}
+- {uid: web-1, name: web-1, namespace: shop, serviceAccount: web, workloadIps: ["10.0.2.1"], protocol: HBONE, node: b,
    services: {"shop/web.shop.svc": {80: 8080}}}
-- {uid: web-2, name: web-2, namespace: shop, serviceAccount: web, workloadIps: ["10.0.2.2"], node: b,
+- {uid: web-2, name: web-2, namespace: shop, serviceAccount: web, workloadIps: ["10.0.2.2"], protocol: HBONE, node: b,
    services: {"shop/web.shop.svc": {80: 8081}}}
-- {uid: web-sick, name: web-sick, namespace: shop, serviceAccount: web, workloadIps: ["10.0.2.3"], node: b,
+- {uid: web-sick, name: web-sick, namespace: shop, serviceAccount: web, workloadIps: ["10.0.2.3"], protocol: HBONE, node: b,
    status: Unhealthy, services: {"shop/web.shop.svc": {80: 8080}}}
 - {uid: legacy, name: legacy, namespace: old, workloadIps: ["10.0.3.1"], protocol: TCP,
    services: {"old/legacy.old.svc": {80: 80}}}
-- {uid: guarded, name: guarded, namespace: bank, serviceAccount: vault, workloadIps: ["10.0.4.1"],
+- {uid: guarded, name: guarded, namespace: bank, serviceAccount: vault, workloadIps: ["10.0.4.1"], protocol: HBONE,
    waypoint: {destination: "/10.0.9.9"}}
-- {uid: wp, name: waypoint, namespace: bank, serviceAccount: waypoint, workloadIps: ["10.0.9.9"]}
-- {uid: remote, name: remote, namespace: shop, workloadIps: ["10.8.0.1"], network: far,
+- {uid: wp, name: waypoint, namespace: bank, serviceAccount: waypoint, workloadIps: ["10.0.9.9"], protocol: HBONE}
+- {uid: remote, name: remote, namespace: shop, workloadIps: ["10.8.0.1"], protocol: HBONE, network: far,
    services: {"shop/far.shop.svc": {80: 80}}}
-- {uid: v6, name: v6, namespace: shop, serviceAccount: v6, workloadIps: ["fd00::2:1"]}
+- {uid: v6, name: v6, namespace: shop, serviceAccount: v6, workloadIps: ["fd00::2:1"], protocol: HBONE}
 services:
 - {name: web, namespace: shop, hostname: web.shop.svc, vips: ["/10.96.0.1"], ports: {80: 8080},
    subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/web-canary"]}

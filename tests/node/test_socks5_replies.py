@@ -13,9 +13,9 @@ from meshcore.node.proxy import NodeOptions, NodeProxy
 
 MESH = """
 workloads:
-- {{uid: c, name: client, namespace: shop, serviceAccount: client, workloadIps: ["{p}.1.1"], node: n1}}
-- {{uid: b, name: batch, namespace: jobs, serviceAccount: batch, workloadIps: ["{p}.1.3"], node: n1}}
-- {{uid: w, name: web, namespace: shop, serviceAccount: web, workloadIps: ["{p}.1.2"], node: n1,
+- {{uid: c, name: client, namespace: shop, serviceAccount: client, workloadIps: ["{p}.1.1"], protocol: HBONE, node: n1}}
+- {{uid: b, name: batch, namespace: jobs, serviceAccount: batch, workloadIps: ["{p}.1.3"], protocol: HBONE, node: n1}}
+- {{uid: w, name: web, namespace: shop, serviceAccount: web, workloadIps: ["{p}.1.2"], protocol: HBONE, node: n1,
     labels: {{app: web}}}}
 ---
 apiVersion: security.istio.io/v1

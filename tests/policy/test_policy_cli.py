@@ -24,8 +24,8 @@ spec:
   action: DENY
   rules: [{from: [{source: {namespaces: [jobs]}}]}]
 """
-MESH = ("workloads:\n- {name: web, namespace: shop, workloadIps: [10.0.0.2], labels: {app: web}}\n"
-        "- {name: batch-0, namespace: jobs, serviceAccount: batch, workloadIps: [10.0.3.7]}\n")
+MESH = ("workloads:\n- {name: web, namespace: shop, workloadIps: [10.0.0.2], protocol: HBONE, labels: {app: web}}\n"
+        "- {name: batch-0, namespace: jobs, serviceAccount: batch, workloadIps: [10.0.3.7], protocol: HBONE}\n")
 
 
 def meshcore_cmd(tmp_path, *args):
