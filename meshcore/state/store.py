@@ -503,12 +503,17 @@ class MeshStore:
         async def tell():
             if before is not None:
                 await asyncio.wait([before])
-            for result in awaited:
-                try:
-                    await result
-                except Exception:
-                    log.exception("a subscriber to mesh changes failed")
+            await self._deliver(awaited)
         self._told = self._own(tell())
+
+    @staticmethod
+    async def _deliver(awaitables) -> None:
+        """Await what subscribers returned, one after the other; a failure is logged."""
+        for result in awaitables:
+            try:
+                await result
+            except Exception:
+                log.exception("a subscriber to mesh changes failed")
 
     def _notify(self, change: StateChange):
         """Call the subscribers that asked for what changed; yields what they return to be awaited."""
@@ -527,9 +532,6 @@ class MeshStore:
             await asyncio.wait([self._told])
         old, applied = self._install(source, pending)
         if applied.changed:
-            for result in self._notify(StateChange(old, self._view, applied.changed, source)):
-                try:
-                    await result
-                except Exception:
-                    log.exception("a subscriber to mesh changes failed")
+            # lazily: each subscriber is called once the one before it has finished
+            await self._deliver(self._notify(StateChange(old, self._view, applied.changed, source)))
         return applied
