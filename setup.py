@@ -58,7 +58,8 @@ def extensions():
 
 setup(
     packages=find_packages(include=["meshcore", "meshcore.*"]),
-    package_data={"meshcore": ["py.typed"], "meshcore._core": ["*.pyi"]},
+    package_data={"meshcore": ["py.typed"], "meshcore._core": ["*.pyi"],
+                  "meshcore.xds.proto": ["*.proto", "*.pyi"]},
     ext_modules=extensions(),
     zip_safe=False,
 )
