@@ -15,7 +15,8 @@
 
 ztunnel always dials istiod (its address defaults to istiod's in-cluster name, or
 localhost); meshcore dials when XDS_ADDRESS is set or when it runs in Kubernetes
-(KUBERNETES_SERVICE_HOST set), and is configured by files only otherwise.
+(KUBERNETES_SERVICE_HOST set), and is configured by files only otherwise (and with
+XDS_ADDRESS set to the empty string, in a cluster too).
 """
 from __future__ import annotations
 
@@ -181,7 +182,8 @@ class ControlPlane:
         """ztunnel's variables → settings; ConfigError naming the variable when one is wrong."""
         env = os.environ if env is None else env
         in_cluster = bool(env.get("KUBERNETES_SERVICE_HOST"))
-        xds = env.get("XDS_ADDRESS") or (IN_CLUSTER_ISTIOD if in_cluster else None)
+        # set but empty: no xDS even in a cluster (a node proxy configured by files there)
+        xds = env.get("XDS_ADDRESS", IN_CLUSTER_ISTIOD if in_cluster else "") or None
         xds_address = _address(env, "XDS_ADDRESS", xds) if xds else None
         if _flag(env, "FAKE_CA"):
             ca_address = None
