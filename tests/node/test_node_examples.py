@@ -44,6 +44,11 @@ def test_daemonset_has_ports_probes_and_resources():
     args = build_parser().parse_args([a.replace("$(NODE_NAME)", "n").replace("$(NODE_IP)", "10.0.0.1")
                                       for a in c["args"]])
     assert args.node_name == "n"
+    # configured by its ConfigMap: inside the cluster it must not dial istiod
+    from meshcore.node.cli import control_plane
+    env = {e["name"]: e.get("value") for e in c["env"] if "value" in e}
+    plane = control_plane(args, {"KUBERNETES_SERVICE_HOST": "10.96.0.1", **env})
+    assert plane.xds_address is None and plane.ca_address is None
 
 
 @pytest.mark.needs_tool("curl")
