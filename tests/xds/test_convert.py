@@ -153,6 +153,15 @@ def test_workload_field(fields, attribute, expected):
     assert getattr(workload(**fields), attribute) == expected
 
 
+def test_workload_services_are_sorted_by_key():
+    # a proto map has no order (upb iterates in hash order): sorted, so equal maps give equal workloads
+    keys = [f"ns/h{i:02d}" for i in range(20)]
+    given = {k: wpb.PortList(ports=[wpb.Port(service_port=i)]) for i, k in reversed(list(enumerate(keys)))}
+    w = workload(services=given)
+    assert [k for k, _ in w.services] == keys
+    assert w.services[3] == ("ns/h03", ((3, 0),))
+
+
 def test_workload_target_port_through_services():
     w = workload(services={"ns1/a": wpb.PortList(ports=[wpb.Port(service_port=80, target_port=8080),
                                                         wpb.Port(service_port=90)])})
