@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import random
 import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -199,6 +200,30 @@ class _Entry:
     contexts: dict = field(default_factory=dict)
 
 
+class Backoff:
+    """ztunnel's retry schedule for a certificate it could not get: 0.5 s, then twice as
+    long each time up to 150 s, each delay randomized by ±20 % so that a node's many
+    identities (and many nodes) do not come back to a recovering CA all at once."""
+
+    INITIAL, MULTIPLIER, MAXIMUM, JITTER = 0.5, 2.0, 150.0, 0.2
+
+    def __init__(self, rng: random.Random | None = None):
+        self.interval, self.rng = self.INITIAL, rng or random.Random()
+
+    def next(self) -> float:
+        delay = self.interval * self.rng.uniform(1 - self.JITTER, 1 + self.JITTER)
+        self.interval = min(self.interval * self.MULTIPLIER, self.MAXIMUM)
+        return min(delay, self.MAXIMUM)
+
+
+@dataclass
+class _Failure:
+    error: str
+    retry_at: dt.datetime
+    backoff: Backoff
+    attempts: int = 1
+
+
 class CertificateStore:
     """Per-identity credentials and SSL contexts with automatic rotation."""
 
@@ -207,12 +232,17 @@ class CertificateStore:
                  allow_tls12: bool = False, clock: Callable[[], dt.datetime] = utcnow):
         if not 0.0 < rotate_at < 1.0:
             raise ValueError("rotate_at must be a fraction of the lifetime between 0 and 1")
+        self.remote = hasattr(issuer, "issue_async")
         if bundle is None:
-            bundle = getattr(issuer, "bundle", None) or TrustBundle(getattr(issuer, "roots", ()))
+            bundle = getattr(issuer, "bundle", None)
+            # a remote CA's roots come with its first certificate
+            if bundle is None and not self.remote:
+                bundle = TrustBundle(getattr(issuer, "roots", ()))
         self.issuer, self.bundle = issuer, bundle
         self.lifetime, self.rotate_at, self.allow_tls12, self.clock = lifetime, rotate_at, allow_tls12, clock
         self._entries: dict[SpiffeId, _Entry] = {}
         self._pending: dict[SpiffeId, asyncio.Future] = {}
+        self._failures: dict[SpiffeId, _Failure] = {}
         self.rotations = 0
 
     @property
@@ -222,8 +252,9 @@ class CertificateStore:
     def _issue(self, identity: SpiffeId) -> _Entry:
         return self._keep(identity, self.issuer.issue(identity, lifetime=self.lifetime, now=self.clock()))
 
-    def _keep(self, identity: SpiffeId, creds: Credentials) -> _Entry:
-        nb, na = creds.not_before, creds.not_after
+    def _keep(self, identity: SpiffeId, creds: Credentials, since: dt.datetime | None = None) -> _Entry:
+        # istiod backdates NotBefore by 2 minutes: half-life counts from the request
+        nb, na = max(creds.not_before, since) if since is not None else creds.not_before, creds.not_after
         entry = _Entry(creds, nb + (na - nb) * self.rotate_at)
         self._entries[identity] = entry
         return entry
@@ -241,21 +272,100 @@ class CertificateStore:
     async def get(self, identity: SpiffeId) -> Credentials:
         """The credentials of `identity`, issued when missing or expired. An issuer with
         `issue_async` (a remote CA) is awaited; callers asking for the same identity
-        meanwhile share that one request, and one caller leaving does not cancel it."""
+        meanwhile share that one request, and one caller leaving does not cancel it.
+        After a remote CA failed, callers get that failure again until the retry is due
+        (connections must not hammer a CA that is down; `rotate_due_async` retries)."""
         entry = self._entries.get(identity)
         if entry is not None and self.clock() < entry.credentials.not_after:
             return entry.credentials
+        failure = self._failures.get(identity)
+        if failure is not None and identity not in self._pending and self.clock() < failure.retry_at:
+            raise IdentityError(failure.error)
+        return (await asyncio.shield(self._fetch(identity))).credentials
+
+    def _fetch(self, identity: SpiffeId) -> asyncio.Future:
         pending = self._pending.get(identity)
         if pending is None:
             pending = self._pending[identity] = asyncio.ensure_future(self._issue_async(identity))
             pending.add_done_callback(lambda _: self._pending.pop(identity, None))
-        return (await asyncio.shield(pending)).credentials
+        return pending
 
     async def _issue_async(self, identity: SpiffeId) -> _Entry:
         issue = getattr(self.issuer, "issue_async", None)
         if issue is None:
             return self._issue(identity)
-        return self._keep(identity, await issue(identity, lifetime=self.lifetime, now=self.clock()))
+        asked = self.clock()
+        try:
+            creds = await issue(identity, lifetime=self.lifetime, now=asked)
+        except IdentityError as exc:
+            self._failed(identity, str(exc))
+            raise
+        self._failures.pop(identity, None)
+        bundle = getattr(self.issuer, "bundle", None)
+        if bundle is not None and bundle is not self.bundle:
+            self.set_trust_bundle(bundle)
+        return self._keep(identity, creds, since=asked)
+
+    def _failed(self, identity: SpiffeId, error: str) -> None:
+        failure = self._failures.get(identity)
+        if failure is None:
+            failure = self._failures[identity] = _Failure(error, self.clock(), Backoff(), 0)
+        failure.error, failure.attempts = error, failure.attempts + 1
+        retry_at = self.clock() + dt.timedelta(seconds=failure.backoff.next())
+        entry = self._entries.get(identity)
+        if entry is not None:
+            # the certificate in use expiring is the last moment to try again
+            retry_at = min(retry_at, entry.credentials.not_after)
+        failure.retry_at = retry_at
+
+    async def rotate_due_async(self) -> list[SpiffeId]:
+        """For a remote CA: re-issue every certificate past its rotation point and retry
+        every failed request whose backoff has run out, concurrently. A failed renewal
+        keeps the old certificate in use until it expires, and is retried with backoff
+        (ztunnel's behaviour). Returns the identities that got new credentials."""
+        now = self.clock()
+        due = [i for i, e in self._entries.items()
+               if now >= e.rotate_after and (i not in self._failures or now >= self._failures[i].retry_at)]
+        due += [i for i, f in self._failures.items() if i not in self._entries and now >= f.retry_at]
+        results = await asyncio.gather(*(asyncio.shield(self._fetch(i)) for i in due), return_exceptions=True)
+        rotated = [i for i, r in zip(due, results) if not isinstance(r, BaseException)]
+        for i, r in zip(due, results):
+            if isinstance(r, BaseException) and not isinstance(r, IdentityError):
+                raise r
+        self.rotations += len(rotated)
+        return rotated
+
+    def next_retry(self) -> dt.datetime | None:
+        """When the earliest failed request is to be tried again."""
+        return min((f.retry_at for f in self._failures.values()), default=None)
+
+    def next_attempt(self) -> dt.datetime | None:
+        """When `rotate_due_async` next has something to do: a rotation point, or for
+        an identity whose last request failed, its retry."""
+        times = []
+        for identity, entry in self._entries.items():
+            failure = self._failures.get(identity)
+            times.append(entry.rotate_after if failure is None else max(entry.rotate_after, failure.retry_at))
+        times += [f.retry_at for i, f in self._failures.items() if i not in self._entries]
+        return min(times, default=None)
+
+    def current(self, identity: SpiffeId) -> Credentials | None:
+        """The unexpired credentials held for `identity`, without asking the issuer."""
+        entry = self._entries.get(identity)
+        if entry is not None and self.clock() < entry.credentials.not_after:
+            return entry.credentials
+        return None
+
+    def state(self, identity: SpiffeId) -> str:
+        """ztunnel's certificate states: "Available", "Initializing" (asked for, not
+        arrived yet) or "Unavailable: <why>" (the last request failed and no valid
+        certificate is held; a retry is scheduled)."""
+        if self.current(identity) is not None:
+            return "Available"
+        failure = self._failures.get(identity)
+        if failure is not None:
+            return f"Unavailable: {failure.error}"
+        return "Initializing"
 
     async def server_context_async(self, identity: SpiffeId) -> ssl.SSLContext:
         await self.get(identity)
@@ -305,3 +415,7 @@ class CertificateStore:
 
     def forget(self, identity: SpiffeId) -> None:
         self._entries.pop(identity, None)
+        self._failures.pop(identity, None)
+        forget = getattr(self.issuer, "forget", None)
+        if forget is not None:
+            forget(identity)

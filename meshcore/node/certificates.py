@@ -1,6 +1,11 @@
 """The local workloads' certificates: fetched when a workload appears on this node
 (before its first connection needs one), rotated at half-life, dropped when the last
-local workload of an identity goes. Readiness asks `missing`."""
+local workload of an identity goes. Readiness asks `missing`.
+
+With a remote CA (an issuer with `issue_async`), a certificate that could not be fetched
+or renewed is retried on the store's backoff (0.5 s up to 150 s), and renewals happen at
+the rotation point itself: the loop wakes for whichever comes first, a retry, a rotation
+or the 30 s check."""
 from __future__ import annotations
 
 import asyncio
@@ -23,6 +28,7 @@ class LocalCertificates:
         self._rotation: asyncio.Task | None = None
         self._unsubscribe = None
         self._refreshing = asyncio.Lock()  # a change and a rotation check refresh one after the other
+        self._wake = asyncio.Event()       # a retry was scheduled: the loop recomputes when to run
 
     async def start(self) -> "LocalCertificates":
         await self.refresh()
@@ -55,13 +61,15 @@ class LocalCertificates:
                 missing[identity] = str(exc)
         if missing:
             log.error("no certificate for %s", "; ".join(f"{i}: {why}" for i, why in missing.items()))
+            self._wake.set()
         self.missing = missing
 
     async def rotate(self) -> None:
         """Rotate what is due (and pick up certificate files written meanwhile), then
         fetch what is missing."""
+        certs = self.ctx.certs
         try:
-            rotated = self.ctx.certs.rotate_due()
+            rotated = await certs.rotate_due_async() if getattr(certs, "remote", False) else certs.rotate_due()
         except IdentityError as exc:
             log.error("certificates: %s (the previous ones stay in use)", exc)
         else:
@@ -69,9 +77,30 @@ class LocalCertificates:
                 log.info("rotated certificates of %s", ", ".join(map(str, rotated)))
         await self.refresh()
 
+    def _delay(self, check_at: float) -> float:
+        """Seconds until the next thing to do: the 30 s check, or for a remote CA the
+        earliest retry or rotation point."""
+        loop = asyncio.get_running_loop()
+        delay = check_at - loop.time()
+        certs = self.ctx.certs
+        if getattr(certs, "remote", False):
+            when = certs.next_attempt()
+            if when is not None:
+                delay = min(delay, (when - certs.clock()).total_seconds())
+        return max(delay, 0.0)
+
     async def _rotate(self) -> None:
+        loop = asyncio.get_running_loop()
+        check_at = loop.time() + ROTATION_CHECK
         while True:
-            await asyncio.sleep(ROTATION_CHECK)
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._delay(check_at))
+                continue                   # something new to wait for: compute again
+            except asyncio.TimeoutError:
+                pass
+            if loop.time() >= check_at:
+                check_at = loop.time() + ROTATION_CHECK
             await self.rotate()
 
     async def close(self) -> None:
