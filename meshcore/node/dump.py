@@ -88,10 +88,17 @@ def _time(t: dt.datetime) -> str:
 
 
 def certificates(store, identities) -> list[dict]:
+    """ztunnel's states: Available, Initializing (a remote CA has not answered yet) and
+    Unavailable: <why>. A remote CA's certificates are shown as held, never fetched here
+    (a dump must not wait on, or add load to, istiod); local issuers answer at once."""
     out = []
     for identity in identities:
+        creds = store.current(identity) if getattr(store, "remote", False) else None
+        if creds is None and getattr(store, "remote", False):
+            out.append({"identity": identity.uri, "state": store.state(identity), "certChain": [], "rootCerts": []})
+            continue
         try:
-            creds = store.credentials(identity)
+            creds = creds or store.credentials(identity)
         except Exception as exc:                  # noqa: BLE001  (shown, not hidden)
             out.append({"identity": identity.uri, "state": f"Unavailable: {exc}", "certChain": [], "rootCerts": []})
             continue
