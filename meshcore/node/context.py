@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from meshcore.aio.client import dial
@@ -46,6 +47,9 @@ class ProxyContext:
     telemetry: Telemetry
     binder: SourceBinder
     pool: HbonePool | None = None
+    # on-demand xDS (XDS_ON_DEMAND): lookup("network/ip") asks istiod for an address the
+    # store does not hold; True once it is in force
+    lookup: Callable[[str], Awaitable[bool]] | None = None
 
 
 def hbone_pool(certs: CertificateStore, **pool_options) -> HbonePool:

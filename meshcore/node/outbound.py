@@ -143,6 +143,10 @@ class Outbound:
                                    if settings.node_name else f"source {peer_ip} is not a workload of the mesh")
             chosen = route(view, source, ip, port, choice=next(self._choice),
                            own_addresses=self.own_addresses, proxy_ports=settings.proxy_ports)
+            if chosen.kind is PASSTHROUGH and chosen.workload is None and ctx.lookup is not None:
+                # on demand, the store holds only what was asked for: an address it does not
+                # know may be the mesh's, so istiod is asked before it goes out as plain TCP
+                chosen = await self._route_after_lookup(source, ip, port, chosen)
             record.dst_workload, record.service = chosen.workload, chosen.service
             if chosen.kind is HBONE:
                 record.hbone_addr, record.mtls = chosen.authority, True
@@ -161,6 +165,17 @@ class Outbound:
             raise
         ctx.telemetry.opened(record)
         return record
+
+    async def _route_after_lookup(self, source, ip: str, port: int, chosen: Route) -> Route:
+        settings = self.ctx.settings
+        try:
+            found = await asyncio.wait_for(self.ctx.lookup(f"{source.network}/{ip}"), settings.connect_timeout)
+        except asyncio.TimeoutError:
+            found = False
+        if not found:
+            return chosen
+        return route(self.ctx.store.view, source, ip, port, choice=next(self._choice),
+                     own_addresses=self.own_addresses, proxy_ports=settings.proxy_ports)
 
     async def _tunnel(self, chosen: Route, source, peer_ip: str, peer_port: int, protocol_factory) -> None:
         ctx = self.ctx

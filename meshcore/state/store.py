@@ -451,10 +451,20 @@ class MeshStore:
         if atomic and rejected:
             raise ConfigError("; ".join(map(str, rejected)), source=source)
         view = draft.finish(self._view.generation + 1, version)
-        return view, sent, rejected, {k: frozenset(v) for k, v in draft.changed.items()}
+        changed = {k: frozenset(v) for k, v in draft.changed.items()}
+        # what a node proxy does with rules it cannot see, once per new or changed policy;
+        # worded here, on the worker thread for a large change (10,000 policies take tens
+        # of milliseconds), and logged when the view is installed
+        notes = []
+        if view.engine.layer == "l4":
+            for key in changed.get(Kind.AUTHORIZATION_POLICY, ()):
+                policy = view.policy_by_key.get(key)
+                if policy is not None:
+                    notes += [(sentence, policy.source or source) for sentence in l4_reductions(policy)]
+        return view, sent, rejected, changed, notes
 
     def _install(self, source: str, pending) -> tuple[MeshView, Applied]:
-        view, sent, rejected, changed = pending
+        view, sent, rejected, changed, notes = pending
         mine = self._sent.setdefault(source, {})
         for ident, r in sent.items():
             if r is None:
@@ -466,12 +476,8 @@ class MeshStore:
         if not mine:
             self._sent.pop(source, None)
         old, self._view = self._view, view
-        if view.engine.layer == "l4":
-            # what a node proxy does with rules it cannot see, once per new or changed policy
-            for key in changed.get(Kind.AUTHORIZATION_POLICY, ()):
-                policy = view.policy_by_key.get(key)
-                for sentence in l4_reductions(policy) if policy is not None else ():
-                    log.warning("%s (%s)", sentence, policy.source or source)
+        for sentence, origin in notes:
+            log.warning("%s (%s)", sentence, origin)
         return old, Applied(view.generation, changed, tuple(rejected))
 
     def _commit(self, source: str, pending) -> Applied:

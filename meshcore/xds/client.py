@@ -49,8 +49,10 @@ ROOTS_CHECK = 2.0                 # seconds between looks at the roots file
 # a response this large (serialized bytes) is parsed and decoded on a worker thread; a
 # small one costs less than the hop (a push of one changed workload is ~300 bytes)
 OFF_LOOP_BYTES = 64 * 1024
+RECORD_OFF_LOOP = 2048            # resources whose bookkeeping is done on a worker thread
 INVALID_ARGUMENT = 3              # google.rpc.Code, what Envoy and istiod expect in a NACK
 WILDCARD = "*"
+LOOKUP_TIMEOUT = 10.0             # a node proxy's default connect timeout
 
 
 def _short(type_url: str) -> str:
@@ -180,7 +182,7 @@ class XdsClient:
         }
 
     # -- on demand ---------------------------------------------------------------------------
-    async def lookup(self, key: str, timeout: float) -> bool:
+    async def lookup(self, key: str, timeout: float = LOOKUP_TIMEOUT) -> bool:
         """Ask istiod for the address `key` ("network/ip") and wait until it is in force
         (True), removed or refused (False), or `timeout` seconds pass (False). Lookups of
         one key share one subscription."""
@@ -357,7 +359,11 @@ class XdsClient:
                 refused = dict(refused)
                 for r in applied.rejected:
                     refused[r.key] = r.reason
-        self._record(t, prepared, refused)
+        if len(prepared.accepted) + len(prepared.removed) >= RECORD_OFF_LOOP:
+            await asyncio.to_thread(self._record_held, t, prepared, refused)
+        else:
+            self._record_held(t, prepared, refused)
+        self._record_rejected(t, prepared, refused)
         self._settle_lookups(prepared, refused)
         message = "; ".join(f"{name}: {why}" for name, why in refused.items()) if refused else None
         await self._ack(call, prepared, message)
@@ -420,18 +426,27 @@ class XdsClient:
             del response
             return prepared
 
-    def _record(self, t: _TypeState, prepared: _Prepared, refused: dict) -> None:
-        held, rejected = t.held, t.rejected
+    @staticmethod
+    def _record_held(t: _TypeState, prepared: _Prepared, refused: dict) -> None:
+        """What is in force from us now, with its version (claimed on reconnect). Only the
+        stream task touches `held`, so a large response's runs on a worker thread."""
+        held = t.held
         for name, kind, version in prepared.accepted:
-            if name in refused:
-                continue
-            held[name] = (kind, version)
-            rejected.pop(name, None)
+            if name not in refused:
+                held[name] = (kind, version)
         for name in prepared.removed:
             held.pop(name, None)
-            rejected.pop(name, None)
-        rejected.update(refused)
 
+    @staticmethod
+    def _record_rejected(t: _TypeState, prepared: _Prepared, refused: dict) -> None:
+        rejected = t.rejected
+        if rejected:
+            for name, _, _ in prepared.accepted:
+                if name not in refused:
+                    rejected.pop(name, None)
+            for name in prepared.removed:
+                rejected.pop(name, None)
+        rejected.update(refused)
 
 def _addresses(resource):
     """(network, ip) pairs an on-demand key can name: a workload's IPs, a service's VIPs."""

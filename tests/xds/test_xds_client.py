@@ -4,6 +4,7 @@ a 10,000-resource push, and a rotated roots file."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import logging
 import time
@@ -390,7 +391,7 @@ def test_large_push_does_not_stall_the_loop(run, istiod):
             worst = max(stalls)
             print(f"\n10k push ({run.loop_name}): synced in {elapsed:.2f} s, longest loop stall {worst * 1000:.1f} ms, "
                   f"p99 {sorted(stalls)[int(len(stalls) * .99)] * 1000:.1f} ms, RSS +{rss / 2**20:.0f} MiB")
-            assert worst < 0.2, f"the event loop stalled for {worst * 1000:.0f} ms"
+            assert worst < 0.06, f"the event loop stalled for {worst * 1000:.0f} ms"
         finally:
             stop.set()
             await client.close()
@@ -429,3 +430,51 @@ def test_rotated_roots_reconnect(run, tmp_path):
             await client.close()
             istiod.stop()
     run(main(), 40)
+
+
+def test_outbound_asks_istiod_for_an_unknown_destination(run, istiod):
+    """A node proxy on demand: a connection to an address the store does not hold waits
+    for the lookup and is routed with what arrived (here a plain-TCP workload)."""
+    from meshcore.identity import CertificateAuthority, CertificateStore
+    from meshcore.node.context import ProxyContext, ProxySettings
+    from meshcore.node.metrics import NodeMetrics
+    from meshcore.node.netaddr import SourceBinder
+    from meshcore.node.outbound import Outbound
+    from meshcore.node.telemetry import Telemetry
+
+    ads = istiod.ads
+    ads.set(workload(UID_A, "127.0.0.1", node="n1"), workload(UID_B, "127.0.0.2", node="n2", hbone=False))
+
+    class Client:                       # the captured connection's side the dial reads
+        def get_extra_info(self, name):
+            return ("127.0.0.1", 40000) if name == "peername" else None
+
+    async def main():
+        accepted = asyncio.Event()
+        upstream = await asyncio.start_server(lambda r, w: (accepted.set(), w.close()), "127.0.0.2", 0)
+        port = upstream.sockets[0].getsockname()[1]
+        store = MeshStore()
+        client = await client_for(istiod.address, istiod.tls, store, on_demand=True).start()
+        ctx = ProxyContext(ProxySettings(node_name="n1", connect_timeout=5), store,
+                           CertificateStore(CertificateAuthority.create("cluster.local")),
+                           Telemetry(NodeMetrics("test")), SourceBinder(False), lookup=client.lookup)
+        outbound = Outbound(ctx, capture=None, socks5=None)
+        try:
+            assert await client.wait_synced(10)
+            assert await client.lookup("/127.0.0.1", 5)          # the source (istiod pushes the node's own)
+            assert UID_B not in store.view.by_uid
+            # without the hook the destination is outside the mesh as far as the store knows
+            without = Outbound(dataclasses.replace(ctx, lookup=None), capture=None, socks5=None)
+            record = await without.dial(asyncio.Protocol, Client(), "127.0.0.2", port)
+            assert record.dst_workload is None
+            await asyncio.wait_for(accepted.wait(), 5)
+            accepted.clear()
+            record = await outbound.dial(asyncio.Protocol, Client(), "127.0.0.2", port)
+            assert record.dst_workload is not None and record.dst_workload.uid == UID_B
+            await asyncio.wait_for(accepted.wait(), 5)
+            assert [r.subscribe for r in ads.requests if r.subscribe and r.nonce == ""][-1] == ["/127.0.0.2"]
+        finally:
+            await outbound.close()
+            await client.close()
+            upstream.close()
+    run(main(), 30)
