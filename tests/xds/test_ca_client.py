@@ -301,3 +301,28 @@ def test_rotation_at_half_life_keeps_old_connections_and_a_failed_one_keeps_the_
     assert x509.load_der_x509_certificate(seen[0]).serial_number == first.certificate.serial_number
     assert x509.load_der_x509_certificate(seen[1]).serial_number == second.certificate.serial_number
     assert first.certificate.serial_number != second.certificate.serial_number
+
+
+def test_the_dump_shows_a_certificate_being_fetched_as_initializing(istiod, run):
+    tls, token = istiod
+    ca = IstioCa(tls.ca, delay=0.5)
+
+    async def scenario():
+        server, port = await serve(tls, ca)
+        client = IstioCaClient(plane_for(tls, token, port), "cluster.local")
+        certs = CertificateStore(client)
+        try:
+            fetching = asyncio.ensure_future(certs.get(ALICE))
+            await asyncio.sleep(0.1)
+            during = dump_certificates(certs, [ALICE])[0]
+            await fetching
+            after = dump_certificates(certs, [ALICE])[0]
+            return during, after
+        finally:
+            await client.close()
+            await server.stop(None)
+    during, after = run(scenario())
+    assert during == {"identity": ALICE.uri, "state": "Initializing", "certChain": [], "rootCerts": []}
+    assert after["state"] == "Available" and len(after["certChain"]) == 1 and len(after["rootCerts"]) == 1
+    leaf = after["certChain"][0]
+    assert set(leaf) == {"pem", "serialNumber", "validFrom", "expirationTime"}
