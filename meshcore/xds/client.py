@@ -113,6 +113,7 @@ class XdsClient:
         self._restart: str | None = None         # why the client itself ended the stream
         self._synced: asyncio.Event | None = None
         self._lookups: dict[str, list] = {}      # key -> [future, waiters]
+        self._sending: set[asyncio.Task] = set()
         self.streams = 0                         # streams opened (for /config_dump and tests)
 
     # -- life cycle --------------------------------------------------------------------------
@@ -194,8 +195,10 @@ class XdsClient:
         if entry is None:
             entry = self._lookups[key] = [asyncio.get_running_loop().create_future(), 0]
             # on a stream that is down, the reconnect claims the key (initial_resource_versions)
-            asyncio.get_running_loop().create_task(
+            sending = asyncio.get_running_loop().create_task(
                 self._send(dpb.DeltaDiscoveryRequest(type_url=ADDRESS_TYPE, resource_names_subscribe=[key])))
+            self._sending.add(sending)
+            sending.add_done_callback(self._sending.discard)
         entry[1] += 1
         try:
             return await asyncio.wait_for(asyncio.shield(entry[0]), timeout)
@@ -322,7 +325,9 @@ class XdsClient:
                 delivered = True
                 self._error = None
                 await self._respond(call, raw)
-        except (asyncio.CancelledError, grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        except (asyncio.CancelledError, Exception):
+            # the call cancelled by the roots watcher fails whatever it was doing (a read,
+            # an ACK): that is the restart, not a failure; close() cancels for good
             if self._restart is not None and self._task is not None:
                 return delivered, self._restart
             raise
@@ -335,7 +340,7 @@ class XdsClient:
         while True:
             await asyncio.sleep(self.roots_check)
             if self.channels.stale():
-                self._restart = f"has new root certificates ({self.plane.xds_roots.describe()}): reconnecting"
+                self._restart = f"has new root certificates ({self.plane.xds_roots.describe()})"
                 call.cancel()
                 return
 
@@ -403,10 +408,15 @@ class XdsClient:
             named = prepared.named if self.plane.on_demand else None
             for resource in response.resources:
                 name = resource.name
+                obj = None
                 try:
                     obj = decode(type_url, resource, source=source)
                 except ResourceError as exc:
                     refused[name] = _reason(exc)
+                except Exception as exc:          # refused, not a stream that breaks on every push
+                    log.exception("xds: %s %r could not be decoded", _short(type_url), name)
+                    refused[name] = f"cannot be decoded: {type(exc).__name__}: {exc}"
+                if obj is None:
                     if named is not None:
                         named.append((name, tuple(resource.aliases), None))
                     continue

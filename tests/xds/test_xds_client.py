@@ -17,7 +17,6 @@ from istiod_tls import IstiodTls  # noqa: E402
 from xds_server import (ADDRESS, AUTHORIZATION, AdsServer, Istiod, free_port, policy, service, until,  # noqa: E402
                         workload)
 
-from meshcore.state.changes import Kind  # noqa: E402
 from meshcore.state.store import MeshStore  # noqa: E402
 from meshcore.xds.client import XdsClient  # noqa: E402
 from meshcore.xds.proto import discovery_pb2 as dpb  # noqa: E402
