@@ -365,7 +365,7 @@ class XdsClient:
                 for r in applied.rejected:
                     refused[r.key] = r.reason
         if len(prepared.accepted) + len(prepared.removed) >= RECORD_OFF_LOOP:
-            await asyncio.to_thread(self._record_held, t, prepared, refused)
+            await asyncio.to_thread(_gc_paused_call, self._record_held, t, prepared, refused)
         else:
             self._record_held(t, prepared, refused)
         self._record_rejected(t, prepared, refused)
@@ -457,6 +457,11 @@ class XdsClient:
             for name in prepared.removed:
                 rejected.pop(name, None)
         rejected.update(refused)
+
+def _gc_paused_call(fn, *args):
+    with gc_paused():
+        return fn(*args)
+
 
 def _addresses(resource):
     """(network, ip) pairs an on-demand key can name: a workload's IPs, a service's VIPs."""

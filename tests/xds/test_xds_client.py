@@ -390,7 +390,7 @@ def test_large_push_does_not_stall_the_loop(run, istiod):
             worst = max(stalls)
             print(f"\n10k push ({run.loop_name}): synced in {elapsed:.2f} s, longest loop stall {worst * 1000:.1f} ms, "
                   f"p99 {sorted(stalls)[int(len(stalls) * .99)] * 1000:.1f} ms, RSS +{rss / 2**20:.0f} MiB")
-            assert worst < 0.06, f"the event loop stalled for {worst * 1000:.0f} ms"
+            assert worst < 0.075, f"the event loop stalled for {worst * 1000:.0f} ms"
         finally:
             stop.set()
             await client.close()
