@@ -6,10 +6,15 @@ import asyncio
 import logging
 import os
 import signal
+from typing import TYPE_CHECKING
+from dataclasses import replace
 
 from meshcore.errors import ConfigError
 from meshcore.node.proxy import DEFAULT_LISTEN, NodeOptions
 from meshcore.policy.istio import ROOT_NAMESPACE
+
+if TYPE_CHECKING:
+    from meshcore.xds.settings import ControlPlane
 
 log = logging.getLogger("meshcore.node")
 
@@ -28,10 +33,22 @@ AuthorizationPolicy / PeerAuthentication documents, in any number of files, or i
 in $LOCAL_XDS. Files are reloaded when they change and on SIGHUP; a bad new config is
 refused with its file, document and field, and the running one is kept.
 
+Istio's control plane: with XDS_ADDRESS set (or inside Kubernetes, where it defaults
+to istiod.istio-system.svc:15012) the node also takes workloads, services and policies
+from istiod's delta xDS, beside any files, and workload certificates from the Istio CA
+(CA_ADDRESS, default the xDS address; FAKE_CA=true: certificates as without istiod).
+It is ready once istiod's first answer of each type is applied and every local workload
+has its certificate; with istiod lost it keeps serving what it has and reconnects.
+
 environment (ztunnel's names; a flag given wins): NODE_NAME (--node-name),
 LOCAL_XDS_PATH (--config), LOCAL_XDS (inline configuration), TRUST_DOMAIN
-(--trust-domain), NETWORK (--network); with POD_NAME, POD_NAMESPACE and
-SERVICE_ACCOUNT set, the proxy also holds its own identity's certificate."""
+(--trust-domain), NETWORK (--network), XDS_ADDRESS (--xds-address), CA_ADDRESS
+(--ca-address), FAKE_CA, XDS_ROOT_CA / CA_ROOT_CA (a file, SYSTEM, or the PEM; default
+./var/run/secrets/istio/root-cert.pem), AUTH_TOKEN (a file or the token; default
+./var/run/secrets/tokens/istio-token), ISTIO_META_CLUSTER_ID / CLUSTER_ID, CLUSTER_DOMAIN,
+XDS_ON_DEMAND, INSTANCE_IP, POD_NAME, POD_NAMESPACE, SERVICE_ACCOUNT, ISTIO_META_* (node
+metadata); with POD_NAME, POD_NAMESPACE and SERVICE_ACCOUNT set, the proxy also holds
+its own identity's certificate."""
 
 
 def _listen(text: str) -> tuple[str, tuple | None]:
@@ -80,6 +97,11 @@ def add_parser(sub) -> None:
                         f"is the mesh-wide default (default: {ROOT_NAMESPACE})")
     p.add_argument("--network", default=env.get("NETWORK", ""),
                    help="this node's network name ($NETWORK; default: the unnamed network)")
+    p.add_argument("--xds-address", metavar="HOST:PORT",
+                   help="istiod's xDS address ($XDS_ADDRESS; inside Kubernetes istiod.istio-system.svc:15012; "
+                        "otherwise none: configuration from files only)")
+    p.add_argument("--ca-address", metavar="HOST:PORT",
+                   help="the Istio CA's address ($CA_ADDRESS; default: the xDS address)")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="SECONDS",
                    help="upstream and tunnel connect timeout (default: 10)")
     p.add_argument("--drain-deadline", type=float, default=5.0, metavar="SECONDS",
@@ -103,15 +125,28 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
     own = ((env["POD_NAMESPACE"], env["SERVICE_ACCOUNT"])
            if all(env.get(v) for v in ("POD_NAME", "POD_NAMESPACE", "SERVICE_ACCOUNT")) else None)
     inline = None if paths else inline_from_environment()
-    if not paths and inline is None:
+    plane = control_plane(args, env)
+    if not paths and inline is None and plane.xds_address is None:
         raise ConfigError("no configuration: give --config FILE (or set LOCAL_XDS_PATH to a file, or LOCAL_XDS "
-                          "to the YAML text)", source="meshcore node")
+                          "to the YAML text, or XDS_ADDRESS to istiod's address)", source="meshcore node")
+    if plane.ca_address is not None and (args.ca_dir or args.cert_dir):
+        log.info("certificates from %s, not from the Istio CA at %s", args.ca_dir or args.cert_dir, plane.ca_address)
+        plane = replace(plane, ca_address=None)
     return NodeOptions(node_name=args.node_name, config_paths=paths, inline_config=inline,
                        address=args.address, listen=dict(args.listen), ca_dir=args.ca_dir, cert_dir=args.cert_dir,
                        state_dir=args.state_dir, trust_domain=args.trust_domain, network=args.network,
                        connect_timeout=args.connect_timeout, drain_deadline=args.drain_deadline,
                        preserve_source=not args.no_preserve_source, root_namespace=args.root_namespace,
-                       freeze_startup=True, own_identity=own)
+                       freeze_startup=True, own_identity=own,
+                       control_plane=plane if plane.xds_address or plane.ca_address else None)
+
+
+def control_plane(args: argparse.Namespace, env) -> "ControlPlane":
+    """istiod and its CA from ztunnel's environment, the flags given winning."""
+    from meshcore.xds.settings import ControlPlane
+    overrides = {name: value for name, value in (("XDS_ADDRESS", args.xds_address), ("CA_ADDRESS", args.ca_address))
+                 if value}
+    return ControlPlane.from_environment({**env, **overrides})
 
 
 def _raise_fd_limit() -> None:
@@ -129,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
     options = options_from(args)
     # a typo in a file is refused before anything is created (the built-in CA, listeners)
     from meshcore.sources.config import load
-    load(options.config_paths, inline=options.inline_config, root_namespace=options.root_namespace)
+    if options.config_paths or options.inline_config:
+        load(options.config_paths, inline=options.inline_config, root_namespace=options.root_namespace)
     try:
         import uvloop
         runner = uvloop.run

@@ -125,6 +125,7 @@ def config_dump(proxy) -> dict:
         "certificates": certificates(proxy.certs, sorted(proxy.certificates.wanted(state))),
         "workloadState": {w.uid: {"state": "Up"} for w in local},
         "staticConfig": {"sources": list(proxy.files.sources)},
+        "xds": proxy.xds.describe() if proxy.xds is not None else None,
         "version": proxy.version,
         "config": proxy.describe_config(),
     }

@@ -1,7 +1,10 @@
 """`NodeProxy`: the per-node data plane, composed of the shell's pieces.
 
-    config files ─► FileSource ─► MeshStore (views + compiled policies) ─► subscribers:
-                   (reload: file change, SIGHUP)        listeners, certificates, revocation
+    config files ─► FileSource ─┐
+                   (reload: file change, SIGHUP)
+    istiod ───────► XdsClient ──┴─► MeshStore (views + compiled policies) ─► subscribers:
+                   (delta ADS)                          listeners, certificates, revocation
+    certificates ◄─ built-in CA, --ca-dir, --cert-dir, or the Istio CA (IstioCaClient)
     15001 capture ─┐                                     ┌─ 15008 HBONE (per local workload address)
     15080 SOCKS5 ──┴─ Outbound ─ route() ─ HbonePool ──► │  Inbound ─ policy ─ local workload
                                    └─ plain TCP          └─ 15006 plaintext (PERMISSIVE peers)
@@ -71,6 +74,8 @@ class NodeOptions:
     # (namespace, service account) of the proxy's own identity (ztunnel's, from POD_NAMESPACE
     # and SERVICE_ACCOUNT): its certificate is held beside the local workloads'
     own_identity: tuple[str, str] | None = None
+    # istiod and its CA (meshcore.xds.settings.ControlPlane), or None: files and local certificates only
+    control_plane: object = None
 
     def listeners(self) -> dict:
         out = {}
@@ -120,6 +125,11 @@ class NodeProxy:
         self.listen = options.listeners()
         self.store = MeshStore(root_namespace=options.root_namespace)
         self.files = FileSource(self.store, options.config_paths, options.inline_config)
+        plane = options.control_plane
+        self.xds = None
+        if plane is not None and plane.xds_address:
+            from meshcore.xds.client import XdsClient
+            self.xds = XdsClient(plane, self.store)
         self.loaded_at = 0.0
         self.metrics = NodeMetrics(self.version)
         self.issuer, self.trust_domain = self._issuer()
@@ -127,7 +137,8 @@ class NodeProxy:
         self.pool = hbone_pool(self.certs)
         settings = options.settings(self.trust_domain)
         self.ctx = ProxyContext(settings, self.store, self.certs, Telemetry(self.metrics),
-                                SourceBinder(options.preserve_source), self.pool)
+                                SourceBinder(options.preserve_source), self.pool,
+                                lookup=self.xds.lookup if self.xds is not None and plane.on_demand else None)
         self.certificates = LocalCertificates(self.ctx)
         self.inbound = Inbound(self.ctx, hbone=self.listen["inbound"], plaintext=self.listen["inbound-plaintext"])
         self.outbound = Outbound(self.ctx, capture=self.listen["outbound"], socks5=self.listen["socks5"])
@@ -140,8 +151,14 @@ class NodeProxy:
     # -- identity ---------------------------------------------------------------------
     def _issuer(self):
         """Where workload certificates come from, and the trust domain: files written by
-        cert-manager or a SPIRE agent (--cert-dir), a CA (--ca-dir), or the built-in CA."""
+        cert-manager or a SPIRE agent (--cert-dir), a CA (--ca-dir), the Istio CA, or the
+        built-in CA."""
         o = self.options
+        plane = o.control_plane
+        if plane is not None and plane.ca_address and not (o.ca_dir or o.cert_dir):
+            from meshcore.xds.ca import IstioCaClient
+            own = SpiffeId(o.trust_domain, *o.own_identity) if o.own_identity else None
+            return IstioCaClient(plane, o.trust_domain, own_identity=own), o.trust_domain
         if o.cert_dir:
             files = CredentialDirectories(o.cert_dir)
             if files.bundle is None:
@@ -215,6 +232,8 @@ class NodeProxy:
         out = []
         if not self.loaded_at:
             out.append("config")
+        if self.xds is not None:
+            out.extend(self.xds.pending())
         if self.certificates.missing:
             out.append("certificates")
         if self.inbound.unbound:
@@ -227,6 +246,8 @@ class NodeProxy:
         (with what and where) if that cannot be done."""
         await self.files.reload()
         self.loaded_at = time.time()
+        if self.xds is not None:
+            await self.xds.start()
         if self.options.freeze_startup:
             # A full collection scans every object: with 10,000 workloads, services and
             # policies that is ~185 ms with the loop stopped. What start-up loaded lives
@@ -251,7 +272,7 @@ class NodeProxy:
                         self.endpoints.append(await HttpEndpoints(routes[name]).start(*listen[name]))
                     except OSError as exc:
                         raise listener_error(name, listen[name], exc) from None
-        except ListenerError:
+        except (ListenerError, ConfigError):
             await self.drain(quiet=True)           # nothing was served: no "draining" before the error
             raise
         self._watcher = asyncio.get_running_loop().create_task(self._watch())
@@ -278,8 +299,13 @@ class NodeProxy:
             log.info("draining (deadline %.0f s)", deadline)
         if self._watcher is not None:
             self._watcher.cancel()
+        if self.xds is not None:
+            await self.xds.close()
         await self.store.settled()                 # a reload under way finishes first
         await self.certificates.close()
+        close_issuer = getattr(self.issuer, "close", None)
+        if close_issuer is not None:
+            await close_issuer()
         for e in self.endpoints:
             await e.close()
         await asyncio.gather(self.inbound.drain(deadline), self.outbound.drain(deadline),
@@ -296,6 +322,8 @@ class NodeProxy:
                 "listeners": {n: (f"{a[0]}:{a[1]}" if a else None) for n, a in self.listen.items()},
                 "connectTimeout": o.connect_timeout, "drainDeadline": o.drain_deadline,
                 "preserveSourceAddress": o.preserve_source, "configVersion": self.store.view.version,
+                "xdsAddress": o.control_plane.xds_address if o.control_plane else None,
+                "caAddress": o.control_plane.ca_address if o.control_plane else None,
                 "configGeneration": self.store.view.generation,
                 "configLoaded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.loaded_at))}
 
