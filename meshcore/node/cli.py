@@ -118,7 +118,7 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
     from meshcore.sources.config import inline_from_environment
     if args.ca_dir and args.cert_dir:
         raise ConfigError("give --ca-dir (a CA to issue from) or --cert-dir (ready certificates), not both",
-                          source="meshcore node")
+                          source="command line")
     env = os.environ
     paths = tuple(args.config) or tuple(p for p in (env.get("LOCAL_XDS_PATH"),) if p)
     # ztunnel in its pod: it holds its own identity too
@@ -128,7 +128,9 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
     plane = control_plane(args, env)
     if not paths and inline is None and plane.xds_address is None:
         raise ConfigError("no configuration: give --config FILE (or set LOCAL_XDS_PATH to a file, or LOCAL_XDS "
-                          "to the YAML text, or XDS_ADDRESS to istiod's address)", source="meshcore node")
+                          "to the YAML text, or XDS_ADDRESS to istiod's address)", source="command line")
+    if plane.xds_address is not None or plane.ca_address is not None:
+        _require_grpc(plane, env)
     if plane.ca_address is not None and (args.ca_dir or args.cert_dir):
         log.info("certificates from %s, not from the Istio CA at %s", args.ca_dir or args.cert_dir, plane.ca_address)
         plane = replace(plane, ca_address=None)
@@ -139,6 +141,21 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
                        preserve_source=not args.no_preserve_source, root_namespace=args.root_namespace,
                        freeze_startup=True, own_identity=own,
                        control_plane=plane if plane.xds_address or plane.ca_address else None)
+
+
+def _require_grpc(plane, env) -> None:
+    import importlib
+    try:
+        for module in ("grpc", "google.protobuf"):
+            importlib.import_module(module)
+    except ImportError as exc:
+        why = "XDS_ADDRESS is set" if env.get("XDS_ADDRESS") else "it runs inside Kubernetes (KUBERNETES_SERVICE_HOST)"
+        raise ConfigError(f"istiod at {plane.xds_address or plane.ca_address} is to be dialed because {why}, but "
+                          f"{exc.name or 'grpcio'} is not installed: pip install 'meshcore[istio]', or set "
+                          "XDS_ADDRESS='' for a node configured by files only", source="environment") from None
+    if not env.get("XDS_ADDRESS") and plane.xds_address:
+        log.info("inside Kubernetes: joining istiod at %s (XDS_ADDRESS='' keeps this node on files only)",
+                 plane.xds_address)
 
 
 def control_plane(args: argparse.Namespace, env) -> "ControlPlane":

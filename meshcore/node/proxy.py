@@ -371,5 +371,7 @@ class NodeProxy:
     def _ready(self, method, query):
         pending = self.pending()
         if pending:
-            return text(500, f"not ready, pending: {', '.join(sorted(pending))}\n")
+            # what is pending, not why: the probe port is open to the pod network, and the
+            # reasons (resource names, istiod's errors) are in the log and /config_dump
+            return text(500, f"not ready, pending: {', '.join(sorted({': '.join(p.split(': ')[:2]) for p in pending}))}\n")
         return text(200, "ready\n")

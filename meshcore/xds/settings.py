@@ -21,12 +21,16 @@ XDS_ADDRESS set to the empty string, in a cluster too).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshcore.errors import ConfigError
+
+log = logging.getLogger("meshcore.xds")
 
 DEFAULT_ROOT_CERT = "./var/run/secrets/istio/root-cert.pem"
 DEFAULT_TOKEN = "./var/run/secrets/tokens/istio-token"
@@ -62,10 +66,15 @@ class RootCertificates:
         return cls(path=value)
 
     def load(self) -> bytes | None:
-        """The PEM roots (None: the system's). IdentityError-free: a missing file is a
-        ConfigError naming it, so a caller can log it and retry later."""
+        """The PEM roots (None: gRPC's own bundle, where the system has no CA file). A
+        missing file is a ConfigError naming it, so a caller can log it and retry later."""
         if self.system:
-            return None
+            # the operating system's trust store, as ztunnel's SYSTEM means
+            cafile = ssl.get_default_verify_paths().cafile
+            try:
+                return Path(cafile).read_bytes() if cafile else None
+            except OSError:
+                return None
         if self.pem is not None:
             return self.pem
         try:
@@ -156,7 +165,8 @@ def _metadata(env: Mapping) -> dict:
             try:
                 meta[key[len(METAJSON_PREFIX):]] = json.loads(value)
             except json.JSONDecodeError as exc:
-                raise ConfigError(f"{key} is not JSON: {exc}", source="environment") from None
+                # as ztunnel: metadata istiod may not even read does not stop the proxy
+                log.error("%s is not JSON (%s); left out of the node metadata", key, exc)
     return meta
 
 
@@ -188,7 +198,8 @@ class ControlPlane:
         if _flag(env, "FAKE_CA"):
             ca_address = None
         else:
-            ca = env.get("CA_ADDRESS") or xds
+            # set but empty: no remote CA (as ztunnel)
+            ca = env.get("CA_ADDRESS", xds or "") or None
             ca_address = _address(env, "CA_ADDRESS", ca) if ca else None
         cluster_id = env.get("ISTIO_META_CLUSTER_ID") or env.get("CLUSTER_ID") or DEFAULT_CLUSTER_ID
         return cls(xds_address=xds_address, ca_address=ca_address,
