@@ -132,6 +132,7 @@ def test_command_is_meshcore_node_and_the_probe_reaches_it(monkeypatch):
     # the kubelet probes the pod's IP: readiness and metrics may not be on loopback
     assert listen["readiness"] == ("0.0.0.0", 15021) and listen["metrics"] == ("0.0.0.0", 15020)
     assert listen["socks5"] == ("127.0.0.1", 15080) and listen["admin"] == ("127.0.0.1", 15000)
+    assert listen["inbound"] is None          # no pod's address exists in this pod: readiness would wait forever
     assert options.node_name == "node-a" and options.own_identity == ("istio-system", "ztunnel")
 
 
