@@ -143,7 +143,8 @@ class Outbound:
                                    if settings.node_name else f"source {peer_ip} is not a workload of the mesh")
             chosen = route(view, source, ip, port, choice=next(self._choice),
                            own_addresses=self.own_addresses, proxy_ports=settings.proxy_ports)
-            if chosen.kind is PASSTHROUGH and chosen.workload is None and ctx.lookup is not None:
+            if (chosen.kind is PASSTHROUGH and chosen.workload is None and chosen.service is None
+                    and ctx.lookup is not None):
                 # on demand, the store holds only what was asked for: an address it does not
                 # know may be the mesh's, so istiod is asked before it goes out as plain TCP
                 chosen = await self._route_after_lookup(source, ip, port, chosen)

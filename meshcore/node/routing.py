@@ -6,7 +6,8 @@ workload and the original destination, so every case is a row in a table test.
 Order (ztunnel's outbound): the proxy's own ports are refused (loop guard); a service
 VIP picks a healthy endpoint (round-robin by `choice`) and maps the port; a service or
 workload with a waypoint goes to the waypoint, the authority keeping the original
-VIP:port; a meshed (HBONE) workload gets a tunnel to its address:15008 with the source
+VIP:port; a PASSTHROUGH service (or its waypoint) picks no endpoint: the connection
+goes to the original destination as plain TCP; a meshed (HBONE) workload gets a tunnel to its address:15008 with the source
 workload's identity, expecting the destination's identity plus the service's SANs; a
 TCP workload or an address outside the mesh is passed through as plain TCP.
 """
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from meshcore.identity.spiffe import SpiffeId
-from meshcore.state.model import GatewayAddress, HealthPolicy, Service, Workload
+from meshcore.state.model import GatewayAddress, HealthPolicy, LoadBalancerMode, Service, Workload
 from meshcore.state.view import MeshView
 
 PROXY_PORTS = frozenset((15001, 15006, 15008, 15080))
@@ -97,11 +98,19 @@ def route(state: MeshView, source: Workload, ip, port: int, *, choice: int = 0,
     service = state.service_at(network, ip)
     authority = _host_port(ip, port)
     if service is not None:
-        if service.target_port(port) is None:
+        lb = service.load_balancer
+        passthrough = lb is not None and lb.mode is LoadBalancerMode.PASSTHROUGH
+        # ztunnel passes a PASSTHROUGH service's traffic on whatever port it came to:
+        # the service names addresses outside the mesh, not the ports they serve
+        if not passthrough and service.target_port(port) is None:
             return Route(REFUSE, service=service,
                          reason=f"service {service.key} has no port {port}")
         if service.waypoint is not None and not _is_waypoint_of(source, service.waypoint):
             return _waypoint_route(state, service.waypoint, source, authority, service, None)
+        if passthrough:
+            # even a workload holding this address is not picked (ztunnel: OriginalDestination)
+            return Route(PASSTHROUGH, (str(ip), port), service=service,
+                         reason=f"service {service.key} is PASSTHROUGH: plain TCP to the original destination")
         members = state.endpoints.get(service.key, ())
         health_all = service.load_balancer is not None and service.load_balancer.health_policy is HealthPolicy.ALLOW_ALL
         candidates = [w for w in members if (w.healthy or health_all) and w.ips

@@ -31,6 +31,9 @@ class LoadBalancerMode(StrEnum):
     STANDARD = "Standard"
     STRICT = "Strict"
     FAILOVER = "Failover"
+    # no endpoint is picked: a connection keeps its original destination (istiod sets it
+    # for a ServiceEntry with `resolution: NONE`)
+    PASSTHROUGH = "Passthrough"
 
 
 class HealthPolicy(StrEnum):

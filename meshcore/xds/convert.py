@@ -75,7 +75,7 @@ _LB = wpb.LoadBalancing
 _LB_SCOPE = {_LB.REGION: "Region", _LB.ZONE: "Zone", _LB.SUBZONE: "Subzone", _LB.NODE: "Node",
              _LB.CLUSTER: "Cluster", _LB.NETWORK: "Network"}
 _LB_MODE = {_LB.UNSPECIFIED_MODE: LoadBalancerMode.STANDARD, _LB.STRICT: LoadBalancerMode.STRICT,
-            _LB.FAILOVER: LoadBalancerMode.FAILOVER}
+            _LB.FAILOVER: LoadBalancerMode.FAILOVER, _LB.PASSTHROUGH: LoadBalancerMode.PASSTHROUGH}
 _LB_HEALTH = {_LB.ONLY_HEALTHY: HealthPolicy.ONLY_HEALTHY, _LB.ALLOW_ALL: HealthPolicy.ALLOW_ALL}
 _SCOPE = {apb.GLOBAL: Scope.GLOBAL, apb.NAMESPACE: Scope.NAMESPACE, apb.WORKLOAD_SELECTOR: Scope.WORKLOAD_SELECTOR}
 _ACTION = {apb.ALLOW: Action.ALLOW, apb.DENY: Action.DENY}
@@ -262,9 +262,6 @@ def service_from_proto(s: wpb.Service, path: str = "service") -> Service:
     if s.HasField("load_balancing"):
         b = s.load_balancing
         p = f"{path}.load_balancing"
-        if b.mode == _LB.PASSTHROUGH:
-            raise _Refusal(f"{p}.mode", "load balancing mode PASSTHROUGH is not supported by meshcore "
-                                        "(its model has Standard, Strict and Failover)")
         lb = LoadBalancer(
             tuple([_enum(_LB_SCOPE, r, f"{p}.routing_preference[{i}]", "routing preference scope")
                    for i, r in enumerate(b.routing_preference)]),

@@ -141,7 +141,7 @@ BAD = [
     ("services: [{name: s, namespace: a, hostname: h, vips: ['/10.0.0.1']}]",
      "at services[0].ports: required field is missing"),
     ("services: [{name: s, namespace: a, hostname: h, vips: [], ports: {}, loadBalancer: {mode: Random}}]",
-     "at services[0].loadBalancer.mode: 'Random' is not one of Standard, Strict, Failover"),
+     "at services[0].loadBalancer.mode: 'Random' is not one of Standard, Strict, Failover, Passthrough"),
     ("policies: [{name: p, namespace: a, rules: [[[{destinationPort: [1]}]]]}]",
      "at policies[0].rules[0][0][0].destinationPort: unknown field"),
     ("workload: []", "at workload: unknown field (allowed: policies, services, workloads)"),

@@ -23,6 +23,8 @@ workloads:
 - {uid: remote, name: remote, namespace: shop, workloadIps: ["10.8.0.1"], protocol: HBONE, network: far,
    services: {"shop/far.shop.svc": {80: 80}}}
 - {uid: v6, name: v6, namespace: shop, serviceAccount: v6, workloadIps: ["fd00::2:1"], protocol: HBONE}
+- {uid: db-vm, name: db-vm, namespace: shop, serviceAccount: db, workloadIps: ["10.0.5.1"], protocol: HBONE,
+   services: {"shop/db.example.com": {5432: 5432}}}
 services:
 - {name: web, namespace: shop, hostname: web.shop.svc, vips: ["/10.96.0.1"], ports: {80: 8080},
    subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/web-canary"]}
@@ -31,6 +33,10 @@ services:
    waypoint: {destination: "/10.0.9.9", hboneMtlsPort: 15008}}
 - {name: empty, namespace: shop, hostname: empty.shop.svc, vips: ["/10.96.0.4"], ports: {80: 80}}
 - {name: far, namespace: shop, hostname: far.shop.svc, vips: ["/10.96.0.5"], ports: {80: 80}}
+- {name: db, namespace: shop, hostname: db.example.com, vips: ["/10.96.0.6"], ports: {5432: 5432},
+   loadBalancer: {mode: Passthrough}}
+- {name: api, namespace: bank, hostname: api.example.com, vips: ["/10.96.0.7"], ports: {443: 443},
+   waypoint: {destination: "/10.0.9.9"}, loadBalancer: {mode: Passthrough}}
 """
 
 
@@ -65,6 +71,11 @@ ROWS = [
      "service with a waypoint: authority keeps the VIP:port"),
     ("10.96.0.5", 80, 0, REFUSE, None, "", [], "endpoint on another network: needs a gateway (not supported)"),
     ("10.8.0.1", 80, 0, PASSTHROUGH, ("10.8.0.1", 80), "", [], "another network's address is not ours: plain TCP"),
+    ("10.96.0.6", 5432, 0, PASSTHROUGH, ("10.96.0.6", 5432), "", [],
+     "PASSTHROUGH service: the original destination, its endpoint not picked"),
+    ("10.96.0.6", 9999, 0, PASSTHROUGH, ("10.96.0.6", 9999), "", [], "PASSTHROUGH service: any port"),
+    ("10.96.0.7", 443, 0, HBONE, ("10.0.9.9", 15008), "10.96.0.7:443", [_id("waypoint", "bank")],
+     "PASSTHROUGH service with a waypoint: to the waypoint"),
     ("127.0.0.1", 15008, 0, REFUSE, None, "", [], "loop guard: proxy port on loopback"),
     ("10.0.0.100", 15001, 0, REFUSE, None, "", [], "loop guard: proxy port on an own address"),
     ("fd00::2:1", 80, 0, HBONE, ("fd00::2:1", 15008), "[fd00::2:1]:80", [_id("v6")], "IPv6 authority in brackets"),

@@ -209,6 +209,9 @@ def test_service_defaults():
                                    LoadBalancerMode.FAILOVER, HealthPolicy.ALLOW_ALL)),
     ({"load_balancing": wpb.LoadBalancing(mode=wpb.LoadBalancing.STRICT)}, "load_balancer",
      LoadBalancer((), LoadBalancerMode.STRICT, HealthPolicy.ONLY_HEALTHY)),
+    # istiod's form of a ServiceEntry with `resolution: NONE`
+    ({"load_balancing": wpb.LoadBalancing(mode=wpb.LoadBalancing.PASSTHROUGH)}, "load_balancer",
+     LoadBalancer((), LoadBalancerMode.PASSTHROUGH, HealthPolicy.ONLY_HEALTHY)),
     ({"ip_families": wpb.DUAL}, "extra", (("ipFamilies", "Dual"),)),
     ({"ip_families": wpb.IPV4_ONLY}, "extra", (("ipFamilies", "IPv4"),)),
     ({"ip_families": wpb.IPV6_ONLY}, "extra", (("ipFamilies", "IPv6"),)),
@@ -398,8 +401,6 @@ BIG = 70000
     (ADDRESS_TYPE, workload_resource(application_tunnel=wpb.ApplicationTunnel(protocol=3)),
      "workload.application_tunnel.protocol", "unknown application tunnel protocol value 3"),
     (ADDRESS_TYPE, service_resource(ip_families=6), "service.ip_families", "unknown IP families value 6"),
-    (ADDRESS_TYPE, service_resource(load_balancing=wpb.LoadBalancing(mode=wpb.LoadBalancing.PASSTHROUGH)),
-     "service.load_balancing.mode", "load balancing mode PASSTHROUGH is not supported by meshcore"),
     (ADDRESS_TYPE, service_resource(load_balancing=wpb.LoadBalancing(mode=9)), "service.load_balancing.mode",
      "unknown load balancing mode value 9"),
     (ADDRESS_TYPE, service_resource(load_balancing=wpb.LoadBalancing(health_policy=4)),
@@ -511,6 +512,7 @@ services:
   hostname: b.ns1.svc.cluster.local
   vips: []
   ports: {}
+  loadBalancer: {mode: Passthrough}
 policies:
 - name: allow-a
   namespace: ns1
@@ -568,7 +570,8 @@ PROTO_SERVICES = [
                                          mode=wpb.LoadBalancing.FAILOVER,
                                          health_policy=wpb.LoadBalancing.ALLOW_ALL),
         ip_families=wpb.DUAL, canonical=True, visibility=wpb.Service.NAMESPACE),
-    wpb.Service(name="b", namespace="ns1", hostname="b.ns1.svc.cluster.local"),
+    wpb.Service(name="b", namespace="ns1", hostname="b.ns1.svc.cluster.local",
+                load_balancing=wpb.LoadBalancing(mode=wpb.LoadBalancing.PASSTHROUGH)),
 ]
 
 
