@@ -2,7 +2,7 @@
 (docs: CONTROL_PLANE.md §1 and §4).
 
     client = await XdsClient(ControlPlane.from_environment(), store).start()
-    client.synced            # every type ACKed at least once
+    client.synced            # every type ACKed at least once (on demand: Authorization only)
     client.pending()         # what it still waits for, and why
     await client.lookup("network/10.0.0.7", timeout=5)   # on-demand (XDS_ON_DEMAND=true)
     await client.close()
@@ -53,6 +53,7 @@ RECORD_OFF_LOOP = 2048            # resources whose bookkeeping is done on a wor
 INVALID_ARGUMENT = 3              # google.rpc.Code, what Envoy and istiod expect in a NACK
 WILDCARD = "*"
 LOOKUP_TIMEOUT = 10.0             # a node proxy's default connect timeout
+BROKEN_NAMES = 5                  # undecodable resources named in the one line logged for them
 
 
 def _short(type_url: str) -> str:
@@ -67,16 +68,20 @@ def _reason(exc: BaseException) -> str:
 
 class _TypeState:
     """What the client knows of one resource type."""
-    __slots__ = ("type_url", "acked", "nonce", "held", "rejected", "error", "responses")
+    __slots__ = ("type_url", "expected", "acked", "nonce", "held", "rejected", "error", "responses", "fresh")
 
-    def __init__(self, type_url: str):
+    def __init__(self, type_url: str, expected: bool = True):
         self.type_url = type_url
+        # readiness waits for it; istiod need not answer an on-demand Address request that
+        # subscribes to nothing, so ztunnel does not wait for one (types_to_expect)
+        self.expected = expected
         self.acked = False                         # a response of this type was ACKed once
         self.nonce = ""
         self.held: dict[str, tuple[Kind, str]] = {}   # name -> (kind, version) in force from us
         self.rejected: dict[str, str] = {}         # name -> why its last version was refused
         self.error: str | None = None              # the last NACK's message, until an ACK
         self.responses = 0
+        self.fresh = True                          # no response of this type on this stream yet
 
 
 class _Prepared:
@@ -88,7 +93,7 @@ class _Prepared:
         self.nonce = response.nonce
         self.version = response.system_version_info or response.nonce
         self.changes: list = []
-        self.accepted: list = []        # (name, kind, version, resource)
+        self.accepted: list = []        # (name, kind, version)
         self.refused: dict[str, str] = {}
         self.removed: list[str] = []    # names istiod removed that the client held
         self.named: list = []           # (name, aliases, resource or None): for on-demand waits
@@ -104,7 +109,7 @@ class XdsClient:
         self.address = plane.xds_address
         self.channels = channels or ChannelSource(plane.xds_address, plane.xds_roots)
         self.roots_check, self.max_backoff = roots_check, max_backoff
-        self._types = {t: _TypeState(t) for t in TYPES}
+        self._types = {t: _TypeState(t, expected=not (t == ADDRESS_TYPE and plane.on_demand)) for t in TYPES}
         self._task: asyncio.Task | None = None
         self._call = None
         self._write_lock: asyncio.Lock | None = None
@@ -114,6 +119,8 @@ class XdsClient:
         self._synced: asyncio.Event | None = None
         self._lookups: dict[str, list] = {}      # key -> [future, waiters]
         self._sending: set[asyncio.Task] = set()
+        self._asked: set[str] = set()            # lookup keys subscribed on the current stream
+        self._watcher: asyncio.Task | None = None
         self.streams = 0                         # streams opened (for /config_dump and tests)
 
     # -- life cycle --------------------------------------------------------------------------
@@ -129,6 +136,11 @@ class XdsClient:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+        owned = [t for t in (*self._sending, self._watcher) if t is not None]
+        for t in owned:
+            t.cancel()
+        await asyncio.gather(*owned, return_exceptions=True)
+        self._watcher = None
         for future, _ in self._lookups.values():
             if not future.done():
                 future.set_result(False)
@@ -139,10 +151,11 @@ class XdsClient:
     # -- state -------------------------------------------------------------------------------
     @property
     def synced(self) -> bool:
-        return all(t.acked for t in self._types.values())
+        return all(t.acked or not t.expected for t in self._types.values())
 
     async def wait_synced(self, timeout: float | None = None) -> bool:
-        """Until every type has been ACKed once (True), or `timeout` seconds (False)."""
+        """Until every type readiness waits for has been ACKed once (True), or `timeout`
+        seconds (False)."""
         if self.synced:
             return True
         if self._synced is None:
@@ -156,7 +169,7 @@ class XdsClient:
     def pending(self) -> list[str]:
         out = []
         for t in self._types.values():
-            if t.acked:
+            if t.acked or not t.expected:
                 continue
             why = t.error or self._error
             out.append(f"xds: no {_short(t.type_url)} yet" + (f": {why}" if why else
@@ -172,7 +185,7 @@ class XdsClient:
             "streams": self.streams,
             "lastError": self._error,
             "types": {t.type_url: {
-                "synced": t.acked,
+                "synced": t.acked or not t.expected,
                 "lastNonce": t.nonce,
                 "responses": t.responses,
                 "resources": len(t.held),
@@ -195,8 +208,7 @@ class XdsClient:
         if entry is None:
             entry = self._lookups[key] = [asyncio.get_running_loop().create_future(), 0]
             # on a stream that is down, the reconnect claims the key (initial_resource_versions)
-            sending = asyncio.get_running_loop().create_task(
-                self._send(dpb.DeltaDiscoveryRequest(type_url=ADDRESS_TYPE, resource_names_subscribe=[key])))
+            sending = asyncio.get_running_loop().create_task(self._subscribe([key]))
             self._sending.add(sending)
             sending.add_done_callback(self._sending.discard)
         entry[1] += 1
@@ -208,6 +220,8 @@ class XdsClient:
             entry[1] -= 1
             if entry[1] == 0 and self._lookups.get(key) is entry:
                 del self._lookups[key]
+                # a later lookup of the key asks again (istiod may not have answered this one)
+                self._asked.discard(key)
 
     def _known(self, key: str) -> bool:
         network, sep, ip = key.rpartition("/")
@@ -245,8 +259,13 @@ class XdsClient:
             delivered = False
             try:
                 delivered, why = await self._stream()
-            except asyncio.CancelledError:
-                raise
+            except asyncio.CancelledError as exc:
+                if self._cancelled():
+                    raise
+                # not this task's cancellation: something under the stream (a store
+                # subscriber, a call cancelled by a channel closing) ended it; only close()
+                # or a cancel of the task itself may end the client
+                why = f"failed: cancelled {exc}" if str(exc) else "failed: cancelled"
             except grpc.aio.AioRpcError as exc:
                 why = self._rpc_error(exc)
             except ConfigError as exc:         # the roots or the token cannot be read
@@ -263,6 +282,11 @@ class XdsClient:
             self._restart = None
             await asyncio.sleep(delay)
             backoff = min(self.max_backoff, backoff * 2)
+
+    def _cancelled(self) -> bool:
+        """Whether the stream task itself is being cancelled (close(), or its owner)."""
+        task = asyncio.current_task()
+        return self._task is None or (task is not None and task.cancelling() > 0)
 
     @staticmethod
     def _rpc_error(exc: grpc.aio.AioRpcError) -> str:
@@ -289,15 +313,21 @@ class XdsClient:
             out.append(req)
         return out
 
-    async def _send(self, request) -> None:
-        call = self._call
-        if call is None:
-            return
-        try:
-            async with self._write_lock:
-                await call.write(request)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
-            log.debug("xds: a request was not sent (%s); the stream is ending", exc)
+    async def _subscribe(self, keys) -> None:
+        """Subscribe on-demand keys on the stream in force. With none, the next stream's
+        initial request claims them; keys the stream has already asked for are skipped."""
+        async with self._write_lock:
+            call = self._call                # read under the lock: the initial writes set it
+            if call is None:
+                return
+            keys = [k for k in keys if k not in self._asked]
+            if not keys:
+                return
+            self._asked.update(keys)
+            try:
+                await call.write(dpb.DeltaDiscoveryRequest(type_url=ADDRESS_TYPE, resource_names_subscribe=keys))
+            except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+                log.debug("xds: a request was not sent (%s); the stream is ending", exc)
 
     async def _stream(self) -> tuple[bool, str]:
         """One stream, until it ends: (whether it delivered a response, why it ended)."""
@@ -306,13 +336,21 @@ class XdsClient:
                                               request_serializer=dpb.DeltaDiscoveryRequest.SerializeToString,
                                               response_deserializer=None)     # bytes: parsed where it is cheap
         call = multicallable(metadata=self.plane.call_metadata())
-        watcher = asyncio.get_running_loop().create_task(self._watch_roots(call))
+        watcher = self._watcher = asyncio.get_running_loop().create_task(self._watch_roots(call))
         delivered = False
+        for t in self._types.values():
+            t.fresh = True
         try:
             async with self._write_lock:
+                # set before the writes, so a lookup made meanwhile waits for the lock and
+                # then subscribes on this stream rather than finding no stream at all
+                self._call = call
+                self._asked = set(self._lookups)
                 for request in self._initial_requests():
                     await call.write(request)
-            self._call = call
+            missed = [key for key in self._lookups if key not in self._asked]
+            if missed:
+                await self._subscribe(missed)
             self._connected = True
             while True:
                 raw = await call.read()
@@ -325,10 +363,13 @@ class XdsClient:
                 delivered = True
                 self._error = None
                 await self._respond(call, raw)
-        except (asyncio.CancelledError, Exception):
+        except (asyncio.CancelledError, Exception) as exc:
             # the call cancelled by the roots watcher fails whatever it was doing (a read,
-            # an ACK): that is the restart, not a failure; close() cancels for good
-            if self._restart is not None and self._task is not None:
+            # an ACK): that is the restart, not a failure; close() or a cancel of the task
+            # ends it for good, even when it lands during a restart
+            if isinstance(exc, asyncio.CancelledError) and self._cancelled():
+                raise
+            if self._restart is not None:
                 return delivered, self._restart
             raise
         finally:
@@ -352,11 +393,17 @@ class XdsClient:
             prepared = self._prepare(raw)
         t = self._types.get(prepared.type_url)
         if t is None:
-            message = f"{prepared.type_url!r} is not a type meshcore asked for"
-            await self._ack(call, prepared, message)
+            # ACKed as ztunnel does: a NACK would have istiod retry what no handler reads
+            log.error("xds: istiod at %s sent %r, a type meshcore did not ask for (nonce %s); ignored",
+                      self.address, prepared.type_url, prepared.nonce)
+            await self._ack(call, prepared, None)
             return
         t.responses += 1
-        t.nonce = prepared.nonce
+        if t.fresh:
+            # istiod re-sends on a new stream whatever the client does not claim at its
+            # version, so earlier refusals it no longer sends (deleted meanwhile) are gone
+            t.fresh = False
+            t.rejected.clear()
         refused = prepared.refused
         if prepared.changes:
             applied = await self.store.apply_async(self.source, prepared.changes, version=prepared.version)
@@ -372,6 +419,7 @@ class XdsClient:
         self._settle_lookups(prepared, refused)
         message = "; ".join(f"{name}: {why}" for name, why in refused.items()) if refused else None
         await self._ack(call, prepared, message)
+        t.nonce = prepared.nonce
         if message is None:
             t.acked, t.error = True, None
             if self.synced and not self._synced.is_set():
@@ -406,6 +454,7 @@ class XdsClient:
             held, type_url, source = t.held, t.type_url, self.source
             changes, accepted, refused = prepared.changes, prepared.accepted, prepared.refused
             named = prepared.named if self.plane.on_demand else None
+            broken: list = []               # (name, exception): a bug, logged once per response
             for resource in response.resources:
                 name = resource.name
                 obj = None
@@ -414,7 +463,7 @@ class XdsClient:
                 except ResourceError as exc:
                     refused[name] = _reason(exc)
                 except Exception as exc:          # refused, not a stream that breaks on every push
-                    log.exception("xds: %s %r could not be decoded", _short(type_url), name)
+                    broken.append((name, exc))
                     refused[name] = f"cannot be decoded: {type(exc).__name__}: {exc}"
                 if obj is None:
                     if named is not None:
@@ -433,6 +482,8 @@ class XdsClient:
                 if before is not None:
                     changes.append(Remove(before[0], name))
                 prepared.removed.append(name)
+            if broken:
+                _log_broken(type_url, response.nonce, broken)
             del response
             return prepared
 
@@ -457,6 +508,18 @@ class XdsClient:
             for name in prepared.removed:
                 rejected.pop(name, None)
         rejected.update(refused)
+
+
+def _log_broken(type_url: str, nonce: str, broken: list) -> None:
+    """One line for a response's undecodable resources (a push of thousands must not log
+    thousands of tracebacks); the first one's traceback for whoever debugs it."""
+    shown = ", ".join(repr(name) for name, _ in broken[:BROKEN_NAMES])
+    more = f" and {len(broken) - BROKEN_NAMES} more" if len(broken) > BROKEN_NAMES else ""
+    name, first = broken[0]
+    log.error("xds: %d %s resource(s) of nonce %s could not be decoded: %s%s (first: %s: %s)",
+              len(broken), _short(type_url), nonce, shown, more, type(first).__name__, first)
+    log.debug("xds: %s %r could not be decoded", _short(type_url), name, exc_info=first)
+
 
 def _gc_paused_call(fn, *args):
     with gc_paused():

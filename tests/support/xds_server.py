@@ -9,7 +9,8 @@ What it does, as istiod does for a ztunnel:
   claimed names that no longer exist come back in `removed_resources`; a response is
   sent even when it holds nothing (the client's readiness waits for it);
 - on demand (Address initial request subscribing and unsubscribing "*"): only what is
-  subscribed, and a `network/IP` subscription is answered with the workload named by
+  subscribed (with `answer_on_demand_initial` False, the initial request goes unanswered,
+  as istiod may leave a subscription to nothing), and a `network/IP` subscription is answered with the workload named by
   its uid, the IP in `aliases`, or with the key in `removed_resources`;
 - `push()` sends adds, updates and removals to every stream (an on-demand stream gets
   the Address resources it subscribed to).
@@ -153,6 +154,7 @@ class AdsServer:
         self._stream_ids = itertools.count()
         self._version = itertools.count(1)
         self.answer_subscriptions = True                        # False: on-demand requests go unanswered
+        self.answer_on_demand_initial = True                    # False: so does an on-demand initial request
 
     # -- what istiod has ---------------------------------------------------------------------
     def entry(self, message, *, name: str | None = None, type_url: str | None = None) -> Entry:
@@ -192,10 +194,12 @@ class AdsServer:
                         nonces.append(self._send(s, t, [e.resource() for e in mine], gone))
         return nonces
 
-    def push_raw(self, type_url: str, resources: list, removed=()) -> list[str]:
-        """Send resources exactly as given (a malformed one, say) to every stream."""
+    def push_raw(self, type_url: str, resources: list, removed=(), *, unasked: bool = False) -> list[str]:
+        """Send resources exactly as given (a malformed one, say) to every stream that
+        asked for `type_url` (with `unasked`, to every stream: a type nobody asked for)."""
         with self.lock:
-            return [self._send(s, type_url, resources, list(removed)) for s in self.streams if type_url in s.wildcard]
+            return [self._send(s, type_url, resources, list(removed)) for s in self.streams
+                    if unasked or type_url in s.wildcard]
 
     # -- the RPC ---------------------------------------------------------------------------
     def handler(self) -> grpc.GenericRpcHandler:
@@ -253,7 +257,8 @@ class AdsServer:
                 if on_demand:
                     stream.subscribed.update(n for n in req.resource_names_subscribe if n != "*")
                     stream.subscribed.update(claimed)
-                    self._answer_subscriptions(stream, list(stream.subscribed), claimed)
+                    if self.answer_on_demand_initial:
+                        self._answer_subscriptions(stream, list(stream.subscribed), claimed)
                     return
                 send = [e.resource() for e in have.values()
                         if not (t == ADDRESS and claimed.get(e.name) == e.version)]

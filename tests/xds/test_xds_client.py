@@ -217,6 +217,9 @@ def test_restart_claims_what_is_held_and_removals_arrive(run, istiod):
             before = len(ads.requests)
             istiod.start()
             assert await client.wait_synced(15), client.pending()
+            # still synced from the first stream: wait for the second one's initial requests
+            await until(lambda: {r.type_url for r in ads.requests[before:] if r.node_id} == {ADDRESS, AUTHORIZATION},
+                        timeout=15, what="the new stream's initial requests")
             again = [r for r in ads.requests[before:] if r.node_id]
             address = next(r for r in again if r.type_url == ADDRESS)
             assert address.versions == {UID_A: versions[UID_A], UID_B: versions[UID_B]}   # not the rejected c
@@ -281,7 +284,8 @@ def test_lost_later_keeps_state_and_resyncs(run, istiod):
             istiod.start()
             await until(lambda: UID_B in store.view.by_uid, timeout=15, what="the resync")
             assert client.describe()["connected"]
-            assert len({r.stream for r in ads.acks()}) == 2
+            # the push applies before its ACK is written: istiod hears it a moment later
+            await until(lambda: len({r.stream for r in ads.acks()}) == 2, what="the ACKs of the second stream")
         finally:
             await client.close()
     run(main(), 40)
@@ -478,4 +482,265 @@ def test_outbound_asks_istiod_for_an_unknown_destination(run, istiod):
             await outbound.close()
             await client.close()
             upstream.close()
+    run(main(), 30)
+
+
+# --- the stream's life and bookkeeping ------------------------------------------------------
+
+def test_a_stray_cancelled_error_is_a_stream_failure(run, istiod):
+    """A CancelledError that is not the task's own (here from a store subscriber) breaks
+    the stream, which reconnects; it does not end the client."""
+    ads = istiod.ads
+    ads.set(workload(UID_A, "10.0.0.1"), policy("p1"))
+
+    async def main():
+        store = MeshStore()
+        raised = []
+
+        async def subscriber(change):
+            if not raised:
+                raised.append(change)
+                raise asyncio.CancelledError()
+        store.subscribe(subscriber)
+        client = await client_for(istiod.address, istiod.tls, store).start()
+        try:
+            await until(lambda: raised and client.streams >= 2 and client.describe()["connected"], timeout=10,
+                        what="a second stream")
+            assert await client.wait_synced(10), client.pending()
+            ads.push(workload(UID_B, "10.0.0.2"))
+            await until(lambda: UID_B in store.view.by_uid, what="a push on the new stream")
+            assert not client._task.done()
+        finally:
+            await client.close()
+    run(main(), 30)
+
+
+def test_a_cancel_of_the_task_during_a_restart_ends_it(run, istiod):
+    ads = istiod.ads
+    ads.set(workload(UID_A, "10.0.0.1"), policy("p1"))
+
+    async def main():
+        client = await client_for(istiod.address, istiod.tls).start()
+        try:
+            await synced(client, ads)
+            task = client._task
+            client._restart = "has new root certificates (test)"
+            task.cancel()
+            await asyncio.wait([task], timeout=5)
+            assert task.done() and task.cancelled()
+            assert client.streams == 1
+        finally:
+            await client.close()
+    run(main(), 30)
+
+
+def test_close_ends_what_the_client_started(run, istiod):
+    ads = istiod.ads
+    ads.set(policy("p1"))
+
+    async def main():
+        client = await client_for(istiod.address, istiod.tls, on_demand=True).start()
+        lookup = None
+        try:
+            assert await client.wait_synced(10), client.pending()
+            await client._write_lock.acquire()           # a subscription waits to be written
+            lookup = asyncio.ensure_future(client.lookup("/10.0.0.9", 5))
+            await until(lambda: client._sending, what="a subscription under way")
+            sending = set(client._sending)
+            watchers = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "XdsClient._watch_roots"]
+            assert len(watchers) == 1
+            await client.close()
+            assert all(t.done() for t in sending), "close() left a subscription running"
+            assert all(t.done() for t in watchers), "close() left the roots watcher running"
+            assert await lookup is False
+        finally:
+            if client._write_lock.locked():
+                client._write_lock.release()
+            await client.close()
+    run(main(), 30)
+
+
+def test_a_lookup_made_while_the_stream_connects_is_sent(run, istiod):
+    ads = istiod.ads
+    ads.set(workload(UID_A, "10.0.0.1"), policy("p1"))
+
+    async def main():
+        store = MeshStore()
+        client = client_for(istiod.address, istiod.tls, store, on_demand=True)
+        initial, lookups = client._initial_requests, []
+
+        def initial_requests():
+            out = initial()
+            if not lookups:                 # after the snapshot, before the writes end
+                lookups.append(asyncio.ensure_future(client.lookup("/10.0.0.1", 5)))
+            return out
+        client._initial_requests = initial_requests
+        await client.start()
+        try:
+            await until(lambda: lookups, what="the initial requests")
+            assert await lookups[0] is True
+            assert store.view.workload_at("", ip("10.0.0.1")).uid == UID_A
+            asked = [r for r in ads.requests if "/10.0.0.1" in r.subscribe or "/10.0.0.1" in r.versions]
+            assert len(asked) == 1, asked                # asked once, not twice
+        finally:
+            await client.close()
+    run(main(), 30)
+
+
+def test_on_demand_is_ready_without_an_address_response(run, istiod):
+    """istiod need not answer an on-demand Address request subscribing to nothing; as in
+    ztunnel, readiness waits for Authorization only."""
+    ads = istiod.ads
+    ads.answer_on_demand_initial = False
+    ads.set(workload(UID_A, "10.0.0.1"), policy("p1"))
+
+    async def main():
+        client = await client_for(istiod.address, istiod.tls, on_demand=True).start()
+        try:
+            assert await client.wait_synced(10), client.pending()
+            assert client.pending() == []
+            await until(lambda: ads.acks(AUTHORIZATION), what="the ACK at istiod")
+            assert ads.acks(ADDRESS) == []
+            assert client.describe()["types"][ADDRESS]["synced"]
+            assert await client.lookup("/10.0.0.1", 5)
+        finally:
+            await client.close()
+    run(main(), 30)
+
+
+def test_on_demand_readiness_still_waits_for_authorization(run, istiod):
+    ads = istiod.ads
+    ads.set(policy("p1"))
+    bad = policy("p2")
+    bad.name = ""                                        # refused: a policy needs a name
+    ads.set(entries=[ads.entry(bad, name="default/p2")])
+
+    async def main():
+        client = await client_for(istiod.address, istiod.tls, on_demand=True).start()
+        try:
+            await until(lambda: ads.nacks(AUTHORIZATION), what="the NACK")
+            assert not client.synced
+            [why] = client.pending()
+            assert why.startswith("xds: no Authorization yet: Authorization NACKed")
+        finally:
+            await client.close()
+    run(main(), 30)
+
+
+def test_a_type_nobody_asked_for_is_acked(run, istiod):
+    ads = istiod.ads
+    ads.set(workload(UID_A, "10.0.0.1"), policy("p1"))
+
+    async def main():
+        client = await client_for(istiod.address, istiod.tls).start()
+        try:
+            await synced(client, ads)
+            [nonce] = ads.push_raw("type.googleapis.com/istio.example.Unknown", [], unasked=True)
+            await until(lambda: ads.answered(nonce) is not None, what="the answer")
+            assert ads.answered(nonce).ack
+            assert client.synced and ads.nacks() == []
+        finally:
+            await client.close()
+    run(main(), 30)
+
+
+def test_refusals_of_resources_deleted_while_away_are_forgotten(run, istiod):
+    ads = istiod.ads
+    ads.set(workload(UID_A, "10.0.0.1"), policy("p1"))
+    ads.set(entries=[bad_entry(ads, UID_C)])
+
+    async def main():
+        client = await client_for(istiod.address, istiod.tls).start()
+        try:
+            await until(lambda: ads.nacks(ADDRESS) and ads.acks(AUTHORIZATION))
+            assert set(client.describe()["types"][ADDRESS]["rejected"]) == {UID_C}
+            istiod.stop()
+            await until(lambda: not client.describe()["connected"], what="the client to notice")
+            del ads.resources[ADDRESS][UID_C]             # never held, so never claimed: no removal
+            istiod.start()
+            assert await client.wait_synced(15), client.pending()
+            assert client.describe()["types"][ADDRESS]["rejected"] == {}
+            # what the new stream refuses again is kept
+            istiod.stop()
+            await until(lambda: not client.describe()["connected"], what="the client to notice")
+            ads.set(entries=[bad_entry(ads, UID_B)])
+            istiod.start()
+            await until(lambda: len({r.stream for r in ads.nacks(ADDRESS)}) == 2, timeout=15, what="a NACK")
+            assert set(client.describe()["types"][ADDRESS]["rejected"]) == {UID_B}
+        finally:
+            await client.close()
+    run(main(), 40)
+
+
+def test_last_nonce_is_shown_once_answered(run, istiod):
+    ads = istiod.ads
+    ads.set(workload(UID_A, "10.0.0.1"), policy("p1"))
+
+    async def main():
+        store = MeshStore()
+        client = await client_for(istiod.address, istiod.tls, store).start()
+        seen = []
+        try:
+            await synced(client, ads)
+            before = client.describe()["types"][ADDRESS]["lastNonce"]
+            store.subscribe(lambda change: seen.append(client.describe()["types"][ADDRESS]["lastNonce"]))
+            [nonce] = ads.push(workload(UID_B, "10.0.0.2"))
+            await until(lambda: client.describe()["types"][ADDRESS]["lastNonce"] == nonce, what="the new nonce")
+            assert ads.answered(nonce).ack
+            assert seen == [before]                      # while it applied: not answered yet
+        finally:
+            await client.close()
+    run(main(), 30)
+
+
+def test_undecodable_resources_are_logged_once_per_response(run, istiod, monkeypatch, caplog):
+    import meshcore.xds.client as client_module
+    ads = istiod.ads
+    ads.set(workload(UID_A, "10.0.0.1"), policy("p1"))
+    decode = client_module.decode
+
+    def broken_decode(type_url, resource, **kw):
+        if resource.name.startswith("Kubernetes//Pod/broken/"):
+            raise KeyError("a bug")
+        return decode(type_url, resource, **kw)
+    monkeypatch.setattr(client_module, "decode", broken_decode)
+
+    async def main():
+        client = await client_for(istiod.address, istiod.tls).start()
+        try:
+            await synced(client, ads)
+            [nonce] = ads.push(*(workload(f"Kubernetes//Pod/broken/w{i}", f"10.1.0.{i}", namespace="broken")
+                                 for i in range(40)))
+            await until(lambda: ads.answered(nonce) is not None, what="the NACK")
+            assert "cannot be decoded: KeyError" in ads.answered(nonce).nack
+            assert len(client.describe()["types"][ADDRESS]["rejected"]) == 40
+        finally:
+            await client.close()
+    with caplog.at_level(logging.ERROR, logger="meshcore.xds"):
+        run(main(), 30)
+    lines = [r for r in caplog.records if "could not be decoded" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in lines]
+    assert lines[0].getMessage().startswith("xds: 40 Address resource(s) of nonce ")
+    assert "and 35 more" in lines[0].getMessage() and lines[0].exc_info is None
+
+
+def test_a_passthrough_service_is_acked(run, istiod):
+    """istiod's form of a ServiceEntry with `resolution: NONE`."""
+    ads = istiod.ads
+    ads.set(policy("p1"))
+
+    async def main():
+        store = MeshStore()
+        client = await client_for(istiod.address, istiod.tls, store).start()
+        try:
+            await synced(client, ads)
+            egress = service("db", "default", "10.96.0.40", ports=((5432, 5432),))
+            egress.service.load_balancing.mode = wpb.LoadBalancing.PASSTHROUGH
+            [nonce] = ads.push(egress, workload(UID_A, "10.0.0.1"))
+            await until(lambda: ads.answered(nonce) is not None, what="the answer")
+            assert ads.answered(nonce).ack, ads.answered(nonce).nack
+            s = store.view.service_at("", ip("10.96.0.40"))
+            assert s.load_balancer.mode == "Passthrough"
+        finally:
+            await client.close()
     run(main(), 30)
