@@ -24,6 +24,12 @@ class NodeMetrics:
         Gauge("istio_build", "meshcore build", ("component", "tag"), registry=r).labels("ztunnel", version).set(1)
         self.config_reloads = Counter("meshcore_config_reloads", "Configuration loads by outcome", ("outcome",),
                                       registry=r)
+        # ztunnel's xDS metrics (istiod's delta ADS stream)
+        self.xds_terminations = Counter("istio_xds_connection_terminations",
+                                        "Streams to the xDS server that ended, by reason", ("reason",), registry=r)
+        self.xds_messages = Counter("istio_xds_message", "xDS responses received, by type", ("url",), registry=r)
+        self.xds_bytes = Counter("istio_xds_message_bytes", "Bytes of xDS resources received, by type", ("url",),
+                                 registry=r)
         ProcessCollector(registry=r)          # process_open_fds, process_max_fds, memory, CPU
 
     def opened_connection(self, record: ConnectionRecord) -> None:
@@ -39,6 +45,13 @@ class NodeMetrics:
 
     def failed_connection(self, record: ConnectionRecord) -> None:
         self.failed.labels(**record.labels()).inc()
+
+    def xds_message(self, type_url: str, nbytes: int) -> None:
+        self.xds_messages.labels(type_url).inc()
+        self.xds_bytes.labels(type_url).inc(nbytes)
+
+    def xds_terminated(self, reason: str) -> None:
+        self.xds_terminations.labels(reason).inc()
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

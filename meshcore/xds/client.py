@@ -24,6 +24,7 @@ import asyncio
 import ipaddress
 import logging
 import random
+from typing import Protocol
 
 import grpc
 import grpc.aio
@@ -66,6 +67,29 @@ def _reason(exc: BaseException) -> str:
     return str(exc)
 
 
+# why a stream ended: ztunnel's istio_xds_connection_terminations_total{reason}
+TERMINATION_CONNECTION_ERROR = "ConnectionError"     # istiod could not be reached
+TERMINATION_ERROR = "Error"
+TERMINATION_RECONNECT = "Reconnect"                  # a routine end (connection age, GOAWAY) or new roots
+TERMINATION_COMPLETE = "Complete"                    # istiod ended the stream cleanly
+
+
+class XdsTelemetry(Protocol):
+    """What the client reports, for ztunnel's xDS metrics."""
+    def xds_message(self, type_url: str, nbytes: int) -> None: ...
+    def xds_terminated(self, reason: str) -> None: ...
+
+
+def _termination(exc: "grpc.aio.AioRpcError", delivered: bool) -> str:
+    code, details = exc.code(), exc.details() or ""
+    if code is grpc.StatusCode.UNAVAILABLE and not delivered:
+        return TERMINATION_CONNECTION_ERROR
+    if code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED) or (
+            code is grpc.StatusCode.UNAVAILABLE and ("transport is closing" in details or "GOAWAY" in details.upper())):
+        return TERMINATION_RECONNECT
+    return TERMINATION_ERROR
+
+
 class _TypeState:
     """What the client knows of one resource type."""
     __slots__ = ("type_url", "expected", "acked", "nonce", "held", "rejected", "error", "responses", "fresh")
@@ -86,12 +110,13 @@ class _TypeState:
 
 class _Prepared:
     """One response made ready on a worker thread (or on the loop when small)."""
-    __slots__ = ("type_url", "nonce", "version", "changes", "accepted", "refused", "removed", "named")
+    __slots__ = ("type_url", "nonce", "version", "changes", "accepted", "refused", "removed", "named", "size")
 
     def __init__(self, response):
         self.type_url = response.type_url
         self.nonce = response.nonce
         self.version = response.system_version_info or response.nonce
+        self.size = 0                   # bytes of the resources, as ztunnel counts a message
         self.changes: list = []
         self.accepted: list = []        # (name, kind, version)
         self.refused: dict[str, str] = {}
@@ -102,13 +127,14 @@ class _Prepared:
 class XdsClient:
     def __init__(self, plane: ControlPlane, store: MeshStore, *, source: str = "xds",
                  channels: ChannelSource | None = None, roots_check: float = ROOTS_CHECK,
-                 max_backoff: float = MAX_BACKOFF):
+                 max_backoff: float = MAX_BACKOFF, telemetry: XdsTelemetry | None = None):
         if plane.xds_address is None:
             raise ConfigError("no xDS address (XDS_ADDRESS)", source="environment")
         self.plane, self.store, self.source = plane, store, source
         self.address = plane.xds_address
         self.channels = channels or ChannelSource(plane.xds_address, plane.xds_roots)
         self.roots_check, self.max_backoff = roots_check, max_backoff
+        self.telemetry = telemetry
         self._types = {t: _TypeState(t, expected=not (t == ADDRESS_TYPE and plane.on_demand)) for t in TYPES}
         self._task: asyncio.Task | None = None
         self._call = None
@@ -121,6 +147,7 @@ class XdsClient:
         self._sending: set[asyncio.Task] = set()
         self._asked: set[str] = set()            # lookup keys subscribed on the current stream
         self._watcher: asyncio.Task | None = None
+        self._delivered = False                  # the current stream delivered a response
         self.streams = 0                         # streams opened (for /config_dump and tests)
 
     # -- life cycle --------------------------------------------------------------------------
@@ -256,9 +283,11 @@ class XdsClient:
         backoff = INITIAL_BACKOFF
         while True:
             self.streams += 1
-            delivered = False
+            self._delivered = False
+            reason = TERMINATION_ERROR
             try:
-                delivered, why = await self._stream()
+                _, why = await self._stream()
+                reason = TERMINATION_RECONNECT if self._restart is not None else TERMINATION_COMPLETE
             except asyncio.CancelledError as exc:
                 if self._cancelled():
                     raise
@@ -268,17 +297,24 @@ class XdsClient:
                 why = f"failed: cancelled {exc}" if str(exc) else "failed: cancelled"
             except grpc.aio.AioRpcError as exc:
                 why = self._rpc_error(exc)
+                reason = _termination(exc, self._delivered)
             except ConfigError as exc:         # the roots or the token cannot be read
                 why = str(exc)
             except Exception as exc:           # a bug must not end the proxy's configuration
                 log.exception("xds: the stream from istiod at %s failed", self.address)
                 why = f"failed: {type(exc).__name__}: {exc}"
+            # a stream that delivered, even one that then failed, starts the backoff over
+            delivered = self._delivered
             self._connected = False
             self._error = f"istiod at {self.address} {why}"
+            if self.telemetry is not None:
+                self.telemetry.xds_terminated(reason)
             if delivered or self._restart is not None:
                 backoff = INITIAL_BACKOFF
             delay = min(self.max_backoff, backoff) * random.uniform(0.5, 1.0)
-            log.warning("xds: %s; reconnecting in %.2f s", self._error, delay)
+            # istiod ends every stream after its maximum connection age (30 min): routine
+            routine = delivered and reason in (TERMINATION_RECONNECT, TERMINATION_COMPLETE)
+            log.log(logging.INFO if routine else logging.WARNING, "xds: %s; reconnecting in %.2f s", self._error, delay)
             self._restart = None
             await asyncio.sleep(delay)
             backoff = min(self.max_backoff, backoff * 2)
@@ -360,7 +396,7 @@ class XdsClient:
                         raise grpc.aio.AioRpcError(code, await call.initial_metadata(),
                                                    await call.trailing_metadata(), await call.details())
                     return delivered, "ended the stream"
-                delivered = True
+                delivered = self._delivered = True
                 self._error = None
                 await self._respond(call, raw)
         except (asyncio.CancelledError, Exception) as exc:
@@ -391,6 +427,8 @@ class XdsClient:
             prepared = await asyncio.to_thread(self._prepare, raw)
         else:
             prepared = self._prepare(raw)
+        if self.telemetry is not None:
+            self.telemetry.xds_message(prepared.type_url, prepared.size)
         t = self._types.get(prepared.type_url)
         if t is None:
             # ACKed as ztunnel does: a NACK would have istiod retry what no handler reads
@@ -448,6 +486,7 @@ class XdsClient:
             response = dpb.DeltaDiscoveryResponse.FromString(raw)
             del raw
             prepared = _Prepared(response)
+            prepared.size = sum(len(r.resource.value) for r in response.resources)
             t = self._types.get(response.type_url)
             if t is None:
                 return prepared

@@ -744,3 +744,40 @@ def test_a_passthrough_service_is_acked(run, istiod):
         finally:
             await client.close()
     run(main(), 30)
+
+
+def test_what_the_client_reports_for_ztunnels_xds_metrics(run, tls):
+    """Streams that end, by reason, and messages and bytes by type, as ztunnel counts them."""
+    port = free_port()
+    server = Istiod(tls, port=port)
+    server.ads.set(workload(UID_A, "10.0.0.1"), policy("p1"))
+
+    class Recorded:
+        def __init__(self):
+            self.terminations, self.messages = [], []
+
+        def xds_message(self, type_url, nbytes):
+            self.messages.append((type_url, nbytes))
+
+        def xds_terminated(self, reason):
+            self.terminations.append(reason)
+
+    async def main():
+        seen = Recorded()
+        client = await client_for(f"127.0.0.1:{port}", tls, telemetry=seen).start()
+        try:
+            await until(lambda: seen.terminations, what="a failed attempt")
+            assert set(seen.terminations) == {"ConnectionError"}          # nobody there yet
+            server.start()
+            assert await client.wait_synced(20), client.pending()
+            assert {t for t, _ in seen.messages} == {ADDRESS, AUTHORIZATION}
+            assert all(n > 0 for _, n in seen.messages)
+            before = len(seen.terminations)
+            server.stop()
+            await until(lambda: len(seen.terminations) > before, what="the end of a delivering stream")
+            # a stream that delivered and then lost istiod is not a connection error
+            assert seen.terminations[before] in ("Error", "Reconnect", "Complete")
+        finally:
+            await client.close()
+            server.stop()
+    run(main(), 40)
