@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import os
 import random
 import ssl
@@ -27,6 +28,8 @@ from meshcore.identity import tls
 from meshcore.identity.ca import DEFAULT_WORKLOAD_LIFETIME, Credentials
 from meshcore.identity.spiffe import SpiffeId, identity_of
 from meshcore.identity.x509util import certs_pem, load_pem_chain, load_pem_key, same_public_key, utcnow
+
+log = logging.getLogger("meshcore.identity")
 
 
 class TrustBundle:
@@ -249,6 +252,12 @@ class CertificateStore:
     def identities(self) -> list[SpiffeId]:
         return sorted(self._entries)
 
+    @property
+    def known(self) -> set[SpiffeId]:
+        """Every identity the store holds anything for: credentials, a failure it will
+        retry, or a request under way. What is no longer wanted is forgotten from here."""
+        return set(self._entries) | set(self._failures) | set(self._pending)
+
     def _issue(self, identity: SpiffeId) -> _Entry:
         return self._keep(identity, self.issuer.issue(identity, lifetime=self.lifetime, now=self.clock()))
 
@@ -281,13 +290,26 @@ class CertificateStore:
         failure = self._failures.get(identity)
         if failure is not None and identity not in self._pending and self.clock() < failure.retry_at:
             raise IdentityError(failure.error)
-        return (await asyncio.shield(self._fetch(identity))).credentials
+        fetch = self._fetch(identity)
+        try:
+            return (await asyncio.shield(fetch)).credentials
+        except asyncio.CancelledError:
+            # the request was dropped (forget, close), not this caller
+            if fetch.cancelled() and not asyncio.current_task().cancelling():
+                raise IdentityError(f"the request for {identity} was dropped (the identity forgotten, "
+                                    f"or the store closed)") from None
+            raise
 
     def _fetch(self, identity: SpiffeId) -> asyncio.Future:
         pending = self._pending.get(identity)
         if pending is None:
             pending = self._pending[identity] = asyncio.ensure_future(self._issue_async(identity))
-            pending.add_done_callback(lambda _: self._pending.pop(identity, None))
+
+            def done(task: asyncio.Future) -> None:
+                # a request forgotten meanwhile may already have a successor
+                if self._pending.get(identity) is task:
+                    del self._pending[identity]
+            pending.add_done_callback(done)
         return pending
 
     async def _issue_async(self, identity: SpiffeId) -> _Entry:
@@ -297,14 +319,40 @@ class CertificateStore:
         asked = self.clock()
         try:
             creds = await issue(identity, lifetime=self.lifetime, now=asked)
-        except IdentityError as exc:
-            self._failed(identity, str(exc))
-            raise
+        except asyncio.CancelledError:
+            if asyncio.current_task().cancelling() or not self._wanted(identity):
+                raise
+            self._failed(identity, f"the request for {identity} was cancelled by the issuer")
+            raise IdentityError(self._failures[identity].error) from None
+        except Exception as exc:
+            if not self._wanted(identity):
+                raise IdentityError(f"{identity} was forgotten while its certificate was being fetched") from None
+            if isinstance(exc, IdentityError):
+                error = str(exc)
+            else:
+                # a bug or a failure nobody foresaw: retried like any other, never the end
+                # of the rotation (or of whoever asked)
+                log.error("issuing a certificate for %s failed unexpectedly", identity, exc_info=exc)
+                error = f"unexpected failure of the issuer: {type(exc).__name__}: {exc}"
+            self._failed(identity, error)
+            raise IdentityError(error) from None
+        if not self._wanted(identity):
+            # forgotten while the issuer answered: nothing of it stays, roots included
+            # (the issuer may still show them when it holds no other identity)
+            self._forget_in_issuer(identity, follow=False)
+            raise IdentityError(f"{identity} was forgotten while its certificate was being fetched")
         self._failures.pop(identity, None)
+        self._follow_issuer_bundle()
+        return self._keep(identity, creds, since=asked)
+
+    def _wanted(self, identity: SpiffeId) -> bool:
+        """Whether the request running now is still the one for `identity`."""
+        return self._pending.get(identity) is asyncio.current_task()
+
+    def _follow_issuer_bundle(self) -> None:
         bundle = getattr(self.issuer, "bundle", None)
         if bundle is not None and bundle is not self.bundle:
             self.set_trust_bundle(bundle)
-        return self._keep(identity, creds, since=asked)
 
     def _failed(self, identity: SpiffeId, error: str) -> None:
         failure = self._failures.get(identity)
@@ -313,8 +361,9 @@ class CertificateStore:
         failure.error, failure.attempts = error, failure.attempts + 1
         retry_at = self.clock() + dt.timedelta(seconds=failure.backoff.next())
         entry = self._entries.get(identity)
-        if entry is not None:
-            # the certificate in use expiring is the last moment to try again
+        if entry is not None and entry.credentials.not_after > self.clock():
+            # the certificate in use expiring is the last moment to try again (once it
+            # has expired, that moment is past: the backoff alone decides)
             retry_at = min(retry_at, entry.credentials.not_after)
         failure.retry_at = retry_at
 
@@ -322,16 +371,16 @@ class CertificateStore:
         """For a remote CA: re-issue every certificate past its rotation point and retry
         every failed request whose backoff has run out, concurrently. A failed renewal
         keeps the old certificate in use until it expires, and is retried with backoff
-        (ztunnel's behaviour). Returns the identities that got new credentials."""
+        (ztunnel's behaviour). Returns the identities that got new credentials; a failure
+        is recorded for its retry, never raised."""
         now = self.clock()
         due = [i for i, e in self._entries.items()
                if now >= e.rotate_after and (i not in self._failures or now >= self._failures[i].retry_at)]
         due += [i for i, f in self._failures.items() if i not in self._entries and now >= f.retry_at]
+        # what failed is in _failures, and what was cancelled was forgotten: only this
+        # call's own cancellation propagates (from the gather)
         results = await asyncio.gather(*(asyncio.shield(self._fetch(i)) for i in due), return_exceptions=True)
         rotated = [i for i, r in zip(due, results) if not isinstance(r, BaseException)]
-        for i, r in zip(due, results):
-            if isinstance(r, BaseException) and not isinstance(r, IdentityError):
-                raise r
         self.rotations += len(rotated)
         return rotated
 
@@ -414,8 +463,27 @@ class CertificateStore:
             entry.contexts.clear()
 
     def forget(self, identity: SpiffeId) -> None:
+        """Drop everything held for `identity`: credentials, a failure awaiting its
+        retry, a request under way (cancelled; an answer arriving anyway is discarded)."""
         self._entries.pop(identity, None)
         self._failures.pop(identity, None)
+        pending = self._pending.pop(identity, None)
+        if pending is not None:
+            pending.cancel()
+        self._forget_in_issuer(identity)
+
+    def _forget_in_issuer(self, identity: SpiffeId, *, follow: bool = True) -> None:
         forget = getattr(self.issuer, "forget", None)
         if forget is not None:
             forget(identity)
+            if follow:
+                # roots that came with the forgotten identity's certificate only are gone
+                self._follow_issuer_bundle()
+
+    async def close(self) -> None:
+        """Cancel the requests under way and wait for them to end."""
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)

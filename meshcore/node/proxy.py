@@ -303,6 +303,7 @@ class NodeProxy:
             await self.xds.close()
         await self.store.settled()                 # a reload under way finishes first
         await self.certificates.close()
+        await self.certs.close()                   # its requests use the issuer's channel
         close_issuer = getattr(self.issuer, "close", None)
         if close_issuer is not None:
             await close_issuer()

@@ -15,6 +15,7 @@ certificates currently held.
 """
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 from cryptography import x509
@@ -68,9 +69,8 @@ class IstioCaClient:
 
     async def issue_async(self, identity: SpiffeId, *, lifetime: dt.timedelta = DEFAULT_WORKLOAD_LIFETIME,
                           now: dt.datetime | None = None) -> Credentials:
-        if identity.trust_domain != self.trust_domain:
-            raise IdentityError(f"istiod's CA at {self.address} issues for trust domain {self.trust_domain!r}, "
-                                f"not for {identity.uri}")
+        # every workload asks for its own identity, whatever its trust domain (the node's
+        # trust domain names the node's own identity only): the leaf check decides
         key = generate_key("ec-p256")
         request = ca_pb2.IstioCertificateRequest(csr=certificate_request(identity, key),
                                                  validity_duration=int(lifetime.total_seconds()))
@@ -91,6 +91,16 @@ class IstioCaClient:
         except grpc.aio.AioRpcError as exc:
             raise IdentityError(f"istiod's CA at {self.address} refused a certificate for {identity}: "
                                 f"{exc.code().name}: {exc.details() or 'no details'}") from None
+        except grpc.aio.UsageError as exc:
+            raise IdentityError(f"istiod's CA at {self.address}: no call for {identity} ({exc})") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise
+            # grpc.aio reports a call ended by its channel closing as a cancellation; the
+            # caller was not cancelled and must not unwind as if it had been
+            raise IdentityError(f"istiod's CA at {self.address}: the call for {identity} was cancelled "
+                                f"(its channel closed)") from None
         creds, roots = self._check(identity, key, list(response.cert_chain), now or utcnow())
         self._roots[identity] = roots
         self._update_bundle()

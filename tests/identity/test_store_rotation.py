@@ -216,3 +216,166 @@ def test_async_get_shares_one_request_and_a_caller_leaving_does_not_cancel_it(ca
     assert remote.requests == 1
     assert all(c is got[0] for c in got) and got[0].identity == alice
     assert store.credentials(alice) is got[0] and ctx is store.server_context(alice)
+
+
+class Failing(RemoteCa):
+    """A remote CA that answers until `failure` is set, then raises it."""
+
+    def __init__(self, ca, delay=0.0):
+        super().__init__(ca, delay)
+        self.failure = None
+
+    async def issue_async(self, identity, *, lifetime, now):
+        if self.failure is not None:
+            self.requests += 1
+            raise self.failure
+        return await super().issue_async(identity, lifetime=lifetime, now=now)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a bug in the issuer"), asyncio.CancelledError()],
+                         ids=["bug", "stray-cancellation"])
+def test_any_failure_of_the_issuer_is_recorded_and_retried_never_raised_as_is(ca, alice, failure):
+    clock = Clock()
+    remote = Failing(ca)
+    remote.failure = failure
+    store = CertificateStore(remote, clock=clock)
+
+    async def scenario():
+        with pytest.raises(IdentityError) as err:
+            await store.get(alice)
+        first_retry = store.next_retry()
+        clock.now = first_retry
+        rotated = await store.rotate_due_async()           # the retry fails too: recorded, not raised
+        return err.value, first_retry, rotated
+    error, first_retry, rotated = asyncio.run(scenario())
+    assert rotated == [] and remote.requests == 2
+    assert store.state(alice).startswith("Unavailable: ") and store.next_retry() > first_retry > clock.now - \
+        dt.timedelta(seconds=10)
+    if isinstance(failure, RuntimeError):
+        assert "RuntimeError: a bug in the issuer" in str(error)
+
+
+def test_a_certificate_that_expired_while_the_ca_was_down_is_retried_on_the_backoff(ca, alice):
+    clock = Clock()
+    remote = Failing(ca)
+    store = CertificateStore(remote, lifetime=dt.timedelta(hours=1), clock=clock)
+
+    async def scenario():
+        creds = await store.get(alice)
+        remote.failure = IdentityError("istiod is down")
+        clock.now = creds.not_after + dt.timedelta(minutes=5)     # expired meanwhile
+        await store.rotate_due_async()
+        asked = remote.requests
+        again = await store.rotate_due_async()           # right away: nothing is due
+        return asked, again
+    asked, again = asyncio.run(scenario())
+    assert again == [] and remote.requests == asked
+    assert store.next_retry() > clock.now and store.next_attempt() > clock.now
+
+
+def test_forget_cancels_the_request_under_way_and_drops_a_failure_awaiting_its_retry(ca, alice, bob):
+    remote = Failing(ca, delay=5)
+    store = CertificateStore(remote)
+
+    async def scenario():
+        asking = asyncio.ensure_future(store.get(alice))
+        await asyncio.sleep(0.05)
+        assert store.known == {alice}                    # under way
+        store.forget(alice)
+        with pytest.raises(IdentityError, match="dropped"):
+            await asking
+        remote.failure = IdentityError("istiod is down")
+        with pytest.raises(IdentityError):
+            await store.get(bob)
+        assert store.known == {bob}                      # a failure awaiting its retry
+        store.forget(bob)
+        return store.known
+    assert asyncio.run(scenario()) == set()
+    assert store.next_attempt() is None and store.identities == []
+
+
+class Stubborn(RemoteCa):
+    """Answers even when cancelled (a request already sent, an issuer that shields it),
+    keeping the roots of what it issued, as the Istio CA client does."""
+
+    def __init__(self, ca, delay=0.2):
+        super().__init__(ca, delay)
+        self.bundle, self.held = None, set()
+
+    async def issue_async(self, identity, *, lifetime, now):
+        self.requests += 1
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            await asyncio.sleep(self.delay)
+        self.held.add(identity)
+        self.bundle = TrustBundle(self.ca.roots)
+        return self.ca.issue(identity, lifetime=lifetime, now=now)
+
+    def forget(self, identity):
+        self.held.discard(identity)
+
+
+def test_an_answer_arriving_after_its_identity_was_forgotten_is_discarded(ca, alice):
+    remote = Stubborn(ca)
+    store = CertificateStore(remote)
+
+    async def scenario():
+        asking = asyncio.ensure_future(store.get(alice))
+        await asyncio.sleep(0.05)
+        store.forget(alice)
+        with pytest.raises(IdentityError):
+            await asking
+        await asyncio.sleep(0.4)                         # the answer has arrived
+    asyncio.run(scenario())
+    assert store.known == set() and store.bundle is None and remote.held == set()
+
+
+def test_close_cancels_and_awaits_the_requests_under_way(ca, alice):
+    remote = Failing(ca, delay=5)
+    store = CertificateStore(remote)
+
+    async def scenario():
+        asking = asyncio.ensure_future(store.get(alice))
+        await asyncio.sleep(0.05)
+        pending = store._pending[alice]
+        await store.close()
+        assert pending.done()
+        with pytest.raises(IdentityError):
+            await asking
+    asyncio.run(scenario())
+    assert store.known == set()
+
+
+class PerIdentityRoots(RemoteCa):
+    """Each identity's certificate comes with its own CA's roots; the bundle is the
+    union of what is held."""
+
+    def __init__(self, cas):
+        super().__init__(next(iter(cas.values())), delay=0)
+        self.cas, self.roots, self.bundle = cas, {}, None
+
+    async def issue_async(self, identity, *, lifetime, now):
+        ca = self.cas[identity]
+        self.roots[identity] = ca.roots
+        self.bundle = TrustBundle([r for rs in self.roots.values() for r in rs])
+        return ca.issue(identity, lifetime=lifetime, now=now)
+
+    def forget(self, identity):
+        if self.roots.pop(identity, None) is not None and self.roots:
+            self.bundle = TrustBundle([r for rs in self.roots.values() for r in rs])
+
+
+def test_the_bundle_follows_the_issuers_when_an_identity_is_forgotten(ca, other_ca, alice, bob):
+    remote = PerIdentityRoots({alice: ca, bob: other_ca})
+    store = CertificateStore(remote)
+
+    async def scenario():
+        await store.get(alice)
+        await store.get(bob)
+        both = list(store.bundle)
+        store.forget(alice)
+        return both
+    both = asyncio.run(scenario())
+    assert both == [*ca.roots, *other_ca.roots]
+    assert list(store.bundle) == list(other_ca.roots)

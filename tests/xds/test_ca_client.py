@@ -116,7 +116,6 @@ def test_a_wrong_answer_is_refused_saying_what_is_wrong(istiod, answer):
     ("impersonation", r"PERMISSION_DENIED: impersonation not allowed"),
     ("failing", r"UNAVAILABLE: istiod is restarting"),
     ("unreachable", r"UNAVAILABLE"),
-    ("trust-domain", r"issues for trust domain 'cluster.local', not for spiffe://other.td/"),
 ])
 def test_grpc_failures_name_the_address_and_the_status(istiod, case, expected):
     tls, token = istiod
@@ -125,7 +124,7 @@ def test_grpc_failures_name_the_address_and_the_status(istiod, case, expected):
     if case == "failing":
         ca.fail_next(1)
     lifetime = dt.timedelta(days=100 if case == "lifetime" else 1)
-    identity = SpiffeId("other.td", "shop", "alice") if case == "trust-domain" else ALICE
+    identity = ALICE
 
     async def scenario():
         server, port = await serve(tls, ca)
@@ -140,6 +139,24 @@ def test_grpc_failures_name_the_address_and_the_status(istiod, case, expected):
             await client.close()
             await server.stop(None)
     asyncio.run(scenario())
+
+
+def test_a_workload_of_another_trust_domain_gets_its_own_identity(istiod):
+    tls, token = istiod
+    ca = IstioCa(tls.ca)
+    other = SpiffeId("other.td", "shop", "alice")
+
+    async def scenario():
+        server, port = await serve(tls, ca)
+        client = IstioCaClient(plane_for(tls, token, port), "cluster.local", own_identity=NODE)
+        try:
+            return await client.issue_async(other, lifetime=dt.timedelta(hours=1))
+        finally:
+            await client.close()
+            await server.stop(None)
+    creds = asyncio.run(scenario())
+    assert identity_of(creds.certificate) == other
+    assert ca.seen[0].impersonated == other.uri
 
 
 def test_the_token_file_is_read_for_every_call(istiod):
@@ -188,6 +205,81 @@ def test_a_new_roots_file_rebuilds_the_channel(istiod, tmp_path):
     assert list(bundle) == list(rotated.ca.roots)
 
 
+def test_new_roots_do_not_cancel_a_call_under_way_on_the_previous_channel(istiod, run):
+    tls, token = istiod
+    ca = IstioCa(tls.ca, delay=0.5)
+
+    async def scenario():
+        server, port = await serve(tls, ca)
+        client = IstioCaClient(plane_for(tls, token, port), "cluster.local")
+        try:
+            first = asyncio.ensure_future(client.issue_async(ALICE, lifetime=dt.timedelta(hours=1)))
+            await asyncio.sleep(0.2)                           # on the wire
+            tls.root_path.write_bytes(tls.root_path.read_bytes() + b"\n")   # the configmap rewritten
+            assert client.channels.stale()
+            # this call builds the new channel; the one in flight finishes on the old
+            bob = await client.issue_async(BOB, lifetime=dt.timedelta(hours=1))
+            alice = await first
+            await asyncio.sleep(0.1)
+            return alice, bob, dict(client.channels._retiring)
+        finally:
+            await client.close()
+            await server.stop(None)
+    alice, bob, retiring = run(scenario())
+    assert identity_of(alice.certificate) == ALICE and identity_of(bob.certificate) == BOB
+    assert retiring == {}                                      # closed once its call had finished
+
+
+def test_a_call_ended_by_its_channel_closing_fails_and_does_not_look_like_a_cancellation(istiod, run):
+    tls, token = istiod
+    ca = IstioCa(tls.ca, delay=1.0)
+
+    async def scenario():
+        server, port = await serve(tls, ca)
+        client = IstioCaClient(plane_for(tls, token, port), "cluster.local")
+        try:
+            call = asyncio.ensure_future(client.issue_async(ALICE, lifetime=dt.timedelta(hours=1)))
+            await asyncio.sleep(0.2)
+            await client.channels.close()                      # grpc.aio cancels the calls on it
+            with pytest.raises(IdentityError, match=rf"localhost:{port}: the call for {ALICE} was cancelled"):
+                await call
+            # a caller that is itself cancelled still unwinds as cancelled
+            call = asyncio.ensure_future(client.issue_async(BOB, lifetime=dt.timedelta(hours=1)))
+            await asyncio.sleep(0.2)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+        finally:
+            await client.close()
+            await server.stop(None)
+    run(scenario())
+
+
+def test_a_roots_file_briefly_missing_keeps_the_working_channel(istiod, run):
+    tls, token = istiod
+    ca = IstioCa(tls.ca)
+
+    async def scenario():
+        server, port = await serve(tls, ca)
+        client = IstioCaClient(plane_for(tls, token, port), "cluster.local")
+        try:
+            await client.issue_async(ALICE, lifetime=dt.timedelta(hours=1))
+            saved = tls.root_path.read_bytes()
+            tls.root_path.unlink()                             # the configmap being replaced
+            await client.issue_async(BOB, lifetime=dt.timedelta(hours=1))
+            error, stale = client.channels.error, client.channels.stale()
+            tls.root_path.write_bytes(saved + b"\n")
+            assert client.channels.stale()                     # back: used again
+            await client.issue_async(ALICE, lifetime=dt.timedelta(hours=1))
+            return error, stale, client.channels.error
+        finally:
+            await client.close()
+            await server.stop(None)
+    error, stale, after = run(scenario())
+    assert "cannot read the root certificates" in error and str(tls.root_path) in error
+    assert not stale and after is None
+
+
 def test_backoff_is_ztunnels():
     class Fixed:
         def __init__(self, f):
@@ -201,7 +293,7 @@ def test_backoff_is_ztunnels():
     assert [round(high.next(), 3) for _ in range(10)][-2:] == [150.0, 150.0]
 
 
-def local_certificates(client: IstioCaClient, lifetime=dt.timedelta(hours=24)):
+def local_certificates(client, lifetime=dt.timedelta(hours=24), **options):
     from meshcore.node.metrics import NodeMetrics
     from meshcore.node.netaddr import SourceBinder
     from meshcore.node.telemetry import Telemetry
@@ -209,7 +301,110 @@ def local_certificates(client: IstioCaClient, lifetime=dt.timedelta(hours=24)):
     certs = CertificateStore(client, lifetime=lifetime)
     ctx = ProxyContext(ProxySettings(node_name="n1", own_identity=ALICE), MeshStore(), certs,
                        Telemetry(NodeMetrics("test")), SourceBinder(False))
-    return LocalCertificates(ctx), certs
+    return LocalCertificates(ctx, **options), certs
+
+
+def local_workload(n: int, sa: str):
+    import ipaddress
+    from meshcore.state import Workload
+    return Workload(uid=f"w{n}", name=f"w{n}", namespace="shop", ips=(ipaddress.ip_address(f"10.9.0.{n}"),),
+                    service_account=sa, node="n1")
+
+
+def test_new_local_workloads_do_not_hold_up_the_store_and_are_fetched_concurrently(istiod, run):
+    from meshcore.state import Upsert
+    tls, token = istiod
+    ca = IstioCa(tls.ca, delay=1.0)
+
+    async def scenario():
+        server, port = await serve(tls, ca)
+        client = IstioCaClient(plane_for(tls, token, port), "cluster.local")
+        local, certs = local_certificates(client)
+        loop = asyncio.get_running_loop()
+        try:
+            started = loop.time()
+            await local.start()
+            start_took = loop.time() - started
+            assert local.missing == {ALICE: "Initializing"}
+            started = loop.time()
+            await local.ctx.store.apply_async("xds", [Upsert(local_workload(n, f"sa{n}")) for n in range(1, 7)])
+            apply_took = loop.time() - started
+            assert len(local.missing) == 7                     # readiness waits for them
+            while local.missing:
+                await asyncio.sleep(0.05)
+            return start_took, apply_took, loop.time() - started, certs.known
+        finally:
+            await local.close()
+            await client.close()
+            await server.stop(None)
+    start_took, apply_took, all_took, known = run(scenario(), timeout=30)
+    assert start_took < 0.5 and apply_took < 0.5              # the CA takes 1 s per answer
+    assert all_took < 3.0                                      # one after the other: 6 s
+    assert len(known) == 7
+
+
+def test_fetches_are_capped_and_end_with_close(ca, run):
+    from meshcore.state import Upsert
+
+    class Slow:
+        bundle = None
+
+        def __init__(self):
+            self.running = self.most = self.cancelled = 0
+
+        async def issue_async(self, identity, *, lifetime, now):
+            self.running += 1
+            self.most = max(self.most, self.running)
+            try:
+                await asyncio.sleep(60 if identity == BOB else 0.2)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            finally:
+                self.running -= 1
+            return ca.issue(identity, lifetime=lifetime, now=now)
+    issuer = Slow()
+
+    async def scenario():
+        local, certs = local_certificates(issuer, concurrency=2)
+        await local.start()
+        await local.ctx.store.apply_async("xds", [Upsert(local_workload(n, f"sa{n}")) for n in range(1, 6)]
+                                          + [Upsert(local_workload(9, "bob"))])
+        while len(local.missing) > 1:
+            await asyncio.sleep(0.02)
+        await local.close()
+        return local.missing
+    missing = run(scenario(), timeout=30)
+    assert issuer.most == 2
+    assert set(missing) == {BOB} and issuer.cancelled == 1 and issuer.running == 0
+
+
+def test_an_identity_that_never_got_a_certificate_is_forgotten_with_its_workload(istiod, run):
+    from meshcore.state import Kind, Remove, Upsert
+    tls, token = istiod
+    ca = IstioCa(tls.ca)
+    ca.fail_next(10_000)
+
+    async def scenario():
+        server, port = await serve(tls, ca)
+        client = IstioCaClient(plane_for(tls, token, port), "cluster.local")
+        local, certs = local_certificates(client)
+        try:
+            await local.start()
+            await local.ctx.store.apply_async("xds", [Upsert(local_workload(1, "bob"))])
+            while BOB not in certs._failures:
+                await asyncio.sleep(0.02)
+            await local.ctx.store.apply_async("xds", [Remove(Kind.WORKLOAD, "w1")])
+            asked = sum(s.impersonated == BOB.uri for s in ca.seen)
+            await asyncio.sleep(2.0)                           # retries for ALICE go on meanwhile
+            return certs.known, asked, sum(s.impersonated == BOB.uri for s in ca.seen), local.missing
+        finally:
+            await local.close()
+            await client.close()
+            await server.stop(None)
+    known, asked, asked_later, missing = run(scenario(), timeout=30)
+    assert known == {ALICE} and set(missing) == {ALICE}
+    assert asked_later == asked
 
 
 def test_a_ca_down_at_start_is_retried_with_backoff_and_readiness_follows(istiod, run):
@@ -223,7 +418,9 @@ def test_a_ca_down_at_start_is_retried_with_backoff_and_readiness_follows(istiod
         server = None
         try:
             await local.start()
-            assert set(local.missing) == {ALICE} and "UNAVAILABLE" in local.missing[ALICE]
+            assert local.missing == {ALICE: "Initializing"}       # start does not wait for the CA
+            while "UNAVAILABLE" not in local.missing[ALICE]:
+                await asyncio.sleep(0.02)
             assert dump_certificates(certs, [ALICE])[0]["state"].startswith("Unavailable: istiod's CA at")
             await asyncio.sleep(1.0)
             server, _ = await serve(tls, ca, port)
@@ -265,6 +462,7 @@ def test_rotation_at_half_life_keeps_old_connections_and_a_failed_one_keeps_the_
             writer.close()
         try:
             await local.start()
+            await local.settled()
             first = certs.current(ALICE)
             srv = await asyncio.start_server(on_connection, "127.0.0.1", 0, ssl=certs.server_context(ALICE))
             tls_port = srv.sockets[0].getsockname()[1]
