@@ -125,13 +125,13 @@ class NodeProxy:
         self.listen = options.listeners()
         self.store = MeshStore(root_namespace=options.root_namespace)
         self.files = FileSource(self.store, options.config_paths, options.inline_config)
+        self.loaded_at = 0.0
+        self.metrics = NodeMetrics(self.version)
         plane = options.control_plane
         self.xds = None
         if plane is not None and plane.xds_address:
             from meshcore.xds.client import XdsClient
-            self.xds = XdsClient(plane, self.store)
-        self.loaded_at = 0.0
-        self.metrics = NodeMetrics(self.version)
+            self.xds = XdsClient(plane, self.store, telemetry=self.metrics)
         self.issuer, self.trust_domain = self._issuer()
         self.certs = CertificateStore(self.issuer)
         self.pool = hbone_pool(self.certs)

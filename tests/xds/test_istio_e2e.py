@@ -140,6 +140,9 @@ def test_nodes_are_ready_with_xds_state_and_ca_certificates(cluster):
     asked = [s for s in cluster.ca.ca.seen if s.impersonated == "spiffe://cluster.local/ns/shop/sa/web"]
     assert asked and asked[0].authorization == f"Bearer {TOKEN}" and asked[0].clusterid == "Kubernetes"
     assert dump["xds"] and dump["config"]["xdsAddress"] == cluster.istiod.address
+    status, metrics = LocalMesh.http_get(cluster.node["node-b"], 15020, "/metrics")
+    assert 'istio_xds_message_total{url="type.googleapis.com/istio.workload.Address"}' in metrics
+    assert 'istio_xds_message_bytes_total{url="type.googleapis.com/istio.security.Authorization"}' in metrics
     # both types acknowledged by both nodes
     acked = {(r.stream, r.type_url) for r in cluster.istiod.ads.acks()}
     assert len({t for _, t in acked}) == 2
