@@ -213,7 +213,7 @@ def measure_stall(n: int, rounds: int, tls: IstiodTls) -> dict:
 
 def measure_certificates(rounds: int, directory: Path, tls: IstiodTls, ca: CaThread, local: int = 50) -> dict:
     istiod = Istiod(tls).start()
-    istiod.ads.set(*scale_messages(local))
+    istiod.ads.set(*scale_messages(local, local=local))
     env = {"XDS_ADDRESS": istiod.address, "CA_ADDRESS": f"127.0.0.1:{ca.port}", "XDS_ROOT_CA": str(tls.root_path),
            "CA_ROOT_CA": str(tls.root_path), "AUTH_TOKEN": TOKEN}
     with_local, without = [], []

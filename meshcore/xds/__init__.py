@@ -5,3 +5,9 @@ settings.py reads ztunnel's environment and needs nothing beyond meshcore itself
 gRPC modules need grpcio and protobuf, which come with the `istio` extra
 (`pip install 'meshcore[istio]'`). A node proxy configured only by files never loads them.
 """
+import os
+
+# gRPC's C core writes its own INFO lines to stderr (a GOAWAY from istiod, say), past
+# the node's log format and level; the client logs what matters itself. A value the
+# user sets wins.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
