@@ -93,7 +93,9 @@ class Node:
             self.started = time.perf_counter()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "meshcore", "node", "--address", self.ip, "--listen", "socks5=off",
-                 "--listen", "admin=off", "--listen", "outbound=off", "--listen", "inbound-plaintext=off", *args],
+                 "--listen", "admin=off", "--listen", "outbound=off", "--listen", "inbound-plaintext=off",
+                 # the scale workloads' addresses (10.x) are not this host's: nothing to listen on
+                 "--listen", "inbound=off", *args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=directory, env={**clean, **env}, start_new_session=True)
 
     def wait_ready(self, timeout: float = 120.0) -> float:

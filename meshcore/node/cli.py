@@ -146,7 +146,7 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
 def _require_grpc(plane, env) -> None:
     import importlib
     try:
-        for module in ("grpc", "google.protobuf"):
+        for module in ("meshcore.xds", "grpc", "google.protobuf"):
             importlib.import_module(module)
     except ImportError as exc:
         why = "XDS_ADDRESS is set" if env.get("XDS_ADDRESS") else "it runs inside Kubernetes (KUBERNETES_SERVICE_HOST)"

@@ -19,6 +19,11 @@ from meshcore.identity.ca import CertificateAuthority, generate_key
 from meshcore.identity.x509util import certs_pem, key_pem
 
 ISTIOD_NAMES = ("istiod.istio-system.svc", "localhost")
+# what istiod tolerates of a client's keepalive pings (its grpc-go enforcement policy:
+# one every 15 s at most, only while a stream is open); grpcio's server default (one per
+# 5 minutes without data) would send a 30 s pinger away with "too_many_pings"
+ISTIOD_PING_POLICY = (("grpc.http2.min_ping_interval_without_data_ms", 15_000),
+                      ("grpc.keepalive_permit_without_calls", 0))
 
 
 @dataclass
@@ -57,7 +62,7 @@ class IstiodTls:
 async def start_grpc_server(tls: IstiodTls, handlers, port: int = 0) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server on 127.0.0.1 serving `handlers` (generic handlers) over TLS."""
     server = grpc.aio.server(options=(("grpc.max_receive_message_length", 200 << 20),
-                                      ("grpc.max_send_message_length", 200 << 20)))
+                                      ("grpc.max_send_message_length", 200 << 20), *ISTIOD_PING_POLICY))
     for h in handlers:
         server.add_generic_rpc_handlers((h,))
     bound = server.add_secure_port(f"127.0.0.1:{port}", tls.server_credentials())

@@ -31,6 +31,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
+from istiod_tls import ISTIOD_PING_POLICY
 from google.protobuf import any_pb2
 
 from meshcore.xds.proto import authorization_pb2 as apb
@@ -331,7 +332,7 @@ class Istiod:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16),
                              options=(("grpc.max_receive_message_length", 200 << 20),
                                       ("grpc.max_send_message_length", 200 << 20),
-                                      ("grpc.so_reuseport", 0)))
+                                      ("grpc.so_reuseport", 0), *ISTIOD_PING_POLICY))
         server.add_generic_rpc_handlers((self.ads.handler(),))
         self.port = server.add_secure_port(f"127.0.0.1:{self.port}", self.tls.server_credentials())
         if not self.port:
