@@ -32,6 +32,7 @@ import threading
 import time
 from pathlib import Path
 
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")     # the test servers' gRPC too: no INFO lines
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests" / "support")]
 
