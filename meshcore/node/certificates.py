@@ -28,8 +28,11 @@ INITIALIZING = "Initializing"
 
 
 class LocalCertificates:
-    def __init__(self, ctx: ProxyContext, *, concurrency: int = CONCURRENT_FETCHES):
+    def __init__(self, ctx: ProxyContext, *, concurrency: int = CONCURRENT_FETCHES, identities=None):
         self.ctx = ctx
+        # which identities to hold, from a view: the node's local workloads' (and its own) by
+        # default; a waypoint holds its own only
+        self._identities = identities
         self.missing: dict = {}            # SpiffeId -> why it has no certificate
         self._wanted: set = set()
         self._errors: dict = {}            # SpiffeId -> why its last fetch failed
@@ -56,6 +59,8 @@ class LocalCertificates:
         return self
 
     def wanted(self, view: MeshView) -> set:
+        if self._identities is not None:
+            return set(self._identities(view))
         settings = self.ctx.settings
         wanted = {w.identity for w in view.local_workloads(settings.node_name) if w.meshed}
         if settings.own_identity is not None:

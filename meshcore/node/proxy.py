@@ -20,15 +20,13 @@ import gc
 import ipaddress
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from meshcore.errors import ConfigError, IdentityError, ListenerError
-from meshcore.identity.ca import CertificateAuthority
+from meshcore.errors import ConfigError, ListenerError
 from meshcore.identity.spiffe import SpiffeId
-from meshcore.identity.store import CertificateStore, CredentialDirectories
+from meshcore.identity.issuers import choose_issuer
+from meshcore.identity.store import CertificateStore
 from meshcore.node import debug, logs
 from meshcore.node.admin import HttpEndpoints, text
 from meshcore.node.certificates import LocalCertificates
@@ -105,14 +103,6 @@ class NodeOptions:
                              listener_ips=frozenset(listener_ips), own_identity=own)
 
 
-def default_state_dir() -> Path:
-    """Where the built-in CA lives without --state-dir or $MESHCORE_STATE_DIR: the XDG
-    state directory ($XDG_STATE_HOME/meshcore, else ~/.local/state/meshcore), never the
-    directory the node happens to start in (a checkout, where a CA key could be committed)."""
-    base = os.environ.get("XDG_STATE_HOME")
-    return (Path(base) if base else Path.home() / ".local" / "state") / "meshcore"
-
-
 class NodeProxy:
     """Wiring: the mesh store and its file source, the shared context, the components
     (certificates, inbound, outbound, HTTP endpoints), signals and admin routes."""
@@ -150,39 +140,10 @@ class NodeProxy:
 
     # -- identity ---------------------------------------------------------------------
     def _issuer(self):
-        """Where workload certificates come from, and the trust domain: files written by
-        cert-manager or a SPIRE agent (--cert-dir), a CA (--ca-dir), the Istio CA, or the
-        built-in CA."""
         o = self.options
-        plane = o.control_plane
-        if plane is not None and plane.ca_address and not (o.ca_dir or o.cert_dir):
-            from meshcore.xds.ca import IstioCaClient
-            own = SpiffeId(o.trust_domain, *o.own_identity) if o.own_identity else None
-            return IstioCaClient(plane, o.trust_domain, own_identity=own), o.trust_domain
-        if o.cert_dir:
-            files = CredentialDirectories(o.cert_dir)
-            if files.bundle is None:
-                raise IdentityError(f"{o.cert_dir}: no trust bundle (ca.crt, svid_bundle.pem or root-cert.pem) "
-                                    "beside the certificates")
-            domains = {i.trust_domain for i in files.identities}
-            if len(domains) != 1:
-                raise IdentityError(f"{o.cert_dir}: certificates of several trust domains ({', '.join(sorted(domains))})")
-            return files, domains.pop()
-        ca = self._certificate_authority()
-        return ca, ca.trust_domain
-
-    def _certificate_authority(self) -> CertificateAuthority:
-        o = self.options
-        if o.ca_dir:
-            return CertificateAuthority.load(o.ca_dir)
-        state = Path(o.state_dir or os.environ.get("MESHCORE_STATE_DIR") or default_state_dir())
-        ca_dir = state / "ca"
-        if (ca_dir / "ca-cert.pem").exists():
-            return CertificateAuthority.load(ca_dir)
-        ca = CertificateAuthority.create(o.trust_domain)
-        ca.save(ca_dir)
-        log.info("created a built-in CA for trust domain %s in %s", o.trust_domain, ca_dir)
-        return ca
+        return choose_issuer(ca_dir=o.ca_dir, cert_dir=o.cert_dir, state_dir=o.state_dir,
+                             trust_domain=o.trust_domain, control_plane=o.control_plane,
+                             own_identity=SpiffeId(o.trust_domain, *o.own_identity) if o.own_identity else None)
 
     # -- configuration ------------------------------------------------------------------
     async def reload(self, reason: str) -> bool:

@@ -14,7 +14,8 @@ import pytest
 
 import meshcore
 from meshcore.localmesh import LocalMesh
-from meshcore.node.proxy import DEFAULT_LISTEN, NodeOptions, NodeProxy, default_state_dir
+from meshcore.identity.issuers import default_state_dir
+from meshcore.node.proxy import DEFAULT_LISTEN, NodeOptions, NodeProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 MESH = "workloads:\n- {name: web, namespace: shop, workloadIps: [10.0.0.2], node: elsewhere}\n"
