@@ -1,6 +1,6 @@
 """meshcore: a service-mesh data plane (HBONE tunnels over mutual TLS, Istio
 authorization). `meshcore demo` runs a local mesh; `meshcore node` is the per-node
-proxy; `meshcore ca` manages the built-in CA; `meshcore policy` checks and explains
+proxy; `meshcore waypoint` the L7 proxy; `meshcore ca` manages the built-in CA; `meshcore policy` checks and explains
 authorization policies."""
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_node_parser(sub)
     from meshcore.policy.cli import add_parser as add_policy_parser
     add_policy_parser(sub)
+    from meshcore.waypoint.cli import add_parser as add_waypoint_parser
+    add_waypoint_parser(sub)
     return parser
 
 

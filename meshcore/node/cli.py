@@ -9,6 +9,7 @@ import signal
 from typing import TYPE_CHECKING
 from dataclasses import replace
 
+from meshcore.config.listen import listen_type
 from meshcore.errors import ConfigError
 from meshcore.node.proxy import DEFAULT_LISTEN, NodeOptions
 from meshcore.policy.istio import ROOT_NAMESPACE
@@ -51,19 +52,6 @@ metadata); with POD_NAME, POD_NAMESPACE and SERVICE_ACCOUNT set, the proxy also 
 its own identity's certificate."""
 
 
-def _listen(text: str) -> tuple[str, tuple | None]:
-    name, sep, value = text.partition("=")
-    if not sep or name not in DEFAULT_LISTEN:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=HOST:PORT or NAME=off, NAME one of "
-                                         f"{', '.join(DEFAULT_LISTEN)}")
-    if value == "off":
-        return name, None
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not HOST:PORT (or off)")
-    return name, (host.strip("[]"), int(port))
-
-
 def add_parser(sub) -> None:
     p = sub.add_parser("node", help="run the per-node proxy (HBONE in and out, SOCKS5, L4 policy, metrics)",
                        description="Run meshcore's node proxy: mTLS HBONE tunnels for the workloads of one "
@@ -78,7 +66,7 @@ def add_parser(sub) -> None:
                         "here; without one, every workload is (as ztunnel without NODE_NAME)")
     p.add_argument("--address", default="127.0.0.1",
                    help="address for listeners given without a host (default: 127.0.0.1)")
-    p.add_argument("--listen", action="append", type=_listen, default=[], metavar="NAME=HOST:PORT",
+    p.add_argument("--listen", action="append", type=listen_type(DEFAULT_LISTEN), default=[], metavar="NAME=HOST:PORT",
                    help="move or turn off one listener (repeatable; see below)")
     p.add_argument("--ca-dir", help="CA directory (meshcore ca init, or Istio's ca-cert.pem/ca-key.pem "
                    "layout) to issue this node's workload certificates from")

@@ -1,0 +1,249 @@
+"""The waypoint's inbound HBONE: one listener on the waypoint workload's address,
+presenting its identity. For each CONNECT (authority: the VIP:port or workload
+address:port the client dialed):
+
+    the destination must use this waypoint (503 otherwise) ─► accept (200)
+    ─► the first bytes say HTTP/1.1 ─► the L7 handler (requests, policies, upstream)
+                   anything else  ─► L4: one tunnel to an endpoint, spliced
+
+The upstream is chosen by the node's own routing function with the waypoint as the
+source, which sends the waypoint's traffic to endpoints directly (never back to itself).
+"""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import logging
+from collections.abc import Awaitable, Callable
+
+from meshcore.aio.pool import PoolKey
+from meshcore.aio.server import HboneServer, TunnelRequest
+from meshcore.errors import IdentityError, MeshcoreError
+from meshcore.node.context import ProxyContext, listener_error
+from meshcore.node.record import ConnectionRecord
+from meshcore.node.routing import HBONE, Route, route
+from meshcore.state.model import GatewayAddress, Workload
+from meshcore.state.view import MeshView
+
+log = logging.getLogger("meshcore.waypoint")
+
+SNIFF_TIMEOUT = 0.5          # seconds a client may stay silent before its tunnel is taken as L4
+SNIFF_BYTES = 16
+HTTP1_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
+COPY_CHUNK = 1 << 16
+
+
+def uses_waypoint(gateway: GatewayAddress | None, waypoint: Workload, state: MeshView) -> bool:
+    """Whether `gateway` (a service's or workload's waypoint) names this waypoint: by its
+    address, or by a service whose endpoints include it."""
+    if gateway is None:
+        return False
+    if gateway.address is not None:
+        return gateway.address[1] in waypoint.ips
+    namespace, hostname = gateway.hostname
+    service = state.service_by_hostname(hostname, namespace)
+    return service is not None and any(w.uid == waypoint.uid for w in state.endpoints.get(service.key, ()))
+
+
+def destination_of(state: MeshView, waypoint: Workload, host: str, port: int):
+    """(service, workload) the authority names, if it uses this waypoint; (None, None) if not."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None, None
+    service = state.service_at(waypoint.network, ip)
+    if service is not None:
+        return (service, None) if uses_waypoint(service.waypoint, waypoint, state) else (None, None)
+    workload = state.workload_at(waypoint.network, ip)
+    if workload is not None and uses_waypoint(workload.waypoint, waypoint, state):
+        return None, workload
+    return None, None
+
+
+class WaypointTunnels:
+    """The waypoint's HBONE listener. `http1(reader, writer, tunnel)` serves a tunnel
+    whose client speaks HTTP/1.1 (None: every tunnel is L4)."""
+
+    def __init__(self, ctx: ProxyContext, waypoint: Callable[[MeshView], Workload | None], *,
+                 listen: tuple | None, http1: Callable[..., Awaitable[None]] | None = None):
+        self.ctx = ctx
+        self.waypoint = waypoint                   # its own workload, from the view in force
+        self.listen = listen                       # (host, port); host "waypoint": its workload's address
+        self.http1 = http1
+        self.server: HboneServer | None = None
+        self._choice = itertools.count()
+
+    def address(self, state: MeshView) -> tuple[str, int] | None:
+        if self.listen is None:
+            return None
+        host, port = self.listen
+        if host == "waypoint":
+            me = self.waypoint(state)
+            return (str(me.ips[0]), port) if me is not None and me.ips else None
+        return host, port
+
+    async def start(self) -> "WaypointTunnels":
+        address = self.address(self.ctx.store.view)
+        if address is None:
+            return self
+        self.server = HboneServer(self._context, self.ctx.settings.trust_domain, handler=self.handle)
+        try:
+            await self.server.start(*address)
+        except OSError as exc:
+            self.server = None
+            raise listener_error("inbound", address, exc) from None
+        return self
+
+    async def _context(self, destination):
+        me = self.waypoint(self.ctx.store.view)
+        if me is None:
+            raise IdentityError("the waypoint's own workload is not in the configuration", "unknown-destination")
+        return await self.ctx.certs.server_context_async(me.identity)
+
+    @property
+    def connections(self) -> int:
+        return len(self.server.connections) if self.server is not None else 0
+
+    async def drain(self, deadline: float) -> None:
+        if self.server is not None:
+            await self.server.close(deadline)
+
+    # -- one tunnel ------------------------------------------------------------------
+    def upstream(self, state: MeshView, me: Workload, host: str, port: int) -> Route:
+        """Where the waypoint sends what a tunnel to host:port carries: the node's routing
+        with the waypoint as source (so to an endpoint, never back here)."""
+        return route(state, me, host, port, choice=next(self._choice), proxy_ports=self.ctx.settings.proxy_ports)
+
+    async def open_upstream(self, chosen: Route, me: Workload, headers=()):
+        """An HBONE tunnel to the chosen endpoint with the waypoint's identity: (reader, writer)."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=COPY_CHUNK, loop=loop)
+        key = PoolKey(me.identity, chosen.expected, chosen.dial)
+        transport, protocol = await asyncio.wait_for(self.ctx.pool.open_stream(
+            key, chosen.authority, lambda: asyncio.StreamReaderProtocol(reader, loop=loop), list(headers)),
+            self.ctx.settings.connect_timeout)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    async def handle(self, request: TunnelRequest) -> None:
+        ctx = self.ctx
+        state = ctx.store.view
+        me = self.waypoint(state)
+        peer_ip, peer_port = request.peer_address[:2]
+        record = ConnectionRecord("inbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=request.authority,
+                                  hbone_addr=request.authority, src_identity=request.peer_identity.uri, mtls=True)
+        source = state.workload_at(ctx.settings.network, ipaddress.ip_address(peer_ip))
+        record.src_workload = source if source is not None and source.identity == request.peer_identity else None
+        if me is None:
+            request.refuse(503)
+            ctx.telemetry.refused(record, "503: the waypoint's own workload is not in the configuration")
+            return
+        service, workload = destination_of(state, me, request.host, request.port)
+        record.service, record.dst_workload = service, workload
+        if service is None and workload is None:
+            request.refuse(503)
+            ctx.telemetry.refused(record, f"503: {request.authority} does not use waypoint "
+                                          f"{me.namespace}/{me.name}")
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=COPY_CHUNK, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport = request.accept(protocol)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        tunnel = Tunnel(request, record, state, me, service, workload)
+        try:
+            first = await _sniff(reader)
+            if self.http1 is not None and could_be_http1(first):
+                await self.http1(_unread(reader, first), writer, tunnel)
+            else:
+                await self._l4(_unread(reader, first), writer, tunnel)
+        finally:
+            if not transport.is_closing():
+                writer.close()
+
+    async def _l4(self, reader, writer, tunnel: "Tunnel") -> None:
+        """Not HTTP: the connection as a whole to one endpoint."""
+        ctx, record = self.ctx, tunnel.record
+        chosen = self.upstream(tunnel.state, tunnel.waypoint, tunnel.request.host, tunnel.request.port)
+        if chosen.kind is not HBONE:
+            writer.transport.abort()
+            ctx.telemetry.refused(record, f"no endpoint: {chosen.reason or chosen.kind}")
+            return
+        record.dst_workload, record.dst_identity = chosen.workload, chosen.expected[0].uri
+        try:
+            up_reader, up_writer = await self.open_upstream(chosen, tunnel.waypoint)
+        except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
+            writer.transport.abort()
+            ctx.telemetry.refused(record, f"{type(exc).__name__}: {exc}")
+            return
+        ctx.telemetry.opened(record)
+        sent, received = await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer),
+                                              return_exceptions=True)
+        record.bytes_recv = sent if isinstance(sent, int) else 0
+        record.bytes_sent = received if isinstance(received, int) else 0
+        errors = [e for e in (sent, received) if isinstance(e, BaseException)]
+        record.finish(f"{type(errors[0]).__name__}: {errors[0]}" if errors else "")
+        if not up_writer.transport.is_closing():
+            up_writer.close()
+        ctx.telemetry.closed(record)
+
+
+class Tunnel:
+    """What the L7 handler needs of the tunnel it serves."""
+    __slots__ = ("request", "record", "state", "waypoint", "service", "workload")
+
+    def __init__(self, request: TunnelRequest, record: ConnectionRecord, state: MeshView, waypoint: Workload,
+                 service, workload):
+        self.request, self.record, self.state = request, record, state
+        self.waypoint, self.service, self.workload = waypoint, service, workload
+
+
+def _unread(reader: asyncio.StreamReader, head: bytes) -> asyncio.StreamReader:
+    """Put bytes taken from `reader` back in front of what it holds. StreamReader has no
+    unread(); its buffer is where every read method takes from, and nothing waits on it
+    while the tunnel's handler holds it."""
+    if head:
+        buffer = reader._buffer                               # noqa: SLF001
+        buffer[:0] = head
+    return reader
+
+
+def could_be_http1(head: bytes) -> bool | None:
+    """True: an HTTP/1.1 request line starts here; False: it cannot; None: too few bytes."""
+    for method in HTTP1_METHODS:
+        n = min(len(head), len(method))
+        if head[:n] == method[:n]:
+            return True if len(head) >= len(method) else None
+    return False
+
+
+async def _sniff(reader: asyncio.StreamReader) -> bytes:
+    """The first bytes the client sends, enough to tell HTTP/1.1 from anything else; b""
+    (or what came) if it stays silent (a server-first protocol) or closes."""
+    head = b""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SNIFF_TIMEOUT
+    while could_be_http1(head) is None:
+        try:
+            chunk = await asyncio.wait_for(reader.read(SNIFF_BYTES), max(0.0, deadline - loop.time()))
+        except asyncio.TimeoutError:
+            break
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
+async def _copy(reader, writer) -> int:
+    total = 0
+    try:
+        while chunk := await reader.read(COPY_CHUNK):
+            writer.write(chunk)
+            total += len(chunk)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+    except (ConnectionError, asyncio.IncompleteReadError):
+        writer.transport.abort()
+        raise
+    return total
