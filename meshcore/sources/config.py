@@ -3,7 +3,10 @@
 A file holds YAML documents of two shapes, told apart by `kind`:
 - ztunnel's local config (no `kind`): `workloads`, `services`, `policies`, camelCase,
   every field ztunnel accepts; unknown keys are refused (ztunnel ignores misspelt ones);
-- Istio resources: AuthorizationPolicy, PeerAuthentication.
+- Istio resources: AuthorizationPolicy, PeerAuthentication;
+- waypoints (waypoints.py): Gateway API Gateways of class istio-waypoint, and the
+  Namespaces whose `istio.io/use-waypoint` labels enrol what is in them (services and
+  workloads take the same labels in their `labels`).
 
 Several files (and the inline text of MESHCORE_LOCAL_XDS / LOCAL_XDS) merge into one
 configuration, refused as a whole on the first error with file, document, field path
@@ -12,6 +15,7 @@ puts them in a fresh store and returns its view (for tools and tests).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 
 from meshcore.config import fields as F
 from meshcore.config.yamlfile import documents, located
+from meshcore.sources import waypoints as W
 from meshcore.errors import ConfigError, IdentityError
 from meshcore.state.model import (GatewayAddress, HealthPolicy, LoadBalancer, LoadBalancerMode, Locality, MtlsMode,
                                   PeerAuthentication, Protocol, Service, Workload)
@@ -37,7 +42,8 @@ _WORKLOAD_KEYS = (
     "applicationTunnel", "networkMode", "nativeTunnel", "capacity", "hostname", "labels")
 _SERVICE_KEYS = (
     "name", "namespace", "hostname", "vips", "cidrVips", "ports", "subjectAltNames", "endpoints",
-    "waypoint", "weightedWaypoints", "loadBalancer", "ipFamilies", "canonical", "visibility")
+    "waypoint", "weightedWaypoints", "loadBalancer", "ipFamilies", "canonical", "visibility",
+    "labels")                        # meshcore's own: for istio.io/use-waypoint
 _STATUS = ("Healthy", "Unhealthy")
 
 
@@ -160,7 +166,8 @@ def service(obj, path: str) -> Service:
         cidr_vips=tuple(F.network(v, f"{path}.cidrVips[{i}]")
                         for i, v in enumerate(F.sequence(obj.get("cidrVips"), f"{path}.cidrVips"))),
         extra=tuple((k, obj[k]) for k in ("endpoints", "weightedWaypoints", "ipFamilies", "canonical", "visibility")
-                    if k in obj))
+                    if k in obj),
+        labels=_labels(obj.get("labels") or {}, f"{path}.labels"))
 
 
 def peer_authentication(doc: dict) -> PeerAuthentication:
@@ -203,13 +210,15 @@ def _consumed(items: list):
 class _Collected:
     def __init__(self):
         self.workloads, self.services, self.policies, self.peer_auths = [], [], [], []
+        self.waypoints: dict[str, tuple] = {}          # namespace/name -> (Waypoint, Where)
+        self.namespaces: dict[str, tuple] = {}         # name -> (Namespace, Where)
 
-    def add_local_config(self, doc: dict, source: str) -> None:
+    def add_local_config(self, doc: dict, source: str, index: int | None = None) -> None:
         F.mapping(doc, "", allowed=("workloads", "services", "policies"))
         for i, w in _consumed(F.sequence(doc.get("workloads"), "workloads")):
-            self.workloads.append((workload(w, f"workloads[{i}]"), source))
+            self.workloads.append((workload(w, f"workloads[{i}]"), W.Where(source, index, f"workloads[{i}]")))
         for i, s in _consumed(F.sequence(doc.get("services"), "services")):
-            self.services.append((service(s, f"services[{i}]"), source))
+            self.services.append((service(s, f"services[{i}]"), W.Where(source, index, f"services[{i}]")))
         for i, p in _consumed(F.sequence(doc.get("policies"), "policies")):
             self.policies.append(ztunnel_policy(p, f"policies[{i}]", source))
 
@@ -217,31 +226,54 @@ class _Collected:
         for index, doc in enumerate(documents(text, source), 1):
             if doc is None:
                 continue
+            named = None
             try:
                 if not isinstance(doc, dict):
                     raise ConfigError("a document must be a mapping", path="")
                 kind = doc.get("kind")
                 if kind is None:
-                    self.add_local_config(doc, source)
+                    self.add_local_config(doc, source, index)
                 elif kind == "AuthorizationPolicy":
                     self.policies.append(authorization_policy(doc, source))
                 elif kind == "PeerAuthentication":
                     self.peer_auths.append(peer_authentication(doc))
+                elif kind == "Gateway":
+                    named = (self.waypoints, W.gateway(doc), "waypoint")
+                elif kind == "Namespace":
+                    named = (self.namespaces, W.namespace(doc), "Namespace")
+                elif kind == "Service":
+                    # its endpoints would come from pod selectors, which local config does not carry
+                    raise F.fail("kind", "a Kubernetes Service is not read: services are ztunnel's local config "
+                                         "(`services:`), which take istio.io/use-waypoint in their `labels`")
                 else:
                     raise F.fail("kind", f"{kind!r} is not a kind the node proxy reads "
-                                         "(AuthorizationPolicy, PeerAuthentication, or ztunnel's local "
-                                         "config without a kind)")
+                                         "(AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, or "
+                                         "ztunnel's local config without a kind)")
             except ConfigError as exc:
                 raise located(exc, source, index) from None
+            if named is not None:
+                self._once(*named, source, index)
+
+    @staticmethod
+    def _once(into: dict, item, what: str, source: str, index: int) -> None:
+        key = getattr(item, "key", item.name)
+        if key in into:
+            first = into[key][1]
+            where = " and ".join(dict.fromkeys((first.source, source)))
+            raise ConfigError(f"{what} {key} is defined twice (documents {first.document} and {index})",
+                              source=where)
+        into[key] = (item, W.Where(source, index, ""))
 
     def resources(self) -> list:
-        _refuse_duplicates([(w.uid, src) for w, src in self.workloads], "workload uid")
-        _refuse_duplicates([((w.network, str(ip)), src) for w, src in self.workloads for ip in w.ips],
+        _refuse_duplicates([(w.uid, at.source) for w, at in self.workloads], "workload uid")
+        _refuse_duplicates([((w.network, str(ip)), at.source) for w, at in self.workloads for ip in w.ips],
                            "workload address")
-        _refuse_duplicates([(s.key, src) for s, src in self.services], "service")
-        _refuse_duplicates([(v, src) for s, src in self.services for v in s.vips], "service VIP")
+        _refuse_duplicates([(s.key, at.source) for s, at in self.services], "service")
+        _refuse_duplicates([(v, at.source) for s, at in self.services for v in s.vips], "service VIP")
         _refuse_duplicates([(p.key, p.source) for p in self.policies], "policy")
         _refuse_duplicates([(p.key, "") for p in self.peer_auths], "PeerAuthentication")
+        # after the duplicates: a label is resolved against the one resource of each name
+        self.workloads, self.services = W.resolve(self.waypoints, self.namespaces, self.workloads, self.services)
         return [*(s for s, _ in self.services), *(w for w, _ in self.workloads), *self.policies, *self.peer_auths]
 
 
@@ -260,6 +292,9 @@ class ParsedConfig:
     resources: list                   # Service, Workload, Policy, PeerAuthentication
     sources: tuple[str, ...]          # the files read ("<inline>" for the inline text)
     version: str                      # a digest of the text read
+    # the Gateways of class istio-waypoint, by namespace/name: already resolved into the
+    # resources' waypoint addresses, kept for tools that name them
+    waypoints: dict = dataclasses.field(default_factory=dict)
 
 
 def parse(paths: Iterable[str] = (), *, inline: str | None = None) -> ParsedConfig:
@@ -284,7 +319,8 @@ def parse(paths: Iterable[str] = (), *, inline: str | None = None) -> ParsedConf
         sources.append("<inline>")
         digest.update(inline.encode())
     # what was read, hashed (not the parsed objects)
-    return ParsedConfig(collected.resources(), tuple(sources), digest.hexdigest()[:16])
+    return ParsedConfig(collected.resources(), tuple(sources), digest.hexdigest()[:16],
+                        {key: wp for key, (wp, _) in collected.waypoints.items()})
 
 
 def load(paths: Iterable[str] = (), *, inline: str | None = None,

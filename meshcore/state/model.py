@@ -1,5 +1,5 @@
 """The mesh's resources as meshcore models them: workloads, services, peer
-authentication (authorization policies are meshcore.policy.model.Policy). Sources
+authentication, waypoints (authorization policies are meshcore.policy.model.Policy). Sources
 build them (meshcore.sources: ztunnel's local config and Istio YAML files); the store
 (store.py) holds them and views (view.py) index them.
 
@@ -142,6 +142,8 @@ class Service:
     load_balancer: LoadBalancer | None = None
     cidr_vips: tuple = ()
     extra: tuple[tuple[str, object], ...] = ()
+    # meshcore's own: istio.io/use-waypoint and the like (ztunnel's local config has none)
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> str:
@@ -163,3 +165,49 @@ class PeerAuthentication:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+class WaypointFor(StrEnum):
+    """Which traffic a waypoint takes (its Gateway's `istio.io/waypoint-for` label):
+    traffic addressed to a service, to a workload directly, both, or neither."""
+    SERVICE = "service"
+    WORKLOAD = "workload"
+    ALL = "all"
+    NONE = "none"
+
+    @property
+    def services(self) -> bool:
+        return self in (WaypointFor.SERVICE, WaypointFor.ALL)
+
+    @property
+    def workloads(self) -> bool:
+        return self in (WaypointFor.WORKLOAD, WaypointFor.ALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Waypoint:
+    """A Gateway of class istio-waypoint: what `istio.io/use-waypoint` labels name.
+    Files resolve the labels into the `waypoint` GatewayAddress of the services and
+    workloads they enrol (as istiod does before it sends them), so the store, routing
+    and the inbound side only ever see the address."""
+    name: str
+    namespace: str
+    waypoint_for: WaypointFor = WaypointFor.SERVICE
+    # which other namespaces may enrol (the HBONE listener's allowedRoutes.namespaces):
+    # "Same", "All", or "Selector" with the namespace labels it must match
+    allowed_from: str = "Same"
+    allowed_selector: tuple[tuple[str, str], ...] = ()
+    hbone_port: int = HBONE_PORT
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def admits(self, namespace: str, namespace_labels: dict) -> bool:
+        """Whether resources of `namespace` may use this waypoint."""
+        if namespace == self.namespace or self.allowed_from == "All":
+            return True
+        if self.allowed_from == "Selector":
+            labels = {**namespace_labels, "kubernetes.io/metadata.name": namespace}
+            return all(labels.get(k) == v for k, v in self.allowed_selector)
+        return False

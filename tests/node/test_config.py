@@ -145,7 +145,7 @@ BAD = [
     ("policies: [{name: p, namespace: a, rules: [[[{destinationPort: [1]}]]]}]",
      "at policies[0].rules[0][0][0].destinationPort: unknown field"),
     ("workload: []", "at workload: unknown field (allowed: policies, services, workloads)"),
-    ("kind: Gateway", "at kind: 'Gateway' is not a kind the node proxy reads"),
+    ("kind: Ingress", "at kind: 'Ingress' is not a kind the node proxy reads"),
     ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mode: strict}}",
      "at spec.mtls.mode: 'strict' is not one of UNSET, DISABLE, PERMISSIVE, STRICT"),
     ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n"
@@ -222,3 +222,181 @@ def test_peer_authentication_resolution(tmp_path, resources, port, expected):
     state = load([_write(tmp_path, "\n---\n".join(docs))])
     workload: Workload = state.workloads[0]
     assert state.mtls_mode(workload, port) == expected
+
+
+# -- waypoints: Gateways, Namespaces and istio.io/use-waypoint --------------------------
+
+GATEWAY = """
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  labels: {{istio.io/waypoint-for: {waypoint_for}}}
+  name: {name}
+  namespace: {ns}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners:
+  - name: mesh
+    port: 15008
+    protocol: HBONE{routes}
+"""
+
+
+def _gw(name="waypoint", ns="shop", waypoint_for="service", routes=""):
+    return GATEWAY.format(name=name, ns=ns, waypoint_for=waypoint_for, routes=routes)
+
+
+def _ns(name, **labels):
+    labels = ", ".join(f"istio.io/{k.replace('_', '-')}: {v}" for k, v in labels.items())
+    return f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{labels}}}}}\n"
+
+
+WP_MESH = """
+workloads:
+- {uid: wp, name: waypoint-7f9, namespace: shop, serviceAccount: waypoint, workloadIps: ["10.0.9.9"]}
+- {uid: wp-all, name: all-1, namespace: shop, serviceAccount: x, workloadIps: ["10.0.9.8"],
+   labels: {gateway.networking.k8s.io/gateway-name: everything}}
+- {uid: edge, name: edge-1, namespace: infra, serviceAccount: edge, workloadIps: ["10.0.8.8"]}
+- {uid: web, name: web, namespace: shop, workloadIps: ["10.0.2.1"], services: {"shop/web.shop.svc": {80: 8080}}}
+- {uid: pod-labelled, name: p, namespace: shop, workloadIps: ["10.0.2.2"], labels: {istio.io/use-waypoint: everything}}
+- {uid: pod-none, name: q, namespace: shop, workloadIps: ["10.0.2.3"], labels: {istio.io/use-waypoint: none}}
+- {uid: shipping, name: s, namespace: ship, workloadIps: ["10.0.3.1"]}
+services:
+- {name: web, namespace: shop, hostname: web.shop.svc, vips: ["/10.96.0.1"], ports: {80: 8080}}
+- {name: api, namespace: shop, hostname: api.shop.svc, vips: ["/10.96.0.2"], ports: {80: 80},
+   labels: {istio.io/use-waypoint: everything}}
+- {name: legacy, namespace: shop, hostname: legacy.shop.svc, vips: ["/10.96.0.3"], ports: {80: 80},
+   labels: {istio.io/use-waypoint: none}}
+- {name: fixed, namespace: shop, hostname: fixed.shop.svc, vips: ["/10.96.0.4"], ports: {80: 80},
+   waypoint: {destination: "/10.0.8.8"}}
+- {name: ship, namespace: ship, hostname: ship.ship.svc, vips: ["/10.96.1.1"], ports: {80: 80}}
+- {name: cross, namespace: ship, hostname: cross.ship.svc, vips: ["/10.96.1.2"], ports: {80: 80},
+   labels: {istio.io/use-waypoint: edge, istio.io/use-waypoint-namespace: infra}}
+"""
+
+WP, ALL, EDGE = "/10.0.9.9:15008", "/10.0.9.8:15008", "/10.0.8.8:15008"
+
+
+def _waypoints(tmp_path, *extra):
+    view = load([_write(tmp_path, "---\n".join([WP_MESH, *extra]))])
+    return ({s.name: str(s.waypoint) if s.waypoint else None for s in view.services},
+            {w.uid: str(w.waypoint) if w.waypoint else None for w in view.workloads})
+
+
+GATEWAYS = [_gw(), _gw("everything", waypoint_for="all"),
+            _gw("edge", "infra", routes="\n    allowedRoutes: {namespaces: {from: All}}")]
+
+
+@pytest.mark.parametrize("extra, services, workloads", [
+    # no namespace label: only what names a waypoint itself
+    ([], {"web": None, "api": ALL, "legacy": None, "fixed": EDGE, "ship": None, "cross": EDGE},
+     {"web": None, "pod-labelled": ALL, "pod-none": None, "wp": None}),
+    # the namespace's waypoint takes service traffic only (the default): workloads keep none
+    ([_ns("shop", use_waypoint="waypoint")],
+     {"web": WP, "api": ALL, "legacy": None, "fixed": EDGE, "ship": None},
+     {"web": None, "pod-labelled": ALL, "pod-none": None, "wp": None}),
+    # a waypoint for all traffic: workloads too, but never the waypoint's own workloads
+    ([_ns("shop", use_waypoint="everything")],
+     {"web": ALL, "api": ALL, "legacy": None, "fixed": EDGE},
+     {"web": ALL, "pod-labelled": ALL, "pod-none": None, "wp": None, "wp-all": None}),
+    # the namespace opts out: labels of its own resources still count
+    ([_ns("shop", use_waypoint="none")], {"web": None, "api": ALL}, {"pod-labelled": ALL}),
+    # another namespace's waypoint, admitted by from: All
+    ([_ns("ship", use_waypoint="edge", use_waypoint_namespace="infra")],
+     {"ship": EDGE, "cross": EDGE, "web": None}, {"shipping": None}),
+])
+def test_use_waypoint_resolution(tmp_path, extra, services, workloads):
+    got_s, got_w = _waypoints(tmp_path, *GATEWAYS, *extra)
+    assert {k: got_s[k] for k in services} == services
+    assert {k: got_w[k] for k in workloads} == workloads
+
+
+def test_several_waypoint_replicas_are_reached_through_its_service(tmp_path):
+    replicas = """
+workloads:
+- {uid: r2, name: waypoint-2, namespace: shop, serviceAccount: waypoint, workloadIps: ["10.0.9.7"],
+   services: {"shop/waypoint.shop.svc": {15008: 15008}}}
+services:
+- {name: waypoint, namespace: shop, hostname: waypoint.shop.svc, vips: ["/10.96.9.9"], ports: {15008: 15008}}
+"""
+    got_s, _ = _waypoints(tmp_path, replicas, *GATEWAYS, _ns("shop", use_waypoint="waypoint"))
+    assert got_s["web"] == "shop/waypoint.shop.svc:15008"
+    assert got_s["waypoint"] is None                 # its own service is not sent through itself
+
+
+def test_waypoints_are_found_by_name(tmp_path):
+    from meshcore.sources.config import parse
+    from meshcore.state.model import WaypointFor
+    parsed = parse([_write(tmp_path, "---\n".join([WP_MESH, *GATEWAYS]))])
+    assert parsed.waypoints["shop/everything"].waypoint_for is WaypointFor.ALL
+    assert parsed.waypoints["infra/edge"].allowed_from == "All"
+
+
+GEN = _gw()          # what `istioctl waypoint generate` writes (with the label it adds)
+BAD_MESH = """
+workloads:
+- {uid: wp, name: waypoint-7f9, namespace: shop, serviceAccount: waypoint, workloadIps: ["10.0.9.9"]}
+"""
+
+WAYPOINT_BAD = [
+    # (documents after WP_MESH, expected: document, path and reason)
+    ([GEN.replace("istio-waypoint", "istio")],
+     "document 2, at spec.gatewayClassName: 'istio' is not 'istio-waypoint'"),
+    ([GEN.replace("gateway.networking.k8s.io/v1", "networking.istio.io/v1")],
+     "document 2, at apiVersion: 'networking.istio.io/v1' is not gateway.networking.k8s.io/v1"),
+    ([GEN.replace("protocol: HBONE", "protocol: HTTP")],
+     "at spec.listeners[0].protocol: 'HTTP': a waypoint is reached through HBONE only"),
+    ([GEN.replace("port: 15008", "port: 15009")], "at spec.listeners[0].port: 15009: a waypoint's HBONE listener"),
+    ([GEN.replace("  listeners:\n  - name: mesh\n    port: 15008\n    protocol: HBONE", "  listeners: []")],
+     "at spec.listeners: a waypoint needs its HBONE listener"),
+    ([GEN.replace("service}", "pods}")], "at metadata.labels.istio.io/waypoint-for: 'pods' is not one of"),
+    ([_gw(routes="\n    allowedRoutes: {namespaces: {from: Other}}")],
+     "at spec.listeners[0].allowedRoutes.namespaces.from: 'Other' is not one of Same, All, Selector"),
+    ([GEN, GEN], "waypoint shop/waypoint is defined twice (documents 2 and 3)"),
+    (["apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.0.1}"],
+     "document 2, at kind: a Kubernetes Service is not read"),
+    (["apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, namespace: x}"],
+     "at metadata.namespace: a Namespace is not in a namespace"),
+    # references
+    ([GEN, "services: [{name: n, namespace: shop, hostname: n, vips: ['/10.96.5.1'], ports: {80: 80}, "
+           "labels: {istio.io/use-waypoint: nope}}]"],
+     "document 3, at services[0].labels.istio.io/use-waypoint: waypoint shop/nope is not defined"),
+    ([GEN, _ns("shop", use_waypoint="nope")],
+     "document 3, at metadata.labels.istio.io/use-waypoint: waypoint shop/nope is not defined"),
+    ([GEN, _ns("ship", use_waypoint="waypoint", use_waypoint_namespace="shop")],
+     "at metadata.labels.istio.io/use-waypoint: waypoint shop/waypoint does not admit namespace ship "
+     "(its HBONE listener's allowedRoutes.namespaces.from is Same)"),
+    ([GEN, "workloads: [{namespace: shop, workloadIps: ['10.0.7.1'], labels: {istio.io/use-waypoint: waypoint}}]"],
+     "at workloads[0].labels.istio.io/use-waypoint: waypoint shop/waypoint does not take workload traffic "
+     "(istio.io/waypoint-for: service)"),
+    ([_gw("ghost"), _ns("shop", use_waypoint="ghost")],
+     "at metadata.labels.istio.io/use-waypoint: waypoint shop/ghost has no workload"),
+    ([GEN, "workloads: [{namespace: shop, workloadIps: ['10.0.7.1'], labels: {istio.io/use-waypoint-namespace: x}}]"],
+     "at workloads[0].labels.istio.io/use-waypoint-namespace: names a namespace but no waypoint"),
+    ([_gw(waypoint_for="all"), "workloads: [{namespace: shop, workloadIps: ['10.0.7.1'], "
+                               "waypoint: {destination: '/10.0.9.9'}, labels: {istio.io/use-waypoint: waypoint}}]"],
+     "at workloads[0].labels.istio.io/use-waypoint: the waypoint field names a waypoint already"),
+    ([_gw(ns="ship", routes="\n    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: a}}}}"),
+      "workloads: [{namespace: ship, serviceAccount: waypoint, workloadIps: ['10.0.7.1']}]\n",
+      _ns("shop", use_waypoint="waypoint", use_waypoint_namespace="ship")],
+     "waypoint ship/waypoint does not admit namespace shop (its HBONE listener's allowedRoutes.namespaces.from "
+     "is Selector)"),
+]
+
+
+@pytest.mark.parametrize("extra, expected", WAYPOINT_BAD, ids=[b[1][:50] for b in WAYPOINT_BAD])
+def test_waypoint_config_is_refused_with_where_and_why(tmp_path, extra, expected):
+    path = _write(tmp_path, "---\n".join([BAD_MESH, *extra]))
+    with pytest.raises(ConfigError) as err:
+        load([path])
+    assert expected in str(err.value)
+    assert str(err.value).startswith(path)
+
+
+def test_namespace_selector_admits_the_namespaces_it_matches(tmp_path):
+    selector = "\n    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {team: a}}}}"
+    ship = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {team: a, " \
+           "istio.io/use-waypoint: waypoint, istio.io/use-waypoint-namespace: ship}}\n"
+    got_s, _ = _waypoints(tmp_path, *GATEWAYS, _gw(ns="ship", routes=selector), ship,
+                          "workloads: [{namespace: ship, serviceAccount: waypoint, workloadIps: ['10.0.7.1']}]")
+    assert got_s["web"] == "/10.0.7.1:15008"
