@@ -6,7 +6,8 @@
 """
 from meshcore.policy.istio import authorization_policy, load_authorization_policies
 from meshcore.policy.layers import l4_reductions
-from meshcore.policy.model import Action, Match, Policy, PolicyTarget, Scope, StringMatch, applies_to, resolved_scope
+from meshcore.policy.model import (Action, Match, Policy, PolicyTarget, Scope, StringMatch, TargetRef, applies_to,
+                                   resolved_scope, waypoint_policies)
 from meshcore.policy.ztunnel import ztunnel_policy
 
 
@@ -20,4 +21,4 @@ def __getattr__(name: str):
 
 __all__ = ["Action", "Decision", "Match", "Policy", "PolicyEngine", "PolicyTarget", "Scope", "StringMatch",
            "applies_to", "authorization_policy", "l4_reductions", "load_authorization_policies",
-           "resolved_scope", "ztunnel_policy"]
+           "resolved_scope", "TargetRef", "waypoint_policies", "ztunnel_policy"]

@@ -6,7 +6,8 @@ import re
 from meshcore.config import fields as F
 from meshcore.config.yamlfile import documents, located
 from meshcore.errors import ConfigError
-from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch
+from meshcore.policy.model import (GATEWAY_GROUP, WAYPOINT_CLASS, Action, Match, Policy, Scope, StringMatch,
+                                   TargetRef)
 from meshcore.policy.paths import check_template, is_template
 
 API_VERSIONS = ("security.istio.io/v1", "security.istio.io/v1beta1")
@@ -171,6 +172,42 @@ def _go_bool(value, path: str) -> bool:
     raise F.fail(path, f"{text!r} is not a boolean (1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False)")
 
 
+# (kind, canonical group) a waypoint can be attached by; "core" is Istio's canonical
+# name for the empty group
+_TARGET_KINDS = {("Gateway", GATEWAY_GROUP), ("GatewayClass", GATEWAY_GROUP), ("Service", "core"),
+                 ("ServiceEntry", "networking.istio.io")}
+
+
+def _target_ref(obj, path: str, namespace: str) -> TargetRef:
+    F.mapping(obj, path, allowed=("kind", "group", "name", "namespace"), required=("kind", "name"))
+    kind = F.string(obj["kind"], f"{path}.kind")
+    group = F.string(obj.get("group", ""), f"{path}.group", empty_ok=True) or "core"
+    name = F.string(obj["name"], f"{path}.name")
+    if (kind, group) not in _TARGET_KINDS:
+        known = ", ".join(f"{k} ({g})" for k, g in sorted(_TARGET_KINDS))
+        raise F.fail(path, f"{group}/{kind} cannot be a target (one of: {known})")
+    ref_namespace = F.string(obj.get("namespace", namespace), f"{path}.namespace", empty_ok=True)
+    if ref_namespace not in ("", namespace):
+        raise F.fail(f"{path}.namespace", f"{ref_namespace!r}: a policy attaches to targets of its own "
+                                          f"namespace {namespace} only")
+    if kind == "GatewayClass" and name != WAYPOINT_CLASS:
+        raise F.fail(f"{path}.name", f"GatewayClass {name!r}: only {WAYPOINT_CLASS} (every waypoint) can be a "
+                                     "target")
+    return TargetRef(kind, group, name, path)
+
+
+def _target_refs(spec: dict, namespace: str) -> tuple[TargetRef, ...]:
+    """`targetRefs`, or the older single `targetRef` (Istio reads it only when
+    targetRefs is empty; both set is refused here rather than one silently ignored)."""
+    single, many = spec.get("targetRef"), F.sequence(spec.get("targetRefs"), "spec.targetRefs")
+    if single is not None and many:
+        raise F.fail("spec.targetRef", "set targetRefs or targetRef, not both")
+    if single is not None:
+        return (_target_ref(single, "spec.targetRef", namespace),)
+    refs = tuple(_target_ref(r, f"spec.targetRefs[{i}]", namespace) for i, r in enumerate(many))
+    return tuple(dict.fromkeys(refs))
+
+
 def authorization_policy(doc: dict, source: str = "") -> Policy:
     """One AuthorizationPolicy document (already parsed YAML). Raises ConfigError with
     the field path."""
@@ -185,9 +222,7 @@ def authorization_policy(doc: dict, source: str = "") -> Policy:
     dry_run = _go_bool(annotations.get(DRY_RUN_ANNOTATION, "false"), f"metadata.annotations.{DRY_RUN_ANNOTATION}")
     spec = F.mapping(doc.get("spec") or {}, "spec",
                      allowed=("selector", "targetRef", "targetRefs", "action", "provider", "rules"))
-    if spec.get("targetRef") or spec.get("targetRefs"):
-        raise F.fail("spec.targetRefs", "attaching policies to waypoints by targetRef is not supported yet; "
-                     "use a selector")
+    target_refs = _target_refs(spec, namespace)
     action_text = F.string(spec.get("action", "ALLOW"), "spec.action")
     if action_text == "CUSTOM":
         raise F.fail("spec.action", "CUSTOM (external authorization) is not supported")
@@ -203,6 +238,10 @@ def authorization_policy(doc: dict, source: str = "") -> Policy:
     if spec.get("provider") is not None:
         raise F.fail("spec.provider", f"`provider` is for action CUSTOM only, not {action_text}")
     selector = workload_selector(spec.get("selector"), "spec.selector")
+    if selector is not None and target_refs:
+        where = "spec.targetRef" if "targetRef" in spec else "spec.targetRefs"
+        raise F.fail(where, "only one of targetRefs or selector can be set (istiod refuses both): "
+                            "a selector is for node proxies, targetRefs for waypoints")
     raw_rules = F.sequence(spec.get("rules"), "spec.rules")
     if action is Action.DENY and not raw_rules:
         raise F.fail("spec.rules", "a DENY policy without rules never applies (istiod refuses it); "
@@ -210,8 +249,9 @@ def authorization_policy(doc: dict, source: str = "") -> Policy:
     rules = tuple(_rule(r, f"spec.rules[{i}]", namespace) for i, r in enumerate(raw_rules))
     # without a selector, mesh-wide or namespace-wide depending on the root namespace of
     # the mesh that selects it (model.resolved_scope)
-    scope = Scope.WORKLOAD_SELECTOR if selector is not None else Scope.ROOT_OR_NAMESPACE
-    return Policy(name, namespace, action, rules, scope, selector, dry_run, source)
+    scope = (Scope.TARGET_REFS if target_refs else
+             Scope.WORKLOAD_SELECTOR if selector is not None else Scope.ROOT_OR_NAMESPACE)
+    return Policy(name, namespace, action, rules, scope, selector, dry_run, source, target_refs)
 
 
 def load_authorization_policies(text: str, source: str = "<policies>") -> list[Policy]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -32,6 +32,9 @@ class Scope(enum.Enum):
     # option of whoever selects policies (meshConfig.rootNamespace), not of the file, so
     # this is resolved at selection (resolved_scope), never when the policy is read.
     ROOT_OR_NAMESPACE = "RootOrNamespace"
+    # attached by `targetRefs` to waypoints: enforced there, never by a node proxy
+    # (istiod sends ztunnel no policy that has targetRefs)
+    TARGET_REFS = "TargetRefs"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +124,24 @@ Clause = tuple[Match, ...]
 Rule = tuple[Clause, ...]
 
 
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+WAYPOINT_CLASS = "istio-waypoint"
+
+
+@dataclass(frozen=True, slots=True)
+class TargetRef:
+    """One entry of an AuthorizationPolicy's `targetRefs` (or its `targetRef`), in the
+    policy's own namespace. kind: Gateway, GatewayClass, Service or ServiceEntry; group
+    as Istio canonicalizes it ("core" for a Service written with group "")."""
+    kind: str
+    group: str
+    name: str
+    path: str = field(default="", compare=False)        # where the file wrote it, for messages
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     name: str
@@ -131,6 +152,7 @@ class Policy:
     selector: tuple[tuple[str, str], ...] | None = None     # matchLabels, sorted
     dry_run: bool = False
     source: str = ""                                         # where it was loaded from
+    target_refs: tuple[TargetRef, ...] = ()                  # waypoint attachment (waypoint_policies)
 
     @property
     def key(self) -> str:
@@ -167,7 +189,10 @@ def applies_to(policy: Policy, workload: PolicyTarget, root_namespace: str) -> b
     workloads that list it in `authorizationPolicies`. An Istio AuthorizationPolicy
     without a selector is Global in the root namespace, Namespace elsewhere; with one,
     it applies to the matching workloads of its namespace (of every namespace from
-    the root namespace)."""
+    the root namespace). A policy with targetRefs is a waypoint's (waypoint_policies),
+    never a node's."""
+    if policy.target_refs:
+        return False
     if policy.key in workload.attached:
         return True
     if policy.selector is None:
@@ -181,3 +206,44 @@ def applies_to(policy: Policy, workload: PolicyTarget, root_namespace: str) -> b
         return False
     labels = dict(workload.labels)
     return all(labels.get(k) == v for k, v in policy.selector)
+
+
+def target_ref_problem(policy: Policy, root_namespace: str) -> str | None:
+    """Why a mesh whose root namespace is `root_namespace` cannot take this policy, or
+    None. A GatewayClass attachment reaches every waypoint, so only the root namespace
+    may write one; istiod would ignore it elsewhere, and a policy silently enforced
+    nowhere is worse than a refused one. Known only where the root namespace is."""
+    for ref in policy.target_refs:
+        if ref.kind == "GatewayClass" and policy.namespace != root_namespace:
+            return (f"{ref.path or 'spec.targetRefs'}: a GatewayClass {ref.name} attachment applies to every "
+                    f"waypoint and is taken from the root namespace {root_namespace} only, not from "
+                    f"{policy.namespace}")
+    return None
+
+
+def attached_to_waypoint(policy: Policy, waypoint: tuple[str, str], service: tuple[str, str] | None,
+                         root_namespace: str, service_kind: str = "Service") -> bool:
+    """Whether a waypoint enforces this policy for traffic to `service`, as istiod
+    attaches policies to a waypoint: a Gateway targetRef naming the waypoint, a Service
+    (ServiceEntry) targetRef naming the service, both in the policy's namespace; a
+    GatewayClass istio-waypoint targetRef from the root namespace. Selector and
+    namespace-wide policies are never a waypoint's: they stay the destination node's."""
+    for ref in policy.target_refs:
+        if ref.kind == "GatewayClass":
+            if ref.name == WAYPOINT_CLASS and policy.namespace == root_namespace:
+                return True
+        elif ref.kind == "Gateway":
+            if (policy.namespace, ref.name) == tuple(waypoint):
+                return True
+        elif service is not None and ref.kind == service_kind:
+            if (policy.namespace, ref.name) == tuple(service):
+                return True
+    return False
+
+
+def waypoint_policies(policies, *, waypoint: tuple[str, str], service: tuple[str, str] | None,
+                      root_namespace: str, service_kind: str = "Service") -> list[Policy]:
+    """The policies a waypoint (namespace, name) enforces on a request to `service`
+    (namespace, name; None for traffic addressed to a workload), in the order given."""
+    return [p for p in policies
+            if attached_to_waypoint(p, waypoint, service, root_namespace, service_kind)]

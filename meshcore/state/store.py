@@ -459,7 +459,7 @@ class MeshStore:
         if view.engine.layer == "l4":
             for key in changed.get(Kind.AUTHORIZATION_POLICY, ()):
                 policy = view.policy_by_key.get(key)
-                if policy is not None:
+                if policy is not None and not policy.target_refs:     # a waypoint's: no node reduces it
                     notes += [(sentence, policy.source or source) for sentence in l4_reductions(policy)]
         return view, sent, rejected, changed, notes
 

@@ -99,6 +99,11 @@ class MeshView:
         """The compiled policies that apply to a destination workload."""
         return self.engine.for_workload(workload.policy_view())
 
+    def waypoint_policy_set(self, waypoint: tuple[str, str], service: tuple[str, str] | None):
+        """The compiled policies a waypoint (namespace, name) enforces on requests to a
+        service (namespace, name), or to a workload (None). Needs a view of an "l7" store."""
+        return self.engine.waypoint_policy_set(waypoint, service)
+
     def mtls_mode(self, workload: Workload, port: int) -> MtlsMode:
         """PeerAuthentication for one inbound port: the workload's own policy (port level
         first), else its namespace's, else the mesh-wide one in the root namespace;

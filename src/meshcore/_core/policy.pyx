@@ -23,7 +23,8 @@ import ipaddress
 from meshcore.policy.layers import l4_note
 from meshcore.policy.paths import template_regex
 
-from meshcore.policy.model import Action, PolicyTarget, Scope, applies_to
+from meshcore.policy.model import (Action, PolicyTarget, Scope, applies_to, attached_to_waypoint,
+                                   target_ref_problem)
 
 cdef extern from "arpa/inet.h" nogil:
     int inet_pton(int af, const char* src, void* dst)
@@ -732,6 +733,7 @@ class PolicyEngine:
         self.root_namespace = root_namespace
         self._compiled = {}
         self._tables = {}
+        self._waypoint_tables = {}
         self._by_namespace = {}
         self._global = []
         self._next_order = 0
@@ -782,6 +784,10 @@ class PolicyEngine:
                 old = compiled.get(policy.key)
                 if old is not None and (old.source is policy or old.source == policy):
                     continue
+                problem = target_ref_problem(policy, root)
+                if problem is not None:
+                    rejected[policy.key] = problem
+                    continue
                 try:
                     c = compile_policy(policy, old.order if old is not None else order, l4)
                 except ValueError as exc:
@@ -806,6 +812,7 @@ class PolicyEngine:
         engine._next_order = order
         if not keys:
             engine._tables, engine._by_namespace, engine._global = self._tables, self._by_namespace, self._global
+            engine._waypoint_tables = self._waypoint_tables
             return engine, rejected
         everyone = everyone or root in namespaces
         by_namespace = dict(self._by_namespace)
@@ -825,7 +832,14 @@ class PolicyEngine:
         engine._global = global_
         if everyone:
             engine._tables = {}
+            engine._waypoint_tables = {}
         else:
+            # a waypoint's table reads the policies of its own namespace, its service's
+            # and the root namespace's (a root change made everyone true)
+            waypoint_tables = dict(self._waypoint_tables)
+            engine._waypoint_tables = {k: t for k, t in waypoint_tables.items()
+                                       if (<tuple>k)[0][0] not in namespaces
+                                       and ((<tuple>k)[1] is None or (<tuple>k)[1][0] not in namespaces)}
             # a copy first, in one call: this may run on a worker thread while the event
             # loop adds tables to the engine in force
             tables = dict(self._tables)
@@ -862,3 +876,29 @@ class PolicyEngine:
 
     def evaluate(self, workload, *args, **kwargs):
         return self.for_workload(workload).evaluate(*args, **kwargs)
+
+    def waypoint_policy_set(self, waypoint, service=None, service_kind="Service"):
+        """The PolicySet a waypoint (namespace, name) enforces on requests to `service`
+        (namespace, name of the Service, or of the ServiceEntry with service_kind
+        "ServiceEntry"; None for traffic addressed to a workload): the policies
+        attached by targetRefs (model.attached_to_waypoint), cached like a workload's."""
+        if self.layer != "l7":
+            # an L4 engine has dropped every ALLOW rule that needs HTTP: a waypoint
+            # deciding with it would deny what its policies allow
+            raise ValueError("a waypoint's policies are evaluated by an engine with layer='l7'")
+        waypoint = (waypoint[0], waypoint[1])
+        service = None if service is None else (service[0], service[1])
+        key = (waypoint, service, service_kind)
+        table = self._waypoint_tables.get(key)
+        if table is None:
+            root = self.root_namespace
+            namespaces = {root, waypoint[0]} | ({service[0]} if service is not None else set())
+            candidates = [p for ns in namespaces for p in self._by_namespace.get(ns, ())]
+            chosen = sorted([p for p in candidates
+                             if attached_to_waypoint((<CompiledPolicy>p).source, waypoint, service, root,
+                                                     service_kind)],
+                            key=lambda p: (<CompiledPolicy>p).order)
+            if len(self._waypoint_tables) >= TABLE_CACHE_LIMIT:
+                self._waypoint_tables = {}
+            table = self._waypoint_tables[key] = make_policy_set(chosen)
+        return table
