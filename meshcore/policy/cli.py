@@ -16,7 +16,8 @@ from meshcore.identity.spiffe import SpiffeId
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.policy.layers import l4_reductions
 from meshcore.policy.model import (L7_FIELDS, Action, Match, Policy, PolicyTarget, Scope, applies_to,
-                                   resolved_scope)
+                                   resolved_scope, waypoint_policies)
+from meshcore.policy.paths import NORMALIZATIONS
 
 _FIELD_NAMES = {"namespaces": "namespaces", "not_namespaces": "notNamespaces", "principals": "principals",
                 "not_principals": "notPrincipals", "service_accounts": "serviceAccounts",
@@ -52,6 +53,8 @@ def describe_rule(rule) -> str:
 
 
 def _selection(p: Policy, root_namespace: str) -> str:
+    if p.target_refs:
+        return "waypoints by targetRefs " + ", ".join(map(str, p.target_refs))
     if p.selector is not None:
         return "selector " + ", ".join(f"{k}={v}" for k, v in p.selector)
     return {Scope.GLOBAL: "mesh-wide", Scope.NAMESPACE: f"namespace {p.namespace}",
@@ -84,7 +87,9 @@ def check(args: argparse.Namespace, out=print) -> int:
                                                if p.action is Action.ALLOW else ""))
         for i, rule in enumerate(p.rules):
             out(f"  rule {i}: {describe_rule(rule)}")
-        for sentence in l4_reductions(p):
+        if p.target_refs:
+            out("  enforced by waypoints only: no node proxy applies it")
+        for sentence in ([] if p.target_refs else l4_reductions(p)):
             out(f"  at L4 (node proxy): {sentence.split(' ', 1)[1]}")
     for pa in state.peer_authentications:
         ports = "".join(f", port {port}: {mode}" for port, mode in pa.port_modes)
@@ -128,15 +133,54 @@ def _source(state, args):
     return identity.principal, next((w for w in state.workloads if w.meshed and w.identity == identity), None)
 
 
-def explain(args: argparse.Namespace, out=print) -> int:
-    from meshcore._core.policy import PolicyEngine
-    state = _load(args)
-    destination = _destination(state, args)
-    view = destination.policy_view()
-    extra = dict(label.split("=", 1) for label in args.label)
-    workload = PolicyTarget(view.namespace, tuple(sorted({**dict(view.labels), **extra}.items())), view.name,
-                        view.attached)
-    principal, caller = _source(state, args)
+def _named(text: str, option: str) -> tuple[str, str]:
+    namespace, sep, name = text.partition("/")
+    if not sep or not namespace or not name or "/" in name:
+        raise ConfigError("expected NAMESPACE/NAME", source=f"{option} {text}")
+    return namespace, name
+
+
+def _report(p: Policy, holds, layer: str, root_namespace: str, out) -> None:
+    """One applying policy: the rules that matched, else the parts each rule missed."""
+    matched = [i for i, rule in enumerate(p.rules) if holds(p, (rule,))]
+    what = f"matched rule {', '.join(map(str, matched))}" if matched else "no rule matched"
+    flags = " (dry run)" if p.dry_run else ""
+    out(f"  {p.key}  {p.action.value}{flags}  {_selection(p, root_namespace)}: {what}")
+    for i in matched:
+        out(f"    rule {i}: {describe_rule(p.rules[i])}")
+    if not matched:
+        # the parts of each rule that this request fails; a part a node proxy cannot
+        # see is left to the "at L4" line below
+        for i, rule in enumerate(p.rules):
+            missed = [clause for clause in rule if not holds(p, ((clause,),))
+                      and not (layer == "l4" and _needs_l7(clause))]
+            if missed:
+                out(f"    rule {i} did not match: {'; '.join(describe_rule((c,)) for c in missed)}")
+    if layer == "l4":
+        for sentence in l4_reductions(p):
+            out(f"    at L4: {sentence.split(' ', 1)[1]}")
+
+
+def _holds(evaluate):
+    def holds(p: Policy, rules) -> bool:
+        """Whether `rules` of p match this request, as the engine decides it."""
+        alone = dataclasses.replace(p, rules=rules, dry_run=False,
+                                    action=Action.ALLOW if p.action is Action.AUDIT else p.action)
+        return evaluate([alone]).allowed == (alone.action is Action.ALLOW)
+    return holds
+
+
+def _extras(decision, out) -> int:
+    if decision.audit:
+        out(f"audited by: {', '.join(decision.audit)}")
+    if decision.dry_run:
+        out(f"dry-run policies that matched: {', '.join(decision.dry_run)}")
+        if decision.shadow_allowed is not None:
+            out(f"with the dry-run policies enforced: {'ALLOW' if decision.shadow_allowed else 'DENY'}")
+    return 0 if decision.allowed else 1
+
+
+def _caller_address(state, args, principal, caller) -> str:
     source_ip = args.source_ip or (str(caller.ips[0]) if caller is not None and caller.ips else None)
     if source_ip is None:
         if principal:
@@ -144,6 +188,85 @@ def explain(args: argparse.Namespace, out=print) -> int:
                               "with --source-ip", source=f"--from {args.principal}")
         raise ConfigError("a plaintext caller (no --from) has no workload to take an address from: give it "
                           "with --source-ip", source="--source-ip")
+    return source_ip
+
+
+def explain_waypoint(args: argparse.Namespace, state, out=print) -> int:
+    """As a waypoint decides a request to a service it serves: the policies attached to
+    it by targetRefs, evaluated at L7 on the normalized path."""
+    from meshcore._core.policy import PolicyEngine
+    from meshcore.policy.waypoint import denied_response, evaluate_request
+    waypoint = _named(args.waypoint, "--waypoint")
+    service_name = _named(args.service, "--service") if args.service else None
+    service = None
+    if service_name is not None:
+        service = next((s for s in state.services if (s.namespace, s.name) == service_name), None)
+        if service is None:
+            listed = ", ".join(sorted(f"{s.namespace}/{s.name}" for s in state.services)) or "none"
+            raise ConfigError(f"no such service in {_where(args)} (services there: {listed})",
+                              source=f"--service {args.service}")
+    principal, caller = _source(state, args)
+    source_ip = _caller_address(state, args, principal, caller)
+    destination_ip = args.destination_ip or (str(service.vips[0][1]) if service is not None and service.vips
+                                             else None)
+    if destination_ip is None:
+        raise ConfigError("give the address the request was sent to with --destination-ip (a service's VIP is "
+                          "taken when --service names one that has one)", source=f"--waypoint {args.waypoint}")
+    headers = dict(h.split("=", 1) for h in args.header) or None
+    path = args.path
+
+    def evaluate(policies):
+        engine = PolicyEngine(policies, layer="l7", root_namespace=state.root_namespace)
+        return evaluate_request(engine.waypoint_policy_set(waypoint, service_name), peer=principal,
+                                source_ip=source_ip, destination_ip=destination_ip, port=args.port,
+                                method=args.method, path=path, host=args.host, headers=headers,
+                                normalization=args.path_normalization)
+
+    decision = evaluate(state.policies)
+    out(f"{'ALLOW' if decision.allowed else 'DENY'}: {decision.reason}")
+    target = f"service {service_name[0]}/{service_name[1]}" if service_name else "a workload"
+    request = " ".join(x for x in (args.method, path) if x) or "a request"
+    if path is not None:
+        from meshcore.policy.paths import normalize
+        normalized = normalize(path, args.path_normalization)
+        if normalized != path:
+            request += f" (path as matched: {normalized})"
+    out(f"request: {request} from {principal or '(no identity)'} at {source_ip} to {target} at "
+        f"{destination_ip}:{args.port} through waypoint {waypoint[0]}/{waypoint[1]}, layer l7")
+    applying = waypoint_policies(state.policies, waypoint=waypoint, service=service_name,
+                                 root_namespace=state.root_namespace)
+    if not applying:
+        out("no policy is attached to this waypoint for this destination: allowed by default")
+    holds = _holds(evaluate)
+    for p in applying:
+        _report(p, holds, "l7", state.root_namespace, out)
+    if not decision.allowed:
+        answer = denied_response(headers or ())
+        extra = "".join(f", {k}: {v}" for k, v in answer.headers if k.startswith("grpc-"))
+        out(f"answered: {answer.status}{extra}" + (f" {answer.body.decode()!r}" if answer.body else ""))
+    return _extras(decision, out)
+
+
+def explain(args: argparse.Namespace, out=print) -> int:
+    from meshcore._core.policy import PolicyEngine
+    state = _load(args)
+    if args.waypoint:
+        if args.to:
+            raise ConfigError("--to names a workload as its node decides; --waypoint asks the waypoint: "
+                              "give one of them", source=f"--to {args.to}")
+        return explain_waypoint(args, state, out)
+    if args.service:
+        raise ConfigError("--service is a waypoint's destination: give --waypoint too", source=f"--service {args.service}")
+    if not args.to:
+        raise ConfigError("give --to NAMESPACE/NAME (a workload, as its node decides) or --waypoint "
+                          "NAMESPACE/NAME", source="explain")
+    destination = _destination(state, args)
+    view = destination.policy_view()
+    extra = dict(label.split("=", 1) for label in args.label)
+    workload = PolicyTarget(view.namespace, tuple(sorted({**dict(view.labels), **extra}.items())), view.name,
+                        view.attached)
+    principal, caller = _source(state, args)
+    source_ip = _caller_address(state, args, principal, caller)
     destination_ip = args.destination_ip or (str(destination.ips[0]) if destination.ips else None)
     if destination_ip is None:
         raise ConfigError(f"the workload has no address in {_where(args)}: give one with --destination-ip",
@@ -164,35 +287,14 @@ def explain(args: argparse.Namespace, out=print) -> int:
     applying = [p for p in state.policies if applies_to(p, workload, state.root_namespace)]
     if not applying:
         out("no policy applies to this workload: allowed by default")
-    def holds(p: Policy, rules) -> bool:
-        """Whether `rules` of p match this request, as the engine decides it."""
-        alone = dataclasses.replace(p, rules=rules, dry_run=False,
-                                    action=Action.ALLOW if p.action is Action.AUDIT else p.action)
-        return evaluate([alone]).allowed == (alone.action is Action.ALLOW)
-
+    holds = _holds(evaluate)
     for p in applying:
-        matched = [i for i, rule in enumerate(p.rules) if holds(p, (rule,))]
-        what = f"matched rule {', '.join(map(str, matched))}" if matched else "no rule matched"
-        flags = " (dry run)" if p.dry_run else ""
-        out(f"  {p.key}  {p.action.value}{flags}  {_selection(p, state.root_namespace)}: {what}")
-        for i in matched:
-            out(f"    rule {i}: {describe_rule(p.rules[i])}")
-        if not matched:
-            # the parts of each rule that this request fails; a part a node proxy cannot
-            # see is left to the "at L4" line below
-            for i, rule in enumerate(p.rules):
-                missed = [clause for clause in rule if not holds(p, ((clause,),))
-                          and not (args.layer == "l4" and _needs_l7(clause))]
-                if missed:
-                    out(f"    rule {i} did not match: {'; '.join(describe_rule((c,)) for c in missed)}")
-        if args.layer == "l4":
-            for sentence in l4_reductions(p):
-                out(f"    at L4: {sentence.split(' ', 1)[1]}")
-    if decision.audit:
-        out(f"audited by: {', '.join(decision.audit)}")
-    if decision.dry_run:
-        out(f"dry-run policies that matched: {', '.join(decision.dry_run)}")
-    return 0 if decision.allowed else 1
+        _report(p, holds, args.layer, state.root_namespace, out)
+    elsewhere = [p.key for p in state.policies if p.target_refs and p.namespace == workload.namespace]
+    if elsewhere:
+        # an operator reading why a request passed its node wants to know these were not asked
+        out(f"not enforced here (attached to waypoints by targetRefs; see --waypoint): {', '.join(elsewhere)}")
+    return _extras(decision, out)
 
 
 def add_parser(sub) -> None:
@@ -215,9 +317,17 @@ def add_parser(sub) -> None:
     e.add_argument("--from", dest="principal", metavar="IDENTITY",
                    help="the caller's identity, TRUST-DOMAIN/ns/NAMESPACE/sa/SERVICE-ACCOUNT or spiffe://...; "
                         "leave out for a plaintext caller")
-    e.add_argument("--to", required=True, metavar="NAMESPACE/NAME",
+    e.add_argument("--to", metavar="NAMESPACE/NAME",
                    help="the destination workload, by name or uid, as the files list it (its labels, "
-                        "address and attached policies come from there)")
+                        "address and attached policies come from there), as its node proxy decides")
+    e.add_argument("--waypoint", metavar="NAMESPACE/NAME",
+                   help="decide as this waypoint does instead: the policies attached to it by targetRefs, at L7")
+    e.add_argument("--service", metavar="NAMESPACE/NAME",
+                   help="with --waypoint: the service the request was addressed to (its VIP is the default "
+                        "--destination-ip); leave out for a request addressed to a workload")
+    e.add_argument("--path-normalization", default="BASE", choices=NORMALIZATIONS,
+                   help="with --waypoint: how the waypoint normalizes the path before matching (Istio's "
+                        "meshConfig pathNormalization; default BASE)")
     e.add_argument("--label", action="append", default=[], metavar="KEY=VALUE",
                    type=_key_value("--label"), help="a label the destination carries in addition to, or instead "
                                                     "of, the one the files give it (repeatable): what if")
