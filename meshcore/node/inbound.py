@@ -7,6 +7,12 @@ policies must allow the peer's identity (401); then the workload is dialed (503 
 does not answer) and the tunnel relayed. The certificate presented is the destination
 workload's, chosen by the address the client connected to.
 
+A connection to a workload behind a waypoint that does not come from that waypoint
+(its identity and address, as ztunnel checks) went around it. ztunnel lets it in,
+subject to the destination's own policies; so does meshcore, and the access log says
+which waypoint was bypassed (`waypoint.bypassed`). Refusing it is the policy's job: an
+ALLOW policy on the destination naming the waypoint's service account.
+
 The component follows the mesh store: an HBONE listener per local workload address
 appears and goes with the workloads, and a change that makes the policies deny an open
 tunnel or plaintext connection ends it. Every decision reads one view of the store,
@@ -27,7 +33,7 @@ from meshcore.node.context import ProxyContext, listener_error
 from meshcore.node.netaddr import original_destination
 from meshcore.node.record import ConnectionRecord
 from meshcore.state.changes import Kind
-from meshcore.state.model import MtlsMode
+from meshcore.state.model import GatewayAddress, MtlsMode, Service, Workload
 from meshcore.state.store import StateChange
 from meshcore.state.view import MeshView
 
@@ -215,6 +221,7 @@ class Inbound:
         record.dst_identity = workload.identity.uri
         decision = state.policy_set(workload).evaluate(request.peer_identity.principal, peer_ip, request.host,
                                                        request.port)
+        record.bypassed = bypassed_waypoint(state, workload, record.service, request.peer_identity, peer_ip)
         if not decision:
             return self._refuse(request, record, 401, f"policy rejection: {decision.reason}", flag="DENY")
         ctx.telemetry.opened(record)
@@ -277,6 +284,8 @@ class Inbound:
             if mode is MtlsMode.STRICT:
                 raise PolicyRefusal(f"PeerAuthentication is STRICT for {workload.namespace}/{workload.name} "
                                     f"port {dst_port}: plaintext refused")
+            # a waypoint always tunnels: plaintext to a workload behind one went around it
+            record.bypassed = bypassed_waypoint(view, workload, None, None, peer_ip)
             decision = view.policy_set(workload).evaluate(None, peer_ip, dst_ip, dst_port)
             if not decision:
                 raise PolicyRefusal(f"policy rejection: {decision.reason}")
@@ -323,3 +332,33 @@ def _forwarded_service(state: MeshView, forwarded: bytes | None):
         if key.lower() == "host":
             return state.service_by_hostname(value.strip('"'))
     return None
+
+
+def waypoint_workloads(state: MeshView, gateway: GatewayAddress) -> list[Workload]:
+    """The workloads that make up a waypoint: the one at its address, or its service's endpoints."""
+    if gateway.address is not None:
+        network, ip = gateway.address
+        w = state.workload_at(network, ip)
+        if w is not None:
+            return [w]
+        svc = state.service_at(network, ip)          # a waypoint named by its service's VIP
+        return list(state.endpoints.get(svc.key, ())) if svc is not None else []
+    svc = state.by_service_key.get(f"{gateway.hostname[0]}/{gateway.hostname[1]}")
+    return list(state.endpoints.get(svc.key, ())) if svc is not None else []
+
+
+def bypassed_waypoint(state: MeshView, workload: Workload, service: Service | None, identity, peer_ip) -> str:
+    """The identity of the waypoint `workload` is behind, if the peer is not that waypoint
+    (ztunnel's check_from_waypoint: the peer's identity and address both belong to one
+    of its workloads); "" when there is none to bypass. A service's waypoint counts only
+    when the tunnel says it was addressed to that service: traffic to a workload's own
+    address is not meant to pass a service's waypoint."""
+    gateways = [g for g in (workload.waypoint, service.waypoint if service is not None else None) if g is not None]
+    if not gateways:
+        return ""
+    ip = ipaddress.ip_address(peer_ip)
+    members = [w for g in gateways for w in waypoint_workloads(state, g)]
+    if any(w.identity == identity and ip in w.ips for w in members):
+        return ""
+    # unknown waypoint workloads: name the address the sender should have gone through
+    return ",".join(dict.fromkeys(w.identity.uri for w in members)) or ",".join(map(str, gateways))

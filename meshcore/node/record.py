@@ -25,6 +25,9 @@ class ConnectionRecord:
     bytes_sent: int = 0                           # toward the connection's client
     bytes_recv: int = 0                           # from the connection's client
     flag: str = "-"                               # response flag: DENY, CONNECT, ...
+    # the waypoint the destination is behind, when the connection did not come from it
+    # (allowed, as ztunnel does: only an AuthorizationPolicy stops it)
+    bypassed: str = ""
     error: str = ""
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
@@ -95,6 +98,7 @@ class ConnectionRecord:
             "bytes_sent": self.bytes_sent,
             "bytes_recv": self.bytes_recv,
             "duration": f"{round(self.duration * 1000)}ms",
+            "waypoint.bypassed": self.bypassed,
             "error": self.error,
         }
         return {k: v for k, v in fields.items() if v != ""}

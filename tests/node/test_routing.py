@@ -101,3 +101,58 @@ def test_waypoint_does_not_route_to_itself(state):
     r = route(state, waypoint, "10.96.0.3", 443)
     # traffic leaving the waypoint goes to the service's endpoints (none here), never back to it
     assert r.kind == REFUSE and "no healthy endpoint" in r.reason
+
+
+LABELLED = """
+workloads:
+- {uid: client, name: client, namespace: shop, serviceAccount: client, workloadIps: ["10.0.1.1"]}
+- {uid: wp, name: waypoint-1, namespace: bank, serviceAccount: waypoint, workloadIps: ["10.0.9.9"], protocol: HBONE}
+- {uid: teller, name: teller, namespace: bank, serviceAccount: teller, workloadIps: ["10.0.4.1"],
+   services: {"bank/teller.bank.svc": {80: 8080}}}
+- {uid: vault, name: vault, namespace: bank, serviceAccount: vault, workloadIps: ["10.0.4.2"],
+   labels: {istio.io/use-waypoint: waypoint}}
+services:
+- {name: teller, namespace: bank, hostname: teller.bank.svc, vips: ["/10.96.4.1"], ports: {80: 8080}}
+- {name: open, namespace: bank, hostname: open.bank.svc, vips: ["/10.96.4.2"], ports: {80: 8080},
+   labels: {istio.io/use-waypoint: none}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: waypoint, namespace: bank, labels: {istio.io/waypoint-for: all}}
+spec:
+  gatewayClassName: istio-waypoint
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bank, labels: {istio.io/use-waypoint: waypoint}}
+"""
+
+LABELLED_ROWS = [
+    # destination, port -> dial, authority, expected, through the waypoint
+    ("10.96.4.1", 80, ("10.0.9.9", 15008), "10.96.4.1:80", [_id("waypoint", "bank")], True),
+    ("10.0.4.1", 8080, ("10.0.9.9", 15008), "10.0.4.1:8080", [_id("waypoint", "bank")], True),
+    ("10.0.4.2", 8080, ("10.0.9.9", 15008), "10.0.4.2:8080", [_id("waypoint", "bank")], True),
+    ("10.0.9.9", 80, ("10.0.9.9", 15008), "10.0.9.9:80", [_id("waypoint", "bank")], False),
+]
+
+
+@pytest.mark.parametrize("dst, port, dial, authority, expected, via_waypoint", LABELLED_ROWS,
+                         ids=["service by namespace label", "workload by namespace label (waypoint-for: all)",
+                              "workload by its own label", "the waypoint itself is not enrolled"])
+def test_route_through_a_label_resolved_waypoint(tmp_path, dst, port, dial, authority, expected, via_waypoint):
+    path = tmp_path / "mesh.yaml"
+    path.write_text(LABELLED)
+    state = load([str(path)])
+    r = route(state, state.by_uid["client"], dst, port)
+    assert r.kind == HBONE, r.reason
+    assert (r.dial, r.authority, [e.uri for e in r.expected], r.waypoint) == (dial, authority, expected, via_waypoint)
+
+
+def test_a_service_that_opts_out_is_not_sent_through_its_namespace_waypoint(tmp_path):
+    path = tmp_path / "mesh.yaml"
+    path.write_text(LABELLED)
+    state = load([str(path)])
+    assert state.by_service_key["bank/open.bank.svc"].waypoint is None
+    r = route(state, state.by_uid["client"], "10.96.4.2", 80)
+    assert r.kind == REFUSE and "no healthy endpoint" in r.reason      # not the waypoint
