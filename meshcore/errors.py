@@ -18,6 +18,8 @@ edge: an HTTP/2 error code (RFC 9113 section 7) or an HTTP status.
     │   └── StreamRefusedError   the peer refused the stream unprocessed (REFUSED_STREAM)
     ├── StreamResetError         a request's stream was reset before its exchange completed;
     │                            .error_code, .stream_id, .remote
+    ├── HttpError                an HTTP/1.1 message meshcore refuses or cannot finish;
+    │                            .status (400, 408, 413, 431, 501, 505; 502 upstream), .reason
     ├── IdentityError            certificates, SPIFFE ids, trust bundles
     └── ConfigError              a refused configuration; .source, .document, .path, .reason
 """
@@ -41,6 +43,7 @@ __all__ = [
     "TunnelError",
     "StreamRefusedError",
     "StreamResetError",
+    "HttpError",
     "IdentityError",
     "ConfigError",
     "ListenerError",
@@ -170,6 +173,18 @@ class StreamResetError(MeshcoreError):
         self.error_code = ErrorCode(error_code) if error_code in ErrorCode._value2member_map_ else error_code
         self.stream_id = stream_id
         self.remote = remote
+
+
+class HttpError(MeshcoreError):
+    """An HTTP/1.1 message was malformed, too large, too slow or cut short. ``status`` is
+    the response it becomes: a downstream client's fault is a 4xx or 5xx answered on its
+    own connection before closing it, an upstream's is 502 for the waypoint to answer
+    downstream. ``reason`` is one line for logs and for the refusal's body."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(f"{status}: {reason}")
+        self.status = status
+        self.reason = reason
 
 
 class IdentityError(MeshcoreError):
