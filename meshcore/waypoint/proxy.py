@@ -2,7 +2,7 @@
 
     config files ─► FileSource ─► MeshStore (layer l7: policies keep their L7 rules)
     peer node ─mTLS─► 15008 WaypointTunnels (the waypoint workload's address, its identity)
-                        ├ HTTP/1.1 ─► the L7 handler ─► HbonePool (waypoint identity) ─► endpoint :15008
+                        ├ HTTP/1.1 ─► Http1Handler: policies, an endpoint ─► HbonePool (waypoint identity) ─► endpoint :15008
                         └ other    ─► one tunnel to an endpoint, spliced
     15000 admin · 15020 metrics · 15021 readiness (HttpEndpoints)
 
@@ -32,6 +32,8 @@ from meshcore.sources.files import FileSource
 from meshcore.state.model import Workload
 from meshcore.state.store import MeshStore
 from meshcore.state.view import MeshView
+from meshcore.waypoint.http import Http1Handler
+from meshcore.waypoint.telemetry import RequestMetrics
 from meshcore.waypoint.tunnels import WaypointTunnels
 
 log = logging.getLogger("meshcore.waypoint")
@@ -76,7 +78,7 @@ def own_workload(state: MeshView, namespace: str, name: str) -> Workload | None:
 
 
 class WaypointProxy:
-    def __init__(self, options: WaypointOptions, *, http1=None):
+    def __init__(self, options: WaypointOptions):
         from meshcore import __version__
         self.options, self.version = options, __version__
         self.listen = options.listeners()
@@ -94,7 +96,9 @@ class WaypointProxy:
         self.ctx = ProxyContext(settings, self.store, self.certs, Telemetry(self.metrics), SourceBinder(False),
                                 self.pool)
         self.certificates = LocalCertificates(self.ctx, identities=self._identities)
-        self.tunnels = WaypointTunnels(self.ctx, self.workload, listen=self.listen["inbound"], http1=http1)
+        self.requests = RequestMetrics(self.metrics.registry)
+        self.tunnels = WaypointTunnels(self.ctx, self.workload, listen=self.listen["inbound"])
+        self.tunnels.http1 = Http1Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name))
         self.endpoints: list[HttpEndpoints] = []
         self.loaded_at = 0.0
         self.stopped = asyncio.Event()

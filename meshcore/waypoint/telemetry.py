@@ -1,0 +1,129 @@
+"""What each request through a waypoint reports, once: Istio's request metrics (the
+labels Envoy's waypoint gives them, `reporter="waypoint"`) and one access-log line,
+both derived from one RequestRecord so they never disagree."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import Counter, Histogram
+
+from meshcore.node.record import UNKNOWN, ConnectionRecord, _label, _workload_labels
+from meshcore.state.model import Workload
+
+access_log = logging.getLogger("meshcore.access")
+
+# Istio's default buckets for request durations and sizes
+DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
+                    1800000, 3600000)
+SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    connection: ConnectionRecord                  # the tunnel it came in (source, identity)
+    method: str = ""
+    path: str = ""
+    authority: str = ""
+    protocol: str = "http"                        # http | grpc
+    status: int = 0
+    grpc_status: str = ""
+    flag: str = "-"                               # Envoy's response flags: UAEX (denied), UH, UF, DC, ...
+    upstream: Workload | None = None
+    upstream_identity: str = ""
+    request_bytes: int = 0
+    response_bytes: int = 0
+    request_id: str = ""
+    error: str = ""
+    started: float = field(default_factory=time.monotonic)
+    duration: float = 0.0
+
+    def finish(self, status: int, flag: str | None = None, error: str = "") -> "RequestRecord":
+        self.duration = time.monotonic() - self.started
+        self.status = status
+        if flag is not None:
+            self.flag = flag
+        if error:
+            self.error = error
+        return self
+
+    def labels(self) -> dict[str, str]:
+        c = self.connection
+        s, d, svc = c.src_workload, self.upstream, c.service
+        return {
+            "reporter": "waypoint",
+            **_workload_labels("source", s),
+            "source_principal": c.src_identity or UNKNOWN,
+            "source_app": _label(s, "app", s.canonical_name if s else ""),
+            "source_version": _label(s, "version", s.canonical_revision if s else ""),
+            "source_cluster": s.cluster_id if s else UNKNOWN,
+            "destination_service": svc.hostname if svc else UNKNOWN,
+            "destination_service_namespace": svc.namespace if svc else UNKNOWN,
+            "destination_service_name": svc.name if svc else UNKNOWN,
+            **_workload_labels("destination", d),
+            "destination_principal": self.upstream_identity or UNKNOWN,
+            "destination_app": _label(d, "app", d.canonical_name if d else ""),
+            "destination_version": _label(d, "version", d.canonical_revision if d else ""),
+            "destination_cluster": d.cluster_id if d else UNKNOWN,
+            "request_protocol": self.protocol,
+            "response_code": str(self.status),
+            "grpc_response_status": self.grpc_status,
+            "response_flags": self.flag,
+            "connection_security_policy": "mutual_tls",
+        }
+
+    def log_fields(self) -> dict[str, object]:
+        c = self.connection
+        s, d = c.src_workload, self.upstream
+        fields = {
+            "src.addr": c.src_addr,
+            "src.workload": s.name if s else "",
+            "src.namespace": s.namespace if s else "",
+            "src.identity": c.src_identity,
+            "dst.service": c.service.hostname if c.service else "",
+            "dst.workload": d.name if d else "",
+            "dst.namespace": d.namespace if d else "",
+            "dst.identity": self.upstream_identity,
+            "http.method": self.method,
+            "http.path": self.path,
+            "http.host": self.authority,
+            "http.status": self.status,
+            "grpc.status": self.grpc_status,
+            "response_flags": self.flag if self.flag != "-" else "",
+            "request_id": self.request_id,
+            "bytes_recv": self.request_bytes,
+            "bytes_sent": self.response_bytes,
+            "duration": f"{round(self.duration * 1000)}ms",
+            "error": self.error,
+        }
+        return {k: v for k, v in fields.items() if v != ""}
+
+
+def _names() -> tuple[str, ...]:
+    return tuple(RequestRecord(ConnectionRecord("inbound")).labels())
+
+
+class RequestMetrics:
+    """Istio's request metrics in the proxy's registry."""
+
+    def __init__(self, registry):
+        names = _names()
+        self.requests = Counter("istio_requests", "Requests through the waypoint", names, registry=registry)
+        self.duration = Histogram("istio_request_duration_milliseconds", "Request durations in milliseconds",
+                                  names, buckets=DURATION_BUCKETS, registry=registry)
+        self.request_bytes = Histogram("istio_request_bytes", "Request sizes (headers and body)", names,
+                                       buckets=SIZE_BUCKETS, registry=registry)
+        self.response_bytes = Histogram("istio_response_bytes", "Response sizes (headers and body)", names,
+                                        buckets=SIZE_BUCKETS, registry=registry)
+
+    def report(self, record: RequestRecord) -> None:
+        labels = record.labels()
+        self.requests.labels(**labels).inc()
+        self.duration.labels(**labels).observe(record.duration * 1000)
+        self.request_bytes.labels(**labels).observe(record.request_bytes)
+        self.response_bytes.labels(**labels).observe(record.response_bytes)
+        if record.error or record.status >= 500 or record.status == 0:
+            access_log.warning("request failed", extra={"fields": record.log_fields()})
+        else:
+            access_log.info("request complete", extra={"fields": record.log_fields()})
