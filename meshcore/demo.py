@@ -1,10 +1,12 @@
 """`meshcore demo`: a real local mesh of separate processes, and what it did.
 
 A built-in CA (`meshcore ca init`), two node proxies (`meshcore node`) on their own
-loopback addresses, an HTTP/echo workload behind node-b and a process outside the
-mesh. The client (this process, bound to the client workload's address) goes through
-node-a's SOCKS5 listener: an allowed request, a megabytes echo checked by SHA-256,
-a request denied by an AuthorizationPolicy, and a non-mesh destination passed through.
+loopback addresses, a waypoint (`meshcore waypoint`), an HTTP/echo workload behind
+node-b and a process outside the mesh. The client (this process, bound to the client
+workload's address) goes through node-a's SOCKS5 listener: an allowed request, a
+megabytes echo checked by SHA-256, a request denied by an AuthorizationPolicy, two
+requests through the waypoint (one path allowed, one denied with 403), and a non-mesh
+destination passed through.
 Then the report: what each node saw, the metrics that counted it, the access log.
 `--keep` leaves the mesh running until Ctrl-C.
 """
@@ -33,9 +35,9 @@ def _access_lines(mesh: LocalMesh, node: str) -> list[str]:
     return [line for line in mesh.log(node).splitlines() if "\taccess\t" in line]
 
 
-async def _http_via_socks(mesh: LocalMesh, source: str, host: str, port: int) -> str:
+async def _http_via_socks(mesh: LocalMesh, source: str, host: str, port: int, path: str = "/") -> str:
     reader, writer = await mesh.socks5(source, host, port)
-    writer.write(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
     answer = await reader.read()
     writer.close()
     status = answer.split(b"\r\n", 1)[0].decode(errors="replace")
@@ -79,6 +81,13 @@ async def exercise(mesh: LocalMesh, out=print) -> bool:
         ok = ok and reply == 2
         out(f"denied    batch  -> {mesh.vip}:80 (the VIP): SOCKS5 reply {reply} "
             f"({SOCKS_REPLIES.get(reply, exc)})")
+    out("L7        client -> web-l7.shop.svc.cluster.local:80: node-a sends it to the waypoint, which decides "
+        "per request")
+    allowed = await _http_via_socks(mesh, mesh.client, "web-l7.shop.svc.cluster.local", 80, "/orders")
+    denied = await _http_via_socks(mesh, mesh.client, "web-l7.shop.svc.cluster.local", 80, "/admin/users")
+    out(f"          GET /orders       {allowed}")
+    out(f"          GET /admin/users  {denied}   (shop/no-admin, attached to the waypoint)")
+    ok = ok and allowed.startswith("200") and denied.startswith("403") and "RBAC: access denied" in denied
     out(f"outside   client -> {mesh.outside}:8080, not a mesh address: plain TCP")
     out(f"          {await _http_via_socks(mesh, mesh.client, mesh.outside, 8080)}")
     return ok
@@ -103,6 +112,14 @@ def report(mesh: LocalMesh, out=print) -> bool:
         via = f"HBONE {f['dst.hbone_addr']} as {f.get('src.identity')}" if "dst.hbone_addr" in f else "plain TCP"
         out(f"  {f.get('src.workload', '?'):>6} -> {f.get('dst.addr')} via {via}: "
             f"{f.get('error') or 'connection complete'}")
+    out("\nwhat the waypoint decided, from its access log (one line per request):")
+    requests = [line for line in _access_lines(mesh, "waypoint") if "http.method" in line]
+    for line in requests:
+        f = _fields(line)
+        out(f"  {f.get('src.identity', '-')} {f.get('http.method')} {f.get('http.path')} -> "
+            f"{f.get('http.status')} {f.get('dst.workload', '') or ''} {f.get('error', '')}".rstrip())
+    ok = ok and any('http.status=403' in line for line in requests) and any('http.status=200' in line
+                                                                            for line in requests)
     status, text = mesh.http_get(mesh.node["node-b"], 15020, "/metrics")
     out(f"\nmetrics   node-b http://{mesh.node['node-b']}:15020/metrics (status {status}):")
     for line in text.splitlines():
@@ -126,11 +143,14 @@ def next_steps(mesh: LocalMesh) -> str:
 try it yourself, while the mesh runs:
   curl --interface {mesh.client} --socks5-hostname {a}:15080 http://web.shop.svc.cluster.local/
   curl --interface {mesh.batch} --socks5-hostname {a}:15080 http://web.shop.svc.cluster.local/   # denied
+  curl --interface {mesh.client} --socks5-hostname {a}:15080 http://web-l7.shop.svc.cluster.local/admin/users   # 403 at the waypoint
   curl http://{b}:15000/config_dump          curl http://{b}:15020/metrics
+  curl http://{mesh.waypoint}:15000/config_dump   curl http://{mesh.waypoint}:15020/metrics   # the waypoint's
   meshcore policy explain --from cluster.local/ns/jobs/sa/batch --to shop/web {mesh.config_path} {mesh.policy_path}
+  meshcore policy explain --waypoint shop/waypoint --service shop/web-l7 --from cluster.local/ns/shop/sa/client --method GET --path /admin/users {mesh.config_path} {mesh.policy_path}
   curl -X POST "http://{a}:15000/logging?level=debug"
   edit {mesh.policy_path} and watch the nodes reload it (a broken edit is refused, the old policy stays)
-  the nodes' logs: node-a.log and node-b.log in {mesh.dir}"""
+  the logs: node-a.log, node-b.log and waypoint.log in {mesh.dir}"""
 
 
 def run_demo(directory: str, keep: bool = False, out=print) -> bool:
@@ -144,8 +164,10 @@ def run_demo(directory: str, keep: bool = False, out=print) -> bool:
     out(f"node-b    meshcore node on {mesh.node['node-b']} (pid {mesh.processes['node-b'].pid}): "
         f"web {mesh.web} (HTTP :8080, echo :9000)")
     out(f"service   web.shop.svc.cluster.local VIP {mesh.vip} (80 -> 8080, 9000 -> 9000)")
+    out(f"waypoint  meshcore waypoint on {mesh.waypoint} (pid {mesh.processes['waypoint'].pid}) for "
+        f"web-l7.shop.svc.cluster.local VIP {mesh.vip_l7}")
     out("policy    shop/web-callers ALLOW from cluster.local/ns/shop/sa/client; shop/deny-jobs DENY from "
-        "namespace jobs\n")
+        "namespace jobs; shop/no-admin DENY /admin* at the waypoint\n")
     try:
         ok = asyncio.run(exercise(mesh, out))
         ok = report(mesh, out) and ok

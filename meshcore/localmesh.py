@@ -1,13 +1,14 @@
 """A whole mesh on one machine, from separate processes: the built-in CA (`meshcore ca
-init`), two node proxies (`meshcore node`) on their own loopback addresses, and
-workloads behind them. `meshcore demo` drives one; so do the end-to-end tests.
+init`), two node proxies (`meshcore node`) on their own loopback addresses, a waypoint
+(`meshcore waypoint`) for the web-l7 service, and workloads behind them. `meshcore
+demo` drives one; so do the end-to-end tests.
 
 Addresses live in 127.<n>.0.0/16 (the whole 127/8 is local on Linux):
 
     127.n.0.1   node-a          127.n.1.1  client (shop/client)   127.n.1.2  batch (jobs/batch)
     127.n.0.2   node-b          127.n.2.1  web (shop/web): HTTP :8080, echo :9000
     127.n.3.1   outside the mesh: HTTP :8080      127.n.10.1  VIP of web.shop.svc.cluster.local
-    127.n.4.1   a waypoint (no node serves it)    127.n.10.2  VIP of web-l7.shop..., through the waypoint
+    127.n.4.1   the waypoint (shop/waypoint)      127.n.10.2  VIP of web-l7.shop..., through the waypoint
 """
 from __future__ import annotations
 
@@ -32,6 +33,30 @@ spec:
   rules:
   - from:
     - source: {{principals: [{principals}]}}
+"""
+
+# the waypoint reaches web for web-l7's requests with its own identity; what those
+# requests may do is the waypoint's policy (attached to its Gateway by targetRefs)
+WAYPOINT_POLICY = """\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-from-waypoint, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  action: ALLOW
+  rules:
+  - from:
+    - source: {principals: ["cluster.local/ns/shop/sa/waypoint"]}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules:
+  - to:
+    - operation: {paths: ["/admin*"]}
 """
 
 DENY_POLICY = """\
@@ -77,7 +102,8 @@ workloads:
   canonicalName: web
   canonicalRevision: v1
   labels: {{app: web}}
-  services: {{"shop/web.shop.svc.cluster.local": {{80: 8080, 9000: 9000}}}}
+  services: {{"shop/web.shop.svc.cluster.local": {{80: 8080, 9000: 9000}},
+             "shop/web-l7.shop.svc.cluster.local": {{80: 8080}}}}
 - uid: local//v1/Pod/shop/waypoint
   name: waypoint
   namespace: shop
@@ -101,6 +127,7 @@ services:
 """
 
 NODE_NAMES = ("node-a", "node-b")
+PROXIES = (*NODE_NAMES, "waypoint")
 
 
 def _free(ip: str, port: int) -> bool:
@@ -143,7 +170,7 @@ class LocalMesh:
 
     def policy_text(self, allowed=None, denied_namespaces=("jobs",)) -> str:
         allowed = self.allowed if allowed is None else allowed
-        text = POLICY.format(principals=", ".join(f'"{p}"' for p in allowed))
+        text = POLICY.format(principals=", ".join(f'"{p}"' for p in allowed)) + "---\n" + WAYPOINT_POLICY
         if denied_namespaces:
             text += "---\n" + DENY_POLICY.format(denied=", ".join(f'"{n}"' for n in denied_namespaces))
         return text
@@ -183,18 +210,26 @@ class LocalMesh:
         self._spawn("outside", [*workload, "--name", "outside", "--http", f"{self.outside}:8080"])
         for name in NODE_NAMES:
             self._spawn(name, self.node_args(name))
+        self._spawn("waypoint", self.waypoint_args())
         self.wait_ready(timeout)
+
+    def waypoint_args(self) -> list[str]:
+        ip = self.waypoint
+        return ["-m", "meshcore", "waypoint", "--name", "waypoint", "--namespace", "shop",
+                "--config", str(self.config_path), "--config", str(self.policy_path), "--ca-dir", str(self.dir / "ca"),
+                "--address", ip, "--listen", f"admin={ip}:15000", "--log-format", self.log_format,
+                "--drain-deadline", "5"]
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        pending = {*NODE_NAMES, "web", "outside"}
+        pending = {*PROXIES, "web", "outside"}
         while pending:
             for name in list(pending):
                 proc = self.processes[name]
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log(name)[-2000:]}")
-                if name in NODE_NAMES:
-                    status, _ = self.http_get(self.node[name], 15021, "/healthz/ready")
+                if name in PROXIES:
+                    status, _ = self.http_get(self.proxy_address(name), 15021, "/healthz/ready")
                     ok = status == 200
                 else:
                     ok = not _free(self.web if name == "web" else self.outside, 8080)
@@ -203,6 +238,9 @@ class LocalMesh:
             if pending and time.monotonic() > deadline:
                 raise RuntimeError(f"not ready after {timeout:.0f} s: {', '.join(sorted(pending))}")
             time.sleep(0.05)
+
+    def proxy_address(self, name: str) -> str:
+        return self.waypoint if name == "waypoint" else self.node[name]
 
     def log(self, name: str) -> str:
         try:

@@ -3,7 +3,8 @@ presenting its identity. For each CONNECT (authority: the VIP:port or workload
 address:port the client dialed):
 
     the destination must use this waypoint (503 otherwise) ─► accept (200)
-    ─► the first bytes say HTTP/1.1 ─► the L7 handler (requests, policies, upstream)
+    ─► the first bytes say HTTP/1.1 ─► the HTTP/1.1 handler (requests, policies, upstream)
+       the HTTP/2 connection preface ─► the HTTP/2 handler (h2c prior knowledge, gRPC)
                    anything else  ─► L4: one tunnel to an endpoint, spliced
 
 The upstream is chosen by the node's own routing function with the waypoint as the
@@ -32,6 +33,7 @@ SNIFF_TIMEOUT = 0.5          # seconds a client may stay silent before its tunne
 SNIFF_BYTES = 16
 HTTP1_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
 COPY_CHUNK = 1 << 16
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def uses_waypoint(gateway: GatewayAddress | None, waypoint: Workload, state: MeshView) -> bool:
@@ -63,14 +65,19 @@ def destination_of(state: MeshView, waypoint: Workload, host: str, port: int):
 
 class WaypointTunnels:
     """The waypoint's HBONE listener. `http1(reader, writer, tunnel)` serves a tunnel
-    whose client speaks HTTP/1.1 (None: every tunnel is L4)."""
+    whose client speaks HTTP/1.1, `http2(transport, received, tunnel)` one that opened
+    with the HTTP/2 preface (`received`: the bytes already read, preface included; the
+    handler takes the tunnel's transport over). None: such tunnels are L4. An `http2`
+    with a `drain(deadline)` is drained with the listener."""
 
     def __init__(self, ctx: ProxyContext, waypoint: Callable[[MeshView], Workload | None], *,
-                 listen: tuple | None, http1: Callable[..., Awaitable[None]] | None = None):
+                 listen: tuple | None, http1: Callable[..., Awaitable[None]] | None = None,
+                 http2: Callable[..., Awaitable[None]] | None = None):
         self.ctx = ctx
         self.waypoint = waypoint                   # its own workload, from the view in force
         self.listen = listen                       # (host, port); host "waypoint": its workload's address
         self.http1 = http1
+        self.http2 = http2
         self.server: HboneServer | None = None
         self._choice = itertools.count()
 
@@ -106,8 +113,11 @@ class WaypointTunnels:
         return len(self.server.connections) if self.server is not None else 0
 
     async def drain(self, deadline: float) -> None:
-        if self.server is not None:
-            await self.server.close(deadline)
+        # HTTP/2 clients inside the tunnels get their own GOAWAY: the HBONE one only
+        # stops new tunnels, and a client would keep sending requests on the one it has
+        l7_drain = getattr(self.http2, "drain", None)
+        await asyncio.gather(*([self.server.close(deadline)] if self.server is not None else []),
+                             *([l7_drain(deadline)] if l7_drain is not None else []))
 
     # -- one tunnel ------------------------------------------------------------------
     def upstream(self, state: MeshView, me: Workload, host: str, port: int) -> Route:
@@ -115,14 +125,18 @@ class WaypointTunnels:
         with the waypoint as source (so to an endpoint, never back here)."""
         return route(state, me, host, port, choice=next(self._choice), proxy_ports=self.ctx.settings.proxy_ports)
 
-    async def open_upstream(self, chosen: Route, me: Workload, headers=()):
-        """An HBONE tunnel to the chosen endpoint with the waypoint's identity: (reader, writer)."""
+    async def open_upstream(self, chosen: Route, me: Workload, headers=(), protocol_factory=None):
+        """An HBONE tunnel to the chosen endpoint with the waypoint's identity: (reader, writer);
+        with `protocol_factory`, (transport, protocol) of the protocol it makes."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=COPY_CHUNK, loop=loop)
-        key = PoolKey(me.identity, chosen.expected, chosen.dial)
+        factory = protocol_factory or (lambda: asyncio.StreamReaderProtocol(reader, loop=loop))
+        # from its own address, as a waypoint pod connects: the destination node names it
+        key = PoolKey(me.identity, chosen.expected, chosen.dial, str(me.ips[0]) if me.ips else None)
         transport, protocol = await asyncio.wait_for(self.ctx.pool.open_stream(
-            key, chosen.authority, lambda: asyncio.StreamReaderProtocol(reader, loop=loop), list(headers)),
-            self.ctx.settings.connect_timeout)
+            key, chosen.authority, factory, list(headers)), self.ctx.settings.connect_timeout)
+        if protocol_factory is not None:
+            return transport, protocol
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
     async def handle(self, request: TunnelRequest) -> None:
@@ -153,7 +167,9 @@ class WaypointTunnels:
         tunnel = Tunnel(request, record, state, me, service, workload)
         try:
             first = await _sniff(reader)
-            if self.http1 is not None and could_be_http1(first):
+            if self.http2 is not None and could_be_http2(first):
+                await self.http2(transport, _take(reader, first), tunnel)
+            elif self.http1 is not None and could_be_http1(first):
                 await self.http1(_unread(reader, first), writer, tunnel)
             else:
                 await self._l4(_unread(reader, first), writer, tunnel)
@@ -208,6 +224,23 @@ def _unread(reader: asyncio.StreamReader, head: bytes) -> asyncio.StreamReader:
     return reader
 
 
+def _take(reader: asyncio.StreamReader, head: bytes) -> bytes:
+    """`head` and whatever `reader` holds beyond it, leaving it empty: the bytes a handler
+    that takes the transport over must see first."""
+    buffer = reader._buffer                                   # noqa: SLF001
+    data = head + bytes(buffer)
+    buffer.clear()
+    return data
+
+
+def could_be_http2(head: bytes) -> bool | None:
+    """True: the HTTP/2 connection preface (prior knowledge); False: not it; None: too few bytes."""
+    n = min(len(head), len(H2_PREFACE))
+    if head[:n] != H2_PREFACE[:n]:
+        return False
+    return True if n == len(H2_PREFACE) else None
+
+
 def could_be_http1(head: bytes) -> bool | None:
     """True: an HTTP/1.1 request line starts here; False: it cannot; None: too few bytes."""
     for method in HTTP1_METHODS:
@@ -218,12 +251,12 @@ def could_be_http1(head: bytes) -> bool | None:
 
 
 async def _sniff(reader: asyncio.StreamReader) -> bytes:
-    """The first bytes the client sends, enough to tell HTTP/1.1 from anything else; b""
-    (or what came) if it stays silent (a server-first protocol) or closes."""
+    """The first bytes the client sends, enough to tell HTTP/1.1 and HTTP/2 from anything
+    else; b"" (or what came) if it stays silent (a server-first protocol) or closes."""
     head = b""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SNIFF_TIMEOUT
-    while could_be_http1(head) is None:
+    while could_be_http1(head) is None or could_be_http2(head) is None:
         try:
             chunk = await asyncio.wait_for(reader.read(SNIFF_BYTES), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
