@@ -661,6 +661,13 @@ class Http1ServerConnection(_Reader):
         if status == 101:
             self._switched = True
         elif self._closing:
+            # the response said close: half-close and let the client end its side first, as
+            # for a refusal (a close under unread bytes resets the connection, and a tunnel
+            # closed while its client still sends is cancelled)
+            try:
+                await self._linger()
+            except (ConnectionError, OSError):
+                pass
             self._close()
 
     def take_over(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:

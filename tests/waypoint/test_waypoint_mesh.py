@@ -176,3 +176,18 @@ def test_http_requests_cross_the_waypoint_under_its_policies(mesh):
     log = mesh.log("waypoint")
     assert re.search(r'request complete.*http.method="GET" http.path="/hello".*http.status=200', log), log[-2000:]
     assert re.search(r'http.path="/admin/users".*http.status=403.*error="denied:', log), log[-2000:]
+
+    async def close_after_one():
+        reader, writer = await mesh.socks5(mesh.vip, 80)
+        writer.write(b"GET /once HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        return answer
+    assert asyncio.run(close_after_one()).startswith(b"HTTP/1.1 200")
+    # the tunnels ended cleanly on node-a's side too (the waypoint half-closes and lets the
+    # client end its side, rather than cancelling the tunnel under it)
+    lines = [line for line in mesh.log("node-a").splitlines() if f"dst.hbone_addr={mesh.vip}:80" in line]
+    assert lines and not [line for line in lines if "abnormally" in line], lines
+    # node-b knows the waypoint by its address: it dials from its own workload address
+    assert re.search(r'src.workload="waypoint".*src.identity="spiffe://cluster.local/ns/shop/sa/waypoint"',
+                     mesh.log("node-b"))
