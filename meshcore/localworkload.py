@@ -1,5 +1,6 @@
-"""A workload for local meshes (`meshcore demo`, tests): an HTTP service that says who
-it is and where the request came from, and a TCP echo port.
+"""A workload for local meshes (`meshcore demo`, tests): an HTTP/1.1 service (keep-alive,
+request bodies, upgrades echoed) that says who it is, where the request came from and
+which mesh headers it carried, and a TCP echo port.
 
     python -m meshcore.localworkload --name web --http 127.0.0.1:8080 --echo 127.0.0.1:9000
 """
@@ -8,21 +9,68 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
-async def _http(name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-        line = head.split(b"\r\n", 1)[0].decode("latin-1")
-        peer = writer.get_extra_info("peername")
-        body = f"hello from {name}: {line} from {peer[0]}:{peer[1]}\n".encode()
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-                     b"Connection: close\r\n\r\n%s" % (len(body), body))
-        await writer.drain()
-    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+class _Handler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive (Python's http.server: an implementation independent of
+    meshcore's own): says who it is, who asked and what the mesh added; reads request
+    bodies; an `Upgrade` request is answered 101 and then echoed byte for byte."""
+    protocol_version = "HTTP/1.1"
+    server_version = "meshcore-localworkload"
+    name = "workload"
+
+    def log_message(self, format, *args):        # noqa: A002  (quiet: the proxies log requests)
         pass
-    finally:
-        writer.close()
+
+    def _body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            out = b""
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass                       # trailers
+                    return out
+                out += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("content-length") or 0))
+
+    def _answer(self) -> None:
+        if self.headers.get("upgrade"):
+            self.send_response(101)
+            self.send_header("Upgrade", self.headers["upgrade"])
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while data := self.connection.recv(1 << 16):
+                self.connection.sendall(data)
+            self.close_connection = True
+            return
+        received = self._body()
+        text = f"hello from {self.name}: {self.requestline} from {self.client_address[0]}:{self.client_address[1]}\n"
+        body = text.encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-Received-Bytes", str(len(received)))
+        for name in ("x-request-id", "traceparent", "x-forwarded-proto"):
+            if self.headers.get(name):
+                self.send_header(f"X-Seen-{name}", self.headers[name])
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _answer
+
+
+def _http_server(name: str, address: tuple[str, int]) -> ThreadingHTTPServer:
+    handler = type("Handler", (_Handler,), {"name": name})
+    server = ThreadingHTTPServer(address, handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -46,8 +94,7 @@ def _address(text: str) -> tuple[str, int]:
 
 async def serve(args: argparse.Namespace) -> None:
     servers = []
-    if args.http:
-        servers.append(await asyncio.start_server(lambda r, w: _http(args.name, r, w), *_address(args.http)))
+    http = _http_server(args.name, _address(args.http)) if args.http else None
     if args.echo:
         servers.append(await asyncio.start_server(echo, *_address(args.echo)))
     stop = asyncio.Event()
@@ -57,6 +104,9 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     for s in servers:
         s.close()
+    if http is not None:
+        http.shutdown()
+        http.server_close()
 
 
 def main() -> None:

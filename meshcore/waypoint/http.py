@@ -59,16 +59,24 @@ def _has_body(headers: list[tuple[str, str]]) -> bool:
 
 
 class _Counted:
-    """An async body iterator that counts what went through."""
-    __slots__ = ("body", "count")
+    """An async body iterator that counts what went through; `on_error` runs when the
+    body fails (a request body cut short or malformed: the upstream request it feeds
+    can never complete and is abandoned)."""
+    __slots__ = ("body", "count", "on_error", "error")
 
-    def __init__(self, body):
-        self.body, self.count = body, 0
+    def __init__(self, body, on_error=None):
+        self.body, self.count, self.on_error, self.error = body, 0, on_error, None
 
     async def __aiter__(self):
-        async for chunk in self.body:
-            self.count += len(chunk)
-            yield chunk
+        try:
+            async for chunk in self.body:
+                self.count += len(chunk)
+                yield chunk
+        except (HttpError, OSError, MeshcoreError) as exc:
+            self.error = exc
+            if self.on_error is not None:
+                self.on_error()
+            raise
 
 
 class Http1Handler:
@@ -134,11 +142,16 @@ class Http1Handler:
                 self._report(record.finish(503, flag="UF", error=f"{type(exc).__name__}: {exc}"))
                 return not conn.closed
             client = Http1ClientConnection(up_reader, up_writer)
-        body = _Counted(request.body()) if _has_body(request.headers) else None
+        body = _Counted(request.body(), on_error=client.close) if _has_body(request.headers) else None
         try:
             response = await client.request(request.method, request.target, headers, body)
         except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError) as exc:
             client.close()
+            if body is not None and body.error is not None:
+                # the client's body failed: the codec answered it (400, 408) and closed
+                failure = body.error
+                self._report(record.finish(getattr(failure, "status", 0), flag="DC", error=str(failure)))
+                return False
             if conn.closed:
                 self._report(record.finish(0, flag="DC", error=str(exc)))
                 return False
