@@ -87,6 +87,10 @@ class _Exchange(asyncio.Protocol):
         self._draining = False
         self._reader: asyncio.Future | None = None
         self._drained: asyncio.Future | None = None
+        # called with the error when the peer resets the stream or the connection is lost
+        # before the exchange completed: a proxy resets the stream it relays to at once,
+        # not when it next reads or writes
+        self.on_reset: Callable[[BaseException], None] | None = None
 
     # ---------------------------------------------------------- asyncio.Protocol
 
@@ -124,6 +128,7 @@ class _Exchange(asyncio.Protocol):
             error = self._send_error = exc or self._reset_error(ErrorCode.CANCEL, "the stream closed")
         if error is not None:
             self._lost(error, by_us=False)
+            self._notify_reset(error)
         self._wake_reader()
         self._wake_writer()
 
@@ -169,11 +174,18 @@ class _Exchange(asyncio.Protocol):
         elif self._recv_error is None:
             self._recv_error = error
         self._lost(error, by_us=False)
+        if not (self._end_received and self._local_ended):
+            self._notify_reset(error)
         self._wake_reader()
         self._wake_writer()
 
     def _lost(self, error, by_us: bool) -> None:
         pass
+
+    def _notify_reset(self, error: BaseException) -> None:
+        on_reset, self.on_reset = self.on_reset, None      # once
+        if on_reset is not None:
+            on_reset(error)
 
     def _reset_error(self, code: int, why: str) -> StreamResetError:
         return StreamResetError(f"stream {self.stream_id}: {why}", code, self.stream_id, False)

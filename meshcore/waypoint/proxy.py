@@ -3,6 +3,7 @@
     config files ─► FileSource ─► MeshStore (layer l7: policies keep their L7 rules)
     peer node ─mTLS─► 15008 WaypointTunnels (the waypoint workload's address, its identity)
                         ├ HTTP/1.1 ─► Http1Handler: policies, an endpoint ─► HbonePool (waypoint identity) ─► endpoint :15008
+                        ├ HTTP/2   ─► Http2Handler: the same per request; one HTTP/2 connection per endpoint
                         └ other    ─► one tunnel to an endpoint, spliced
     15000 admin · 15020 metrics · 15021 readiness (HttpEndpoints)
 
@@ -33,6 +34,7 @@ from meshcore.state.model import Workload
 from meshcore.state.store import MeshStore
 from meshcore.state.view import MeshView
 from meshcore.waypoint.http import Http1Handler
+from meshcore.waypoint.http2 import Http2Handler
 from meshcore.waypoint.telemetry import RequestMetrics
 from meshcore.waypoint.tunnels import WaypointTunnels
 
@@ -99,6 +101,7 @@ class WaypointProxy:
         self.requests = RequestMetrics(self.metrics.registry)
         self.tunnels = WaypointTunnels(self.ctx, self.workload, listen=self.listen["inbound"])
         self.tunnels.http1 = Http1Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name))
+        self.tunnels.http2 = Http2Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name))
         self.endpoints: list[HttpEndpoints] = []
         self.loaded_at = 0.0
         self.stopped = asyncio.Event()

@@ -1,0 +1,295 @@
+"""HTTP/2 through the waypoint: a client that opens its tunnel with the HTTP/2 preface
+(prior knowledge, as h2c and gRPC clients speak inside the mesh) gets meshcore's own
+HTTP/2 connection (meshcore.aio.connection over the compiled core) on the tunnel, and
+each request is an exchange (meshcore.aio.request) answered as an HTTP/1.1 one is:
+
+    request ─► the waypoint's policies (targetRefs: this Gateway, the service, the class)
+            │    denied ─► 403 "RBAC: access denied" (gRPC: Trailers-Only grpc-status 7)
+            ─► an endpoint of the service ─► a stream on the one HTTP/2 connection the
+               waypoint keeps to that endpoint (an HBONE tunnel with its identity)
+            ─► the response's headers, body and trailers streamed back
+
+The backend is taken to speak HTTP/2 like its client (services carry no appProtocol
+to say otherwise). Headers as the HTTP/1.1 handler sets them (x-request-id,
+traceparent continued, x-forwarded-proto); connection-specific ones never cross.
+
+Flow control holds end to end: a chunk is taken from one side, which gives its window
+back, only once the other side's window took the chunk before it, so a slow reader
+stalls its sender instead of filling the waypoint. A reset on one side resets the
+other.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from meshcore.aio.connection import HboneConnection
+from meshcore.aio.request import ClientExchange, ServerExchange, request_dispatcher, send_request
+from meshcore.errors import ErrorCode, MeshcoreError, StreamResetError
+from meshcore.node.context import ProxyContext
+from meshcore.node.routing import HBONE, Route
+from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
+from meshcore.state.model import Workload
+from meshcore.waypoint.http import forwarded_headers
+from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
+from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels
+
+log = logging.getLogger("meshcore.waypoint")
+
+UPSTREAM_IDLE = 60.0          # seconds an upstream connection with no stream stays open
+# RFC 9113 8.2.2: never in HTTP/2 (te only as "trailers", which strip_hop_by_hop keeps);
+# host: :authority carries it
+_NOT_FORWARDED = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+                            "host"})
+
+
+def _text(fields) -> list[tuple[str, str]]:
+    return [(n.decode("latin-1") if isinstance(n, bytes) else n, v.decode("latin-1") if isinstance(v, bytes) else v)
+            for n, v in fields]
+
+
+def _h2_fields(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    return [(n, v) for n, v in fields if n not in _NOT_FORWARDED and not (n == "te" and v.lower() != "trailers")]
+
+
+def _grpc_status(fields) -> str:
+    return next((v for n, v in fields if n == "grpc-status"), "")
+
+
+class UpstreamConnections:
+    """One HTTP/2 connection per endpoint, each on its own HBONE tunnel, shared by every
+    client of the waypoint; another when it is going away or its streams are all taken."""
+
+    def __init__(self, tunnels: WaypointTunnels, idle: float = UPSTREAM_IDLE):
+        self.tunnels = tunnels
+        self.idle = idle
+        self.connections: dict[tuple, list[HboneConnection]] = {}
+        self._opening: dict[tuple, asyncio.Task] = {}
+        self._idle_timers: dict[HboneConnection, asyncio.TimerHandle] = {}
+        self.closing = False
+
+    async def get(self, chosen: Route, me: Workload) -> HboneConnection:
+        key = (me.identity, chosen.dial, chosen.authority, chosen.expected)
+        for conn in self.connections.get(key, ()):
+            if conn.usable and conn.h2.open_local_streams < conn.h2.remote_max_concurrent_streams:
+                self._busy(conn)
+                return conn
+        opening = self._opening.get(key)
+        if opening is None:
+            # requests arriving together wait for one connection instead of each opening one
+            opening = self._opening[key] = asyncio.get_running_loop().create_task(self._open(key, chosen, me))
+            opening.add_done_callback(lambda t: self._opening.pop(key) if self._opening.get(key) is t else None)
+        conn = await asyncio.shield(opening)
+        self._busy(conn)
+        return conn
+
+    async def _open(self, key: tuple, chosen: Route, me: Workload) -> HboneConnection:
+        _, conn = await self.tunnels.open_upstream(chosen, me, protocol_factory=lambda: HboneConnection(client=True))
+        self.connections.setdefault(key, []).append(conn)
+        conn.on_closed = lambda c: self._forget(key, c)
+        conn.on_stream_closed = lambda c, _sid: self._maybe_idle(c)
+        return conn
+
+    def _busy(self, conn: HboneConnection) -> None:
+        timer = self._idle_timers.pop(conn, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _maybe_idle(self, conn: HboneConnection) -> None:
+        if conn.streams or conn in self._idle_timers:
+            return
+        if self.closing:
+            conn.close()
+            return
+        self._idle_timers[conn] = conn.loop.call_later(self.idle, conn.close)
+
+    def _forget(self, key: tuple, conn: HboneConnection) -> None:
+        self._busy(conn)
+        conns = self.connections.get(key)
+        if conns is not None and conn in conns:
+            conns.remove(conn)
+            if not conns:
+                del self.connections[key]
+
+    async def drain(self, deadline: float) -> None:
+        """GOAWAY to every backend once the requests on it finish (or the deadline)."""
+        self.closing = True
+        conns = [c for conns in self.connections.values() for c in conns]
+        await asyncio.gather(*(c.drain(deadline) for c in conns), return_exceptions=True)
+
+
+class _Outcome:
+    """How one request went, for its record: set as it goes, reported once."""
+    __slots__ = ("status", "flag", "error")
+
+    def __init__(self):
+        self.status, self.flag, self.error = 0, "-", ""
+
+
+class Http2Handler:
+    """Serves the HTTP/2 tunnels of a waypoint (WaypointTunnels(http2=...))."""
+
+    def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
+                 waypoint: tuple[str, str]):
+        self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
+        self.waypoint = waypoint                   # (namespace, name) of the Gateway
+        self.upstreams = UpstreamConnections(tunnels)
+        self.downstream: set[HboneConnection] = set()
+
+    async def __call__(self, transport, received: bytes, tunnel: Tunnel) -> None:
+        conn = HboneConnection(client=False, on_request=request_dispatcher(lambda ex: self._one(ex, tunnel)))
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
+        tunnel.record.finish()                     # the tunnel itself is not a metric; its requests are
+        self.downstream.add(conn)
+        try:
+            conn.data_received(received)
+            transport.resume_reading()             # the sniffing reader may have paused it
+            await conn.closed
+        finally:
+            self.downstream.discard(conn)
+
+    async def drain(self, deadline: float) -> None:
+        """GOAWAY to every client (requests in flight finish), then to every backend."""
+        await asyncio.gather(*(c.drain(deadline) for c in list(self.downstream)), return_exceptions=True)
+        await self.upstreams.drain(deadline)
+
+    # -- one request -------------------------------------------------------------------
+    async def _one(self, exchange: ServerExchange, tunnel: Tunnel) -> None:
+        req = tunnel.request
+        headers = _text(exchange.headers)
+        authority = exchange.authority or req.authority
+        record = RequestRecord(tunnel.record, method=exchange.method, path=exchange.path, authority=authority,
+                               protocol="grpc" if is_grpc(headers) else "http")
+        outcome = _Outcome()
+        try:
+            await self._answer(exchange, tunnel, headers, authority, record, outcome)
+        except asyncio.CancelledError:
+            # the client reset the stream (or left) before the answer
+            outcome.flag, outcome.error = "DC", outcome.error or "downstream reset before the response"
+            raise
+        finally:
+            self.metrics.report(record.finish(outcome.status, flag=outcome.flag, error=outcome.error))
+
+    async def _answer(self, exchange: ServerExchange, tunnel: Tunnel, headers, authority: str,
+                      record: RequestRecord, outcome: _Outcome) -> None:
+        state = self.ctx.store.view
+        req, service, me = tunnel.request, tunnel.service, tunnel.waypoint
+        policies = state.waypoint_policy_set(self.waypoint, (service.namespace, service.name) if service else None)
+        decision = evaluate_request(policies, peer=req.peer_identity, source_ip=req.peer_address[0],
+                                    destination_ip=req.host, port=req.port, method=exchange.method,
+                                    path=exchange.path, host=authority, headers=dict(headers))
+        if not decision:
+            denied = denied_response(headers)
+            record.grpc_status = _grpc_status(denied.headers)
+            outcome.error = f"denied: {decision.reason}"
+            await _respond(exchange, denied.status, list(denied.headers), denied.body, trailers_only=denied.trailers_only)
+            outcome.status = denied.status
+            return
+        chosen = self.tunnels.upstream(state, me, req.host, req.port)
+        if chosen.kind is not HBONE:
+            outcome.flag, outcome.error = "UH", chosen.reason or "no endpoint"
+            await _respond(exchange, 503, [("content-type", "text/plain")], b"no healthy upstream")
+            outcome.status = 503
+            return
+        record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
+        forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
+        try:
+            upstream = await self.upstreams.get(chosen, me)
+            up = send_request(upstream, exchange.method, exchange.path, authority=authority,
+                              scheme=exchange.scheme or "http", headers=_h2_fields(forwarded),
+                              end_stream=exchange.body_ended)
+        except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
+            outcome.flag, outcome.error = "UF", f"{type(exc).__name__}: {exc}"
+            await _respond(exchange, 503, [("content-type", "text/plain")], b"upstream connect error")
+            outcome.status = 503
+            return
+        # a client's reset reaches the backend at once, whatever the relay waits on
+        exchange.on_reset = lambda exc: _downstream_reset(exc, up, outcome)
+        sending = None
+        try:
+            if not exchange.body_ended:
+                sending = asyncio.get_running_loop().create_task(_send_body(exchange, up, record))
+            up.on_informational = lambda r: _inform(exchange, r)
+            try:
+                response = await up.response()
+            except (StreamResetError, ConnectionError) as exc:
+                if outcome.flag == "DR":
+                    return
+                outcome.flag, outcome.error = "UR", f"{type(exc).__name__}: {exc}"
+                await _respond(exchange, 503, [("content-type", "text/plain")],
+                               b"upstream connect error or disconnect/reset before headers")
+                outcome.status = 503
+                return
+            await _relay_response(exchange, up, response, record, outcome)
+        finally:
+            exchange.on_reset = None
+            if sending is not None and not sending.done():
+                sending.cancel()
+            up.close()                             # resets the upstream stream if either half is unfinished
+
+
+def _downstream_reset(exc: BaseException, up: ClientExchange, outcome: _Outcome) -> None:
+    outcome.flag, outcome.error = "DR", f"{type(exc).__name__}: {exc}"
+    code = getattr(exc, "error_code", ErrorCode.CANCEL)
+    up.reset(code if code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
+
+
+async def _relay_response(exchange: ServerExchange, up: ClientExchange, response, record: RequestRecord,
+                          outcome: _Outcome) -> None:
+    fields = _h2_fields(_text(response.headers))
+    outcome.status = response.status
+    if up.body_ended:
+        # a response that ended with its headers goes on as one, which for gRPC is
+        # Trailers-Only: its status is in this header block
+        record.grpc_status = _grpc_status(fields)
+        exchange.respond(response.status, fields, end=True)
+        return
+    exchange.respond(response.status, fields)
+    try:
+        while chunk := await up.read():
+            await exchange.write(chunk)
+            record.response_bytes += len(chunk)
+        trailers = _h2_fields(_text(up.trailers or ()))
+        record.grpc_status = _grpc_status(trailers)
+        await exchange.end(trailers or None)
+    except (StreamResetError, ConnectionError) as exc:
+        if outcome.flag == "DR":
+            return                                 # the client's reset, passed on already
+        # the backend's reset: so is the client's stream
+        outcome.flag, outcome.error = "UR", f"{type(exc).__name__}: {exc}"
+        code = getattr(exc, "error_code", ErrorCode.CANCEL)
+        exchange.reset(code if code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
+
+
+async def _send_body(exchange: ServerExchange, up: ClientExchange, record: RequestRecord) -> None:
+    """The request's body and trailers, as the upstream's window takes them. A reset
+    either way ends it; the on_reset hooks and the response side pass it on."""
+    try:
+        while chunk := await exchange.read():
+            await up.write(chunk)
+            record.request_bytes += len(chunk)
+        trailers = _h2_fields(_text(exchange.trailers or ()))
+        await up.end(trailers or None)
+    except (StreamResetError, ConnectionError):
+        pass
+
+
+def _inform(exchange: ServerExchange, response) -> None:
+    try:
+        exchange.inform(response.status, _h2_fields(_text(response.headers)))
+    except MeshcoreError:
+        pass                                       # the client's stream is gone; the final answer will say so
+
+
+async def _respond(exchange: ServerExchange, status: int, headers: list, body: bytes, *,
+                   trailers_only: bool = False) -> None:
+    """A whole answer of the waypoint's own."""
+    if trailers_only or not body:
+        exchange.respond(status, headers, end=True)
+        return
+    if not any(n == "content-length" for n, _ in headers):
+        headers = [*headers, ("content-length", str(len(body)))]
+    exchange.respond(status, headers)
+    await exchange.write(body)
+    await exchange.end()
