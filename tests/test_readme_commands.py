@@ -20,7 +20,7 @@ BLOCKS = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
 
 RUN_FROM_ROOT = ("meshcore policy ",)                  # read the clone's files
 RUN_IN_TEMP_DIR = ("meshcore ca ",)                   # write ./ca (ignored by git in the clone): a temp folder here
-LOAD_ONLY = ("meshcore node ",)                       # binds the node's ports: tests/node run nodes
+LOAD_ONLY = ("meshcore node ", "meshcore waypoint ")  # bind ports: tests/node and tests/waypoint run them
 NOT_RUN = {
     "pip install": "installs into the environment",
     "apt-get install": "installs system packages",
@@ -91,7 +91,7 @@ def test_node_command_is_valid_from_the_clone_root(monkeypatch):
     from meshcore.node.cli import options_from
     from meshcore.sources.config import load
     monkeypatch.chdir(ROOT)
-    nodes = [c for c, _ in COMMANDS if c.startswith(LOAD_ONLY)]
+    nodes = [c for c, _ in COMMANDS if c.startswith("meshcore node ")]
     assert nodes
     for command in nodes:
         args = build_parser().parse_args(shlex.split(command)[1:])
@@ -132,3 +132,17 @@ def test_inline_script_commands_name_scripts_and_options_that_exist():
     for command, script in INLINE:
         options = set(re.findall(r"(?<=\s)--[a-z][a-z-]*", command.split(script, 1)[1]))
         assert options <= helps[script], (command, options - helps[script])
+
+
+def test_waypoint_command_is_valid_from_the_clone_root(monkeypatch):
+    from meshcore.cli import build_parser
+    from meshcore.sources.config import load
+    from meshcore.waypoint.cli import options_from
+    from meshcore.waypoint.proxy import own_workload
+    monkeypatch.chdir(ROOT)
+    waypoints = [c for c, _ in COMMANDS if c.startswith("meshcore waypoint ")]
+    assert waypoints
+    for command in waypoints:
+        options = options_from(build_parser().parse_args(shlex.split(command)[1:]))
+        view = load(options.config_paths, inline=options.inline_config, root_namespace=options.root_namespace)
+        assert own_workload(view, options.namespace, options.name), f"{command}: no workload for the waypoint"
