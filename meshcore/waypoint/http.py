@@ -117,7 +117,7 @@ class Http1Handler:
                                     path=request.target, host=request.host, headers=dict(request.headers))
         if not decision:
             denied = denied_response(request.headers)
-            await conn.respond(denied.status, list(denied.headers), denied.body)
+            await conn.respond(denied.status, list(denied.headers), denied.body, close=self.tunnels.draining)
             record.grpc_status = next((v for n, v in denied.headers if n == "grpc-status"), "")
             self._report(record.finish(denied.status, flag="-", error=f"denied: {decision.reason}"))
             return not conn.closed
@@ -167,7 +167,8 @@ class Http1Handler:
         answer = _Counted(response.body())
         try:
             await conn.respond(response.status, strip_hop_by_hop(response.headers), answer,
-                               trailers=lambda: response.trailers, reason=response.reason)
+                               trailers=lambda: response.trailers, reason=response.reason,
+                               close=self.tunnels.draining)
         except (HttpError, OSError, MeshcoreError) as exc:
             client.close()
             record.response_bytes = answer.count

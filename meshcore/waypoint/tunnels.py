@@ -78,6 +78,7 @@ class WaypointTunnels:
         self.listen = listen                       # (host, port); host "waypoint": its workload's address
         self.http1 = http1
         self.http2 = http2
+        self.draining = False                      # HTTP/1.1 answers say `connection: close` from now on
         self.server: HboneServer | None = None
         self._choice = itertools.count()
 
@@ -113,6 +114,7 @@ class WaypointTunnels:
         return len(self.server.connections) if self.server is not None else 0
 
     async def drain(self, deadline: float) -> None:
+        self.draining = True
         # HTTP/2 clients inside the tunnels get their own GOAWAY: the HBONE one only
         # stops new tunnels, and a client would keep sending requests on the one it has
         l7_drain = getattr(self.http2, "drain", None)

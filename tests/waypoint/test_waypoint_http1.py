@@ -161,3 +161,29 @@ def test_a_policy_change_applies_to_the_next_request(mesh):
     finally:
         mesh.write_policy(mesh.policy_text())
         time.sleep(1.5)
+
+
+def test_draining_waypoint_closes_keep_alive_connections_after_their_request(tmp_path):
+    """SIGTERM: the next response on a kept-alive connection says `connection: close`,
+    and the waypoint exits 0 once its tunnels end."""
+    import signal
+    mesh = LocalMesh(tmp_path / "drain")
+    mesh.start()
+    try:
+        async def scenario():
+            reader, writer = await mesh.socks5(mesh.client, HOST, 80)
+            writer.write(b"GET /one HTTP/1.1\r\nHost: web\r\n\r\n")
+            first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            await reader.readexactly(int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0]))
+            mesh.processes["waypoint"].send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.3)
+            writer.write(b"GET /two HTTP/1.1\r\nHost: web\r\n\r\n")
+            rest = await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            return first, rest
+        first, rest = asyncio.run(scenario())
+        assert b"connection: close" not in first.lower()
+        assert rest.startswith(b"HTTP/1.1 200") and b"connection: close" in rest.lower(), rest[:300]
+        assert mesh.processes["waypoint"].wait(10) == 0
+    finally:
+        mesh.stop()
