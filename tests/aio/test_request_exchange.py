@@ -528,3 +528,34 @@ def test_example_runs_as_a_user_would():
         "POST /orders: TWO PARTS",
         "[(b'x-bytes-read', b'9')]",
     ]
+
+
+def test_on_reset_tells_a_responded_exchange_of_the_peers_reset_at_once(run, ca):
+    """A handler that answered and waits on something else (a proxy on its upstream)
+    learns of the client's reset from on_reset, once, without reading or writing; an
+    exchange that completes never hears from it."""
+    async def scenario():
+        resets: dict[str, list] = {"/wait": [], "/done": []}
+        waiting = asyncio.Event()
+
+        async def handler(exchange):
+            exchange.on_reset = resets[exchange.path].append
+            exchange.respond(200)
+            if exchange.path == "/done":
+                await exchange.read_all()
+                await exchange.end()
+                return
+            waiting.set()
+            await asyncio.sleep(5)
+        async with h2_client_to_us(ca, handler) as (ep, connections):
+            done = open_request(ep, "GET", "/done", end=True)
+            assert (await Received().collect(ep.queue(done))).ended
+            sid = open_request(ep, "GET", "/wait", end=True)
+            await asyncio.wait_for(waiting.wait(), 5)
+            ep.reset(sid, ErrorCode.CANCEL)
+            await wait_until(lambda: resets["/wait"], timeout=5)
+            await asyncio.sleep(0.05)
+            assert len(resets["/wait"]) == 1 and resets["/done"] == []
+            error = resets["/wait"][0]
+            assert isinstance(error, StreamResetError) and error.error_code == ErrorCode.CANCEL and error.remote
+    run(scenario())
