@@ -5,6 +5,8 @@ baselines measured in the same rounds:
     node      wrk → forwarder → node-a → node-b → nginx              (service web, L4)
     waypoint  wrk → forwarder → node-a → waypoint → node-b → nginx   (service web-l7)
     nginx     wrk → nginx as a reverse proxy (worker_processes 1, kept-alive upstream) → nginx
+    direct-h2, waypoint-h2   h2load (h2c, prior knowledge) to nginx's HTTP/2 port, directly
+              and through the waypoint (service web-l7, port 81), in the same rounds
 
     pip install ".[bench]" && python benchmarks/waypoint_http.py [--seconds 3] [--repeat 3]
 
@@ -20,13 +22,15 @@ carries on them, not what one proxy can. What one core of a proxy serves is meas
 by its CPU time: requests / CPU-seconds of the waypoint process in the waypoint mode,
 and of the nginx worker in the nginx mode (both single-threaded event loops).
 
-Needs wrk and nginx (Debian: wrk, nginx-light); h2load (nghttp2-client) for --h2.
+Needs wrk and nginx (Debian: wrk, nginx-light); h2load (nghttp2-client) for the HTTP/2 rows
+(--no-h2 leaves them out).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "suppo
 from waypoint_load import NginxMesh, NginxProxy, cpu_seconds, open_fds, rss_kib, wrk  # noqa: E402
 
 MODES = ("direct", "node", "waypoint", "nginx")
+H2_CLIENTS = 4               # h2load connections; --connections streams in all, as many as wrk's
 
 
 class RssSampler:
@@ -86,16 +91,30 @@ def median_row(runs: list[dict]) -> dict:
     return row
 
 
-def h2load_row(url: str, seconds: float, connections: int, streams: int) -> dict:
+def h2load(mode: str, url: str, pids: dict[str, int], seconds: float, clients: int, streams: int) -> dict:
+    """One h2load run (h2c, prior knowledge): `clients` connections × `streams` concurrent
+    streams each."""
     import re
     import subprocess
-    proc = subprocess.run(["h2load", "-D", str(max(1, round(seconds))), "-c", str(connections), "-m", str(streams),
-                           url], capture_output=True, text=True, timeout=seconds + 60)
-    m = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", proc.stdout)
-    status = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, "
-                       r"(\d+) errored", proc.stdout)
-    return {"rps": float(m.group(1)) if m else None, "output": proc.stdout[-1500:],
-            "succeeded": int(status.group(4)) if status else 0, "failed": int(status.group(5)) if status else None}
+    cpu0 = cpu_seconds(pids["waypoint"])
+    with RssSampler(pids["waypoint"]) as rss:
+        proc = subprocess.run(["h2load", "-D", str(max(1, round(seconds))), "-c", str(clients), "-m", str(streams),
+                               url], capture_output=True, text=True, timeout=seconds + 60)
+    cpu = cpu_seconds(pids["waypoint"]) - cpu0
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, "
+                     r"(\d+) timeout", proc.stdout)
+    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", proc.stdout)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", proc.stdout)
+    if not (done and rate and mean):
+        raise RuntimeError(f"h2load {url} failed:\n{proc.stdout}{proc.stderr}")
+    unit = re.fullmatch(r"([\d.]+)(us|ms|s)", mean.group(1))
+    row = {"mode": mode, "connections": f"{clients}x{streams} streams", "rps": float(rate.group(1)),
+           "mean_ms": float(unit.group(1)) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit.group(2)],
+           "requests": int(done.group(2)), "failures": int(done.group(3)) + int(done.group(4)) + int(done.group(5)),
+           "waypoint_rss_peak_kib": rss.peak}
+    if mode.startswith("waypoint"):
+        row["cpu_us_per_request"] = {"waypoint": cpu / max(1, row["requests"]) * 1e6}
+    return row
 
 
 def main() -> int:
@@ -103,7 +122,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="per wrk run")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections for the loaded runs")
     parser.add_argument("--repeat", type=int, default=3, help="rounds, each measuring every mode at both loads")
-    parser.add_argument("--h2", action="store_true", help="also h2load (h2c) through the waypoint")
+    parser.add_argument("--h2", action=argparse.BooleanOptionalAction, default=shutil.which("h2load") is not None,
+                        help="also HTTP/2 (h2c, prior knowledge) with h2load: direct and through the waypoint")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "waypoint_http.json"))
     args = parser.parse_args()
 
@@ -114,6 +134,8 @@ def main() -> int:
             mesh.start()
             forwarders = {"node": mesh.forwarder(mesh.vip), "waypoint": mesh.forwarder(mesh.vip_l7)}
             proxy = NginxProxy(Path(directory), mesh.web, f"127.{mesh.octet}.5.1:8080")
+            if args.h2:
+                forwarders["waypoint-h2"] = mesh.forwarder(mesh.vip_l7, mesh.H2_PORT)
             urls = {"direct": f"http://{mesh.web}:8080/", "node": forwarders["node"].url,
                     "waypoint": forwarders["waypoint"].url, "nginx": proxy.url}
             pids = {"node-a": mesh.processes["node-a"].pid, "node-b": mesh.processes["node-b"].pid,
@@ -121,25 +143,29 @@ def main() -> int:
                     "forwarder-node": forwarders["node"].proc.pid,
                     "forwarder-waypoint": forwarders["waypoint"].proc.pid,
                     "nginx-proxy": proxy.worker_pids()[0]}
+            h2_urls = {"direct-h2": f"http://{mesh.web}:8081/", "waypoint-h2": forwarders["waypoint-h2"].url} \
+                if args.h2 else {}
             waypoint = pids["waypoint"]
             rss_start = rss_kib(waypoint)
             for mode in MODES:                 # warm: certificates, pools, buffers
                 warm = wrk(urls[mode], seconds=1, connections=args.connections)
                 if warm["failures"]:
                     raise RuntimeError(f"{mode}: failures while warming up:\n{warm['output']}")
+            for mode, url in h2_urls.items():
+                h2load(mode, url, pids, 1, H2_CLIENTS, args.connections // H2_CLIENTS)
             time.sleep(1.0)
             rss_idle, fds_idle = rss_kib(waypoint), open_fds(waypoint)
-            runs = []
+            runs, h2runs = [], []
             for r in range(args.repeat):
                 for mode in MODES:
                     for connections in (1, args.connections):
                         print(f"  round {r + 1}: {mode}, {connections} connection(s)", file=sys.stderr, flush=True)
                         runs.append(measure(mode, urls[mode], pids, args.seconds, connections))
+                for mode, url in h2_urls.items():
+                    print(f"  round {r + 1}: {mode}", file=sys.stderr, flush=True)
+                    h2runs.append(h2load(mode, url, pids, args.seconds, H2_CLIENTS, args.connections // H2_CLIENTS))
             time.sleep(1.0)
             rss_after, fds_after = rss_kib(waypoint), open_fds(waypoint)
-            h2 = None
-            if args.h2:
-                h2 = h2load_row(forwarders["waypoint"].url, args.seconds, args.connections, 10)
         finally:
             for f in forwarders.values():
                 f.stop()
@@ -150,6 +176,16 @@ def main() -> int:
     rows = [median_row([r for r in runs if r["mode"] == m and r["connections"] == c])
             for m in MODES for c in (1, args.connections)]
     by = {(r["mode"], r["connections"]): r for r in rows}
+    h2 = []
+    for mode in ("direct-h2", "waypoint-h2"):
+        mine = [r for r in h2runs if r["mode"] == mode]
+        if mine:
+            row = {"mode": mode, "connections": mine[0]["connections"], "rounds": len(mine)}
+            row |= {k: statistics.median(r[k] for r in mine) for k in ("rps", "mean_ms", "requests", "failures")}
+            if "cpu_us_per_request" in mine[0]:
+                row["cpu_us_per_request"] = {"waypoint": statistics.median(r["cpu_us_per_request"]["waypoint"]
+                                                                           for r in mine)}
+            h2.append(row)
     c = args.connections
 
     def added(mode, conns, key):
@@ -168,14 +204,14 @@ def main() -> int:
                              "peak_under_load": max(r["waypoint_rss_peak_kib"] for r in runs if r["mode"] == "waypoint"),
                              "idle_after": rss_after},
         "waypoint_fds": {"idle_after_warmup": fds_idle, "idle_after": fds_after},
-        "failures": sum(r["failures"] for r in runs),
+        "failures": sum(r["failures"] for r in runs + h2runs),
         "exit_codes": codes,
     }
     summary["waypoint_vs_nginx_per_core"] = (summary["waypoint_requests_per_cpu_second"]
                                              / summary["nginx_requests_per_cpu_second"])
     result = {"command": " ".join(["python", "benchmarks/waypoint_http.py", *sys.argv[1:]]),
               "cpus": os.cpu_count(), "pinned": "nothing", "medians": rows, "summary": summary, "runs": runs,
-              "h2load": h2}
+              "h2load": {"medians": h2, "runs": h2runs}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2))
 
@@ -185,8 +221,10 @@ def main() -> int:
     for r in rows:
         cpu = ", ".join(f"{n} {v:.0f}" for n, v in r["cpu_us_per_request"].items())
         print(f"| {r['mode']} | {r['connections']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {cpu} |")
-    print(json.dumps({"summary": summary, "h2load": h2 and {k: v for k, v in h2.items() if k != "output"}},
-                     indent=2))
+    for r in h2:
+        cpu = ", ".join(f"{n} {v:.0f}" for n, v in r.get("cpu_us_per_request", {}).items())
+        print(f"| {r['mode']} (h2load) | {r['connections']} | {r['rps']:.0f} | mean {r['mean_ms']:.2f} | | {cpu} |")
+    print(json.dumps({"summary": summary, "h2load": h2}, indent=2))
     return 0 if summary["failures"] == 0 else 1
 
 

@@ -37,6 +37,10 @@ http {{
         listen {web}:8080 reuseport;
         location / {{ default_type text/plain; return 200 "{body}"; }}
     }}
+    server {{
+        listen {web}:8081 http2;
+        location / {{ default_type text/plain; return 200 "{body}"; }}
+    }}
 }}
 """
 
@@ -69,7 +73,19 @@ http {{
 
 class NginxMesh(LocalMesh):
     """LocalMesh with nginx as the web workload's HTTP server; `access_log`: count the
-    requests it answered (off for benchmarks)."""
+    requests it answered (off for benchmarks). Port 81 of web and web-l7 is nginx's h2c
+    (prior knowledge) on web:8081, for HTTP/2 load."""
+
+    H2_PORT = 81
+
+    def mesh_text(self) -> str:
+        text = super().mesh_text()
+        for before in ('"shop/web-l7.shop.svc.cluster.local": {80: 8080}', "ports: {80: 8080}\n  waypoint:",
+                       "ports: {80: 8080, 9000: 9000}\n", '"shop/web.shop.svc.cluster.local": {80: 8080, 9000: 9000}'):
+            if before not in text:
+                raise RuntimeError(f"LocalMesh's configuration changed shape: {before!r} is gone")
+            text = text.replace(before, before.replace("{80: 8080", "{80: 8080, 81: 8081"))
+        return text
 
     def __init__(self, directory, *, access_log: bool = True, **kwargs):
         super().__init__(directory, **kwargs)
