@@ -105,3 +105,19 @@ def _fd_targets(pid):
         except OSError:
             pass
     return out
+
+
+@pytest.mark.xfail(strict=True, reason="the waypoint closes an idle kept-alive upstream tunnel with writer.close() "
+                                       "(Http1ClientConnection.close), which node-b sees and logs as the tunnel "
+                                       "failing; it should end it as the node pair ends one (half-close, then close)")
+def test_upstream_tunnels_end_cleanly_when_clients_leave(mesh):
+    before = mesh.log("node-b").count("connection failed")
+    forwarder = mesh.forwarder(mesh.vip_l7)
+    try:
+        run = wrk(forwarder.url, seconds=1, connections=CONNECTIONS)
+        assert run["failures"] == 0, run["output"]
+    finally:
+        forwarder.stop()
+    time.sleep(1.0)
+    failed = [line for line in mesh.log("node-b").splitlines() if "connection failed" in line][before:]
+    assert not failed, f"{len(failed)} of the waypoint's upstream tunnels ended as failed at node-b: {failed[0]}"
