@@ -839,6 +839,24 @@ class Http1ClientConnection(_Reader):
             self._sender.cancel()
         self._close()
 
+    async def aclose(self, timeout: float = 1.0) -> None:
+        """End an idle connection as a client ends one it keeps alive: half-close, let the
+        server end its side (bounded by `timeout`), then close. A connection in the
+        middle of an exchange is closed at once."""
+        if self._closed:
+            return
+        if self._busy or not self.reusable or not self._writer.can_write_eof():
+            self.close()
+            return
+        try:
+            self._writer.write_eof()
+            async with asyncio.timeout(timeout):
+                while await self._reader.read(READ_SIZE):
+                    pass                      # anything now is not an answer to a request
+        except (TimeoutError, ConnectionError, OSError):
+            pass
+        self.close()
+
 
 def _quiet(task: asyncio.Task) -> None:
     # a send cut short by the upstream closing shows as the response's own error

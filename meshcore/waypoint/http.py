@@ -100,9 +100,13 @@ class Http1Handler:
                     return
                 if not await self._one(conn, request, tunnel, upstreams):
                     return
-        finally:
+        except asyncio.CancelledError:
             for client in upstreams.values():
-                client.close()
+                client.close()                 # the tunnel was reset or the waypoint stops: at once
+            raise
+        finally:
+            # the client left: end the kept-alive upstream tunnels as a client ends them
+            await asyncio.gather(*(client.aclose() for client in upstreams.values()), return_exceptions=True)
 
     async def _one(self, conn: Http1ServerConnection, request, tunnel: Tunnel, upstreams: dict) -> bool:
         """One request; False when the connection cannot carry another."""

@@ -107,9 +107,6 @@ def _fd_targets(pid):
     return out
 
 
-@pytest.mark.xfail(strict=True, reason="the waypoint closes an idle kept-alive upstream tunnel with writer.close() "
-                                       "(Http1ClientConnection.close), which node-b sees and logs as the tunnel "
-                                       "failing; it should end it as the node pair ends one (half-close, then close)")
 def test_upstream_tunnels_end_cleanly_when_clients_leave(mesh):
     before = mesh.log("node-b").count("connection failed")
     forwarder = mesh.forwarder(mesh.vip_l7)
