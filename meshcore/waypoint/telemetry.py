@@ -17,6 +17,7 @@ access_log = logging.getLogger("meshcore.access")
 # Istio's default buckets for request durations and sizes
 DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
                     1800000, 3600000)
+SERIES_CACHE_LIMIT = 4096       # label sets whose metric series are kept at hand
 SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
 
 
@@ -108,6 +109,7 @@ class RequestMetrics:
     """Istio's request metrics in the proxy's registry."""
 
     def __init__(self, registry):
+        self._series: dict = {}
         names = _names()
         self.requests = Counter("istio_requests", "Requests through the waypoint", names, registry=registry)
         self.duration = Histogram("istio_request_duration_milliseconds", "Request durations in milliseconds",
@@ -119,11 +121,20 @@ class RequestMetrics:
 
     def report(self, record: RequestRecord) -> None:
         labels = record.labels()
-        self.requests.labels(**labels).inc()
-        self.duration.labels(**labels).observe(record.duration * 1000)
-        self.request_bytes.labels(**labels).observe(record.request_bytes)
-        self.response_bytes.labels(**labels).observe(record.response_bytes)
+        # the same few label sets repeat for every request: their series are looked up once
+        key = tuple(labels.values())
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= SERIES_CACHE_LIMIT:
+                self._series.clear()
+            series = self._series[key] = (self.requests.labels(**labels), self.duration.labels(**labels),
+                                          self.request_bytes.labels(**labels), self.response_bytes.labels(**labels))
+        requests, duration, request_bytes, response_bytes = series
+        requests.inc()
+        duration.observe(record.duration * 1000)
+        request_bytes.observe(record.request_bytes)
+        response_bytes.observe(record.response_bytes)
         if record.error or record.status >= 500 or record.status == 0:
             access_log.warning("request failed", extra={"fields": record.log_fields()})
-        else:
+        elif access_log.isEnabledFor(logging.INFO):
             access_log.info("request complete", extra={"fields": record.log_fields()})
