@@ -99,10 +99,11 @@ class MeshView:
         """The compiled policies that apply to a destination workload."""
         return self.engine.for_workload(workload.policy_view())
 
-    def waypoint_policy_set(self, waypoint: tuple[str, str], service: tuple[str, str] | None):
+    def waypoint_policy_set(self, waypoint: tuple[str, str], service: tuple[str, str] | None, layer: str = "l7"):
         """The compiled policies a waypoint (namespace, name) enforces on requests to a
-        service (namespace, name), or to a workload (None). Needs a view of an "l7" store."""
-        return self.engine.waypoint_policy_set(waypoint, service)
+        service (namespace, name), or to a workload (None). Needs a view of an "l7" store.
+        layer="l4": their fail-closed form, for a tunnel the waypoint does not read as HTTP."""
+        return self.engine.waypoint_policy_set(waypoint, service, layer=layer)
 
     def mtls_mode(self, workload: Workload, port: int) -> MtlsMode:
         """PeerAuthentication for one inbound port: the workload's own policy (port level

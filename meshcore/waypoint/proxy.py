@@ -99,7 +99,8 @@ class WaypointProxy:
                                 self.pool)
         self.certificates = LocalCertificates(self.ctx, identities=self._identities)
         self.requests = RequestMetrics(self.metrics.registry)
-        self.tunnels = WaypointTunnels(self.ctx, self.workload, listen=self.listen["inbound"])
+        self.tunnels = WaypointTunnels(self.ctx, self.workload, listen=self.listen["inbound"],
+                                       name=(options.namespace, options.name))
         self.tunnels.http1 = Http1Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name))
         self.tunnels.http2 = Http2Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name))
         self.endpoints: list[HttpEndpoints] = []

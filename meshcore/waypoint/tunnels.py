@@ -5,7 +5,13 @@ address:port the client dialed):
     the destination must use this waypoint (503 otherwise) ─► accept (200)
     ─► the first bytes say HTTP/1.1 ─► the HTTP/1.1 handler (requests, policies, upstream)
        the HTTP/2 connection preface ─► the HTTP/2 handler (h2c prior knowledge, gRPC)
-                   anything else  ─► L4: one tunnel to an endpoint, spliced
+                   anything else  ─► L4: the policies' L4 form (Envoy's network RBAC),
+                                     then one tunnel to an endpoint, spliced
+
+Telling HTTP apart is a guess a client can steer (it can stay silent, or send what
+does not look like HTTP), so it decides how much a policy can see, never whether
+one applies: an L4 tunnel is checked against the same policies, with the HTTP
+conditions of an ALLOW rule never matching and those of a DENY rule taken to match.
 
 The upstream is chosen by the node's own routing function with the waypoint as the
 source, which sends the waypoint's traffic to endpoints directly (never back to itself).
@@ -31,7 +37,10 @@ log = logging.getLogger("meshcore.waypoint")
 
 SNIFF_TIMEOUT = 0.5          # seconds a client may stay silent before its tunnel is taken as L4
 SNIFF_BYTES = 16
-HTTP1_METHODS = (b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE ")
+# RFC 9110 5.6.2 tchar: a request line is a method token then SP, whatever the method
+TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+MAX_METHOD = 64              # a longer token is not taken for a method: the tunnel is L4
+MAX_LEADING_CRLF = 1024      # empty lines before a request line skipped (RFC 9112 2.2), at most
 COPY_CHUNK = 1 << 16
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -72,9 +81,10 @@ class WaypointTunnels:
 
     def __init__(self, ctx: ProxyContext, waypoint: Callable[[MeshView], Workload | None], *,
                  listen: tuple | None, http1: Callable[..., Awaitable[None]] | None = None,
-                 http2: Callable[..., Awaitable[None]] | None = None):
+                 http2: Callable[..., Awaitable[None]] | None = None, name: tuple[str, str] | None = None):
         self.ctx = ctx
         self.waypoint = waypoint                   # its own workload, from the view in force
+        self.name = name                           # (namespace, name) its policies target; None: its workload's
         self.listen = listen                       # (host, port); host "waypoint": its workload's address
         self.http1 = http1
         self.http2 = http2
@@ -168,20 +178,37 @@ class WaypointTunnels:
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         tunnel = Tunnel(request, record, state, me, service, workload)
         try:
-            first = await _sniff(reader)
-            if self.http2 is not None and could_be_http2(first):
+            skipped, first = await _sniff(reader)
+            if self.http2 is not None and not skipped and could_be_http2(first):
                 await self.http2(transport, _take(reader, first), tunnel)
             elif self.http1 is not None and could_be_http1(first):
+                # the empty lines are not forwarded: a server ignores them, but what it
+                # would make of them is not what the waypoint decided on
                 await self.http1(_unread(reader, first), writer, tunnel)
             else:
-                await self._l4(_unread(reader, first), writer, tunnel)
+                await self._l4(_unread(reader, skipped + first), writer, tunnel)
         finally:
             if not transport.is_closing():
                 writer.close()
 
+    def l4_decision(self, tunnel: "Tunnel"):
+        """The waypoint's policies for a tunnel it does not read as HTTP, decided on what
+        any tunnel has: the peer's identity, its address, the destination and port."""
+        request, service = tunnel.request, tunnel.service
+        name = self.name or (tunnel.waypoint.namespace, tunnel.waypoint.name)
+        policies = self.ctx.store.view.waypoint_policy_set(
+            name, (service.namespace, service.name) if service is not None else None, layer="l4")
+        return policies.evaluate(request.peer_identity.principal, request.peer_address[0], request.host,
+                                 request.port)
+
     async def _l4(self, reader, writer, tunnel: "Tunnel") -> None:
-        """Not HTTP: the connection as a whole to one endpoint."""
+        """Not HTTP: the connection as a whole to one endpoint, if the policies allow it."""
         ctx, record = self.ctx, tunnel.record
+        decision = self.l4_decision(tunnel)
+        if not decision:
+            writer.transport.abort()
+            ctx.telemetry.refused(record, f"denied: {decision.reason}")
+            return
         chosen = self.upstream(tunnel.state, tunnel.waypoint, tunnel.request.host, tunnel.request.port)
         if chosen.kind is not HBONE:
             writer.transport.abort()
@@ -195,15 +222,29 @@ class WaypointTunnels:
             ctx.telemetry.refused(record, f"{type(exc).__name__}: {exc}")
             return
         ctx.telemetry.opened(record)
-        sent, received = await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer),
-                                              return_exceptions=True)
-        record.bytes_recv = sent if isinstance(sent, int) else 0
-        record.bytes_sent = received if isinstance(received, int) else 0
-        errors = [e for e in (sent, received) if isinstance(e, BaseException)]
-        record.finish(f"{type(errors[0]).__name__}: {errors[0]}" if errors else "")
-        if not up_writer.transport.is_closing():
-            up_writer.close()
-        ctx.telemetry.closed(record)
+        counts = [0, 0]                    # bytes client → upstream, upstream → client, as they pass
+        error = ""
+        try:
+            results = await asyncio.gather(_copy(reader, up_writer, counts, 0), _copy(up_reader, writer, counts, 1),
+                                           return_exceptions=True)
+            errors = [e for e in results if isinstance(e, BaseException)]
+            error = f"{type(errors[0]).__name__}: {errors[0]}" if errors else ""
+        except asyncio.CancelledError:
+            error = "cancelled: the tunnel was reset or the waypoint stopped"
+            raise
+        finally:
+            # whatever ended the splice (a reset tunnel cancels this task), both sides are
+            # closed and the connection is reported once
+            for side in (up_writer, writer):
+                if side.transport.is_closing():
+                    continue
+                if error:
+                    side.transport.abort()
+                else:
+                    side.close()
+            record.bytes_recv, record.bytes_sent = counts
+            record.finish(error)
+            ctx.telemetry.closed(record)
 
 
 class Tunnel:
@@ -244,41 +285,52 @@ def could_be_http2(head: bytes) -> bool | None:
 
 
 def could_be_http1(head: bytes) -> bool | None:
-    """True: an HTTP/1.1 request line starts here; False: it cannot; None: too few bytes."""
-    for method in HTTP1_METHODS:
-        n = min(len(head), len(method))
-        if head[:n] == method[:n]:
-            return True if len(head) >= len(method) else None
-    return False
+    """True: an HTTP/1.1 request line starts here (a method token, then a space); False:
+    it cannot; None: too few bytes. Any method: one outside a fixed list would otherwise
+    make the tunnel L4."""
+    for i, byte in enumerate(head[:MAX_METHOD + 1]):
+        if byte == 0x20:
+            return i > 0
+        if byte not in TCHAR:
+            return False
+    return None if len(head) <= MAX_METHOD else False
 
 
-async def _sniff(reader: asyncio.StreamReader) -> bytes:
-    """The first bytes the client sends, enough to tell HTTP/1.1 and HTTP/2 from anything
-    else; b"" (or what came) if it stays silent (a server-first protocol) or closes."""
-    head = b""
+async def _sniff(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """(skipped, head): the empty lines (CRLF or LF) the client sent first, and the bytes
+    after them, enough to tell HTTP/1.1 and HTTP/2 from anything else; head is b"" (or
+    what came) if it stays silent (a server-first protocol) or closes."""
+    skipped, head = b"", b""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + SNIFF_TIMEOUT
     while could_be_http1(head) is None or could_be_http2(head) is None:
+        if not head and len(skipped) > MAX_LEADING_CRLF:
+            break
         try:
             chunk = await asyncio.wait_for(reader.read(SNIFF_BYTES), max(0.0, deadline - loop.time()))
         except asyncio.TimeoutError:
             break
         if not chunk:
             break
-        head += chunk
-    return head
+        if head:
+            head += chunk
+        else:
+            rest = chunk.lstrip(b"\r\n")
+            skipped, head = skipped + chunk[:len(chunk) - len(rest)], rest
+    return skipped, head
 
 
-async def _copy(reader, writer) -> int:
-    total = 0
+async def _copy(reader, writer, counts: list, index: int) -> int:
+    """Copy to EOF, adding each chunk's size to counts[index] as it goes (the count holds
+    if the copy is cancelled)."""
     try:
         while chunk := await reader.read(COPY_CHUNK):
             writer.write(chunk)
-            total += len(chunk)
+            counts[index] += len(chunk)
             await writer.drain()
         if writer.can_write_eof():
             writer.write_eof()
     except (ConnectionError, asyncio.IncompleteReadError):
         writer.transport.abort()
         raise
-    return total
+    return counts[index]

@@ -39,8 +39,11 @@ spec:
   targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
   action: DENY
   rules:
-  - to: [{{operation: {{paths: ["/admin*", "/meshcore.test.Echo/Forbidden"], methods: ["GET", "POST"]}}}}]
+  - to: [{{operation: {{paths: ["/admin*", "/meshcore.test.Echo/Forbidden"], methods: ["GET", "POST"],
+                        notPorts: ["9000"]}}}}]
 """
+# notPorts: a tunnel that is not HTTP is decided on the rule's L4 part (Envoy's network
+# RBAC), which without it would deny every one, the TCP echo's included
 
 
 class WaypointMesh:

@@ -877,18 +877,25 @@ class PolicyEngine:
     def evaluate(self, workload, *args, **kwargs):
         return self.for_workload(workload).evaluate(*args, **kwargs)
 
-    def waypoint_policy_set(self, waypoint, service=None, service_kind="Service"):
+    def waypoint_policy_set(self, waypoint, service=None, service_kind="Service", layer="l7"):
         """The PolicySet a waypoint (namespace, name) enforces on requests to `service`
         (namespace, name of the Service, or of the ServiceEntry with service_kind
         "ServiceEntry"; None for traffic addressed to a workload): the policies
-        attached by targetRefs (model.attached_to_waypoint), cached like a workload's."""
+        attached by targetRefs (model.attached_to_waypoint), cached like a workload's.
+
+        layer="l4": the same policies in their fail-closed form (Envoy's network RBAC),
+        for a tunnel the waypoint cannot read as HTTP: an ALLOW rule that needs HTTP
+        attributes never matches, a DENY rule is decided on its L4 part."""
         if self.layer != "l7":
             # an L4 engine has dropped every ALLOW rule that needs HTTP: a waypoint
             # deciding with it would deny what its policies allow
             raise ValueError("a waypoint's policies are evaluated by an engine with layer='l7'")
+        if layer not in ("l4", "l7"):
+            raise ValueError("layer is 'l4' or 'l7'")
         waypoint = (waypoint[0], waypoint[1])
         service = None if service is None else (service[0], service[1])
-        key = (waypoint, service, service_kind)
+        # changed() drops entries by key[0] and key[1]: the l4 form is kept under a longer key
+        key = (waypoint, service, service_kind) if layer == "l7" else (waypoint, service, service_kind, "l4")
         table = self._waypoint_tables.get(key)
         if table is None:
             root = self.root_namespace
@@ -898,7 +905,14 @@ class PolicyEngine:
                              if attached_to_waypoint((<CompiledPolicy>p).source, waypoint, service, root,
                                                      service_kind)],
                             key=lambda p: (<CompiledPolicy>p).order)
+            note = ""
+            if layer == "l4":
+                # recompiled from the source: the engine's compiled form keeps the L7 fields
+                if l4_note([(<CompiledPolicy>p).source for p in chosen]):
+                    note = " (the tunnel is not HTTP: ALLOW rules that need HTTP attributes cannot match it)"
+                chosen = [compile_policy((<CompiledPolicy>p).source, (<CompiledPolicy>p).order, True)
+                          for p in chosen]
             if len(self._waypoint_tables) >= TABLE_CACHE_LIMIT:
                 self._waypoint_tables = {}
-            table = self._waypoint_tables[key] = make_policy_set(chosen)
+            table = self._waypoint_tables[key] = make_policy_set(chosen, note)
         return table
