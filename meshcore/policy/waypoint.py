@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meshcore.policy.model import TargetRef, attached_to_waypoint, waypoint_policies
-from meshcore.policy.paths import normalize
+from meshcore.policy.paths import request_path
 
 DENIED_MESSAGE = "RBAC: access denied"
 GRPC_PERMISSION_DENIED = 7
@@ -32,12 +32,32 @@ def evaluate_request(policy_set, *, peer, source_ip: str, destination_ip: str, p
     could write. destination_ip and port: the service VIP and port the request was
     addressed to. path: as received; normalized here as the waypoint normalizes it
     before routing (Istio's meshConfig pathNormalization, BASE unless configured), so a
-    policy on /admin also holds for /public/../admin."""
+    policy on /admin also holds for /public/../admin. A request-target in absolute-form
+    is decided on its path; one request_path() refuses (%00, a fragment, ...) is denied
+    here, though its caller should have answered it 400 before asking."""
     principal = getattr(peer, "principal", peer)
     if path is not None:
-        path = normalize(path, normalization)
+        try:
+            path = request_path(path, normalization, method=method)[0]
+        except ValueError as exc:
+            return Refused(f"denied: the request-target cannot be decided on ({exc})")
     return policy_set.evaluate(principal, source_ip, destination_ip, port, method=method, path=path,
                                host=host, headers=headers, request_principal=request_principal)
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A denial no policy made: what evaluate_request answers for a request it cannot decide on."""
+    reason: str
+    allowed: bool = False
+    policy: str | None = None
+    action: str | None = None
+    audit: tuple = ()
+    dry_run: tuple = ()
+    shadow_allowed: bool | None = None
+
+    def __bool__(self) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,5 +99,5 @@ def denied_response(request_headers=()) -> DeniedResponse:
     return _GRPC_DENIED if is_grpc(request_headers) else _HTTP_DENIED
 
 
-__all__ = ["DENIED_MESSAGE", "DeniedResponse", "TargetRef", "attached_to_waypoint", "denied_response",
+__all__ = ["DENIED_MESSAGE", "DeniedResponse", "Refused", "TargetRef", "attached_to_waypoint", "denied_response",
            "evaluate_request", "is_grpc", "waypoint_policies"]

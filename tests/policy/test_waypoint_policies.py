@@ -230,6 +230,12 @@ def web_table():
     (CLIENT, "GET", "/public/index.html", None, True, "shop/web-reads"),
     (CLIENT, "GET", "/public/../admin", None, False, "shop/no-admin"),     # normalized before matching
     (CLIENT, "GET", "/public/./a/../b", None, True, "shop/web-reads"),
+    (CLIENT, "GET", "/public/%2e%2e/admin", None, False, "shop/no-admin"),  # unreserved decoded first
+    (CLIENT, "GET", "/public/%2E%2E/admin", None, False, "shop/no-admin"),
+    (CLIENT, "GET", "/%61dmin", None, False, "shop/no-admin"),
+    (CLIENT, "GET", "http://web/admin", None, False, "shop/no-admin"),      # absolute-form: its path
+    (CLIENT, "GET", "/public/a%00", None, False, None),                     # refused, whatever the policies
+    (CLIENT, "GET", "/public/a#x", None, False, None),
     (CLIENT, "GET", "/admin", None, False, "shop/no-admin"),
     ("cluster.local/ns/ops/sa/oncall", "GET", "/admin/x", None, False, "shop/no-admin"),   # DENY first
     ("cluster.local/ns/ops/sa/oncall", "DELETE", "/anything", None, True, "shop/web-reads"),  # namespace
@@ -413,3 +419,22 @@ def test_explain_at_the_node_leaves_waypoint_policies_out(tmp_path):
 def test_explain_waypoint_refusals(tmp_path, args, message):
     got = explain(tmp_path, *args)
     assert got.returncode == 2 and message in got.stderr, got.stderr
+
+
+def test_a_request_target_that_cannot_be_decided_on_is_denied_with_the_reason(web_table):
+    d = evaluate_request(web_table, peer=CLIENT, source_ip="10.0.0.9", destination_ip="10.96.0.5", port=80,
+                         method="GET", path="/public/a%00")
+    assert not d and d.policy is None and "%00" in d.reason
+
+
+def test_a_waypoint_table_in_l4_form_is_network_rbac():
+    """For a tunnel the waypoint does not read as HTTP: an ALLOW rule that needs HTTP never
+    matches, a DENY rule is decided on its L4 part (one with only HTTP conditions denies all)."""
+    engine = PolicyEngine(load_authorization_policies(DOC, "doc.yaml"), layer="l7")
+    l4 = engine.waypoint_policy_set(WAYPOINT, WEB, layer="l4")
+    assert l4 is engine.waypoint_policy_set(WAYPOINT, WEB, layer="l4")
+    assert l4 is not engine.waypoint_policy_set(WAYPOINT, WEB)
+    d = l4.evaluate(CLIENT, "10.0.0.9", "10.96.0.5", 80)
+    assert not d and d.policy == "shop/no-admin"
+    with pytest.raises(ValueError):
+        engine.waypoint_policy_set(WAYPOINT, WEB, layer="l5")
