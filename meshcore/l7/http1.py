@@ -24,15 +24,29 @@ import httptools
 
 from meshcore.errors import HttpError, UsageError
 
-__all__ = ["Http1ClientConnection", "Http1Request", "Http1Response", "Http1ServerConnection", "strip_hop_by_hop"]
+__all__ = ["ALLOWED_UPGRADES", "Http1ClientConnection", "Http1Request", "Http1Response", "Http1ServerConnection",
+           "strip_hop_by_hop", "upgrade_allowed"]
 
 READ_SIZE = 64 * 1024
 Headers = list[tuple[str, str]]
 Body = bytes | bytearray | memoryview | AsyncIterable[bytes] | None
 Trailers = Headers | Callable[[], Headers] | None
 
+# http2-settings belongs to an h2c upgrade (RFC 9113 3.2.1's predecessor): never past this hop
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding",
-                         "upgrade"})
+                         "upgrade", "http2-settings"})
+# as Istio configures Envoy: WebSocket is the one protocol a request may switch to. Any
+# other (h2c above all) would turn the rest of the connection into bytes no policy sees
+ALLOWED_UPGRADES = frozenset({"websocket"})
+DRAIN_LIMIT = 1024 * 1024     # unread request body discarded to keep a connection; more closes it (as Envoy)
+
+
+def upgrade_allowed(value: str | None) -> bool:
+    """Whether an Upgrade header asks only for a protocol meshcore forwards."""
+    if not value:
+        return False
+    tokens = {t.strip().lower() for t in value.split(",") if t.strip()}
+    return bool(tokens) and tokens <= ALLOWED_UPGRADES
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -42,13 +56,15 @@ def strip_hop_by_hop(headers: Iterable[tuple[str, str]], *, upgrade: bool = Fals
     ``te: trailers`` stays: it tells the next hop the client takes trailers, which gRPC
     over HTTP/1.1 bridges rely on. ``upgrade``: the message is an upgrade being
     forwarded, so Upgrade stays and ``connection: upgrade`` is added back, the one
-    Connection token the next hop needs to see.
+    Connection token the next hop needs to see; only for an upgrade in ALLOWED_UPGRADES,
+    any other is dropped with the Connection tokens naming it.
     """
     headers = list(headers)
     named = set()
     for name, value in headers:
         if name.lower() == "connection":
             named.update(token.strip().lower() for token in value.split(",") if token.strip())
+    upgrade = upgrade and all(upgrade_allowed(v) for n, v in headers if n.lower() == "upgrade")
     if upgrade:
         named.discard("upgrade")
     out: Headers = []
@@ -123,6 +139,7 @@ class _Reader:
         self._stop_head = False
         self._broken = False
         self._body_timeout: float | None = None
+        self._received = 0
         self._new_parser()
 
     def _new_parser(self) -> None:
@@ -191,6 +208,7 @@ class _Reader:
         if not data:
             self._eof = True
             return
+        self._received += len(data)
         if self._upgraded or self._error is not None:
             # the bytes after a 101 belong to whoever takes the connection over
             self._leftover += data
@@ -310,6 +328,12 @@ class Http1Request(_Incoming):
         self.expect_continue: bool = expect == "100-continue" and self.version == "1.1"
         self.upgrade: str | None = self.header("upgrade") if msg.upgrade else None
         self._continue_sent = False
+        self._consumed = 0
+
+    async def body(self) -> AsyncIterator[bytes]:
+        async for chunk in super().body():
+            self._consumed += len(chunk)
+            yield chunk
 
     async def send_continue(self) -> None:
         """Tells a client waiting on ``Expect: 100-continue`` to send the body; once, and
@@ -449,9 +473,12 @@ class Http1ServerConnection(_Reader):
     LINGER_BYTES = 1024 * 1024
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                 max_header_bytes: int = 64 * 1024, header_timeout: float = 10.0, idle_timeout: float = 60.0):
+                 max_header_bytes: int = 64 * 1024, header_timeout: float = 10.0, idle_timeout: float = 60.0,
+                 write_timeout: float | None = None):
         super().__init__(reader, writer, max_header_bytes)
         self.header_timeout = header_timeout
+        # a client that stops reading would otherwise hold a response (and its upstream) forever
+        self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
         self._body_timeout = idle_timeout
         self._current: Http1Request | None = None
@@ -496,7 +523,14 @@ class Http1ServerConnection(_Reader):
                 return None
             if not prev._msg.complete or prev._msg.chunks:
                 try:
-                    await prev.drain()
+                    if not await self._drain_bounded(prev):
+                        # keeping the connection is not worth reading that much: it ends
+                        try:
+                            await self._linger()
+                        except (ConnectionError, OSError):
+                            pass
+                        self._close()
+                        return None
                 except HttpError:
                     self._close()
                     return None
@@ -530,6 +564,33 @@ class Http1ServerConnection(_Reader):
         self._current = Http1Request(self, msg)
         self._answered = False
         return self._current
+
+    async def _drain_bounded(self, req: Http1Request) -> bool:
+        left = req.header("content-length")
+        if left is not None and left.strip().isdigit() and int(left) - req._consumed > DRAIN_LIMIT:
+            return False
+        discarded = 0
+        async for chunk in req.body():
+            discarded += len(chunk)
+            if discarded > DRAIN_LIMIT:
+                return False
+        return True
+
+    async def client_gone(self) -> bool:
+        """Reads ahead once: True when the client closed its side (or the connection
+        broke). Whatever else it sent is kept, parsed as the requests that follow (or the
+        bytes after an upgrade)."""
+        if not self._eof and not self._closed:
+            await self._fill(None)
+        return self._eof
+
+    async def _write(self, data: bytes) -> None:
+        self._writer.write(data)
+        if self.write_timeout is None:
+            await self._writer.drain()
+        else:
+            async with asyncio.timeout(self.write_timeout):
+                await self._writer.drain()
 
     def _check_head(self, msg: _Message) -> HttpError | None:
         if msg.version not in ("1.0", "1.1"):
@@ -741,6 +802,11 @@ class Http1ClientConnection(_Reader):
         it, was read to its end, and the request was sent whole."""
         if self._closed or self._broken or self._eof or self._error is not None or self._upgraded:
             return False
+        # an idle connection the upstream closed, or one it sent unasked bytes on (which
+        # would read as the next response)
+        if self._leftover or self._reader.at_eof() or self._reader.exception() is not None \
+                or getattr(self._reader, "_buffer", None):
+            return False
         if self._sender is not None and (not self._sender.done() or self._sender.cancelled()
                                          or self._sender.exception() is not None):
             return False
@@ -764,7 +830,21 @@ class Http1ClientConnection(_Reader):
         finally:
             self._busy = False
 
+    @property
+    def nothing_received(self) -> bool:
+        """No byte of a response to the last request arrived."""
+        return self._received == 0
+
+    async def abandon(self) -> None:
+        """Closes the connection and waits until the request's sender has stopped, so that
+        whatever it read the request body from has one reader again."""
+        sender = self._sender
+        self.close()
+        if sender is not None and not sender.done():
+            await asyncio.wait({sender})
+
     async def _request(self, method, target, headers, body, trailers) -> Http1Response:
+        self._received = 0
         self._messages.clear()
         self._response = None
         self._new_parser()

@@ -19,7 +19,7 @@ import re
 import uuid
 
 from meshcore.errors import HttpError, MeshcoreError
-from meshcore.l7.http1 import Http1ClientConnection, Http1ServerConnection, strip_hop_by_hop
+from meshcore.l7.http1 import Http1ClientConnection, Http1ServerConnection, strip_hop_by_hop, upgrade_allowed
 from meshcore.node.context import ProxyContext
 from meshcore.node.routing import HBONE
 from meshcore.policy.waypoint import denied_response, evaluate_request
@@ -54,6 +54,15 @@ def forwarded_headers(headers: list[tuple[str, str]], *, upgrade: bool) -> tuple
     return out, request_id
 
 
+def policy_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """The header map a policy sees: a repeated header's values joined with "," as Envoy
+    presents them to RBAC, so a second value cannot hide the first."""
+    out: dict[str, str] = {}
+    for name, value in headers:
+        out[name] = f"{out[name]},{value}" if name in out else value
+    return out
+
+
 def _has_body(headers: list[tuple[str, str]]) -> bool:
     return any(n in ("content-length", "transfer-encoding") for n, _ in headers)
 
@@ -61,11 +70,12 @@ def _has_body(headers: list[tuple[str, str]]) -> bool:
 class _Counted:
     """An async body iterator that counts what went through; `on_error` runs when the
     body fails (a request body cut short or malformed: the upstream request it feeds
-    can never complete and is abandoned)."""
-    __slots__ = ("body", "count", "on_error", "error")
+    can never complete and is abandoned). `finished` is set once it ended whole."""
+    __slots__ = ("body", "count", "on_error", "error", "finished")
 
     def __init__(self, body, on_error=None):
         self.body, self.count, self.on_error, self.error = body, 0, on_error, None
+        self.finished = asyncio.Event()
 
     async def __aiter__(self):
         try:
@@ -77,16 +87,28 @@ class _Counted:
             if self.on_error is not None:
                 self.on_error()
             raise
+        self.finished.set()
+
+
+class _ClientLeft(Exception):
+    """The client closed its side while its request waited for the upstream."""
 
 
 class Http1Handler:
+    # Envoy's stream idle timeout (5 min) is what bounds a silent upstream in Istio's
+    # waypoint: the same here for the response head, each read of the response body and
+    # each write to a client that stopped reading
+    RESPONSE_TIMEOUT = 300.0
+    BODY_IDLE_TIMEOUT = 300.0
+    WRITE_IDLE_TIMEOUT = 300.0
+
     def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
                  waypoint: tuple[str, str]):
         self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
         self.waypoint = waypoint                   # (namespace, name) of the Gateway
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tunnel: Tunnel) -> None:
-        conn = Http1ServerConnection(reader, writer)
+        conn = Http1ServerConnection(reader, writer, write_timeout=self.WRITE_IDLE_TIMEOUT)
         upstreams: dict[tuple, Http1ClientConnection] = {}
         tunnel.record.finish()                     # the tunnel itself is not a metric; its requests are
         try:
@@ -113,71 +135,140 @@ class Http1Handler:
         ctx, req = self.ctx, tunnel.request
         record = RequestRecord(tunnel.record, method=request.method, path=request.target,
                                authority=request.host or req.authority)
+        inflight: list = [None]                    # the upstream client while one is in use
+        try:
+            return await self._forward(conn, request, tunnel, upstreams, record, inflight)
+        except asyncio.CancelledError:
+            # the tunnel was reset (or the waypoint stops) mid-request
+            if inflight[0] is not None:
+                inflight[0].close()
+            if not record.duration:
+                self._report(record.finish(0, flag="DC", error="downstream reset before the response ended"))
+            raise
+
+    async def _local(self, conn: Http1ServerConnection, record: RequestRecord, status: int, body: bytes, *,
+                     flag: str = "-", error: str = "", headers=None) -> bool:
+        """A reply of the waypoint's own; a client already gone is reported as such."""
+        try:
+            await conn.respond(status, headers or [("content-type", "text/plain")], body,
+                               close=self.tunnels.draining)
+        except (HttpError, OSError, MeshcoreError) as exc:
+            self._report(record.finish(0, flag="DC", error=f"{error}; the client left: {type(exc).__name__}: {exc}"))
+            return False
+        self._report(record.finish(status, flag=flag, error=error))
+        return not conn.closed
+
+    async def _forward(self, conn: Http1ServerConnection, request, tunnel: Tunnel, upstreams: dict,
+                       record: RequestRecord, inflight: list) -> bool:
+        ctx, req = self.ctx, tunnel.request
+        if request.upgrade is not None and not upgrade_allowed(request.upgrade) \
+                and request.upgrade.strip().lower() != "h2c":
+            # what Envoy answers an upgrade it is not configured for (upgrade_failed); an
+            # h2c upgrade is instead dropped and the request goes on as HTTP/1.1, as
+            # Envoy's codec does
+            return await self._local(conn, record, 403, b"upgrade not allowed",
+                                     error=f"upgrade {request.upgrade!r} is not allowed")
         state = ctx.store.view
         service = tunnel.service
         policies = state.waypoint_policy_set(self.waypoint, (service.namespace, service.name) if service else None)
         decision = evaluate_request(policies, peer=req.peer_identity, source_ip=req.peer_address[0],
                                     destination_ip=req.host, port=req.port, method=request.method,
-                                    path=request.target, host=request.host, headers=dict(request.headers))
+                                    path=request.target, host=request.host, headers=policy_headers(request.headers))
         if not decision:
             denied = denied_response(request.headers)
-            await conn.respond(denied.status, list(denied.headers), denied.body, close=self.tunnels.draining)
             record.grpc_status = next((v for n, v in denied.headers if n == "grpc-status"), "")
-            self._report(record.finish(denied.status, flag="-", error=f"denied: {decision.reason}"))
-            return not conn.closed
+            return await self._local(conn, record, denied.status, denied.body, headers=list(denied.headers),
+                                     error=f"denied: {decision.reason}")
         me = tunnel.waypoint
         chosen = self.tunnels.upstream(state, me, req.host, req.port)
         if chosen.kind is not HBONE:
-            await conn.respond(503, [("content-type", "text/plain")], b"no healthy upstream")
-            self._report(record.finish(503, flag="UH", error=chosen.reason or "no endpoint"))
-            return not conn.closed
+            return await self._local(conn, record, 503, b"no healthy upstream", flag="UH",
+                                     error=chosen.reason or "no endpoint")
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
-        upgrade = request.upgrade is not None
+        upgrade = upgrade_allowed(request.upgrade)
         headers, record.request_id = forwarded_headers(request.headers, upgrade=upgrade)
+        # 100-continue is the waypoint's to answer (its first read of the body does): an
+        # upstream told to expect would wait for a 100 that no one passes on
+        headers = [(n, v) for n, v in headers if n != "expect"]
         key = (chosen.dial, chosen.authority, chosen.expected)
+        has_body = _has_body(request.headers)
         client = upstreams.pop(key, None)
-        if client is None or not client.reusable:
-            if client is not None:
+        body = None
+        for attempt in range(2):
+            reused = client is not None and client.reusable
+            if client is not None and not reused:
                 client.close()
+                client = None
+            if client is None:
+                try:
+                    up_reader, up_writer = await self.tunnels.open_upstream(chosen, me)
+                except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
+                    return await self._local(conn, record, 503, b"upstream connect error", flag="UF",
+                                             error=f"{type(exc).__name__}: {exc}")
+                client = Http1ClientConnection(up_reader, up_writer, response_timeout=self.RESPONSE_TIMEOUT,
+                                               idle_timeout=self.BODY_IDLE_TIMEOUT)
+            inflight[0] = client
+            body = _Counted(request.body(), on_error=client.close) if has_body else None
             try:
-                up_reader, up_writer = await self.tunnels.open_upstream(chosen, me)
-            except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
-                await conn.respond(503, [("content-type", "text/plain")], b"upstream connect error")
-                self._report(record.finish(503, flag="UF", error=f"{type(exc).__name__}: {exc}"))
-                return not conn.closed
-            client = Http1ClientConnection(up_reader, up_writer)
-        body = _Counted(request.body(), on_error=client.close) if _has_body(request.headers) else None
-        try:
-            response = await client.request(request.method, request.target, headers, body)
-        except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError) as exc:
-            client.close()
-            if body is not None and body.error is not None:
-                # the client's body failed: the codec answered it (400, 408) and closed
-                failure = body.error
-                self._report(record.finish(getattr(failure, "status", 0), flag="DC", error=str(failure)))
-                return False
-            if conn.closed:
-                self._report(record.finish(0, flag="DC", error=str(exc)))
-                return False
-            await conn.respond(503, [("content-type", "text/plain")], b"upstream connect error or disconnect")
-            self._report(record.finish(503, flag="UC", error=f"{type(exc).__name__}: {exc}"))
-            return not conn.closed
+                response = await self._exchange(conn, client, request, headers, body)
+            except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError, _ClientLeft) as exc:
+                await client.abandon()
+                if body is not None and body.error is not None:
+                    # the client's body failed: the codec answered it (400, 408) and closed
+                    failure = body.error
+                    self._report(record.finish(getattr(failure, "status", 0), flag="DC", error=str(failure)))
+                    return False
+                if conn.closed or isinstance(exc, _ClientLeft):
+                    self._report(record.finish(0, flag="DC", error=str(exc) or "the client left"))
+                    return False
+                if attempt == 0 and reused and client.nothing_received and (body is None or body.count == 0):
+                    # a kept-alive connection the upstream had given up on: nothing of this
+                    # request was taken, so it goes once more on a new connection
+                    client = None
+                    continue
+                inflight[0] = None
+                if isinstance(exc, HttpError) and exc.status == 504:
+                    return await self._local(conn, record, 504, b"upstream request timeout", flag="UT", error=str(exc))
+                return await self._local(conn, record, 503, b"upstream connect error or disconnect/reset before headers",
+                                         flag="UC", error=f"{type(exc).__name__}: {exc}")
+            break
         record.request_bytes = body.count if body is not None else 0
-        if response.status == 101 and upgrade:
-            await conn.respond(101, strip_hop_by_hop(response.headers, upgrade=True), b"")
+        if response.status == 101:
+            if not upgrade:
+                # a switch nobody asked for (or one meshcore does not forward): never a splice
+                await client.abandon()
+                inflight[0] = None
+                return await self._local(conn, record, 502, b"upstream switched protocols unasked", flag="UPE",
+                                         error="101 to a request without an allowed upgrade")
+            try:
+                await conn.respond(101, strip_hop_by_hop(response.headers, upgrade=True), b"")
+            except (HttpError, OSError, MeshcoreError) as exc:
+                await client.abandon()
+                self._report(record.finish(0, flag="DC", error=f"{type(exc).__name__}: {exc}"))
+                return False
             self._report(record.finish(101))
+            inflight[0] = None
             await _splice(conn.take_over(), client.take_over())
             return False
-        answer = _Counted(response.body())
+        answer = _Counted(_relay_body(response, client, body))
         try:
             await conn.respond(response.status, strip_hop_by_hop(response.headers), answer,
                                trailers=lambda: response.trailers, reason=response.reason,
                                close=self.tunnels.draining)
         except (HttpError, OSError, MeshcoreError) as exc:
-            client.close()
+            await client.abandon()
             record.response_bytes = answer.count
-            self._report(record.finish(response.status, flag="UPE", error=f"{type(exc).__name__}: {exc}"))
+            if body is not None:
+                record.request_bytes = body.count
+            if answer.error is None:
+                flag = "DC"                        # writing to the client failed
+            elif isinstance(answer.error, HttpError) and answer.error.status == 408:
+                flag = "SI"                        # the upstream's body went idle
+            else:
+                flag = "UPE"
+            self._report(record.finish(response.status, flag=flag, error=f"{type(exc).__name__}: {exc}"))
             return False
+        inflight[0] = None
         record.response_bytes = answer.count
         if body is not None:
             record.request_bytes = body.count
@@ -188,29 +279,72 @@ class Http1Handler:
             client.close()
         return not conn.closed
 
+    async def _exchange(self, conn: Http1ServerConnection, client: Http1ClientConnection, request, headers, body):
+        """The upstream's response head, unless the client leaves first."""
+        loop = asyncio.get_running_loop()
+        asking = loop.create_task(client.request(request.method, request.target, headers, body,
+                                                 trailers=lambda: request.trailers))
+        watching = loop.create_task(_client_gone(conn, body))
+        try:
+            await asyncio.wait((asking, watching), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            for task in (asking, watching):
+                task.cancel()
+            await asyncio.wait((asking, watching))
+            raise
+        if asking.done():
+            watching.cancel()
+            await asyncio.wait((watching,))
+            return asking.result()
+        asking.cancel()
+        await asyncio.wait((asking,))
+        raise _ClientLeft("the client closed the connection before the response")
+
     def _report(self, record: RequestRecord) -> None:
         self.metrics.report(record)
 
 
-async def _splice(down, up) -> None:
+async def _client_gone(conn: Http1ServerConnection, body) -> bool:
+    """True once the client closed while its request waits; never returns otherwise.
+    The request body has one reader: the client is watched only once it was read whole."""
+    if body is not None:
+        await body.finished.wait()
+    if await conn.client_gone():
+        return True
+    await asyncio.Event().wait()                  # it sent more (pipelined): nothing to tell until then
+    return False
+
+
+async def _relay_body(response, client: Http1ClientConnection, body):
+    """The response body; at its end an upload the upstream did not wait for is given up,
+    so that the client connection reads its own socket again, alone."""
+    async for chunk in response.body():
+        yield chunk
+    if body is not None and not body.finished.is_set():
+        await client.abandon()
+
+
+async def _splice(down, up, idle: float = Http1Handler.WRITE_IDLE_TIMEOUT) -> None:
     """After a 101: bytes both ways until both sides end."""
     (d_reader, d_writer, d_ahead), (u_reader, u_writer, u_ahead) = down, up
-    if u_ahead:
-        d_writer.write(u_ahead)
-    if d_ahead:
-        u_writer.write(d_ahead)
 
     async def copy(reader, writer):
         try:
             while chunk := await reader.read(COPY_CHUNK):
                 writer.write(chunk)
-                await writer.drain()
+                async with asyncio.timeout(idle):          # a side that stopped reading
+                    await writer.drain()
             if writer.can_write_eof():
                 writer.write_eof()
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
             writer.transport.abort()
-    await asyncio.gather(copy(d_reader, u_writer), copy(u_reader, d_writer))
-    for w in (d_writer, u_writer):
-        if not w.transport.is_closing():
-            w.close()
-
+    try:
+        if u_ahead:
+            d_writer.write(u_ahead)
+        if d_ahead:
+            u_writer.write(d_ahead)
+        await asyncio.gather(copy(d_reader, u_writer), copy(u_reader, d_writer))
+    finally:
+        for w in (d_writer, u_writer):
+            if not w.transport.is_closing():
+                w.close()
