@@ -22,6 +22,7 @@ from meshcore.errors import HttpError, MeshcoreError
 from meshcore.l7.http1 import Http1ClientConnection, Http1ServerConnection, strip_hop_by_hop, upgrade_allowed
 from meshcore.node.context import ProxyContext
 from meshcore.node.routing import HBONE
+from meshcore.policy.paths import request_authority, request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels
@@ -168,12 +169,20 @@ class Http1Handler:
             # Envoy's codec does
             return await self._local(conn, record, 403, b"upgrade not allowed",
                                      error=f"upgrade {request.upgrade!r} is not allowed")
+        try:
+            path, query = request_path(request.target, method=request.method)
+        except ValueError as exc:
+            return await self._local(conn, record, 400, b"bad request-target\n", error=f"request-target: {exc}")
+        # what the policy decides on is what the upstream gets: the normalized path, in
+        # origin-form, and (absolute-form) the target's authority as the host
+        target = f"{path}?{query}" if query else path
+        host = request_authority(request.target) or request.host
         state = ctx.store.view
         service = tunnel.service
         policies = state.waypoint_policy_set(self.waypoint, (service.namespace, service.name) if service else None)
         decision = evaluate_request(policies, peer=req.peer_identity, source_ip=req.peer_address[0],
                                     destination_ip=req.host, port=req.port, method=request.method,
-                                    path=request.target, host=request.host, headers=policy_headers(request.headers))
+                                    path=target, host=host, headers=policy_headers(request.headers))
         if not decision:
             denied = denied_response(request.headers)
             record.grpc_status = next((v for n, v in denied.headers if n == "grpc-status"), "")
@@ -190,6 +199,8 @@ class Http1Handler:
         # 100-continue is the waypoint's to answer (its first read of the body does): an
         # upstream told to expect would wait for a 100 that no one passes on
         headers = [(n, v) for n, v in headers if n != "expect"]
+        if host != request.host:
+            headers = [("host", host)] + [(n, v) for n, v in headers if n != "host"]
         key = (chosen.dial, chosen.authority, chosen.expected)
         has_body = _has_body(request.headers)
         client = upstreams.pop(key, None)
@@ -210,7 +221,7 @@ class Http1Handler:
             inflight[0] = client
             body = _Counted(request.body(), on_error=client.close) if has_body else None
             try:
-                response = await self._exchange(conn, client, request, headers, body)
+                response = await self._exchange(conn, client, request, target, headers, body)
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError, _ClientLeft) as exc:
                 await client.abandon()
                 if body is not None and body.error is not None:
@@ -279,10 +290,11 @@ class Http1Handler:
             client.close()
         return not conn.closed
 
-    async def _exchange(self, conn: Http1ServerConnection, client: Http1ClientConnection, request, headers, body):
+    async def _exchange(self, conn: Http1ServerConnection, client: Http1ClientConnection, request, target: str,
+                        headers, body):
         """The upstream's response head, unless the client leaves first."""
         loop = asyncio.get_running_loop()
-        asking = loop.create_task(client.request(request.method, request.target, headers, body,
+        asking = loop.create_task(client.request(request.method, target, headers, body,
                                                  trailers=lambda: request.trailers))
         watching = loop.create_task(_client_gone(conn, body))
         try:

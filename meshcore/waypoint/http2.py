@@ -28,9 +28,10 @@ from meshcore.aio.request import ClientExchange, ServerExchange, request_dispatc
 from meshcore.errors import ErrorCode, MeshcoreError, StreamResetError
 from meshcore.node.context import ProxyContext
 from meshcore.node.routing import HBONE, Route
+from meshcore.policy.paths import request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.state.model import Workload
-from meshcore.waypoint.http import forwarded_headers
+from meshcore.waypoint.http import forwarded_headers, policy_headers
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels
 
@@ -70,18 +71,26 @@ class UpstreamConnections:
 
     async def get(self, chosen: Route, me: Workload) -> HboneConnection:
         key = (me.identity, chosen.dial, chosen.authority, chosen.expected)
-        for conn in self.connections.get(key, ()):
-            if conn.usable and conn.h2.open_local_streams < conn.h2.remote_max_concurrent_streams:
+        while True:
+            for conn in self.connections.get(key, ()):
+                if self._has_room(conn):
+                    self._busy(conn)
+                    return conn
+            opening = self._opening.get(key)
+            if opening is None:
+                # requests arriving together wait for one connection instead of each opening one
+                opening = self._opening[key] = asyncio.get_running_loop().create_task(self._open(key, chosen, me))
+                opening.add_done_callback(lambda t: self._opening.pop(key) if self._opening.get(key) is t else None)
+            conn = await asyncio.shield(opening)
+            # more requests may have waited on it than its stream limit lets in: those
+            # over it look again, and open the next connection together
+            if self._has_room(conn):
                 self._busy(conn)
                 return conn
-        opening = self._opening.get(key)
-        if opening is None:
-            # requests arriving together wait for one connection instead of each opening one
-            opening = self._opening[key] = asyncio.get_running_loop().create_task(self._open(key, chosen, me))
-            opening.add_done_callback(lambda t: self._opening.pop(key) if self._opening.get(key) is t else None)
-        conn = await asyncio.shield(opening)
-        self._busy(conn)
-        return conn
+
+    @staticmethod
+    def _has_room(conn: HboneConnection) -> bool:
+        return conn.usable and conn.h2.open_local_streams < conn.h2.remote_max_concurrent_streams
 
     async def _open(self, key: tuple, chosen: Route, me: Workload) -> HboneConnection:
         _, conn = await self.tunnels.open_upstream(chosen, me, protocol_factory=lambda: HboneConnection(client=True))
@@ -166,8 +175,14 @@ class Http2Handler:
             await self._answer(exchange, tunnel, headers, authority, record, outcome)
         except asyncio.CancelledError:
             # the client reset the stream (or left) before the answer
-            outcome.flag, outcome.error = "DC", outcome.error or "downstream reset before the response"
+            if outcome.flag != "DR":
+                outcome.flag, outcome.error = "DC", outcome.error or "downstream reset before the response"
             raise
+        except (MeshcoreError, ConnectionError) as exc:
+            # an answer of the waypoint's own to a client that is gone
+            if outcome.flag != "DR":
+                outcome.flag = "DC"
+            outcome.error = f"{outcome.error}; the client left: {type(exc).__name__}: {exc}".lstrip("; ")
         finally:
             self.metrics.report(record.finish(outcome.status, flag=outcome.flag, error=outcome.error))
 
@@ -175,34 +190,43 @@ class Http2Handler:
                       record: RequestRecord, outcome: _Outcome) -> None:
         state = self.ctx.store.view
         req, service, me = tunnel.request, tunnel.service, tunnel.waypoint
+        try:
+            path, query = request_path(exchange.path or "", method=exchange.method)
+        except ValueError as exc:
+            outcome.status, outcome.error = 400, f"request-target: {exc}"
+            await _respond(exchange, 400, [("content-type", "text/plain")], b"bad request-target\n")
+            return
+        # the policy decides on the normalized path and that is the path the backend gets
+        target = f"{path}?{query}" if query else path
         policies = state.waypoint_policy_set(self.waypoint, (service.namespace, service.name) if service else None)
         decision = evaluate_request(policies, peer=req.peer_identity, source_ip=req.peer_address[0],
                                     destination_ip=req.host, port=req.port, method=exchange.method,
-                                    path=exchange.path, host=authority, headers=dict(headers))
+                                    path=target, host=authority, headers=policy_headers(headers))
         if not decision:
             denied = denied_response(headers)
             record.grpc_status = _grpc_status(denied.headers)
             outcome.error = f"denied: {decision.reason}"
-            await _respond(exchange, denied.status, list(denied.headers), denied.body, trailers_only=denied.trailers_only)
             outcome.status = denied.status
+            await _respond(exchange, denied.status, list(denied.headers), denied.body, trailers_only=denied.trailers_only)
             return
         chosen = self.tunnels.upstream(state, me, req.host, req.port)
         if chosen.kind is not HBONE:
             outcome.flag, outcome.error = "UH", chosen.reason or "no endpoint"
-            await _respond(exchange, 503, [("content-type", "text/plain")], b"no healthy upstream")
             outcome.status = 503
+            await _respond(exchange, 503, [("content-type", "text/plain")], b"no healthy upstream")
             return
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
+        no_body = exchange.body_ended
         try:
             upstream = await self.upstreams.get(chosen, me)
-            up = send_request(upstream, exchange.method, exchange.path, authority=authority,
+            up = send_request(upstream, exchange.method, target, authority=authority,
                               scheme=exchange.scheme or "http", headers=_h2_fields(forwarded),
-                              end_stream=exchange.body_ended)
+                              end_stream=no_body)
         except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
             outcome.flag, outcome.error = "UF", f"{type(exc).__name__}: {exc}"
-            await _respond(exchange, 503, [("content-type", "text/plain")], b"upstream connect error")
             outcome.status = 503
+            await _respond(exchange, 503, [("content-type", "text/plain")], b"upstream connect error")
             return
         # a client's reset reaches the backend at once, whatever the relay waits on
         exchange.on_reset = lambda exc: _downstream_reset(exc, up, outcome)
@@ -212,14 +236,26 @@ class Http2Handler:
                 sending = asyncio.get_running_loop().create_task(_send_body(exchange, up, record))
             up.on_informational = lambda r: _inform(exchange, r)
             try:
-                response = await up.response()
-            except (StreamResetError, ConnectionError) as exc:
+                try:
+                    response = await up.response()
+                except StreamResetError as exc:
+                    if not (no_body and exc.remote and exc.error_code == ErrorCode.REFUSED_STREAM):
+                        raise
+                    # the backend did nothing with it (RFC 9113 8.7): once more, on a
+                    # stream it has room for
+                    up.close()
+                    upstream = await self.upstreams.get(chosen, me)
+                    up = send_request(upstream, exchange.method, target, authority=authority,
+                                      scheme=exchange.scheme or "http", headers=_h2_fields(forwarded), end_stream=True)
+                    up.on_informational = lambda r: _inform(exchange, r)
+                    response = await up.response()
+            except (StreamResetError, ConnectionError, OSError, MeshcoreError) as exc:
                 if outcome.flag == "DR":
                     return
                 outcome.flag, outcome.error = "UR", f"{type(exc).__name__}: {exc}"
+                outcome.status = 503
                 await _respond(exchange, 503, [("content-type", "text/plain")],
                                b"upstream connect error or disconnect/reset before headers")
-                outcome.status = 503
                 return
             await _relay_response(exchange, up, response, record, outcome)
         finally:
@@ -285,6 +321,12 @@ def _inform(exchange: ServerExchange, response) -> None:
 async def _respond(exchange: ServerExchange, status: int, headers: list, body: bytes, *,
                    trailers_only: bool = False) -> None:
     """A whole answer of the waypoint's own."""
+    if exchange.method == "HEAD":
+        # a HEAD response has no content (RFC 9110 9.3.2): its length is described, not sent
+        if body and not trailers_only and not any(n == "content-length" for n, _ in headers):
+            headers = [*headers, ("content-length", str(len(body)))]
+        exchange.respond(status, headers, end=True)
+        return
     if trailers_only or not body:
         exchange.respond(status, headers, end=True)
         return

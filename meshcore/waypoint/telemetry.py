@@ -69,7 +69,7 @@ class RequestRecord:
             "destination_cluster": d.cluster_id if d else UNKNOWN,
             "request_protocol": self.protocol,
             "response_code": str(self.status),
-            "grpc_response_status": self.grpc_status,
+            "grpc_response_status": _grpc_label(self.grpc_status),
             "response_flags": self.flag,
             "connection_security_policy": "mutual_tls",
         }
@@ -101,6 +101,16 @@ class RequestRecord:
         return {k: v for k, v in fields.items() if v != ""}
 
 
+_GRPC_CODES = frozenset(str(code) for code in range(17))
+
+
+def _grpc_label(value: str) -> str:
+    # the value is the backend's: only gRPC's 17 codes become a label, so that a backend
+    # cannot mint series at will
+    value = value.strip()
+    return value if value in _GRPC_CODES else ""
+
+
 def _names() -> tuple[str, ...]:
     return tuple(RequestRecord(ConnectionRecord("inbound")).labels())
 
@@ -114,9 +124,9 @@ class RequestMetrics:
         self.requests = Counter("istio_requests", "Requests through the waypoint", names, registry=registry)
         self.duration = Histogram("istio_request_duration_milliseconds", "Request durations in milliseconds",
                                   names, buckets=DURATION_BUCKETS, registry=registry)
-        self.request_bytes = Histogram("istio_request_bytes", "Request sizes (headers and body)", names,
+        self.request_bytes = Histogram("istio_request_bytes", "Request body sizes in bytes", names,
                                        buckets=SIZE_BUCKETS, registry=registry)
-        self.response_bytes = Histogram("istio_response_bytes", "Response sizes (headers and body)", names,
+        self.response_bytes = Histogram("istio_response_bytes", "Response body sizes in bytes", names,
                                         buckets=SIZE_BUCKETS, registry=registry)
 
     def report(self, record: RequestRecord) -> None:

@@ -369,3 +369,28 @@ def test_policies_see_repeated_headers_joined_and_the_upstream_gets_trailers_not
     head, body = bytes(got).split(b"\r\n\r\n", 1)
     assert b"expect" not in head.lower()
     assert body.endswith(b"0\r\nx-checksum: abc\r\n\r\n")
+
+
+def test_the_path_decided_on_is_the_path_forwarded_in_origin_form(monkeypatch):
+    seen = []
+
+    async def backend(reader, writer):
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+
+    async def scenario():
+        async with Rig(monkeypatch, backend) as rig:
+            reader, writer = await rig.client()
+            writer.write(b"GET http://web2/x/%2e%2e/admin?q=1 HTTP/1.1\r\nHost: web\r\n\r\n")
+            ok = (await _response(reader))[0]
+            writer.write(b"GET /a%00b HTTP/1.1\r\nHost: web\r\n\r\n")
+            bad = (await _response(reader))[0]
+            writer.close()
+            return ok, bad, rig.checked, rig.tunnels.opened
+    ok, bad, checked, opened = asyncio.run(scenario())
+    assert (ok, bad, opened) == (200, 400, 1)
+    assert len(checked) == 1 and checked[0]["path"] == "/admin?q=1" and checked[0]["host"] == "web2"
+    lines = seen[0].split(b"\r\n")
+    assert lines[0] == b"GET /admin?q=1 HTTP/1.1"
+    assert [line for line in lines if line.lower().startswith(b"host:")] == [b"host: web2"]

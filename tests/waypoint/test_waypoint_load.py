@@ -76,12 +76,17 @@ def test_wrk_through_the_waypoint_without_failures_or_leaks(mesh):
         counted = _settled(lambda: _waypoint_requests(mesh)) - count0
         ok = _waypoint_requests(mesh, response_code="200", reporter="waypoint",
                                 destination_service="web-l7.shop.svc.cluster.local")
-        assert ok == _waypoint_requests(mesh), "the waypoint answered something other than 200"
+        # a request still in flight when wrk closed its connection is given up with it
+        # (response_code 0, DC, as Envoy reports it): at most one per connection
+        left = _waypoint_requests(mesh, response_code="0", response_flags="DC")
+        assert left <= CONNECTIONS and ok + left == _waypoint_requests(mesh), \
+            "the waypoint answered something other than 200"
         # wrk counts the responses it read before its clock stopped; the waypoint had
         # also answered those still in flight then, at most one per connection
         assert run["requests"] <= counted <= run["requests"] + CONNECTIONS, (run["requests"], counted)
-        # each request the waypoint counted reached the backend exactly once
-        assert mesh.backend_requests() - backend0 == counted
+        # each request the waypoint answered reached the backend exactly once (one given
+        # up may or may not have)
+        assert counted - left <= mesh.backend_requests() - backend0 <= counted
 
         # wrk closed its connections: their tunnels and upstream streams end with them
         deadline = time.monotonic() + 10
@@ -93,7 +98,8 @@ def test_wrk_through_the_waypoint_without_failures_or_leaks(mesh):
     finally:
         forwarder.stop()
     log = mesh.log("waypoint")
-    assert "request failed" not in log, [line for line in log.splitlines() if "request failed" in line][:5]
+    failed = [line for line in log.splitlines() if "request failed" in line and "DC" not in line]
+    assert not failed, failed[:5]
     assert "Traceback" not in log, log[-3000:]
 
 
