@@ -483,6 +483,7 @@ class Http1ServerConnection(_Reader):
         self._body_timeout = idle_timeout
         self._current: Http1Request | None = None
         self._answered = False
+        self.response_sent = False                # the response went out whole (lingering may follow)
         self._closing = False
         self._broken = False
         self._switched = False
@@ -563,6 +564,7 @@ class Http1ServerConnection(_Reader):
             await self._refuse(problem)
         self._current = Http1Request(self, msg)
         self._answered = False
+        self.response_sent = False
         return self._current
 
     async def _drain_bounded(self, req: Http1Request) -> bool:
@@ -719,6 +721,7 @@ class Http1ServerConnection(_Reader):
             self._broken = True
             self._close()
             raise
+        self.response_sent = True
         if status == 101:
             self._switched = True
         elif self._closing:
@@ -835,10 +838,22 @@ class Http1ClientConnection(_Reader):
         """No byte of a response to the last request arrived."""
         return self._received == 0
 
-    async def abandon(self) -> None:
+    async def abandon(self, linger: float = 0.0) -> None:
         """Closes the connection and waits until the request's sender has stopped, so that
-        whatever it read the request body from has one reader again."""
+        whatever it read the request body from has one reader again. ``linger``: a
+        request sent whole is ended as a client that leaves ends it, half-closed and
+        given that long to end its side, so the upstream sees a client gone rather than
+        a broken connection."""
         sender = self._sender
+        if linger > 0 and not self._closed and sender is not None and sender.done() and not sender.cancelled() \
+                and sender.exception() is None and self._writer.can_write_eof():
+            try:
+                self._writer.write_eof()
+                async with asyncio.timeout(linger):
+                    while await self._reader.read(READ_SIZE):
+                        pass
+            except (TimeoutError, ConnectionError, OSError):
+                pass
         self.close()
         if sender is not None and not sender.done():
             await asyncio.wait({sender})

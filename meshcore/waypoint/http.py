@@ -136,7 +136,7 @@ class Http1Handler:
         ctx, req = self.ctx, tunnel.request
         record = RequestRecord(tunnel.record, method=request.method, path=request.target,
                                authority=request.host or req.authority)
-        inflight: list = [None]                    # the upstream client while one is in use
+        inflight: list = [None]                    # the upstream client while one is in use, then the bodies
         try:
             return await self._forward(conn, request, tunnel, upstreams, record, inflight)
         except asyncio.CancelledError:
@@ -144,12 +144,19 @@ class Http1Handler:
             if inflight[0] is not None:
                 inflight[0].close()
             if not record.duration:
-                self._report(record.finish(0, flag="DC", error="downstream reset before the response ended"))
+                if conn.response_sent:             # only the lingering after a whole response was cut
+                    for counted, field in zip(inflight[1:], ("response_bytes", "request_bytes")):
+                        if counted is not None:
+                            setattr(record, field, counted.count)
+                    self._report(record.finish(record.status))
+                else:
+                    self._report(record.finish(0, flag="DC", error="downstream reset before the response ended"))
             raise
 
     async def _local(self, conn: Http1ServerConnection, record: RequestRecord, status: int, body: bytes, *,
                      flag: str = "-", error: str = "", headers=None) -> bool:
         """A reply of the waypoint's own; a client already gone is reported as such."""
+        record.status, record.flag, record.error = status, flag, error
         try:
             await conn.respond(status, headers or [("content-type", "text/plain")], body,
                                close=self.tunnels.draining)
@@ -223,7 +230,7 @@ class Http1Handler:
             try:
                 response = await self._exchange(conn, client, request, target, headers, body)
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError, _ClientLeft) as exc:
-                await client.abandon()
+                await client.abandon(linger=1.0 if isinstance(exc, _ClientLeft) else 0.0)
                 if body is not None and body.error is not None:
                     # the client's body failed: the codec answered it (400, 408) and closed
                     failure = body.error
@@ -262,6 +269,8 @@ class Http1Handler:
             await _splice(conn.take_over(), client.take_over())
             return False
         answer = _Counted(_relay_body(response, client, body))
+        record.status = response.status
+        inflight[1:] = [answer, body]
         try:
             await conn.respond(response.status, strip_hop_by_hop(response.headers), answer,
                                trailers=lambda: response.trailers, reason=response.reason,

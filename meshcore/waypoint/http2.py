@@ -284,11 +284,23 @@ async def _relay_response(exchange: ServerExchange, up: ClientExchange, response
     exchange.respond(response.status, fields)
     try:
         while chunk := await up.read():
-            await exchange.write(chunk)
+            try:
+                await exchange.write(chunk)
+            except (StreamResetError, ConnectionError, MeshcoreError) as exc:
+                if outcome.flag != "DR":
+                    # the client's side failed: it is the one gone, not the backend
+                    outcome.flag, outcome.error = "DC", f"{type(exc).__name__}: {exc}"
+                up.reset(ErrorCode.CANCEL)
+                return
             record.response_bytes += len(chunk)
         trailers = _h2_fields(_text(up.trailers or ()))
         record.grpc_status = _grpc_status(trailers)
-        await exchange.end(trailers or None)
+        try:
+            await exchange.end(trailers or None)
+        except (StreamResetError, ConnectionError, MeshcoreError) as exc:
+            if outcome.flag != "DR":
+                outcome.flag, outcome.error = "DC", f"{type(exc).__name__}: {exc}"
+            return
     except (StreamResetError, ConnectionError) as exc:
         if outcome.flag == "DR":
             return                                 # the client's reset, passed on already

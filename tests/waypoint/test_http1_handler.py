@@ -394,3 +394,26 @@ def test_the_path_decided_on_is_the_path_forwarded_in_origin_form(monkeypatch):
     lines = seen[0].split(b"\r\n")
     assert lines[0] == b"GET /admin?q=1 HTTP/1.1"
     assert [line for line in lines if line.lower().startswith(b"host:")] == [b"host: web2"]
+
+
+def test_a_tunnel_reset_while_lingering_after_a_whole_response_reports_that_response(monkeypatch):
+    async def backend(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 2\r\n\r\nno")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async def scenario():
+        async with Rig(monkeypatch, backend) as rig:
+            reader, writer = await rig.client()
+            writer.write(b"POST /up HTTP/1.1\r\nHost: web\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n"
+                         + b"x" * 1000)
+            status, _, _ = await _response(reader)
+            await asyncio.sleep(0.2)            # the waypoint lingers for the client's end
+            rig.tasks[0].cancel()
+            await asyncio.gather(rig.tasks[0], return_exceptions=True)
+            writer.close()
+            return status, rig.metrics.records, rig.errors
+    status, records, errors = asyncio.run(scenario())
+    assert status == 413 and not errors
+    assert [r[:2] for r in records] == [(413, "-")]

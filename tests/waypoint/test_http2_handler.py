@@ -168,3 +168,88 @@ def test_h2_upstream_forwards_the_normalized_path(monkeypatch):
     exchange.path = "/public/%2e%2e/admin?q=1"
     asyncio.run(handler._one(exchange, tunnel))
     assert sent == ["/admin?q=1"]
+
+
+class _Up:
+    body_ended = False
+    trailers = None
+    on_informational = None
+
+    def __init__(self, hang=False):
+        self.hang, self.chunks, self.resets = hang, [b"part", b""], []
+
+    async def response(self):
+        if self.hang:
+            await asyncio.Event().wait()
+        return types.SimpleNamespace(status=200, headers=[(b"content-type", b"text/plain")])
+
+    async def read(self):
+        return self.chunks.pop(0)
+
+    def reset(self, code=None):
+        self.resets.append(code)
+
+    def close(self):
+        pass
+
+
+def _relay_rig(monkeypatch, up):
+    monkeypatch.setattr(H2, "send_request", lambda *a, **k: up)
+
+    class Allow:
+        reason = "ok"
+
+        def __bool__(self):
+            return True
+    monkeypatch.setattr(H2, "evaluate_request", lambda *a, **k: Allow())
+    records = []
+    ctx = types.SimpleNamespace(store=types.SimpleNamespace(view=types.SimpleNamespace(
+        waypoint_policy_set=lambda *a: None)))
+
+    class Tunnels:
+        def upstream(self, *a):
+            return types.SimpleNamespace(kind=HBONE, workload=None, expected=(types.SimpleNamespace(uri="spiffe://x"),),
+                                         dial=("127.0.0.1", 1), authority="web", reason="")
+    handler = H2.Http2Handler(ctx, Tunnels(), types.SimpleNamespace(report=records.append), ("shop", "waypoint"))
+
+    async def get(chosen, me):
+        return object()
+    handler.upstreams.get = get
+    tunnel = types.SimpleNamespace(
+        request=types.SimpleNamespace(authority="10.96.0.10:80", peer_identity=None, peer_address=("10.0.0.1", 1),
+                                      host="10.96.0.10", port=80),
+        record=ConnectionRecord("inbound"), service=None, waypoint=None)
+    return handler, tunnel, records
+
+
+def test_a_response_the_client_cannot_take_is_dc_not_an_upstream_failure(monkeypatch):
+    up = _Up()
+    handler, tunnel, records = _relay_rig(monkeypatch, up)
+
+    class Gone(_Exchange):
+        path = "/a"
+
+        def respond(self, *a, **k):
+            pass
+
+        async def write(self, chunk):
+            raise ConnectionResetError("the client's connection broke")
+    asyncio.run(handler._one(Gone(), tunnel))
+    assert [(r.status, r.flag) for r in records] == [(200, "DC")]
+    assert up.resets                               # the backend is told at once
+
+
+def test_a_client_reset_stays_dr_when_its_task_is_cancelled(monkeypatch):
+    up = _Up(hang=True)
+    handler, tunnel, records = _relay_rig(monkeypatch, up)
+
+    async def scenario():
+        exchange = _Exchange()
+        exchange.path = "/a"
+        task = asyncio.get_running_loop().create_task(handler._one(exchange, tunnel))
+        await asyncio.sleep(0.05)
+        exchange.on_reset(ConnectionResetError("RST_STREAM CANCEL"))
+        task.cancel()                              # what the connection does to an unanswered request
+        await asyncio.gather(task, return_exceptions=True)
+    asyncio.run(scenario())
+    assert [(r.status, r.flag) for r in records] == [(0, "DR")]
