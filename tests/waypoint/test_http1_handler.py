@@ -417,3 +417,26 @@ def test_a_tunnel_reset_while_lingering_after_a_whole_response_reports_that_resp
     status, records, errors = asyncio.run(scenario())
     assert status == 413 and not errors
     assert [r[:2] for r in records] == [(413, "-")]
+
+
+def test_pipelined_requests_read_ahead_while_one_waits_are_answered_in_order(monkeypatch):
+    async def backend(reader, writer):
+        while True:
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return
+            await asyncio.sleep(0.2)
+            path = head.split(b" ")[1]
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(path), path))
+            await writer.drain()
+
+    async def scenario():
+        async with Rig(monkeypatch, backend) as rig:
+            reader, writer = await rig.client()
+            writer.write(b"GET /one HTTP/1.1\r\nHost: web\r\n\r\nGET /two HTTP/1.1\r\nHost: web\r\n\r\n"
+                         b"POST /three HTTP/1.1\r\nHost: web\r\nContent-Length: 3\r\n\r\nabc")
+            answers = [(await _response(reader))[2] for _ in range(3)]
+            writer.close()
+            return answers, rig.tunnels.opened
+    assert asyncio.run(scenario()) == ([b"/one", b"/two", b"/three"], 1)

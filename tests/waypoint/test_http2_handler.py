@@ -253,3 +253,30 @@ def test_a_client_reset_stays_dr_when_its_task_is_cancelled(monkeypatch):
         await asyncio.gather(task, return_exceptions=True)
     asyncio.run(scenario())
     assert [(r.status, r.flag) for r in records] == [(0, "DR")]
+
+
+def test_a_request_the_backend_refused_unprocessed_is_sent_once_more(monkeypatch):
+    from meshcore.errors import ErrorCode, StreamResetError
+    first, second = _Up(), _Up()
+
+    async def refused():
+        raise StreamResetError("refused", ErrorCode.REFUSED_STREAM, 1, True)
+    first.response = refused
+    ups = [first, second]
+    handler, tunnel, records = _relay_rig(monkeypatch, None)
+    monkeypatch.setattr(H2, "send_request", lambda *a, **k: ups.pop(0))
+
+    class Ok(_Exchange):
+        path = "/a"
+        written = b""
+
+        def respond(self, *a, **k):
+            pass
+
+        async def write(self, chunk):
+            Ok.written += chunk
+
+        async def end(self, trailers=None):
+            pass
+    asyncio.run(handler._one(Ok(), tunnel))
+    assert [(r.status, r.flag) for r in records] == [(200, "-")] and Ok.written == b"part" and not ups
