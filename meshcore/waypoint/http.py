@@ -133,7 +133,7 @@ class Http1Handler:
 
     async def _one(self, conn: Http1ServerConnection, request, tunnel: Tunnel, upstreams: dict) -> bool:
         """One request; False when the connection cannot carry another."""
-        ctx, req = self.ctx, tunnel.request
+        req = tunnel.request
         record = RequestRecord(tunnel.record, method=request.method, path=request.target,
                                authority=request.host or req.authority)
         inflight: list = [None]                    # the upstream client while one is in use, then the bodies
@@ -247,7 +247,8 @@ class Http1Handler:
                 inflight[0] = None
                 if isinstance(exc, HttpError) and exc.status == 504:
                     return await self._local(conn, record, 504, b"upstream request timeout", flag="UT", error=str(exc))
-                return await self._local(conn, record, 503, b"upstream connect error or disconnect/reset before headers",
+                return await self._local(conn, record, 503,
+                                         b"upstream connect error or disconnect/reset before headers",
                                          flag="UC", error=f"{type(exc).__name__}: {exc}")
             break
         record.request_bytes = body.count if body is not None else 0
