@@ -103,11 +103,14 @@ class Node:
         deadline = time.monotonic() + timeout
         while not ready(self.ip):
             if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()                      # never left running behind a failed measurement
                 raise RuntimeError(f"node not ready: {self.log.read_text()[-2000:]}")
             time.sleep(0.005)
         return time.perf_counter() - self.started
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            return
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(15)
@@ -156,6 +159,16 @@ def measure_size(n: int, rounds: int, directory: Path, tls: IstiodTls, ca: CaThr
     node = Node(directory, env, [])
     node.wait_ready()
     changes = {"workload": [], "policy": []}
+    try:
+        measure_changes(n, istiod, changes)
+    finally:
+        node.stop()
+        istiod.stop()
+    result["change_to_ack"] = {kind: summary(s) for kind, s in changes.items()}
+    return result
+
+
+def measure_changes(n: int, istiod: Istiod, changes: dict) -> None:
     for k in range(20):
         i = k % max(n, 1)
         ns = f"ns{i % 100}"
@@ -164,10 +177,6 @@ def measure_size(n: int, rounds: int, directory: Path, tls: IstiodTls, ca: CaThr
                            services={f"{ns}/svc{i}.{ns}.svc.cluster.local": [(80, 8080)]})
         changes["workload"].append(wait_ack(istiod, istiod.ads.push(changed)))
         changes["policy"].append(wait_ack(istiod, istiod.ads.push(policy(i, version=k + 1))))
-    node.stop()
-    istiod.stop()
-    result["change_to_ack"] = {kind: summary(s) for kind, s in changes.items()}
-    return result
 
 
 async def _stall(n: int, tls: IstiodTls) -> dict:
