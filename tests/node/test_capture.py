@@ -11,6 +11,7 @@ import os
 import random
 import re
 import shutil
+import socket
 import signal
 import subprocess
 import sys
@@ -135,7 +136,15 @@ def capture_mesh(tmp_path):
             while LocalMesh.http_get(addr, 15021, "/healthz/ready", timeout=1)[0] != 200:
                 assert time.monotonic() < deadline, (tmp_path / "node-a.log").read_text()
                 time.sleep(0.05)
-        time.sleep(0.3)                                   # web and iperf3 listening
+        # web and iperf3 listening: a connection made before would be refused, and end as if revoked
+        for port in (8080, 5201) if shutil.which("iperf3") else (8080,):
+            while True:
+                try:
+                    socket.create_connection((WEB, port), timeout=1).close()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, f"nothing listens on {WEB}:{port}"
+                    time.sleep(0.05)
 
     def log(name):
         return (tmp_path / f"{name}.log").read_text(errors="replace")
