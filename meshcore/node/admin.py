@@ -64,3 +64,82 @@ class HttpEndpoints:
 
 def text(status: int, body: str) -> tuple[int, str, bytes]:
     return status, "text/plain; charset=utf-8", body.encode()
+
+
+# -- the routes every proxy mode serves (node and waypoint alike) ----------------------
+
+def logging_route(method: str, query: dict) -> tuple[int, str, bytes]:
+    """POST /logging?level=...: change log levels at run time, as ztunnel's admin does."""
+    from meshcore.node import logs
+    if method != "POST":
+        return text(405, "POST /logging?level=<level> (trace, debug, info, warn, error, off; "
+                         "or target=level,... such as access=warn,info)\n")
+    level = (query.get("level") or [""])[0]
+    try:
+        logs.set_level(level)
+    except ValueError as exc:
+        return text(400, f"{exc}\n")
+    return text(200, f"current log level is {level}\n")
+
+
+def quit_route(spawn: Callable, drain: Callable) -> Handler:
+    """POST /quitquitquit: drain and exit, in a task the proxy owns (`spawn`)."""
+    def route(method: str, query: dict):
+        if method != "POST":
+            return text(405, "POST /quitquitquit to drain and exit\n")
+        asyncio.get_running_loop().call_soon(spawn, drain())
+        return text(200, "shutdown now\n")
+    return route
+
+
+def metrics_route(metrics) -> Handler:
+    return lambda method, query: (200, "text/plain; version=0.0.4; charset=utf-8", metrics.exposition())
+
+
+def ready_route(pending: Callable[[], list[str]]) -> Handler:
+    """GET /healthz/ready: 200, or 500 naming what is pending."""
+    def route(method: str, query: dict):
+        waiting = pending()
+        if waiting:
+            # what is pending, not why: the probe port is open to the pod network, and the
+            # reasons (resource names, istiod's errors) are in the log and /config_dump
+            return text(500, f"not ready, pending: {', '.join(sorted({': '.join(p.split(': ')[:2]) for p in waiting}))}\n")
+        return text(200, "ready\n")
+    return route
+
+
+async def start_endpoints(routes: dict[str, dict[str, Handler]], listen: dict, into: list) -> None:
+    """One HttpEndpoints per listener name in `routes` that `listen` does not turn off,
+    each appended to `into` (their owner closes them) as it starts; ListenerError
+    (which, where, why) for one that cannot bind."""
+    from meshcore.node.context import listener_error
+    for name, table in routes.items():
+        if listen[name] is None:
+            continue
+        try:
+            into.append(await HttpEndpoints(table).start(*listen[name]))
+        except OSError as exc:
+            raise listener_error(name, listen[name], exc) from None
+
+
+# -- a proxy as a process --------------------------------------------------------------
+
+def run_event_loop(coro) -> int:
+    """Run a proxy's main coroutine on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+async def serve_until_stopped(proxy) -> None:
+    """Start `proxy`, then SIGTERM/SIGINT drain it and SIGHUP reloads it, each in a task
+    the proxy owns (`spawn`), until it has stopped."""
+    import signal
+    await proxy.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: proxy.spawn(proxy.drain()))
+    loop.add_signal_handler(signal.SIGINT, lambda: proxy.spawn(proxy.drain()))
+    loop.add_signal_handler(signal.SIGHUP, lambda: proxy.spawn(proxy.reload_safely("SIGHUP")))
+    await proxy.stopped.wait()

@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
-import signal
 from typing import TYPE_CHECKING
 from dataclasses import replace
 
 from meshcore.config.listen import listen_type
 from meshcore.errors import ConfigError
+from meshcore.node.admin import run_event_loop, serve_until_stopped
 from meshcore.node.proxy import DEFAULT_LISTEN, NodeOptions
 from meshcore.policy.istio import ROOT_NAMESPACE
 
@@ -171,22 +170,12 @@ def run(args: argparse.Namespace) -> int:
     from meshcore.sources.config import load
     if options.config_paths or options.inline_config:
         load(options.config_paths, inline=options.inline_config, root_namespace=options.root_namespace)
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    return runner(serve(options))
+    return run_event_loop(serve(options))
 
 
 async def serve(options: NodeOptions) -> int:
     from meshcore.node.proxy import NodeProxy
     proxy = NodeProxy(options)
-    await proxy.start()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, lambda: proxy.spawn(proxy.drain()))
-    loop.add_signal_handler(signal.SIGINT, lambda: proxy.spawn(proxy.drain()))
-    loop.add_signal_handler(signal.SIGHUP, lambda: proxy.spawn(proxy.reload_safely("SIGHUP")))
-    await proxy.stopped.wait()
+    await serve_until_stopped(proxy)
     log.info("node %s stopped", options.node_name or "(unnamed)")
     return 0

@@ -27,10 +27,11 @@ from meshcore.errors import ConfigError, ListenerError
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.identity.issuers import choose_issuer
 from meshcore.identity.store import CertificateStore
-from meshcore.node import debug, logs
-from meshcore.node.admin import HttpEndpoints, text
+from meshcore.node import debug
+from meshcore.node.admin import (HttpEndpoints, logging_route, metrics_route, quit_route, ready_route,
+                                 start_endpoints, text)
 from meshcore.node.certificates import LocalCertificates
-from meshcore.node.context import ProxyContext, ProxySettings, hbone_pool, listener_error
+from meshcore.node.context import ProxyContext, ProxySettings, hbone_pool
 from meshcore.node.dump import config_dump
 from meshcore.node.inbound import Inbound
 from meshcore.node.metrics import NodeMetrics
@@ -218,21 +219,17 @@ class NodeProxy:
             gc.collect()
             gc.freeze()
         listen = self.listen
-        routes = {"admin": {"/config_dump": self._config_dump, "/logging": self._logging,
-                            "/quitquitquit": self._quit, "/debug/pprof/profile": self._profile,
+        metrics = metrics_route(self.metrics)
+        routes = {"admin": {"/config_dump": self._config_dump, "/logging": logging_route,
+                            "/quitquitquit": quit_route(self.spawn, self.drain), "/debug/pprof/profile": self._profile,
                             "/debug/tasks": self._tasks_dump, "/debug/holdings": self._holdings, "/": self._index},
-                  "metrics": {"/metrics": self._metrics, "/stats/prometheus": self._metrics},
-                  "readiness": {"/healthz/ready": self._ready}}
+                  "metrics": {"/metrics": metrics, "/stats/prometheus": metrics},
+                  "readiness": {"/healthz/ready": ready_route(self.pending)}}
         try:
             await self.certificates.start()
             await self.inbound.start()
             await self.outbound.start()
-            for name in routes:
-                if listen[name] is not None:
-                    try:
-                        self.endpoints.append(await HttpEndpoints(routes[name]).start(*listen[name]))
-                    except OSError as exc:
-                        raise listener_error(name, listen[name], exc) from None
+            await start_endpoints(routes, listen, self.endpoints)
         except (ListenerError, ConfigError):
             await self.drain(quiet=True)           # nothing was served: no "draining" before the error
             raise
@@ -293,23 +290,6 @@ class NodeProxy:
     def _config_dump(self, method, query):
         return 200, "application/json", json.dumps(config_dump(self), indent=2).encode()
 
-    def _logging(self, method, query):
-        if method != "POST":
-            return text(405, "POST /logging?level=<level> (trace, debug, info, warn, error, off; "
-                             "or target=level,... such as access=warn,info)\n")
-        level = (query.get("level") or [""])[0]
-        try:
-            logs.set_level(level)
-        except ValueError as exc:
-            return text(400, f"{exc}\n")
-        return text(200, f"current log level is {level}\n")
-
-    def _quit(self, method, query):
-        if method != "POST":
-            return text(405, "POST /quitquitquit to drain and exit\n")
-        asyncio.get_running_loop().call_soon(self.spawn, self.drain())
-        return text(200, "shutdown now\n")
-
     def _index(self, method, query):
         return text(200, "meshcore node admin: /config_dump, POST /logging?level=..., POST /quitquitquit, "
                          "/debug/pprof/profile?seconds=N (collapsed stacks), /debug/tasks, /debug/holdings\n")
@@ -326,14 +306,3 @@ class NodeProxy:
 
     def _holdings(self, method, query):
         return 200, "application/json", json.dumps(debug.holdings(self), indent=2).encode()
-
-    def _metrics(self, method, query):
-        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.exposition()
-
-    def _ready(self, method, query):
-        pending = self.pending()
-        if pending:
-            # what is pending, not why: the probe port is open to the pod network, and the
-            # reasons (resource names, istiod's errors) are in the log and /config_dump
-            return text(500, f"not ready, pending: {', '.join(sorted({': '.join(p.split(': ')[:2]) for p in pending}))}\n")
-        return text(200, "ready\n")

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 
 from meshcore.config.listen import listen_type
 from meshcore.errors import ConfigError
+from meshcore.node.admin import run_event_loop, serve_until_stopped
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.waypoint.proxy import DEFAULT_LISTEN, WaypointOptions
 
@@ -80,22 +79,12 @@ def run(args: argparse.Namespace) -> int:
     logs.configure(args.log_level, args.log_format)
     options = options_from(args)
     load(options.config_paths, inline=options.inline_config, root_namespace=options.root_namespace)
-    try:
-        import uvloop
-        runner = uvloop.run
-    except ImportError:
-        runner = asyncio.run
-    return runner(serve(options))
+    return run_event_loop(serve(options))
 
 
 async def serve(options: WaypointOptions) -> int:
     from meshcore.waypoint.proxy import WaypointProxy
     proxy = WaypointProxy(options)
-    await proxy.start()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, lambda: proxy.spawn(proxy.drain()))
-    loop.add_signal_handler(signal.SIGINT, lambda: proxy.spawn(proxy.drain()))
-    loop.add_signal_handler(signal.SIGHUP, lambda: proxy.spawn(proxy.reload_safely("SIGHUP")))
-    await proxy.stopped.wait()
+    await serve_until_stopped(proxy)
     log.info("waypoint %s/%s stopped", options.namespace, options.name)
     return 0

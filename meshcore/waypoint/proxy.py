@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from meshcore.errors import ConfigError, ListenerError
 from meshcore.identity.issuers import choose_issuer
 from meshcore.identity.store import CertificateStore
-from meshcore.node import logs
-from meshcore.node.admin import HttpEndpoints, text
+from meshcore.node.admin import (HttpEndpoints, logging_route, metrics_route, quit_route, ready_route,
+                                 start_endpoints)
 from meshcore.node.certificates import LocalCertificates
-from meshcore.node.context import ProxyContext, ProxySettings, hbone_pool, listener_error
+from meshcore.node.context import ProxyContext, ProxySettings, hbone_pool
 from meshcore.node.metrics import NodeMetrics
 from meshcore.node.netaddr import SourceBinder
 from meshcore.node.telemetry import Telemetry
@@ -126,19 +126,15 @@ class WaypointProxy:
             raise ConfigError(f"no workload for waypoint {o.namespace}/{o.name}: the configuration needs the "
                               f"waypoint's own workload (name {o.name!r}, or service account {o.name!r}, in "
                               f"namespace {o.namespace!r}) for its address and identity", source="meshcore waypoint")
-        routes = {"admin": {"/config_dump": self._config_dump, "/logging": self._logging,
-                            "/quitquitquit": self._quit},
-                  "metrics": {"/metrics": self._metrics, "/stats/prometheus": self._metrics},
-                  "readiness": {"/healthz/ready": self._ready}}
+        metrics = metrics_route(self.metrics)
+        routes = {"admin": {"/config_dump": self._config_dump, "/logging": logging_route,
+                            "/quitquitquit": quit_route(self.spawn, self.drain)},
+                  "metrics": {"/metrics": metrics, "/stats/prometheus": metrics},
+                  "readiness": {"/healthz/ready": ready_route(self.pending)}}
         try:
             await self.certificates.start()
             await self.tunnels.start()
-            for name in routes:
-                if self.listen[name] is not None:
-                    try:
-                        self.endpoints.append(await HttpEndpoints(routes[name]).start(*self.listen[name]))
-                    except OSError as exc:
-                        raise listener_error(name, self.listen[name], exc) from None
+            await start_endpoints(routes, self.listen, self.endpoints)
         except ListenerError:
             await self.drain(quiet=True)
             raise
@@ -231,28 +227,3 @@ class WaypointProxy:
                 "policies": [policy(p, state.root_namespace) for p in state.policies],
                 "version": self.version, "configVersion": state.version}
         return 200, "application/json", json.dumps(dump, indent=2).encode()
-
-    def _logging(self, method, query):
-        if method != "POST":
-            return text(405, "POST /logging?level=<level>\n")
-        level = (query.get("level") or [""])[0]
-        try:
-            logs.set_level(level)
-        except ValueError as exc:
-            return text(400, f"{exc}\n")
-        return text(200, f"current log level is {level}\n")
-
-    def _quit(self, method, query):
-        if method != "POST":
-            return text(405, "POST /quitquitquit to drain and exit\n")
-        asyncio.get_running_loop().call_soon(self.spawn, self.drain())
-        return text(200, "shutdown now\n")
-
-    def _metrics(self, method, query):
-        return 200, "text/plain; version=0.0.4; charset=utf-8", self.metrics.exposition()
-
-    def _ready(self, method, query):
-        pending = self.pending()
-        if pending:
-            return text(500, f"not ready, pending: {', '.join(sorted(pending))}\n")
-        return text(200, "ready\n")
