@@ -53,22 +53,10 @@ class ConnectionRecord:
 
     def labels(self) -> dict[str, str]:
         """Istio's TCP metric labels (ztunnel's set and order)."""
-        s, d, svc = self.src_workload, self.dst_workload, self.service
+        s, d = self.src_workload, self.dst_workload
         return {
             "reporter": self.reporter,
-            **_workload_labels("source", s),
-            "source_principal": self.src_identity or UNKNOWN,
-            "source_app": _label(s, "app", s.canonical_name if s else ""),
-            "source_version": _label(s, "version", s.canonical_revision if s else ""),
-            "source_cluster": s.cluster_id if s else UNKNOWN,
-            "destination_service": svc.hostname if svc else UNKNOWN,
-            "destination_service_namespace": svc.namespace if svc else UNKNOWN,
-            "destination_service_name": svc.name if svc else UNKNOWN,
-            **_workload_labels("destination", d),
-            "destination_principal": self.dst_identity or UNKNOWN,
-            "destination_app": _label(d, "app", d.canonical_name if d else ""),
-            "destination_version": _label(d, "version", d.canonical_revision if d else ""),
-            "destination_cluster": d.cluster_id if d else UNKNOWN,
+            **peer_labels(s, self.src_identity, self.service, d, self.dst_identity),
             "request_protocol": "tcp",
             "response_flags": self.flag,
             "connection_security_policy": "mutual_tls" if self.mtls else UNKNOWN,
@@ -105,6 +93,27 @@ class ConnectionRecord:
 
 
 FIELD_LABELS = ("workload", "canonical_service", "canonical_revision", "workload_namespace")
+
+
+def peer_labels(s: Workload | None, src_identity: str, svc: Service | None, d: Workload | None,
+                dst_identity: str) -> dict[str, str]:
+    """The source, service and destination labels of Istio's metrics, in Istio's order:
+    the TCP metrics of a node and the request metrics of a waypoint share them."""
+    return {
+        **_workload_labels("source", s),
+        "source_principal": src_identity or UNKNOWN,
+        "source_app": _label(s, "app", s.canonical_name if s else ""),
+        "source_version": _label(s, "version", s.canonical_revision if s else ""),
+        "source_cluster": s.cluster_id if s else UNKNOWN,
+        "destination_service": svc.hostname if svc else UNKNOWN,
+        "destination_service_namespace": svc.namespace if svc else UNKNOWN,
+        "destination_service_name": svc.name if svc else UNKNOWN,
+        **_workload_labels("destination", d),
+        "destination_principal": dst_identity or UNKNOWN,
+        "destination_app": _label(d, "app", d.canonical_name if d else ""),
+        "destination_version": _label(d, "version", d.canonical_revision if d else ""),
+        "destination_cluster": d.cluster_id if d else UNKNOWN,
+    }
 
 
 def _workload_labels(side: str, w: Workload | None) -> dict[str, str]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import Counter, Histogram
 
-from meshcore.node.record import UNKNOWN, ConnectionRecord, _label, _workload_labels
+from meshcore.node.record import ConnectionRecord, peer_labels
 from meshcore.state.model import Workload
 
 access_log = logging.getLogger("meshcore.access")
@@ -51,22 +51,9 @@ class RequestRecord:
 
     def labels(self) -> dict[str, str]:
         c = self.connection
-        s, d, svc = c.src_workload, self.upstream, c.service
         return {
             "reporter": "waypoint",
-            **_workload_labels("source", s),
-            "source_principal": c.src_identity or UNKNOWN,
-            "source_app": _label(s, "app", s.canonical_name if s else ""),
-            "source_version": _label(s, "version", s.canonical_revision if s else ""),
-            "source_cluster": s.cluster_id if s else UNKNOWN,
-            "destination_service": svc.hostname if svc else UNKNOWN,
-            "destination_service_namespace": svc.namespace if svc else UNKNOWN,
-            "destination_service_name": svc.name if svc else UNKNOWN,
-            **_workload_labels("destination", d),
-            "destination_principal": self.upstream_identity or UNKNOWN,
-            "destination_app": _label(d, "app", d.canonical_name if d else ""),
-            "destination_version": _label(d, "version", d.canonical_revision if d else ""),
-            "destination_cluster": d.cluster_id if d else UNKNOWN,
+            **peer_labels(c.src_workload, c.src_identity, c.service, self.upstream, self.upstream_identity),
             "request_protocol": self.protocol,
             "response_code": str(self.status),
             "grpc_response_status": _grpc_label(self.grpc_status),
