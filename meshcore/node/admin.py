@@ -1,4 +1,5 @@
-"""The node's HTTP endpoints: admin (15000), metrics (15020), readiness (15021).
+"""What every proxy mode serves and does as a process: the HTTP endpoints (admin 15000,
+metrics 15020, readiness 15021) and their shared routes, reloads, signals, the loop.
 
 A deliberately small HTTP/1.1 server (one request per connection, no bodies in,
 answers of a few hundred KiB at most) for localhost operators and Prometheus.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from urllib.parse import parse_qs, urlsplit
 
@@ -143,3 +145,51 @@ async def serve_until_stopped(proxy) -> None:
     loop.add_signal_handler(signal.SIGINT, lambda: proxy.spawn(proxy.drain()))
     loop.add_signal_handler(signal.SIGHUP, lambda: proxy.spawn(proxy.reload_safely("SIGHUP")))
     await proxy.stopped.wait()
+
+
+class ProxyProcess:
+    """What a proxy mode (node, waypoint) does as a process beyond its wiring: reloads
+    of its files (on change, on SIGHUP) that never end their caller, and the tasks that
+    signals and admin calls start, owned until they end. The mode provides `log`,
+    `files`, `metrics`, `certificates`, `options.reload_interval`, `loaded_at`, a
+    `_background` set, and `applied(reason, applied)` to say what a reload changed."""
+
+    async def reload(self, reason: str) -> bool:
+        """Read the configuration and certificate files again and put what changed in
+        force; a refused configuration keeps the one in force (logged and counted)."""
+        from meshcore.errors import ConfigError
+        await self.certificates.rotate()
+        try:
+            applied = await self.files.reload()
+        except ConfigError as exc:
+            self.metrics.config_reloads.labels("refused").inc()
+            self.log.error("configuration refused (%s), the previous one stays in force: %s", reason, exc)
+            return False
+        self.metrics.config_reloads.labels("applied").inc()
+        if applied.changed:
+            self.loaded_at = time.time()
+        self.applied(reason, applied)
+        return True
+
+    async def reload_safely(self, reason: str) -> bool:
+        """reload(), with a failure that is not the configuration's logged and counted
+        instead of ending the caller (the file watcher, a signal handler)."""
+        try:
+            return await self.reload(reason)
+        except Exception:
+            self.metrics.config_reloads.labels("failed").inc()
+            self.log.exception("reload (%s) failed; the configuration in force stays", reason)
+            return False
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.reload_interval)
+            if self.files.changed_on_disk():
+                await self.reload_safely("files changed")
+
+    def spawn(self, coro) -> asyncio.Task:
+        """Run a reload or drain that a signal or an admin call asked for, owned here."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task

@@ -28,7 +28,7 @@ from meshcore.identity.spiffe import SpiffeId
 from meshcore.identity.issuers import choose_issuer
 from meshcore.identity.store import CertificateStore
 from meshcore.node import debug
-from meshcore.node.admin import (HttpEndpoints, logging_route, metrics_route, quit_route, ready_route,
+from meshcore.node.admin import (HttpEndpoints, ProxyProcess, logging_route, metrics_route, quit_route, ready_route,
                                  start_endpoints, text)
 from meshcore.node.certificates import LocalCertificates
 from meshcore.node.context import ProxyContext, ProxySettings, hbone_pool
@@ -104,9 +104,10 @@ class NodeOptions:
                              listener_ips=frozenset(listener_ips), own_identity=own)
 
 
-class NodeProxy:
+class NodeProxy(ProxyProcess):
     """Wiring: the mesh store and its file source, the shared context, the components
     (certificates, inbound, outbound, HTTP endpoints), signals and admin routes."""
+    log = log
 
     def __init__(self, options: NodeOptions):
         from meshcore import __version__
@@ -147,47 +148,11 @@ class NodeProxy:
                              own_identity=SpiffeId(o.trust_domain, *o.own_identity) if o.own_identity else None)
 
     # -- configuration ------------------------------------------------------------------
-    async def reload(self, reason: str) -> bool:
-        """Read the configuration and certificate files again and put what changed in
-        force; a refused configuration keeps the one in force (logged and counted)."""
-        await self.certificates.rotate()
-        try:
-            applied = await self.files.reload()
-        except ConfigError as exc:
-            self.metrics.config_reloads.labels("refused").inc()
-            log.error("configuration refused (%s), the previous one stays in force: %s", reason, exc)
-            return False
-        self.metrics.config_reloads.labels("applied").inc()
-        if applied.changed:
-            self.loaded_at = time.time()
+    def applied(self, reason: str, applied) -> None:
         view = self.store.view
         log.info("configuration %s applied (%s): %d workloads, %d services, %d policies; %s", view.version, reason,
                  len(view.by_uid), len(view.by_service_key), len(view.policy_by_key),
                  ", ".join(f"{len(keys)} {kind} changed" for kind, keys in applied.changed.items()) or "no change")
-        return True
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.reload_interval)
-            if self.files.changed_on_disk():
-                await self.reload_safely("files changed")
-
-    async def reload_safely(self, reason: str) -> bool:
-        """reload(), with a failure that is not the configuration's logged and counted
-        instead of ending the caller (the file watcher, a signal handler)."""
-        try:
-            return await self.reload(reason)
-        except Exception:
-            self.metrics.config_reloads.labels("failed").inc()
-            log.exception("reload (%s) failed; the configuration in force stays", reason)
-            return False
-
-    def spawn(self, coro) -> asyncio.Task:
-        """Run a reload or drain that a signal or an admin call asked for, owned here."""
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
 
     def pending(self) -> list[str]:
         """What keeps the node from being ready."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from meshcore.errors import ConfigError, ListenerError
 from meshcore.identity.issuers import choose_issuer
 from meshcore.identity.store import CertificateStore
-from meshcore.node.admin import (HttpEndpoints, logging_route, metrics_route, quit_route, ready_route,
+from meshcore.node.admin import (HttpEndpoints, ProxyProcess, logging_route, metrics_route, quit_route, ready_route,
                                  start_endpoints)
 from meshcore.node.certificates import LocalCertificates
 from meshcore.node.context import ProxyContext, ProxySettings, hbone_pool
@@ -79,7 +79,9 @@ def own_workload(state: MeshView, namespace: str, name: str) -> Workload | None:
             or next((w for w in candidates if w.service_account == name), None))
 
 
-class WaypointProxy:
+class WaypointProxy(ProxyProcess):
+    log = log
+
     def __init__(self, options: WaypointOptions):
         from meshcore import __version__
         self.options, self.version = options, __version__
@@ -145,39 +147,8 @@ class WaypointProxy:
                                              for n, a in self.listen.items()) if a is not None))
         return self
 
-    async def reload(self, reason: str) -> bool:
-        await self.certificates.rotate()
-        try:
-            applied = await self.files.reload()
-        except ConfigError as exc:
-            self.metrics.config_reloads.labels("refused").inc()
-            log.error("configuration refused (%s), the previous one stays in force: %s", reason, exc)
-            return False
-        self.metrics.config_reloads.labels("applied").inc()
-        if applied.changed:
-            self.loaded_at = time.time()
+    def applied(self, reason: str, applied) -> None:
         log.info("configuration %s applied (%s)", self.store.view.version, reason)
-        return True
-
-    async def reload_safely(self, reason: str) -> bool:
-        try:
-            return await self.reload(reason)
-        except Exception:
-            self.metrics.config_reloads.labels("failed").inc()
-            log.exception("reload (%s) failed; the configuration in force stays", reason)
-            return False
-
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self.options.reload_interval)
-            if self.files.changed_on_disk():
-                await self.reload_safely("files changed")
-
-    def spawn(self, coro) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        return task
 
     def pending(self) -> list[str]:
         out = []
