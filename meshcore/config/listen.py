@@ -21,3 +21,15 @@ def listen_type(names: Iterable[str]):
             raise argparse.ArgumentTypeError(f"{text!r}: {value!r} is not HOST:PORT (or off)")
         return name, (host.strip("[]"), int(port))
     return parse
+
+
+def listeners(defaults: dict, listen: dict, address: str) -> dict:
+    """name -> (host, port), or None when turned off: the defaults, moved by `listen`
+    (`--listen`), with a listener given no host bound to `address` (`--address`)."""
+    out = {}
+    for name, (host, port) in defaults.items():
+        value = listen.get(name, (host or address, port))
+        if value is not None and value[0] == "":
+            value = (address, value[1])
+        out[name] = value
+    return out

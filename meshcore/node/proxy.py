@@ -23,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from meshcore.config.listen import listeners
 from meshcore.errors import ConfigError, ListenerError
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.identity.issuers import choose_issuer
@@ -77,13 +78,7 @@ class NodeOptions:
     control_plane: object = None
 
     def listeners(self) -> dict:
-        out = {}
-        for name, (host, port) in DEFAULT_LISTEN.items():
-            value = self.listen.get(name, (host or self.address, port))
-            if value is not None and value[0] == "":
-                value = (self.address, value[1])
-            out[name] = value
-        return out
+        return listeners(DEFAULT_LISTEN, self.listen, self.address)
 
     def settings(self, trust_domain: str) -> ProxySettings:
         """What the components share, from these options."""

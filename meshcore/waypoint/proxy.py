@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from meshcore.config.listen import listeners
 from meshcore.errors import ConfigError, ListenerError
 from meshcore.identity.issuers import choose_issuer
 from meshcore.identity.store import CertificateStore
@@ -62,13 +63,7 @@ class WaypointOptions:
     root_namespace: str = "istio-system"
 
     def listeners(self) -> dict:
-        out = {}
-        for name, (host, port) in DEFAULT_LISTEN.items():
-            value = self.listen.get(name, (host or self.address, port))
-            if value is not None and value[0] == "":
-                value = (self.address, value[1])
-            out[name] = value
-        return out
+        return listeners(DEFAULT_LISTEN, self.listen, self.address)
 
 
 def own_workload(state: MeshView, namespace: str, name: str) -> Workload | None:
