@@ -26,7 +26,7 @@ from meshcore.config import fields as F
 from meshcore.config.yamlfile import documents, located
 from meshcore.sources import waypoints as W
 from meshcore.errors import ConfigError, IdentityError
-from meshcore.state.model import (GatewayAddress, HealthPolicy, LoadBalancer, LoadBalancerMode, Locality, MtlsMode,
+from meshcore.state.model import (APP_PROTOCOLS, GatewayAddress, HealthPolicy, LoadBalancer, LoadBalancerMode, Locality, MtlsMode,
                                   PeerAuthentication, Protocol, Service, Workload)
 from meshcore.state.store import MeshStore
 from meshcore.state.view import MeshView
@@ -43,7 +43,8 @@ _WORKLOAD_KEYS = (
 _SERVICE_KEYS = (
     "name", "namespace", "hostname", "vips", "cidrVips", "ports", "subjectAltNames", "endpoints",
     "waypoint", "weightedWaypoints", "loadBalancer", "ipFamilies", "canonical", "visibility",
-    "labels")                        # meshcore's own: for istio.io/use-waypoint
+    "labels",                        # meshcore's own: for istio.io/use-waypoint
+    "appProtocols")                  # meshcore's own: {port: protocol}, the workload API's appProtocol
 _STATUS = ("Healthy", "Unhealthy")
 
 
@@ -80,6 +81,28 @@ def _gateway(obj, path: str) -> GatewayAddress:
                                         F.string(dest["hostname"], f"{path}.destination.hostname")),
                               hbone_mtls_port=port)
     return GatewayAddress(address=_network_address(dest, f"{path}.destination"), hbone_mtls_port=port)
+
+
+# Kubernetes' appProtocol names for what APP_PROTOCOLS calls otherwise
+_APP_PROTOCOL_ALIASES = {"kubernetes.io/h2c": "http2", "h2c": "http2", "https": "tls", "kubernetes.io/ws": "http",
+                         "kubernetes.io/wss": "tls"}
+
+
+def _app_protocols(obj, path: str, ports: tuple[tuple[int, int], ...]) -> tuple[tuple[int, str], ...]:
+    F.mapping(obj, path)
+    known = {p for p, _ in ports}
+    out = []
+    for key, value in obj.items():
+        port = F.port(key, f"{path}.{key}")
+        if port not in known:
+            raise F.fail(f"{path}.{key}", f"{port} is not one of the service's ports ({', '.join(map(str, sorted(known)))})")
+        name = F.string(value, f"{path}.{key}").lower()
+        name = _APP_PROTOCOL_ALIASES.get(name, name)
+        if name not in APP_PROTOCOLS:
+            raise F.fail(f"{path}.{key}", f"{value!r} is not an application protocol meshcore knows "
+                                          f"({', '.join(APP_PROTOCOLS)}, or {', '.join(_APP_PROTOCOL_ALIASES)})")
+        out.append((port, name))
+    return tuple(sorted(out))
 
 
 def _labels(obj, path: str) -> tuple[tuple[str, str], ...]:
@@ -153,13 +176,14 @@ def service(obj, path: str) -> Service:
                           _choice(raw.get("mode"), f"{path}.loadBalancer.mode", LoadBalancerMode, "Standard"),
                           _choice(raw.get("healthPolicy"), f"{path}.loadBalancer.healthPolicy", HealthPolicy,
                                   "OnlyHealthy"))
+    ports = _port_map(obj["ports"], f"{path}.ports")
     return Service(
         name=F.string(obj["name"], f"{path}.name"),
         namespace=F.string(obj["namespace"], f"{path}.namespace"),
         hostname=F.string(obj["hostname"], f"{path}.hostname"),
         vips=tuple(_network_address(v, f"{path}.vips[{i}]") for i, v in enumerate(F.sequence(obj["vips"],
                                                                                             f"{path}.vips"))),
-        ports=_port_map(obj["ports"], f"{path}.ports"),
+        ports=ports,
         subject_alt_names=tuple(F.strings(obj.get("subjectAltNames"), f"{path}.subjectAltNames")),
         waypoint=_gateway(obj["waypoint"], f"{path}.waypoint") if obj.get("waypoint") else None,
         load_balancer=lb,
@@ -167,7 +191,8 @@ def service(obj, path: str) -> Service:
                         for i, v in enumerate(F.sequence(obj.get("cidrVips"), f"{path}.cidrVips"))),
         extra=tuple((k, obj[k]) for k in ("endpoints", "weightedWaypoints", "ipFamilies", "canonical", "visibility")
                     if k in obj),
-        labels=_labels(obj.get("labels") or {}, f"{path}.labels"))
+        labels=_labels(obj.get("labels") or {}, f"{path}.labels"),
+        app_protocols=_app_protocols(obj.get("appProtocols") or {}, f"{path}.appProtocols", ports))
 
 
 def peer_authentication(doc: dict) -> PeerAuthentication:

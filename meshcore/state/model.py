@@ -144,13 +144,27 @@ class Service:
     extra: tuple[tuple[str, object], ...] = ()
     # meshcore's own: istio.io/use-waypoint and the like (ztunnel's local config has none)
     labels: tuple[tuple[str, str], ...] = ()
+    # (service port, protocol): what the port's appProtocol says its servers speak, one
+    # of APP_PROTOCOLS; a port not listed is told by what its clients send
+    app_protocols: tuple[tuple[int, str], ...] = ()
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.hostname}"
 
+    def app_protocol(self, port: int) -> str | None:
+        for p, protocol in self.app_protocols:
+            if p == port:
+                return protocol
+        return None
+
     def target_port(self, port: int) -> int | None:
         return next((t or p for p, t in self.ports if p == port), None)
+
+
+# the protocols a service port can declare (Istio's workload API AppProtocol): http is
+# HTTP/1.1, http2 is HTTP/2 with prior knowledge (h2c inside the tunnel), grpc is HTTP/2
+APP_PROTOCOLS = ("http", "http2", "grpc", "tcp", "tls")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,54 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import re
-import uuid
 
-from meshcore.errors import HttpError, MeshcoreError
+from meshcore.aio.request import send_request
+from meshcore.errors import ErrorCode, HttpError, MeshcoreError, StreamResetError
 from meshcore.l7.http1 import Http1ClientConnection, Http1ServerConnection, strip_hop_by_hop, upgrade_allowed
 from meshcore.node.context import ProxyContext
 from meshcore.node.routing import HBONE
 from meshcore.policy.paths import request_authority, request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request
+from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
-from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels
+from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
+from meshcore.waypoint.upstreams import Http2Upstreams
 
 log = logging.getLogger("meshcore.waypoint")
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 COPY_CHUNK = 1 << 16
-
-
-def continued_traceparent(value: str | None) -> str:
-    """The trace a request carries, continued with a new span id for this hop (W3C trace
-    context); a new trace when it carries none or a malformed one."""
-    m = _TRACEPARENT.match(value.strip().lower()) if value else None
-    if m is None or m.group(1) == "ff" or set(m.group(2)) == {"0"}:
-        return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00"
-    return f"{m.group(1)}-{m.group(2)}-{os.urandom(8).hex()}-{m.group(4)}"
-
-
-def forwarded_headers(headers: list[tuple[str, str]], *, upgrade: bool) -> tuple[list[tuple[str, str]], str]:
-    """The request headers sent upstream, and its request id."""
-    out = strip_hop_by_hop(headers, upgrade=upgrade)
-    request_id = next((v for n, v in out if n == "x-request-id"), None)
-    if request_id is None:
-        request_id = str(uuid.uuid4())
-        out.append(("x-request-id", request_id))
-    trace = continued_traceparent(next((v for n, v in out if n == "traceparent"), None))
-    out = [(n, v) for n, v in out if n not in ("traceparent", "x-forwarded-proto")]
-    out += [("traceparent", trace), ("x-forwarded-proto", "http")]
-    return out, request_id
-
-
-def policy_headers(headers: list[tuple[str, str]]) -> dict[str, str]:
-    """The header map a policy sees: a repeated header's values joined with "," as Envoy
-    presents them to RBAC, so a second value cannot hide the first."""
-    out: dict[str, str] = {}
-    for name, value in headers:
-        out[name] = f"{out[name]},{value}" if name in out else value
-    return out
 
 
 def _has_body(headers: list[tuple[str, str]]) -> bool:
@@ -104,9 +72,11 @@ class Http1Handler:
     WRITE_IDLE_TIMEOUT = 300.0
 
     def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
-                 waypoint: tuple[str, str]):
+                 waypoint: tuple[str, str], *, http2_upstreams: Http2Upstreams | None = None):
         self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
         self.waypoint = waypoint                   # (namespace, name) of the Gateway
+        # backends declared to speak HTTP/2 (http2, grpc) are reached on these
+        self.http2_upstreams = http2_upstreams or Http2Upstreams(tunnels)
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tunnel: Tunnel) -> None:
         conn = Http1ServerConnection(reader, writer, write_timeout=self.WRITE_IDLE_TIMEOUT)
@@ -208,8 +178,16 @@ class Http1Handler:
         headers = [(n, v) for n, v in headers if n != "expect"]
         if host != request.host:
             headers = [("host", host)] + [(n, v) for n, v in headers if n != "host"]
-        key = (chosen.dial, chosen.authority, chosen.expected)
         has_body = _has_body(request.headers)
+        if upstream_http(tunnel.app_protocol, "1.1") == "2":
+            if upgrade:
+                # an HTTP/2 backend could take it only as an extended CONNECT (RFC 8441),
+                # which meshcore does not send: refused as Envoy refuses an upgrade it
+                # is not configured for
+                return await self._local(conn, record, 403, b"upgrade not allowed",
+                                         error=f"upgrade {request.upgrade!r} to an HTTP/2 backend")
+            return await self._forward_http2(conn, request, chosen, me, target, host, headers, has_body, record)
+        key = (chosen.dial, chosen.authority, chosen.expected)
         client = upstreams.pop(key, None)
         body = None
         for attempt in range(2):
@@ -300,6 +278,52 @@ class Http1Handler:
             client.close()
         return not conn.closed
 
+    async def _forward_http2(self, conn: Http1ServerConnection, request, chosen, me, target: str, authority: str,
+                             headers, has_body: bool, record: RequestRecord) -> bool:
+        """The request to a backend that speaks HTTP/2: a stream on the waypoint's
+        connection to the endpoint; its response back in HTTP/1.1 (chunked when its
+        length is not announced, trailers after the last chunk)."""
+        fields = h2_fields(headers)
+        try:
+            connection = await self.http2_upstreams.get(chosen, me)
+            up = send_request(connection, request.method, target, authority=authority, scheme="http",
+                              headers=fields, end_stream=not has_body)
+        except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
+            return await self._local(conn, record, 503, b"upstream connect error", flag="UF",
+                                     error=f"{type(exc).__name__}: {exc}")
+        body = _Counted(request.body(), on_error=lambda: up.reset(ErrorCode.CANCEL)) if has_body else None
+        sending = asyncio.get_running_loop().create_task(_send_http2_body(body, request, up)) if has_body else None
+        try:
+            try:
+                response = await up.response()
+            except (StreamResetError, ConnectionError, OSError, MeshcoreError) as exc:
+                if body is not None and body.error is not None:
+                    self._report(record.finish(getattr(body.error, "status", 0), flag="DC", error=str(body.error)))
+                    return False
+                return await self._local(conn, record, 503,
+                                         b"upstream connect error or disconnect/reset before headers",
+                                         flag="UR", error=f"{type(exc).__name__}: {exc}")
+            record.status = response.status
+            answer = _Counted(_http2_body(up)) if not up.body_ended else None
+            try:
+                await conn.respond(response.status, h2_response_fields(response.headers),
+                                   answer if answer is not None else b"",
+                                   trailers=lambda: h2_fields(text_fields(up.trailers or ())),
+                                   close=self.tunnels.draining)
+            except (HttpError, OSError, MeshcoreError) as exc:
+                record.response_bytes = answer.count if answer is not None else 0
+                flag = "DC" if answer is None or answer.error is None else "UR"
+                self._report(record.finish(response.status, flag=flag, error=f"{type(exc).__name__}: {exc}"))
+                return False
+            record.response_bytes = answer.count if answer is not None else 0
+            record.request_bytes = body.count if body is not None else 0
+            self._report(record.finish(response.status))
+            return not conn.closed
+        finally:
+            if sending is not None and not sending.done():
+                sending.cancel()
+            up.close()                             # resets the stream if either half is unfinished
+
     async def _exchange(self, conn: Http1ServerConnection, client: Http1ClientConnection, request, target: str,
                         headers, body):
         """The upstream's response head, unless the client leaves first."""
@@ -344,6 +368,27 @@ async def _relay_body(response, client: Http1ClientConnection, body):
         yield chunk
     if body is not None and not body.finished.is_set():
         await client.abandon()
+
+
+async def _send_http2_body(body: "_Counted", request, up) -> None:
+    """An HTTP/1.1 request's body (and chunked trailers) onto its HTTP/2 stream, as the
+    stream's window takes it."""
+    try:
+        async for chunk in body:
+            await up.write(chunk)
+        await up.end(h2_fields(request.trailers) or None)
+    except (StreamResetError, ConnectionError, HttpError, OSError, MeshcoreError):
+        pass                                       # the response side reports it
+
+
+async def _http2_body(up):
+    while chunk := await up.read():
+        yield chunk
+
+
+def h2_response_fields(fields) -> list[tuple[str, str]]:
+    """An HTTP/2 response's fields for an HTTP/1.1 client (the codec frames the body)."""
+    return [(n, v) for n, v in text_fields(fields) if not n.startswith(":")]
 
 
 async def _splice(down, up, idle: float = Http1Handler.WRITE_IDLE_TIMEOUT) -> None:

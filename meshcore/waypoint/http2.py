@@ -9,8 +9,9 @@ each request is an exchange (meshcore.aio.request) answered as an HTTP/1.1 one i
                waypoint keeps to that endpoint (an HBONE tunnel with its identity)
             ─► the response's headers, body and trailers streamed back
 
-The backend is taken to speak HTTP/2 like its client (services carry no appProtocol
-to say otherwise). Headers as the HTTP/1.1 handler sets them (x-request-id,
+The backend speaks what its service port declares (appProtocol http: HTTP/1.1, on a
+kept-alive connection of the waypoint's; http2, grpc: HTTP/2), else HTTP/2 like its
+client. Headers as the HTTP/1.1 handler sets them (x-request-id,
 traceparent continued, x-forwarded-proto); connection-specific ones never cross.
 
 Flow control holds end to end: a chunk is taken from one side, which gives its window
@@ -25,107 +26,19 @@ import logging
 
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.request import ClientExchange, ServerExchange, request_dispatcher, send_request
-from meshcore.errors import ErrorCode, MeshcoreError, StreamResetError
+from meshcore.errors import ErrorCode, HttpError, MeshcoreError, StreamResetError
+from meshcore.l7.http1 import strip_hop_by_hop
 from meshcore.node.context import ProxyContext
 from meshcore.node.routing import HBONE, Route
 from meshcore.policy.paths import request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.state.model import Workload
-from meshcore.waypoint.http import forwarded_headers, policy_headers
+from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
-from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels
+from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
+from meshcore.waypoint.upstreams import Http1Upstreams, Http2Upstreams
 
 log = logging.getLogger("meshcore.waypoint")
-
-UPSTREAM_IDLE = 60.0          # seconds an upstream connection with no stream stays open
-# RFC 9113 8.2.2: never in HTTP/2 (te only as "trailers", which strip_hop_by_hop keeps);
-# host: :authority carries it
-_NOT_FORWARDED = frozenset({"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
-                            "host"})
-
-
-def _text(fields) -> list[tuple[str, str]]:
-    return [(n.decode("latin-1") if isinstance(n, bytes) else n, v.decode("latin-1") if isinstance(v, bytes) else v)
-            for n, v in fields]
-
-
-def _h2_fields(fields: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    return [(n, v) for n, v in fields if n not in _NOT_FORWARDED and not (n == "te" and v.lower() != "trailers")]
-
-
-def _grpc_status(fields) -> str:
-    return next((v for n, v in fields if n == "grpc-status"), "")
-
-
-class UpstreamConnections:
-    """One HTTP/2 connection per endpoint, each on its own HBONE tunnel, shared by every
-    client of the waypoint; another when it is going away or its streams are all taken."""
-
-    def __init__(self, tunnels: WaypointTunnels, idle: float = UPSTREAM_IDLE):
-        self.tunnels = tunnels
-        self.idle = idle
-        self.connections: dict[tuple, list[HboneConnection]] = {}
-        self._opening: dict[tuple, asyncio.Task] = {}
-        self._idle_timers: dict[HboneConnection, asyncio.TimerHandle] = {}
-        self.closing = False
-
-    async def get(self, chosen: Route, me: Workload) -> HboneConnection:
-        key = (me.identity, chosen.dial, chosen.authority, chosen.expected)
-        while True:
-            for conn in self.connections.get(key, ()):
-                if self._has_room(conn):
-                    self._busy(conn)
-                    return conn
-            opening = self._opening.get(key)
-            if opening is None:
-                # requests arriving together wait for one connection instead of each opening one
-                opening = self._opening[key] = asyncio.get_running_loop().create_task(self._open(key, chosen, me))
-                opening.add_done_callback(lambda t: self._opening.pop(key) if self._opening.get(key) is t else None)
-            conn = await asyncio.shield(opening)
-            # more requests may have waited on it than its stream limit lets in: those
-            # over it look again, and open the next connection together
-            if self._has_room(conn):
-                self._busy(conn)
-                return conn
-
-    @staticmethod
-    def _has_room(conn: HboneConnection) -> bool:
-        return conn.usable and conn.h2.open_local_streams < conn.h2.remote_max_concurrent_streams
-
-    async def _open(self, key: tuple, chosen: Route, me: Workload) -> HboneConnection:
-        _, conn = await self.tunnels.open_upstream(chosen, me, protocol_factory=lambda: HboneConnection(client=True))
-        self.connections.setdefault(key, []).append(conn)
-        conn.on_closed = lambda c: self._forget(key, c)
-        conn.on_stream_closed = lambda c, _sid: self._maybe_idle(c)
-        return conn
-
-    def _busy(self, conn: HboneConnection) -> None:
-        timer = self._idle_timers.pop(conn, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _maybe_idle(self, conn: HboneConnection) -> None:
-        if conn.streams or conn in self._idle_timers:
-            return
-        if self.closing:
-            conn.close()
-            return
-        self._idle_timers[conn] = conn.loop.call_later(self.idle, conn.close)
-
-    def _forget(self, key: tuple, conn: HboneConnection) -> None:
-        self._busy(conn)
-        conns = self.connections.get(key)
-        if conns is not None and conn in conns:
-            conns.remove(conn)
-            if not conns:
-                del self.connections[key]
-
-    async def drain(self, deadline: float) -> None:
-        """GOAWAY to every backend once the requests on it finish (or the deadline)."""
-        self.closing = True
-        conns = [c for conns in self.connections.values() for c in conns]
-        await asyncio.gather(*(c.drain(deadline) for c in conns), return_exceptions=True)
-
 
 class _Outcome:
     """How one request went, for its record: set as it goes, reported once."""
@@ -138,11 +51,19 @@ class _Outcome:
 class Http2Handler:
     """Serves the HTTP/2 tunnels of a waypoint (WaypointTunnels(http2=...))."""
 
+    # as the HTTP/1.1 handler's: Envoy's stream idle timeout
+    RESPONSE_TIMEOUT = 300.0
+    BODY_IDLE_TIMEOUT = 300.0
+
     def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
-                 waypoint: tuple[str, str]):
+                 waypoint: tuple[str, str], *, http2_upstreams: Http2Upstreams | None = None,
+                 http1_upstreams: Http1Upstreams | None = None):
         self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
         self.waypoint = waypoint                   # (namespace, name) of the Gateway
-        self.upstreams = UpstreamConnections(tunnels)
+        self.upstreams = http2_upstreams or Http2Upstreams(tunnels)
+        # backends declared to speak HTTP/1.1 (appProtocol http) are reached on these
+        self.http1_upstreams = http1_upstreams or Http1Upstreams(
+            tunnels, response_timeout=self.RESPONSE_TIMEOUT, body_timeout=self.BODY_IDLE_TIMEOUT)
         self.downstream: set[HboneConnection] = set()
 
     async def __call__(self, transport, received: bytes, tunnel: Tunnel) -> None:
@@ -161,12 +82,12 @@ class Http2Handler:
     async def drain(self, deadline: float) -> None:
         """GOAWAY to every client (requests in flight finish), then to every backend."""
         await asyncio.gather(*(c.drain(deadline) for c in list(self.downstream)), return_exceptions=True)
-        await self.upstreams.drain(deadline)
+        await asyncio.gather(self.upstreams.drain(deadline), self.http1_upstreams.drain(deadline))
 
     # -- one request -------------------------------------------------------------------
     async def _one(self, exchange: ServerExchange, tunnel: Tunnel) -> None:
         req = tunnel.request
-        headers = _text(exchange.headers)
+        headers = text_fields(exchange.headers)
         authority = exchange.authority or req.authority
         record = RequestRecord(tunnel.record, method=exchange.method, path=exchange.path, authority=authority,
                                protocol="grpc" if is_grpc(headers) else "http")
@@ -204,7 +125,7 @@ class Http2Handler:
                                     path=target, host=authority, headers=policy_headers(headers))
         if not decision:
             denied = denied_response(headers)
-            record.grpc_status = _grpc_status(denied.headers)
+            record.grpc_status = grpc_status(denied.headers)
             outcome.error = f"denied: {decision.reason}"
             outcome.status = denied.status
             await _respond(exchange, denied.status, list(denied.headers), denied.body, trailers_only=denied.trailers_only)
@@ -217,11 +138,14 @@ class Http2Handler:
             return
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
+        if upstream_http(tunnel.app_protocol, "2") == "1.1":
+            await self._forward_http1(exchange, chosen, me, target, authority, forwarded, record, outcome)
+            return
         no_body = exchange.body_ended
         try:
             upstream = await self.upstreams.get(chosen, me)
             up = send_request(upstream, exchange.method, target, authority=authority,
-                              scheme=exchange.scheme or "http", headers=_h2_fields(forwarded),
+                              scheme=exchange.scheme or "http", headers=h2_fields(forwarded),
                               end_stream=no_body)
         except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
             outcome.flag, outcome.error = "UF", f"{type(exc).__name__}: {exc}"
@@ -246,7 +170,7 @@ class Http2Handler:
                     up.close()
                     upstream = await self.upstreams.get(chosen, me)
                     up = send_request(upstream, exchange.method, target, authority=authority,
-                                      scheme=exchange.scheme or "http", headers=_h2_fields(forwarded), end_stream=True)
+                                      scheme=exchange.scheme or "http", headers=h2_fields(forwarded), end_stream=True)
                     up.on_informational = lambda r: _inform(exchange, r)
                     response = await up.response()
             except (StreamResetError, ConnectionError, OSError, MeshcoreError) as exc:
@@ -265,20 +189,104 @@ class Http2Handler:
             up.close()                             # resets the upstream stream if either half is unfinished
 
 
-def _downstream_reset(exc: BaseException, up: ClientExchange, outcome: _Outcome) -> None:
+    async def _forward_http1(self, exchange: ServerExchange, chosen: Route, me: Workload, target: str,
+                             authority: str, forwarded, record: RequestRecord, outcome: _Outcome) -> None:
+        """The request to a backend that speaks HTTP/1.1: a kept-alive connection of its
+        own for the exchange (host from :authority; a body of unannounced length goes
+        chunked, with the trailers after it), the response back on the stream."""
+        pool = self.http1_upstreams
+        fields = [("host", authority)] + [(n, v) for n, v in forwarded if n != "host"]
+        body = None if exchange.body_ended else _request_body(exchange, record)
+        for attempt in range(2):
+            try:
+                client, reused = await pool.take(chosen, me)
+            except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
+                outcome.flag, outcome.error, outcome.status = "UF", f"{type(exc).__name__}: {exc}", 503
+                await _respond(exchange, 503, [("content-type", "text/plain")], b"upstream connect error")
+                return
+            # a client's reset reaches the backend at once: the connection is closed
+            exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)
+            try:
+                response = await client.request(exchange.method, target, fields, body,
+                                                trailers=lambda: text_fields(exchange.trailers or ()))
+                break
+            except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError) as exc:
+                await client.abandon()
+                pool.discard(client)
+                if outcome.flag == "DR":
+                    return
+                if attempt == 0 and reused and client.nothing_received and body is None:
+                    continue                       # a kept-alive connection the backend had given up on
+                if isinstance(exc, HttpError) and exc.status == 504:
+                    outcome.flag, outcome.status = "UT", 504
+                    await _respond(exchange, 504, [("content-type", "text/plain")], b"upstream request timeout")
+                else:
+                    outcome.flag, outcome.status = "UC", 503
+                    await _respond(exchange, 503, [("content-type", "text/plain")],
+                                   b"upstream connect error or disconnect/reset before headers")
+                outcome.error = f"{type(exc).__name__}: {exc}"
+                return
+            finally:
+                exchange.on_reset = None
+        outcome.status = response.status
+        if response.status == 101:
+            pool.discard(client)
+            outcome.flag, outcome.error, outcome.status = "UPE", "101 to a request without an upgrade", 502
+            await _respond(exchange, 502, [("content-type", "text/plain")], b"upstream switched protocols unasked")
+            return
+        fields = h2_fields(strip_hop_by_hop(response.headers))
+        exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)
+        try:
+            if exchange.method == "HEAD" or response.body_complete:
+                exchange.respond(response.status, fields, end=True)
+            else:
+                exchange.respond(response.status, fields)
+                async for chunk in response.body():
+                    await exchange.write(chunk)
+                    record.response_bytes += len(chunk)
+                await exchange.end(h2_fields(response.trailers) or None)
+        except (HttpError, OSError, asyncio.IncompleteReadError) as exc:
+            # the backend's side failed mid-body: so does the client's stream
+            pool.discard(client)
+            if outcome.flag != "DR":
+                outcome.flag, outcome.error = "UPE", f"{type(exc).__name__}: {exc}"
+                exchange.reset(ErrorCode.CANCEL)
+            return
+        except (StreamResetError, ConnectionError, MeshcoreError) as exc:
+            pool.discard(client)
+            if outcome.flag != "DR":
+                outcome.flag, outcome.error = "DC", f"{type(exc).__name__}: {exc}"
+            return
+        finally:
+            exchange.on_reset = None
+        pool.give_back(chosen, me, client)
+
+
+async def _request_body(exchange: ServerExchange, record: RequestRecord):
+    while chunk := await exchange.read():
+        record.request_bytes += len(chunk)
+        yield chunk
+
+
+def _downstream_reset(exc: BaseException, up, outcome: _Outcome) -> None:
+    """The client reset its stream: so is the upstream request (a stream reset with the
+    same code; an HTTP/1.1 connection closed)."""
     outcome.flag, outcome.error = "DR", f"{type(exc).__name__}: {exc}"
-    code = getattr(exc, "error_code", ErrorCode.CANCEL)
-    up.reset(code if code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
+    if isinstance(up, ClientExchange):
+        code = getattr(exc, "error_code", ErrorCode.CANCEL)
+        up.reset(code if code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
+    else:
+        up.close()
 
 
 async def _relay_response(exchange: ServerExchange, up: ClientExchange, response, record: RequestRecord,
                           outcome: _Outcome) -> None:
-    fields = _h2_fields(_text(response.headers))
+    fields = h2_fields(text_fields(response.headers))
     outcome.status = response.status
     if up.body_ended:
         # a response that ended with its headers goes on as one, which for gRPC is
         # Trailers-Only: its status is in this header block
-        record.grpc_status = _grpc_status(fields)
+        record.grpc_status = grpc_status(fields)
         exchange.respond(response.status, fields, end=True)
         return
     exchange.respond(response.status, fields)
@@ -293,8 +301,8 @@ async def _relay_response(exchange: ServerExchange, up: ClientExchange, response
                 up.reset(ErrorCode.CANCEL)
                 return
             record.response_bytes += len(chunk)
-        trailers = _h2_fields(_text(up.trailers or ()))
-        record.grpc_status = _grpc_status(trailers)
+        trailers = h2_fields(text_fields(up.trailers or ()))
+        record.grpc_status = grpc_status(trailers)
         try:
             await exchange.end(trailers or None)
         except (StreamResetError, ConnectionError, MeshcoreError) as exc:
@@ -317,7 +325,7 @@ async def _send_body(exchange: ServerExchange, up: ClientExchange, record: Reque
         while chunk := await exchange.read():
             await up.write(chunk)
             record.request_bytes += len(chunk)
-        trailers = _h2_fields(_text(exchange.trailers or ()))
+        trailers = h2_fields(text_fields(exchange.trailers or ()))
         await up.end(trailers or None)
     except (StreamResetError, ConnectionError):
         pass
@@ -325,7 +333,7 @@ async def _send_body(exchange: ServerExchange, up: ClientExchange, record: Reque
 
 def _inform(exchange: ServerExchange, response) -> None:
     try:
-        exchange.inform(response.status, _h2_fields(_text(response.headers)))
+        exchange.inform(response.status, h2_fields(text_fields(response.headers)))
     except MeshcoreError:
         pass                                       # the client's stream is gone; the final answer will say so
 

@@ -3,8 +3,10 @@
     config files ─► FileSource ─► MeshStore (layer l7: policies keep their L7 rules)
     peer node ─mTLS─► 15008 WaypointTunnels (the waypoint workload's address, its identity)
                         ├ HTTP/1.1 ─► Http1Handler: policies, an endpoint ─► HbonePool (waypoint identity) ─► endpoint :15008
-                        ├ HTTP/2   ─► Http2Handler: the same per request; one HTTP/2 connection per endpoint
-                        └ other    ─► one tunnel to an endpoint, spliced
+                        ├ HTTP/2   ─► Http2Handler: the same per request
+                        │             (the backend in the HTTP version its port declares, else the client's;
+                        │              Http2Upstreams: one HTTP/2 connection per endpoint)
+                        └ other, or a port declared tcp/tls ─► one tunnel to an endpoint, spliced
     15000 admin · 15020 metrics · 15021 readiness (HttpEndpoints)
 
 The waypoint's own workload (by --name and --namespace: the workload of that name, or
@@ -38,6 +40,7 @@ from meshcore.waypoint.http import Http1Handler
 from meshcore.waypoint.http2 import Http2Handler
 from meshcore.waypoint.telemetry import RequestMetrics
 from meshcore.waypoint.tunnels import WaypointTunnels
+from meshcore.waypoint.upstreams import Http2Upstreams
 
 log = logging.getLogger("meshcore.waypoint")
 
@@ -98,8 +101,12 @@ class WaypointProxy(ProxyProcess):
         self.requests = RequestMetrics(self.metrics.registry)
         self.tunnels = WaypointTunnels(self.ctx, self.workload, listen=self.listen["inbound"],
                                        name=(options.namespace, options.name))
-        self.tunnels.http1 = Http1Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name))
-        self.tunnels.http2 = Http2Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name))
+        # one HTTP/2 connection per endpoint, whichever version the clients speak
+        http2_upstreams = Http2Upstreams(self.tunnels)
+        self.tunnels.http1 = Http1Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name),
+                                          http2_upstreams=http2_upstreams)
+        self.tunnels.http2 = Http2Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name),
+                                          http2_upstreams=http2_upstreams)
         self.endpoints: list[HttpEndpoints] = []
         self.loaded_at = 0.0
         self.stopped = asyncio.Event()

@@ -178,6 +178,11 @@ class WaypointTunnels:
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)
         tunnel = Tunnel(request, record, state, me, service, workload)
         try:
+            if not sniffs(tunnel.app_protocol):
+                # declared not HTTP: a server-first protocol is not kept waiting for the
+                # client to say what it speaks
+                await self._l4(reader, writer, tunnel)
+                return
             skipped, first = await _sniff(reader)
             if self.http2 is not None and not skipped and could_be_http2(first):
                 await self.http2(transport, _take(reader, first), tunnel)
@@ -247,14 +252,33 @@ class WaypointTunnels:
             ctx.telemetry.closed(record)
 
 
+def sniffs(app_protocol: str | None) -> bool:
+    """Whether a tunnel's first bytes decide how it is read: a port declared tcp or tls
+    carries no HTTP a waypoint could read."""
+    return app_protocol not in ("tcp", "tls")
+
+
+def upstream_http(app_protocol: str | None, downstream: str) -> str:
+    """The HTTP version ("1.1" or "2") a request goes to its backend in: what the service
+    port declares its servers speak, else what the client spoke (Envoy's
+    use-downstream-protocol for ports that declare nothing)."""
+    if app_protocol == "http":
+        return "1.1"
+    if app_protocol in ("http2", "grpc"):
+        return "2"
+    return downstream
+
+
 class Tunnel:
     """What the L7 handler needs of the tunnel it serves."""
-    __slots__ = ("request", "record", "state", "waypoint", "service", "workload")
+    __slots__ = ("request", "record", "state", "waypoint", "service", "workload", "app_protocol")
 
     def __init__(self, request: TunnelRequest, record: ConnectionRecord, state: MeshView, waypoint: Workload,
                  service, workload):
         self.request, self.record, self.state = request, record, state
         self.waypoint, self.service, self.workload = waypoint, service, workload
+        # what the service port says its servers speak (None: a workload, or undeclared)
+        self.app_protocol = service.app_protocol(request.port) if service is not None else None
 
 
 def _unread(reader: asyncio.StreamReader, head: bytes) -> asyncio.StreamReader:

@@ -109,10 +109,20 @@ def _port(value: int, path: str) -> int:
     return value
 
 
+# the workload API's AppProtocol → the model's name; UNKNOWN: the port declares nothing
+_APP_PROTOCOLS = {wpb.HTTP11: "http", wpb.HTTP2: "http2", wpb.GRPC: "grpc", wpb.TCP: "tcp", wpb.TLS: "tls"}
+
+
+def _app_protocols(ports) -> tuple[tuple[int, str], ...]:
+    """What each port's app_protocol says its servers speak (the waypoint reads it; a
+    node proxy does not, as ztunnel does not)."""
+    out = {p.service_port: _APP_PROTOCOLS[p.app_protocol] for p in ports if p.app_protocol in _APP_PROTOCOLS}
+    return tuple(sorted(out.items()))
+
+
 def _ports(ports, path: str) -> tuple[tuple[int, int], ...]:
     """Repeated Port → sorted ((service port, target port), ...); a repeated service port:
-    the last one wins (ztunnel collects them in a map). app_protocol has no place in the
-    model (ztunnel ignores it too)."""
+    the last one wins (ztunnel collects them in a map)."""
     out = {}
     for i, p in enumerate(ports):
         sp, tp = p.service_port, p.target_port
@@ -301,7 +311,8 @@ def service_from_proto(s: wpb.Service, path: str = "service") -> Service:
         waypoint=_gateway(s.waypoint, f"{path}.waypoint") if s.HasField("waypoint") else None,
         load_balancer=lb,
         cidr_vips=tuple(cidrs),
-        extra=tuple(extra))
+        extra=tuple(extra),
+        app_protocols=_app_protocols(s.ports))
 
 
 # --- Authorization -----------------------------------------------------------------------

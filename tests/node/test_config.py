@@ -142,6 +142,10 @@ BAD = [
      "at services[0].ports: required field is missing"),
     ("services: [{name: s, namespace: a, hostname: h, vips: [], ports: {}, loadBalancer: {mode: Random}}]",
      "at services[0].loadBalancer.mode: 'Random' is not one of Standard, Strict, Failover, Passthrough"),
+    ("services: [{name: s, namespace: a, hostname: h, vips: [], ports: {80: 8080}, appProtocols: {80: http3}}]",
+     "at services[0].appProtocols.80: 'http3' is not an application protocol meshcore knows (http, http2, grpc"),
+    ("services: [{name: s, namespace: a, hostname: h, vips: [], ports: {80: 8080}, appProtocols: {81: http}}]",
+     "at services[0].appProtocols.81: 81 is not one of the service's ports (80)"),
     ("policies: [{name: p, namespace: a, rules: [[[{destinationPort: [1]}]]]}]",
      "at policies[0].rules[0][0][0].destinationPort: unknown field"),
     ("workload: []", "at workload: unknown field (allowed: policies, services, workloads)"),
@@ -153,6 +157,15 @@ BAD = [
     ("- just a list", "document 1: a document must be a mapping"),
     ("workloads: [", "not valid YAML"),
 ]
+
+
+def test_app_protocols_take_kubernetes_names(tmp_path):
+    view = load([_write(tmp_path, "services: [{name: s, namespace: a, hostname: h, vips: [], "
+                                  "ports: {80: 8080, 81: 0, 82: 0, 443: 0}, "
+                                  "appProtocols: {80: HTTP, 81: kubernetes.io/h2c, 82: grpc, 443: https}}]")])
+    (service,) = view.services
+    assert service.app_protocols == ((80, "http"), (81, "http2"), (82, "grpc"), (443, "tls"))
+    assert [service.app_protocol(p) for p in (80, 81, 443, 9999)] == ["http", "http2", "tls", None]
 
 
 @pytest.mark.parametrize("text, expected", BAD, ids=[b[1][:40] for b in BAD])

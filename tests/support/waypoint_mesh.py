@@ -3,7 +3,8 @@ process tests: node-a sends the web service's traffic to the waypoint (the servi
 names it), the waypoint sends it on to the endpoint through node-b with its own
 identity. The web workload's address serves HTTP/1.1 on 8080 and a TCP echo on 9000
 (meshcore.localworkload); 8081 and 50051 are the service's ports for backends a test
-runs itself (HTTP/2, gRPC)."""
+runs itself (HTTP/2, gRPC). The service's ports 80, 81, 9000 and 50051 declare no
+protocol; 82 (to 8081) declares http2, 83 (to 8080) http and 9001 (to 9000) tcp."""
 import os
 import signal
 import subprocess
@@ -17,12 +18,12 @@ workloads:
 - {{uid: c/client, name: client, namespace: shop, serviceAccount: client, workloadIps: ["{client}"],
    protocol: HBONE, node: node-a}}
 - {{uid: c/web, name: web, namespace: shop, serviceAccount: web, workloadIps: ["{web}"], protocol: HBONE,
-   node: node-b, labels: {{app: web}}, services: {{"shop/web.shop.svc.cluster.local": {{9000: 9000, 80: 8080, 81: 8081, 50051: 50051}}}}}}
+   node: node-b, labels: {{app: web}}, services: {{"shop/web.shop.svc.cluster.local": {{9000: 9000, 80: 8080, 81: 8081, 50051: 50051, 82: 8081, 83: 8080, 9001: 9000}}}}}}
 - {{uid: c/waypoint, name: waypoint, namespace: shop, serviceAccount: waypoint, workloadIps: ["{waypoint}"],
    protocol: HBONE, node: ""}}
 services:
-- {{name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: ["/{vip}"], ports: {{9000: 9000, 80: 8080, 81: 8081, 50051: 50051}},
-   waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
+- {{name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: ["/{vip}"], ports: {{9000: 9000, 80: 8080, 81: 8081, 50051: 50051, 82: 8081, 83: 8080, 9001: 9000}},
+   appProtocols: {{82: http2, 83: http, 9001: tcp}}, waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -40,7 +41,7 @@ spec:
   action: DENY
   rules:
   - to: [{{operation: {{paths: ["/admin*", "/meshcore.test.Echo/Forbidden"], methods: ["GET", "POST"],
-                        notPorts: ["9000"]}}}}]
+                        notPorts: ["9000", "9001"]}}}}]
 """
 # notPorts: a tunnel that is not HTTP is decided on the rule's L4 part (Envoy's network
 # RBAC), which without it would deny every one, the TCP echo's included

@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from meshcore.waypoint.http import continued_traceparent, forwarded_headers
+from meshcore.waypoint.headers import continued_traceparent, forwarded_headers
 
 TRACE = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 

@@ -10,6 +10,7 @@ import h2.events
 import pytest
 
 import meshcore.waypoint.http2 as H2
+from meshcore.waypoint.upstreams import Http2Upstreams
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.request import request_dispatcher
 from meshcore.errors import StreamClosedError
@@ -73,7 +74,7 @@ def test_requests_waiting_on_a_connection_being_opened_keep_to_its_stream_limit(
             await asyncio.sleep(0.05)
             opened.append(_Conn(limit=1))
             return None, opened[-1]
-        pool = H2.UpstreamConnections(types.SimpleNamespace(open_upstream=open_upstream))
+        pool = Http2Upstreams(types.SimpleNamespace(open_upstream=open_upstream))
         chosen = types.SimpleNamespace(dial=("127.0.0.1", 1), authority="web", expected=())
         me = types.SimpleNamespace(identity="waypoint")
 
@@ -119,7 +120,7 @@ def test_a_denied_request_whose_client_left_is_reported_dc_and_the_policy_saw_it
     tunnel = types.SimpleNamespace(
         request=types.SimpleNamespace(authority="10.96.0.10:80", peer_identity=None, peer_address=("10.0.0.1", 1),
                                       host="10.96.0.10", port=80),
-        record=ConnectionRecord("inbound"), service=None, waypoint=None)
+        record=ConnectionRecord("inbound"), service=None, waypoint=None, app_protocol=None)
     asyncio.run(handler._one(_Exchange(), tunnel))
     assert [(r.status, r.flag) for r in records] == [(403, "DC")]
     assert checked[0]["headers"]["x-tenant"] == "silver,gold"
@@ -163,7 +164,7 @@ def test_h2_upstream_forwards_the_normalized_path(monkeypatch):
     tunnel = types.SimpleNamespace(
         request=types.SimpleNamespace(authority="10.96.0.10:80", peer_identity=None, peer_address=("10.0.0.1", 1),
                                       host="10.96.0.10", port=80),
-        record=ConnectionRecord("inbound"), service=None, waypoint=None)
+        record=ConnectionRecord("inbound"), service=None, waypoint=None, app_protocol=None)
     exchange = _Exchange()
     exchange.path = "/public/%2e%2e/admin?q=1"
     asyncio.run(handler._one(exchange, tunnel))
@@ -218,7 +219,7 @@ def _relay_rig(monkeypatch, up):
     tunnel = types.SimpleNamespace(
         request=types.SimpleNamespace(authority="10.96.0.10:80", peer_identity=None, peer_address=("10.0.0.1", 1),
                                       host="10.96.0.10", port=80),
-        record=ConnectionRecord("inbound"), service=None, waypoint=None)
+        record=ConnectionRecord("inbound"), service=None, waypoint=None, app_protocol=None)
     return handler, tunnel, records
 
 

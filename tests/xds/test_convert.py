@@ -196,6 +196,9 @@ def test_service_defaults():
      "extra", (("cidrVipNetworks", ("net1/10.20.0.0/16",)),)),
     ({"ports": [wpb.Port(service_port=80, target_port=8080, app_protocol=wpb.HTTP11), wpb.Port(service_port=53)]},
      "ports", ((53, 0), (80, 8080))),
+    ({"ports": [wpb.Port(service_port=80, app_protocol=wpb.HTTP11), wpb.Port(service_port=81, app_protocol=wpb.GRPC),
+                wpb.Port(service_port=53), wpb.Port(service_port=5432, app_protocol=wpb.TCP)]},
+     "app_protocols", ((80, "http"), (81, "grpc"), (5432, "tcp"))),
     ({"subject_alt_names": ["spiffe://cluster.local/ns/ns1/sa/a", "x"]}, "subject_alt_names",
      ("spiffe://cluster.local/ns/ns1/sa/a", "x")),
     ({"waypoint": HOST_GW}, "waypoint", GatewayAddress(hostname=("ns1", "wp.ns1.svc.cluster.local"),
@@ -497,6 +500,7 @@ services:
   vips: ["/10.96.0.10", "net1/2001:db8::a"]
   cidrVips: ["10.200.0.0/16"]
   ports: {80: 8080, 443: 0}
+  appProtocols: {80: http2}
   subjectAltNames: ["spiffe://example.org/ns/ns1/sa/sa-a"]
   waypoint:
     destination: "/10.0.0.9"
