@@ -89,6 +89,22 @@ def strip_hop_by_hop(headers: Iterable[tuple[str, str]], *, upgrade: bool = Fals
     return out
 
 
+class WatchedReader(asyncio.StreamReader):
+    """A StreamReader that tells `on_end` when its stream ends or breaks, so a server
+    can learn that its client left without a read of its own pending."""
+    on_end = None
+
+    def feed_eof(self) -> None:
+        super().feed_eof()
+        if self.on_end is not None:
+            self.on_end()
+
+    def set_exception(self, exc) -> None:
+        super().set_exception(exc)
+        if self.on_end is not None:
+            self.on_end()
+
+
 class _Message:
     """One message as llhttp reports it, filled by the parser callbacks."""
 
@@ -578,6 +594,24 @@ class Http1ServerConnection(_Reader):
                 return False
         return True
 
+    def watch_end(self, callback) -> None:
+        """`callback()` once the client ends its side or the connection breaks, unless
+        it sent more first (pipelined requests are not a client leaving); None stops
+        watching. Called at once if that already happened. The connection's reader must
+        be a meshcore.l7.http1.WatchedReader."""
+        reader = self._reader
+        if callback is None:
+            reader.on_end = None
+            return
+
+        def ended() -> bool:
+            return self._eof or reader.exception() is not None or (
+                reader._eof and not reader._buffer and not self._leftover)            # noqa: SLF001
+        if ended():
+            callback()
+            return
+        reader.on_end = lambda: callback() if ended() else None
+
     async def client_gone(self) -> bool:
         """Reads ahead once: True when the client closed its side (or the connection
         broke). Whatever else it sent is kept, parsed as the requests that follow (or the
@@ -886,13 +920,19 @@ class Http1ClientConnection(_Reader):
             out.append(("transfer-encoding", "chunked"))
         head = bytes(_head(f"{method} {target} HTTP/1.1", out))
 
-        async def send():
+        if body is None:
+            # nothing to stream: the head goes out now, without a task of its own
             self._writer.write(head)
-            await _write_body(self, body, chunked, length, trailers)
-            await self._writer.drain()
+            self._sender = asyncio.get_running_loop().create_future()
+            self._sender.set_result(None)
+        else:
+            async def send():
+                self._writer.write(head)
+                await _write_body(self, body, chunked, length, trailers)
+                await self._writer.drain()
 
-        self._sender = asyncio.ensure_future(send())
-        self._sender.add_done_callback(_quiet)
+            self._sender = asyncio.ensure_future(send())
+            self._sender.add_done_callback(_quiet)
         while True:
             while self._messages and self._messages[0].complete and 100 <= self._messages[0].status < 200 \
                     and self._messages[0].status != 101:

@@ -39,12 +39,14 @@ def _has_body(headers: list[tuple[str, str]]) -> bool:
 class _Counted:
     """An async body iterator that counts what went through; `on_error` runs when the
     body fails (a request body cut short or malformed: the upstream request it feeds
-    can never complete and is abandoned). `finished` is set once it ended whole."""
-    __slots__ = ("body", "count", "on_error", "error", "finished")
+    can never complete and is abandoned). `finished` is set once it ended whole, and
+    `on_finished` called."""
+    __slots__ = ("body", "count", "on_error", "error", "finished", "on_finished")
 
     def __init__(self, body, on_error=None):
         self.body, self.count, self.on_error, self.error = body, 0, on_error, None
         self.finished = asyncio.Event()
+        self.on_finished = None
 
     async def __aiter__(self):
         try:
@@ -57,6 +59,8 @@ class _Counted:
                 self.on_error()
             raise
         self.finished.set()
+        if self.on_finished is not None:
+            self.on_finished()
 
 
 class _ClientLeft(Exception):
@@ -326,39 +330,32 @@ class Http1Handler:
 
     async def _exchange(self, conn: Http1ServerConnection, client: Http1ClientConnection, request, target: str,
                         headers, body):
-        """The upstream's response head, unless the client leaves first."""
-        loop = asyncio.get_running_loop()
-        asking = loop.create_task(client.request(request.method, target, headers, body,
-                                                 trailers=lambda: request.trailers))
-        watching = loop.create_task(_client_gone(conn, body))
-        try:
-            await asyncio.wait((asking, watching), return_when=asyncio.FIRST_COMPLETED)
-        except asyncio.CancelledError:
-            for task in (asking, watching):
+        """The upstream's response head, unless the client leaves first (it ends its side
+        once its request went whole: what is awaited is given up)."""
+        task = asyncio.current_task()
+        left = False
+
+        def client_ended() -> None:
+            nonlocal left
+            if not left and (body is None or body.finished.is_set()):
+                left = True
                 task.cancel()
-            await asyncio.wait((asking, watching))
+        conn.watch_end(client_ended)
+        if body is not None:
+            body.on_finished = lambda: conn.watch_end(client_ended)   # an end seen mid-body counts now
+        try:
+            return await client.request(request.method, target, headers, body, trailers=lambda: request.trailers)
+        except asyncio.CancelledError:
+            if left and task.uncancel() == 0:
+                raise _ClientLeft("the client closed the connection before the response") from None
             raise
-        if asking.done():
-            watching.cancel()
-            await asyncio.wait((watching,))
-            return asking.result()
-        asking.cancel()
-        await asyncio.wait((asking,))
-        raise _ClientLeft("the client closed the connection before the response")
+        finally:
+            conn.watch_end(None)
+            if body is not None:
+                body.on_finished = None
 
     def _report(self, record: RequestRecord) -> None:
         self.metrics.report(record)
-
-
-async def _client_gone(conn: Http1ServerConnection, body) -> bool:
-    """True once the client closed while its request waits; never returns otherwise.
-    The request body has one reader: the client is watched only once it was read whole."""
-    if body is not None:
-        await body.finished.wait()
-    if await conn.client_gone():
-        return True
-    await asyncio.Event().wait()                  # it sent more (pipelined): nothing to tell until then
-    return False
 
 
 async def _relay_body(response, client: Http1ClientConnection, body):

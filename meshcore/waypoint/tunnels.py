@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from meshcore.aio.pool import PoolKey
 from meshcore.aio.server import HboneServer, TunnelRequest
 from meshcore.errors import IdentityError, MeshcoreError
+from meshcore.l7.http1 import WatchedReader
 from meshcore.node.context import ProxyContext, listener_error
 from meshcore.node.record import ConnectionRecord
 from meshcore.node.routing import HBONE, Route, route
@@ -172,7 +173,7 @@ class WaypointTunnels:
                                           f"{me.namespace}/{me.name}")
             return
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=COPY_CHUNK, loop=loop)
+        reader = WatchedReader(limit=COPY_CHUNK, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
         transport = request.accept(protocol)
         writer = asyncio.StreamWriter(transport, protocol, reader, loop)

@@ -8,6 +8,7 @@ import types
 import pytest
 
 import meshcore.waypoint.http as H
+from meshcore.l7.http1 import WatchedReader
 from meshcore.node.record import ConnectionRecord
 from meshcore.node.routing import HBONE
 
@@ -87,7 +88,10 @@ class Rig:
                 raise
             finally:
                 writer.close()
-        self.front = await asyncio.start_server(on, "127.0.0.1", 0)
+        # the reader a tunnel gives its handler: one that tells when the client ends
+        loop = asyncio.get_running_loop()
+        self.front = await loop.create_server(
+            lambda: asyncio.StreamReaderProtocol(WatchedReader(loop=loop), on), "127.0.0.1", 0)
         return self
 
     async def client(self):
