@@ -3,10 +3,11 @@
 and the access log: one line per completed connection."""
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
+import re
 import sys
+import time
 
 from meshcore.node.record import ConnectionRecord
 
@@ -15,20 +16,44 @@ access_log = logging.getLogger("meshcore.access")
 _TARGETS = {"meshcore.access": "access"}
 
 
+# printable ASCII but `"` and `\\`: quoted as it is, the same as json.dumps would
+_PLAIN = re.compile(r'[ !#-\[\]-~]*')
+
+
 def _text_value(key: str, value) -> str:
     """ztunnel's text form: numbers and addresses bare, other values quoted."""
     if isinstance(value, int) or key.endswith("addr"):
         return str(value)
-    return json.dumps(str(value))
+    text = str(value)
+    return f'"{text}"' if _PLAIN.fullmatch(text) else json.dumps(text)
+
+
+class _Clock:
+    """RFC 3339 UTC times with microseconds; the part up to the second is made once
+    per second, as a busy proxy writes many lines in each."""
+    __slots__ = ("second", "prefix")
+
+    def __init__(self):
+        self.second, self.prefix = -1, ""
+
+    def format(self, created: float) -> str:
+        second = int(created)
+        micros = round((created - second) * 1e6)          # rounded as datetime rounds it
+        if micros >= 1_000_000:
+            second, micros = second + 1, micros - 1_000_000
+        if second != self.second:
+            self.second, self.prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self.prefix}.{micros:06d}Z"
 
 
 class _Formatter(logging.Formatter):
     def __init__(self, as_json: bool):
         super().__init__()
         self.as_json = as_json
+        self.clock = _Clock()
 
     def format(self, record: logging.LogRecord) -> str:
-        when = dt.datetime.fromtimestamp(record.created, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        when = self.clock.format(record.created)
         level = record.levelname.lower().replace("warning", "warn")
         target = _TARGETS.get(record.name, record.name.removeprefix("meshcore.").replace(".", "::"))
         fields = getattr(record, "fields", None) or {}

@@ -117,21 +117,31 @@ class RequestMetrics:
                                         buckets=SIZE_BUCKETS, registry=registry)
 
     def report(self, record: RequestRecord) -> None:
-        labels = record.labels()
-        # the same few label sets repeat for every request: their series are looked up once
-        key = tuple(labels.values())
-        series = self._series.get(key)
-        if series is None:
+        c = record.connection
+        source, service, upstream = c.src_workload, c.service, record.upstream
+        # the same few label sets repeat for every request: their series are looked up
+        # once, by the (immutable) resources they are made of; an entry holds those, so
+        # their ids stay theirs while it lives
+        key = (id(source), c.src_identity, id(service), id(upstream), record.upstream_identity, record.protocol,
+               record.status, record.grpc_status, record.flag)
+        entry = self._series.get(key)
+        if entry is None or entry[0] is not source or entry[1] is not service or entry[2] is not upstream:
             if len(self._series) >= SERIES_CACHE_LIMIT:
                 self._series.clear()
-            series = self._series[key] = (self.requests.labels(**labels), self.duration.labels(**labels),
-                                          self.request_bytes.labels(**labels), self.response_bytes.labels(**labels))
-        requests, duration, request_bytes, response_bytes = series
+            labels = record.labels()
+            entry = self._series[key] = (source, service, upstream, (
+                self.requests.labels(**labels), self.duration.labels(**labels),
+                self.request_bytes.labels(**labels), self.response_bytes.labels(**labels)))
+        requests, duration, request_bytes, response_bytes = entry[3]
         requests.inc()
         duration.observe(record.duration * 1000)
         request_bytes.observe(record.request_bytes)
         response_bytes.observe(record.response_bytes)
-        if record.error or record.status >= 500 or record.status == 0:
-            access_log.warning("request failed", extra={"fields": record.log_fields()})
-        elif access_log.isEnabledFor(logging.INFO):
-            access_log.info("request complete", extra={"fields": record.log_fields()})
+        failed = record.error or record.status >= 500 or record.status == 0
+        level = logging.WARNING if failed else logging.INFO
+        if access_log.isEnabledFor(level):
+            # made directly: the caller's file and line (what Logger.info looks up from
+            # the stack) are never part of an access line
+            access_log.handle(access_log.makeRecord(
+                access_log.name, level, "", 0, "request failed" if failed else "request complete", (), None,
+                extra={"fields": record.log_fields()}))

@@ -1,11 +1,15 @@
 """Access-log lines in ztunnel's shapes: text (tab-separated, key=value) and JSON."""
+import datetime
 import io
 import json
 import logging
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from meshcore.node import logs
+from meshcore.node.logs import _Clock, _text_value
 from meshcore.sources.config import load
 from meshcore.node.record import ConnectionRecord
 
@@ -60,3 +64,14 @@ def test_levels(captured):
     with pytest.raises(ValueError, match="unknown log level 'loud'"):
         logs.set_level("loud")
     logging.getLogger("meshcore.access").setLevel(logging.NOTSET)
+
+
+@given(st.text())
+def test_text_values_are_quoted_as_json_quotes_them(value):
+    assert _text_value("message", value) == json.dumps(value)
+
+
+@given(st.floats(min_value=0, max_value=4e9))
+def test_log_times_are_the_ones_datetime_writes(created):
+    expected = datetime.datetime.fromtimestamp(created, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert _Clock().format(created) == expected
