@@ -17,9 +17,12 @@ Flow control becomes transport flow control:
   once the window is spent; data already in flight (never more than one window) waits
   in the stream until resume_reading().
 - Output: what the events of one read cause leaves in one transport write at the end
-  of that read; a send from outside a read (a relayed socket's data) is written at
-  once (uvloop coalesces the socket writes of one loop iteration anyway).
+  of that read; a send from a callback relaying a socket's read is written at once;
+  what a task sends in one step of its own (an HTTP response's head, body and end)
+  is written at the loop's next turn, together: one TLS record and one send instead
+  of one each.
 """
+from asyncio import current_task as _current_task
 from collections import deque
 
 from libc.stdint cimport uint32_t
@@ -151,13 +154,26 @@ cdef class ConnectionBase:
             self._stream_done(stream_id)
 
     cdef int _output_queued(self) except -1:
-        if not self._batching:
+        # written at the end of the read being handled; from a task, at the loop's next
+        # turn, so that what it writes in one step (a response's head, its body, its
+        # end) leaves as one TLS record and one send, not one each; else (a callback
+        # relaying one read of a socket) now
+        if self._batching or self._flush_scheduled:
+            return 0
+        if _current_task(self.loop) is None:
             self._write_output()
+        else:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._deferred_flush)
         return 0
 
+    def _deferred_flush(self):
+        self._flush_scheduled = False
+        self._write_output()
+
     def output_queued(self):
-        """Output was queued in the core: written now, or at the end of the read
-        being handled."""
+        """Output was queued in the core: written at the end of the read being handled,
+        or at the loop's next turn."""
         self._output_queued()
 
     def _flush(self):
