@@ -33,11 +33,16 @@ from meshcore.aio.memory import gc_paused
 from meshcore.errors import ConfigError, IdentityError, UsageError
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.policy.layers import l4_reductions
-from meshcore.state.changes import Applied, Kind, Rejection, Remove, Upsert, kind_of
-from meshcore.state.model import PeerAuthentication, Service, Workload
+from meshcore.state.changes import ROUTING_KINDS, Applied, Kind, Rejection, Remove, Upsert, kind_of
+from meshcore.state.model import Service, Workload
 from meshcore.state.view import MeshView
+from meshcore.traffic.resolve import EMPTY_INDEX, resolve_routes
 
 log = logging.getLogger("meshcore.state")
+
+# the view's index of each kind kept by namespace/name alone
+_KEYED = {Kind.PEER_AUTHENTICATION: "peer_auth_by_key", Kind.HTTP_ROUTE: "http_route_by_key",
+          Kind.GRPC_ROUTE: "grpc_route_by_key", Kind.REFERENCE_GRANT: "grant_by_key"}
 
 # a change set at least this large is built on a worker thread by apply_async/replace_async
 THREAD_THRESHOLD = 256
@@ -89,7 +94,7 @@ class _Draft:
         self.changed.setdefault(kind, set()).add(key)
 
     def put(self, kind: Kind, resource) -> tuple[str | None, str | None]:
-        """Put a workload, service or PeerAuthentication in the draft: (None, None), or
+        """Put a resource (not a policy) in the draft: (None, None), or
         (the key of what blocks it, if another resource of its kind, why) and nothing changed."""
         if kind is Kind.WORKLOAD:
             blocker, why = self.workload_conflict(resource)
@@ -101,7 +106,7 @@ class _Draft:
             if why is None:
                 self.put_service(resource)
             return blocker, why
-        self.put_peer_auth(resource)
+        self.put_keyed(kind, resource)
         return None, None
 
     # -- workloads ----------------------------------------------------------------------
@@ -207,17 +212,19 @@ class _Draft:
         else:
             hostnames.pop(old.hostname, None)
 
-    # -- PeerAuthentication -----------------------------------------------------------
-    def put_peer_auth(self, pa: PeerAuthentication) -> None:
-        if self.view.peer_auth_by_key.get(pa.key) == pa:
+    # -- PeerAuthentication, routes, grants: one index each ---------------------------
+    def put_keyed(self, kind: Kind, resource) -> None:
+        name = _KEYED[kind]
+        if getattr(self.view, name).get(resource.key) == resource:
             return
-        self.index("peer_auth_by_key")[pa.key] = pa
-        self.mark(Kind.PEER_AUTHENTICATION, pa.key)
+        self.index(name)[resource.key] = resource
+        self.mark(kind, resource.key)
 
-    def remove_peer_auth(self, key: str) -> None:
-        if key in self.view.peer_auth_by_key:
-            del self.index("peer_auth_by_key")[key]
-            self.mark(Kind.PEER_AUTHENTICATION, key)
+    def remove_keyed(self, kind: Kind, key: str) -> None:
+        name = _KEYED[kind]
+        if key in getattr(self.view, name):
+            del self.index(name)[key]
+            self.mark(kind, key)
 
     # -- the view -----------------------------------------------------------------------
     def finish(self, generation: int, version: str) -> MeshView:
@@ -243,6 +250,13 @@ class _Draft:
             for pa in v.peer_auth_by_key.values():
                 if pa.namespace in namespaces:
                     by_namespace[pa.namespace] = by_namespace.get(pa.namespace, ()) + (pa,)
+        if not ROUTING_KINDS.isdisjoint(self.changed) and (
+                v.http_route_by_key or v.grpc_route_by_key or v.routing is not EMPTY_INDEX):
+            # the routes resolved against the services in force, their tables sorted here
+            # once, never per request
+            v.routing = resolve_routes((*v.http_route_by_key.values(), *v.grpc_route_by_key.values()),
+                                       v.grant_by_key.values(), v.by_service_key.values()) \
+                if v.http_route_by_key or v.grpc_route_by_key else EMPTY_INDEX
         v.generation = generation
         if version:
             v.version = version
@@ -405,7 +419,7 @@ class MeshStore:
                 elif kind is Kind.AUTHORIZATION_POLICY:
                     policies_gone.append(key)
                 else:
-                    draft.remove_peer_auth(key)
+                    draft.remove_keyed(kind, key)
                 sent[(kind, key)] = None
                 continue
             r = change.resource
