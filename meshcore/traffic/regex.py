@@ -1,9 +1,12 @@
-"""Regular expressions as Istio's routes use them: Envoy evaluates RE2, meshcore Python's
-`re`. compile_re2 refuses what RE2 has no meaning for, so a pattern meshcore accepts
-means the same in both (on what both accept, full matches agree)."""
+r"""Regular expressions as Istio's routes use them: Envoy evaluates RE2, meshcore Python's
+`re`. compile_re2 refuses what RE2 has no meaning for (backreferences, lookaround,
+atomic groups, possessive quantifiers, conditionals) and the RE2 spellings Python
+would read otherwise (POSIX classes like [[:alpha:]]; RE2's \z becomes Python's \Z),
+so a pattern meshcore accepts means the same in both, matched whole as Envoy does."""
 from __future__ import annotations
 
 import re
+import warnings
 
 try:                                    # the parser moved in Python 3.11
     from re import _constants as _C, _parser as _P
@@ -20,15 +23,23 @@ _NOT_RE2 = {
     "POSSESSIVE_REPEAT": "a possessive quantifier",
 }
 
+_POSIX_CLASS = re.compile(r"\[:\^?[a-z]+:\]")
+
 
 def compile_re2(pattern: str) -> tuple[re.Pattern | None, str]:
     """(compiled, "") or (None, why RE2 or Python refuses it)."""
     # RE2 writes the end of text \z, Python \Z
     text = re.sub(r"(?<!\\)((?:\\\\)*)\\z", r"\1\\Z", pattern)
+    if _POSIX_CLASS.search(text):
+        # RE2 reads [[:alpha:]] as letters, Python as a set of characters followed by "]"
+        return None, (f"{pattern!r} uses a POSIX character class ([:name:]), which Python reads differently: "
+                      "write the characters out (like [a-zA-Z])")
     try:
-        tree = _P.parse(text)
-        compiled = re.compile(text)
-    except re.error as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)     # syntax Python may read differently later
+            tree = _P.parse(text)
+            compiled = re.compile(text)
+    except (re.error, FutureWarning) as exc:
         return None, f"{pattern!r} is not a regular expression: {exc}"
     found = _unsupported(tree)
     if found:
