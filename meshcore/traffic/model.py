@@ -217,6 +217,11 @@ class Retry:
     def effective_attempts(self) -> int:
         return self.ISTIO_DEFAULT_ATTEMPTS if self.attempts is None else self.attempts
 
+    @property
+    def retry_on(self) -> tuple[str, ...]:
+        """Envoy's retry conditions istiod sets: the connection failures, then the codes."""
+        return self.RETRY_ON + tuple(str(c) for c in self.codes)
+
 
 @dataclass(frozen=True, slots=True)
 class HTTPRouteRule:
@@ -230,6 +235,22 @@ class HTTPRouteRule:
     @property
     def redirect(self) -> RequestRedirect | None:
         return next((f for f in self.filters if isinstance(f, RequestRedirect)), None)
+
+    @property
+    def deadlines(self) -> tuple[float | None, float | None]:
+        """(the request's timeout, each attempt's timeout) in seconds, None for none, as
+        istiod converts `timeouts`: a zero request timeout sets none; backendRequest
+        bounds each attempt when the rule has a retry stanza, and otherwise replaces
+        the request timeout."""
+        request = per_try = None
+        if self.timeouts is not None:
+            request = self.timeouts.request or None
+            if self.timeouts.backend_request:
+                if self.retry is not None:
+                    per_try = self.timeouts.backend_request
+                else:
+                    request = self.timeouts.backend_request
+        return request, per_try
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,8 +40,9 @@ full match).
 """
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshcore.traffic.model import (GRPCRouteMatch, HTTPRouteMatch, PathMatch, PathMatchType, ResolvedBackend,
                                     ResolvedRoute, ResolvedRule, ValueMatch, ValueMatchType)
@@ -57,10 +58,23 @@ class RouteEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class PositionIndex:
+    """Where in a table the entries that can match a request are, so selection looks at
+    those (in table order) instead of every entry: by exact value, by path prefix (its
+    value without the trailing slash, "" for "/"), and the rest (regular expressions,
+    and for gRPC matches without an exact service), each a sorted tuple of positions."""
+    exact: dict = field(default_factory=dict)
+    prefix: dict = field(default_factory=dict)
+    other: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class RouteTable:
     """The matches of every route attached to one service port, in precedence order."""
     http: tuple[RouteEntry, ...] = ()
     grpc: tuple[RouteEntry, ...] = ()
+    http_index: PositionIndex = field(default=PositionIndex(), compare=False, repr=False)
+    grpc_index: PositionIndex = field(default=PositionIndex(), compare=False, repr=False)
 
     def __bool__(self) -> bool:
         return bool(self.http or self.grpc)
@@ -113,7 +127,58 @@ def build_table(blocks: Iterable[Iterable[ResolvedRoute]]) -> RouteTable:
         block = [e for r in routes for e in entries(r)]
         http += sorted((e for e in block if isinstance(e.match, HTTPRouteMatch)), key=http_precedence)
         grpc += sorted((e for e in block if isinstance(e.match, GRPCRouteMatch)), key=grpc_precedence)
-    return RouteTable(tuple(http), tuple(grpc))
+    return RouteTable(tuple(http), tuple(grpc), _http_index(http), _grpc_index(grpc))
+
+
+def _http_index(table: list[RouteEntry]) -> PositionIndex:
+    exact: dict[str, list[int]] = {}
+    prefix: dict[str, list[int]] = {}
+    other = []
+    for i, e in enumerate(table):
+        path = e.match.path
+        if path.type is PathMatchType.EXACT:
+            exact.setdefault(path.value, []).append(i)
+        elif path.type is PathMatchType.PATH_PREFIX:
+            prefix.setdefault(path.value.rstrip("/"), []).append(i)
+        else:
+            other.append(i)
+    return PositionIndex({k: tuple(v) for k, v in exact.items()}, {k: tuple(v) for k, v in prefix.items()},
+                         tuple(other))
+
+
+def _grpc_index(table: list[RouteEntry]) -> PositionIndex:
+    exact: dict[str, list[int]] = {}
+    other = []
+    for i, e in enumerate(table):
+        m = e.match.method
+        if m is not None and m.type is ValueMatchType.EXACT and m.service:
+            exact.setdefault(m.service, []).append(i)
+        else:
+            other.append(i)
+    return PositionIndex({k: tuple(v) for k, v in exact.items()}, {}, tuple(other))
+
+
+def _in_order(lists: list) -> Iterable[int]:
+    lists = [positions for positions in lists if positions]
+    if len(lists) == 1:
+        return lists[0]
+    return heapq.merge(*lists)
+
+
+def http_candidates(table: RouteTable, path: str) -> Iterable[int]:
+    """The positions of the entries whose path condition can admit `path`, in order."""
+    index = table.http_index
+    lists = [index.other, index.exact.get(path)]
+    prefixes = index.prefix
+    if prefixes:
+        lists.append(prefixes.get(""))
+        # every segment boundary of the path, and the whole path
+        cut = path.find("/", 1)
+        while cut != -1:
+            lists.append(prefixes.get(path[:cut]))
+            cut = path.find("/", cut + 1)
+        lists.append(prefixes.get(path))
+    return _in_order(lists)
 
 
 # -- matching --------------------------------------------------------------------------------
@@ -162,7 +227,9 @@ def select_http(table: RouteTable | None, *, method: str, path: str, query: str 
     if table is None:
         return None
     parsed: dict | None = None
-    for entry in table.http:
+    rows = table.http
+    for position in http_candidates(table, path):
+        entry = rows[position]
         match = entry.match
         if match.query_params and parsed is None:
             parsed = query_parameters(query)
@@ -189,7 +256,9 @@ def select_grpc(table: RouteTable | None, *, service: str, method: str,
     request's path into them), or None."""
     if table is None:
         return None
-    for entry in table.grpc:
+    rows, index = table.grpc, table.grpc_index
+    for position in _in_order([index.other, index.exact.get(service)]):
+        entry = rows[position]
         if grpc_match_matches(entry.match, service, method, headers):
             return entry
     return None

@@ -349,3 +349,21 @@ def test_a_route_defined_twice_is_refused():
 def test_the_unknown_kind_message_names_the_route_kinds():
     with pytest.raises(ConfigError, match="HTTPRoute, GRPCRoute, ReferenceGrant"):
         parse(inline="apiVersion: v1\nkind: TCPRoute\nmetadata: {name: r}\n")
+
+
+@pytest.mark.parametrize("text,deadlines", [
+    ("backendRefs: []", (None, None)),
+    ("timeouts: {request: 10s}", (10.0, None)),
+    ("timeouts: {request: 0s}", (None, None)),
+    ("timeouts: {request: 10s, backendRequest: 2s}", (2.0, None)),      # istiod: it replaces the request's
+    ("timeouts: {request: 10s, backendRequest: 2s}\nretry: {attempts: 3}", (10.0, 2.0)),
+    ("timeouts: {backendRequest: 0s}\nretry: {}", (None, None)),
+])
+def test_deadlines_as_istiod_converts_timeouts(text, deadlines):
+    assert only_rule(text).deadlines == deadlines
+
+
+def test_retry_conditions_as_istiod_sets_them():
+    retry = only_rule("retry: {attempts: 3, codes: [503]}").retry
+    assert retry.effective_attempts == 3
+    assert retry.retry_on == ("connect-failure", "refused-stream", "unavailable", "cancelled", "503")

@@ -14,7 +14,8 @@ from hypothesis import given, settings, strategies as st
 from meshcore.state.model import Service
 from meshcore.traffic.gateway_api import grpc_route, http_route
 from meshcore.traffic.resolve import resolve_routes
-from meshcore.traffic.select import select_grpc, select_http
+from meshcore.traffic.select import (grpc_match_matches, http_match_matches, query_parameters, select_grpc,
+                                     select_http)
 
 ECHO = Service(name="echo", namespace="shop", hostname="echo.shop.svc.cluster.local",
                vips=(("", ipaddress.ip_address("10.96.0.1")),), ports=((80, 8080),))
@@ -239,3 +240,29 @@ def test_selection_agrees_with_a_brute_force_reading_of_the_spec():
                                         r.created is None, created, r.name, rule_index), (r.name, rule_index)))
         candidates.sort()
         assert got == (candidates[0][1] if candidates else None)
+
+
+_PATHS = st.sampled_from(["/", "/a", "/a/", "/a/b", "/a/b/c", "/ab", "/b", "/a/bc"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(_ROUTES, _PATHS, st.sampled_from(["GET", "POST"]), st.sampled_from(["", "q=1", "q=2"]),
+       st.sampled_from([{}, {"x": "1"}, {"x": "1", "y": "2"}]))
+def test_the_indexed_table_chooses_what_a_scan_of_every_entry_would(specs, path, method, query, headers):
+    routes = [route(f"r{i}", *matches, created=created) for i, (matches, created) in enumerate(specs)]
+    table = resolve_routes(routes, (), [ECHO]).table(KEY, 80)
+    parsed = query_parameters(query)
+    scanned = next((e for e in table.http if http_match_matches(e.match, method, path, parsed, headers)), None)
+    assert select_http(table, method=method, path=path, query=query, headers=headers) is scanned
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["{}", "{method: {service: a.S}}", "{method: {service: a.S, method: M}}",
+                                 "{method: {method: M}}", "{method: {service: b.S}}",
+                                 "{method: {type: RegularExpression, service: 'a\\..*'}}",
+                                 "{method: {service: a.S}, headers: [{name: x, value: '1'}]}"]), min_size=1, max_size=5),
+       st.sampled_from(["a.S", "b.S", "a.T"]), st.sampled_from(["M", "N"]), st.sampled_from([{}, {"x": "1"}]))
+def test_the_indexed_grpc_table_chooses_what_a_scan_would(matches, service, method, headers):
+    table = resolve_routes([route("g", *matches, kind="GRPCRoute")], (), [ECHO]).table(KEY, 80)
+    scanned = next((e for e in table.grpc if grpc_match_matches(e.match, service, method, headers)), None)
+    assert select_grpc(table, service=service, method=method, headers=headers) is scanned
