@@ -28,8 +28,8 @@ grant in the backend's namespace from the route's kind and namespace).
 A route attached to a service in another namespace is a GAMMA "consumer" route. A
 waypoint takes routes from the service's namespace and from its own (istiod's
 getVirtualServiceForWaypoint): a consumer route applies only to a waypoint in the
-route's namespace, where its matches come before the service's own routes (the
-consumer's override, as istiod favours same-namespace routes on gateways).
+route's namespace, where its matches come before the service's own routes (istiod
+lists a proxy's own namespace's routes first: PushContext.VirtualServicesForGateway).
 """
 from __future__ import annotations
 

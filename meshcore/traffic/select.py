@@ -24,6 +24,11 @@ one), then "namespace/name" alphabetically; then, within a route, the rules and 
 matches in order. GRPCRoute: more characters of service, then of method, then more
 header matches, then the same route order.
 
+On a port, routes attached to that port and routes attached to the whole service are
+ranked together, as the spec asks of "all routes attached to the same parent". istiod
+differs here: it keeps them in two lists (one per port-specific or portless parent)
+and tries the whole of the list holding the oldest route first.
+
 A gRPC request (content-type application/grpc...) is offered to the GRPCRoutes first and,
 when none matches, to the HTTPRoutes: istiod merges both kinds attached to a service
 into one list where a gRPC match is a path match, so an HTTPRoute's rule can take a
