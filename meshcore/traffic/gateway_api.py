@@ -360,7 +360,7 @@ def _redirect(raw, path: str) -> RequestRedirect:
         raise F.fail(f"{path}.statusCode", f"Unsupported value: {status} (supported: 301, 302, 303, 307, 308)")
     return RequestRedirect(
         scheme=scheme,
-        hostname=_hostname(raw["hostname"], f"{path}.hostname", wildcard=False) if raw.get("hostname") else None,
+        hostname=_hostname(raw["hostname"], f"{path}.hostname", wildcard=False) if raw.get("hostname") is not None else None,
         path=_path_modifier(raw["path"], f"{path}.path") if raw.get("path") is not None else None,
         port=_integer(raw["port"], f"{path}.port", 1, 65535) if raw.get("port") is not None else None,
         status_code=status)
@@ -369,7 +369,7 @@ def _redirect(raw, path: str) -> RequestRedirect:
 def _rewrite(raw, path: str) -> URLRewrite:
     F.mapping(raw, path, allowed=("hostname", "path"))
     return URLRewrite(
-        hostname=_hostname(raw["hostname"], f"{path}.hostname", wildcard=False) if raw.get("hostname") else None,
+        hostname=_hostname(raw["hostname"], f"{path}.hostname", wildcard=False) if raw.get("hostname") is not None else None,
         path=_path_modifier(raw["path"], f"{path}.path") if raw.get("path") is not None else None)
 
 

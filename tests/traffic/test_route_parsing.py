@@ -198,6 +198,8 @@ REFUSED = [
      "spec.rules[0].filters[0].requestRedirect.scheme", "Unsupported value"),
     ("filters: [{type: RequestRedirect, requestRedirect: {hostname: '*.example.com'}}]",
      "spec.rules[0].filters[0].requestRedirect.hostname", "DNS name"),
+    ("filters: [{type: URLRewrite, urlRewrite: {hostname: ''}}]", "spec.rules[0].filters[0].urlRewrite.hostname",
+     "must not be empty"),
     ("filters: [{type: RequestRedirect, requestRedirect: {path: {type: ReplaceFullPath}}}]",
      "spec.rules[0].filters[0].requestRedirect.path.replaceFullPath", "must be specified"),
     ("filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplaceFullPath, replacePrefixMatch: /a}}}]",
