@@ -50,6 +50,7 @@ _DURATION = re.compile(r"([0-9]{1,5}(h|m|s|ms)){1,4}")
 _DURATION_PART = re.compile(r"([0-9]{1,5})(ms|h|m|s)")
 _GRPC_SERVICE = re.compile(r"\.?[a-z_][a-z_0-9]*(\.[a-z_][a-z_0-9]*)*", re.IGNORECASE)
 _GRPC_METHOD = re.compile(r"[A-Za-z_][A-Za-z_0-9]*")
+_CORS_ORIGIN = re.compile(r"\*|https?://(((\*\.)?([a-zA-Z0-9\-]+\.)*[a-zA-Z0-9-]+|\*)(:[0-9]{1,5})?)")
 _UNIT_SECONDS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 _HTTP_FILTERS = tuple(FilterType)
@@ -397,10 +398,23 @@ def _cors(raw, path: str) -> Cors:
                                   "exposeHeaders", "maxAge"))
     lists = {}
     for key, limit in (("allowOrigins", 64), ("allowMethods", 9), ("allowHeaders", 64), ("exposeHeaders", 64)):
-        values = [F.string(v, f"{path}.{key}[{i}]") for i, v in enumerate(_items(raw.get(key), f"{path}.{key}",
-                                                                               limit))]
+        values = []
+        for i, v in enumerate(_items(raw.get(key), f"{path}.{key}", limit)):
+            p = f"{path}.{key}[{i}]"
+            if key == "allowOrigins":
+                values.append(_pattern(v, p, _CORS_ORIGIN, "an origin (*, or http(s)://host[:port] where the host "
+                                                           "may start with *.)", 253))
+            elif key == "allowMethods":
+                values.append(F.string(v, p))
+                if values[-1] not in (*METHODS, "*"):
+                    raise F.fail(p, f"Unsupported value: {values[-1]!r} (supported: {', '.join(METHODS)}, *)")
+            else:
+                values.append(_header_name(v, p))
+            if values[-1] in values[:-1]:
+                raise F.fail(p, f"Duplicate value: {values[-1]!r}")
         if "*" in values and len(values) > 1 and key != "exposeHeaders":
-            raise F.fail(f"{path}.{key}", f"{key[0].upper()}{key[1:]} cannot contain '*' alongside other values")
+            what = {"allowOrigins": "origins", "allowMethods": "methods", "allowHeaders": "headers"}[key]
+            raise F.fail(f"{path}.{key}", f"{key[0].upper()}{key[1:]} cannot contain '*' alongside other {what}")
         lists[key] = tuple(values)
     return Cors(lists["allowOrigins"], lists["allowMethods"], lists["allowHeaders"], lists["exposeHeaders"],
                 F.boolean(raw.get("allowCredentials", False), f"{path}.allowCredentials"),

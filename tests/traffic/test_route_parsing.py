@@ -89,6 +89,11 @@ DEFAULTS = [
     ("ExtensionRef is kept, to be reported", "filters: [{type: ExtensionRef, extensionRef: {group: example.com, "
                                              "kind: Thing, name: t}}]",
      lambda r: r.filters == (UnsupportedFilter(FilterType.EXTENSION_REF, "Thing t (example.com)"),)),
+    ("CORS, with its 5 s max age",
+     "filters: [{type: CORS, cors: {allowOrigins: ['http://*.example.com:8080'], allowMethods: [GET, PUT],"
+     " allowHeaders: [X-A], exposeHeaders: ['*']}}]",
+     lambda r: r.filters[0].allow_origins == ("http://*.example.com:8080",) and r.filters[0].max_age == 5
+     and r.filters[0].allow_methods == ("GET", "PUT")),
     ("a rewrite with ReplacePrefixMatch", "matches: [{path: {value: /a}}]\nfilters: [{type: URLRewrite, urlRewrite: "
                                           "{path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]",
      lambda r: r.filters[0].path == PathModifier(PathModifierType.REPLACE_PREFIX_MATCH, "/b")),
@@ -222,6 +227,21 @@ REFUSED = [
      "{name: a, value: '2'}]}}]", "spec.rules[0].filters[0].requestHeaderModifier.set[1].name", "Duplicate value"),
     ("filters: [{type: RequestHeaderModifier, requestHeaderModifier: {remove: [a, a]}}]",
      "spec.rules[0].filters[0].requestHeaderModifier.remove[1]", "Duplicate value"),
+    ("filters: [{type: CORS, cors: {allowOrigins: ['*', 'https://a.example']}}]",
+     "spec.rules[0].filters[0].cors.allowOrigins", "AllowOrigins cannot contain '*' alongside other origins"),
+    ("filters: [{type: CORS, cors: {allowOrigins: [xpto.com]}}]", "spec.rules[0].filters[0].cors.allowOrigins[0]",
+     "not an origin"),
+    ("filters: [{type: CORS, cors: {allowOrigins: ['http://www.example.com:111111']}}]",
+     "spec.rules[0].filters[0].cors.allowOrigins[0]", "not an origin"),
+    ("filters: [{type: CORS, cors: {allowOrigins: ['http://bar.*.com']}}]",
+     "spec.rules[0].filters[0].cors.allowOrigins[0]", "not an origin"),
+    ("filters: [{type: CORS, cors: {allowOrigins: ['http://www.example.com/cart']}}]",
+     "spec.rules[0].filters[0].cors.allowOrigins[0]", "not an origin"),
+    ("filters: [{type: CORS, cors: {allowMethods: [BAZINGA]}}]", "spec.rules[0].filters[0].cors.allowMethods[0]",
+     "Unsupported value"),
+    ("filters: [{type: CORS, cors: {allowMethods: ['*', GET]}}]", "spec.rules[0].filters[0].cors.allowMethods",
+     "AllowMethods cannot contain '*' alongside other methods"),
+    ("filters: [{type: CORS, cors: {maxAge: 0}}]", "spec.rules[0].filters[0].cors.maxAge", "below 1"),
     ("timeouts: {request: 1s, backendRequest: 2s}", "spec.rules[0].timeouts",
      "backendRequest timeout cannot be longer than request timeout"),
     ("timeouts: {request: 10}", "spec.rules[0].timeouts.request", "expected a string"),
