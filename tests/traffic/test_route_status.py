@@ -177,3 +177,24 @@ def test_a_consumer_route_applies_in_a_waypoint_of_its_namespace_only():
     assert index.table("back/other.back.svc.cluster.local", 80) is None
     assert index.table("back/other.back.svc.cluster.local", 80, "elsewhere") is None
     assert index.table("back/other.back.svc.cluster.local", 80, "shop").http[0].route is resolved
+
+
+def test_a_rule_whose_backends_are_all_invalid_stays_accepted_and_answers_500_for_every_request():
+    index, resolved = resolve(route("- backendRefs: [{name: nope, port: 80}, {name: gone, port: 80, weight: 3}]"))
+    got = conditions(resolved)
+    assert got[ConditionType.ACCEPTED].status and got[ConditionType.RESOLVED_REFS].reason is Reason.BACKEND_NOT_FOUND
+    assert "nope" in got[ConditionType.RESOLVED_REFS].message and "gone" in got[ConditionType.RESOLVED_REFS].message
+    rule = resolved.rules[0]
+    assert not rule.answers_500              # backends carry weight: each request goes to one, and is answered 500
+    assert all(not choose_backend(rule.backends, i / 10).valid for i in range(10))
+
+
+def test_hostnames_play_no_part_for_a_service_parent():
+    text = ("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: h, namespace: shop}\n"
+            "spec:\n  parentRefs: [{group: '', kind: Service, name: echo}]\n  hostnames: [elsewhere.example.com]\n"
+            "  rules: [{backendRefs: [{name: v1, port: 80}]}]\n")
+    hosted = http_route(yaml.safe_load(text))
+    assert hosted.hostnames == ("elsewhere.example.com",)
+    index, resolved = resolve(hosted)
+    assert conditions(resolved)[ConditionType.ACCEPTED].status
+    assert index.table("shop/echo.shop.svc.cluster.local", 80).http[0].route is resolved
