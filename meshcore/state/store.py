@@ -36,7 +36,8 @@ from meshcore.policy.layers import l4_reductions
 from meshcore.state.changes import ROUTING_KINDS, Applied, Kind, Rejection, Remove, Upsert, kind_of
 from meshcore.state.model import Service, Workload
 from meshcore.state.view import MeshView
-from meshcore.traffic.resolve import EMPTY_INDEX, resolve_routes
+from meshcore.traffic.model import RouteKind
+from meshcore.traffic.resolve import EMPTY_INDEX, update_routes
 
 log = logging.getLogger("meshcore.state")
 
@@ -65,6 +66,7 @@ class _Draft:
     the first time this draft changes it, so the view in force is never touched."""
 
     def __init__(self, base: MeshView):
+        self.base = base
         self.view = base.copy()
         self._own: set[str] = set()
         self._members: dict[str, list] = {}         # service key -> endpoint list being edited
@@ -188,6 +190,8 @@ class _Draft:
             vips[vip] = s
         hostnames = self.index("by_hostname")
         hostnames[s.hostname] = {**hostnames.get(s.hostname, {}), s.namespace: s}
+        names = self.index("by_service_name")
+        names[(s.namespace, s.name)] = {**names.get((s.namespace, s.name), {}), s.key: s}
         self._endpoint_list(s.key)              # its staged endpoints join it in finish()
         self.mark(Kind.SERVICE, s.key)
 
@@ -211,6 +215,12 @@ class _Draft:
             hostnames[old.hostname] = same
         else:
             hostnames.pop(old.hostname, None)
+        names = self.index("by_service_name")
+        others = {k: s for k, s in names.get((old.namespace, old.name), {}).items() if k != old.key}
+        if others:
+            names[(old.namespace, old.name)] = others
+        else:
+            names.pop((old.namespace, old.name), None)
 
     # -- PeerAuthentication, routes, grants: one index each ---------------------------
     def put_keyed(self, kind: Kind, resource) -> None:
@@ -227,6 +237,22 @@ class _Draft:
             self.mark(kind, key)
 
     # -- the view -----------------------------------------------------------------------
+    def _routing(self):
+        """The route index after this change: the routes it changed, and those naming a
+        service it changed, resolved again (a grant resolves every route again), their
+        tables sorted here once, never per request."""
+        v, changed = self.view, self.changed
+        routes = None if Kind.REFERENCE_GRANT in changed else (
+            {(RouteKind.HTTP, k) for k in changed.get(Kind.HTTP_ROUTE, ())}
+            | {(RouteKind.GRPC, k) for k in changed.get(Kind.GRPC_ROUTE, ())})
+        names = set()
+        for key in changed.get(Kind.SERVICE, ()):
+            for s in (self.base.by_service_key.get(key), v.by_service_key.get(key)):
+                if s is not None:
+                    names.add((s.namespace, s.name))
+        return update_routes(v.routing, v.http_route_by_key, v.grpc_route_by_key, v.grant_by_key.values(),
+                             v.service_named, routes, names)
+
     def finish(self, generation: int, version: str) -> MeshView:
         v = self.view
         for (name, key), members in self._sets.items():
@@ -252,11 +278,7 @@ class _Draft:
                     by_namespace[pa.namespace] = by_namespace.get(pa.namespace, ()) + (pa,)
         if not ROUTING_KINDS.isdisjoint(self.changed) and (
                 v.http_route_by_key or v.grpc_route_by_key or v.routing is not EMPTY_INDEX):
-            # the routes resolved against the services in force, their tables sorted here
-            # once, never per request
-            v.routing = resolve_routes((*v.http_route_by_key.values(), *v.grpc_route_by_key.values()),
-                                       v.grant_by_key.values(), v.by_service_key.values()) \
-                if v.http_route_by_key or v.grpc_route_by_key else EMPTY_INDEX
+            v.routing = self._routing()
         v.generation = generation
         if version:
             v.version = version

@@ -26,7 +26,7 @@ class MeshView:
     __slots__ = ("generation", "version", "root_namespace", "by_uid", "by_service_key",
                  "policy_by_key", "peer_auth_by_key", "by_address", "by_vip", "by_hostname", "by_identity",
                  "by_node", "endpoints", "staged", "peer_auths_by_namespace", "engine",
-                 "http_route_by_key", "grpc_route_by_key", "grant_by_key", "routing")
+                 "by_service_name", "http_route_by_key", "grpc_route_by_key", "grant_by_key", "routing")
 
     def __init__(self, *, root_namespace: str = ROOT_NAMESPACE, layer: str = "l4"):
         self.generation = 0
@@ -39,6 +39,7 @@ class MeshView:
         self.by_address: dict = {}                          # (network, ip) -> Workload
         self.by_vip: dict = {}                              # (network, ip) -> Service
         self.by_hostname: dict = {}                         # hostname -> {namespace: Service}
+        self.by_service_name: dict = {}                     # (namespace, name) -> {key: Service}
         self.by_identity: dict = {}                         # SpiffeId -> frozenset of uids
         self.by_node: dict = {}                             # node name -> frozenset of uids
         self.endpoints: dict = {}                           # service key -> (Workload, ...), known services
@@ -108,6 +109,12 @@ class MeshView:
         is attached (the waypoint forwards to the service itself). A waypoint passes its
         namespace to take the consumer routes written there too."""
         return self.routing.table(service_key, port, waypoint_namespace)
+
+    def service_named(self, name: tuple[str, str]) -> Service | None:
+        """The service a Kubernetes reference (namespace, name) means; of several with
+        that name (different hostnames), the first by key."""
+        found = self.by_service_name.get(name)
+        return found[min(found)] if found else None
 
     def workloads_of(self, identity: SpiffeId) -> tuple[Workload, ...]:
         return tuple(self.by_uid[uid] for uid in self.by_identity.get(identity, ()))

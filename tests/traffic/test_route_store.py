@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import ipaddress
 import textwrap
+from dataclasses import replace as replace_fields
 
 import yaml
+from hypothesis import given, settings, strategies as st
 
 from meshcore.sources.config import load
 from meshcore.state import Kind, MeshStore, Remove, Service, Upsert, Workload
 from meshcore.traffic.gateway_api import http_route, reference_grant
-from meshcore.traffic.model import ConditionType, Reason
-from meshcore.traffic.resolve import EMPTY_INDEX
+from meshcore.traffic.model import ConditionType, Reason, RouteKind
+from meshcore.traffic.resolve import EMPTY_INDEX, resolve_routes
 from meshcore.traffic.select import select_http
 
 ECHO_KEY = "shop/echo.shop.svc.cluster.local"
@@ -75,17 +77,41 @@ def test_removing_the_parent_service_detaches_the_route_and_removing_the_route_e
     assert store.view.routes == () and store.view.routing is EMPTY_INDEX
 
 
-def test_tables_are_rebuilt_only_when_routes_grants_or_services_change():
+def test_a_change_resolves_only_the_routes_it_touches():
     store = MeshStore()
-    store.apply("files", [Upsert(ECHO), Upsert(V1), Upsert(ROUTE)])
+    other = svc("other", "10.96.0.9")
+    on_other = http_route(yaml.safe_load(textwrap.dedent("""\
+        apiVersion: gateway.networking.k8s.io/v1
+        kind: HTTPRoute
+        metadata: {name: o, namespace: shop}
+        spec: {parentRefs: [{group: "", kind: Service, name: other}]}
+        """)))
+    store.apply("files", [Upsert(ECHO), Upsert(V1), Upsert(other), Upsert(ROUTE), Upsert(on_other)])
     index = store.view.routing
     workload = Workload(uid="w", name="w", namespace="shop", ips=(ipaddress.ip_address("10.0.0.5"),))
     store.apply("files", [Upsert(workload)])
     assert store.view.routing is index
     store.apply("files", [Upsert(ROUTE)])                        # the same route again: no change
     assert store.view.routing is index
-    store.apply("files", [Upsert(svc("v2", "10.96.0.3"))])
-    assert store.view.routing is not index
+    store.apply("files", [Upsert(svc("v2", "10.96.0.3"))])       # a service no route names
+    assert store.view.routing is index
+
+    # a service a route names: that route resolved again, the other route's table kept
+    store.apply("files", [Upsert(replace_fields(V1, ports=((80, 9090),)))])
+    after = store.view.routing
+    assert after is not index
+    assert after.resolved[(RouteKind.HTTP, "shop/o")] is index.resolved[(RouteKind.HTTP, "shop/o")]
+    assert after.tables[other.key] is index.tables[other.key]
+    assert after.resolved[(RouteKind.HTTP, ROUTE.key)] is not index.resolved[(RouteKind.HTTP, ROUTE.key)]
+
+
+def test_a_renamed_parent_moves_the_route_to_the_new_service_key():
+    store = MeshStore()
+    store.apply("files", [Upsert(ECHO), Upsert(ROUTE)])
+    moved = replace_fields(ECHO, hostname="echo.example", vips=(("", ipaddress.ip_address("10.96.0.7")),))
+    store.apply("files", [Remove(Kind.SERVICE, ECHO.key), Upsert(moved)])
+    assert store.view.route_table(ECHO_KEY, 80) is None
+    assert store.view.route_table(moved.key, 80) is not None
 
 
 def test_subscribers_hear_of_route_changes_and_replace_diffs_them():
@@ -136,3 +162,46 @@ def test_configuration_files_carry_routes_into_the_view():
     assert view.route_table(ECHO_KEY, 8080).grpc == ()
     # the route without rules takes every request, and with no backend answers 500
     assert select_http(table, method="GET", path="/x", headers={}).rule.answers_500
+
+
+# -- incremental resolution agrees with resolving everything afresh ---------------------------
+
+def _pool_route(name: str, parent: str, backend: str, port: str = "") -> object:
+    port = f", port: {port}" if port else ""
+    return http_route(yaml.safe_load(
+        f"apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: shop}}\n"
+        f"spec:\n  parentRefs: [{{group: '', kind: Service, name: {parent}{port}}}]\n"
+        f"  rules: [{{matches: [{{path: {{value: /{name}}}}}], backendRefs: [{{name: {backend}, port: 80}}]}}]\n"))
+
+
+ROUTE_POOL = [_pool_route("a", "echo", "v1"), _pool_route("a", "v1", "echo", "80"), _pool_route("b", "echo", "v2"),
+              _pool_route("c", "v2", "nope"), _pool_route("d", "echo", "v1", "80")]
+SERVICE_POOL = [ECHO, V1, svc("v2", "10.96.0.3"), replace_fields(ECHO, hostname="echo.example"),
+                replace_fields(V1, ports=((80, 9090),))]
+
+
+_UPSERT = st.sampled_from(ROUTE_POOL + SERVICE_POOL).map(lambda r: ("put", r))
+_REMOVE = st.sampled_from([(Kind.HTTP_ROUTE, f"shop/{k}") for k in "abcd"] + [(Kind.SERVICE, s.key)
+                                                                              for s in SERVICE_POOL])
+_STEPS = st.lists(st.lists(st.one_of(_UPSERT, _REMOVE.map(lambda r: ("remove", r))), min_size=1, max_size=4),
+                  min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_STEPS)
+def test_incremental_resolution_agrees_with_a_fresh_one(steps):
+    store = MeshStore()
+    for step in steps:
+        changes = {}
+        for op, what in step:
+            if op == "put":
+                change = Upsert(what)
+                changes.setdefault((change.kind, change.key), change)
+            else:
+                changes.setdefault(what, Remove(*what))
+        store.apply("files", list(changes.values()))
+        view = store.view
+        fresh = resolve_routes([*view.http_route_by_key.values(), *view.grpc_route_by_key.values()],
+                               view.grant_by_key.values(), view.by_service_key.values())
+        assert view.routing.routes == fresh.routes
+        assert view.routing.tables == fresh.tables
