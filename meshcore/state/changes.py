@@ -7,19 +7,26 @@ from enum import StrEnum
 
 from meshcore.policy.model import Policy
 from meshcore.state.model import PeerAuthentication, Service, Workload
+from meshcore.traffic.model import GRPCRoute, HTTPRoute, ReferenceGrant
 
 
 class Kind(StrEnum):
     """The kinds of resource the store holds, each keyed by its own `key`: a workload by
-    uid, a service by namespace/hostname, a policy or PeerAuthentication by namespace/name."""
+    uid, a service by namespace/hostname, anything else by namespace/name."""
     WORKLOAD = "workload"
     SERVICE = "service"
     AUTHORIZATION_POLICY = "authorization policy"
     PEER_AUTHENTICATION = "PeerAuthentication"
+    HTTP_ROUTE = "HTTPRoute"
+    GRPC_ROUTE = "GRPCRoute"
+    REFERENCE_GRANT = "ReferenceGrant"
 
 
 KIND_OF_TYPE = {Workload: Kind.WORKLOAD, Service: Kind.SERVICE, Policy: Kind.AUTHORIZATION_POLICY,
-                PeerAuthentication: Kind.PEER_AUTHENTICATION}
+                PeerAuthentication: Kind.PEER_AUTHENTICATION, HTTPRoute: Kind.HTTP_ROUTE, GRPCRoute: Kind.GRPC_ROUTE,
+                ReferenceGrant: Kind.REFERENCE_GRANT}
+# the kinds whose change rebuilds the route tables (services: a route names them)
+ROUTING_KINDS = frozenset((Kind.HTTP_ROUTE, Kind.GRPC_ROUTE, Kind.REFERENCE_GRANT, Kind.SERVICE))
 
 
 def kind_of(resource) -> Kind:

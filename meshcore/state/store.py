@@ -33,11 +33,17 @@ from meshcore.aio.memory import gc_paused
 from meshcore.errors import ConfigError, IdentityError, UsageError
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.policy.layers import l4_reductions
-from meshcore.state.changes import Applied, Kind, Rejection, Remove, Upsert, kind_of
-from meshcore.state.model import PeerAuthentication, Service, Workload
+from meshcore.state.changes import ROUTING_KINDS, Applied, Kind, Rejection, Remove, Upsert, kind_of
+from meshcore.state.model import Service, Workload
 from meshcore.state.view import MeshView
+from meshcore.traffic.model import RouteKind
+from meshcore.traffic.resolve import EMPTY_INDEX, update_routes
 
 log = logging.getLogger("meshcore.state")
+
+# the view's index of each kind kept by namespace/name alone
+_KEYED = {Kind.PEER_AUTHENTICATION: "peer_auth_by_key", Kind.HTTP_ROUTE: "http_route_by_key",
+          Kind.GRPC_ROUTE: "grpc_route_by_key", Kind.REFERENCE_GRANT: "grant_by_key"}
 
 # a change set at least this large is built on a worker thread by apply_async/replace_async
 THREAD_THRESHOLD = 256
@@ -60,6 +66,7 @@ class _Draft:
     the first time this draft changes it, so the view in force is never touched."""
 
     def __init__(self, base: MeshView):
+        self.base = base
         self.view = base.copy()
         self._own: set[str] = set()
         self._members: dict[str, list] = {}         # service key -> endpoint list being edited
@@ -89,7 +96,7 @@ class _Draft:
         self.changed.setdefault(kind, set()).add(key)
 
     def put(self, kind: Kind, resource) -> tuple[str | None, str | None]:
-        """Put a workload, service or PeerAuthentication in the draft: (None, None), or
+        """Put a resource (not a policy) in the draft: (None, None), or
         (the key of what blocks it, if another resource of its kind, why) and nothing changed."""
         if kind is Kind.WORKLOAD:
             blocker, why = self.workload_conflict(resource)
@@ -101,7 +108,7 @@ class _Draft:
             if why is None:
                 self.put_service(resource)
             return blocker, why
-        self.put_peer_auth(resource)
+        self.put_keyed(kind, resource)
         return None, None
 
     # -- workloads ----------------------------------------------------------------------
@@ -183,6 +190,8 @@ class _Draft:
             vips[vip] = s
         hostnames = self.index("by_hostname")
         hostnames[s.hostname] = {**hostnames.get(s.hostname, {}), s.namespace: s}
+        names = self.index("by_service_name")
+        names[(s.namespace, s.name)] = {**names.get((s.namespace, s.name), {}), s.key: s}
         self._endpoint_list(s.key)              # its staged endpoints join it in finish()
         self.mark(Kind.SERVICE, s.key)
 
@@ -206,20 +215,44 @@ class _Draft:
             hostnames[old.hostname] = same
         else:
             hostnames.pop(old.hostname, None)
+        names = self.index("by_service_name")
+        others = {k: s for k, s in names.get((old.namespace, old.name), {}).items() if k != old.key}
+        if others:
+            names[(old.namespace, old.name)] = others
+        else:
+            names.pop((old.namespace, old.name), None)
 
-    # -- PeerAuthentication -----------------------------------------------------------
-    def put_peer_auth(self, pa: PeerAuthentication) -> None:
-        if self.view.peer_auth_by_key.get(pa.key) == pa:
+    # -- PeerAuthentication, routes, grants: one index each ---------------------------
+    def put_keyed(self, kind: Kind, resource) -> None:
+        name = _KEYED[kind]
+        if getattr(self.view, name).get(resource.key) == resource:
             return
-        self.index("peer_auth_by_key")[pa.key] = pa
-        self.mark(Kind.PEER_AUTHENTICATION, pa.key)
+        self.index(name)[resource.key] = resource
+        self.mark(kind, resource.key)
 
-    def remove_peer_auth(self, key: str) -> None:
-        if key in self.view.peer_auth_by_key:
-            del self.index("peer_auth_by_key")[key]
-            self.mark(Kind.PEER_AUTHENTICATION, key)
+    def remove_keyed(self, kind: Kind, key: str) -> None:
+        name = _KEYED[kind]
+        if key in getattr(self.view, name):
+            del self.index(name)[key]
+            self.mark(kind, key)
 
     # -- the view -----------------------------------------------------------------------
+    def _routing(self):
+        """The route index after this change: the routes it changed, and those naming a
+        service it changed, resolved again (a grant resolves every route again), their
+        tables sorted here once, never per request."""
+        v, changed = self.view, self.changed
+        routes = None if Kind.REFERENCE_GRANT in changed else (
+            {(RouteKind.HTTP, k) for k in changed.get(Kind.HTTP_ROUTE, ())}
+            | {(RouteKind.GRPC, k) for k in changed.get(Kind.GRPC_ROUTE, ())})
+        names = set()
+        for key in changed.get(Kind.SERVICE, ()):
+            for s in (self.base.by_service_key.get(key), v.by_service_key.get(key)):
+                if s is not None:
+                    names.add((s.namespace, s.name))
+        return update_routes(v.routing, v.http_route_by_key, v.grpc_route_by_key, v.grant_by_key.values(),
+                             v.service_named, routes, names)
+
     def finish(self, generation: int, version: str) -> MeshView:
         v = self.view
         for (name, key), members in self._sets.items():
@@ -243,6 +276,9 @@ class _Draft:
             for pa in v.peer_auth_by_key.values():
                 if pa.namespace in namespaces:
                     by_namespace[pa.namespace] = by_namespace.get(pa.namespace, ()) + (pa,)
+        if not ROUTING_KINDS.isdisjoint(self.changed) and (
+                v.http_route_by_key or v.grpc_route_by_key or v.routing is not EMPTY_INDEX):
+            v.routing = self._routing()
         v.generation = generation
         if version:
             v.version = version
@@ -405,7 +441,7 @@ class MeshStore:
                 elif kind is Kind.AUTHORIZATION_POLICY:
                     policies_gone.append(key)
                 else:
-                    draft.remove_peer_auth(key)
+                    draft.remove_keyed(kind, key)
                 sent[(kind, key)] = None
                 continue
             r = change.resource

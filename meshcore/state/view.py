@@ -14,6 +14,8 @@ from meshcore._core.policy import PolicyEngine
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.state.model import IpAddress, MtlsMode, PeerAuthentication, Service, Workload
+from meshcore.traffic.resolve import EMPTY_INDEX
+from meshcore.traffic.select import RouteTable
 
 _EMPTY = MappingProxyType({})
 
@@ -23,7 +25,8 @@ class MeshView:
 
     __slots__ = ("generation", "version", "root_namespace", "by_uid", "by_service_key",
                  "policy_by_key", "peer_auth_by_key", "by_address", "by_vip", "by_hostname", "by_identity",
-                 "by_node", "endpoints", "staged", "peer_auths_by_namespace", "engine")
+                 "by_node", "endpoints", "staged", "peer_auths_by_namespace", "engine",
+                 "by_service_name", "http_route_by_key", "grpc_route_by_key", "grant_by_key", "routing")
 
     def __init__(self, *, root_namespace: str = ROOT_NAMESPACE, layer: str = "l4"):
         self.generation = 0
@@ -36,12 +39,17 @@ class MeshView:
         self.by_address: dict = {}                          # (network, ip) -> Workload
         self.by_vip: dict = {}                              # (network, ip) -> Service
         self.by_hostname: dict = {}                         # hostname -> {namespace: Service}
+        self.by_service_name: dict = {}                     # (namespace, name) -> {key: Service}
         self.by_identity: dict = {}                         # SpiffeId -> frozenset of uids
         self.by_node: dict = {}                             # node name -> frozenset of uids
         self.endpoints: dict = {}                           # service key -> (Workload, ...), known services
         self.staged: dict = {}                              # the same for services not known yet
         self.peer_auths_by_namespace: dict = {}             # namespace -> (PeerAuthentication, ...)
         self.engine = PolicyEngine((), layer=layer, root_namespace=root_namespace)
+        self.http_route_by_key: dict = {}                   # namespace/name -> traffic.model.HTTPRoute
+        self.grpc_route_by_key: dict = {}                   # namespace/name -> traffic.model.GRPCRoute
+        self.grant_by_key: dict = {}                        # namespace/name -> traffic.model.ReferenceGrant
+        self.routing = EMPTY_INDEX                          # traffic.resolve.RouteIndex: built once per change
 
     def copy(self) -> "MeshView":
         """A shallow copy for the store to build the next view on (it copies each index
@@ -68,6 +76,16 @@ class MeshView:
     def peer_authentications(self) -> tuple[PeerAuthentication, ...]:
         return tuple(self.peer_auth_by_key.values())
 
+    @property
+    def routes(self) -> tuple:
+        """Every HTTPRoute and GRPCRoute with its conditions per parent
+        (traffic.model.ResolvedRoute), accepted or not: what /config_dump lists."""
+        return self.routing.routes
+
+    @property
+    def reference_grants(self) -> tuple:
+        return tuple(self.grant_by_key.values())
+
     # -- lookups ------------------------------------------------------------------------
     def workload_at(self, network: str, ip: IpAddress) -> Workload | None:
         return self.by_address.get((network, ip))
@@ -84,6 +102,19 @@ class MeshView:
         if namespace is not None and namespace in found:
             return found[namespace]
         return found[min(found)]
+
+    def route_table(self, service_key: str, port: int, waypoint_namespace: str | None = None) -> RouteTable | None:
+        """The routes attached to a service (by its key, namespace/hostname) for requests
+        to `port`, in precedence order (traffic.select chooses in it); None when no route
+        is attached (the waypoint forwards to the service itself). A waypoint passes its
+        namespace to take the consumer routes written there too."""
+        return self.routing.table(service_key, port, waypoint_namespace)
+
+    def service_named(self, name: tuple[str, str]) -> Service | None:
+        """The service a Kubernetes reference (namespace, name) means; of several with
+        that name (different hostnames), the first by key."""
+        found = self.by_service_name.get(name)
+        return found[min(found)] if found else None
 
     def workloads_of(self, identity: SpiffeId) -> tuple[Workload, ...]:
         return tuple(self.by_uid[uid] for uid in self.by_identity.get(identity, ()))

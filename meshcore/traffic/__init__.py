@@ -1,0 +1,1 @@
+"""Traffic management: Gateway API routes attached to services, and choosing among them."""
