@@ -297,6 +297,7 @@ class OutlierDetection:
     max_ejection_time: float = 300.0                 # Envoy's default cap on base × ejections
     max_ejection_percent: int = 10
     min_health_percent: int = 0                      # Envoy's healthy panic threshold; 0 disables panic
+    error_codes: tuple[int, ...] = ()                # outlierDetectionHttpErrorCodes; empty: 5xx
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,3 +345,12 @@ class DestinationRule:
 
     def subset(self, name: str) -> Subset | None:
         return next((s for s in self.subsets if s.name == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPolicy:
+    """What applies to one destination (host, subset, port) once a DestinationRule's
+    top-level, subset and port-level settings are merged as istiod merges them."""
+    load_balancer: LoadBalancerSettings | None = None
+    connection_pool: ConnectionPool | None = None
+    outlier_detection: OutlierDetection | None = None

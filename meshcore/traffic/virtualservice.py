@@ -23,6 +23,7 @@ from meshcore.traffic.istio_model import (
     HTTPRetry, HTTPRoute, MatchKind, Mirror, Redirect, RegexRewrite, Rewrite, RouteDestination, StringMatch,
     VirtualService,
 )
+from meshcore.traffic.retry import KNOWN_STATUS_CODES, RetryOn
 
 # gRPC status names istiod accepts for `abort.grpcStatus`, with their codes
 GRPC_STATUS = {name: code for code, name in enumerate((
@@ -447,17 +448,10 @@ def _rewrite(obj, path: str) -> Rewrite:
     return Rewrite(uri, authority, regex)
 
 
-_RETRY_ON_POLICIES = frozenset((
-    "5xx", "gateway-error", "reset", "reset-before-request", "connect-failure", "retriable-4xx", "refused-stream",
-    "retriable-status-codes", "retriable-headers", "envoy-ratelimited", "http3-post-connect-failure",
-    "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable"))
-# the codes Go's net/http names (http.StatusText): what istiod takes as a status code in retryOn
-_KNOWN_STATUS = frozenset((*range(100, 104), *range(200, 209), 226, *range(300, 306), 307, 308, *range(400, 419),
-                           *range(421, 427), 428, 429, 431, 451, *range(500, 509), 510, 511))
-
-
 def retry_on_entry_is_valid(entry: str) -> bool:
-    return entry in _RETRY_ON_POLICIES or (entry.isdigit() and int(entry) in _KNOWN_STATUS)
+    """istiod's check of one retryOn entry (split on `,`, not trimmed): an Envoy
+    condition or an HTTP status code."""
+    return entry in RetryOn._value2member_map_ or (entry.isdigit() and int(entry) in KNOWN_STATUS_CODES)
 
 
 def _retries(obj, path: str) -> HTTPRetry:
