@@ -20,7 +20,7 @@ ISTIO_NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1be
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DNS_LABEL = re.compile(r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
-_WILDCARD_LABEL = re.compile(r"\*|\*?[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
+_WILDCARD_LABEL = re.compile(r"\*|(\*|\*-)?[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
@@ -147,7 +147,8 @@ def host_matches(pattern: str, hostname: str) -> bool:
 
 
 def dns_label(text: str, path: str, what: str) -> str:
-    if not text or len(text) > 63 or not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", text):
+    """istiod's IsDNS1123Label (which takes upper case too)."""
+    if not text or len(text) > 63 or not _DNS_LABEL.fullmatch(text):
         raise F.fail(path, f"{what} is invalid: {text}")
     return text
 
@@ -159,12 +160,14 @@ def labels(obj, path: str) -> tuple[tuple[str, str], ...]:
         key = F.string(k, path)
         value = F.string("" if v is None else str(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
                          else v, f"{path}.{key}", empty_ok=True)
-        prefix, _, name = key.rpartition("/")
-        if prefix and not all(_DNS_LABEL.fullmatch(p) for p in prefix.split(".")):
+        prefix, slash, name = key.partition("/")
+        if not slash:
+            prefix, name = "", key
+        if slash and (len(prefix) > 253 or not all(_DNS_LABEL.fullmatch(p) for p in prefix.split("."))):
             raise F.fail(f"{path}.{key}", f"invalid tag key: {key!r}")
         if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
             raise F.fail(f"{path}.{key}", f"invalid tag key: {key!r}")
-        if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
+        if not _LABEL_VALUE.fullmatch(value):
             raise F.fail(f"{path}.{key}", f"invalid tag value: {value!r}")
         out.append((key, value))
     return tuple(sorted(out))
@@ -180,9 +183,11 @@ def export_to(obj, path: str, namespace: str) -> tuple[str, ...]:
             reason = (f"duplicate entries in exportTo: . and current namespace {namespace}" if key != e
                       else f"duplicate entries in exportTo for entry {e}")
             raise F.fail(f"{path}[{i}]", reason)
-        if e not in (".", "*") and not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", e):
-            raise F.fail(f"{path}[{i}]", f"only . or * or valid DNS 1123 label is allowed as exportTo entry, "
-                                         f"got {e!r}")
+        if e == "~":
+            raise F.fail(f"{path}[{i}]", "exportTo ~ (none) is not allowed for Istio configuration objects")
+        if e not in (".", "*") and (len(e) > 63 or not _DNS_LABEL.fullmatch(e)):
+            raise F.fail(f"{path}[{i}]", f"only .,*, or a valid DNS 1123 label is allowed as exportTo entry "
+                                         f"(got {e!r})")
         seen.add(key)
     if "*" in entries and len(entries) > 1:
         raise F.fail(path, "cannot have both public (*) and non-public exportTo values for a resource")

@@ -51,6 +51,7 @@ class Failure(StrEnum):
     CONNECT_FAILURE = "connect-failure"     # the upstream connection could not be made
     RESET = "reset"                         # the stream or connection was reset
     REFUSED_STREAM = "refused-stream"       # HTTP/2 REFUSED_STREAM: not processed
+    PER_TRY_TIMEOUT = "per-try-timeout"     # the attempt outlived perTryTimeout
 
 
 _GRPC_CONDITIONS = {RetryOn.GRPC_CANCELLED: 1, RetryOn.GRPC_DEADLINE_EXCEEDED: 4, RetryOn.GRPC_RESOURCE_EXHAUSTED: 8,
@@ -143,6 +144,9 @@ def _retry_response(policy: RetryPolicy, status: int, grpc_status: int | None, r
 
 def _retry_failure(policy: RetryPolicy, failure: Failure, request_started: bool) -> bool:
     on = policy.conditions
+    if failure is Failure.PER_TRY_TIMEOUT:
+        # Envoy retries a timed-out attempt on the policies that mean "no good answer"
+        return bool(on & {RetryOn.FIVE_XX, RetryOn.GATEWAY_ERROR})
     if failure is Failure.CONNECT_FAILURE and RetryOn.CONNECT_FAILURE in on:
         return True
     if RetryOn.RESET_BEFORE_REQUEST in on and not request_started:
@@ -173,11 +177,13 @@ def should_retry(policy: RetryPolicy | None, *, status: int | None = None, grpc_
 def backoff_delay(retry_number: int, r: float, *, base: float = DEFAULT_BACKOFF_BASE,
                   max_interval: float | None = None) -> float:
     """Seconds to wait before retry `retry_number` (1 for the first retry), r in [0, 1):
-    Envoy's fully jittered exponential back-off, uniform in [0, (2^N - 1) × base),
-    capped at `max_interval` (10 × base by default): 0-25 ms, 0-75 ms, 0-175 ms, then
-    at most 250 ms with the default base."""
+    Envoy's fully jittered exponential back-off as its source computes it
+    (JitteredExponentialBackOffStrategy): uniform below base × 2^(N-1), the interval
+    capped at `max_interval` (10 × base by default): below 25, 50, 100, 200, then
+    250 ms with the default base. (Envoy's router documentation gives (2^N - 1) × base;
+    its code doubles from the base.)"""
     if retry_number < 1:
         raise ValueError("retry_number counts retries from 1")
     cap = max_interval if max_interval is not None else 10 * base
-    upper = min(((1 << min(retry_number, 62)) - 1) * base, cap)
+    upper = min(base * (1 << min(retry_number - 1, 62)), cap)
     return r * upper

@@ -44,8 +44,6 @@ def _visibility_bucket(vs: VirtualService, waypoint_namespace: str) -> int | Non
     None: not visible there. istiod indexes mesh VirtualServices this way and the
     waypoint reads the buckets in this order."""
     exports = vs.export_to or ("*",)       # the mesh's default exportTo is public
-    if "~" in exports:
-        return None
     if "*" in exports:
         return 2
     if vs.namespace == waypoint_namespace and ("." in exports or waypoint_namespace in exports):
@@ -64,7 +62,9 @@ def waypoint_virtual_services(virtual_services: Iterable[VirtualService], *, hos
     host that matches; private ones first, then those exported to the waypoint's
     namespace by name, then public ones; within each, oldest first
     (creationTimestamp, then name, then namespace: without an API server, documents
-    with no creationTimestamp tie and go by name)."""
+    with no creationTimestamp tie and go by name). Since Istio 1.30 a waypoint
+    concatenates the routes of all of them; before, it took the first one with http
+    routes only."""
     ranked = []
     for vs in virtual_services:
         if not vs.applies_to_mesh:

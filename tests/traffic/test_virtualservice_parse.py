@@ -170,6 +170,13 @@ http:
     assert v.http[1].rewrite.uri_regex.rewrite == "\\2/instance/\\1" and v.http[1].rewrite.authority == "x"
 
 
+def test_names_istiod_accepts():
+    v = vs("hosts: ['*-canary.prod.svc.cluster.local', Reviews.Prod]\n"
+           "http: [{route: [{destination: {host: reviews, subset: V1}}], match: [{sourceLabels: {example.com/app: x}}]}]")
+    assert v.http[0].route[0].destination.subset == "V1"
+    assert v.http[0].matches[0].source_labels == (("example.com/app", "x"),)
+
+
 def test_tcp_and_tls_are_kept_not_applied():
     v = vs("hosts: [db]\ntcp: [{match: [{port: 27017}], route: [{destination: {host: db, port: {number: 5555}}}]}]")
     assert v.http == () and len(v.tcp) == 1
@@ -306,6 +313,10 @@ def test_creation_timestamp_recorded():
     ("hosts: [a]\nexportTo: ['*', b]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo",
      "both public (*) and non-public"),
     ("hosts: [a]\ntcp: [{route: []}]", "spec.tcp[0].route", "TCP route is required"),
+    ("hosts: [a]\nexportTo: ['~']\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo[0]",
+     "exportTo ~ (none) is not allowed"),
+    ("hosts: [a]\nexportTo: [bad_ns]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo[0]",
+     "valid DNS 1123 label"),
     ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}]}]\nbogus: 1", "spec.bogus", "unknown field"),
 ])
 def test_refusals(spec, path, reason):
