@@ -105,7 +105,7 @@ def test_maglev():
     ("host: 'a..b'", "spec.host", "invalid"),
     ("host: r\ntrafficPolicy: {}", "spec.trafficPolicy", "at least one field"),
     ("host: r\nsubsets: [{name: v1}, {name: v1}]", "spec.subsets[1].name", "duplicate subset names: v1"),
-    ("host: r\nsubsets: [{name: V1}]", "spec.subsets[0].name", "subset name is invalid"),
+    ("host: r\nsubsets: [{name: v_1}]", "spec.subsets[0].name", "subset name is invalid"),
     ("host: r\nsubsets: [{labels: {a: b}}]", "spec.subsets[0].name", "required field is missing"),
     ("host: r\nsubsets: [{name: v1, labels: {'a b': c}}]", "spec.subsets[0].labels.a b", "invalid tag key"),
     ("host: r\ntrafficPolicy: {loadBalancer: {simple: FASTEST}}", "spec.trafficPolicy.loadBalancer.simple",
