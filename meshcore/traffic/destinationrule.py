@@ -2,6 +2,7 @@
 a rule decides for one destination: its subsets' endpoints and the merged policy.
 
     destination_rule(doc) -> DestinationRule
+    destination_rule_for(rules, hostname, waypoint_namespace=, service_namespace=) -> DestinationRule | None
     subset_endpoints(rule, subset_name, endpoints) -> [endpoint] | None
     cluster_policy(rule, subset_name, port) -> ClusterPolicy
 
@@ -35,6 +36,7 @@ def destination_rule(doc: dict) -> DestinationRule:
     meta = F.mapping(doc["metadata"], "metadata", allowed=I.METADATA_FIELDS, required=("name",))
     name = F.string(meta["name"], "metadata.name")
     namespace = F.string(meta.get("namespace", "default"), "metadata.namespace")
+    created = str(meta.get("creationTimestamp") or "")
     spec = F.mapping(doc["spec"], "spec", allowed=("host", "trafficPolicy", "subsets", "exportTo",
                                                    "workloadSelector"), required=("host",))
     host = F.string(spec["host"], "spec.host")
@@ -65,7 +67,8 @@ def destination_rule(doc: dict) -> DestinationRule:
         if len(exports) > 1:
             raise F.fail("spec.exportTo", "destination rule with workload selector cannot have multiple entries "
                                           "in exportTo")
-    return DestinationRule(name, namespace, I.fqdn(host, namespace), policy, tuple(subsets), exports, selector)
+    return DestinationRule(name, namespace, I.fqdn(host, namespace), policy, tuple(subsets), exports, selector,
+                           created)
 
 
 # -- traffic policy ----------------------------------------------------------------------
@@ -316,6 +319,69 @@ def _outlier(obj, path: str) -> OutlierDetection | None:
 
 
 # -- decisions ---------------------------------------------------------------------------
+
+ROOT_NAMESPACE = "istio-system"
+
+
+def _visible_locally(rule: DestinationRule) -> bool:
+    e = rule.export_to
+    return not e or "*" in e or "." in e or rule.namespace in e
+
+
+def _exported_to(rule: DestinationRule, namespace: str) -> bool:
+    e = rule.export_to
+    private_only = len(e) == 1 and e[0] in (".", rule.namespace)
+    return not private_only and (not e or "*" in e or namespace in e)
+
+
+def _most_specific(rules: list[DestinationRule], hostname: str) -> list[DestinationRule]:
+    exact = [r for r in rules if r.host == hostname]
+    if exact:
+        return exact
+    wild = [r for r in rules if r.host.startswith("*") and I.host_matches(r.host, hostname)]
+    if not wild:
+        return []
+    best = max(len(r.host) for r in wild)
+    return [r for r in wild if len(r.host) == best]
+
+
+def _merged(rules: list[DestinationRule]) -> DestinationRule:
+    """istiod's mergeDestinationRule: the oldest rule, with the subsets of the others it
+    lacks added, and its traffic policy or, without one, the first later rule's."""
+    first = rules[0]
+    subsets, names = list(first.subsets), {s.name for s in first.subsets}
+    policy = first.traffic_policy
+    for r in rules[1:]:
+        subsets += [s for s in r.subsets if s.name not in names]
+        names |= {s.name for s in r.subsets}
+        policy = policy or r.traffic_policy
+    return DestinationRule(first.name, first.namespace, first.host, policy, tuple(subsets), first.export_to,
+                           first.workload_selector, first.creation_timestamp)
+
+
+def destination_rule_for(rules, hostname: str, *, waypoint_namespace: str, service_namespace: str,
+                         root_namespace: str = ROOT_NAMESPACE) -> DestinationRule | None:
+    """The DestinationRule a waypoint in `waypoint_namespace` applies to `hostname`, in
+    istiod's lookup order: rules in the waypoint's namespace, then those the service's
+    namespace exports to it, then those the root namespace exports; in each, the most
+    specific host (exact, then the longest wildcard); several rules for that host are
+    merged, oldest first. Rules with a workloadSelector select the waypoint's own pods,
+    which meshcore does not model: they are left out."""
+    ordered = sorted((r for r in rules if r.workload_selector is None),
+                     key=lambda r: (r.creation_timestamp, r.name, r.namespace))
+    steps = []
+    if waypoint_namespace != root_namespace:
+        steps.append([r for r in ordered if r.namespace == waypoint_namespace and _visible_locally(r)])
+    else:
+        steps.append([r for r in ordered if r.namespace == root_namespace and not _exported_to(r, "")
+                      and _visible_locally(r)])
+    steps.append([r for r in ordered if r.namespace == service_namespace and _exported_to(r, waypoint_namespace)])
+    steps.append([r for r in ordered if r.namespace == root_namespace and _exported_to(r, waypoint_namespace)])
+    for candidates in steps:
+        found = _most_specific(candidates, hostname)
+        if found:
+            return _merged(found)
+    return None
 
 def subset_endpoints(rule: DestinationRule | None, subset_name: str, endpoints: Iterable) -> list | None:
     """The endpoints of `subset_name`: those whose labels (a `labels` attribute of

@@ -338,6 +338,7 @@ class DestinationRule:
     subsets: tuple[Subset, ...] = ()
     export_to: tuple[str, ...] = ()
     workload_selector: Labels | None = None
+    creation_timestamp: str = ""
 
     @property
     def key(self) -> str:

@@ -6,7 +6,9 @@ import pytest
 import yaml
 
 from meshcore.errors import ConfigError
-from meshcore.traffic.destinationrule import cluster_policy, destination_rule, subset_endpoints
+from meshcore.traffic.destinationrule import (
+    cluster_policy, destination_rule, destination_rule_for, subset_endpoints,
+)
 from meshcore.traffic.istio_model import HashKey, OutlierDetection, SimpleLB
 
 
@@ -189,3 +191,58 @@ def test_cluster_policy_merging():
     assert v2_port.connection_pool.tcp.max_connections == 5 and v2_port.load_balancer is None
     assert cluster_policy(FULL, "v1", 80) == top
     assert cluster_policy(None).load_balancer is None
+
+
+def rule(name, namespace, host, *, export=None, created="", subsets=(), lb=None):
+    spec = {"host": host}
+    if export is not None:
+        spec["exportTo"] = export
+    if subsets:
+        spec["subsets"] = [{"name": s, "labels": {"version": s}} for s in subsets]
+    if lb:
+        spec["trafficPolicy"] = {"loadBalancer": {"simple": lb}}
+    meta = {"name": name, "namespace": namespace}
+    if created:
+        meta["creationTimestamp"] = created
+    return destination_rule({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule", "metadata": meta,
+                             "spec": spec})
+
+
+HOST = "reviews.prod.svc.cluster.local"
+
+
+def pick(rules, waypoint_namespace="wp", service_namespace="prod"):
+    found = destination_rule_for(rules, HOST, waypoint_namespace=waypoint_namespace,
+                                 service_namespace=service_namespace)
+    return None if found is None else found.key
+
+
+def test_lookup_order_waypoint_namespace_then_service_then_root():
+    in_wp = rule("in-wp", "wp", HOST)
+    in_svc = rule("in-svc", "prod", "reviews")
+    in_root = rule("in-root", "istio-system", "*.svc.cluster.local")
+    assert pick([in_root, in_svc, in_wp]) == "wp/in-wp"
+    assert pick([in_root, in_svc]) == "prod/in-svc"
+    assert pick([in_root]) == "istio-system/in-root"
+    assert pick([]) is None
+
+
+def test_lookup_honours_export_to_and_specificity():
+    private = rule("private", "prod", "reviews", export=["."])
+    exported = rule("to-wp", "prod", "*.prod.svc.cluster.local", export=["wp"])
+    other = rule("to-other", "prod", "reviews", export=["other"])
+    assert pick([private, other]) is None
+    assert pick([private, exported, other]) == "prod/to-wp"
+    assert pick([private], waypoint_namespace="prod") == "prod/private"   # a waypoint in the service's namespace
+    wide = rule("wide", "wp", "*.svc.cluster.local")
+    narrow = rule("narrow", "wp", "*.prod.svc.cluster.local")
+    assert pick([wide, narrow]) == "wp/narrow"
+
+
+def test_rules_for_one_host_merge_oldest_first():
+    old = rule("b-old", "prod", "reviews", created="2020-01-01T00:00:00Z", subsets=("v1",))
+    new = rule("a-new", "prod", "reviews", created="2021-01-01T00:00:00Z", subsets=("v1", "v2"), lb="RANDOM")
+    merged = destination_rule_for([new, old], HOST, waypoint_namespace="prod", service_namespace="prod")
+    assert merged.name == "b-old" and [s.name for s in merged.subsets] == ["v1", "v2"]
+    assert merged.subset("v1").labels == (("version", "v1"),)
+    assert merged.traffic_policy.load_balancer.simple is SimpleLB.RANDOM     # the first policy given
