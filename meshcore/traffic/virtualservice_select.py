@@ -105,9 +105,16 @@ def applies_to_port(virtual_services: Sequence[VirtualService], port: int, *, wa
     return False
 
 
-def _header_value(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
-    """Envoy matches a header that appears several times on its values joined with `,`."""
-    values = [v for k, v in headers if k.lower() == name]
+def _header_value(request: RequestAttributes, name: str) -> str | None:
+    """A header as Envoy's header matchers see it: pseudo-headers from the request line
+    (HTTP/1.1's Host is :authority), a header that appears several times as its values
+    joined with `,`."""
+    if name.startswith(":"):
+        return {":method": request.method, ":authority": request.authority, ":scheme": request.scheme,
+                ":path": request.path}.get(name)
+    values = [v for k, v in request.headers if k.lower() == name]
+    if not values and name == "host" and request.authority:
+        return request.authority
     return ",".join(values) if values else None
 
 
@@ -140,11 +147,11 @@ def match_request(match: HTTPMatch, request: RequestAttributes) -> bool:
     if not _string_condition(match.scheme, request.scheme):
         return False
     for name, m in match.headers:
-        value = _header_value(request.headers, name)
+        value = _header_value(request, name)
         if value is None or not m.matches(value):
             return False
     for name, m in match.without_headers:
-        value = _header_value(request.headers, name)
+        value = _header_value(request, name)
         if m.kind is MatchKind.PRESENT:
             if value is not None:
                 return False

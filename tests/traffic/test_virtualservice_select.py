@@ -114,6 +114,18 @@ def test_repeated_header_values_are_joined():
     assert route_name(v, Req("GET", "/", headers=(("x", "a"), ("X", "b")))) == "h"
 
 
+def test_pseudo_headers_and_host_in_header_matches():
+    v = vs("""
+hosts: [a]
+http:
+- {name: pseudo, match: [{headers: {':method': {exact: PUT}}}], route: [{destination: {host: a}}]}
+- {name: host, match: [{headers: {host: {prefix: api.}}}], route: [{destination: {host: a}}]}
+""")
+    assert route_name(v, Req("PUT", "/")) == "pseudo"
+    assert route_name(v, Req("GET", "/", authority="api.example")) == "host"
+    assert route_name(v, Req("GET", "/", authority="www.example")) is None
+
+
 def test_match_name_joins_route_name():
     v = vs("hosts: [a]\nhttp: [{name: r, match: [{name: m, uri: {prefix: /}}], route: [{destination: {host: a}}]}]")
     assert route_name(v, Req("GET", "/")) == "r.m"
