@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from decimal import Decimal
 
 from meshcore.config import fields as F
 
@@ -18,42 +19,48 @@ ISTIO_NETWORKING_VERSIONS = ("networking.istio.io/v1", "networking.istio.io/v1be
                              "networking.istio.io/v1alpha3")
 
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNIT_NANOS = {"ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
+               "m": 60_000_000_000, "h": 3_600_000_000_000}
 _DNS_LABEL = re.compile(r"[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
 _WILDCARD_LABEL = re.compile(r"\*|(\*|\*-)?[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)")
 _LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
-def duration(obj, path: str) -> float:
-    """Seconds from a duration as Istio's CRDs take it: protobuf JSON (`1.5s`) or Go's
-    syntax (`1h2m`, `100ms`)."""
+def _nanoseconds(obj, path: str) -> int:
     text = F.string(obj, path) if not isinstance(obj, (int, float)) or isinstance(obj, bool) else None
     if text is None:
         raise F.fail(path, f"{obj!r} is not a duration: write it with a unit (`1s`, `100ms`, `1m`)")
     body = text[1:] if text[:1] in "+-" else text
     if body == "0":
-        return 0.0
-    pos, total = 0, 0.0
+        return 0
+    if not body:
+        raise F.fail(path, f"{text!r} is not a duration (a number and a unit: ns, us, ms, s, m, h)")
+    pos, total = 0, Decimal(0)
     while pos < len(body):
         m = _DURATION_PART.match(body, pos)
         if m is None:
             raise F.fail(path, f"{text!r} is not a duration (a number and a unit: ns, us, ms, s, m, h)")
-        total += float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+        total += Decimal(m.group(1)) * _UNIT_NANOS[m.group(2)]
         pos = m.end()
-    if not body:
-        raise F.fail(path, "must not be empty")
-    return -total if text.startswith("-") else total
+    nanos = int(total)               # Go truncates fractions of a nanosecond
+    return -nanos if text.startswith("-") else nanos
+
+
+def duration(obj, path: str) -> float:
+    """Seconds from a duration as Istio's CRDs take it: protobuf JSON (`1.5s`) or Go's
+    syntax (`1h2m`, `100ms`)."""
+    return _nanoseconds(obj, path) / 1e9
 
 
 def istio_duration(obj, path: str) -> float:
     """A duration istiod accepts where it calls ValidateDuration: at least 1ms, whole ms."""
-    seconds = duration(obj, path)
-    if seconds < 0.001 - 1e-12:
+    nanos = _nanoseconds(obj, path)
+    if nanos < 1_000_000:
         raise F.fail(path, "duration must be greater than 1ms")
-    if abs(seconds * 1000 - round(seconds * 1000)) > 1e-6:
+    if nanos % 1_000_000:
         raise F.fail(path, "only durations to ms precision are supported")
-    return seconds
+    return nanos / 1e9
 
 
 def integer(obj, path: str, *, minimum: int | None = None, maximum: int | None = None) -> int:

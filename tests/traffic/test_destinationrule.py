@@ -70,6 +70,16 @@ def test_parse_everything():
     assert ch.key is HashKey.HEADER and ch.name == "x-user" and ch.ring_minimum_size == 2048
 
 
+@pytest.mark.parametrize("policy", [
+    "{loadBalancer: {warmup: {duration: 300s}}}",
+    "{loadBalancer: {warmup: {duration: 300s, minimumPercent: 5.0, aggression: 5.0}}}",
+    "{connectionPool: {http: {http2KeepAlive: {interval: 15s, timeout: 5s}}}}",
+    "{tls: {mode: ISTIO_MUTUAL}, tunnel: {targetHost: example.com, targetPort: 443}}",
+])
+def test_accepted_and_kept(policy):
+    assert dr(f"host: ratings.prod.svc.cluster.local\ntrafficPolicy: {policy}").traffic_policy is not None
+
+
 def test_outlier_defaults_are_envoys():
     od = dr("host: r\ntrafficPolicy: {outlierDetection: {}}").traffic_policy.outlier_detection
     assert od == OutlierDetection()
@@ -146,6 +156,14 @@ def test_maglev():
     ("host: r\nworkloadSelector: {matchLabels: {app: a}}\nexportTo: ['*']", "spec.exportTo",
      "beyond current namespace"),
     ("host: r\nexportTo: [a, a]", "spec.exportTo[1]", "duplicate entries in exportTo for entry a"),
+    ("host: r\ntrafficPolicy: {loadBalancer: {warmup: {duration: 300s, minimumPercent: 150.0}}}",
+     "spec.trafficPolicy.loadBalancer.warmup.minimumPercent", "less than or equal to 100"),
+    ("host: r\ntrafficPolicy: {loadBalancer: {warmup: {minimumPercent: 5.0}}}",
+     "spec.trafficPolicy.loadBalancer.warmup.duration", "duration is required"),
+    ("host: r\ntrafficPolicy: {loadBalancer: {warmup: {duration: 300s, aggression: -0.1}}}",
+     "spec.trafficPolicy.loadBalancer.warmup.aggression", "greater than 0"),
+    ("host: r\ntrafficPolicy: {connectionPool: {http: {http2KeepAlive: {interval: 15s}}}}",
+     "spec.trafficPolicy.connectionPool.http.http2KeepAlive.timeout", "timeout is required"),
 ])
 def test_refusals(spec, path, reason):
     with pytest.raises(ConfigError) as e:
