@@ -75,9 +75,9 @@ def virtual_service(doc: dict) -> VirtualService:
     routes = tuple(_http_route(r, f"spec.http[{i}]", namespace, jwt_ok=to_gateway and not to_mesh)
                    for i, r in enumerate(http))
     for i, r in enumerate(tcp):
-        _l4_route(r, f"spec.tcp[{i}]")
+        _l4_route(r, f"spec.tcp[{i}]", raw_hosts, tls=False)
     for i, r in enumerate(tls):
-        _l4_route(r, f"spec.tls[{i}]")
+        _l4_route(r, f"spec.tls[{i}]", raw_hosts, tls=True)
     exports = I.export_to(spec.get("exportTo"), "spec.exportTo", namespace)
     return VirtualService(name, namespace, hosts, gateways, routes, tuple(tcp), tuple(tls), exports, str(created))
 
@@ -113,12 +113,17 @@ def _hosts(raw: list[str], to_mesh: bool, namespace: str) -> tuple[str, ...]:
     return hosts
 
 
-def _l4_route(obj, path: str) -> None:
-    """tcp and tls routes: the shape and destinations checked, nothing more (not applied)."""
+def _l4_route(obj, path: str, raw_hosts: list[str], *, tls: bool) -> None:
+    """tcp and tls routes: checked as istiod checks them, then kept (not applied)."""
     F.mapping(obj, path, allowed=("match", "route"))
+    matches = F.sequence(obj.get("match"), f"{path}.match")
+    if tls and not matches:
+        raise F.fail(f"{path}.match", "TLS route must have at least one match condition")
+    for i, m in enumerate(matches):
+        _l4_match(m, f"{path}.match[{i}]", raw_hosts, tls=tls)
     dests = F.sequence(obj.get("route"), f"{path}.route")
     if not dests:
-        raise F.fail(f"{path}.route", "TCP route is required" if ".tcp[" in path else "TLS route is required")
+        raise F.fail(f"{path}.route", "TLS route is required" if tls else "TCP route is required")
     total = 0
     for i, d in enumerate(dests):
         dp = f"{path}.route[{i}]"
@@ -130,6 +135,32 @@ def _l4_route(obj, path: str) -> None:
         total += w
     if len(dests) > 1 and total == 0:
         raise F.fail(f"{path}.route", "total destination weight = 0")
+
+
+def _l4_match(obj, path: str, raw_hosts: list[str], *, tls: bool) -> None:
+    if obj is None:
+        raise F.fail(path, "TLS match may not be null" if tls else "tcp match may not be nil")
+    allowed = ("destinationSubnets", "port", "sourceLabels", "gateways", "sourceNamespace")
+    F.mapping(obj, path, allowed=allowed + (("sniHosts",) if tls else ("sourceSubnet",)))
+    if tls:
+        snis = F.strings(obj.get("sniHosts"), f"{path}.sniHosts")
+        if not snis:
+            raise F.fail(f"{path}.sniHosts", "TLS match must have at least one SNI host")
+        for i, sni in enumerate(snis):
+            sp = f"{path}.sniHosts[{i}]"
+            if I.is_ip(sni):
+                continue
+            I.wildcard_domain(sni, sp)
+            if not any(I.host_matches(h, sni) and (not sni.startswith("*") or h.startswith("*")) for h in raw_hosts):
+                raise F.fail(sp, f"SNI host {sni!r} is not a compatible subset of any of the virtual service hosts: "
+                                 f"[{', '.join(raw_hosts)}]")
+    for i, subnet in enumerate(F.sequence(obj.get("destinationSubnets"), f"{path}.destinationSubnets")):
+        F.network(subnet, f"{path}.destinationSubnets[{i}]")
+    if obj.get("port"):
+        I.port_number(obj["port"], f"{path}.port")
+    I.labels(obj.get("sourceLabels"), f"{path}.sourceLabels")
+    for i, g in enumerate(F.strings(obj.get("gateways"), f"{path}.gateways")):
+        _gateway_name(g, f"{path}.gateways[{i}]")
 
 
 # -- http routes -------------------------------------------------------------------------

@@ -180,6 +180,9 @@ def test_names_istiod_accepts():
 def test_tcp_and_tls_are_kept_not_applied():
     v = vs("hosts: [db]\ntcp: [{match: [{port: 27017}], route: [{destination: {host: db, port: {number: 5555}}}]}]")
     assert v.http == () and len(v.tcp) == 1
+    v = vs("hosts: ['*.example.com']\ntls: [{match: [{sniHosts: [a.example.com], port: 443}], "
+           "route: [{destination: {host: a.example.com}}]}]")
+    assert len(v.tls) == 1
 
 
 def test_durations_as_istio_takes_them():
@@ -321,6 +324,14 @@ def test_creation_timestamp_recorded():
     ("hosts: [a]\nexportTo: ['*', b]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo",
      "both public (*) and non-public"),
     ("hosts: [a]\ntcp: [{route: []}]", "spec.tcp[0].route", "TCP route is required"),
+    ("hosts: [a]\ntcp: [{match: [{port: 0, destinationSubnets: [300.0.0.0/8]}], route: [{destination: {host: a}}]}]",
+     "spec.tcp[0].match[0].destinationSubnets[0]", "not an IP address or CIDR"),
+    ("hosts: [a.example.com]\ntls: [{route: [{destination: {host: a}}]}]", "spec.tls[0].match",
+     "at least one match condition"),
+    ("hosts: [a.example.com]\ntls: [{match: [{port: 443}], route: [{destination: {host: a}}]}]",
+     "spec.tls[0].match[0].sniHosts", "at least one SNI host"),
+    ("hosts: [a.example.com]\ntls: [{match: [{sniHosts: [b.example.com]}], route: [{destination: {host: a}}]}]",
+     "spec.tls[0].match[0].sniHosts[0]", "not a compatible subset"),
     ("hosts: [a]\nexportTo: ['~']\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo[0]",
      "exportTo ~ (none) is not allowed"),
     ("hosts: [a]\nexportTo: [bad_ns]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo[0]",
