@@ -36,7 +36,7 @@ def destination_rule(doc: dict) -> DestinationRule:
     meta = F.mapping(doc["metadata"], "metadata", allowed=I.METADATA_FIELDS, required=("name",))
     name = F.string(meta["name"], "metadata.name")
     namespace = F.string(meta.get("namespace", "default"), "metadata.namespace")
-    created = str(meta.get("creationTimestamp") or "")
+    created = I.creation_timestamp(meta.get("creationTimestamp"), "metadata.creationTimestamp")
     spec = F.mapping(doc["spec"], "spec", allowed=("host", "trafficPolicy", "subsets", "exportTo",
                                                    "workloadSelector"), required=("host",))
     host = F.string(spec["host"], "spec.host")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from datetime import datetime, timezone
 from decimal import Decimal
 
 from meshcore.config import fields as F
@@ -61,6 +62,23 @@ def istio_duration(obj, path: str) -> float:
     if nanos % 1_000_000:
         raise F.fail(path, "only durations to ms precision are supported")
     return nanos / 1e9
+
+
+def creation_timestamp(obj, path: str) -> str:
+    """metadata.creationTimestamp as RFC 3339 UTC text, so that timestamps sort in time
+    order whether YAML read them as text or as datetimes; "" when absent."""
+    if obj is None or obj == "":
+        return ""
+    if isinstance(obj, datetime):
+        when = obj if obj.tzinfo is not None else obj.replace(tzinfo=timezone.utc)
+    else:
+        try:
+            when = datetime.fromisoformat(F.string(obj, path).replace("Z", "+00:00"))
+        except ValueError:
+            raise F.fail(path, f"{obj!r} is not an RFC 3339 time (2024-01-31T12:00:00Z)") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def integer(obj, path: str, *, minimum: int | None = None, maximum: int | None = None) -> int:

@@ -4,8 +4,9 @@
 
 What istiod refuses, meshcore refuses, naming the field and the reason. A few things
 istiod accepts are refused too, because the waypoint could not do what they say:
-delegate VirtualServices (no `hosts`), `delegate` routes, JWT-claim matches on the
-mesh gateway (istiod refuses those as well), redirect codes Envoy has no action for.
+delegate VirtualServices (no `hosts`), `delegate` routes, JWT-claim matches in a
+VirtualService the mesh gateway takes (istiod refuses them only when no other gateway
+is named; the waypoint has no claims to match), redirect codes Envoy has no action for.
 `corsPolicy` is parsed and kept but meshcore does not apply it; `tcp` and `tls`
 routes are kept as written and are not applied by the waypoint's HTTP path.
 Route selection and the other decisions on parsed VirtualServices live in
@@ -53,7 +54,7 @@ def virtual_service(doc: dict) -> VirtualService:
     meta = F.mapping(doc["metadata"], "metadata", allowed=I.METADATA_FIELDS, required=("name",))
     name = F.string(meta["name"], "metadata.name")
     namespace = F.string(meta.get("namespace", "default"), "metadata.namespace")
-    created = meta.get("creationTimestamp") or ""
+    created = I.creation_timestamp(meta.get("creationTimestamp"), "metadata.creationTimestamp")
     spec = F.mapping(doc["spec"], "spec", allowed=_SPEC_FIELDS)
 
     raw_hosts = F.strings(spec.get("hosts"), "spec.hosts")
@@ -65,7 +66,8 @@ def virtual_service(doc: dict) -> VirtualService:
         _gateway_name(g, f"spec.gateways[{i}]")
     to_mesh = not gateways or "mesh" in gateways
     to_gateway = any(g != "mesh" for g in gateways)
-    hosts = _hosts(raw_hosts, to_mesh, namespace)
+    # istiod holds a VirtualService that also names another gateway to the gateway rules
+    hosts = _hosts(raw_hosts, not to_gateway, namespace)
 
     http = F.sequence(spec.get("http"), "spec.http")
     tcp = F.sequence(spec.get("tcp"), "spec.tcp")
@@ -79,7 +81,7 @@ def virtual_service(doc: dict) -> VirtualService:
     for i, r in enumerate(tls):
         _l4_route(r, f"spec.tls[{i}]", raw_hosts, tls=True)
     exports = I.export_to(spec.get("exportTo"), "spec.exportTo", namespace)
-    return VirtualService(name, namespace, hosts, gateways, routes, tuple(tcp), tuple(tls), exports, str(created))
+    return VirtualService(name, namespace, hosts, gateways, routes, tuple(tcp), tuple(tls), exports, created)
 
 
 # -- top level ---------------------------------------------------------------------------
@@ -105,12 +107,11 @@ def _hosts(raw: list[str], to_mesh: bool, namespace: str) -> tuple[str, ...]:
         I.wildcard_domain(h, p)
         if to_mesh and h == "*":
             raise F.fail(p, "wildcard host * is not allowed for virtual services bound to the mesh gateway")
-    hosts = tuple(I.fqdn(h, namespace) for h in raw)
-    for i in range(len(hosts)):
-        for j in range(i + 1, len(hosts)):
-            if I.host_matches(hosts[i], hosts[j]) or I.host_matches(hosts[j], hosts[i]):
-                raise F.fail(f"spec.hosts[{j}]", f"duplicate hosts in virtual service: {hosts[i]} & {hosts[j]}")
-    return hosts
+    for i in range(len(raw)):
+        for j in range(i + 1, len(raw)):
+            if I.host_matches(raw[i], raw[j]) or I.host_matches(raw[j], raw[i]):
+                raise F.fail(f"spec.hosts[{j}]", f"duplicate hosts in virtual service: {raw[i]} & {raw[j]}")
+    return tuple(I.fqdn(h, namespace) for h in raw)
 
 
 def _l4_route(obj, path: str, raw_hosts: list[str], *, tls: bool) -> None:

@@ -195,6 +195,18 @@ def test_creation_timestamp_recorded():
            "metadata": {"name": "a", "namespace": "n", "creationTimestamp": "2024-01-01T00:00:00Z"},
            "spec": {"hosts": ["a"], "http": [{"route": [{"destination": {"host": "a"}}]}]}}
     assert virtual_service(doc).creation_timestamp == "2024-01-01T00:00:00Z"
+    # as YAML reads an unquoted timestamp: a datetime
+    doc["metadata"]["creationTimestamp"] = yaml.safe_load("2024-01-01T01:00:00+01:00")
+    assert virtual_service(doc).creation_timestamp == "2024-01-01T00:00:00Z"
+    doc["metadata"]["creationTimestamp"] = "yesterday"
+    with pytest.raises(ConfigError) as e:
+        virtual_service(doc)
+    assert e.value.path == "metadata.creationTimestamp"
+
+
+def test_wildcard_host_when_another_gateway_is_named():
+    v = vs("hosts: ['*']\ngateways: [mesh, istio-system/gw]\nhttp: [{route: [{destination: {host: a}}]}]")
+    assert v.applies_to_mesh and v.hosts == ("*",)
 
 
 @pytest.mark.parametrize("spec,path,reason", [
