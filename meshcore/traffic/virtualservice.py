@@ -99,13 +99,13 @@ def _gateway_name(name: str, path: str) -> None:
     I.dns_label(gw, path, "gateway name")
 
 
-def _hosts(raw: list[str], to_mesh: bool, namespace: str) -> tuple[str, ...]:
+def _hosts(raw: list[str], mesh_only: bool, namespace: str) -> tuple[str, ...]:
     for i, h in enumerate(raw):
         p = f"spec.hosts[{i}]"
         if I.is_ip(h):
             continue
         I.wildcard_domain(h, p)
-        if to_mesh and h == "*":
+        if mesh_only and h == "*":
             raise F.fail(p, "wildcard host * is not allowed for virtual services bound to the mesh gateway")
     for i in range(len(raw)):
         for j in range(i + 1, len(raw)):
