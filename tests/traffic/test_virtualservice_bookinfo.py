@@ -1,6 +1,6 @@
-"""Istio's Bookinfo traffic-management tasks (request routing, fault injection, traffic
-shifting, circuit breaking), as the waypoint decides them: the same YAML users apply,
-the decisions Istio's task pages describe."""
+"""Istio's Bookinfo traffic-management examples (request routing, fault injection,
+traffic shifting, circuit breaking), as the waypoint decides them: the same YAML users
+apply, the outcomes Istio's documentation describes."""
 from dataclasses import dataclass
 
 import yaml
