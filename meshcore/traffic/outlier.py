@@ -5,6 +5,7 @@ DestinationRule's `outlierDetection`, driven by explicit times: no clock inside.
     detector.record(endpoint, now, status=503)          # or failure="connect-failure"
     detector.sweep(now)                                  # every settings.interval seconds
     endpoints, panic = detector.load_balancing_set(endpoints)
+    panic_set(endpoints, unhealthy, panic_threshold(settings_or_None))
 
 What Envoy does, and so meshcore:
 - consecutive 5xx (the rule's consecutive5xxErrors, Envoy's default 5 when left out)
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from meshcore.traffic.istio_model import OutlierDetection
 
 OVERPROVISIONING_FACTOR = 1.4          # Envoy's default: 71.5 % healthy counts as fully available
+ENVOY_PANIC_THRESHOLD = 50.0
 GATEWAY_ERRORS = (502, 503, 504)
 _FAILURE_STATUS = {"connect-failure": 503, "reset": 503, "refused-stream": 503, "timeout": 504}
 
@@ -166,6 +168,13 @@ class OutlierDetector:
         """The endpoints to balance over and whether the destination is in panic."""
         ejected = self.ejected()
         return panic_set(endpoints, ejected, self.settings.min_health_percent)
+
+
+def panic_threshold(settings: OutlierDetection | None) -> float:
+    """The healthy panic threshold Envoy runs with for a destination: minHealthPercent
+    when the DestinationRule has outlierDetection (istiod sets it, 0 by default),
+    Envoy's 50 % otherwise."""
+    return ENVOY_PANIC_THRESHOLD if settings is None else float(settings.min_health_percent)
 
 
 def panic_set(endpoints: Sequence[Hashable], unhealthy: Iterable[Hashable], panic_threshold: float,

@@ -2,7 +2,7 @@
 import pytest
 
 from meshcore.traffic.istio_model import OutlierDetection
-from meshcore.traffic.outlier import OutlierDetector, panic_set
+from meshcore.traffic.outlier import OutlierDetector, panic_set, panic_threshold
 
 ALL = ["a", "b", "c", "d"]
 
@@ -174,3 +174,9 @@ def test_panic_rule(healthy, total, threshold, panic):
     chosen, in_panic = panic_set(endpoints, endpoints[healthy:], threshold)
     assert in_panic is panic
     assert chosen == (endpoints if panic else endpoints[:healthy])
+
+
+def test_panic_threshold_istio_programs():
+    assert panic_threshold(None) == 50                           # no outlierDetection: Envoy's default
+    assert panic_threshold(OutlierDetection()) == 0              # outlierDetection: minHealthPercent, 0
+    assert panic_threshold(OutlierDetection(min_health_percent=30)) == 30
