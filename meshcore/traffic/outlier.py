@@ -5,7 +5,7 @@ DestinationRule's `outlierDetection`, driven by explicit times: no clock inside.
     detector.record(endpoint, now, status=503)          # or failure="connect-failure"
     detector.sweep(now)                                  # every settings.interval seconds
     endpoints, panic = detector.load_balancing_set(endpoints)
-    panic_set(endpoints, unhealthy, panic_threshold(settings_or_None))
+    panic_set(endpoints, unhealthy, panic_threshold(rule_outlier_detection))   # health from elsewhere
 
 What Envoy does, and so meshcore:
 - consecutive 5xx (the rule's consecutive5xxErrors, Envoy's default 5 when left out)
