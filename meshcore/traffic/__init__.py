@@ -1,1 +1,1 @@
-"""Traffic management: Gateway API routes attached to services, and choosing among them."""
+"""Traffic management for meshcore's waypoint: Gateway API routes and Istio's VirtualService and DestinationRule, retries, load balancing and outlier ejection."""
