@@ -19,9 +19,10 @@ from meshcore.aio.request import send_request
 from meshcore.errors import ErrorCode, HttpError, MeshcoreError, StreamResetError
 from meshcore.l7.http1 import Http1ClientConnection, Http1ServerConnection, strip_hop_by_hop, upgrade_allowed
 from meshcore.node.context import ProxyContext
-from meshcore.node.routing import HBONE
 from meshcore.policy.paths import request_authority, request_path
-from meshcore.policy.waypoint import denied_response, evaluate_request
+from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
+from meshcore.traffic.decide import LocalReply, RequestView
+from meshcore.waypoint.destination import Destination, destination
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
@@ -161,36 +162,42 @@ class Http1Handler:
         state = ctx.store.view
         service = tunnel.service
         policies = state.waypoint_policy_set(self.waypoint, (service.namespace, service.name) if service else None)
+        seen = policy_headers(request.headers)
         decision = evaluate_request(policies, peer=req.peer_identity, source_ip=req.peer_address[0],
                                     destination_ip=req.host, port=req.port, method=request.method,
-                                    path=target, host=host, headers=policy_headers(request.headers))
+                                    path=target, host=host, headers=seen)
         if not decision:
             denied = denied_response(request.headers)
             record.grpc_status = next((v for n, v in denied.headers if n == "grpc-status"), "")
             return await self._local(conn, record, denied.status, denied.body, headers=list(denied.headers),
                                      error=f"denied: {decision.reason}")
         me = tunnel.waypoint
-        chosen = self.tunnels.upstream(state, me, req.host, req.port)
-        if chosen.kind is not HBONE:
-            return await self._local(conn, record, 503, b"no healthy upstream", flag="UH",
-                                     error=chosen.reason or "no endpoint")
+        where = destination(self.tunnels, state, tunnel,
+                            RequestView(request.method, path, query, host or "", seen, grpc=is_grpc(request.headers)),
+                            target, waypoint_namespace=self.waypoint[0])
+        if isinstance(where, LocalReply):
+            record.route = where.route
+            return await self._local(conn, record, where.status, where.body, flag=where.flag, error=where.reason,
+                                     headers=[*where.headers, ("content-type", "text/plain")])
+        chosen, target, record.route = where.chosen, where.target, where.route
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
         upgrade = upgrade_allowed(request.upgrade)
         headers, record.request_id = forwarded_headers(request.headers, upgrade=upgrade)
         # 100-continue is the waypoint's to answer (its first read of the body does): an
         # upstream told to expect would wait for a 100 that no one passes on
-        headers = [(n, v) for n, v in headers if n != "expect"]
+        headers = where.request_headers.apply([(n, v) for n, v in headers if n != "expect"])
+        host = where.authority
         if host != request.host:
             headers = [("host", host)] + [(n, v) for n, v in headers if n != "host"]
         has_body = _has_body(request.headers)
-        if upstream_http(tunnel.app_protocol, "1.1") == "2":
+        if upstream_http(where.app_protocol, "1.1") == "2":
             if upgrade:
                 # an HTTP/2 backend could take it only as an extended CONNECT (RFC 8441),
                 # which meshcore does not send: refused as Envoy refuses an upgrade it
                 # is not configured for
                 return await self._local(conn, record, 403, b"upgrade not allowed",
                                          error=f"upgrade {request.upgrade!r} to an HTTP/2 backend")
-            return await self._forward_http2(conn, request, chosen, me, target, host, headers, has_body, record)
+            return await self._forward_http2(conn, request, where, me, headers, has_body, record)
         key = (chosen.dial, chosen.authority, chosen.expected)
         client = upstreams.pop(key, None)
         body = None
@@ -210,7 +217,17 @@ class Http1Handler:
             inflight[0] = client
             body = _Counted(request.body(), on_error=client.close) if has_body else None
             try:
-                response = await self._exchange(conn, client, request, target, headers, body)
+                async with asyncio.timeout(where.timeout):
+                    response = await self._exchange(conn, client, request, target, headers, body)
+            except TimeoutError:
+                # the route's timeout: the upstream request is given up (its connection closed)
+                await client.abandon()
+                inflight[0] = None
+                if body is not None and body.error is not None:
+                    self._report(record.finish(getattr(body.error, "status", 0), flag="DC", error=str(body.error)))
+                    return False
+                return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
+                                         error=f"route {where.route}: no response within {where.timeout} s")
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError, _ClientLeft) as exc:
                 await client.abandon(linger=1.0 if isinstance(exc, _ClientLeft) else 0.0)
                 if body is not None and body.error is not None:
@@ -255,7 +272,7 @@ class Http1Handler:
         record.status = response.status
         inflight[1:] = [answer, body]
         try:
-            await conn.respond(response.status, strip_hop_by_hop(response.headers), answer,
+            await conn.respond(response.status, where.response_headers.apply(strip_hop_by_hop(response.headers)), answer,
                                trailers=lambda: response.trailers, reason=response.reason,
                                close=self.tunnels.draining)
         except (HttpError, OSError, MeshcoreError) as exc:
@@ -282,15 +299,15 @@ class Http1Handler:
             client.close()
         return not conn.closed
 
-    async def _forward_http2(self, conn: Http1ServerConnection, request, chosen, me, target: str, authority: str,
+    async def _forward_http2(self, conn: Http1ServerConnection, request, where: Destination, me,
                              headers, has_body: bool, record: RequestRecord) -> bool:
         """The request to a backend that speaks HTTP/2: a stream on the waypoint's
         connection to the endpoint; its response back in HTTP/1.1 (chunked when its
         length is not announced, trailers after the last chunk)."""
         fields = h2_fields(headers)
         try:
-            connection = await self.http2_upstreams.get(chosen, me)
-            up = send_request(connection, request.method, target, authority=authority, scheme="http",
+            connection = await self.http2_upstreams.get(where.chosen, me)
+            up = send_request(connection, request.method, where.target, authority=where.authority, scheme="http",
                               headers=fields, end_stream=not has_body)
         except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
             return await self._local(conn, record, 503, b"upstream connect error", flag="UF",
@@ -299,7 +316,11 @@ class Http1Handler:
         sending = asyncio.get_running_loop().create_task(_send_http2_body(body, request, up)) if has_body else None
         try:
             try:
-                response = await up.response()
+                async with asyncio.timeout(where.timeout):
+                    response = await up.response()
+            except TimeoutError:
+                return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
+                                         error=f"route {where.route}: no response within {where.timeout} s")
             except (StreamResetError, ConnectionError, OSError, MeshcoreError) as exc:
                 if body is not None and body.error is not None:
                     self._report(record.finish(getattr(body.error, "status", 0), flag="DC", error=str(body.error)))
@@ -310,7 +331,7 @@ class Http1Handler:
             record.status = response.status
             answer = _Counted(_http2_body(up)) if not up.body_ended else None
             try:
-                await conn.respond(response.status, h2_response_fields(response.headers),
+                await conn.respond(response.status, where.response_headers.apply(h2_response_fields(response.headers)),
                                    answer if answer is not None else b"",
                                    trailers=lambda: h2_fields(text_fields(up.trailers or ())),
                                    close=self.tunnels.draining)

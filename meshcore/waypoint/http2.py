@@ -29,10 +29,11 @@ from meshcore.aio.request import ClientExchange, ServerExchange, request_dispatc
 from meshcore.errors import ErrorCode, HttpError, MeshcoreError, StreamResetError
 from meshcore.l7.http1 import strip_hop_by_hop
 from meshcore.node.context import ProxyContext
-from meshcore.node.routing import HBONE, Route
 from meshcore.policy.paths import request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.state.model import Workload
+from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
+from meshcore.waypoint.destination import Destination, destination
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
@@ -120,9 +121,10 @@ class Http2Handler:
         # the policy decides on the normalized path and that is the path the backend gets
         target = f"{path}?{query}" if query else path
         policies = state.waypoint_policy_set(self.waypoint, (service.namespace, service.name) if service else None)
+        seen = policy_headers(headers)
         decision = evaluate_request(policies, peer=req.peer_identity, source_ip=req.peer_address[0],
                                     destination_ip=req.host, port=req.port, method=exchange.method,
-                                    path=target, host=authority, headers=policy_headers(headers))
+                                    path=target, host=authority, headers=seen)
         if not decision:
             denied = denied_response(headers)
             record.grpc_status = grpc_status(denied.headers)
@@ -130,16 +132,29 @@ class Http2Handler:
             outcome.status = denied.status
             await _respond(exchange, denied.status, list(denied.headers), denied.body, trailers_only=denied.trailers_only)
             return
-        chosen = self.tunnels.upstream(state, me, req.host, req.port)
-        if chosen.kind is not HBONE:
-            outcome.flag, outcome.error = "UH", chosen.reason or "no endpoint"
-            outcome.status = 503
-            await _respond(exchange, 503, [("content-type", "text/plain")], b"no healthy upstream")
+        grpc = record.protocol == "grpc"
+        where = destination(self.tunnels, state, tunnel,
+                            RequestView(exchange.method, path, query, authority, seen, grpc=grpc,
+                                        scheme=exchange.scheme or "http"),
+                            target, waypoint_namespace=self.waypoint[0])
+        if isinstance(where, LocalReply):
+            record.route = where.route
+            outcome.flag, outcome.error, outcome.status = where.flag, where.reason, where.status
+            if grpc and where.status >= 400:
+                # a gRPC client reads its call's status, not the HTTP one: Envoy's mapping
+                code = _GRPC_STATUS_OF_HTTP.get(where.status, "2")
+                record.grpc_status = code
+                await _respond(exchange, 200, [("content-type", "application/grpc"), ("grpc-status", code),
+                                               ("grpc-message", where.reason)], b"", trailers_only=True)
+            else:
+                await _respond(exchange, where.status, [*where.headers, ("content-type", "text/plain")], where.body)
             return
+        chosen, target, authority, record.route = where.chosen, where.target, where.authority, where.route
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
-        if upstream_http(tunnel.app_protocol, "2") == "1.1":
-            await self._forward_http1(exchange, chosen, me, target, authority, forwarded, record, outcome)
+        forwarded = where.request_headers.apply(forwarded)
+        if upstream_http(where.app_protocol, "2") == "1.1":
+            await self._forward_http1(exchange, where, me, forwarded, record, outcome)
             return
         no_body = exchange.body_ended
         try:
@@ -161,7 +176,14 @@ class Http2Handler:
             up.on_informational = lambda r: _inform(exchange, r)
             try:
                 try:
-                    response = await up.response()
+                    async with asyncio.timeout(where.timeout):
+                        response = await up.response()
+                except TimeoutError:
+                    # the route's timeout: the upstream stream is reset as the relay ends
+                    outcome.flag, outcome.status = "UT", 504
+                    outcome.error = f"route {where.route}: no response within {where.timeout} s"
+                    await _respond(exchange, 504, [("content-type", "text/plain")], b"upstream request timeout")
+                    return
                 except StreamResetError as exc:
                     if not (no_body and exc.remote and exc.error_code == ErrorCode.REFUSED_STREAM):
                         raise
@@ -181,7 +203,7 @@ class Http2Handler:
                 await _respond(exchange, 503, [("content-type", "text/plain")],
                                b"upstream connect error or disconnect/reset before headers")
                 return
-            await _relay_response(exchange, up, response, record, outcome)
+            await _relay_response(exchange, up, response, record, outcome, where.response_headers)
         finally:
             exchange.on_reset = None
             if sending is not None and not sending.done():
@@ -189,13 +211,13 @@ class Http2Handler:
             up.close()                             # resets the upstream stream if either half is unfinished
 
 
-    async def _forward_http1(self, exchange: ServerExchange, chosen: Route, me: Workload, target: str,
-                             authority: str, forwarded, record: RequestRecord, outcome: _Outcome) -> None:
+    async def _forward_http1(self, exchange: ServerExchange, where: Destination, me: Workload, forwarded,
+                             record: RequestRecord, outcome: _Outcome) -> None:
         """The request to a backend that speaks HTTP/1.1: a kept-alive connection of its
         own for the exchange (host from :authority; a body of unannounced length goes
         chunked, with the trailers after it), the response back on the stream."""
-        pool = self.http1_upstreams
-        fields = [("host", authority)] + [(n, v) for n, v in forwarded if n != "host"]
+        pool, chosen, target = self.http1_upstreams, where.chosen, where.target
+        fields = [("host", where.authority)] + [(n, v) for n, v in forwarded if n != "host"]
         body = None if exchange.body_ended else _request_body(exchange, record)
         for attempt in range(2):
             try:
@@ -207,9 +229,17 @@ class Http2Handler:
             # a client's reset reaches the backend at once: the connection is closed
             exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)
             try:
-                response = await client.request(exchange.method, target, fields, body,
-                                                trailers=lambda: text_fields(exchange.trailers or ()))
+                async with asyncio.timeout(where.timeout):
+                    response = await client.request(exchange.method, target, fields, body,
+                                                    trailers=lambda: text_fields(exchange.trailers or ()))
                 break
+            except TimeoutError:
+                await client.abandon()
+                pool.discard(client)
+                outcome.flag, outcome.status = "UT", 504
+                outcome.error = f"route {where.route}: no response within {where.timeout} s"
+                await _respond(exchange, 504, [("content-type", "text/plain")], b"upstream request timeout")
+                return
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError) as exc:
                 await client.abandon()
                 pool.discard(client)
@@ -234,7 +264,7 @@ class Http2Handler:
             outcome.flag, outcome.error, outcome.status = "UPE", "101 to a request without an upgrade", 502
             await _respond(exchange, 502, [("content-type", "text/plain")], b"upstream switched protocols unasked")
             return
-        fields = h2_fields(strip_hop_by_hop(response.headers))
+        fields = where.response_headers.apply(h2_fields(strip_hop_by_hop(response.headers)))
         exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)
         try:
             if exchange.method == "HEAD" or response.body_complete:
@@ -268,6 +298,10 @@ async def _request_body(exchange: ServerExchange, record: RequestRecord):
         yield chunk
 
 
+# Envoy's local replies to a gRPC request: the HTTP status as a grpc-status
+_GRPC_STATUS_OF_HTTP = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14", 503: "14", 504: "14"}
+
+
 def _downstream_reset(exc: BaseException, up, outcome: _Outcome) -> None:
     """The client reset its stream: so is the upstream request (a stream reset with the
     same code; an HTTP/1.1 connection closed)."""
@@ -280,8 +314,8 @@ def _downstream_reset(exc: BaseException, up, outcome: _Outcome) -> None:
 
 
 async def _relay_response(exchange: ServerExchange, up: ClientExchange, response, record: RequestRecord,
-                          outcome: _Outcome) -> None:
-    fields = h2_fields(text_fields(response.headers))
+                          outcome: _Outcome, edits: HeaderEdits = NO_EDITS) -> None:
+    fields = edits.apply(h2_fields(text_fields(response.headers)))
     outcome.status = response.status
     if up.body_ended:
         # a response that ended with its headers goes on as one, which for gRPC is

@@ -36,6 +36,7 @@ class RequestRecord:
     request_bytes: int = 0
     response_bytes: int = 0
     request_id: str = ""
+    route: str = ""                               # the route rule that decided: namespace.name.rule
     error: str = ""
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
@@ -80,6 +81,7 @@ class RequestRecord:
             "grpc.status": self.grpc_status,
             "response_flags": self.flag if self.flag != "-" else "",
             "request_id": self.request_id,
+            "route": self.route,
             "bytes_recv": self.request_bytes,
             "bytes_sent": self.response_bytes,
             "duration": f"{round(self.duration * 1000)}ms",

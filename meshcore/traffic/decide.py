@@ -1,0 +1,219 @@
+"""What the waypoint does with one request, by the routes attached to its service: pure
+functions of the view, the request and the random numbers given, so every rule of the
+Gateway API's HTTPRoute and GRPCRoute reads as a table test.
+
+    decide(view, service, port, request, r) ─► None          no route attached: the request
+                                                              goes to the service it was sent to
+                                             ─► LocalReply    404 (no match), 500 (no valid
+                                                              backend), a redirect
+                                             ─► Forward       the backend service and port, the
+                                                              rewritten path and host, header
+                                                              edits both ways, the timeout
+
+A Service-parented route is chosen by the service's VIP and port, never by the Host
+header (Istio ignores `hostnames` on a mesh route, and meshcore does the same). A gRPC
+request is matched against the GRPCRoutes first, then the HTTPRoutes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from meshcore.traffic.model import (FilterType, HeaderModifier, HTTPRouteRule, PathMatchType, PathModifier,
+                                    PathModifierType, RequestRedirect, URLRewrite)
+from meshcore.traffic.select import RouteEntry, choose_backend, grpc_call, select_grpc, select_http
+
+NO_ROUTE_BODY = b""                 # Envoy's 404 for an unmatched route has no body
+NO_BACKEND_BODY = b""
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """What a route decides on: the request as the waypoint received it (path without
+    its query; header names lower-case, repeated values joined with ",")."""
+    method: str
+    path: str
+    query: str
+    authority: str
+    headers: Mapping[str, str]
+    grpc: bool = False
+    scheme: str = "http"
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderEdits:
+    """A header modifier: `set` replaces every value of a name, `add` appends one,
+    `remove` drops a name; names compare without case."""
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.set or self.add or self.remove)
+
+    def apply(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if not self:
+            return headers
+        gone = {n.lower() for n, _ in self.set} | {n.lower() for n in self.remove}
+        out = [(n, v) for n, v in headers if n.lower() not in gone]
+        return out + [(n.lower(), v) for n, v in self.set] + [(n.lower(), v) for n, v in self.add]
+
+
+NO_EDITS = HeaderEdits()
+
+
+@dataclass(frozen=True, slots=True)
+class LocalReply:
+    """An answer of the waypoint's own. `flag` is Envoy's response flag (NR: no route)."""
+    status: int
+    route: str
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    flag: str = "-"
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Where the request goes and as what. `service_key` None: the service it was sent
+    to; `port` the backend's port; `target` the origin-form request-target to send;
+    `authority` the Host / :authority to send."""
+    route: str
+    service_key: str | None
+    port: int
+    target: str
+    authority: str
+    request_headers: HeaderEdits = NO_EDITS
+    response_headers: HeaderEdits = NO_EDITS
+    timeout: float | None = None
+
+
+def decide(view, service, port: int, request: RequestView, r: float, *,
+           waypoint_namespace: str | None = None) -> LocalReply | Forward | None:
+    """The route decision for one request to `service`:`port` (`r` uniform in [0, 1):
+    the weighted backend choice)."""
+    table = view.route_table(service.key, port, waypoint_namespace)
+    if not table:
+        return None
+    entry = None
+    if request.grpc:
+        call = grpc_call(request.path)
+        if call is not None:
+            entry = select_grpc(table, service=call[0], method=call[1], headers=request.headers)
+    if entry is None:
+        entry = select_http(table, method=request.method, path=request.path, query=request.query,
+                            headers=request.headers)
+    if entry is None:
+        return LocalReply(404, "", body=NO_ROUTE_BODY, flag="NR", reason="no route matched the request")
+    return rule_decision(entry, port, request, r)
+
+
+def route_name(entry: RouteEntry) -> str:
+    route = entry.route.route
+    return f"{route.namespace}.{route.name}.{entry.rule.index}"
+
+
+def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float) -> LocalReply | Forward:
+    """What the matched rule does with the request."""
+    name = route_name(entry)
+    rule = entry.rule.rule
+    filters = rule.filters
+    request_edits = _edits(filters, FilterType.REQUEST_HEADER_MODIFIER)
+    redirect = next((f for f in filters if isinstance(f, RequestRedirect)), None)
+    if redirect is not None:
+        location = redirect_location(redirect, entry, request, port)
+        return LocalReply(redirect.status_code, name, headers=(("location", location),), flag="-",
+                          reason=f"redirected to {location}")
+    backend = choose_backend(entry.rule.backends, r)
+    if backend is None or not backend.valid:
+        why = backend.message or str(backend.problem) if backend is not None else "no backend carries weight"
+        return LocalReply(500, name, body=NO_BACKEND_BODY, flag="NR" if backend is None else "UH",
+                          reason=f"route {name}: {why}")
+    rewrite = next((f for f in filters if isinstance(f, URLRewrite)), None)
+    backend_filters = backend.ref.filters
+    target = _with_query(request.path, request.query)
+    authority = request.authority
+    if rewrite is not None:
+        if rewrite.path is not None:
+            target = _with_query(rewritten_path(rewrite.path, entry, request.path), request.query)
+        if rewrite.hostname is not None:
+            authority = rewrite.hostname
+    request_timeout = rule.deadlines[0] if isinstance(rule, HTTPRouteRule) else None
+    return Forward(name, backend.service_key, backend.ref.port or port, target, authority,
+                   request_headers=_merge(request_edits, _edits(backend_filters, FilterType.REQUEST_HEADER_MODIFIER)),
+                   response_headers=_merge(_edits(filters, FilterType.RESPONSE_HEADER_MODIFIER),
+                                           _edits(backend_filters, FilterType.RESPONSE_HEADER_MODIFIER)),
+                   timeout=request_timeout)
+
+
+def _edits(filters, kind: FilterType) -> HeaderEdits:
+    for f in filters:
+        if isinstance(f, HeaderModifier) and f.type == kind:
+            return HeaderEdits(f.set, f.add, f.remove)
+    return NO_EDITS
+
+
+def _merge(first: HeaderEdits, then: HeaderEdits) -> HeaderEdits:
+    if not then:
+        return first
+    if not first:
+        return then
+    return HeaderEdits(first.set + then.set, first.add + then.add, first.remove + then.remove)
+
+
+def _with_query(path: str, query: str) -> str:
+    return f"{path}?{query}" if query else path
+
+
+def matched_prefix(entry: RouteEntry) -> str | None:
+    """The PathPrefix the request matched, if it matched one (what ReplacePrefixMatch
+    replaces)."""
+    path = getattr(entry.match, "path", None)
+    if path is None or path.type is not PathMatchType.PATH_PREFIX:
+        return None
+    return path.value
+
+
+def replace_prefix(path: str, prefix: str, replacement: str) -> str:
+    """Gateway API's ReplacePrefixMatch: the matched prefix (on segment boundaries, a
+    trailing "/" of either side not doubled) becomes `replacement`."""
+    rest = path[len(prefix.rstrip("/")):]
+    if replacement.endswith("/") and rest.startswith("/"):
+        replacement = replacement[:-1]
+    return (replacement + rest) or "/"
+
+
+def rewritten_path(modifier: PathModifier, entry: RouteEntry, path: str) -> str:
+    if modifier.type is PathModifierType.REPLACE_FULL_PATH:
+        return modifier.value
+    prefix = matched_prefix(entry)
+    # ReplacePrefixMatch is only accepted with a PathPrefix match; anything else keeps the path
+    return replace_prefix(path, prefix, modifier.value) if prefix is not None else path
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def redirect_location(redirect: RequestRedirect, entry: RouteEntry, request: RequestView, port: int) -> str:
+    """The Location of a RequestRedirect: each part the filter leaves out is the
+    request's (the port: the scheme's well-known one when the filter names a scheme,
+    else the service port), and a scheme's well-known port is not written."""
+    scheme = redirect.scheme or request.scheme
+    host = redirect.hostname or _host_of(request.authority)
+    if redirect.port is not None:
+        out_port = redirect.port
+    elif redirect.scheme is not None:
+        out_port = _DEFAULT_PORTS.get(scheme, port)
+    else:
+        out_port = port
+    path = request.path
+    if redirect.path is not None:
+        path = rewritten_path(redirect.path, entry, path)
+    netloc = host if out_port == _DEFAULT_PORTS.get(scheme) else f"{host}:{out_port}"
+    return f"{scheme}://{netloc}{_with_query(path, request.query)}"
+
+
+def _host_of(authority: str) -> str:
+    if authority.startswith("["):
+        return authority[:authority.index("]") + 1] if "]" in authority else authority
+    return authority.rpartition(":")[0] if ":" in authority else authority

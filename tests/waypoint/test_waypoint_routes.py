@@ -1,0 +1,180 @@
+"""HTTPRoutes attached to a service, applied by a waypoint process
+(tests/support/waypoint_mesh.py plus a second backend, web-v2, on node-b): backend
+choice, URL rewrites, header modifiers both ways, redirects, 404 for what no rule
+matches, the route's timeout, and the same for HTTP/2 clients. Clients are curl and
+python-hyper h2 through node-a's SOCKS5."""
+import asyncio
+import subprocess
+import time
+
+import pytest
+
+from h2http import Endpoint, Received, open_request
+from meshcore.localmesh import LocalMesh
+from test_waypoint_http2 import Backends
+from waypoint_mesh import WaypointMesh
+
+pytestmark = pytest.mark.timeout(120)
+
+ROUTES = """\
+---
+workloads:
+- {{uid: c/web2, name: web2, namespace: shop, serviceAccount: web2, workloadIps: ["{web2}"], protocol: HBONE,
+   node: node-b, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}}}}}}
+services:
+- {{name: web-v2, namespace: shop, hostname: web-v2.shop.svc.cluster.local, vips: ["/{vip2}"], ports: {{80: 8080}},
+   appProtocols: {{80: http}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: web-routes, namespace: shop}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: web, port: 80}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /v2}}}}]
+    filters:
+    - {{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}
+    - {{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-route, value: v2}}],
+                                                             remove: [x-received-bytes]}}}}
+    backendRefs: [{{name: web-v2, port: 80}}]
+  - matches: [{{path: {{type: Exact, value: /old}}}}]
+    filters: [{{type: RequestRedirect, requestRedirect: {{path: {{type: ReplaceFullPath, replaceFullPath: /new}},
+                                                         statusCode: 301}}}}]
+  - matches: [{{path: {{value: /web}}}}, {{headers: [{{name: x-canary, value: "yes"}}]}}]
+    backendRefs: [{{name: web, port: 80}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: h2-routes, namespace: shop}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: web, port: 81}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /slow}}}}, {{path: {{type: Exact, value: /slow-drain}}}}]
+    timeouts: {{request: 100ms}}
+    backendRefs: [{{name: web, port: 81}}]
+  - backendRefs: [{{name: web, port: 81}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: h1-to-h2-routes, namespace: shop}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: web, port: 82}}]
+  rules:
+  - matches: [{{path: {{type: Exact, value: /slow-drain}}}}]
+    timeouts: {{request: 100ms}}
+    backendRefs: [{{name: web, port: 82}}]
+  - backendRefs: [{{name: web, port: 82}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    m = WaypointMesh(tmp_path_factory.mktemp("waypoint-routes"))
+    octet = m.web.split(".")[1]
+    m.web2, m.vip2 = f"127.{octet}.2.2", f"127.{octet}.10.2"
+    m.config.write_text(m.config.read_text() + ROUTES.format(web2=m.web2, vip2=m.vip2))
+    try:
+        m._spawn("web2", ["-m", "meshcore.localworkload", "--name", "web2", "--http", f"{m.web2}:8080"])
+        m.start()
+        deadline = time.monotonic() + 10
+        while LocalMesh.http_get(m.web2, 8080, "/")[0] != 200:
+            assert time.monotonic() < deadline, m.log("web2")
+            time.sleep(0.05)
+    except BaseException:
+        m.stop()
+        raise
+    yield m
+    codes = m.stop()
+    assert set(codes.values()) == {0}, m.log("waypoint")[-3000:]
+
+
+@pytest.fixture(scope="module")
+def backends(mesh):
+    b = Backends(mesh)
+    try:
+        yield b.start()
+    finally:
+        b.stop()
+
+
+def curl(mesh, *args):
+    got = subprocess.run(["curl", "-sS", "-m", "20", "-i", "--interface", mesh.client, "--socks5",
+                          f"{mesh.node['node-a']}:15080", *args], capture_output=True, text=True)
+    assert got.returncode == 0, got.stderr
+    head, _, body = got.stdout.replace("\r\n", "\n").partition("\n\n")
+    lines = head.split("\n")
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}, body
+
+
+@pytest.mark.needs_tool("curl")
+def test_a_prefix_goes_to_another_backend_rewritten_with_response_headers_edited(mesh):
+    status, headers, body = curl(mesh, f"http://{mesh.vip}/v2/items?page=2")
+    assert status == 200, (headers, body)
+    # web2 got the rewritten path (the query kept); its answer came back edited
+    assert body.startswith("hello from web2: GET /items?page=2 HTTP/1.1 from "), body
+    assert headers["x-route"] == "v2" and "x-received-bytes" not in headers, headers
+
+
+@pytest.mark.needs_tool("curl")
+def test_matches_are_ored_and_a_request_no_rule_matches_is_404(mesh):
+    assert curl(mesh, f"http://{mesh.vip}/web/a")[2].startswith("hello from web: GET /web/a ")
+    assert curl(mesh, "-H", "x-canary: yes", f"http://{mesh.vip}/other")[2].startswith("hello from web: GET /other ")
+    status, _, body = curl(mesh, f"http://{mesh.vip}/other")
+    assert status == 404 and body == ""
+    # the policies decide before the routes: a denied path is 403 whatever the routes say
+    assert curl(mesh, f"http://{mesh.vip}/admin")[0] == 403
+
+
+@pytest.mark.needs_tool("curl")
+def test_a_redirect_is_answered_by_the_waypoint(mesh):
+    status, headers, _ = curl(mesh, "-H", "host: web.shop", f"http://{mesh.vip}/old?x=1")
+    assert status == 301 and headers["location"] == "http://web.shop/new?x=1", headers
+
+
+def test_an_http2_client_is_routed_and_translated_for_the_http1_backend(mesh):
+    async def run():
+        reader, writer = await mesh.socks5(mesh.vip, 80)
+        ep = Endpoint(reader, writer, client=True)
+        ep.task = asyncio.get_running_loop().create_task(ep.run())
+        sids = [open_request(ep, "GET", path, f"{mesh.vip}:80", end=True) for path in ("/v2/h2", "/nothing")]
+        got = await asyncio.wait_for(asyncio.gather(*(Received().collect(ep.queue(s)) for s in sids)), 10)
+        writer.close()
+        return got
+    routed, missing = asyncio.run(run())
+    assert routed.response[0] == 200 and bytes(routed.body).startswith(b"hello from web2: GET /h2 HTTP/1.1")
+    assert dict(routed.response[1])[b"x-route"] == b"v2"
+    assert missing.response[0] == 404 and missing.ended
+
+
+def test_the_routes_timeout_answers_504_before_the_backend_does(mesh, backends):
+    async def run():
+        reader, writer = await mesh.socks5(mesh.vip, 81)
+        ep = Endpoint(reader, writer, client=True)
+        ep.task = asyncio.get_running_loop().create_task(ep.run())
+        slow = open_request(ep, "GET", "/slow-drain", f"{mesh.vip}:81", end=True)
+        fast = open_request(ep, "GET", "/fast", f"{mesh.vip}:81", end=True)
+        got = await asyncio.wait_for(asyncio.gather(*(Received().collect(ep.queue(s)) for s in (slow, fast))), 10)
+        writer.close()
+        return got
+    started = time.monotonic()
+    slow, fast = asyncio.run(run())
+    assert slow.response[0] == 504 and bytes(slow.body) == b"upstream request timeout"
+    assert time.monotonic() - started < 0.9           # the backend takes 1 s to answer /slow-drain
+    assert fast.response[0] == 200 and b'"path": "/fast"' in bytes(fast.body)
+    lines = [line for line in mesh.log("waypoint").splitlines() if 'http.path="/slow-drain"' in line]
+    assert len(lines) == 1 and 'response_flags="UT"' in lines[0] and 'route="shop.h2-routes.0"' in lines[0], lines
+
+
+def test_the_access_line_names_the_route(mesh):
+    log = mesh.log("waypoint")
+    assert 'route="shop.web-routes.0"' in log and 'route="shop.web-routes.1"' in log, log[-2000:]
+
+
+@pytest.mark.needs_tool("curl")
+def test_the_routes_timeout_holds_for_an_http1_client_of_an_http2_backend(mesh, backends):
+    # port 82 declares http2: the HTTP/1.1 request goes on as an HTTP/2 stream
+    started = time.monotonic()
+    status, _, body = curl(mesh, "--http1.1", f"http://{mesh.vip}:82/slow-drain")
+    assert (status, body) == (504, "upstream request timeout") and time.monotonic() - started < 0.9
+    status, _, body = curl(mesh, "--http1.1", f"http://{mesh.vip}:82/quick")
+    assert status == 200 and '"path": "/quick"' in body
