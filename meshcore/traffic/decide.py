@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from meshcore.traffic.model import (FilterType, HeaderModifier, HTTPRouteRule, PathMatchType, PathModifier,
-                                    PathModifierType, RequestRedirect, URLRewrite)
+                                    PathModifierType, RequestRedirect, Retry, URLRewrite)
+from meshcore.traffic.retry import DEFAULT_BACKOFF_BASE, DEFAULT_RETRY_POLICY, RetryPolicy, parse_retry_on
 from meshcore.traffic.select import RouteEntry, choose_backend, grpc_call, select_grpc, select_http
 
 NO_ROUTE_BODY = b""                 # Envoy's 404 for an unmatched route has no body
@@ -86,6 +87,20 @@ class Forward:
     request_headers: HeaderEdits = NO_EDITS
     response_headers: HeaderEdits = NO_EDITS
     timeout: float | None = None
+    retry: RetryPolicy | None = DEFAULT_RETRY_POLICY
+
+
+def gateway_retry_policy(retry: Retry | None) -> RetryPolicy | None:
+    """The retries istiod programs for a Gateway API rule: Istio's default without a
+    `retry` stanza; with one, `attempts` retries (2 unless set; 0: none) on connection
+    failures, refused streams, gRPC unavailable and cancelled, and the listed codes."""
+    if retry is None:
+        return DEFAULT_RETRY_POLICY
+    if retry.effective_attempts <= 0:
+        return None
+    conditions, codes = parse_retry_on(",".join(retry.retry_on))
+    return RetryPolicy(retry.effective_attempts, conditions, codes,
+                       backoff_base=retry.backoff if retry.backoff is not None else DEFAULT_BACKOFF_BASE)
 
 
 def decide(view, service, port: int, request: RequestView, r: float, *,
@@ -138,12 +153,13 @@ def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float) 
             target = _with_query(rewritten_path(rewrite.path, entry, request.path), request.query)
         if rewrite.hostname is not None:
             authority = rewrite.hostname
-    request_timeout = rule.deadlines[0] if isinstance(rule, HTTPRouteRule) else None
+    http = isinstance(rule, HTTPRouteRule)
     return Forward(name, backend.service_key, backend.ref.port or port, target, authority,
                    request_headers=_merge(request_edits, _edits(backend_filters, FilterType.REQUEST_HEADER_MODIFIER)),
                    response_headers=_merge(_edits(filters, FilterType.RESPONSE_HEADER_MODIFIER),
                                            _edits(backend_filters, FilterType.RESPONSE_HEADER_MODIFIER)),
-                   timeout=request_timeout)
+                   timeout=rule.deadlines[0] if http else None,
+                   retry=gateway_retry_policy(rule.retry if http else None))
 
 
 def _edits(filters, kind: FilterType) -> HeaderEdits:

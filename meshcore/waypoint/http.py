@@ -22,7 +22,7 @@ from meshcore.node.context import ProxyContext
 from meshcore.policy.paths import request_authority, request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.traffic.decide import LocalReply, RequestView
-from meshcore.waypoint.destination import Destination, destination
+from meshcore.waypoint.destination import Destination, destination, retry_destination
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
@@ -201,24 +201,34 @@ class Http1Handler:
         key = (chosen.dial, chosen.authority, chosen.expected)
         client = upstreams.pop(key, None)
         body = None
-        for attempt in range(2):
+        loop = asyncio.get_running_loop()
+        deadline = None if where.timeout is None else loop.time() + where.timeout
+        retries, stale_retried = 0, False
+        while True:
             reused = client is not None and client.reusable
             if client is not None and not reused:
                 client.close()
                 client = None
+            sent = headers if not retries else [*headers, ("x-envoy-attempt-count", str(retries + 1))]
             if client is None:
                 try:
                     up_reader, up_writer = await self.tunnels.open_upstream(chosen, me)
                 except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
-                    return await self._local(conn, record, 503, b"upstream connect error", flag="UF",
-                                             error=f"{type(exc).__name__}: {exc}")
+                    # nothing of the request was taken: it may go to another endpoint
+                    if (again := await retry_destination(self.tunnels, where, retries, state, me, failure="connect-failure")):
+                        where, retries = again, retries + 1
+                        chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
+                        client = upstreams.pop(key, None)
+                        continue
+                    return await self._local(conn, record, 503, b"upstream connect error",
+                                             flag="URX" if retries else "UF", error=f"{type(exc).__name__}: {exc}")
                 client = Http1ClientConnection(up_reader, up_writer, response_timeout=self.RESPONSE_TIMEOUT,
                                                idle_timeout=self.BODY_IDLE_TIMEOUT)
             inflight[0] = client
             body = _Counted(request.body(), on_error=client.close) if has_body else None
             try:
-                async with asyncio.timeout(where.timeout):
-                    response = await self._exchange(conn, client, request, target, headers, body)
+                async with asyncio.timeout_at(deadline):
+                    response = await self._exchange(conn, client, request, target, sent, body)
             except TimeoutError:
                 # the route's timeout: the upstream request is given up (its connection closed)
                 await client.abandon()
@@ -238,18 +248,34 @@ class Http1Handler:
                 if conn.closed or isinstance(exc, _ClientLeft):
                     self._report(record.finish(0, flag="DC", error=str(exc) or "the client left"))
                     return False
-                if attempt == 0 and reused and client.nothing_received and (body is None or body.count == 0):
+                if not stale_retried and reused and client.nothing_received and (body is None or body.count == 0):
                     # a kept-alive connection the upstream had given up on: nothing of this
                     # request was taken, so it goes once more on a new connection
-                    client = None
+                    stale_retried, client = True, None
+                    continue
+                client = None
+                # a request with a body is not sent twice: its bytes are not kept
+                if body is None and (again := await retry_destination(self.tunnels, where, retries, state, me, failure="reset")):
+                    where, retries = again, retries + 1
+                    chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
+                    client = upstreams.pop(key, None)
                     continue
                 inflight[0] = None
                 if isinstance(exc, HttpError) and exc.status == 504:
                     return await self._local(conn, record, 504, b"upstream request timeout", flag="UT", error=str(exc))
                 return await self._local(conn, record, 503,
                                          b"upstream connect error or disconnect/reset before headers",
-                                         flag="UC", error=f"{type(exc).__name__}: {exc}")
+                                         flag="URX" if retries else "UC", error=f"{type(exc).__name__}: {exc}")
+            if body is None and response.status >= 300 and (again := await retry_destination(
+                    self.tunnels, where, retries, state, me, status=response.status, before=client.abandon)):
+                # an answer the policy retries: given up (its connection closed), asked again
+                where, retries, client = again, retries + 1, None
+                chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
+                client = upstreams.pop(key, None)
+                continue
             break
+        record.attempts = retries + 1
+        record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
         record.request_bytes = body.count if body is not None else 0
         if response.status == 101:
             if not upgrade:

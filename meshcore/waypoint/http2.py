@@ -33,7 +33,7 @@ from meshcore.policy.paths import request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.state.model import Workload
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
-from meshcore.waypoint.destination import Destination, destination
+from meshcore.waypoint.destination import Destination, destination, retry_destination
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
@@ -149,21 +149,43 @@ class Http2Handler:
             else:
                 await _respond(exchange, where.status, [*where.headers, ("content-type", "text/plain")], where.body)
             return
-        chosen, target, authority, record.route = where.chosen, where.target, where.authority, where.route
-        record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
+        target, authority, record.route = where.target, where.authority, where.route
+        record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
         forwarded = where.request_headers.apply(forwarded)
         if upstream_http(where.app_protocol, "2") == "1.1":
             await self._forward_http1(exchange, where, me, forwarded, record, outcome)
             return
         no_body = exchange.body_ended
-        try:
-            upstream = await self.upstreams.get(chosen, me)
-            up = send_request(upstream, exchange.method, target, authority=authority,
-                              scheme=exchange.scheme or "http", headers=h2_fields(forwarded),
-                              end_stream=no_body)
-        except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
-            outcome.flag, outcome.error = "UF", f"{type(exc).__name__}: {exc}"
+        loop = asyncio.get_running_loop()
+        deadline = None if where.timeout is None else loop.time() + where.timeout
+        retries = 0
+
+        def send(connection) -> ClientExchange:
+            fields = h2_fields(forwarded)
+            if retries:
+                fields.append(("x-envoy-attempt-count", str(retries + 1)))
+            stream = send_request(connection, exchange.method, target, authority=authority,
+                                  scheme=exchange.scheme or "http", headers=fields, end_stream=no_body)
+            stream.on_informational = lambda r: _inform(exchange, r)
+            return stream
+
+        while True:
+            try:
+                connection = await self.upstreams.get(where.chosen, me)
+            except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
+                # nothing of the request was taken: it may go to another endpoint
+                if again := await retry_destination(self.tunnels, where, retries, state, me, failure="connect-failure"):
+                    where, retries = again, retries + 1
+                    continue
+                connection, failed = None, exc
+            if connection is not None:
+                try:
+                    up = send(connection)
+                    break
+                except (OSError, MeshcoreError) as exc:
+                    failed = exc
+            outcome.flag, outcome.error = ("URX" if retries else "UF"), f"{type(failed).__name__}: {failed}"
             outcome.status = 503
             await _respond(exchange, 503, [("content-type", "text/plain")], b"upstream connect error")
             return
@@ -172,37 +194,46 @@ class Http2Handler:
         sending = None
         try:
             if not exchange.body_ended:
-                sending = asyncio.get_running_loop().create_task(_send_body(exchange, up, record))
-            up.on_informational = lambda r: _inform(exchange, r)
+                sending = loop.create_task(_send_body(exchange, up, record))
             try:
-                try:
-                    async with asyncio.timeout(where.timeout):
-                        response = await up.response()
-                except TimeoutError:
-                    # the route's timeout: the upstream stream is reset as the relay ends
-                    outcome.flag, outcome.status = "UT", 504
-                    outcome.error = f"route {where.route}: no response within {where.timeout} s"
-                    await _respond(exchange, 504, [("content-type", "text/plain")], b"upstream request timeout")
-                    return
-                except StreamResetError as exc:
-                    if not (no_body and exc.remote and exc.error_code == ErrorCode.REFUSED_STREAM):
-                        raise
-                    # the backend did nothing with it (RFC 9113 8.7): once more, on a
-                    # stream it has room for
-                    up.close()
-                    upstream = await self.upstreams.get(chosen, me)
-                    up = send_request(upstream, exchange.method, target, authority=authority,
-                                      scheme=exchange.scheme or "http", headers=h2_fields(forwarded), end_stream=True)
-                    up.on_informational = lambda r: _inform(exchange, r)
-                    response = await up.response()
+                while True:
+                    again = None
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            response = await up.response()
+                    except TimeoutError:
+                        # the route's timeout: the upstream stream is reset as the relay ends
+                        outcome.flag, outcome.status = "UT", 504
+                        outcome.error = f"route {where.route}: no response within {where.timeout} s"
+                        await _respond(exchange, 504, [("content-type", "text/plain")], b"upstream request timeout")
+                        return
+                    except StreamResetError as exc:
+                        # a request without a body can go again (REFUSED_STREAM: the backend
+                        # did nothing with it, RFC 9113 8.7)
+                        refused = exc.remote and exc.error_code == ErrorCode.REFUSED_STREAM
+                        if not no_body or not (again := await retry_destination(
+                                self.tunnels, where, retries, state, me,
+                                failure="refused-stream" if refused else "reset")):
+                            raise
+                    else:
+                        code = grpc_status(text_fields(response.headers)) if up.body_ended else ""
+                        if not no_body or response.status < 300 and not code or not (again := await retry_destination(
+                                self.tunnels, where, retries, state, me, status=response.status,
+                                grpc_status=int(code) if code.isdigit() else None)):
+                            break
+                    up.close()                     # the attempt given up: reset if unfinished
+                    where, retries = again, retries + 1
+                    up = send(await self.upstreams.get(where.chosen, me))
             except (StreamResetError, ConnectionError, OSError, MeshcoreError) as exc:
                 if outcome.flag == "DR":
                     return
-                outcome.flag, outcome.error = "UR", f"{type(exc).__name__}: {exc}"
+                outcome.flag, outcome.error = ("URX" if retries else "UR"), f"{type(exc).__name__}: {exc}"
                 outcome.status = 503
                 await _respond(exchange, 503, [("content-type", "text/plain")],
                                b"upstream connect error or disconnect/reset before headers")
                 return
+            record.attempts = retries + 1
+            record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
             await _relay_response(exchange, up, response, record, outcome, where.response_headers)
         finally:
             exchange.on_reset = None
@@ -210,28 +241,41 @@ class Http2Handler:
                 sending.cancel()
             up.close()                             # resets the upstream stream if either half is unfinished
 
-
     async def _forward_http1(self, exchange: ServerExchange, where: Destination, me: Workload, forwarded,
                              record: RequestRecord, outcome: _Outcome) -> None:
         """The request to a backend that speaks HTTP/1.1: a kept-alive connection of its
         own for the exchange (host from :authority; a body of unannounced length goes
         chunked, with the trailers after it), the response back on the stream."""
-        pool, chosen, target = self.http1_upstreams, where.chosen, where.target
+        pool, target = self.http1_upstreams, where.target
         fields = [("host", where.authority)] + [(n, v) for n, v in forwarded if n != "host"]
         body = None if exchange.body_ended else _request_body(exchange, record)
-        for attempt in range(2):
+        state = self.ctx.store.view
+        deadline = None if where.timeout is None else asyncio.get_running_loop().time() + where.timeout
+        retries, stale_retried = 0, False
+        while True:
             try:
-                client, reused = await pool.take(chosen, me)
+                client, reused = await pool.take(where.chosen, me)
             except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
-                outcome.flag, outcome.error, outcome.status = "UF", f"{type(exc).__name__}: {exc}", 503
+                # nothing of the request was taken: it may go to another endpoint
+                if again := await retry_destination(self.tunnels, where, retries, state, me, failure="connect-failure"):
+                    where, retries = again, retries + 1
+                    continue
+                outcome.flag, outcome.error, outcome.status = ("URX" if retries else "UF"), \
+                    f"{type(exc).__name__}: {exc}", 503
                 await _respond(exchange, 503, [("content-type", "text/plain")], b"upstream connect error")
                 return
             # a client's reset reaches the backend at once: the connection is closed
             exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)
             try:
-                async with asyncio.timeout(where.timeout):
-                    response = await client.request(exchange.method, target, fields, body,
+                sent = fields if not retries else [*fields, ("x-envoy-attempt-count", str(retries + 1))]
+                async with asyncio.timeout_at(deadline):
+                    response = await client.request(exchange.method, target, sent, body,
                                                     trailers=lambda: text_fields(exchange.trailers or ()))
+                if body is None and response.status >= 300 and (again := await retry_destination(
+                        self.tunnels, where, retries, state, me, status=response.status, before=client.abandon)):
+                    pool.discard(client)
+                    where, retries = again, retries + 1
+                    continue
                 break
             except TimeoutError:
                 await client.abandon()
@@ -245,20 +289,26 @@ class Http2Handler:
                 pool.discard(client)
                 if outcome.flag == "DR":
                     return
-                if attempt == 0 and reused and client.nothing_received and body is None:
+                if not stale_retried and reused and client.nothing_received and body is None:
+                    stale_retried = True
                     continue                       # a kept-alive connection the backend had given up on
+                if body is None and (again := await retry_destination(self.tunnels, where, retries, state, me,
+                                                                      failure="reset")):
+                    where, retries = again, retries + 1
+                    continue
                 if isinstance(exc, HttpError) and exc.status == 504:
                     outcome.flag, outcome.status = "UT", 504
                     await _respond(exchange, 504, [("content-type", "text/plain")], b"upstream request timeout")
                 else:
-                    outcome.flag, outcome.status = "UC", 503
+                    outcome.flag, outcome.status = ("URX" if retries else "UC"), 503
                     await _respond(exchange, 503, [("content-type", "text/plain")],
                                    b"upstream connect error or disconnect/reset before headers")
                 outcome.error = f"{type(exc).__name__}: {exc}"
                 return
             finally:
                 exchange.on_reset = None
-        outcome.status = response.status
+        outcome.status, record.attempts = response.status, retries + 1
+        record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
         if response.status == 101:
             pool.discard(client)
             outcome.flag, outcome.error, outcome.status = "UPE", "101 to a request without an upgrade", 502
@@ -289,7 +339,7 @@ class Http2Handler:
             return
         finally:
             exchange.on_reset = None
-        pool.give_back(chosen, me, client)
+        pool.give_back(where.chosen, me, client)
 
 
 async def _request_body(exchange: ServerExchange, record: RequestRecord):

@@ -37,6 +37,7 @@ class RequestRecord:
     response_bytes: int = 0
     request_id: str = ""
     route: str = ""                               # the route rule that decided: namespace.name.rule
+    attempts: int = 1                             # upstream attempts (retries + 1)
     error: str = ""
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
@@ -82,6 +83,7 @@ class RequestRecord:
             "response_flags": self.flag if self.flag != "-" else "",
             "request_id": self.request_id,
             "route": self.route,
+            "attempts": self.attempts if self.attempts > 1 else "",
             "bytes_recv": self.request_bytes,
             "bytes_sent": self.response_bytes,
             "duration": f"{round(self.duration * 1000)}ms",

@@ -21,6 +21,9 @@ ROUTES = """\
 workloads:
 - {{uid: c/web2, name: web2, namespace: shop, serviceAccount: web2, workloadIps: ["{web2}"], protocol: HBONE,
    node: node-b, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}}}}}}
+# an endpoint whose node is gone: dialing it fails at once (nothing listens there)
+- {{uid: c/ghost, name: ghost, namespace: shop, serviceAccount: web2, workloadIps: ["{ghost}"], protocol: HBONE,
+   node: node-c, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}}}}}}
 services:
 - {{name: web-v2, namespace: shop, hostname: web-v2.shop.svc.cluster.local, vips: ["/{vip2}"], ports: {{80: 8080}},
    appProtocols: {{80: http}}}}
@@ -72,7 +75,7 @@ def mesh(tmp_path_factory):
     m = WaypointMesh(tmp_path_factory.mktemp("waypoint-routes"))
     octet = m.web.split(".")[1]
     m.web2, m.vip2 = f"127.{octet}.2.2", f"127.{octet}.10.2"
-    m.config.write_text(m.config.read_text() + ROUTES.format(web2=m.web2, vip2=m.vip2))
+    m.config.write_text(m.config.read_text() + ROUTES.format(web2=m.web2, vip2=m.vip2, ghost=f"127.{octet}.2.9"))
     try:
         m._spawn("web2", ["-m", "meshcore.localworkload", "--name", "web2", "--http", f"{m.web2}:8080"])
         m.start()
@@ -178,3 +181,15 @@ def test_the_routes_timeout_holds_for_an_http1_client_of_an_http2_backend(mesh, 
     assert (status, body) == (504, "upstream request timeout") and time.monotonic() - started < 0.9
     status, _, body = curl(mesh, "--http1.1", f"http://{mesh.vip}:82/quick")
     assert status == 200 and '"path": "/quick"' in body
+
+
+@pytest.mark.needs_tool("curl")
+def test_a_failed_connection_is_retried_on_another_endpoint(mesh):
+    # web-v2 has two endpoints, one unreachable: Istio's default retry policy
+    # (connect-failure among its conditions) sends those requests to the other
+    for i in range(6):
+        status, _, body = curl(mesh, f"http://{mesh.vip}/v2/retry{i}")
+        assert status == 200 and body.startswith(f"hello from web2: GET /retry{i} "), (status, body)
+    retried = [line for line in mesh.log("waypoint").splitlines() if "/v2/retry" in line and "attempts=2" in line]
+    # whichever requests met the unreachable endpoint first went on in their second attempt
+    assert retried and all("dst.workload=\"web2\"" in line for line in retried), retried
