@@ -175,7 +175,7 @@ def _plain(value, name: str = "", owner: type | None = None):
                     or isinstance(v, re.Pattern):
                 continue
             shown = _plain(v, f.name, type(value))
-            if shown == {} and is_dataclass(v):
+            if shown == {} and is_dataclass(v) and not isinstance(v, istio.StringMatch):
                 continue
             out[_NAMES.get((type(value), f.name)) or _camel(f.name.rstrip("_"))] = shown
         return out
