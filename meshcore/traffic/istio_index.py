@@ -116,11 +116,12 @@ def update_istio(previous: IstioIndex, virtual_services: Mapping, destination_ru
     changed_vs, changed_dr = set(changed_vs), set(changed_dr)
     if not changed_vs and not changed_dr:
         return previous
-    vs, vs_answers = previous.virtual_services, previous._vs_answers
+    fresh = previous is EMPTY_ISTIO            # its answer dictionaries are every empty store's: never shared
+    vs, vs_answers = previous.virtual_services, {} if fresh else previous._vs_answers
     if changed_vs:
         vs = _regroup(vs, virtual_services, changed_vs)
         vs_answers = _kept(vs_answers, {_namespace(k) for k in changed_vs}, slice(1, 3))
-    dr, dr_answers = previous.destination_rules, previous._dr_answers
+    dr, dr_answers = previous.destination_rules, {} if fresh else previous._dr_answers
     if changed_dr:
         dr = _regroup(dr, destination_rules, changed_dr)
         dr_answers = _kept(dr_answers, {_namespace(k) for k in changed_dr}, slice(1, 4))
