@@ -197,13 +197,16 @@ def _plain(value, name: str = "", owner: type | None = None):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
-    return value
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)                # what YAML read as something else (a date) in a field kept as written
 
 
 def _consistent_hash(h: istio.ConsistentHash) -> dict:
     """Istio's shape: the hash key as its own field, then the ring or Maglev table."""
     if h.key is istio.HashKey.COOKIE:
-        cookie = {"name": h.name, "path": h.cookie_path, "ttl": None if h.cookie_ttl is None else _duration(h.cookie_ttl)}
+        ttl = None if h.cookie_ttl is None else _duration(h.cookie_ttl)
+        cookie = {"name": h.name, "path": h.cookie_path, "ttl": ttl}
         out = {"httpCookie": {k: v for k, v in cookie.items() if v}}
     elif h.key is istio.HashKey.SOURCE_IP:
         out = {"useSourceIp": True}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import textwrap
 
-import yaml
 from hypothesis import given, settings, strategies as st
 
 from meshcore.sources.config import load

@@ -76,8 +76,9 @@ spec:
 @pytest.fixture
 def dump(tmp_path):
     (tmp_path / "mesh.yaml").write_text(MESH)
-    proxy = WaypointProxy(WaypointOptions(name="waypoint", namespace="shop", config_paths=(str(tmp_path / "mesh.yaml"),),
-                                          state_dir=str(tmp_path / "state")))
+    options = WaypointOptions(name="waypoint", namespace="shop", config_paths=(str(tmp_path / "mesh.yaml"),),
+                              state_dir=str(tmp_path / "state"))
+    proxy = WaypointProxy(options)
     proxy.files.load()
     status, content_type, body = proxy._config_dump("GET", {})
     assert status == 200 and content_type == "application/json"
