@@ -144,6 +144,8 @@ def test_an_answer_is_worked_out_once_and_kept_until_its_namespaces_change():
     assert store.view.istio is index
     assert store.view.virtual_services_for(REVIEWS, "shop") is first
 
+    store.apply("files", [Upsert(vs("other-host", hosts=("ratings.shop.svc.cluster.local",)))])  # another host
+    assert store.view.virtual_services_for(REVIEWS, "shop") is first
     store.apply("files", [Upsert(vs("late", "mesh", exportTo=["."]))])  # in the waypoint namespace mesh only
     assert store.view.virtual_services_for(REVIEWS, "shop") is first
     assert names(store.view.virtual_services_for(REVIEWS, "mesh")) == ["mesh/late", *names(in_mesh)]
@@ -217,9 +219,12 @@ def test_configuration_files_carry_them_into_the_view():
 
 VS_POOL = [vs("a", exportTo=["."]), vs("a", exportTo=["mesh"]), vs("b", "mesh", exportTo=["."]),
            vs("c", created="2020-01-01T00:00:00Z"), vs("c", hosts=("*.shop.svc.cluster.local",)),
-           vs("d", "other", exportTo=["shop"])]
+           vs("d", "other", exportTo=["shop"]), vs("d", hosts=("ratings.shop.svc.cluster.local",)),
+           vs("e", "mesh", hosts=("ratings.shop.svc.cluster.local", HOST)),
+           vs("e", "mesh", hosts=("ratings.shop.svc.cluster.local", "*.example.com"))]
 DR_POOL = [dr("a", exportTo=["."]), dr("a"), dr("b", "mesh"), dr("c", "istio-system", host="*.shop.svc.cluster.local"),
-           dr("d", created="2019-01-01T00:00:00Z", subsets=[{"name": "v9"}])]
+           dr("d", created="2019-01-01T00:00:00Z", subsets=[{"name": "v9"}]),
+           dr("d", host="ratings.shop.svc.cluster.local"), dr("e", "istio-system", host="ratings.shop.svc.cluster.local")]
 _PUT = st.sampled_from(VS_POOL + DR_POOL).map(Upsert)
 _REMOVE = st.sampled_from([Remove(Kind.VIRTUAL_SERVICE, r.key) for r in VS_POOL]
                           + [Remove(Kind.DESTINATION_RULE, r.key) for r in DR_POOL])
