@@ -132,9 +132,10 @@ class MeshView:
         mesh gateway, written in the service's or the waypoint's namespace and visible in
         the waypoint's (exportTo), with a host matching the service's hostname; private
         to the waypoint's namespace first, then exported to it by name, then public,
-        each oldest first. Worked out on the first call for a (hostname, namespace,
-        waypoint namespace) after a VirtualService there changed; a dictionary lookup
-        after that. Empty: no VirtualService applies."""
+        each oldest first. Worked out, from the VirtualServices whose hosts may match
+        alone, on the first call for a (hostname, namespace, waypoint namespace) after
+        one of them changed; a dictionary lookup after that, in this view and the
+        views after it. Empty: no VirtualService applies."""
         return self.istio.virtual_services_for(service.hostname, service.namespace, waypoint_namespace)
 
     def destination_rule_for(self, service: Service, waypoint_namespace: str) -> DestinationRule | None:
