@@ -1,16 +1,21 @@
 """`/config_dump`: the node's state as JSON in ztunnel's shapes (camelCase, its
-top-level keys), so scripts written against ztunnel's dump read meshcore's."""
+top-level keys), so scripts written against ztunnel's dump read meshcore's; a
+waypoint's traffic resources in their own field names (Gateway API's, Istio's)."""
 from __future__ import annotations
 
 import base64
 import datetime as dt
-from dataclasses import fields
+import re
+from dataclasses import fields, is_dataclass
+from enum import Enum
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshcore.state.model import GatewayAddress, Service, Workload
 from meshcore.state.view import MeshView
 from meshcore.policy.model import Match, Policy, StringMatch, resolved_scope
+from meshcore.traffic import istio_model as istio
+from meshcore.traffic import model as gateway
 
 _STRING_KIND = {"exact": "Exact", "prefix": "Prefix", "suffix": "Suffix", "presence": "Presence"}
 
@@ -129,3 +134,136 @@ def config_dump(proxy) -> dict:
         "version": proxy.version,
         "config": proxy.describe_config(),
     }
+
+
+# -- traffic resources ---------------------------------------------------------------------
+# A resource as its own YAML writes it: its field names (camelCase), durations as
+# "1.5s", label and header maps as mappings, nothing for what was left unset.
+
+# seconds, shown as Istio's and Gateway API's durations
+_DURATIONS = frozenset(("timeout", "per_try_timeout", "backoff", "fixed_delay", "interval", "base_ejection_time",
+                        "max_ejection_time", "connect_timeout", "idle_timeout", "max_connection_duration",
+                        "cookie_ttl", "request", "backend_request"))
+# where meshcore's field name is not the resource's
+_NAMES = {(istio.HTTPRoute, "matches"): "match", (istio.Rewrite, "uri_regex"): "uriRegexRewrite",
+          (istio.Redirect, "code"): "redirectCode", (istio.LoadBalancerSettings, "locality"): "localityLbSetting",
+          (istio.OutlierDetection, "consecutive_5xx"): "consecutive5xxErrors",
+          (istio.OutlierDetection, "error_codes"): "outlierDetectionHttpErrorCodes",
+          (istio.TrafficPolicy, "other"): "otherFields",
+          (gateway.RequestMirror, "backend"): "backendRef"}
+# (name, value) pairs Gateway API writes as a list of {name, value}; Istio's are maps
+_NAME_VALUE_LISTS = frozenset(((gateway.HeaderModifier, "set"), (gateway.HeaderModifier, "add")))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.9f}".rstrip("0").rstrip(".") + "s"
+
+
+def _plain(value, name: str = "", owner: type | None = None):
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, istio.StringMatch):
+        return {} if value.kind is istio.MatchKind.PRESENT else {str(value.kind): value.value}
+    if isinstance(value, istio.ConsistentHash):
+        return _consistent_hash(value)
+    if is_dataclass(value):
+        out = {}
+        for f in fields(value):
+            v = getattr(value, f.name)
+            # unset, or a default that says nothing
+            if v is None or v is False or v == "" or v == () or v is istio.SimpleLB.UNSPECIFIED \
+                    or isinstance(v, re.Pattern):
+                continue
+            shown = _plain(v, f.name, type(value))
+            if shown == {} and is_dataclass(v) and not isinstance(v, istio.StringMatch):
+                continue
+            out[_NAMES.get((type(value), f.name)) or _camel(f.name.rstrip("_"))] = shown
+        return out
+    if isinstance(value, float) and name in _DURATIONS:
+        return _duration(value)
+    if isinstance(value, dt.datetime):
+        return _time(value)
+    if isinstance(value, bytes):
+        try:
+            return {"string": value.decode()}
+        except UnicodeDecodeError:
+            return {"bytes": base64.b64encode(value).decode()}
+    if isinstance(value, tuple) and value and all(isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str)
+                                                  for v in value):
+        if (owner, name) in _NAME_VALUE_LISTS:
+            return [{"name": k, "value": _plain(v)} for k, v in value]
+        return {k: _plain(v) for k, v in value}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    return str(value)                # what YAML read as something else (a date) in a field kept as written
+
+
+def _consistent_hash(h: istio.ConsistentHash) -> dict:
+    """Istio's shape: the hash key as its own field, then the ring or Maglev table."""
+    if h.key is istio.HashKey.COOKIE:
+        ttl = None if h.cookie_ttl is None else _duration(h.cookie_ttl)
+        cookie = {"name": h.name, "path": h.cookie_path, "ttl": ttl}
+        out = {"httpCookie": {k: v for k, v in cookie.items() if v}}
+    elif h.key is istio.HashKey.SOURCE_IP:
+        out = {"useSourceIp": True}
+    else:
+        out = {h.key.value: h.name}
+    if h.maglev_table_size is not None:
+        out["maglev"] = {"tableSize": h.maglev_table_size}
+    else:
+        out["ringHash"] = {"minimumRingSize": h.ring_minimum_size}
+    return out
+
+
+def _condition(c: gateway.Condition) -> dict:
+    return {"type": str(c.type), "status": "True" if c.status else "False", "reason": str(c.reason),
+            "message": c.message}
+
+
+def route(r: gateway.ResolvedRoute) -> dict:
+    """An HTTPRoute or GRPCRoute with its conditions per parentRef, as istiod writes them
+    in `status.parents`, and the service each backend resolved to."""
+    out = {"kind": str(r.kind), **_plain(r.route)}
+    if "created" in out:
+        out["creationTimestamp"] = out.pop("created")
+    for rule in r.rules:
+        refs = out["rules"][rule.index].get("backendRefs", [])
+        for ref, backend in zip(refs, rule.backends):
+            if backend.service_key is not None:
+                ref["service"] = backend.service_key
+    out["status"] = {"parents": [{"parentRef": _plain(p.parent), "conditions": [_condition(c) for c in p.conditions]}
+                                 for p in r.parents]}
+    return out
+
+
+def virtual_service(vs: istio.VirtualService) -> dict:
+    return _plain(vs)
+
+
+def destination_rule(dr: istio.DestinationRule) -> dict:
+    out = _plain(dr)
+    if "workloadSelector" in out:
+        out["workloadSelector"] = {"matchLabels": out["workloadSelector"]}
+    return out
+
+
+def waypoint_traffic(state: MeshView, served, waypoint_namespace: str) -> dict:
+    """What a waypoint of `waypoint_namespace` reads for the services it serves: every
+    route with its conditions (a route attached nowhere says why), and the
+    VirtualServices and DestinationRules that apply to a served service, each with the
+    hostnames it applies to (VirtualServices in the order their routes are tried)."""
+    virtual_services: dict = {}                # key -> (VirtualService, [hostname, ...]), first seen first
+    rules: dict = {}                           # DestinationRule (merged: by value) -> [hostname, ...]
+    for s in served:
+        for vs in state.virtual_services_for(s, waypoint_namespace):
+            virtual_services.setdefault(vs.key, (vs, []))[1].append(s.hostname)
+        rule = state.destination_rule_for(s, waypoint_namespace)
+        if rule is not None:
+            rules.setdefault(rule, []).append(s.hostname)
+    return {"routes": [route(r) for r in state.routes],
+            "virtualServices": [{**virtual_service(vs), "services": hosts} for vs, hosts in virtual_services.values()],
+            "destinationRules": [{**destination_rule(dr), "services": hosts} for dr, hosts in rules.items()]}

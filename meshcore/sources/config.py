@@ -7,6 +7,9 @@ A file holds YAML documents of two shapes, told apart by `kind`:
 - Gateway API routes for the mesh (traffic/gateway_api.py): HTTPRoute and GRPCRoute
   attached to services, and ReferenceGrant; resolved against the services when the
   store builds its view, where a route that cannot attach keeps its conditions;
+- Istio's traffic resources for the waypoint (traffic/virtualservice.py,
+  traffic/destinationrule.py): VirtualService and DestinationRule, checked as istiod
+  checks them;
 - waypoints (waypoints.py): Gateway API Gateways of class istio-waypoint, and the
   Namespaces whose `istio.io/use-waypoint` labels enrol what is in them (services and
   workloads take the same labels in their `labels`).
@@ -35,7 +38,9 @@ from meshcore.state.store import MeshStore
 from meshcore.state.view import MeshView
 from meshcore.policy.istio import ROOT_NAMESPACE, authorization_policy, workload_selector
 from meshcore.policy.ztunnel import ztunnel_policy
+from meshcore.traffic.destinationrule import destination_rule
 from meshcore.traffic.gateway_api import grpc_route, http_route, reference_grant
+from meshcore.traffic.virtualservice import virtual_service
 
 INLINE_VARIABLES = ("MESHCORE_LOCAL_XDS", "LOCAL_XDS")
 
@@ -239,7 +244,8 @@ def _consumed(items: list):
 class _Collected:
     def __init__(self):
         self.workloads, self.services, self.policies, self.peer_auths = [], [], [], []
-        self.routes: list = []                         # (HTTPRoute or GRPCRoute or ReferenceGrant, source)
+        # (HTTPRoute, GRPCRoute, ReferenceGrant, VirtualService or DestinationRule, source)
+        self.traffic: list = []
         self.waypoints: dict[str, tuple] = {}          # namespace/name -> (Waypoint, Where)
         self.namespaces: dict[str, tuple] = {}         # name -> (Namespace, Where)
 
@@ -267,8 +273,8 @@ class _Collected:
                     self.policies.append(authorization_policy(doc, source))
                 elif kind == "PeerAuthentication":
                     self.peer_auths.append(peer_authentication(doc))
-                elif kind in _ROUTE_KINDS:
-                    self.routes.append((_ROUTE_KINDS[kind](doc), source))
+                elif kind in _TRAFFIC_KINDS:
+                    self.traffic.append((_TRAFFIC_KINDS[kind](doc), source))
                 elif kind == "Gateway":
                     named = (self.waypoints, W.gateway(doc), "waypoint")
                 elif kind == "Namespace":
@@ -280,7 +286,8 @@ class _Collected:
                 else:
                     raise F.fail("kind", f"{kind!r} is not a kind the node proxy reads "
                                          "(AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, HTTPRoute, "
-                                         "GRPCRoute, ReferenceGrant, or ztunnel's local config without a kind)")
+                                         "GRPCRoute, ReferenceGrant, VirtualService, DestinationRule, or ztunnel's "
+                                         "local config without a kind)")
             except ConfigError as exc:
                 raise located(exc, source, index) from None
             if named is not None:
@@ -304,15 +311,16 @@ class _Collected:
         _refuse_duplicates([(v, at.source) for s, at in self.services for v in s.vips], "service VIP")
         _refuse_duplicates([(p.key, p.source) for p in self.policies], "policy")
         _refuse_duplicates([(p.key, "") for p in self.peer_auths], "PeerAuthentication")
-        for kind in _ROUTE_KINDS:
-            _refuse_duplicates([(r.key, source) for r, source in self.routes if type(r).__name__ == kind], kind)
+        for kind in _TRAFFIC_KINDS:
+            _refuse_duplicates([(r.key, source) for r, source in self.traffic if type(r).__name__ == kind], kind)
         # after the duplicates: a label is resolved against the one resource of each name
         self.workloads, self.services = W.resolve(self.waypoints, self.namespaces, self.workloads, self.services)
         return [*(s for s, _ in self.services), *(w for w, _ in self.workloads), *self.policies, *self.peer_auths,
-                *(r for r, _ in self.routes)]
+                *(r for r, _ in self.traffic)]
 
 
-_ROUTE_KINDS = {"HTTPRoute": http_route, "GRPCRoute": grpc_route, "ReferenceGrant": reference_grant}
+_TRAFFIC_KINDS = {"HTTPRoute": http_route, "GRPCRoute": grpc_route, "ReferenceGrant": reference_grant,
+                  "VirtualService": virtual_service, "DestinationRule": destination_rule}
 
 
 def _refuse_duplicates(pairs: list, what: str) -> None:
@@ -327,7 +335,7 @@ def _refuse_duplicates(pairs: list, what: str) -> None:
 
 @dataclass(frozen=True)
 class ParsedConfig:
-    resources: list                   # Service, Workload, Policy, PeerAuthentication, routes and grants
+    resources: list                   # Service, Workload, Policy, PeerAuthentication, traffic resources
     sources: tuple[str, ...]          # the files read ("<inline>" for the inline text)
     version: str                      # a digest of the text read
     # the Gateways of class istio-waypoint, by namespace/name: already resolved into the

@@ -7,6 +7,7 @@ from enum import StrEnum
 
 from meshcore.policy.model import Policy
 from meshcore.state.model import PeerAuthentication, Service, Workload
+from meshcore.traffic.istio_model import DestinationRule, VirtualService
 from meshcore.traffic.model import GRPCRoute, HTTPRoute, ReferenceGrant
 
 
@@ -20,13 +21,19 @@ class Kind(StrEnum):
     HTTP_ROUTE = "HTTPRoute"
     GRPC_ROUTE = "GRPCRoute"
     REFERENCE_GRANT = "ReferenceGrant"
+    VIRTUAL_SERVICE = "VirtualService"
+    DESTINATION_RULE = "DestinationRule"
 
 
 KIND_OF_TYPE = {Workload: Kind.WORKLOAD, Service: Kind.SERVICE, Policy: Kind.AUTHORIZATION_POLICY,
                 PeerAuthentication: Kind.PEER_AUTHENTICATION, HTTPRoute: Kind.HTTP_ROUTE, GRPCRoute: Kind.GRPC_ROUTE,
-                ReferenceGrant: Kind.REFERENCE_GRANT}
+                ReferenceGrant: Kind.REFERENCE_GRANT, VirtualService: Kind.VIRTUAL_SERVICE,
+                DestinationRule: Kind.DESTINATION_RULE}
 # the kinds whose change rebuilds the route tables (services: a route names them)
 ROUTING_KINDS = frozenset((Kind.HTTP_ROUTE, Kind.GRPC_ROUTE, Kind.REFERENCE_GRANT, Kind.SERVICE))
+# the kinds whose change rebuilds the VirtualService and DestinationRule index (services
+# do not: its answers are by hostname and namespace)
+ISTIO_TRAFFIC_KINDS = frozenset((Kind.VIRTUAL_SERVICE, Kind.DESTINATION_RULE))
 
 
 def kind_of(resource) -> Kind:

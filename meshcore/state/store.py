@@ -33,9 +33,10 @@ from meshcore.aio.memory import gc_paused
 from meshcore.errors import ConfigError, IdentityError, UsageError
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.policy.layers import l4_reductions
-from meshcore.state.changes import ROUTING_KINDS, Applied, Kind, Rejection, Remove, Upsert, kind_of
+from meshcore.state.changes import ISTIO_TRAFFIC_KINDS, ROUTING_KINDS, Applied, Kind, Rejection, Remove, Upsert, kind_of
 from meshcore.state.model import Service, Workload
 from meshcore.state.view import MeshView
+from meshcore.traffic.istio_index import update_istio
 from meshcore.traffic.model import RouteKind
 from meshcore.traffic.resolve import EMPTY_INDEX, update_routes
 
@@ -43,7 +44,8 @@ log = logging.getLogger("meshcore.state")
 
 # the view's index of each kind kept by namespace/name alone
 _KEYED = {Kind.PEER_AUTHENTICATION: "peer_auth_by_key", Kind.HTTP_ROUTE: "http_route_by_key",
-          Kind.GRPC_ROUTE: "grpc_route_by_key", Kind.REFERENCE_GRANT: "grant_by_key"}
+          Kind.GRPC_ROUTE: "grpc_route_by_key", Kind.REFERENCE_GRANT: "grant_by_key",
+          Kind.VIRTUAL_SERVICE: "virtual_service_by_key", Kind.DESTINATION_RULE: "destination_rule_by_key"}
 
 # a change set at least this large is built on a worker thread by apply_async/replace_async
 THREAD_THRESHOLD = 256
@@ -222,7 +224,7 @@ class _Draft:
         else:
             names.pop((old.namespace, old.name), None)
 
-    # -- PeerAuthentication, routes, grants: one index each ---------------------------
+    # -- PeerAuthentication, routes, grants, VirtualServices, DestinationRules: one index each
     def put_keyed(self, kind: Kind, resource) -> None:
         name = _KEYED[kind]
         if getattr(self.view, name).get(resource.key) == resource:
@@ -279,6 +281,10 @@ class _Draft:
         if not ROUTING_KINDS.isdisjoint(self.changed) and (
                 v.http_route_by_key or v.grpc_route_by_key or v.routing is not EMPTY_INDEX):
             v.routing = self._routing()
+        if not ISTIO_TRAFFIC_KINDS.isdisjoint(self.changed):
+            v.istio = update_istio(v.istio, v.virtual_service_by_key, v.destination_rule_by_key,
+                                   self.changed.get(Kind.VIRTUAL_SERVICE, ()),
+                                   self.changed.get(Kind.DESTINATION_RULE, ()))
         v.generation = generation
         if version:
             v.version = version

@@ -14,6 +14,8 @@ from meshcore._core.policy import PolicyEngine
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.state.model import IpAddress, MtlsMode, PeerAuthentication, Service, Workload
+from meshcore.traffic.istio_index import EMPTY_ISTIO
+from meshcore.traffic.istio_model import DestinationRule, VirtualService
 from meshcore.traffic.resolve import EMPTY_INDEX
 from meshcore.traffic.select import RouteTable
 
@@ -26,7 +28,8 @@ class MeshView:
     __slots__ = ("generation", "version", "root_namespace", "by_uid", "by_service_key",
                  "policy_by_key", "peer_auth_by_key", "by_address", "by_vip", "by_hostname", "by_identity",
                  "by_node", "endpoints", "staged", "peer_auths_by_namespace", "engine",
-                 "by_service_name", "http_route_by_key", "grpc_route_by_key", "grant_by_key", "routing")
+                 "by_service_name", "http_route_by_key", "grpc_route_by_key", "grant_by_key", "routing",
+                 "virtual_service_by_key", "destination_rule_by_key", "istio")
 
     def __init__(self, *, root_namespace: str = ROOT_NAMESPACE, layer: str = "l4"):
         self.generation = 0
@@ -50,6 +53,9 @@ class MeshView:
         self.grpc_route_by_key: dict = {}                   # namespace/name -> traffic.model.GRPCRoute
         self.grant_by_key: dict = {}                        # namespace/name -> traffic.model.ReferenceGrant
         self.routing = EMPTY_INDEX                          # traffic.resolve.RouteIndex: built once per change
+        self.virtual_service_by_key: dict = {}              # namespace/name -> traffic.istio_model.VirtualService
+        self.destination_rule_by_key: dict = {}             # namespace/name -> traffic.istio_model.DestinationRule
+        self.istio = EMPTY_ISTIO                            # traffic.istio_index.IstioIndex: by namespace
 
     def copy(self) -> "MeshView":
         """A shallow copy for the store to build the next view on (it copies each index
@@ -86,6 +92,16 @@ class MeshView:
     def reference_grants(self) -> tuple:
         return tuple(self.grant_by_key.values())
 
+    @property
+    def virtual_services(self) -> tuple[VirtualService, ...]:
+        """Every VirtualService in force, by namespace/name."""
+        return tuple(self.virtual_service_by_key[k] for k in sorted(self.virtual_service_by_key))
+
+    @property
+    def destination_rules(self) -> tuple[DestinationRule, ...]:
+        """Every DestinationRule in force, by namespace/name."""
+        return tuple(self.destination_rule_by_key[k] for k in sorted(self.destination_rule_by_key))
+
     # -- lookups ------------------------------------------------------------------------
     def workload_at(self, network: str, ip: IpAddress) -> Workload | None:
         return self.by_address.get((network, ip))
@@ -109,6 +125,26 @@ class MeshView:
         is attached (the waypoint forwards to the service itself). A waypoint passes its
         namespace to take the consumer routes written there too."""
         return self.routing.table(service_key, port, waypoint_namespace)
+
+    def virtual_services_for(self, service: Service, waypoint_namespace: str) -> tuple[VirtualService, ...]:
+        """The VirtualServices a waypoint of `waypoint_namespace` applies to requests for
+        `service`, in the order istiod concatenates their routes: those bound to the
+        mesh gateway, written in the service's or the waypoint's namespace and visible in
+        the waypoint's (exportTo), with a host matching the service's hostname; private
+        to the waypoint's namespace first, then exported to it by name, then public,
+        each oldest first. Worked out, from the VirtualServices whose hosts may match
+        alone, on the first call for a (hostname, namespace, waypoint namespace) after
+        one of them changed; a dictionary lookup after that, in this view and the
+        views after it. Empty: no VirtualService applies."""
+        return self.istio.virtual_services_for(service.hostname, service.namespace, waypoint_namespace)
+
+    def destination_rule_for(self, service: Service, waypoint_namespace: str) -> DestinationRule | None:
+        """The DestinationRule a waypoint of `waypoint_namespace` applies to traffic for
+        `service`: the waypoint's namespace's, else the service's namespace's exported to
+        it, else the root namespace's; the most specific host; several for that host
+        merged, oldest first. Remembered like virtual_services_for."""
+        return self.istio.destination_rule_for(service.hostname, service.namespace, waypoint_namespace,
+                                               self.root_namespace)
 
     def service_named(self, name: tuple[str, str]) -> Service | None:
         """The service a Kubernetes reference (namespace, name) means; of several with

@@ -189,7 +189,9 @@ class HTTPRoute:
     fault: Fault | None = None
     mirrors: tuple[Mirror, ...] = ()         # `mirror` + `mirrorPercentage` and `mirrors`, in order
     headers: Headers | None = None
-    cors_policy: dict | None = field(default=None, compare=False)   # parsed, not applied by meshcore
+    # as written, not applied by meshcore; compared (a file that edits it changes the
+    # resource in force) but not hashed (a mapping has no hash)
+    cors_policy: dict | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,8 +202,8 @@ class VirtualService:
     gateways: tuple[str, ...] = ()
     http: tuple[HTTPRoute, ...] = ()
     # tcp and tls routes are kept as written: the waypoint's HTTP path does not apply them
-    tcp: tuple = field(default=(), compare=False)
-    tls: tuple = field(default=(), compare=False)
+    tcp: tuple = field(default=(), hash=False)
+    tls: tuple = field(default=(), hash=False)
     export_to: tuple[str, ...] = ()
     creation_timestamp: str = ""             # RFC 3339 as Kubernetes writes it; "" sorts first
 
@@ -248,7 +250,7 @@ class ConsistentHash:
 class LoadBalancerSettings:
     simple: SimpleLB = SimpleLB.UNSPECIFIED
     consistent_hash: ConsistentHash | None = None
-    locality: dict | None = field(default=None, compare=False)   # recorded, not applied
+    locality: dict | None = field(default=None, hash=False)   # recorded, not applied
 
     @property
     def algorithm(self) -> SimpleLB:
@@ -306,7 +308,7 @@ class PortTrafficPolicy:
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
-    tls: dict | None = field(default=None, compare=False)
+    tls: dict | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +317,7 @@ class TrafficPolicy:
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
     port_level_settings: tuple[PortTrafficPolicy, ...] = ()
-    tls: dict | None = field(default=None, compare=False)            # recorded, not applied
+    tls: dict | None = field(default=None, hash=False)               # recorded, not applied
     other: tuple[str, ...] = ()                                       # tunnel, proxyProtocol, ...: recorded
 
     def for_port(self, port: int | None) -> PortTrafficPolicy | None:

@@ -189,7 +189,7 @@ class WaypointProxy(ProxyProcess):
 
     # -- HTTP endpoints ------------------------------------------------------------------
     def _config_dump(self, method, query):
-        from meshcore.node.dump import policy, service, workload
+        from meshcore.node.dump import policy, service, waypoint_traffic, workload
         state, me = self.store.view, self.workload(self.store.view)
         from meshcore.waypoint.tunnels import uses_waypoint
         served = [s for s in state.services if me is not None and uses_waypoint(s.waypoint, me, state)]
@@ -198,5 +198,6 @@ class WaypointProxy(ProxyProcess):
                              "identity": me.identity.uri if me else None},
                 "services": [service(s, state) for s in served],
                 "policies": [policy(p, state.root_namespace) for p in state.policies],
+                **waypoint_traffic(state, served, self.options.namespace),
                 "version": self.version, "configVersion": state.version}
         return 200, "application/json", json.dumps(dump, indent=2).encode()

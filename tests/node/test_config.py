@@ -413,3 +413,72 @@ def test_namespace_selector_admits_the_namespaces_it_matches(tmp_path):
     got_s, _ = _waypoints(tmp_path, *GATEWAYS, _gw(ns="ship", routes=selector), ship,
                           "workloads: [{namespace: ship, serviceAccount: waypoint, workloadIps: ['10.0.7.1']}]")
     assert got_s["web"] == "/10.0.7.1:15008"
+
+
+# -- Istio's VirtualService and DestinationRule ----------------------------------------------
+
+VS_DOC = """apiVersion: networking.istio.io/{version}
+kind: VirtualService
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http: [{{route: [{{destination: {{host: reviews, subset: v1}}}}]}}]
+"""
+DR_DOC = """apiVersion: networking.istio.io/{version}
+kind: DestinationRule
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  host: reviews
+  subsets: [{{name: v1, labels: {{version: v1}}}}]
+"""
+
+
+@pytest.mark.parametrize("version", ["v1", "v1beta1", "v1alpha3"])
+def test_virtual_services_and_destination_rules_load_in_each_version(tmp_path, version):
+    view = load([_write(tmp_path, VS_DOC.format(version=version, name="r") + "---\n"
+                        + DR_DOC.format(version=version, name="r"))])
+    (vs,) = view.virtual_services
+    (dr,) = view.destination_rules
+    assert vs.key == dr.key == "shop/r"
+    assert vs.hosts == ("reviews.shop.svc.cluster.local",) and dr.host == "reviews.shop.svc.cluster.local"
+    assert dr.subset("v1").labels == (("version", "v1"),)
+
+
+ISTIO_BAD = [
+    (VS_DOC.format(version="v2", name="r"),
+     "document 1, at apiVersion: 'networking.istio.io/v2' is not one of networking.istio.io/v1"),
+    ("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: r}\nspec: {http: []}\n",
+     "document 1, at spec.hosts: a VirtualService without hosts is a delegate"),
+    (VS_DOC.format(version="v1", name="r").replace("subset: v1}", "subset: v1}, weight: -1"),
+     "at spec.http[0].route[0].weight: "),
+    (DR_DOC.format(version="v1", name="r") + "  trafficPolicy: {loadBalancer: {simple: FASTEST}}\n",
+     "document 1, at spec.trafficPolicy.loadBalancer.simple: 'FASTEST' is not one of"),
+    (DR_DOC.format(version="v1", name="r").replace("labels: {version: v1}}]", "labels: {version: v1}}, {name: v1}]"),
+     "at spec.subsets[1].name: duplicate subset names: v1"),
+]
+
+
+@pytest.mark.parametrize("text, expected", ISTIO_BAD, ids=[b[1][:50] for b in ISTIO_BAD])
+def test_virtual_services_and_destination_rules_are_refused_with_where_and_why(tmp_path, text, expected):
+    path = _write(tmp_path, "workloads: []\n---\n" + text)
+    with pytest.raises(ConfigError) as err:
+        load([path])
+    assert expected.replace("document 1", "document 2") in str(err.value)
+    assert str(err.value).startswith(path)
+
+
+@pytest.mark.parametrize("doc, kind", [(VS_DOC, "VirtualService"), (DR_DOC, "DestinationRule")])
+def test_a_virtual_service_or_destination_rule_defined_twice_names_both_files(tmp_path, doc, kind):
+    a = _write(tmp_path, doc.format(version="v1", name="r"), "a.yaml")
+    b = _write(tmp_path, doc.format(version="v1beta1", name="r"), "b.yaml")
+    with pytest.raises(ConfigError) as err:
+        load([a, b])
+    assert f"{kind} shop/r is defined twice" in str(err.value) and a in str(err.value) and b in str(err.value)
+    # a VirtualService and a DestinationRule of one name are two resources
+    assert load([_write(tmp_path, VS_DOC.format(version="v1", name="r") + "---\n"
+                        + DR_DOC.format(version="v1", name="r"), "c.yaml")]).virtual_services
+
+
+def test_the_unknown_kind_message_names_virtual_service_and_destination_rule(tmp_path):
+    with pytest.raises(ConfigError, match="HTTPRoute, GRPCRoute, ReferenceGrant, VirtualService, DestinationRule"):
+        load([_write(tmp_path, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e}\n")])
