@@ -376,19 +376,19 @@ def _envoy_filter_policy(config: dict, name: str, namespace: str, targets, sourc
     headers_mode, at = get("enable_x_ratelimit_headers", "OFF")
     if headers_mode not in ("OFF", "DRAFT_VERSION_03"):
         raise F.fail(at, f"{headers_mode!r} is not OFF or DRAFT_VERSION_03")
-    response_raw, at = get("response_headers_to_add")
+    response_raw, at_response = get("response_headers_to_add")
     request_raw, at_request = get("request_headers_to_add_when_not_enforced")
     always_consume, at = get("always_consume_default_token_bucket", True)
     F.boolean(always_consume, at)                 # only matters with descriptors
-    exhausted, at = get("rate_limited_as_resource_exhausted", False)
+    exhausted, at_exhausted = get("rate_limited_as_resource_exhausted", False)
     return RateLimitPolicy(
         name, namespace, Origin.ENVOY_FILTER, targets, bucket, per_source=False,
         enabled_percent=enabled, enforced_percent=enforced, status=status,
         x_ratelimit_headers=headers_mode == "DRAFT_VERSION_03",
-        response_headers=_headers_to_add(response_raw, at) if response_raw is not None else (),
+        response_headers=_headers_to_add(response_raw, at_response) if response_raw is not None else (),
         request_headers_when_not_enforced=(_headers_to_add(request_raw, at_request) if request_raw is not None
                                            else ()),
-        grpc_resource_exhausted=F.boolean(exhausted, at), stat_prefix=prefix, source=source)
+        grpc_resource_exhausted=F.boolean(exhausted, at_exhausted), stat_prefix=prefix, source=source)
 
 
 def _patch_match(obj, path: str) -> None:
