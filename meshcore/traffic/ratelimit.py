@@ -205,10 +205,13 @@ class RateLimiter:
 
 # -- which limits a request takes ------------------------------------------------------------
 
-_SPECIFICITY = {TargetKind.GATEWAY: 0, TargetKind.SERVICE: 1, TargetKind.HTTP_ROUTE: 2, TargetKind.GRPC_ROUTE: 2}
+_SPECIFICITY = {TargetKind.GATEWAY_CLASS: -1, TargetKind.GATEWAY: 0, TargetKind.SERVICE: 1,
+                TargetKind.HTTP_ROUTE: 2, TargetKind.GRPC_ROUTE: 2}
 
 
 def _matches(target: RateLimitTarget, namespace: str, *, waypoint, service, route, rule: str) -> bool:
+    if target.kind is TargetKind.GATEWAY_CLASS:
+        return waypoint is not None
     if target.kind is TargetKind.GATEWAY:
         return waypoint == (namespace, target.name)
     if target.kind is TargetKind.SERVICE:
@@ -224,7 +227,8 @@ def limits_for_request(policies: Sequence[RateLimitPolicy], *, waypoint: tuple[s
     (namespace, name; its hostname and port), taken by `route` (kind, namespace, name)
     and its rule named `rule` (may be ""). One bucket per policy:
     - a LocalRateLimit counts the request against its most specific matching target
-      (a route rule over a route, a route over a Service, a Service over the Gateway),
+      (a route rule over a route, a route over a Service, a Service over the Gateway,
+      the Gateway over the istio-waypoint GatewayClass),
       each target being one bucket: targeting an HTTPRoute, its rules share a bucket;
       targeting one rule by sectionName, that rule has its own.
     - an EnvoyFilter's filter sits in each of the waypoint's per-service-port filter

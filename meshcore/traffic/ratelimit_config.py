@@ -33,9 +33,12 @@ MIN_FILL_INTERVAL = 0.05           # Envoy's TokenBucket: fill_interval must be 
 MAX_UINT32 = 2 ** 32 - 1
 MAX_TARGET_REFS = 16               # as Istio's policy targetRefs (kubebuilder MaxItems)
 MAX_RESPONSE_HEADERS = 10          # Envoy's response_headers_to_add max_items
+ROOT_NAMESPACE = "istio-system"    # Istio's default meshConfig.rootNamespace
+WAYPOINT_CLASS = "istio-waypoint"
 
 
 class TargetKind(StrEnum):
+    GATEWAY_CLASS = "GatewayClass"  # istio-waypoint, from the root namespace: every waypoint
     GATEWAY = "Gateway"            # the waypoint itself: every request it carries
     SERVICE = "Service"            # requests to one service through its waypoint
     HTTP_ROUTE = "HTTPRoute"       # requests one route (or one named rule of it) takes
@@ -143,6 +146,10 @@ def _target_refs(raw, path: str, namespace: str, kinds: dict[str, tuple[str, ...
             raise F.fail(f"{at}.namespace", f"{ref_ns!r}: a rate limit attaches to targets in its own namespace "
                                             f"{namespace} only")
         name = F.string(ref["name"], f"{at}.name")
+        if kind == "GatewayClass" and (name != WAYPOINT_CLASS or namespace != ROOT_NAMESPACE):
+            raise F.fail(f"{at}.name" if name != WAYPOINT_CLASS else at,
+                         f"a GatewayClass target is {WAYPOINT_CLASS} (every waypoint), from the root namespace "
+                         f"{ROOT_NAMESPACE} only (as Istio attaches policies)")
         section = ""
         if ref.get("sectionName") is not None:
             if kind not in section_kinds:
@@ -155,7 +162,7 @@ def _target_refs(raw, path: str, namespace: str, kinds: dict[str, tuple[str, ...
 
 # -- meshcore's LocalRateLimit -----------------------------------------------------------------
 
-_LOCAL_TARGET_KINDS = {"Gateway": (GATEWAY_GROUP,), "Service": ("", "core"),
+_LOCAL_TARGET_KINDS = {"GatewayClass": (GATEWAY_GROUP,), "Gateway": (GATEWAY_GROUP,), "Service": ("", "core"),
                        "HTTPRoute": (GATEWAY_GROUP,), "GRPCRoute": (GATEWAY_GROUP,)}
 
 
@@ -189,8 +196,11 @@ def local_rate_limit(doc: dict, source: str = "") -> RateLimitPolicy:
 
 # -- Istio's EnvoyFilter with envoy.filters.http.local_ratelimit --------------------------------
 
-# istiod attaches an EnvoyFilter to waypoints by these targetRefs (EnvoyFilter.targetRefs)
-_ENVOY_FILTER_TARGET_KINDS = {"Gateway": (GATEWAY_GROUP,), "Service": ("", "core")}
+# istiod attaches an EnvoyFilter to a waypoint by these targetRefs; its API also lists
+# Service and ServiceEntry for waypoints, but istiod looks EnvoyFilters up without the
+# proxy's services (PushContext.EnvoyFilters), so those targets match no waypoint
+_ENVOY_FILTER_TARGET_KINDS = {"GatewayClass": (GATEWAY_GROUP,), "Gateway": (GATEWAY_GROUP,)}
+_ENVOY_FILTER_UNMATCHED_KINDS = ("Service", "ServiceEntry")
 _ALLOWED_OPERATIONS = ("ADD", "INSERT_BEFORE", "INSERT_AFTER", "INSERT_FIRST")
 _DENOMINATORS = {"HUNDRED": 100, "TEN_THOUSAND": 10_000, "MILLION": 1_000_000}
 _APPEND_ACTIONS = ("APPEND_IF_EXISTS_OR_ADD", "ADD_IF_ABSENT", "OVERWRITE_IF_EXISTS_OR_ADD", "OVERWRITE_IF_EXISTS")
@@ -460,7 +470,13 @@ def envoy_filter_rate_limit(doc: dict, source: str = "") -> RateLimitPolicy:
     if spec.get("workloadSelector") is not None:
         raise F.fail("spec.workloadSelector", "waypoints ignore an EnvoyFilter's workloadSelector (Istio applies "
                                               "only targetRefs to them): attach it with targetRefs to the waypoint "
-                                              "Gateway or a Service")
+                                              "Gateway")
+    for i, ref in enumerate(F.sequence(spec.get("targetRefs"), "spec.targetRefs")):
+        if isinstance(ref, dict) and ref.get("kind") in _ENVOY_FILTER_UNMATCHED_KINDS:
+            raise F.fail(f"spec.targetRefs[{i}].kind",
+                         f"{ref['kind']}: istiod attaches an EnvoyFilter to a waypoint by its Gateway (or the "
+                         f"{WAYPOINT_CLASS} GatewayClass), never by a {ref['kind']}; target the waypoint Gateway, "
+                         "or write a LocalRateLimit, which takes a Service")
     targets = _target_refs(spec.get("targetRefs"), "spec.targetRefs", namespace, _ENVOY_FILTER_TARGET_KINDS)
     if spec.get("priority") is not None:
         I.integer(spec["priority"], "spec.priority", minimum=-(2 ** 31), maximum=2 ** 31 - 1)

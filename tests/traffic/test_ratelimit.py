@@ -190,6 +190,7 @@ def test_retain_forgets_gone_and_changed_limits_and_keeps_the_rest():
 # -- which limits a request takes -----------------------------------------------------------------
 
 ROUTE = RateLimitTarget(TargetKind.HTTP_ROUTE, "reviews")
+CLASS = RateLimitTarget(TargetKind.GATEWAY_CLASS, "istio-waypoint")
 RULE = RateLimitTarget(TargetKind.HTTP_ROUTE, "reviews", "v2")
 REQUEST = dict(waypoint=("shop", "waypoint"), service=("shop", "reviews"),
                service_host="reviews.shop.svc.cluster.local", port=9080,
@@ -200,6 +201,9 @@ REQUEST = dict(waypoint=("shop", "waypoint"), service=("shop", "reviews"),
     ((GATEWAY,), {}, GATEWAY),
     ((SERVICE,), {}, SERVICE),
     ((GATEWAY, SERVICE), {}, SERVICE),                      # the most specific target counts
+    ((CLASS,), {}, CLASS),
+    ((CLASS, GATEWAY), {}, GATEWAY),
+    ((CLASS,), {"waypoint": None}, None),
     ((GATEWAY, SERVICE, ROUTE), {}, ROUTE),
     ((ROUTE, RULE), {}, RULE),
     ((ROUTE, RULE), {"rule": "v1"}, ROUTE),

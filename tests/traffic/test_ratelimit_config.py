@@ -130,6 +130,8 @@ def test_local_targets_per_source_and_sections():
     ("spec.targetRefs.0.namespace", "other", "spec.targetRefs[0].namespace", "its own namespace shop"),
     ("spec.targetRefs.0.sectionName", "http", "spec.targetRefs[0].sectionName", "takes no sectionName"),
     ("spec.targetRefs.0.name", DELETE, "spec.targetRefs[0].name", "required"),
+    ("spec.targetRefs.0", {"group": "gateway.networking.k8s.io", "kind": "GatewayClass", "name": "istio-waypoint"},
+     "spec.targetRefs[0]", "root namespace"),
     ("spec.tokenBucket.maxTokens", 0, "spec.tokenBucket.maxTokens", "below 1"),
     ("spec.tokenBucket.maxTokens", 2 ** 32, "spec.tokenBucket.maxTokens", "above"),
     ("spec.tokenBucket.maxTokens", 1.5, "spec.tokenBucket.maxTokens", "whole number"),
@@ -195,10 +197,16 @@ def test_envoy_filter_without_filter_enabled_checks_nothing():
     assert envoy_filter_rate_limit(changed(ENVOY_FILTER, f"{EF}.filter_enabled", DELETE)).enabled_percent == 0.0
 
 
-def test_envoy_filter_service_target_and_priority():
-    doc = changed(ENVOY_FILTER, "spec.targetRefs", [{"kind": "Service", "group": "", "name": "reviews"}])
+def test_envoy_filter_every_waypoint_from_the_root_namespace():
+    doc = changed(ENVOY_FILTER, "spec.targetRefs", [
+        {"kind": "GatewayClass", "group": "gateway.networking.k8s.io", "name": "istio-waypoint"}])
+    doc["metadata"]["namespace"] = "istio-system"
     doc["spec"]["priority"] = -5
-    assert envoy_filter_rate_limit(doc).targets == (RateLimitTarget(TargetKind.SERVICE, "reviews"),)
+    assert envoy_filter_rate_limit(doc).targets == (RateLimitTarget(TargetKind.GATEWAY_CLASS, "istio-waypoint"),)
+    doc["metadata"]["namespace"] = "shop"
+    with pytest.raises(ConfigError) as err:
+        envoy_filter_rate_limit(doc)
+    assert err.value.path == "spec.targetRefs[0]" and "root namespace istio-system" in err.value.reason
 
 
 PATCH = "spec.configPatches.0"
@@ -209,6 +217,10 @@ PATCH = "spec.configPatches.0"
     ("spec.workloadSelector", {"labels": {"app": "reviews"}}, "spec.workloadSelector", "targetRefs"),
     ("spec.targetRefs", DELETE, "spec.targetRefs", "at least one target"),
     ("spec.targetRefs.0.kind", "HTTPRoute", "spec.targetRefs[0].kind", "cannot be a target"),
+    ("spec.targetRefs.0", {"kind": "Service", "group": "", "name": "reviews"}, "spec.targetRefs[0].kind",
+     "never by a Service"),
+    ("spec.targetRefs.0", {"kind": "GatewayClass", "group": "gateway.networking.k8s.io", "name": "istio"},
+     "spec.targetRefs[0].name", "istio-waypoint"),
     ("spec.targetRefs.0.namespace", "istio-system", "spec.targetRefs[0].namespace", "own namespace"),
     ("spec.configPatches", [], "spec.configPatches", "exactly one"),
     (f"{PATCH}.applyTo", "CLUSTER", "spec.configPatches[0].applyTo", "only an HTTP_FILTER"),
