@@ -100,6 +100,14 @@ def test_refusal_carries_the_policys_status_headers_and_grpc_status():
     assert d.response_headers == (HeaderToAdd("x-local-rate-limit", "true"),)
 
 
+@pytest.mark.parametrize("status, grpc_status", [(429, 14), (503, 14), (403, 7), (401, 16), (400, 13),
+                                                 (404, 12), (500, 2)])
+def test_grpc_status_as_envoy_maps_the_http_status(status, grpc_status):
+    limiter, limit = RateLimiter(), AppliedLimit(policy(max_tokens=1, status=status))
+    limiter.decide(0, [limit])
+    assert limiter.decide(0, [limit]).grpc_status == grpc_status
+
+
 def test_per_source_buckets_are_isolated():
     limiter, limit = RateLimiter(), AppliedLimit(policy(max_tokens=1, per_source=True))
     a, b = "spiffe://cluster.local/ns/shop/sa/a", "spiffe://cluster.local/ns/shop/sa/b"
