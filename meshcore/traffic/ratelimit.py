@@ -171,28 +171,29 @@ class RateLimiter:
     def decide(self, now: float, limits: Iterable[AppliedLimit], source: str | None = None, *,
                enabled_roll: float = 0.0, enforced_roll: float = 0.0) -> RateDecision:
         """Whether the request goes on. `source` is its peer's SPIFFE id (for per-source
-        limits); the rolls are uniform draws in [0, 100) for the enabled and enforced
-        shares (0: every share above 0 % applies)."""
-        ordered = sorted((l for l in limits if enabled_roll < l.policy.enabled_percent),
-                         key=lambda l: l.policy.bucket.fill_rate)
+        limits); the rolls are the caller's uniform draws in [0, 100) for the enabled
+        and enforced shares, one each per request (0: every share above 0 % applies)."""
+        # slowest-filling first, as Envoy orders the descriptors a request matched
+        ordered = sorted((limit for limit in limits if enabled_roll < limit.policy.enabled_percent),
+                         key=lambda limit: limit.policy.bucket.fill_rate)
         if not ordered:
             return ALLOWED
-        shown: tuple[TokenBucket, AppliedLimit] | None = None
+        shown: TokenBucket | None = None           # whose x-ratelimit-* an allowed request gets
         shadowed: AppliedLimit | None = None
         for limit in ordered:
             bucket = self.bucket(now, limit, source)
             if shown is None and limit.policy.x_ratelimit_headers:
-                shown = (bucket, limit)
+                shown = bucket
             if bucket.try_take(now):
                 continue
             p = limit.policy
             if enforced_roll < p.enforced_percent:
-                return RateDecision(
-                    False, _x_ratelimit(bucket, now) if p.x_ratelimit_headers else (), p.status,
-                    GRPC_RESOURCE_EXHAUSTED if p.grpc_resource_exhausted else _HTTP_TO_GRPC.get(p.status, GRPC_UNKNOWN),
-                    p.response_headers, (), p.key)
+                grpc = GRPC_RESOURCE_EXHAUSTED if p.grpc_resource_exhausted else _HTTP_TO_GRPC.get(p.status,
+                                                                                                   GRPC_UNKNOWN)
+                return RateDecision(False, _x_ratelimit(bucket, now) if p.x_ratelimit_headers else (), p.status,
+                                    grpc, p.response_headers, (), p.key)
             shadowed = shadowed or limit
-        headers = _x_ratelimit(shown[0], now) if shown is not None else ()
+        headers = _x_ratelimit(shown, now) if shown is not None else ()
         if shadowed is None:
             return RateDecision(True, headers)
         return RateDecision(True, headers, request_headers=shadowed.policy.request_headers_when_not_enforced,
