@@ -5,7 +5,10 @@ driven by explicit times (no clock inside), as Envoy's local_ratelimit filter de
                                 service_host="reviews.shop.svc.cluster.local", port=9080,
                                 route=("HTTPRoute", "shop", "reviews"), rule="v2")
     decision = limiter.decide(now, limits, source="spiffe://cluster.local/ns/shop/sa/web")
-    if not decision.allowed: answer decision.status, body LOCAL_RATE_LIMITED_BODY, decision.headers
+    if not decision.allowed:
+        status, headers, body = local_reply(decision, grpc=is_grpc)      # answer this, forward nothing
+    else:
+        forward (adding decision.request_headers), then add decision.headers to the response
 
 What Envoy does, and so meshcore:
 - a bucket starts full with max_tokens and gains tokens_per_fill every fill_interval,
@@ -251,3 +254,35 @@ def limits_for_request(policies: Sequence[RateLimitPolicy], *, waypoint: tuple[s
             best = max(found, key=lambda t: (_SPECIFICITY[t.kind], bool(t.section_name)))
             out.append(AppliedLimit(p, best))
     return out
+
+
+# -- the answer to a refused request -------------------------------------------------------------
+
+def apply_headers(headers: list[tuple[str, str]], to_add: Iterable[HeaderToAdd]) -> list[tuple[str, str]]:
+    """`headers` (lower-case names) with `to_add` applied as Envoy's HeaderValueOption
+    does: overwrite replaces every same-named header, ADD_IF_ABSENT adds only a header
+    not there yet, and otherwise the header is added beside any others."""
+    out = list(headers)
+    for h in to_add:
+        present = any(n == h.name for n, _ in out)
+        if h.if_absent and present:
+            continue
+        if h.overwrite:
+            out = [(n, v) for n, v in out if n != h.name]
+        out.append((h.name, h.value))
+    return out
+
+
+def local_reply(decision: RateDecision, *, grpc: bool = False) -> tuple[int, list[tuple[str, str]], bytes]:
+    """What the waypoint answers a refused request with, as Envoy's local reply: status,
+    headers and body. For gRPC, a trailers-only answer: HTTP 200, grpc-status and
+    grpc-message in the headers, no body."""
+    if decision.allowed:
+        raise ValueError("an allowed request is forwarded, not answered")
+    if grpc:
+        headers = [("content-type", "application/grpc"), ("grpc-status", str(decision.grpc_status)),
+                   ("grpc-message", LOCAL_RATE_LIMITED_BODY), *decision.headers]
+        return 200, apply_headers(headers, decision.response_headers), b""
+    body = LOCAL_RATE_LIMITED_BODY.encode()
+    headers = [("content-type", "text/plain"), ("content-length", str(len(body))), *decision.headers]
+    return decision.status, apply_headers(headers, decision.response_headers), body

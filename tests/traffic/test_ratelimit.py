@@ -2,7 +2,7 @@
 import pytest
 
 from meshcore.traffic.ratelimit import (GRPC_RESOURCE_EXHAUSTED, GRPC_UNAVAILABLE, AppliedLimit, RateLimiter,
-                                        TokenBucket, limits_for_request)
+                                        TokenBucket, apply_headers, limits_for_request, local_reply)
 from meshcore.traffic.ratelimit_config import (HeaderToAdd, Origin, RateLimitPolicy, RateLimitTarget, TargetKind,
                                                TokenBucketSpec)
 
@@ -234,3 +234,38 @@ def test_envoy_filter_bucket_per_service_port():
     assert limits_for_request([p], **REQUEST) == [AppliedLimit(p, ("reviews.shop.svc.cluster.local", 9080))]
     other = limits_for_request([p], **{**REQUEST, "port": 9081})
     assert other[0].scope != limits_for_request([p], **REQUEST)[0].scope
+
+
+# -- the answer ------------------------------------------------------------------------------------
+
+def refused(**kw):
+    limiter, limit = RateLimiter(), AppliedLimit(policy(max_tokens=1, interval=30.0, **kw))
+    limiter.decide(0, [limit])
+    return limiter.decide(0, [limit])
+
+
+def test_local_reply_http():
+    status, headers, body = local_reply(refused(response_headers=(HeaderToAdd("x-local-rate-limit", "true"),)))
+    assert (status, body) == (429, b"local_rate_limited")
+    assert headers == [("content-type", "text/plain"), ("content-length", "18"), ("x-ratelimit-limit", "1"),
+                       ("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "30"), ("x-local-rate-limit", "true")]
+
+
+def test_local_reply_grpc_is_trailers_only():
+    status, headers, body = local_reply(refused(grpc_resource_exhausted=True), grpc=True)
+    assert (status, body) == (200, b"")
+    assert headers[:3] == [("content-type", "application/grpc"), ("grpc-status", "8"),
+                           ("grpc-message", "local_rate_limited")]
+    assert local_reply(refused(), grpc=True)[1][1] == ("grpc-status", "14")
+    with pytest.raises(ValueError):
+        local_reply(RateLimiter().decide(0, []))
+
+
+@pytest.mark.parametrize("to_add, expected", [
+    (HeaderToAdd("x-a", "2", overwrite=False), [("x-a", "1"), ("x-b", "1"), ("x-a", "2")]),    # append
+    (HeaderToAdd("x-a", "2", overwrite=True), [("x-b", "1"), ("x-a", "2")]),                   # replace all
+    (HeaderToAdd("x-a", "2", if_absent=True), [("x-a", "1"), ("x-b", "1")]),                   # kept
+    (HeaderToAdd("x-c", "2", if_absent=True), [("x-a", "1"), ("x-b", "1"), ("x-c", "2")]),     # added
+])
+def test_apply_headers(to_add, expected):
+    assert apply_headers([("x-a", "1"), ("x-b", "1")], [to_add]) == expected
