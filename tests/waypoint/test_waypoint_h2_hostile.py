@@ -25,7 +25,7 @@ import pytest
 
 from h2http import Endpoint, Received, open_request
 from meshcore.localmesh import LocalMesh
-from waypoint_load import open_fds, rss_kib
+from waypoint_load import open_fds, requests_total, rss_kib
 from waypoint_mesh import WaypointMesh
 
 pytestmark = pytest.mark.timeout(60)
@@ -280,6 +280,49 @@ def test_response_body_disagreeing_with_content_length_resets_the_clients_stream
 
 
 
+
+# Envoy counts a stream its HTTP/2 codec found malformed with the side it came from:
+# DPE (downstream protocol error, response code 0: no response was sent) for a
+# client's, UPE (upstream protocol error) for a backend's; UR and DR are for resets the
+# peer sent, which these are not.
+def _requests(mesh, **labels):
+    status, text = LocalMesh.http_get(mesh.waypoint, 15020, "/metrics")
+    assert status == 200, text
+    return requests_total(text, **labels)
+
+
+@pytest.mark.xfail(strict=True, reason="the waypoint reports a request it found malformed as the client's reset "
+                                       "(DR), or not at all when the whole request came in one read, not as DPE")
+def test_malformed_requests_are_counted_as_downstream_protocol_errors(mesh, backend, baseline):
+    before = _requests(mesh, response_code="0", response_flags="DPE")
+
+    async def run():
+        ep = await h2_client(mesh)
+        whole = _post(ep, mesh, "/counted-whole", 100)
+        ep.send(whole, b"z" * 10, end=True)
+        streamed = _post(ep, mesh, "/counted-streamed", 100)
+        ep.send(streamed, b"z" * 5)
+        while "/counted-streamed" not in backend.seen:
+            await asyncio.sleep(0.02)
+        ep.send(streamed, b"z" * 5, end=True)
+        got = await asyncio.gather(_collect(ep, whole), _collect(ep, streamed))
+        ep.writer.close()
+        return got
+    assert [r.reset for r in asyncio.run(run())] == [PROTOCOL_ERROR] * 2
+    wait_for(lambda: _requests(mesh, response_code="0", response_flags="DPE") - before == 2,
+             lambda: _requests(mesh, response_code="0", response_flags="DPE") - before, timeout=3)
+
+
+@pytest.mark.xfail(strict=True, reason="the waypoint reports a backend's malformed response as the backend's "
+                                       "reset (UR), not as UPE")
+def test_malformed_responses_are_counted_as_upstream_protocol_errors(mesh, backend, baseline):
+    before = _requests(mesh, response_flags="UPE")
+    got = asyncio.run(_plain_requests(mesh, ["/short-response", "/long-response"]))
+    assert all(r.reset is not None for r in got), [(r.response, r.reset) for r in got]
+    wait_for(lambda: _requests(mesh, response_flags="UPE") - before == 2,
+             lambda: _requests(mesh, response_flags="UPE") - before, timeout=3)
+
+
 # Envoy's HCM proxies CONNECT only when its upgrade_configs name CONNECT, which a
 # waypoint's do not (Istio configures websocket upgrades there, nothing else); without
 # it a CONNECT is answered with Envoy's own 403 (upgrade_failed). The same holds for a
@@ -321,8 +364,12 @@ def test_http2_connect_is_refused_with_403_as_envoy_refuses_it(mesh, backend, ba
         got = await _collect(ep, _connect(ep, f"{mesh.vip}:{H2_PORT}"))
         ep.writer.close()
         return got
+    before = _requests(mesh, response_code=str(ENVOY_CONNECT_REFUSED))
     got = asyncio.run(run())
     assert got.response is not None and got.response[0] == ENVOY_CONNECT_REFUSED, (got.response, got.reset)
+    # and counted, as every response of Envoy's own is
+    wait_for(lambda: _requests(mesh, response_code=str(ENVOY_CONNECT_REFUSED)) - before == 1,
+             lambda: _requests(mesh, response_code=str(ENVOY_CONNECT_REFUSED)) - before, timeout=3)
 
 
 def test_extended_connect_never_offered_is_reset_as_malformed(mesh, backend, baseline):
