@@ -1,10 +1,11 @@
 """Hostile HTTP/2 and HTTP/1.1 peers against the waypoint, as processes
-(tests/support/waypoint_mesh.py): a python-hyper h2 client through node-a's SOCKS5 and an
-h2 backend on web:8081 behind node-b, both run here.
+(tests/support/waypoint_mesh.py): a python-hyper h2 client through node-a's SOCKS5, an h2
+backend on web:8081 and a kept-alive HTTP/1.1 one on web:8080 behind node-b, all run here.
 
 - a message whose content-length disagrees with its DATA is malformed (RFC 9113 8.1.1):
-  the waypoint resets that stream with PROTOCOL_ERROR, whichever side sent it, and no
-  other stream or tunnel notices;
+  the waypoint resets that stream with PROTOCOL_ERROR, whichever side sent it, no other
+  stream or tunnel notices, and a kept-alive HTTP/1.1 upstream is never left out of step
+  (the rest of a body cut short, or bytes past its end, taken as a request);
 - CONNECT, plain or extended (RFC 8441), is not something a waypoint is configured to
   proxy: answered as Envoy answers it when its HCM has no CONNECT upgrade (403), and a
   `:protocol` the waypoint never offered (SETTINGS_ENABLE_CONNECT_PROTOCOL) is malformed;
@@ -55,19 +56,35 @@ def body_lengths_recorded():
         yield
 
 
+class Mesh(WaypointMesh):
+    """WaypointMesh whose web:8080 is this module's HTTP/1.1 server (kept-alive, unlike
+    meshcore.localworkload's, which closes after one answer: a waypoint that reused an
+    upstream connection after a request it could not finish must show here)."""
+
+    def _spawn(self, name, args):
+        if name == "web":
+            i = args.index("--http")
+            args = args[:i] + args[i + 2:]
+        return super()._spawn(name, args)
+
+
 class Backend:
-    """An h2 server on web:8081 on its own loop in a thread; what each request path
-    brought (headers, body, how it ended) is kept in `seen`."""
+    """An h2 server on web:8081 and an HTTP/1.1 one on web:8080, on their own loop in a
+    thread; what each request path brought (headers, body, how it ended) is kept in
+    `seen`, and every HTTP/1.1 request head as it came in `http1`."""
 
     def __init__(self, mesh: WaypointMesh):
         self.mesh = mesh
         self.seen: dict[str, dict] = {}
+        self.http1: list[tuple[int, bytes]] = []      # (connection number, request head)
+        self.http1_connections = 0
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 
     def start(self):
         self.thread.start()
         self.server = self.call(asyncio.start_server(self._connection, self.mesh.web, 8081))
+        self.http1_server = self.call(asyncio.start_server(self._http1_connection, self.mesh.web, 8080))
         return self
 
     def stop(self):
@@ -77,6 +94,7 @@ class Backend:
 
     async def _close(self):
         self.server.close()
+        self.http1_server.close()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
@@ -84,6 +102,38 @@ class Backend:
 
     def call(self, coro, timeout=30):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _http1_connection(self, reader, writer):
+        """Requests one after another, each body read to its content-length and no
+        further: what follows on the connection is the next request."""
+        self.http1_connections += 1
+        number = self.http1_connections
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.http1.append((number, head))
+                path = head.split(b" ", 2)[1].decode("latin-1")
+                length = re.search(rb"(?im)^content-length: *(\d+)\r$", head)
+                record = self.seen[path] = {"headers": head, "body": 0, "ended": False, "reset": None}
+                body = await reader.readexactly(int(length.group(1))) if length else b""
+                record.update(body=len(body), ended=True, content=body)
+                answer = json.dumps({"path": path, "body": len(body)}).encode()
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                             % (len(answer), answer))
+                await writer.drain()
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial and self.http1 and self.http1[-1][0] == number:
+                # the connection ended inside a body: that request was cut
+                path = self.http1[-1][1].split(b" ", 2)[1].decode("latin-1")
+                self.seen[path].update(body=len(exc.partial), reset="closed")
+            elif self.http1 and self.http1[-1][0] == number:
+                path = self.http1[-1][1].split(b" ", 2)[1].decode("latin-1")
+                if not self.seen[path]["ended"]:
+                    self.seen[path]["reset"] = "closed"
+        except (ConnectionError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            writer.close()
 
     async def _connection(self, reader, writer):
         ep = Endpoint(reader, writer, client=False)
@@ -134,7 +184,7 @@ class Backend:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = WaypointMesh(tmp_path_factory.mktemp("waypoint-h2-hostile"))
+    m = Mesh(tmp_path_factory.mktemp("waypoint-h2-hostile"))
     try:
         m.start()
     except BaseException:
@@ -258,6 +308,52 @@ def test_request_body_disagreeing_with_content_length_is_reset_as_malformed(mesh
         assert seen is None or not seen["ended"], seen
     for other in (slow, after, *fresh):
         assert other.response[0] == 200 and other.ended and other.reset is None, (other.response, other.reset)
+
+
+HTTP1_PORT = 83             # the service's port declared appProtocol http: to web:8080 in HTTP/1.1
+
+
+@pytest.mark.parametrize("declared, sent", [(100, 10), (10, 60)], ids=["short", "long"])
+def test_malformed_request_body_never_desynchronizes_a_kept_alive_http1_upstream(mesh, backend, baseline,
+                                                                                 declared, sent):
+    """The backend speaks HTTP/1.1 and the waypoint keeps its connections: a body cut
+    short must not leave the connection to carry the next request as the rest of it,
+    and bytes past the content-length must never reach it, where they would be a
+    request of their own (here one that would be seen as /smuggled)."""
+    name = f"/h1-mismatch-{declared}-{sent}"
+    authority = f"{mesh.vip}:{HTTP1_PORT}"
+    smuggled = b"GET /smuggled HTTP/1.1\r\nhost: web\r\ncontent-length: 0\r\n\r\n"
+    rest = (smuggled + b"z" * sent)[:sent - 5]
+
+    async def run():
+        ep = await h2_client(mesh, HTTP1_PORT)
+        warm = open_request(ep, "GET", "/h1-warm", authority, end=True)   # an upstream connection kept
+        assert (await _collect(ep, warm)).ended
+        bad = open_request(ep, "POST", name, authority, headers=[("content-length", str(declared))])
+        ep.send(bad, b"z" * 5)
+        deadline = time.monotonic() + 10
+        while name not in backend.seen:
+            assert time.monotonic() < deadline, "the waypoint held the request back"
+            await asyncio.sleep(0.02)
+        ep.send(bad, rest, end=True)
+        got = await _collect(ep, bad)
+        after = [open_request(ep, "GET", f"{name}-after-{i}", authority, end=True) for i in range(3)]
+        others = await asyncio.gather(*(_collect(ep, s) for s in after))
+        ep.writer.close()
+        return got, others
+    got, others = asyncio.run(run())
+    assert got.reset == PROTOCOL_ERROR and got.response is None, (got.reset, got.response, bytes(got.body))
+    for i, other in enumerate(others):
+        assert other.response[0] == 200 and other.ended, (other.response, other.reset)
+        assert json.loads(bytes(other.body)) == {"path": f"{name}-after-{i}", "body": 0}
+    heads = [head.split(b"\r\n", 1)[0] for _, head in backend.http1]
+    assert b"GET /smuggled HTTP/1.1" not in heads, heads
+    seen = backend.seen[name]
+    # never taken as a whole request: the connection it was on ended inside its body
+    assert seen["reset"] == "closed" and seen["body"] < declared, seen
+    cut_on = next(n for n, head in backend.http1 if head.startswith(f"POST {name} ".encode()))
+    assert all(n != cut_on for n, head in backend.http1 if f"{name}-after-".encode() in head), \
+        [(n, head.split(b"\r\n")[0]) for n, head in backend.http1]
 
 
 @pytest.mark.parametrize("path", ["/short-response", "/long-response"])
