@@ -173,6 +173,10 @@ class Backend:
         if path == "/short-response":       # declares 100 bytes, sends 10 and ends
             ep.headers(sid, [(":status", "200"), ("content-length", "100")])
             ep.send(sid, b"x" * 10, end=True)
+        elif path == "/head":               # the length a GET would have had, and no content
+            ep.headers(sid, [(":status", "200"), ("content-length", "1234")], end=True)
+        elif path == "/no-content":
+            ep.headers(sid, [(":status", "204")], end=True)
         elif path == "/long-response":      # declares 5 bytes, sends 20
             ep.headers(sid, [(":status", "200"), ("content-length", "5")])
             ep.send(sid, b"y" * 20, end=True)
@@ -308,6 +312,49 @@ def test_request_body_disagreeing_with_content_length_is_reset_as_malformed(mesh
         assert seen is None or not seen["ended"], seen
     for other in (slow, after, *fresh):
         assert other.response[0] == 200 and other.ended and other.reset is None, (other.response, other.reset)
+
+
+@pytest.mark.parametrize("fields, body", [
+    ([("content-length", "10"), ("content-length", "20")], b"z" * 10),
+    ([("content-length", "10, 20")], b"z" * 10),
+    ([("content-length", "1O")], b"z" * 10),
+    ([("content-length", "-1")], b""),
+    ([("content-length", "10")], None),          # END_STREAM with the headers: no DATA at all
+], ids=["conflicting", "list", "not-a-number", "negative", "declared-without-data"])
+def test_request_with_an_invalid_content_length_is_reset_as_malformed(mesh, backend, baseline, fields, body):
+    name = f"/invalid-length-{len(backend.seen)}"
+
+    async def run():
+        ep = await h2_client(mesh)
+        sid = open_request(ep, "POST", name, f"{mesh.vip}:{H2_PORT}", headers=fields, end=body is None)
+        if body is not None:
+            ep.send(sid, body, end=True)
+        got = await _collect(ep, sid)
+        after = open_request(ep, "GET", "/after-invalid-length", f"{mesh.vip}:{H2_PORT}", end=True)
+        other = await _collect(ep, after)
+        ep.writer.close()
+        return got, other
+    got, other = asyncio.run(run())
+    assert got.reset == PROTOCOL_ERROR and got.response is None, (got.reset, got.response, bytes(got.body))
+    seen = backend.seen.get(name)
+    assert seen is None or not seen["ended"], seen
+    assert other.response[0] == 200 and other.ended, (other.response, other.reset)
+
+
+def test_head_and_204_responses_declare_a_length_they_do_not_carry(mesh, backend, baseline):
+    """Not malformed: a response to HEAD, or a 204, has no content whatever its
+    content-length says (RFC 9110 8.6): passed on whole."""
+    async def run():
+        ep = await h2_client(mesh)
+        head = open_request(ep, "HEAD", "/head", f"{mesh.vip}:{H2_PORT}", end=True)
+        empty = open_request(ep, "GET", "/no-content", f"{mesh.vip}:{H2_PORT}", end=True)
+        got = await asyncio.gather(_collect(ep, head), _collect(ep, empty))
+        ep.writer.close()
+        return got
+    head, empty = asyncio.run(run())
+    assert head.response[0] == 200 and head.ended and head.reset is None, (head.response, head.reset)
+    assert (b"content-length", b"1234") in head.response[1], head.response
+    assert empty.response[0] == 204 and empty.ended and empty.reset is None, (empty.response, empty.reset)
 
 
 HTTP1_PORT = 83             # the service's port declared appProtocol http: to web:8080 in HTTP/1.1
