@@ -434,8 +434,9 @@ def _requests(mesh, **labels):
     return requests_total(text, **labels)
 
 
-@pytest.mark.xfail(strict=True, reason="the waypoint reports a request it found malformed as the client's reset "
-                                       "(DR), or not at all when the whole request came in one read, not as DPE")
+@pytest.mark.xfail(strict=True, reason="the waypoint reports a request found malformed as the client's reset (DR) "
+                                       "once its handler has it, and not at all when the HTTP/2 core rejects it "
+                                       "first (its DATA read with its HEADERS); never as DPE")
 def test_malformed_requests_are_counted_as_downstream_protocol_errors(mesh, backend, baseline):
     before = _requests(mesh, response_code="0", response_flags="DPE")
 
