@@ -19,7 +19,7 @@ import re
 import threading
 import time
 
-import h2.events
+import h2.exceptions
 import h2.settings
 import h2.stream
 import pytest
