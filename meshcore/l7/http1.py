@@ -490,9 +490,10 @@ class Http1ServerConnection(_Reader):
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
                  max_header_bytes: int = 64 * 1024, header_timeout: float = 10.0, idle_timeout: float = 60.0,
-                 write_timeout: float | None = None):
+                 write_timeout: float | None = None, connect_status: int = 501):
         super().__init__(reader, writer, max_header_bytes)
         self.header_timeout = header_timeout
+        self.connect_status = connect_status      # what a CONNECT request is answered
         # a client that stops reading would otherwise hold a response (and its upstream) forever
         self.write_timeout = write_timeout
         self.idle_timeout = idle_timeout
@@ -644,7 +645,7 @@ class Http1ServerConnection(_Reader):
             # meshcore re-frames what it forwards, so any other coding would be lost
             return HttpError(501, f"transfer coding {b','.join(te).decode('latin-1')!r} is not supported")
         if msg.method == "CONNECT":
-            return HttpError(501, "CONNECT is not proxied over HTTP/1.1")
+            return HttpError(self.connect_status, "CONNECT is not proxied over HTTP/1.1")
         if msg.upgrade and (te or any(n == b"content-length" and v.strip() != b"0" for n, v in
                                       ((n.lower(), v) for n, v in msg.headers))):
             # llhttp hands everything after an upgrade request's head over as raw bytes,

@@ -84,7 +84,8 @@ class Http1Handler:
         self.http2_upstreams = http2_upstreams or Http2Upstreams(tunnels)
 
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tunnel: Tunnel) -> None:
-        conn = Http1ServerConnection(reader, writer, write_timeout=self.WRITE_IDLE_TIMEOUT)
+        # a CONNECT is refused as Envoy refuses one it is not configured for
+        conn = Http1ServerConnection(reader, writer, write_timeout=self.WRITE_IDLE_TIMEOUT, connect_status=403)
         upstreams: dict[tuple, Http1ClientConnection] = {}
         tunnel.record.finish()                     # the tunnel itself is not a metric; its requests are
         try:

@@ -68,7 +68,8 @@ class Http2Handler:
         self.downstream: set[HboneConnection] = set()
 
     async def __call__(self, transport, received: bytes, tunnel: Tunnel) -> None:
-        conn = HboneConnection(client=False, on_request=request_dispatcher(lambda ex: self._one(ex, tunnel)))
+        conn = HboneConnection(client=False, on_request=request_dispatcher(
+            lambda ex: self._one(ex, tunnel), tunnels=lambda c, event: self._refuse_connect(c, event, tunnel)))
         transport.set_protocol(conn)
         conn.connection_made(transport)
         tunnel.record.finish()                     # the tunnel itself is not a metric; its requests are
@@ -84,6 +85,13 @@ class Http2Handler:
         """GOAWAY to every client (requests in flight finish), then to every backend."""
         await asyncio.gather(*(c.drain(deadline) for c in list(self.downstream)), return_exceptions=True)
         await asyncio.gather(self.upstreams.drain(deadline), self.http1_upstreams.drain(deadline))
+
+    def _refuse_connect(self, connection, event, tunnel: Tunnel) -> None:
+        """A CONNECT inside the tunnel: refused 403, as Envoy refuses a CONNECT it is not
+        configured for, and reported as any answer of the waypoint's own."""
+        connection.refuse_stream(event.stream_id, 403)
+        record = RequestRecord(tunnel.record, method="CONNECT", authority=getattr(event, "authority", "") or "")
+        self.metrics.report(record.finish(403, error="CONNECT is not proxied by the waypoint"))
 
     # -- one request -------------------------------------------------------------------
     async def _one(self, exchange: ServerExchange, tunnel: Tunnel) -> None:

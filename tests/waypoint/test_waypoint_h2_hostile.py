@@ -500,8 +500,6 @@ def test_http2_connect_reaches_no_backend_and_the_connection_carries_on(mesh, ba
     assert all(o.response[0] == 200 and o.ended for o in others), [(o.response, o.reset) for o in others]
 
 
-@pytest.mark.xfail(strict=True, reason="the waypoint refuses an HTTP/2 CONNECT with 501 (its HTTP/2 core's "
-                                       "refusal of a stream no tunnel handler takes), not with Envoy's 403")
 def test_http2_connect_is_refused_with_403_as_envoy_refuses_it(mesh, backend, baseline):
     async def run():
         ep = await h2_client(mesh)
@@ -568,8 +566,6 @@ def test_http1_connect_is_answered_by_the_waypoint_and_the_connection_closed(mes
     assert len(rest) == length, rest
 
 
-@pytest.mark.xfail(strict=True, reason="the waypoint answers an HTTP/1.1 CONNECT 501 Not Implemented, not "
-                                       "Envoy's 403")
 def test_http1_connect_is_refused_with_403_as_envoy_refuses_it(mesh, backend, baseline):
     head, _ = asyncio.run(_http1_connect(mesh))
     assert head.startswith(f"HTTP/1.1 {ENVOY_CONNECT_REFUSED} "), head
