@@ -88,6 +88,9 @@ class Forward:
     response_headers: HeaderEdits = NO_EDITS
     timeout: float | None = None
     retry: RetryPolicy | None = DEFAULT_RETRY_POLICY
+    subset: str = ""                  # a DestinationRule subset of the backend ("": all its endpoints)
+    delay: float = 0.0                # an injected fault's delay before the request goes on, seconds
+    hash_key: str | None = None       # what a consistent-hash load balancer hashes (None: not hashing)
 
 
 def gateway_retry_policy(retry: Retry | None) -> RetryPolicy | None:
