@@ -111,21 +111,31 @@ def route(state: MeshView, source: Workload, ip, port: int, *, choice: int = 0,
             # even a workload holding this address is not picked (ztunnel: OriginalDestination)
             return Route(PASSTHROUGH, (str(ip), port), service=service,
                          reason=f"service {service.key} is PASSTHROUGH: plain TCP to the original destination")
-        members = state.endpoints.get(service.key, ())
-        health_all = service.load_balancer is not None and service.load_balancer.health_policy is HealthPolicy.ALLOW_ALL
-        candidates = [w for w in members if (w.healthy or health_all) and w.ips
-                      and w.target_port(service.key, port) is not None]
+        candidates = service_endpoints(state, service, port)
         if not candidates:
             return Route(REFUSE, service=service, reason=f"service {service.key} has no healthy endpoint "
                                                          f"for port {port}")
-        dest = candidates[choice % len(candidates)]
-        target = dest.target_port(service.key, port)
-        dest_ip = next((a for a in dest.ips if a.version == ip.version), dest.ips[0])
-        return _to_workload(state, source, dest, dest_ip, target, service)
+        return endpoint_route(state, source, service, port, candidates[choice % len(candidates)], ip.version)
     dest = state.workload_at(network, ip)
     if dest is None:
         return Route(PASSTHROUGH, (str(ip), port), reason="not a mesh address: plain TCP")
     return _to_workload(state, source, dest, ip, port, None)
+
+
+def service_endpoints(state: MeshView, service: Service, port: int) -> list[Workload]:
+    """The endpoints of `service` a connection to its `port` may go to: healthy ones
+    (every one under the ALLOW_ALL health policy) that serve the port."""
+    members = state.endpoints.get(service.key, ())
+    health_all = service.load_balancer is not None and service.load_balancer.health_policy is HealthPolicy.ALLOW_ALL
+    return [w for w in members if (w.healthy or health_all) and w.ips and w.target_port(service.key, port) is not None]
+
+
+def endpoint_route(state: MeshView, source: Workload, service: Service, port: int, dest: Workload,
+                   ip_version: int = 4) -> Route:
+    """The route to one chosen endpoint of `service` for its `port`."""
+    target = dest.target_port(service.key, port)
+    dest_ip = next((a for a in dest.ips if a.version == ip_version), dest.ips[0])
+    return _to_workload(state, source, dest, dest_ip, target, service)
 
 
 def _to_workload(state: MeshView, source: Workload, dest: Workload, ip, port: int,

@@ -15,10 +15,34 @@ import random
 from dataclasses import dataclass, replace
 
 from meshcore.node.routing import HBONE, Route
+from meshcore.state.model import Service
+from meshcore.traffic.istio_model import RequestAttributes
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView, decide
 from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_delay, should_retry
+from meshcore.waypoint.endpoints import EndpointPicker
 
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
+
+
+@dataclass(frozen=True, slots=True)
+class Balanced:
+    """A backend a DestinationRule speaks for: what the endpoint picker needs to choose
+    again (a retry) and to hear how each attempt went."""
+    picker: EndpointPicker
+    service: Service
+    port: int
+    subset: str
+    rule: object                       # traffic.istio_model.DestinationRule, or None (a subset needs one)
+    request: RequestAttributes
+    source_ip: str
+
+    @property
+    def key(self) -> tuple:
+        return self.service.key, self.subset, self.port
+
+    def choose(self, state, me, avoid: str | None = None) -> Route:
+        return self.picker.choose(state, me, self.service, self.port, self.subset, self.rule, request=self.request,
+                                  source_ip=self.source_ip, avoid=avoid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,16 +57,27 @@ class Destination:
     timeout: float | None = None
     retry: RetryPolicy | None = DEFAULT_RETRY_POLICY
     address: tuple[str, int] = ("", 0)  # the backend's address:port the endpoint was chosen for
+    balanced: Balanced | None = None    # set when a DestinationRule chooses the endpoint
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
-        """The same request to another endpoint of the backend (round robin), for a
-        retry; None when the backend has no endpoint to offer."""
-        chosen = tunnels.upstream(state, me, *self.address)
+        """The same request to another endpoint of the backend, for a retry; None when
+        the backend has no endpoint to offer."""
+        if self.balanced is not None:
+            previous = self.chosen.workload.uid if self.chosen.workload is not None else None
+            chosen = self.balanced.choose(state, me, avoid=previous)
+        else:
+            chosen = tunnels.upstream(state, me, *self.address)
         return replace(self, chosen=chosen) if chosen.kind is HBONE else None
 
+    def attempted(self, *, status: int | None = None, failure: str | None = None) -> None:
+        """How an attempt to `chosen` went (its answer's status, or a failure without
+        one): what outlier detection counts."""
+        if self.balanced is not None:
+            self.balanced.picker.finished(self.chosen, self.balanced.key, status=status, failure=failure)
 
-def destination(tunnels, state, tunnel, request: RequestView, target: str, *,
-                waypoint_namespace: str) -> Destination | LocalReply:
+
+def destination(tunnels, state, tunnel, request: RequestView, target: str, *, waypoint_namespace: str,
+                picker: EndpointPicker | None = None) -> Destination | LocalReply:
     """The decision for a request whose policies allowed it; `target` is its normalized
     request-target (what goes upstream when no route rewrites it)."""
     req, me, service = tunnel.request, tunnel.waypoint, tunnel.service
@@ -50,7 +85,7 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *,
                      waypoint_namespace=waypoint_namespace) if service is not None else None
     if isinstance(decided, LocalReply):
         return decided
-    if decided is None or (decided.service_key == service.key and decided.port == req.port):
+    if decided is None or (decided.service_key == service.key and decided.port == req.port and not decided.subset):
         address = (req.host, req.port)
         backend = service
     else:
@@ -60,26 +95,45 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *,
             return LocalReply(503, decided.route, body=NO_HEALTHY_UPSTREAM, flag="UH",
                               reason=f"service {decided.service_key} has no address on network {me.network!r}")
         address = (str(vip), decided.port)
-    chosen = tunnels.upstream(state, me, *address)
     port = address[1]
+    subset = decided.subset if decided is not None else ""
+    rule = state.destination_rule_for(backend, waypoint_namespace) if backend is not None and picker else None
+    balanced = None
+    if rule is not None or subset:
+        attributes = RequestAttributes(request.method, _with_query(request.path, request.query), request.authority,
+                                       request.scheme, tuple(request.headers.items()), port)
+        balanced = Balanced(picker, backend, port, subset, rule, attributes, req.peer_address[0])
+        chosen = balanced.choose(state, me)
+    else:
+        chosen = tunnels.upstream(state, me, *address)
     if chosen.kind is not HBONE:
         return LocalReply(503, decided.route if decided else "", body=NO_HEALTHY_UPSTREAM, flag="UH",
                           reason=chosen.reason or "no endpoint")
     app_protocol = backend.app_protocol(port) if backend is not None else tunnel.app_protocol
     if decided is None:
-        return Destination(chosen, target, request.authority, app_protocol, address=address)
+        return Destination(chosen, target, request.authority, app_protocol, address=address, balanced=balanced)
     return Destination(chosen, decided.target, decided.authority, app_protocol, decided.route,
-                       decided.request_headers, decided.response_headers, decided.timeout, decided.retry, address)
+                       decided.request_headers, decided.response_headers, decided.timeout, decided.retry, address,
+                       balanced)
+
+
+def _with_query(path: str, query: str) -> str:
+    return f"{path}?{query}" if query else path
 
 
 async def retry_destination(tunnels, where: Destination, retries: int, state, me, *, failure: str | None = None,
-                            status: int | None = None, grpc_status: int | None = None,
+                            status: int | None = None, grpc_status: int | None = None, replayable: bool = True,
                             before=None) -> Destination | None:
-    """The next attempt's destination (another endpoint, after the policy's back-off)
-    when the route's retry policy takes what happened (`failure`: no response;
-    `status`: the response's) and `retries` so far leave one; None otherwise.
+    """How an attempt went (`failure`: no response; `status`: the response's), told to
+    the endpoint picker; then the next attempt's destination (another endpoint, after
+    the policy's back-off) when the request can be sent again (`replayable`), the
+    route's retry policy takes what happened and `retries` so far leave one; None
+    otherwise.
     `before()` is awaited first (giving the failed attempt up)."""
+    where.attempted(status=status, failure=failure)
     policy = where.retry
+    if not replayable or status is not None and status < 300 and grpc_status is None:
+        return None
     if policy is None or retries >= policy.num_retries or not should_retry(
             policy, status=status, grpc_status=grpc_status, failure=failure):
         return None

@@ -22,6 +22,7 @@ from meshcore.node.context import ProxyContext
 from meshcore.policy.paths import request_authority, request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.traffic.decide import LocalReply, RequestView
+from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.destination import Destination, destination, retry_destination
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
@@ -77,9 +78,11 @@ class Http1Handler:
     WRITE_IDLE_TIMEOUT = 300.0
 
     def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
-                 waypoint: tuple[str, str], *, http2_upstreams: Http2Upstreams | None = None):
+                 waypoint: tuple[str, str], *, http2_upstreams: Http2Upstreams | None = None,
+                 endpoints: EndpointPicker | None = None):
         self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
         self.waypoint = waypoint                   # (namespace, name) of the Gateway
+        self.endpoints = endpoints or EndpointPicker()
         # backends declared to speak HTTP/2 (http2, grpc) are reached on these
         self.http2_upstreams = http2_upstreams or Http2Upstreams(tunnels)
 
@@ -175,7 +178,7 @@ class Http1Handler:
         me = tunnel.waypoint
         where = destination(self.tunnels, state, tunnel,
                             RequestView(request.method, path, query, host or "", seen, grpc=is_grpc(request.headers)),
-                            target, waypoint_namespace=self.waypoint[0])
+                            target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
         if isinstance(where, LocalReply):
             record.route = where.route
             return await self._local(conn, record, where.status, where.body, flag=where.flag, error=where.reason,
@@ -216,7 +219,8 @@ class Http1Handler:
                     up_reader, up_writer = await self.tunnels.open_upstream(chosen, me)
                 except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
                     # nothing of the request was taken: it may go to another endpoint
-                    if (again := await retry_destination(self.tunnels, where, retries, state, me, failure="connect-failure")):
+                    if again := await retry_destination(self.tunnels, where, retries, state, me,
+                                                        failure="connect-failure"):
                         where, retries = again, retries + 1
                         chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
                         client = upstreams.pop(key, None)
@@ -256,7 +260,8 @@ class Http1Handler:
                     continue
                 client = None
                 # a request with a body is not sent twice: its bytes are not kept
-                if body is None and (again := await retry_destination(self.tunnels, where, retries, state, me, failure="reset")):
+                if again := await retry_destination(self.tunnels, where, retries, state, me, failure="reset",
+                                                    replayable=body is None):
                     where, retries = again, retries + 1
                     chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
                     client = upstreams.pop(key, None)
@@ -267,8 +272,8 @@ class Http1Handler:
                 return await self._local(conn, record, 503,
                                          b"upstream connect error or disconnect/reset before headers",
                                          flag="URX" if retries else "UC", error=f"{type(exc).__name__}: {exc}")
-            if body is None and response.status >= 300 and (again := await retry_destination(
-                    self.tunnels, where, retries, state, me, status=response.status, before=client.abandon)):
+            if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
+                                                replayable=body is None, before=client.abandon):
                 # an answer the policy retries: given up (its connection closed), asked again
                 where, retries, client = again, retries + 1, None
                 chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)

@@ -33,6 +33,7 @@ from meshcore.policy.paths import request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.state.model import Workload
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
+from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.destination import Destination, destination, retry_destination
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
@@ -58,9 +59,10 @@ class Http2Handler:
 
     def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
                  waypoint: tuple[str, str], *, http2_upstreams: Http2Upstreams | None = None,
-                 http1_upstreams: Http1Upstreams | None = None):
+                 http1_upstreams: Http1Upstreams | None = None, endpoints: EndpointPicker | None = None):
         self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
         self.waypoint = waypoint                   # (namespace, name) of the Gateway
+        self.endpoints = endpoints or EndpointPicker()
         self.upstreams = http2_upstreams or Http2Upstreams(tunnels)
         # backends declared to speak HTTP/1.1 (appProtocol http) are reached on these
         self.http1_upstreams = http1_upstreams or Http1Upstreams(
@@ -144,7 +146,7 @@ class Http2Handler:
         where = destination(self.tunnels, state, tunnel,
                             RequestView(exchange.method, path, query, authority, seen, grpc=grpc,
                                         scheme=exchange.scheme or "http"),
-                            target, waypoint_namespace=self.waypoint[0])
+                            target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
         if isinstance(where, LocalReply):
             record.route = where.route
             outcome.flag, outcome.error, outcome.status = where.flag, where.reason, where.status
@@ -219,14 +221,14 @@ class Http2Handler:
                         # a request without a body can go again (REFUSED_STREAM: the backend
                         # did nothing with it, RFC 9113 8.7)
                         refused = exc.remote and exc.error_code == ErrorCode.REFUSED_STREAM
-                        if not no_body or not (again := await retry_destination(
-                                self.tunnels, where, retries, state, me,
+                        if not (again := await retry_destination(
+                                self.tunnels, where, retries, state, me, replayable=no_body,
                                 failure="refused-stream" if refused else "reset")):
                             raise
                     else:
                         code = grpc_status(text_fields(response.headers)) if up.body_ended else ""
-                        if not no_body or response.status < 300 and not code or not (again := await retry_destination(
-                                self.tunnels, where, retries, state, me, status=response.status,
+                        if not (again := await retry_destination(
+                                self.tunnels, where, retries, state, me, status=response.status, replayable=no_body,
                                 grpc_status=int(code) if code.isdigit() else None)):
                             break
                     up.close()                     # the attempt given up: reset if unfinished
@@ -279,8 +281,8 @@ class Http2Handler:
                 async with asyncio.timeout_at(deadline):
                     response = await client.request(exchange.method, target, sent, body,
                                                     trailers=lambda: text_fields(exchange.trailers or ()))
-                if body is None and response.status >= 300 and (again := await retry_destination(
-                        self.tunnels, where, retries, state, me, status=response.status, before=client.abandon)):
+                if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
+                                                    replayable=body is None, before=client.abandon):
                     pool.discard(client)
                     where, retries = again, retries + 1
                     continue
@@ -300,8 +302,8 @@ class Http2Handler:
                 if not stale_retried and reused and client.nothing_received and body is None:
                     stale_retried = True
                     continue                       # a kept-alive connection the backend had given up on
-                if body is None and (again := await retry_destination(self.tunnels, where, retries, state, me,
-                                                                      failure="reset")):
+                if again := await retry_destination(self.tunnels, where, retries, state, me, failure="reset",
+                                                    replayable=body is None):
                     where, retries = again, retries + 1
                     continue
                 if isinstance(exc, HttpError) and exc.status == 504:

@@ -40,6 +40,7 @@ from meshcore.waypoint.http import Http1Handler
 from meshcore.waypoint.http2 import Http2Handler
 from meshcore.waypoint.telemetry import RequestMetrics
 from meshcore.waypoint.tunnels import WaypointTunnels
+from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.upstreams import Http2Upstreams
 
 log = logging.getLogger("meshcore.waypoint")
@@ -103,10 +104,12 @@ class WaypointProxy(ProxyProcess):
                                        name=(options.namespace, options.name))
         # one HTTP/2 connection per endpoint, whichever version the clients speak
         http2_upstreams = Http2Upstreams(self.tunnels)
+        # one balancing state per backend (load balancer, outlier ejection), whichever HTTP the clients speak
+        endpoints = EndpointPicker()
         self.tunnels.http1 = Http1Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name),
-                                          http2_upstreams=http2_upstreams)
+                                          http2_upstreams=http2_upstreams, endpoints=endpoints)
         self.tunnels.http2 = Http2Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name),
-                                          http2_upstreams=http2_upstreams)
+                                          http2_upstreams=http2_upstreams, endpoints=endpoints)
         self.endpoints: list[HttpEndpoints] = []
         self.loaded_at = 0.0
         self.stopped = asyncio.Event()

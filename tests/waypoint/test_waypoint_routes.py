@@ -20,13 +20,25 @@ ROUTES = """\
 ---
 workloads:
 - {{uid: c/web2, name: web2, namespace: shop, serviceAccount: web2, workloadIps: ["{web2}"], protocol: HBONE,
-   node: node-b, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}}}}}}
+   node: node-b, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/web-v3.shop.svc.cluster.local": {{80: 8080}}}}}}
 # an endpoint whose node is gone: dialing it fails at once (nothing listens there)
 - {{uid: c/ghost, name: ghost, namespace: shop, serviceAccount: web2, workloadIps: ["{ghost}"], protocol: HBONE,
-   node: node-c, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}}}}}}
+   node: node-c, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/web-v3.shop.svc.cluster.local": {{80: 8080}}}}}}
 services:
 - {{name: web-v2, namespace: shop, hostname: web-v2.shop.svc.cluster.local, vips: ["/{vip2}"], ports: {{80: 8080}},
    appProtocols: {{80: http}}}}
+- {{name: web-v3, namespace: shop, hostname: web-v3.shop.svc.cluster.local, vips: ["/{vip3}"], ports: {{80: 8080}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web-v3, namespace: shop}}
+spec:
+  host: web-v3.shop.svc.cluster.local
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -45,6 +57,9 @@ spec:
                                                          statusCode: 301}}}}]
   - matches: [{{path: {{value: /web}}}}, {{headers: [{{name: x-canary, value: "yes"}}]}}]
     backendRefs: [{{name: web, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /v3}}}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}]
+    backendRefs: [{{name: web-v3, port: 80}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -75,7 +90,8 @@ def mesh(tmp_path_factory):
     m = WaypointMesh(tmp_path_factory.mktemp("waypoint-routes"))
     octet = m.web.split(".")[1]
     m.web2, m.vip2 = f"127.{octet}.2.2", f"127.{octet}.10.2"
-    m.config.write_text(m.config.read_text() + ROUTES.format(web2=m.web2, vip2=m.vip2, ghost=f"127.{octet}.2.9"))
+    m.config.write_text(m.config.read_text() + ROUTES.format(web2=m.web2, vip2=m.vip2, vip3=f"127.{octet}.10.3",
+                                                             ghost=f"127.{octet}.2.9"))
     try:
         m._spawn("web2", ["-m", "meshcore.localworkload", "--name", "web2", "--http", f"{m.web2}:8080"])
         m.start()
@@ -193,3 +209,15 @@ def test_a_failed_connection_is_retried_on_another_endpoint(mesh):
     retried = [line for line in mesh.log("waypoint").splitlines() if "/v2/retry" in line and "attempts=2" in line]
     # whichever requests met the unreachable endpoint first went on in their second attempt
     assert retried and all("dst.workload=\"web2\"" in line for line in retried), retried
+
+
+@pytest.mark.needs_tool("curl")
+def test_an_endpoint_that_failed_is_ejected_by_the_destination_rules_outlier_detection(mesh):
+    curl(mesh, f"http://{mesh.vip}/v3/eject")        # round robin: one of two requests meets the ghost
+    curl(mesh, f"http://{mesh.vip}/v3/eject")
+    # consecutive5xxErrors: 1 ejected it for 60 s: no request tries it again
+    for i in range(6):
+        status, _, body = curl(mesh, f"http://{mesh.vip}/v3/after{i}")
+        assert status == 200 and body.startswith("hello from web2"), (status, body)
+    lines = [line for line in mesh.log("waypoint").splitlines() if "/v3/after" in line]
+    assert len(lines) == 6 and not any("attempts=" in line for line in lines), lines

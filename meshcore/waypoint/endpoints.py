@@ -1,0 +1,123 @@
+"""Which endpoint of a backend service a request through the waypoint goes to when a
+DestinationRule speaks for the service: its subset's endpoints, its load balancer
+(ROUND_ROBIN, RANDOM, LEAST_REQUEST — Istio's default —, a consistent hash on a header,
+cookie, query parameter or the source address) and its outlier detection (endpoints
+ejected after consecutive errors, back after their ejection time, Envoy's panic when
+too few are left). Without a DestinationRule the node's routing picks (round robin).
+
+State is kept per destination (service, subset, port) while the policy for it stays
+the same; a new policy (a configuration change) starts it afresh.
+
+    picker.choose(state, me, service, port, subset, rule, request=, source_ip=, avoid=)
+    picker.finished(route, destination, status=, failure=)   # each attempt chosen ends
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+from meshcore.node.routing import REFUSE, Route, endpoint_route, service_endpoints
+from meshcore.traffic.destinationrule import cluster_policy, subset_endpoints
+from meshcore.traffic.istio_model import ClusterPolicy, RequestAttributes, SimpleLB
+from meshcore.traffic.loadbalancer import LeastRequest, RandomChoice, RingHash, RoundRobin, consistent_hash_key, \
+    hash_value
+from meshcore.traffic.outlier import OutlierDetector, panic_set, panic_threshold
+
+MAX_DESTINATIONS = 4096          # destinations whose balancing state is kept, at most
+
+
+@dataclass(slots=True)
+class _Balancing:
+    policy: ClusterPolicy
+    round_robin: RoundRobin = field(default_factory=RoundRobin)
+    detector: OutlierDetector | None = None
+    members: tuple = ()                       # endpoint uids the detector and ring were built for
+    ring: RingHash | None = None
+    active: dict = field(default_factory=dict)   # endpoint uid -> requests in flight
+
+
+class EndpointPicker:
+    def __init__(self, *, rand=random.random, clock=time.monotonic):
+        self.rand, self.clock = rand, clock
+        self._balancing: dict[tuple, _Balancing] = {}
+
+    def choose(self, state, me, service, port: int, subset: str, rule, *, request: RequestAttributes | None = None,
+               source_ip: str | None = None, avoid: str | None = None) -> Route:
+        """The route to the endpoint chosen; a REFUSE route (with why) when none can be.
+        `avoid`: an endpoint uid a retry should not go back to, if another is left."""
+        candidates = subset_endpoints(rule, subset, service_endpoints(state, service, port))
+        if candidates is None:
+            return Route(REFUSE, service=service, reason=f"no subset {subset!r} of {service.key} (no cluster)")
+        if not candidates:
+            return Route(REFUSE, service=service, reason=f"service {service.key}{' subset ' + subset if subset else ''}"
+                                                         f" has no healthy endpoint for port {port}")
+        policy = cluster_policy(rule, subset, port)
+        b = self._state((service.key, subset, port), policy, candidates)
+        chosen = self._pick(b, policy, candidates, request, source_ip, avoid)
+        b.active[chosen.uid] = b.active.get(chosen.uid, 0) + 1
+        return endpoint_route(state, me, service, port, chosen)
+
+    def _state(self, key: tuple, policy: ClusterPolicy, candidates: list) -> _Balancing:
+        b = self._balancing.get(key)
+        if b is None or b.policy != policy:
+            if len(self._balancing) >= MAX_DESTINATIONS:
+                self._balancing.clear()
+            b = self._balancing[key] = _Balancing(policy)
+            if policy.outlier_detection is not None:
+                b.detector = OutlierDetector(policy.outlier_detection)
+        members = tuple(w.uid for w in candidates)
+        if members != b.members:
+            b.members, b.ring = members, None
+            if b.detector is not None:
+                b.detector.update_endpoints(members)
+        return b
+
+    def _pick(self, b: _Balancing, policy: ClusterPolicy, candidates: list, request, source_ip, avoid):
+        usable = candidates
+        if b.detector is not None:
+            b.detector.sweep(self.clock())
+            ejected = b.detector.ejected()
+            usable, _ = panic_set(candidates, [w for w in candidates if w.uid in ejected],
+                                  panic_threshold(policy.outlier_detection))
+            if not usable:
+                usable = candidates          # nothing left and no panic: the caller's answer is 503
+        if avoid is not None and len(usable) > 1:
+            usable = [w for w in usable if w.uid != avoid] or usable
+        lb = policy.load_balancer
+        if lb is not None and lb.consistent_hash is not None:
+            key = consistent_hash_key(lb.consistent_hash, request, source_ip) if request is not None else None
+            if key is not None:
+                if b.ring is None or usable is not candidates:
+                    ring = RingHash(usable, key=lambda w: w.uid)
+                    if usable is candidates:
+                        b.ring = ring
+                else:
+                    ring = b.ring
+                return ring.choose(hash_value(key))
+            return RandomChoice(self.rand).choose(usable)
+        algorithm = lb.algorithm if lb is not None else SimpleLB.LEAST_REQUEST
+        if algorithm is SimpleLB.ROUND_ROBIN:
+            return b.round_robin.choose(usable)
+        if algorithm is SimpleLB.RANDOM:
+            return RandomChoice(self.rand).choose(usable)
+        return LeastRequest(self.rand).choose(usable, lambda w: b.active.get(w.uid, 0))
+
+    # -- attempts ----------------------------------------------------------------------
+    def finished(self, route: Route, destination: tuple, *, status: int | None = None,
+                 failure: str | None = None) -> None:
+        """The attempt to `route` (chosen for `destination`: service key, subset, port)
+        ended with the answer's `status`, or a `failure` without one (connect-failure,
+        reset, refused-stream, timeout): no longer in flight, and counted for outlier
+        detection."""
+        b = self._balancing.get(destination)
+        if b is None or route.workload is None:
+            return
+        uid = route.workload.uid
+        n = b.active.get(uid, 0)
+        if n > 1:
+            b.active[uid] = n - 1
+        else:
+            b.active.pop(uid, None)
+        if b.detector is not None and (status is not None or failure is not None):
+            b.detector.record(uid, self.clock(), status=status, failure=failure)
