@@ -407,15 +407,23 @@ def _check_field(s: str, what: str) -> bytes:
     return s.encode("latin-1")
 
 
-def _head(start: str, headers: Iterable[tuple[str, str]]) -> bytearray:
-    out = bytearray(_check_field(start, "start line"))
-    out += b"\r\n"
+def _head(start: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    if not isinstance(headers, list):
+        headers = list(headers)
+    lines = [start]
     for name, value in headers:
         if not name or ":" in name or " " in name:
             raise UsageError(f"header name {name!r} is not a token")
-        out += _check_field(name, "header name") + b": " + _check_field(value, "header value") + b"\r\n"
-    out += b"\r\n"
-    return out
+        lines.append(f"{name}: {value}")
+    text = "\r\n".join(lines) + "\r\n\r\n"
+    # one look at the whole head: only the line ends meshcore wrote may be CR or LF
+    ends = len(lines) + 1
+    if text.count("\r") != ends or text.count("\n") != ends or "\0" in text:
+        _check_field(start, "start line")
+        for name, value in headers:
+            _check_field(name, "header name")
+            _check_field(value, "header value")
+    return text.encode("latin-1")
 
 
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})

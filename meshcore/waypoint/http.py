@@ -232,8 +232,11 @@ class Http1Handler:
             inflight[0] = client
             body = _Counted(request.body(), on_error=client.close) if has_body else None
             try:
-                async with asyncio.timeout_at(deadline):
+                if deadline is None:
                     response = await self._exchange(conn, client, request, target, sent, body)
+                else:
+                    async with asyncio.timeout_at(deadline):
+                        response = await self._exchange(conn, client, request, target, sent, body)
             except TimeoutError:
                 # the route's timeout: the upstream request is given up (its connection closed)
                 await client.abandon()
