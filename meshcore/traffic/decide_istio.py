@@ -150,7 +150,7 @@ def forward(view, selected: SelectedRoute, name: str, chosen: RouteDestination, 
         authority=rewritten_authority(route, chosen, request.authority),
         request_headers=route_header_edits(route_ops.request, dest_ops.request, weighted=weighted),
         response_headers=route_header_edits(route_ops.response, dest_ops.response, weighted=weighted),
-        timeout=route.timeout or None,            # 0s, like no timeout, is Envoy's "none"
+        timeout=route.timeout,                    # None: Istio's default, no timeout
         retry=retry_policy(route.retries, consistent_hash=not weighted and hashes_consistently(
             view, backend, dest.subset, dest.port, waypoint_namespace)),
         subset=dest.subset,
