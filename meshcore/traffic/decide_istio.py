@@ -91,13 +91,16 @@ def route_decision(view, selected: SelectedRoute, port: int, request: RequestVie
     delay = fault.delay or 0.0
     if fault.aborts:
         return fault_abort(name, fault.http_status, fault.grpc_status, delay)
+    # Envoy's router finalizes a redirect's or direct response's headers with the route's
+    response_edits = header_edits(route.headers.response) if route.headers else HeaderEdits()
     if route.redirect is not None:
         location = redirect_location(route.redirect, selected.match, request, port)
-        return LocalReply(route.redirect.code, name, headers=(("location", location),),
+        return LocalReply(route.redirect.code, name, headers=tuple(response_edits.apply([("location", location)])),
                           reason=f"redirected to {location}", delay=delay)
     if route.direct_response is not None:
         answer = route.direct_response
-        return LocalReply(answer.status, name, body=answer.body or b"", reason="direct response", delay=delay)
+        return LocalReply(answer.status, name, headers=tuple(response_edits.apply([])), body=answer.body or b"",
+                          reason="direct response", delay=delay)
     chosen = choose_destination(route, randoms.destination)
     return forward(view, selected, name, chosen, port, request, delay, waypoint_namespace=waypoint_namespace)
 

@@ -246,6 +246,14 @@ def test_direct_responses(answer, status, body):
     assert isinstance(got, LocalReply) and (got.status, got.body, got.route) == (status, body, "shop.r.dr")
 
 
+def test_a_redirect_or_direct_response_carries_the_routes_response_headers():
+    headers = "  headers: {response: {set: {x-why: moved}, add: {x-via: mesh}}}\n"
+    got = decide_on("- redirect: {uri: /new}\n" + headers)
+    assert got.headers == (("location", "http://echo.shop/new"), ("x-why", "moved"), ("x-via", "mesh"))
+    got = decide_on("- directResponse: {status: 200}\n" + headers)
+    assert got.headers == (("x-why", "moved"), ("x-via", "mesh"))
+
+
 # -- rewrites -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("match, rewrite, path, target", [
