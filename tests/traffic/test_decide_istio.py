@@ -8,9 +8,8 @@ import textwrap
 import pytest
 
 from meshcore.sources.config import load
-from meshcore.traffic.decide import Forward, LocalReply, RequestView
+from meshcore.traffic.decide import Forward, HeaderEdits, LocalReply, RequestView
 from meshcore.traffic.decide_istio import VirtualServiceRandoms, decide_virtual_service, then
-from meshcore.traffic.decide import HeaderEdits
 from meshcore.traffic.retry import DEFAULT_RETRY_POLICY
 
 SERVICES = """\
