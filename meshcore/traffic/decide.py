@@ -65,13 +65,18 @@ NO_EDITS = HeaderEdits()
 
 @dataclass(frozen=True, slots=True)
 class LocalReply:
-    """An answer of the waypoint's own. `flag` is Envoy's response flag (NR: no route)."""
+    """An answer of the waypoint's own. `flag` is Envoy's response flag (NR: no route).
+    `grpc_status`: the status a gRPC request is answered with (Trailers-Only, HTTP 200)
+    in place of the one mapped from `status` (an injected gRPC abort); `delay`: seconds
+    to wait before answering (an injected delay before an injected abort)."""
     status: int
     route: str
     headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     flag: str = "-"
     reason: str = ""
+    grpc_status: int | None = None
+    delay: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
