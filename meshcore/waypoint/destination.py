@@ -18,6 +18,7 @@ from meshcore.node.routing import HBONE, Route
 from meshcore.state.model import Service
 from meshcore.traffic.istio_model import RequestAttributes
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView, decide
+from meshcore.traffic.decide_istio import VirtualServiceRandoms, decide_virtual_service
 from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_delay, should_retry
 from meshcore.waypoint.endpoints import EndpointPicker
 
@@ -58,6 +59,7 @@ class Destination:
     retry: RetryPolicy | None = DEFAULT_RETRY_POLICY
     address: tuple[str, int] = ("", 0)  # the backend's address:port the endpoint was chosen for
     balanced: Balanced | None = None    # set when a DestinationRule chooses the endpoint
+    delay: float = 0.0                  # an injected fault's delay before the request goes on
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when
@@ -81,8 +83,16 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
     """The decision for a request whose policies allowed it; `target` is its normalized
     request-target (what goes upstream when no route rewrites it)."""
     req, me, service = tunnel.request, tunnel.waypoint, tunnel.service
-    decided = decide(state, service, req.port, request, random.random(),
-                     waypoint_namespace=waypoint_namespace) if service is not None else None
+    decided = None
+    if service is not None:
+        # Gateway API routes bound to the service first; VirtualServices when none is
+        # (Istio leaves a service bound by both undefined)
+        decided = decide(state, service, req.port, request, random.random(), waypoint_namespace=waypoint_namespace)
+        if decided is None:
+            decided = decide_virtual_service(
+                state, service, req.port, request, VirtualServiceRandoms(random.random(), random.random(),
+                                                                         random.random()),
+                waypoint_namespace=waypoint_namespace)
     if isinstance(decided, LocalReply):
         return decided
     if decided is None or (decided.service_key == service.key and decided.port == req.port and not decided.subset):
@@ -114,7 +124,7 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
         return Destination(chosen, target, request.authority, app_protocol, address=address, balanced=balanced)
     return Destination(chosen, decided.target, decided.authority, app_protocol, decided.route,
                        decided.request_headers, decided.response_headers, decided.timeout, decided.retry, address,
-                       balanced)
+                       balanced, decided.delay)
 
 
 def _with_query(path: str, query: str) -> str:

@@ -181,8 +181,12 @@ class Http1Handler:
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
         if isinstance(where, LocalReply):
             record.route = where.route
+            if where.delay:
+                await asyncio.sleep(where.delay)           # an injected delay before an injected abort
             return await self._local(conn, record, where.status, where.body, flag=where.flag, error=where.reason,
                                      headers=[*where.headers, ("content-type", "text/plain")])
+        if where.delay:
+            await asyncio.sleep(where.delay)               # an injected delay
         chosen, target, record.route = where.chosen, where.target, where.route
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
         upgrade = upgrade_allowed(request.upgrade)

@@ -150,15 +150,21 @@ class Http2Handler:
         if isinstance(where, LocalReply):
             record.route = where.route
             outcome.flag, outcome.error, outcome.status = where.flag, where.reason, where.status
-            if grpc and where.status >= 400:
-                # a gRPC client reads its call's status, not the HTTP one: Envoy's mapping
-                code = _GRPC_STATUS_OF_HTTP.get(where.status, "2")
+            if where.delay:
+                await asyncio.sleep(where.delay)           # an injected delay before an injected abort
+            if grpc and (where.grpc_status is not None or where.status >= 400):
+                # a gRPC client reads its call's status, not the HTTP one: an injected
+                # one, else Envoy's mapping of the HTTP status
+                code = str(where.grpc_status) if where.grpc_status is not None else \
+                    _GRPC_STATUS_OF_HTTP.get(where.status, "2")
                 record.grpc_status = code
                 await _respond(exchange, 200, [("content-type", "application/grpc"), ("grpc-status", code),
                                                ("grpc-message", where.reason)], b"", trailers_only=True)
             else:
                 await _respond(exchange, where.status, [*where.headers, ("content-type", "text/plain")], where.body)
             return
+        if where.delay:
+            await asyncio.sleep(where.delay)               # an injected delay
         target, authority, record.route = where.target, where.authority, where.route
         record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)

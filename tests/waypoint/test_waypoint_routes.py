@@ -20,8 +20,9 @@ ROUTES = """\
 ---
 workloads:
 - {{uid: c/web2, name: web2, namespace: shop, serviceAccount: web2, workloadIps: ["{web2}"], protocol: HBONE,
-   node: node-b, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}},
-                             "shop/web-v3.shop.svc.cluster.local": {{80: 8080}}}}}}
+   node: node-b, labels: {{version: v2}}, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/web-v3.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/web-vs.shop.svc.cluster.local": {{80: 8080}}}}}}
 # an endpoint whose node is gone: dialing it fails at once (nothing listens there)
 - {{uid: c/ghost, name: ghost, namespace: shop, serviceAccount: web2, workloadIps: ["{ghost}"], protocol: HBONE,
    node: node-c, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}},
@@ -30,6 +31,37 @@ services:
 - {{name: web-v2, namespace: shop, hostname: web-v2.shop.svc.cluster.local, vips: ["/{vip2}"], ports: {{80: 8080}},
    appProtocols: {{80: http}}}}
 - {{name: web-v3, namespace: shop, hostname: web-v3.shop.svc.cluster.local, vips: ["/{vip3}"], ports: {{80: 8080}}}}
+- {{name: web-vs, namespace: shop, hostname: web-vs.shop.svc.cluster.local, vips: ["/{vip4}"], ports: {{80: 8080}},
+   waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: web-vs, namespace: shop}}
+spec:
+  hosts: [web-vs]
+  http:
+  - match: [{{uri: {{prefix: /two/}}}}]
+    rewrite: {{uri: /}}
+    route: [{{destination: {{host: web-vs, subset: two}}}}]
+  - match: [{{uri: {{exact: /abort}}}}]
+    fault: {{abort: {{httpStatus: 418, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: web-vs}}}}]
+  - match: [{{uri: {{exact: /redirect}}}}]
+    redirect: {{uri: /new}}
+  - match: [{{uri: {{exact: /slow}}}}]
+    fault: {{delay: {{fixedDelay: 0.3s, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: web-vs}}}}]
+  - match: [{{uri: {{exact: /nowhere}}}}]
+    route: [{{destination: {{host: web-vs, subset: three}}}}]
+  - route: [{{destination: {{host: web-vs}}}}]
+    headers: {{response: {{set: {{x-vs: "yes"}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: web-vs, namespace: shop}}
+spec:
+  host: web-vs
+  subsets: [{{name: two, labels: {{version: v2}}}}]
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -91,6 +123,7 @@ def mesh(tmp_path_factory):
     octet = m.web.split(".")[1]
     m.web2, m.vip2 = f"127.{octet}.2.2", f"127.{octet}.10.2"
     m.config.write_text(m.config.read_text() + ROUTES.format(web2=m.web2, vip2=m.vip2, vip3=f"127.{octet}.10.3",
+                                                             vip4=f"127.{octet}.10.4", waypoint=m.waypoint,
                                                              ghost=f"127.{octet}.2.9"))
     try:
         m._spawn("web2", ["-m", "meshcore.localworkload", "--name", "web2", "--http", f"{m.web2}:8080"])
@@ -221,3 +254,22 @@ def test_an_endpoint_that_failed_is_ejected_by_the_destination_rules_outlier_det
         assert status == 200 and body.startswith("hello from web2"), (status, body)
     lines = [line for line in mesh.log("waypoint").splitlines() if "/v3/after" in line]
     assert len(lines) == 6 and not any("attempts=" in line for line in lines), lines
+
+
+@pytest.mark.needs_tool("curl")
+def test_a_virtual_service_routes_a_service_no_httproute_binds(mesh):
+    vs = f"127.{mesh.web.split('.')[1]}.10.4"
+    status, headers, body = curl(mesh, f"http://{vs}/two/items")
+    assert status == 200 and body.startswith("hello from web2: GET /items HTTP/1.1"), (status, body)
+    assert "x-vs" not in headers                      # the last route's header edit is not this one's
+    status, headers, body = curl(mesh, f"http://{vs}/plain")
+    assert status == 200 and headers["x-vs"] == "yes", headers
+    assert curl(mesh, f"http://{vs}/abort")[0] == 418
+    status, headers, _ = curl(mesh, "-H", "host: web-vs.shop", f"http://{vs}/redirect")
+    assert status == 301 and headers["location"] == "http://web-vs.shop/new", headers
+    # a subset the DestinationRule does not define: no cluster
+    assert curl(mesh, f"http://{vs}/nowhere")[0] == 503
+    started = time.monotonic()
+    assert curl(mesh, f"http://{vs}/slow")[0] == 200 and time.monotonic() - started >= 0.3
+    lines = [line for line in mesh.log("waypoint").splitlines() if 'http.path="/abort"' in line]
+    assert 'response_flags="FI"' in lines[0] and 'route="shop.web-vs.1"' in lines[0], lines
