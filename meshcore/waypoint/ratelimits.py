@@ -182,6 +182,7 @@ class RequestLimits:
         return _ViewLimits(view)
 
     def policies(self, view) -> tuple[RateLimitPolicy, ...]:
+        """Every rate limit in force under `view`, as check() reads them."""
         return self._for(view).policies
 
     # -- one request ---------------------------------------------------------------------
