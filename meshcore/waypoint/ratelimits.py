@@ -173,7 +173,9 @@ class RequestLimits:
 
     def _for(self, view) -> _ViewLimits:
         current = self._current
-        if current is not None and (view is current.view or current.same(view)):
+        if current is not None and current.same(view):
+            if view.generation > current.view.generation:
+                current.view = view               # a change of other kinds: the next call is an identity test
             return current
         if current is None or view.generation >= current.view.generation:
             self.adopt(view)                      # a change not heard of yet

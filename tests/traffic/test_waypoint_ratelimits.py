@@ -249,3 +249,14 @@ def test_route_names_map_to_the_route_and_its_rule_name():
     assert route_ref(view, "shop.r.1", True) == (("HTTPRoute", "shop", "r"), "")     # the GRPCRoute has one rule
     assert route_ref(view, "", False) == route_ref(view, "shop.r", False) == route_ref(view, "shop.r.x", False) \
         == (None, "")
+
+
+def test_a_change_of_another_kind_keeps_what_was_worked_out_and_the_tokens():
+    store = store_with(lrl("s", BY_SERVICE, tokens=1))
+    limits = RequestLimits()
+    limits.subscribe(store)
+    assert answers(limits, store.view, [(0, REVIEWS, 80, "", None, False)]) == ["ok"]
+    remembered = limits._current.remembered
+    store.apply("files", [Upsert(svc("details", "10.96.0.3"))])       # not a kind limits depend on
+    assert answers(limits, store.view, [(0, REVIEWS, 80, "", None, False)]) == [429]
+    assert limits._current.remembered is remembered and limits._current.view is store.view
