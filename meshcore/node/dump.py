@@ -309,4 +309,5 @@ def waypoint_rate_limits(state: MeshView, waypoint: tuple[str, str], served) -> 
     routes = {(str(r.kind), r.route.namespace, r.route.name) for r in state.routes
               if any(p.accepted and p.parent.is_service and (p.parent.namespace, p.parent.name) in services
                      for p in r.parents)}
-    return [rate_limit(p) for p in state.rate_limits if attached(p, waypoint=waypoint, services=services, routes=routes)]
+    return [rate_limit(p) for p in state.rate_limits
+            if attached(p, waypoint=waypoint, services=services, routes=routes)]
