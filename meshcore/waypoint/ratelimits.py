@@ -180,7 +180,7 @@ class RequestLimits:
         if current is None or view.generation >= current.view.generation:
             self.adopt(view)                      # a change not heard of yet
             return self._current
-        # a request still under a view older than the one in force (kept once, not remembered)
+        # a request still under a view older than the one in force: worked out for it alone
         return _ViewLimits(view)
 
     def policies(self, view) -> tuple[RateLimitPolicy, ...]:
