@@ -16,6 +16,8 @@ from meshcore.state.view import MeshView
 from meshcore.policy.model import Match, Policy, StringMatch, resolved_scope
 from meshcore.traffic import istio_model as istio
 from meshcore.traffic import model as gateway
+from meshcore.traffic.ratelimit import attached
+from meshcore.traffic.ratelimit_config import HeaderToAdd, Origin, RateLimitPolicy
 
 _STRING_KIND = {"exact": "Exact", "prefix": "Prefix", "suffix": "Suffix", "presence": "Presence"}
 
@@ -267,3 +269,45 @@ def waypoint_traffic(state: MeshView, served, waypoint_namespace: str) -> dict:
     return {"routes": [route(r) for r in state.routes],
             "virtualServices": [{**virtual_service(vs), "services": hosts} for vs, hosts in virtual_services.values()],
             "destinationRules": [{**destination_rule(dr), "services": hosts} for dr, hosts in rules.items()]}
+
+
+def _header_to_add(h: HeaderToAdd) -> dict:
+    action = "ADD_IF_ABSENT" if h.if_absent else "OVERWRITE_IF_EXISTS_OR_ADD" if h.overwrite else \
+        "APPEND_IF_EXISTS_OR_ADD"
+    return {"header": {"key": h.name, "value": h.value}, "appendAction": action}
+
+
+def rate_limit(p: RateLimitPolicy) -> dict:
+    """A LocalRateLimit or the local_ratelimit filter of an EnvoyFilter, in the fields a
+    LocalRateLimit writes (an EnvoyFilter's others in their lowerCamelCase names)."""
+    out = {"kind": str(p.origin), "name": p.name, "namespace": p.namespace,
+           "targetRefs": [{"kind": str(t.kind), "name": t.name, **({"sectionName": t.section_name}
+                                                                    if t.section_name else {})} for t in p.targets],
+           "tokenBucket": {"maxTokens": p.bucket.max_tokens, "tokensPerFill": p.bucket.tokens_per_fill,
+                           "fillInterval": _duration(p.bucket.fill_interval)}}
+    if p.origin is Origin.LOCAL_RATE_LIMIT:
+        out["perSource"] = p.per_source
+    else:
+        out.update({"statPrefix": p.stat_prefix, "filterEnabled": p.enabled_percent,
+                    "filterEnforced": p.enforced_percent, "status": p.status,
+                    "enableXRatelimitHeaders": "DRAFT_VERSION_03" if p.x_ratelimit_headers else "OFF"})
+        if p.response_headers:
+            out["responseHeadersToAdd"] = [_header_to_add(h) for h in p.response_headers]
+        if p.request_headers_when_not_enforced:
+            out["requestHeadersToAddWhenNotEnforced"] = [_header_to_add(h) for h in p.request_headers_when_not_enforced]
+        if p.grpc_resource_exhausted:
+            out["rateLimitedAsResourceExhausted"] = True
+    if p.source:
+        out["source"] = p.source
+    return out
+
+
+def waypoint_rate_limits(state: MeshView, waypoint: tuple[str, str], served) -> list[dict]:
+    """The rate limits that can apply to requests through `waypoint` (namespace, name):
+    those targeting it or every waypoint, a service it serves, or a route attached to one."""
+    services = {(s.namespace, s.name) for s in served}
+    routes = {(str(r.kind), r.route.namespace, r.route.name) for r in state.routes
+              if any(p.accepted and p.parent.is_service and (p.parent.namespace, p.parent.name) in services
+                     for p in r.parents)}
+    return [rate_limit(p) for p in state.rate_limits
+            if attached(p, waypoint=waypoint, services=services, routes=routes)]

@@ -10,6 +10,9 @@ A file holds YAML documents of two shapes, told apart by `kind`:
 - Istio's traffic resources for the waypoint (traffic/virtualservice.py,
   traffic/destinationrule.py): VirtualService and DestinationRule, checked as istiod
   checks them;
+- local rate limits for the waypoint (traffic/ratelimit_config.py): meshcore's
+  LocalRateLimit, and the Istio EnvoyFilter that inserts Envoy's local_ratelimit filter
+  into a waypoint (any other EnvoyFilter is refused, field by field);
 - waypoints (waypoints.py): Gateway API Gateways of class istio-waypoint, and the
   Namespaces whose `istio.io/use-waypoint` labels enrol what is in them (services and
   workloads take the same labels in their `labels`).
@@ -40,6 +43,7 @@ from meshcore.policy.istio import ROOT_NAMESPACE, authorization_policy, workload
 from meshcore.policy.ztunnel import ztunnel_policy
 from meshcore.traffic.destinationrule import destination_rule
 from meshcore.traffic.gateway_api import grpc_route, http_route, reference_grant
+from meshcore.traffic.ratelimit_config import RATE_LIMIT_KINDS, Origin, rate_limit_policy
 from meshcore.traffic.virtualservice import virtual_service
 
 INLINE_VARIABLES = ("MESHCORE_LOCAL_XDS", "LOCAL_XDS")
@@ -246,6 +250,7 @@ class _Collected:
         self.workloads, self.services, self.policies, self.peer_auths = [], [], [], []
         # (HTTPRoute, GRPCRoute, ReferenceGrant, VirtualService or DestinationRule, source)
         self.traffic: list = []
+        self.rate_limits: list = []                    # RateLimitPolicy (each knows its file)
         self.waypoints: dict[str, tuple] = {}          # namespace/name -> (Waypoint, Where)
         self.namespaces: dict[str, tuple] = {}         # name -> (Namespace, Where)
 
@@ -275,6 +280,8 @@ class _Collected:
                     self.peer_auths.append(peer_authentication(doc))
                 elif kind in _TRAFFIC_KINDS:
                     self.traffic.append((_TRAFFIC_KINDS[kind](doc), source))
+                elif kind in RATE_LIMIT_KINDS:
+                    self.rate_limits.append(rate_limit_policy(doc, source))
                 elif kind == "Gateway":
                     named = (self.waypoints, W.gateway(doc), "waypoint")
                 elif kind == "Namespace":
@@ -286,8 +293,8 @@ class _Collected:
                 else:
                     raise F.fail("kind", f"{kind!r} is not a kind the node proxy reads "
                                          "(AuthorizationPolicy, PeerAuthentication, Gateway, Namespace, HTTPRoute, "
-                                         "GRPCRoute, ReferenceGrant, VirtualService, DestinationRule, or ztunnel's "
-                                         "local config without a kind)")
+                                         "GRPCRoute, ReferenceGrant, VirtualService, DestinationRule, "
+                                         "LocalRateLimit, EnvoyFilter, or ztunnel's local config without a kind)")
             except ConfigError as exc:
                 raise located(exc, source, index) from None
             if named is not None:
@@ -313,10 +320,14 @@ class _Collected:
         _refuse_duplicates([(p.key, "") for p in self.peer_auths], "PeerAuthentication")
         for kind in _TRAFFIC_KINDS:
             _refuse_duplicates([(r.key, source) for r, source in self.traffic if type(r).__name__ == kind], kind)
+        # a LocalRateLimit and an EnvoyFilter of one name are two resources
+        for origin in Origin:
+            _refuse_duplicates([(f"{p.namespace}/{p.name}", p.source) for p in self.rate_limits if p.origin is origin],
+                               str(origin))
         # after the duplicates: a label is resolved against the one resource of each name
         self.workloads, self.services = W.resolve(self.waypoints, self.namespaces, self.workloads, self.services)
         return [*(s for s, _ in self.services), *(w for w, _ in self.workloads), *self.policies, *self.peer_auths,
-                *(r for r, _ in self.traffic)]
+                *(r for r, _ in self.traffic), *self.rate_limits]
 
 
 _TRAFFIC_KINDS = {"HTTPRoute": http_route, "GRPCRoute": grpc_route, "ReferenceGrant": reference_grant,
@@ -335,7 +346,8 @@ def _refuse_duplicates(pairs: list, what: str) -> None:
 
 @dataclass(frozen=True)
 class ParsedConfig:
-    resources: list                   # Service, Workload, Policy, PeerAuthentication, traffic resources
+    resources: list                   # Service, Workload, Policy, PeerAuthentication, traffic resources,
+                                      # rate limits
     sources: tuple[str, ...]          # the files read ("<inline>" for the inline text)
     version: str                      # a digest of the text read
     # the Gateways of class istio-waypoint, by namespace/name: already resolved into the

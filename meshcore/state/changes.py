@@ -9,11 +9,13 @@ from meshcore.policy.model import Policy
 from meshcore.state.model import PeerAuthentication, Service, Workload
 from meshcore.traffic.istio_model import DestinationRule, VirtualService
 from meshcore.traffic.model import GRPCRoute, HTTPRoute, ReferenceGrant
+from meshcore.traffic.ratelimit_config import RateLimitPolicy
 
 
 class Kind(StrEnum):
     """The kinds of resource the store holds, each keyed by its own `key`: a workload by
-    uid, a service by namespace/hostname, anything else by namespace/name."""
+    uid, a service by namespace/hostname, a rate limit by origin/namespace/name (a
+    LocalRateLimit and an EnvoyFilter may share a name), anything else by namespace/name."""
     WORKLOAD = "workload"
     SERVICE = "service"
     AUTHORIZATION_POLICY = "authorization policy"
@@ -23,12 +25,13 @@ class Kind(StrEnum):
     REFERENCE_GRANT = "ReferenceGrant"
     VIRTUAL_SERVICE = "VirtualService"
     DESTINATION_RULE = "DestinationRule"
+    RATE_LIMIT = "rate limit"          # a LocalRateLimit or an EnvoyFilter: keyed origin/namespace/name
 
 
 KIND_OF_TYPE = {Workload: Kind.WORKLOAD, Service: Kind.SERVICE, Policy: Kind.AUTHORIZATION_POLICY,
                 PeerAuthentication: Kind.PEER_AUTHENTICATION, HTTPRoute: Kind.HTTP_ROUTE, GRPCRoute: Kind.GRPC_ROUTE,
                 ReferenceGrant: Kind.REFERENCE_GRANT, VirtualService: Kind.VIRTUAL_SERVICE,
-                DestinationRule: Kind.DESTINATION_RULE}
+                DestinationRule: Kind.DESTINATION_RULE, RateLimitPolicy: Kind.RATE_LIMIT}
 # the kinds whose change rebuilds the route tables (services: a route names them)
 ROUTING_KINDS = frozenset((Kind.HTTP_ROUTE, Kind.GRPC_ROUTE, Kind.REFERENCE_GRANT, Kind.SERVICE))
 # the kinds whose change rebuilds the VirtualService and DestinationRule index (services

@@ -45,7 +45,8 @@ log = logging.getLogger("meshcore.state")
 # the view's index of each kind kept by namespace/name alone
 _KEYED = {Kind.PEER_AUTHENTICATION: "peer_auth_by_key", Kind.HTTP_ROUTE: "http_route_by_key",
           Kind.GRPC_ROUTE: "grpc_route_by_key", Kind.REFERENCE_GRANT: "grant_by_key",
-          Kind.VIRTUAL_SERVICE: "virtual_service_by_key", Kind.DESTINATION_RULE: "destination_rule_by_key"}
+          Kind.VIRTUAL_SERVICE: "virtual_service_by_key", Kind.DESTINATION_RULE: "destination_rule_by_key",
+          Kind.RATE_LIMIT: "rate_limit_by_key"}
 
 # a change set at least this large is built on a worker thread by apply_async/replace_async
 THREAD_THRESHOLD = 256
@@ -224,7 +225,8 @@ class _Draft:
         else:
             names.pop((old.namespace, old.name), None)
 
-    # -- PeerAuthentication, routes, grants, VirtualServices, DestinationRules: one index each
+    # -- PeerAuthentication, routes, grants, VirtualServices, DestinationRules, rate limits:
+    # one index each
     def put_keyed(self, kind: Kind, resource) -> None:
         name = _KEYED[kind]
         if getattr(self.view, name).get(resource.key) == resource:

@@ -16,6 +16,7 @@ from meshcore.policy.istio import ROOT_NAMESPACE
 from meshcore.state.model import IpAddress, MtlsMode, PeerAuthentication, Service, Workload
 from meshcore.traffic.istio_index import EMPTY_ISTIO
 from meshcore.traffic.istio_model import DestinationRule, VirtualService
+from meshcore.traffic.ratelimit_config import RateLimitPolicy
 from meshcore.traffic.resolve import EMPTY_INDEX
 from meshcore.traffic.select import RouteTable
 
@@ -29,7 +30,7 @@ class MeshView:
                  "policy_by_key", "peer_auth_by_key", "by_address", "by_vip", "by_hostname", "by_identity",
                  "by_node", "endpoints", "staged", "peer_auths_by_namespace", "engine",
                  "by_service_name", "http_route_by_key", "grpc_route_by_key", "grant_by_key", "routing",
-                 "virtual_service_by_key", "destination_rule_by_key", "istio")
+                 "virtual_service_by_key", "destination_rule_by_key", "istio", "rate_limit_by_key")
 
     def __init__(self, *, root_namespace: str = ROOT_NAMESPACE, layer: str = "l4"):
         self.generation = 0
@@ -56,6 +57,9 @@ class MeshView:
         self.virtual_service_by_key: dict = {}              # namespace/name -> traffic.istio_model.VirtualService
         self.destination_rule_by_key: dict = {}             # namespace/name -> traffic.istio_model.DestinationRule
         self.istio = EMPTY_ISTIO                            # traffic.istio_index.IstioIndex: by namespace
+        # origin/namespace/name -> traffic.ratelimit_config.RateLimitPolicy; copied on write,
+        # so the same dictionary in two views means their rate limits are the same
+        self.rate_limit_by_key: dict = {}
 
     def copy(self) -> "MeshView":
         """A shallow copy for the store to build the next view on (it copies each index
@@ -101,6 +105,11 @@ class MeshView:
     def destination_rules(self) -> tuple[DestinationRule, ...]:
         """Every DestinationRule in force, by namespace/name."""
         return tuple(self.destination_rule_by_key[k] for k in sorted(self.destination_rule_by_key))
+
+    @property
+    def rate_limits(self) -> tuple[RateLimitPolicy, ...]:
+        """Every rate limit in force (LocalRateLimit and EnvoyFilter), by key."""
+        return tuple(self.rate_limit_by_key[k] for k in sorted(self.rate_limit_by_key))
 
     # -- lookups ------------------------------------------------------------------------
     def workload_at(self, network: str, ip: IpAddress) -> Workload | None:

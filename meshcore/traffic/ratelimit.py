@@ -31,7 +31,7 @@ What Envoy does, and so meshcore:
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 from meshcore.traffic.ratelimit_config import (HeaderToAdd, Origin, RateLimitPolicy, RateLimitTarget, TargetKind,
@@ -254,6 +254,26 @@ def limits_for_request(policies: Sequence[RateLimitPolicy], *, waypoint: tuple[s
             best = max(found, key=lambda t: (_SPECIFICITY[t.kind], bool(t.section_name)))
             out.append(AppliedLimit(p, best))
     return out
+
+
+def attached(policy: RateLimitPolicy, *, waypoint: tuple[str, str], services: Collection[tuple[str, str]] = (),
+             routes: Collection[tuple[str, str, str]] = ()) -> bool:
+    """Whether `policy` can limit requests through `waypoint` (namespace, name): it targets
+    that waypoint, every waypoint, one of the `services` (namespace, name) it serves, or
+    one of the `routes` (kind, namespace, name) attached to them (any rule of it)."""
+    ns = policy.namespace
+    for t in policy.targets:
+        if t.kind is TargetKind.GATEWAY_CLASS:
+            return True
+        if t.kind is TargetKind.GATEWAY:
+            if (ns, t.name) == waypoint:
+                return True
+        elif t.kind is TargetKind.SERVICE:
+            if (ns, t.name) in services:
+                return True
+        elif (t.kind.value, ns, t.name) in routes:
+            return True
+    return False
 
 
 # -- the answer to a refused request -------------------------------------------------------------

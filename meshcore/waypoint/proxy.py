@@ -38,6 +38,7 @@ from meshcore.state.store import MeshStore
 from meshcore.state.view import MeshView
 from meshcore.waypoint.http import Http1Handler
 from meshcore.waypoint.http2 import Http2Handler
+from meshcore.waypoint.ratelimits import RequestLimits
 from meshcore.waypoint.telemetry import RequestMetrics
 from meshcore.waypoint.tunnels import WaypointTunnels
 from meshcore.waypoint.endpoints import EndpointPicker
@@ -100,6 +101,9 @@ class WaypointProxy(ProxyProcess):
                                 self.pool)
         self.certificates = LocalCertificates(self.ctx, identities=self._identities)
         self.requests = RequestMetrics(self.metrics.registry)
+        # the local rate limits the request handlers check once a route is decided
+        self.rate_limits = RequestLimits()
+        self.rate_limits.subscribe(self.store)
         self.tunnels = WaypointTunnels(self.ctx, self.workload, listen=self.listen["inbound"],
                                        name=(options.namespace, options.name))
         # one HTTP/2 connection per endpoint, whichever version the clients speak
@@ -192,7 +196,7 @@ class WaypointProxy(ProxyProcess):
 
     # -- HTTP endpoints ------------------------------------------------------------------
     def _config_dump(self, method, query):
-        from meshcore.node.dump import policy, service, waypoint_traffic, workload
+        from meshcore.node.dump import policy, service, waypoint_rate_limits, waypoint_traffic, workload
         state, me = self.store.view, self.workload(self.store.view)
         from meshcore.waypoint.tunnels import uses_waypoint
         served = [s for s in state.services if me is not None and uses_waypoint(s.waypoint, me, state)]
@@ -202,5 +206,6 @@ class WaypointProxy(ProxyProcess):
                 "services": [service(s, state) for s in served],
                 "policies": [policy(p, state.root_namespace) for p in state.policies],
                 **waypoint_traffic(state, served, self.options.namespace),
+                "rateLimits": waypoint_rate_limits(state, (self.options.namespace, self.options.name), served),
                 "version": self.version, "configVersion": state.version}
         return 200, "application/json", json.dumps(dump, indent=2).encode()

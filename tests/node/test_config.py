@@ -482,3 +482,85 @@ def test_a_virtual_service_or_destination_rule_defined_twice_names_both_files(tm
 def test_the_unknown_kind_message_names_virtual_service_and_destination_rule(tmp_path):
     with pytest.raises(ConfigError, match="HTTPRoute, GRPCRoute, ReferenceGrant, VirtualService, DestinationRule"):
         load([_write(tmp_path, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e}\n")])
+
+
+# -- local rate limits: LocalRateLimit and the waypoint EnvoyFilter --------------------------
+
+LRL_DOC = """apiVersion: meshcore.dev/v1alpha1
+kind: LocalRateLimit
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: reviews}}]
+  tokenBucket: {{maxTokens: {tokens}, fillInterval: 1s}}
+"""
+EF_DOC = """apiVersion: networking.istio.io/v1alpha3
+kind: EnvoyFilter
+metadata: {{name: {name}, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  configPatches:
+  - applyTo: HTTP_FILTER
+    patch:
+      operation: INSERT_BEFORE
+      value:
+        name: envoy.filters.http.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: http_local_rate_limiter
+          token_bucket: {{max_tokens: {tokens}, fill_interval: 1s}}
+"""
+
+
+def test_local_rate_limits_and_envoy_filters_load_with_their_file(tmp_path):
+    path = _write(tmp_path, LRL_DOC.format(name="reviews", tokens=10) + "---\n" + EF_DOC.format(name="wp", tokens=5))
+    view = load([path])
+    assert [p.key for p in view.rate_limits] == ["EnvoyFilter/shop/wp", "LocalRateLimit/shop/reviews"]
+    ef, lrl = view.rate_limits
+    assert (lrl.bucket.max_tokens, ef.bucket.max_tokens) == (10, 5)
+    assert lrl.source == ef.source == path
+
+
+RATE_LIMIT_BAD = [
+    (LRL_DOC.format(name="r", tokens=0), "document 2, at spec.tokenBucket.maxTokens: "),
+    (LRL_DOC.format(name="r", tokens=1).replace("fillInterval: 1s", "fillInterval: 10ms"),
+     "document 2, at spec.tokenBucket.fillInterval: '10ms': the fill interval must be at least 50ms"),
+    (LRL_DOC.format(name="r", tokens=1).replace("kind: Service", "kind: Pod"),
+     "document 2, at spec.targetRefs[0].kind: 'Pod' cannot be a target here"),
+    (LRL_DOC.format(name="r", tokens=1).replace("apiVersion: meshcore.dev/v1alpha1", "apiVersion: meshcore.dev/v1"),
+     "document 2, at apiVersion: 'meshcore.dev/v1': a LocalRateLimit is meshcore.dev/v1alpha1"),
+    (EF_DOC.format(name="wp", tokens=1).replace("applyTo: HTTP_FILTER", "applyTo: CLUSTER"),
+     "document 2, at spec.configPatches[0].applyTo: 'CLUSTER': meshcore reads only an HTTP_FILTER patch"),
+    (EF_DOC.format(name="wp", tokens=1).replace("stat_prefix: http_local_rate_limiter",
+                                                     "stat_prefix: l\n          descriptors: [{}]"),
+     "document 2, at spec.configPatches[0].patch.value.typed_config.descriptors: descriptors match entries"),
+    (EF_DOC.format(name="wp", tokens=1).replace("kind: Gateway", "kind: Service"),
+     "document 2, at spec.targetRefs[0].kind: Service: istiod attaches an EnvoyFilter to a waypoint by its Gateway"),
+]
+
+
+@pytest.mark.parametrize("text, expected", RATE_LIMIT_BAD, ids=[b[1][12:60] for b in RATE_LIMIT_BAD])
+def test_rate_limits_are_refused_with_where_and_why(tmp_path, text, expected):
+    path = _write(tmp_path, "workloads: []\n---\n" + text)
+    with pytest.raises(ConfigError) as err:
+        load([path])
+    assert expected in str(err.value)
+    assert str(err.value).startswith(path)
+
+
+@pytest.mark.parametrize("doc, kind", [(LRL_DOC, "LocalRateLimit"), (EF_DOC, "EnvoyFilter")])
+def test_a_rate_limit_defined_twice_names_both_files(tmp_path, doc, kind):
+    a = _write(tmp_path, doc.format(name="r", tokens=1), "a.yaml")
+    b = _write(tmp_path, doc.format(name="r", tokens=2), "b.yaml")
+    with pytest.raises(ConfigError) as err:
+        load([a, b])
+    assert f"{kind} shop/r is defined twice" in str(err.value) and a in str(err.value) and b in str(err.value)
+
+
+def test_a_local_rate_limit_and_an_envoy_filter_of_one_name_are_two_resources(tmp_path):
+    view = load([_write(tmp_path, LRL_DOC.format(name="r", tokens=1) + "---\n" + EF_DOC.format(name="r", tokens=1))])
+    assert [p.key for p in view.rate_limits] == ["EnvoyFilter/shop/r", "LocalRateLimit/shop/r"]
+
+
+def test_the_unknown_kind_message_names_the_rate_limit_kinds(tmp_path):
+    with pytest.raises(ConfigError, match="DestinationRule, LocalRateLimit, EnvoyFilter, or ztunnel's"):
+        load([_write(tmp_path, "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: e}\n")])
