@@ -163,8 +163,8 @@ def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float) 
             authority = rewrite.hostname
     http = isinstance(rule, HTTPRouteRule)
     return Forward(name, backend.service_key, backend.ref.port or port, target, authority,
-                   request_headers=_merge(request_edits, _edits(backend_filters, FilterType.REQUEST_HEADER_MODIFIER)),
-                   response_headers=_merge(_edits(filters, FilterType.RESPONSE_HEADER_MODIFIER),
+                   request_headers=merge_edits(request_edits, _edits(backend_filters, FilterType.REQUEST_HEADER_MODIFIER)),
+                   response_headers=merge_edits(_edits(filters, FilterType.RESPONSE_HEADER_MODIFIER),
                                            _edits(backend_filters, FilterType.RESPONSE_HEADER_MODIFIER)),
                    timeout=rule.deadlines[0] if http else None,
                    retry=gateway_retry_policy(rule.retry if http else None))
@@ -177,7 +177,8 @@ def _edits(filters, kind: FilterType) -> HeaderEdits:
     return NO_EDITS
 
 
-def _merge(first: HeaderEdits, then: HeaderEdits) -> HeaderEdits:
+def merge_edits(first: HeaderEdits, then: HeaderEdits) -> HeaderEdits:
+    """`first`, then `then`."""
     if not then:
         return first
     if not first:

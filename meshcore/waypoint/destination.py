@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from meshcore.node.routing import HBONE, Route
 from meshcore.state.model import Service
 from meshcore.traffic.istio_model import RequestAttributes
-from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView, decide
+from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView, decide, merge_edits
 from meshcore.traffic.decide_istio import VirtualServiceRandoms, decide_virtual_service
 from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_delay, should_retry
 from meshcore.waypoint.endpoints import EndpointPicker
@@ -154,3 +154,10 @@ async def retry_destination(tunnels, where: Destination, retries: int, state, me
         await before()
     await asyncio.sleep(backoff_delay(retries + 1, random.random(), base=policy.backoff_base))
     return again
+
+
+def with_rate_headers(where: Destination, response: tuple[tuple[str, str], ...]) -> Destination:
+    """`where` with a rate limit's x-ratelimit-* headers added to the response it relays."""
+    if not response:
+        return where
+    return replace(where, response_headers=merge_edits(where.response_headers, HeaderEdits(add=response)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from meshcore.aio.request import send_request
 from meshcore.errors import ErrorCode, HttpError, MeshcoreError, StreamResetError
@@ -23,7 +24,8 @@ from meshcore.policy.paths import request_authority, request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.traffic.decide import LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
-from meshcore.waypoint.destination import Destination, destination, retry_destination
+from meshcore.waypoint.destination import Destination, destination, retry_destination, with_rate_headers
+from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
@@ -79,10 +81,11 @@ class Http1Handler:
 
     def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
                  waypoint: tuple[str, str], *, http2_upstreams: Http2Upstreams | None = None,
-                 endpoints: EndpointPicker | None = None):
+                 endpoints: EndpointPicker | None = None, rate_limits: RequestLimits | None = None):
         self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
         self.waypoint = waypoint                   # (namespace, name) of the Gateway
         self.endpoints = endpoints or EndpointPicker()
+        self.rate_limits = rate_limits
         # backends declared to speak HTTP/2 (http2, grpc) are reached on these
         self.http2_upstreams = http2_upstreams or Http2Upstreams(tunnels)
 
@@ -179,6 +182,13 @@ class Http1Handler:
         where = destination(self.tunnels, state, tunnel,
                             RequestView(request.method, path, query, host or "", seen, grpc=is_grpc(request.headers)),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
+        limit = self.rate_limits.check(state, waypoint=self.waypoint, service=service, port=req.port,
+                                       route=where.route, source=req.peer_identity, grpc=False,
+                                       now=time.monotonic()) if self.rate_limits is not None else NO_LIMIT
+        if isinstance(limit, Limited):
+            record.route = where.route
+            return await self._local(conn, record, limit.status, limit.body, flag=limit.flag, error=limit.reason,
+                                     headers=list(limit.headers))
         if isinstance(where, LocalReply):
             record.route = where.route
             if where.delay:
@@ -187,13 +197,14 @@ class Http1Handler:
                                      headers=[*where.headers, ("content-type", "text/plain")])
         if where.delay:
             await asyncio.sleep(where.delay)               # an injected delay
+        where = with_rate_headers(where, limit.response)
         chosen, target, record.route = where.chosen, where.target, where.route
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
         upgrade = upgrade_allowed(request.upgrade)
         headers, record.request_id = forwarded_headers(request.headers, upgrade=upgrade)
         # 100-continue is the waypoint's to answer (its first read of the body does): an
         # upstream told to expect would wait for a 100 that no one passes on
-        headers = where.request_headers.apply([(n, v) for n, v in headers if n != "expect"])
+        headers = limit.to_request(where.request_headers.apply([(n, v) for n, v in headers if n != "expect"]))
         host = where.authority
         if host != request.host:
             headers = [("host", host)] + [(n, v) for n, v in headers if n != "host"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.request import ClientExchange, ServerExchange, request_dispatcher, send_request
@@ -34,7 +35,8 @@ from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.state.model import Workload
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
-from meshcore.waypoint.destination import Destination, destination, retry_destination
+from meshcore.waypoint.destination import Destination, destination, retry_destination, with_rate_headers
+from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
@@ -59,10 +61,12 @@ class Http2Handler:
 
     def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
                  waypoint: tuple[str, str], *, http2_upstreams: Http2Upstreams | None = None,
-                 http1_upstreams: Http1Upstreams | None = None, endpoints: EndpointPicker | None = None):
+                 http1_upstreams: Http1Upstreams | None = None, endpoints: EndpointPicker | None = None,
+                 rate_limits: RequestLimits | None = None):
         self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
         self.waypoint = waypoint                   # (namespace, name) of the Gateway
         self.endpoints = endpoints or EndpointPicker()
+        self.rate_limits = rate_limits
         self.upstreams = http2_upstreams or Http2Upstreams(tunnels)
         # backends declared to speak HTTP/1.1 (appProtocol http) are reached on these
         self.http1_upstreams = http1_upstreams or Http1Upstreams(
@@ -147,6 +151,14 @@ class Http2Handler:
                             RequestView(exchange.method, path, query, authority, seen, grpc=grpc,
                                         scheme=exchange.scheme or "http"),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
+        limit = self.rate_limits.check(state, waypoint=self.waypoint, service=service, port=req.port,
+                                       route=where.route, source=req.peer_identity, grpc=grpc,
+                                       now=time.monotonic()) if self.rate_limits is not None else NO_LIMIT
+        if isinstance(limit, Limited):
+            record.route, record.grpc_status = where.route, limit.grpc_status
+            outcome.flag, outcome.error, outcome.status = limit.flag, limit.reason, limit.status
+            await _respond(exchange, limit.status, list(limit.headers), limit.body, trailers_only=limit.trailers_only)
+            return
         if isinstance(where, LocalReply):
             record.route = where.route
             outcome.flag, outcome.error, outcome.status = where.flag, where.reason, where.status
@@ -165,10 +177,11 @@ class Http2Handler:
             return
         if where.delay:
             await asyncio.sleep(where.delay)               # an injected delay
+        where = with_rate_headers(where, limit.response)
         target, authority, record.route = where.target, where.authority, where.route
         record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
-        forwarded = where.request_headers.apply(forwarded)
+        forwarded = limit.to_request(where.request_headers.apply(forwarded))
         if upstream_http(where.app_protocol, "2") == "1.1":
             await self._forward_http1(exchange, where, me, forwarded, record, outcome)
             return

@@ -111,9 +111,11 @@ class WaypointProxy(ProxyProcess):
         # one balancing state per backend (load balancer, outlier ejection), whichever HTTP the clients speak
         endpoints = EndpointPicker()
         self.tunnels.http1 = Http1Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name),
-                                          http2_upstreams=http2_upstreams, endpoints=endpoints)
+                                          http2_upstreams=http2_upstreams, endpoints=endpoints,
+                                          rate_limits=self.rate_limits)
         self.tunnels.http2 = Http2Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name),
-                                          http2_upstreams=http2_upstreams, endpoints=endpoints)
+                                          http2_upstreams=http2_upstreams, endpoints=endpoints,
+                                          rate_limits=self.rate_limits)
         self.endpoints: list[HttpEndpoints] = []
         self.loaded_at = 0.0
         self.stopped = asyncio.Event()

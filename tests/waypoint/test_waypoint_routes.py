@@ -22,7 +22,8 @@ workloads:
 - {{uid: c/web2, name: web2, namespace: shop, serviceAccount: web2, workloadIps: ["{web2}"], protocol: HBONE,
    node: node-b, labels: {{version: v2}}, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}},
                              "shop/web-v3.shop.svc.cluster.local": {{80: 8080}},
-                             "shop/web-vs.shop.svc.cluster.local": {{80: 8080}}}}}}
+                             "shop/web-vs.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/web-limited.shop.svc.cluster.local": {{80: 8080}}}}}}
 # an endpoint whose node is gone: dialing it fails at once (nothing listens there)
 - {{uid: c/ghost, name: ghost, namespace: shop, serviceAccount: web2, workloadIps: ["{ghost}"], protocol: HBONE,
    node: node-c, services: {{"shop/web-v2.shop.svc.cluster.local": {{80: 8080}},
@@ -33,6 +34,15 @@ services:
 - {{name: web-v3, namespace: shop, hostname: web-v3.shop.svc.cluster.local, vips: ["/{vip3}"], ports: {{80: 8080}}}}
 - {{name: web-vs, namespace: shop, hostname: web-vs.shop.svc.cluster.local, vips: ["/{vip4}"], ports: {{80: 8080}},
    waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
+- {{name: web-limited, namespace: shop, hostname: web-limited.shop.svc.cluster.local, vips: ["/{vip5}"],
+   ports: {{80: 8080}}, waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
+---
+apiVersion: meshcore.dev/v1alpha1
+kind: LocalRateLimit
+metadata: {{name: three-a-minute, namespace: shop}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: web-limited}}]
+  tokenBucket: {{maxTokens: 3, tokensPerFill: 3, fillInterval: 60s}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -123,7 +133,8 @@ def mesh(tmp_path_factory):
     octet = m.web.split(".")[1]
     m.web2, m.vip2 = f"127.{octet}.2.2", f"127.{octet}.10.2"
     m.config.write_text(m.config.read_text() + ROUTES.format(web2=m.web2, vip2=m.vip2, vip3=f"127.{octet}.10.3",
-                                                             vip4=f"127.{octet}.10.4", waypoint=m.waypoint,
+                                                             vip4=f"127.{octet}.10.4", vip5=f"127.{octet}.10.5",
+                                                             waypoint=m.waypoint,
                                                              ghost=f"127.{octet}.2.9"))
     try:
         m._spawn("web2", ["-m", "meshcore.localworkload", "--name", "web2", "--http", f"{m.web2}:8080"])
@@ -273,3 +284,14 @@ def test_a_virtual_service_routes_a_service_no_httproute_binds(mesh):
     assert curl(mesh, f"http://{vs}/slow")[0] == 200 and time.monotonic() - started >= 0.3
     lines = [line for line in mesh.log("waypoint").splitlines() if 'http.path="/abort"' in line]
     assert 'response_flags="FI"' in lines[0] and 'route="shop.web-vs.1"' in lines[0], lines
+
+
+@pytest.mark.needs_tool("curl")
+def test_a_local_rate_limit_answers_429_once_its_bucket_is_empty(mesh):
+    limited = f"127.{mesh.web.split('.')[1]}.10.5"
+    answers = [curl(mesh, f"http://{limited}/n{i}") for i in range(5)]
+    assert [a[0] for a in answers] == [200, 200, 200, 429, 429], [a[:2] for a in answers]
+    assert answers[0][1]["x-ratelimit-limit"] == "3" and answers[2][1]["x-ratelimit-remaining"] == "0"
+    assert answers[3][2] == "local_rate_limited" and int(answers[3][1]["x-ratelimit-reset"]) > 0
+    lines = [line for line in mesh.log("waypoint").splitlines() if 'http.path="/n4"' in line]
+    assert 'response_flags="RL"' in lines[0], lines
