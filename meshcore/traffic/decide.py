@@ -16,7 +16,7 @@ request is matched against the GRPCRoutes first, then the HTTPRoutes.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from meshcore.traffic.model import (FilterType, HeaderModifier, HTTPRouteRule, PathMatchType, PathModifier,
@@ -95,7 +95,7 @@ class Forward:
     retry: RetryPolicy | None = DEFAULT_RETRY_POLICY
     subset: str = ""                  # a DestinationRule subset of the backend ("": all its endpoints)
     delay: float = 0.0                # an injected fault's delay before the request goes on, seconds
-    hash_key: str | None = None       # what a consistent-hash load balancer hashes (None: not hashing)
+    mirrors: tuple[tuple[str, int], ...] = ()   # (service key, port) that get a copy of this request
 
 
 def gateway_retry_policy(retry: Retry | None) -> RetryPolicy | None:
@@ -112,9 +112,10 @@ def gateway_retry_policy(retry: Retry | None) -> RetryPolicy | None:
 
 
 def decide(view, service, port: int, request: RequestView, r: float, *,
-           waypoint_namespace: str | None = None) -> LocalReply | Forward | None:
+           waypoint_namespace: str | None = None, mirror_draws: Sequence[float] = ()) -> LocalReply | Forward | None:
     """The route decision for one request to `service`:`port` (`r` uniform in [0, 1):
-    the weighted backend choice)."""
+    the weighted backend choice; `mirror_draws`: one each for the rule's mirrors, in
+    order, whether it gets a copy; a mirror without a draw gets one)."""
     table = view.route_table(service.key, port, waypoint_namespace)
     if not table:
         return None
@@ -128,7 +129,7 @@ def decide(view, service, port: int, request: RequestView, r: float, *,
                             headers=request.headers)
     if entry is None:
         return LocalReply(404, "", body=NO_ROUTE_BODY, flag="NR", reason="no route matched the request")
-    return rule_decision(entry, port, request, r)
+    return rule_decision(entry, port, request, r, mirror_draws)
 
 
 def route_name(entry: RouteEntry) -> str:
@@ -136,7 +137,8 @@ def route_name(entry: RouteEntry) -> str:
     return f"{route.namespace}.{route.name}.{entry.rule.index}"
 
 
-def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float) -> LocalReply | Forward:
+def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float,
+                  mirror_draws: Sequence[float] = ()) -> LocalReply | Forward:
     """What the matched rule does with the request."""
     name = route_name(entry)
     rule = entry.rule.rule
@@ -167,7 +169,19 @@ def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float) 
                    response_headers=merge_edits(_edits(filters, FilterType.RESPONSE_HEADER_MODIFIER),
                                            _edits(backend_filters, FilterType.RESPONSE_HEADER_MODIFIER)),
                    timeout=rule.deadlines[0] if http else None,
-                   retry=gateway_retry_policy(rule.retry if http else None))
+                   retry=gateway_retry_policy(rule.retry if http else None),
+                   mirrors=mirror_targets(entry.rule.mirrors, port, mirror_draws))
+
+
+def mirror_targets(mirrors, port: int, draws: Sequence[float]) -> tuple[tuple[str, int], ...]:
+    """The (service key, port) of each RequestMirror that takes this request: in
+    proportion to its percent (`draws` in [0, 1), one per mirror)."""
+    out = []
+    for i, (mirror, service_key) in enumerate(mirrors):
+        draw = draws[i] if i < len(draws) else 0.0
+        if draw * 100.0 < mirror.percent:
+            out.append((service_key, mirror.backend.port or port))
+    return tuple(out)
 
 
 def _edits(filters, kind: FilterType) -> HeaderEdits:

@@ -33,7 +33,7 @@ from meshcore.traffic.istio_model import (
 )
 from meshcore.traffic.retry import retry_policy
 from meshcore.traffic.virtualservice_select import (
-    SelectedRoute, applies_to_port, choose_destination, fault_decision, select_http_route,
+    SelectedRoute, applies_to_port, choose_destination, fault_decision, mirrors_for, select_http_route,
 )
 
 NO_ROUTE_BODY = b""                         # Envoy's 404 for an unmatched route has no body
@@ -49,6 +49,7 @@ class VirtualServiceRandoms:
     destination: float
     delay: float
     abort: float
+    mirrors: tuple[float, ...] = ()   # one per mirror of the route, in order (missing: mirrored)
 
 
 def decide_virtual_service(view, service, port: int, request: RequestView, randoms: VirtualServiceRandoms, *,
@@ -102,7 +103,8 @@ def route_decision(view, selected: SelectedRoute, port: int, request: RequestVie
         return LocalReply(answer.status, name, headers=tuple(response_edits.apply([])), body=answer.body or b"",
                           reason="direct response", delay=delay)
     chosen = choose_destination(route, randoms.destination)
-    return forward(view, selected, name, chosen, port, request, delay, waypoint_namespace=waypoint_namespace)
+    return forward(view, selected, name, chosen, port, request, delay, waypoint_namespace=waypoint_namespace,
+                   mirror_draws=randoms.mirrors)
 
 
 def fault_abort(name: str, http_status: int | None, grpc_status: int | None, delay: float) -> LocalReply:
@@ -135,7 +137,7 @@ def no_cluster(name: str, why: str, delay: float) -> LocalReply:
 
 
 def forward(view, selected: SelectedRoute, name: str, chosen: RouteDestination, port: int, request: RequestView,
-            delay: float, *, waypoint_namespace: str) -> LocalReply | Forward:
+            delay: float, *, waypoint_namespace: str, mirror_draws: tuple = ()) -> LocalReply | Forward:
     route = selected.route
     dest = chosen.destination
     # a hostname several namespaces define: istiod prefers the proxy's (the waypoint's) namespace
@@ -158,7 +160,18 @@ def forward(view, selected: SelectedRoute, name: str, chosen: RouteDestination, 
             view, backend, dest.subset, dest.port, waypoint_namespace)),
         subset=dest.subset,
         delay=delay,
+        mirrors=tuple(target for m in mirrors_for(route, (*mirror_draws, *(0.0,) * len(route.mirrors)))
+                      if (target := mirror_target(view, m, port, waypoint_namespace)) is not None),
     )
+
+
+def mirror_target(view, mirror, port: int, waypoint_namespace: str) -> tuple[str, int] | None:
+    """(service key, port) of a mirror's destination; None when no such service exists
+    (Envoy sends a shadow to a cluster that does not exist nowhere)."""
+    service = view.service_by_hostname(mirror.destination.host, waypoint_namespace)
+    if service is None:
+        return None
+    return service.key, destination_port(mirror.destination.port, service, port)
 
 
 def hashes_consistently(view, backend, subset: str, port: int | None, waypoint_namespace: str) -> bool:

@@ -23,6 +23,7 @@ from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_de
 from meshcore.waypoint.endpoints import EndpointPicker
 
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
+MIRROR_DRAWS = 4                  # mirrors of one rule drawn for independently (any further one: always)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class Destination:
     address: tuple[str, int] = ("", 0)  # the backend's address:port the endpoint was chosen for
     balanced: Balanced | None = None    # set when a DestinationRule chooses the endpoint
     delay: float = 0.0                  # an injected fault's delay before the request goes on
+    mirrors: tuple[tuple[str, int], ...] = ()   # (service key, port) that get a copy of the request
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when
@@ -87,11 +89,13 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
     if service is not None:
         # Gateway API routes bound to the service first; VirtualServices when none is
         # (Istio leaves a service bound by both undefined)
-        decided = decide(state, service, req.port, request, random.random(), waypoint_namespace=waypoint_namespace)
+        draws = tuple(random.random() for _ in range(MIRROR_DRAWS))
+        decided = decide(state, service, req.port, request, random.random(), waypoint_namespace=waypoint_namespace,
+                         mirror_draws=draws)
         if decided is None:
             decided = decide_virtual_service(
-                state, service, req.port, request, VirtualServiceRandoms(random.random(), random.random(),
-                                                                         random.random()),
+                state, service, req.port, request,
+                VirtualServiceRandoms(random.random(), random.random(), random.random(), draws),
                 waypoint_namespace=waypoint_namespace)
     if isinstance(decided, LocalReply):
         return decided
@@ -124,7 +128,7 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
         return Destination(chosen, target, request.authority, app_protocol, address=address, balanced=balanced)
     return Destination(chosen, decided.target, decided.authority, app_protocol, decided.route,
                        decided.request_headers, decided.response_headers, decided.timeout, decided.retry, address,
-                       balanced, decided.delay)
+                       balanced, decided.delay, decided.mirrors)
 
 
 def _with_query(path: str, query: str) -> str:

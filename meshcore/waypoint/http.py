@@ -25,6 +25,7 @@ from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.traffic.decide import LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.destination import Destination, destination, retry_destination, with_rate_headers
+from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
@@ -81,11 +82,13 @@ class Http1Handler:
 
     def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
                  waypoint: tuple[str, str], *, http2_upstreams: Http2Upstreams | None = None,
-                 endpoints: EndpointPicker | None = None, rate_limits: RequestLimits | None = None):
+                 endpoints: EndpointPicker | None = None, rate_limits: RequestLimits | None = None,
+                 mirrors: Mirrors | None = None):
         self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
         self.waypoint = waypoint                   # (namespace, name) of the Gateway
         self.endpoints = endpoints or EndpointPicker()
         self.rate_limits = rate_limits
+        self.mirrors = mirrors
         # backends declared to speak HTTP/2 (http2, grpc) are reached on these
         self.http2_upstreams = http2_upstreams or Http2Upstreams(tunnels)
 
@@ -119,9 +122,12 @@ class Http1Handler:
         record = RequestRecord(tunnel.record, method=request.method, path=request.target,
                                authority=request.host or req.authority)
         inflight: list = [None]                    # the upstream client while one is in use, then the bodies
+        mirrored: list = []                        # copies of the request under way to its route's mirrors
         try:
-            return await self._forward(conn, request, tunnel, upstreams, record, inflight)
+            return await self._forward(conn, request, tunnel, upstreams, record, inflight, mirrored)
         except asyncio.CancelledError:
+            for copy in mirrored:
+                copy.cancel()
             # the tunnel was reset (or the waypoint stops) mid-request
             if inflight[0] is not None:
                 inflight[0].close()
@@ -134,6 +140,10 @@ class Http1Handler:
                 else:
                     self._report(record.finish(0, flag="DC", error="downstream reset before the response ended"))
             raise
+        finally:
+            if record.flag == "DC":                # the client left before its answer: so do the copies
+                for copy in mirrored:
+                    copy.cancel()
 
     async def _local(self, conn: Http1ServerConnection, record: RequestRecord, status: int, body: bytes, *,
                      flag: str = "-", error: str = "", headers=None) -> bool:
@@ -149,7 +159,7 @@ class Http1Handler:
         return not conn.closed
 
     async def _forward(self, conn: Http1ServerConnection, request, tunnel: Tunnel, upstreams: dict,
-                       record: RequestRecord, inflight: list) -> bool:
+                       record: RequestRecord, inflight: list, mirrored: list) -> bool:
         ctx, req = self.ctx, tunnel.request
         if request.upgrade is not None and not upgrade_allowed(request.upgrade) \
                 and request.upgrade.strip().lower() != "h2c":
@@ -209,6 +219,8 @@ class Http1Handler:
         if host != request.host:
             headers = [("host", host)] + [(n, v) for n, v in headers if n != "host"]
         has_body = _has_body(request.headers)
+        if where.mirrors and not has_body and self.mirrors is not None:
+            mirrored += self.mirrors.send(state, me, where.mirrors, request.method, target, host, headers)
         if upstream_http(where.app_protocol, "1.1") == "2":
             if upgrade:
                 # an HTTP/2 backend could take it only as an extended CONNECT (RFC 8441),

@@ -36,6 +36,7 @@ from meshcore.state.model import Workload
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.destination import Destination, destination, retry_destination, with_rate_headers
+from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
@@ -62,11 +63,12 @@ class Http2Handler:
     def __init__(self, ctx: ProxyContext, tunnels: WaypointTunnels, metrics: RequestMetrics,
                  waypoint: tuple[str, str], *, http2_upstreams: Http2Upstreams | None = None,
                  http1_upstreams: Http1Upstreams | None = None, endpoints: EndpointPicker | None = None,
-                 rate_limits: RequestLimits | None = None):
+                 rate_limits: RequestLimits | None = None, mirrors: Mirrors | None = None):
         self.ctx, self.tunnels, self.metrics = ctx, tunnels, metrics
         self.waypoint = waypoint                   # (namespace, name) of the Gateway
         self.endpoints = endpoints or EndpointPicker()
         self.rate_limits = rate_limits
+        self.mirrors = mirrors
         self.upstreams = http2_upstreams or Http2Upstreams(tunnels)
         # backends declared to speak HTTP/1.1 (appProtocol http) are reached on these
         self.http1_upstreams = http1_upstreams or Http1Upstreams(
@@ -107,8 +109,9 @@ class Http2Handler:
         record = RequestRecord(tunnel.record, method=exchange.method, path=exchange.path, authority=authority,
                                protocol="grpc" if is_grpc(headers) else "http")
         outcome = _Outcome()
+        mirrored: list = []                        # copies of the request under way to its route's mirrors
         try:
-            await self._answer(exchange, tunnel, headers, authority, record, outcome)
+            await self._answer(exchange, tunnel, headers, authority, record, outcome, mirrored)
         except asyncio.CancelledError:
             # the client reset the stream (or left) before the answer
             if outcome.flag != "DR":
@@ -120,10 +123,13 @@ class Http2Handler:
                 outcome.flag = "DC"
             outcome.error = f"{outcome.error}; the client left: {type(exc).__name__}: {exc}".lstrip("; ")
         finally:
+            if outcome.flag in ("DC", "DR"):       # the client left before its answer: so do the copies
+                for copy in mirrored:
+                    copy.cancel()
             self.metrics.report(record.finish(outcome.status, flag=outcome.flag, error=outcome.error))
 
     async def _answer(self, exchange: ServerExchange, tunnel: Tunnel, headers, authority: str,
-                      record: RequestRecord, outcome: _Outcome) -> None:
+                      record: RequestRecord, outcome: _Outcome, mirrored: list) -> None:
         state = self.ctx.store.view
         req, service, me = tunnel.request, tunnel.service, tunnel.waypoint
         try:
@@ -182,6 +188,8 @@ class Http2Handler:
         record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
         forwarded = limit.to_request(where.request_headers.apply(forwarded))
+        if where.mirrors and exchange.body_ended and self.mirrors is not None:
+            mirrored += self.mirrors.send(state, me, where.mirrors, exchange.method, target, authority, forwarded)
         if upstream_http(where.app_protocol, "2") == "1.1":
             await self._forward_http1(exchange, where, me, forwarded, record, outcome)
             return

@@ -42,7 +42,8 @@ from meshcore.waypoint.ratelimits import RequestLimits
 from meshcore.waypoint.telemetry import RequestMetrics
 from meshcore.waypoint.tunnels import WaypointTunnels
 from meshcore.waypoint.endpoints import EndpointPicker
-from meshcore.waypoint.upstreams import Http2Upstreams
+from meshcore.waypoint.mirrors import Mirrors
+from meshcore.waypoint.upstreams import Http1Upstreams, Http2Upstreams
 
 log = logging.getLogger("meshcore.waypoint")
 
@@ -108,14 +109,17 @@ class WaypointProxy(ProxyProcess):
                                        name=(options.namespace, options.name))
         # one HTTP/2 connection per endpoint, whichever version the clients speak
         http2_upstreams = Http2Upstreams(self.tunnels)
+        http1_upstreams = Http1Upstreams(self.tunnels, response_timeout=Http2Handler.RESPONSE_TIMEOUT,
+                                         body_timeout=Http2Handler.BODY_IDLE_TIMEOUT)
+        self.mirrors = Mirrors(self.tunnels, http1_upstreams, http2_upstreams)
         # one balancing state per backend (load balancer, outlier ejection), whichever HTTP the clients speak
         endpoints = EndpointPicker()
         self.tunnels.http1 = Http1Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name),
                                           http2_upstreams=http2_upstreams, endpoints=endpoints,
-                                          rate_limits=self.rate_limits)
+                                          rate_limits=self.rate_limits, mirrors=self.mirrors)
         self.tunnels.http2 = Http2Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name),
-                                          http2_upstreams=http2_upstreams, endpoints=endpoints,
-                                          rate_limits=self.rate_limits)
+                                          http2_upstreams=http2_upstreams, http1_upstreams=http1_upstreams,
+                                          endpoints=endpoints, rate_limits=self.rate_limits, mirrors=self.mirrors)
         self.endpoints: list[HttpEndpoints] = []
         self.loaded_at = 0.0
         self.stopped = asyncio.Event()
@@ -189,6 +193,7 @@ class WaypointProxy(ProxyProcess):
             for e in self.endpoints:
                 await e.close()
             await asyncio.gather(self.tunnels.drain(self.options.drain_deadline),
+                                 self.mirrors.drain(self.options.drain_deadline),
                                  *(c.drain(self.options.drain_deadline) for c in self.pool.connections),
                                  return_exceptions=True)
             await self.pool.close()

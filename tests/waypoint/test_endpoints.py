@@ -126,3 +126,12 @@ def test_panic_balances_over_every_endpoint_when_too_few_are_healthy(min_health,
     # one of three healthy (33 %): under a 50 % threshold every endpoint is balanced over
     expected = {"a", "b", "c"} if panics else {"a", "b", "c"} - failed
     assert len(failed) == 2 and set(picks(picker, view, service, me, rule, 6)) == expected
+
+
+@pytest.mark.parametrize("authority, shadow", [
+    ("web.shop", "web.shop-shadow"), ("web.shop:8080", "web.shop-shadow:8080"), ("10.0.0.1:80", "10.0.0.1-shadow:80"),
+    ("[fd00::1]:80", "[fd00::1]-shadow:80"), ("[fd00::1]", "[fd00::1]-shadow"),
+])
+def test_a_mirrors_host_is_envoys_shadow_host(authority, shadow):
+    from meshcore.waypoint.mirrors import shadow_authority
+    assert shadow_authority(authority) == shadow

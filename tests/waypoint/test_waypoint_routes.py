@@ -102,6 +102,9 @@ spec:
   - matches: [{{path: {{type: PathPrefix, value: /v3}}}}]
     filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}]
     backendRefs: [{{name: web-v3, port: 80}}]
+  - matches: [{{path: {{type: Exact, value: /mirrored}}}}]
+    filters: [{{type: RequestMirror, requestMirror: {{backendRef: {{name: web, port: 82}}}}}}]
+    backendRefs: [{{name: web, port: 80}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -295,3 +298,16 @@ def test_a_local_rate_limit_answers_429_once_its_bucket_is_empty(mesh):
     assert answers[3][2] == "local_rate_limited" and int(answers[3][1]["x-ratelimit-reset"]) > 0
     lines = [line for line in mesh.log("waypoint").splitlines() if 'http.path="/n4"' in line]
     assert 'response_flags="RL"' in lines[0], lines
+
+
+@pytest.mark.needs_tool("curl")
+def test_a_mirror_gets_a_copy_and_the_client_the_backends_answer(mesh, backends):
+    status, _, body = curl(mesh, "-H", "x-trace: m1", f"http://{mesh.vip}/mirrored")
+    # the answer is the backend's (web's HTTP/1.1 server), not the mirror's
+    assert status == 200 and body.startswith("hello from web: GET /mirrored "), body
+    # the copy reached the mirror (the HTTP/2 backend on port 82), as Envoy shadows it
+    deadline = time.monotonic() + 5
+    while "/mirrored" not in backends.seen:
+        assert time.monotonic() < deadline, backends.seen.keys()
+        time.sleep(0.02)
+    assert backends.seen["/mirrored"]["x-trace"] == "m1"
