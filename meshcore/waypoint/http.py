@@ -45,18 +45,31 @@ class _Counted:
     """An async body iterator that counts what went through; `on_error` runs when the
     body fails (a request body cut short or malformed: the upstream request it feeds
     can never complete and is abandoned). `finished` is set once it ended whole, and
-    `on_finished` called."""
-    __slots__ = ("body", "count", "on_error", "error", "finished", "on_finished")
+    `on_finished` called. With `keep`, the chunks are kept while the body stays within
+    that many bytes: what a retry sends again (`kept`)."""
+    __slots__ = ("body", "count", "on_error", "error", "finished", "on_finished", "keep", "chunks")
 
-    def __init__(self, body, on_error=None):
+    def __init__(self, body, on_error=None, keep: int = 0):
         self.body, self.count, self.on_error, self.error = body, 0, on_error, None
         self.finished = asyncio.Event()
         self.on_finished = None
+        self.keep, self.chunks = keep, []
+
+    @property
+    def kept(self) -> bytes | None:
+        """The whole body, if it ended whole within the bound kept."""
+        if not self.finished.is_set() or self.count > self.keep:
+            return None
+        return b"".join(self.chunks)
 
     async def __aiter__(self):
         try:
             async for chunk in self.body:
                 self.count += len(chunk)
+                if self.count <= self.keep:
+                    self.chunks.append(chunk)
+                elif self.chunks:
+                    self.chunks = []               # past the bound: this body is sent once
                 yield chunk
         except (HttpError, OSError, MeshcoreError) as exc:
             self.error = exc
@@ -66,6 +79,19 @@ class _Counted:
         self.finished.set()
         if self.on_finished is not None:
             self.on_finished()
+
+
+RETRY_BODY_LIMIT = 64 * 1024    # bytes of a request body kept to send again on a retry
+
+
+def _replayable(body: "_Counted | None", request) -> bool:
+    """Whether the request can go again: no body, or one taken whole within the bound
+    kept (and without trailers, which are not kept)."""
+    return body is None or (body.kept is not None and not request.trailers)
+
+
+async def _once(data: bytes):
+    yield data
 
 
 class _ClientLeft(Exception):
@@ -234,7 +260,7 @@ class Http1Handler:
         body = None
         loop = asyncio.get_running_loop()
         deadline = None if where.timeout is None else loop.time() + where.timeout
-        retries, stale_retried = 0, False
+        retries, stale_retried, replay = 0, False, None
         while True:
             reused = client is not None and client.reusable
             if client is not None and not reused:
@@ -257,7 +283,10 @@ class Http1Handler:
                 client = Http1ClientConnection(up_reader, up_writer, response_timeout=self.RESPONSE_TIMEOUT,
                                                idle_timeout=self.BODY_IDLE_TIMEOUT)
             inflight[0] = client
-            body = _Counted(request.body(), on_error=client.close) if has_body else None
+            if has_body:
+                # an attempt after one that took the body whole sends it again from memory
+                source = _once(replay) if replay is not None else request.body()
+                body = _Counted(source, on_error=client.close, keep=RETRY_BODY_LIMIT)
             try:
                 if deadline is None:
                     response = await self._exchange(conn, client, request, target, sent, body)
@@ -291,8 +320,8 @@ class Http1Handler:
                 client = None
                 # a request with a body is not sent twice: its bytes are not kept
                 if again := await retry_destination(self.tunnels, where, retries, state, me, failure="reset",
-                                                    replayable=body is None):
-                    where, retries = again, retries + 1
+                                                    replayable=_replayable(body, request)):
+                    where, retries, replay = again, retries + 1, body.kept if body is not None else None
                     chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
                     client = upstreams.pop(key, None)
                     continue
@@ -303,9 +332,10 @@ class Http1Handler:
                                          b"upstream connect error or disconnect/reset before headers",
                                          flag="URX" if retries else "UC", error=f"{type(exc).__name__}: {exc}")
             if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
-                                                replayable=body is None, before=client.abandon):
+                                                replayable=_replayable(body, request), before=client.abandon):
                 # an answer the policy retries: given up (its connection closed), asked again
                 where, retries, client = again, retries + 1, None
+                replay = body.kept if body is not None else None
                 chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
                 client = upstreams.pop(key, None)
                 continue

@@ -229,9 +229,14 @@ class Http2Handler:
         # a client's reset reaches the backend at once, whatever the relay waits on
         exchange.on_reset = lambda exc: _downstream_reset(exc, up, outcome)
         sending = None
+        kept = _KeptBody(RETRY_BODY_LIMIT)        # what a retry sends again, if the body stays within it
+
+        def replayable() -> bool:
+            return no_body or (sending is not None and sending.done() and exchange.body_ended
+                               and kept.whole is not None and not exchange.trailers)
         try:
             if not exchange.body_ended:
-                sending = loop.create_task(_send_body(exchange, up, record))
+                sending = loop.create_task(_send_body(exchange, up, record, kept))
             try:
                 while True:
                     again = None
@@ -249,18 +254,20 @@ class Http2Handler:
                         # did nothing with it, RFC 9113 8.7)
                         refused = exc.remote and exc.error_code == ErrorCode.REFUSED_STREAM
                         if not (again := await retry_destination(
-                                self.tunnels, where, retries, state, me, replayable=no_body,
+                                self.tunnels, where, retries, state, me, replayable=replayable(),
                                 failure="refused-stream" if refused else "reset")):
                             raise
                     else:
                         code = grpc_status(text_fields(response.headers)) if up.body_ended else ""
                         if not (again := await retry_destination(
-                                self.tunnels, where, retries, state, me, status=response.status, replayable=no_body,
-                                grpc_status=int(code) if code.isdigit() else None)):
+                                self.tunnels, where, retries, state, me, status=response.status,
+                                replayable=replayable(), grpc_status=int(code) if code.isdigit() else None)):
                             break
                     up.close()                     # the attempt given up: reset if unfinished
                     where, retries = again, retries + 1
                     up = send(await self.upstreams.get(where.chosen, me))
+                    if not no_body:                # the body again, from memory
+                        sending = loop.create_task(_send_kept(up, kept.whole))
             except (StreamResetError, ConnectionError, OSError, MeshcoreError) as exc:
                 if outcome.flag == "DR":
                     return
@@ -439,11 +446,45 @@ async def _relay_response(exchange: ServerExchange, up: ClientExchange, response
         exchange.reset(code if code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
 
 
-async def _send_body(exchange: ServerExchange, up: ClientExchange, record: RequestRecord) -> None:
+RETRY_BODY_LIMIT = 64 * 1024    # bytes of a request body kept to send again on a retry
+
+
+class _KeptBody:
+    """A request body's chunks while it stays within `limit` bytes."""
+    __slots__ = ("limit", "size", "chunks")
+
+    def __init__(self, limit: int):
+        self.limit, self.size, self.chunks = limit, 0, []
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size <= self.limit:
+            self.chunks.append(chunk)
+        else:
+            self.chunks = []
+
+    @property
+    def whole(self) -> bytes | None:
+        return b"".join(self.chunks) if self.size <= self.limit else None
+
+
+async def _send_kept(up: ClientExchange, body: bytes) -> None:
+    try:
+        if body:
+            await up.write(body)
+        await up.end()
+    except (StreamResetError, ConnectionError):
+        pass
+
+
+async def _send_body(exchange: ServerExchange, up: ClientExchange, record: RequestRecord,
+                     kept: _KeptBody | None = None) -> None:
     """The request's body and trailers, as the upstream's window takes them. A reset
     either way ends it; the on_reset hooks and the response side pass it on."""
     try:
         while chunk := await exchange.read():
+            if kept is not None:
+                kept.add(chunk)
             await up.write(chunk)
             record.request_bytes += len(chunk)
         trailers = h2_fields(text_fields(exchange.trailers or ()))

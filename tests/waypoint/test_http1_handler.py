@@ -444,3 +444,48 @@ def test_pipelined_requests_read_ahead_while_one_waits_are_answered_in_order(mon
             writer.close()
             return answers, rig.tunnels.opened
     assert asyncio.run(scenario()) == ([b"/one", b"/two", b"/three"], 1)
+
+
+def _retrying_destination(monkeypatch, codes=(503,)):
+    """Every request decided as a route retrying the given codes once would."""
+    from meshcore.traffic.retry import RetryOn, RetryPolicy
+    from meshcore.waypoint.destination import Destination
+    real = H.destination
+
+    def decided(tunnels, state, tunnel, request, target, **kw):
+        chosen = tunnels.upstream(state, tunnel.waypoint, "10.96.0.10", 80)
+        return Destination(chosen, target, request.authority, None, "shop.r.0",
+                           retry=RetryPolicy(1, frozenset({RetryOn.RETRIABLE_STATUS_CODES}), codes),
+                           address=("10.96.0.10", 80))
+    monkeypatch.setattr(H, "destination", decided)
+    return real
+
+
+@pytest.mark.parametrize("size, retried", [(10, True), (H.RETRY_BODY_LIMIT, True), (H.RETRY_BODY_LIMIT + 1, False)])
+def test_a_retried_request_sends_its_body_again_only_within_the_bound_kept(monkeypatch, size, retried):
+    _retrying_destination(monkeypatch)
+    bodies = []
+
+    async def backend(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+        bodies.append(await reader.readexactly(length))
+        status = b"503 Service Unavailable" if len(bodies) == 1 else b"200 OK"
+        writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def scenario():
+        async with Rig(monkeypatch, backend) as rig:
+            reader, writer = await rig.client()
+            payload = b"x" * size
+            writer.write(b"POST /up HTTP/1.1\r\nHost: web\r\ncontent-length: %d\r\n\r\n%s" % (len(payload), payload))
+            status, _, _ = await _response(reader)
+            writer.close()
+            return status
+    status = asyncio.run(scenario())
+    if retried:
+        assert status == 200 and bodies == [b"x" * size] * 2
+    else:
+        # past the bound the body was not kept: the backend's 503 is the answer
+        assert status == 503 and len(bodies) == 1
