@@ -60,6 +60,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         # The connection owns it: a reset of its stream or the loss of the connection
         # cancels it, and whatever it opened closes with it.
         self.request_tasks: dict[int, asyncio.Task] = {}
+        self.defer_output = self._defer_output
         self._keepalive_interval = keepalive_interval
         self._keepalive_timeout = keepalive_timeout
         self._close_deadline = close_deadline
@@ -71,6 +72,15 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         self._keepalive_slot: int | None = None  # pending check on the loop's KeepaliveClock
 
     # ------------------------------------------------------------- asyncio.Protocol
+
+    def _defer_output(self) -> bool:
+        """Output queued outside a read: from a task it waits for the loop's next turn,
+        so that what the task sends in one step leaves in one TLS write; from a
+        callback relaying a socket's read it goes at once."""
+        if asyncio.current_task(self.loop) is None:
+            return False
+        self.loop.call_soon(self._deferred_flush)
+        return True
 
     def connection_made(self, transport) -> None:
         self.transport = transport

@@ -20,7 +20,8 @@ cdef class ConnectionBase:
     cdef public set _blocked               # streams waiting for window or for the transport (None: none)
     cdef public bint _batching             # inside a read: output waits for its end
     cdef public bint _write_paused         # the transport's buffer is full
-    cdef public bint _flush_scheduled      # output queued outside a read goes at the loop's next turn
+    cdef public bint _flush_scheduled      # deferred output waits for _deferred_flush()
+    cdef public object defer_output        # the shell's: True if it will call _deferred_flush() soon
     cdef public Py_ssize_t _reads          # reads so far (the keepalive timer compares)
     cdef ReadBuffer _rbuf
 

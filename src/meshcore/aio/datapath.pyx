@@ -17,12 +17,11 @@ Flow control becomes transport flow control:
   once the window is spent; data already in flight (never more than one window) waits
   in the stream until resume_reading().
 - Output: what the events of one read cause leaves in one transport write at the end
-  of that read; a send from a callback relaying a socket's read is written at once;
-  what a task sends in one step of its own (an HTTP response's head, body and end)
-  is written at the loop's next turn, together: one TLS record and one send instead
-  of one each.
+  of that read; otherwise `defer_output()` (the shell's) may take it, to be written by
+  `_deferred_flush()` at the loop's next turn (what a task sends in one step of its
+  own, an HTTP response's head, body and end, then leaves as one TLS record and one
+  send); else it is written at once.
 """
-from asyncio import current_task as _current_task
 from collections import deque
 
 from libc.stdint cimport uint32_t
@@ -154,17 +153,15 @@ cdef class ConnectionBase:
             self._stream_done(stream_id)
 
     cdef int _output_queued(self) except -1:
-        # written at the end of the read being handled; from a task, at the loop's next
-        # turn, so that what it writes in one step (a response's head, its body, its
-        # end) leaves as one TLS record and one send, not one each; else (a callback
-        # relaying one read of a socket) now
+        # written at the end of the read being handled; else the shell may defer it (a
+        # task's writes of one step leave as one TLS record and one send, not one each:
+        # it calls _deferred_flush at the loop's next turn); else now
         if self._batching or self._flush_scheduled:
             return 0
-        if _current_task(self.loop) is None:
-            self._write_output()
-        else:
+        if self.defer_output is not None and self.defer_output():
             self._flush_scheduled = True
-            self.loop.call_soon(self._deferred_flush)
+        else:
+            self._write_output()
         return 0
 
     def _deferred_flush(self):
