@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from meshcore.node.routing import HBONE, Route
 from meshcore.state.model import Service
@@ -20,7 +20,7 @@ from meshcore.traffic.istio_model import RequestAttributes
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView, decide, merge_edits
 from meshcore.traffic.decide_istio import VirtualServiceRandoms, decide_virtual_service
 from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_delay, should_retry
-from meshcore.waypoint.endpoints import EndpointPicker
+from meshcore.waypoint.endpoints import EndpointPicker, Overflow, Ticket
 
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 MIRROR_DRAWS = 4                  # mirrors of one rule drawn for independently (any further one: always)
@@ -37,14 +37,17 @@ class Balanced:
     rule: object                       # traffic.istio_model.DestinationRule, or None (a subset needs one)
     request: RequestAttributes
     source_ip: str
+    tickets: list = field(default_factory=list, compare=False)   # every attempt's, to give back at the end
 
     @property
     def key(self) -> tuple:
         return self.service.key, self.subset, self.port
 
-    def choose(self, state, me, avoid: str | None = None) -> Route:
-        return self.picker.choose(state, me, self.service, self.port, self.subset, self.rule, request=self.request,
-                                  source_ip=self.source_ip, avoid=avoid)
+    def choose(self, state, me, avoid: str | None = None) -> Ticket:
+        ticket = self.picker.choose(state, me, self.service, self.port, self.subset, self.rule,
+                                    request=self.request, source_ip=self.source_ip, avoid=avoid)
+        self.tickets.append(ticket)
+        return ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,7 @@ class Destination:
     retry: RetryPolicy | None = DEFAULT_RETRY_POLICY
     address: tuple[str, int] = ("", 0)  # the backend's address:port the endpoint was chosen for
     balanced: Balanced | None = None    # set when a DestinationRule chooses the endpoint
+    ticket: Ticket | None = None        # the attempt's place in the picker's count (with `balanced`)
     delay: float = 0.0                  # an injected fault's delay before the request goes on
     mirrors: tuple[tuple[str, int], ...] = ()   # (service key, port) that get a copy of the request
 
@@ -68,16 +72,29 @@ class Destination:
         the backend has no endpoint to offer."""
         if self.balanced is not None:
             previous = self.chosen.workload.uid if self.chosen.workload is not None else None
-            chosen = self.balanced.choose(state, me, avoid=previous)
-        else:
-            chosen = tunnels.upstream(state, me, *self.address)
+            try:
+                ticket = self.balanced.choose(state, me, avoid=previous)
+            except Overflow:
+                return None
+            if ticket.route.kind is not HBONE:
+                return None
+            return replace(self, chosen=ticket.route, ticket=ticket)
+        chosen = tunnels.upstream(state, me, *self.address)
         return replace(self, chosen=chosen) if chosen.kind is HBONE else None
 
     def attempted(self, *, status: int | None = None, failure: str | None = None) -> None:
         """How an attempt to `chosen` went (its answer's status, or a failure without
-        one): what outlier detection counts."""
+        one): what outlier detection counts. Once per attempt: later calls, and
+        release(), do nothing."""
+        if self.ticket is not None:
+            self.ticket.finish(status=status, failure=failure)
+
+    def release(self) -> None:
+        """The request ended: every attempt of it leaves the count of requests in flight
+        (those attempted() did not already take out)."""
         if self.balanced is not None:
-            self.balanced.picker.finished(self.chosen, self.balanced.key, status=status, failure=failure)
+            for ticket in self.balanced.tickets:
+                ticket.finish()
 
 
 def destination(tunnels, state, tunnel, request: RequestView, target: str, *, waypoint_namespace: str,
@@ -117,18 +134,24 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
         attributes = RequestAttributes(request.method, _with_query(request.path, request.query), request.authority,
                                        request.scheme, tuple(request.headers.items()), port)
         balanced = Balanced(picker, backend, port, subset, rule, attributes, req.peer_address[0])
-        chosen = balanced.choose(state, me)
+        try:
+            ticket = balanced.choose(state, me)
+        except Overflow as exc:
+            return LocalReply(503, decided.route if decided else "", body=b"upstream connect error or disconnect/"
+                              b"reset before headers. reset reason: overflow", flag="UO", reason=str(exc))
+        chosen = ticket.route
     else:
-        chosen = tunnels.upstream(state, me, *address)
+        chosen, ticket = tunnels.upstream(state, me, *address), None
     if chosen.kind is not HBONE:
         return LocalReply(503, decided.route if decided else "", body=NO_HEALTHY_UPSTREAM, flag="UH",
                           reason=chosen.reason or "no endpoint")
     app_protocol = backend.app_protocol(port) if backend is not None else tunnel.app_protocol
     if decided is None:
-        return Destination(chosen, target, request.authority, app_protocol, address=address, balanced=balanced)
+        return Destination(chosen, target, request.authority, app_protocol, address=address, balanced=balanced,
+                           ticket=ticket)
     return Destination(chosen, decided.target, decided.authority, app_protocol, decided.route,
                        decided.request_headers, decided.response_headers, decided.timeout, decided.retry, address,
-                       balanced, decided.delay, decided.mirrors)
+                       balanced, ticket, decided.delay, decided.mirrors)
 
 
 def _with_query(path: str, query: str) -> str:
@@ -165,3 +188,21 @@ def with_rate_headers(where: Destination, response: tuple[tuple[str, str], ...])
     if not response:
         return where
     return replace(where, response_headers=merge_edits(where.response_headers, HeaderEdits(add=response)))
+
+
+class InFlight:
+    """What one request holds while it is under way: where it went (its attempts) and
+    its copies to mirrors. end() gives them up: the attempts leave the endpoint
+    picker's count; the copies are cancelled if the client left before its answer."""
+    __slots__ = ("where", "mirrored")
+
+    def __init__(self):
+        self.where: Destination | None = None
+        self.mirrored: list = []
+
+    def end(self, *, client_left: bool) -> None:
+        if self.where is not None:
+            self.where.release()
+        if client_left:
+            for copy in self.mirrored:
+                copy.cancel()

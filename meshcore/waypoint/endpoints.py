@@ -8,8 +8,12 @@ too few are left). Without a DestinationRule the node's routing picks (round rob
 State is kept per destination (service, subset, port) while the policy for it stays
 the same; a new policy (a configuration change) starts it afresh.
 
-    picker.choose(state, me, service, port, subset, rule, request=, source_ip=, avoid=)
-    picker.finished(route, destination, status=, failure=)   # each attempt chosen ends
+    ticket = picker.choose(state, me, service, port, subset, rule, request=, source_ip=, avoid=)
+    ticket.route                                  # the endpoint's route (REFUSE: none, and why)
+    ticket.finish(status=, failure=)              # once per attempt; later calls do nothing
+
+A destination's `connectionPool.http.http2MaxRequests` bounds its requests in flight:
+over it, choose() raises Overflow (Envoy's circuit breaker: 503, flag UO).
 """
 from __future__ import annotations
 
@@ -27,6 +31,25 @@ from meshcore.traffic.outlier import OutlierDetector, panic_set, panic_threshold
 MAX_DESTINATIONS = 4096          # destinations whose balancing state is kept, at most
 
 
+class Overflow(Exception):
+    """The destination's requests in flight are at its connection pool's limit."""
+
+
+class Ticket:
+    """One attempt's place in its destination's count of requests in flight, given back
+    once: by finish() with how it went, or by finish() alone when the request ends."""
+    __slots__ = ("picker", "destination", "route", "done")
+
+    def __init__(self, picker: "EndpointPicker", destination: tuple, route: Route):
+        self.picker, self.destination, self.route, self.done = picker, destination, route, False
+
+    def finish(self, *, status: int | None = None, failure: str | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.picker.finished(self.route, self.destination, status=status, failure=failure)
+
+
 @dataclass(slots=True)
 class _Balancing:
     policy: ClusterPolicy
@@ -35,6 +58,7 @@ class _Balancing:
     members: tuple = ()                       # endpoint uids the detector and ring were built for
     ring: RingHash | None = None
     active: dict = field(default_factory=dict)   # endpoint uid -> requests in flight
+    in_flight: int = 0                           # requests in flight to the destination
 
 
 class EndpointPicker:
@@ -43,20 +67,30 @@ class EndpointPicker:
         self._balancing: dict[tuple, _Balancing] = {}
 
     def choose(self, state, me, service, port: int, subset: str, rule, *, request: RequestAttributes | None = None,
-               source_ip: str | None = None, avoid: str | None = None) -> Route:
-        """The route to the endpoint chosen; a REFUSE route (with why) when none can be.
-        `avoid`: an endpoint uid a retry should not go back to, if another is left."""
+               source_ip: str | None = None, avoid: str | None = None) -> Ticket:
+        """The attempt to the endpoint chosen (its route REFUSE, with why, when none can
+        be). `avoid`: an endpoint uid a retry should not go back to, if another is left."""
+        destination = (service.key, subset, port)
         candidates = subset_endpoints(rule, subset, service_endpoints(state, service, port))
         if candidates is None:
-            return Route(REFUSE, service=service, reason=f"no subset {subset!r} of {service.key} (no cluster)")
+            return Ticket(self, destination, Route(REFUSE, service=service,
+                                                   reason=f"no subset {subset!r} of {service.key} (no cluster)"))
         if not candidates:
-            return Route(REFUSE, service=service, reason=f"service {service.key}{' subset ' + subset if subset else ''}"
-                                                         f" has no healthy endpoint for port {port}")
+            return Ticket(self, destination, Route(
+                REFUSE, service=service,
+                reason=f"service {service.key}{' subset ' + subset if subset else ''} has no healthy endpoint "
+                       f"for port {port}"))
         policy = cluster_policy(rule, subset, port)
-        b = self._state((service.key, subset, port), policy, candidates)
+        b = self._state(destination, policy, candidates)
+        pool = policy.connection_pool
+        limit = pool.http.http2_max_requests if pool is not None and pool.http is not None else None
+        if limit is not None and b.in_flight >= limit:
+            raise Overflow(f"{service.key}{' subset ' + subset if subset else ''}: {b.in_flight} requests in "
+                           f"flight, the connection pool's http2MaxRequests is {limit}")
         chosen = self._pick(b, policy, candidates, request, source_ip, avoid)
         b.active[chosen.uid] = b.active.get(chosen.uid, 0) + 1
-        return endpoint_route(state, me, service, port, chosen)
+        b.in_flight += 1
+        return Ticket(self, destination, endpoint_route(state, me, service, port, chosen))
 
     def _state(self, key: tuple, policy: ClusterPolicy, candidates: list) -> _Balancing:
         b = self._balancing.get(key)
@@ -113,6 +147,7 @@ class EndpointPicker:
         b = self._balancing.get(destination)
         if b is None or route.workload is None:
             return
+        b.in_flight = max(0, b.in_flight - 1)
         uid = route.workload.uid
         n = b.active.get(uid, 0)
         if n > 1:

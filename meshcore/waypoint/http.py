@@ -24,7 +24,8 @@ from meshcore.policy.paths import request_authority, request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.traffic.decide import LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
-from meshcore.waypoint.destination import Destination, destination, retry_destination, with_rate_headers
+from meshcore.waypoint.destination import (Destination, InFlight, destination, retry_destination,
+                                           with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
@@ -148,12 +149,11 @@ class Http1Handler:
         record = RequestRecord(tunnel.record, method=request.method, path=request.target,
                                authority=request.host or req.authority)
         inflight: list = [None]                    # the upstream client while one is in use, then the bodies
-        mirrored: list = []                        # copies of the request under way to its route's mirrors
+        pending = InFlight()                       # its attempts and mirror copies
         try:
-            return await self._forward(conn, request, tunnel, upstreams, record, inflight, mirrored)
+            return await self._forward(conn, request, tunnel, upstreams, record, inflight, pending)
         except asyncio.CancelledError:
-            for copy in mirrored:
-                copy.cancel()
+            pending.end(client_left=True)
             # the tunnel was reset (or the waypoint stops) mid-request
             if inflight[0] is not None:
                 inflight[0].close()
@@ -167,9 +167,7 @@ class Http1Handler:
                     self._report(record.finish(0, flag="DC", error="downstream reset before the response ended"))
             raise
         finally:
-            if record.flag == "DC":                # the client left before its answer: so do the copies
-                for copy in mirrored:
-                    copy.cancel()
+            pending.end(client_left=record.flag == "DC")
 
     async def _local(self, conn: Http1ServerConnection, record: RequestRecord, status: int, body: bytes, *,
                      flag: str = "-", error: str = "", headers=None) -> bool:
@@ -185,7 +183,7 @@ class Http1Handler:
         return not conn.closed
 
     async def _forward(self, conn: Http1ServerConnection, request, tunnel: Tunnel, upstreams: dict,
-                       record: RequestRecord, inflight: list, mirrored: list) -> bool:
+                       record: RequestRecord, inflight: list, pending: InFlight) -> bool:
         ctx, req = self.ctx, tunnel.request
         if request.upgrade is not None and not upgrade_allowed(request.upgrade) \
                 and request.upgrade.strip().lower() != "h2c":
@@ -218,6 +216,8 @@ class Http1Handler:
         where = destination(self.tunnels, state, tunnel,
                             RequestView(request.method, path, query, host or "", seen, grpc=is_grpc(request.headers)),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
+        if isinstance(where, Destination):
+            pending.where = where
         limit = self.rate_limits.check(state, waypoint=self.waypoint, service=service, port=req.port,
                                        route=where.route, source=req.peer_identity, grpc=False,
                                        now=time.monotonic()) if self.rate_limits is not None else NO_LIMIT
@@ -246,7 +246,7 @@ class Http1Handler:
             headers = [("host", host)] + [(n, v) for n, v in headers if n != "host"]
         has_body = _has_body(request.headers)
         if where.mirrors and not has_body and self.mirrors is not None:
-            mirrored += self.mirrors.send(state, me, where.mirrors, request.method, target, host, headers)
+            pending.mirrored += self.mirrors.send(state, me, where.mirrors, request.method, target, host, headers)
         if upstream_http(where.app_protocol, "1.1") == "2":
             if upgrade:
                 # an HTTP/2 backend could take it only as an extended CONNECT (RFC 8441),

@@ -35,7 +35,8 @@ from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.state.model import Workload
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
-from meshcore.waypoint.destination import Destination, destination, retry_destination, with_rate_headers
+from meshcore.waypoint.destination import (Destination, InFlight, destination, retry_destination,
+                                           with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
@@ -109,9 +110,9 @@ class Http2Handler:
         record = RequestRecord(tunnel.record, method=exchange.method, path=exchange.path, authority=authority,
                                protocol="grpc" if is_grpc(headers) else "http")
         outcome = _Outcome()
-        mirrored: list = []                        # copies of the request under way to its route's mirrors
+        pending = InFlight()                       # its attempts and mirror copies
         try:
-            await self._answer(exchange, tunnel, headers, authority, record, outcome, mirrored)
+            await self._answer(exchange, tunnel, headers, authority, record, outcome, pending)
         except asyncio.CancelledError:
             # the client reset the stream (or left) before the answer
             if outcome.flag != "DR":
@@ -123,13 +124,11 @@ class Http2Handler:
                 outcome.flag = "DC"
             outcome.error = f"{outcome.error}; the client left: {type(exc).__name__}: {exc}".lstrip("; ")
         finally:
-            if outcome.flag in ("DC", "DR"):       # the client left before its answer: so do the copies
-                for copy in mirrored:
-                    copy.cancel()
+            pending.end(client_left=outcome.flag in ("DC", "DR"))
             self.metrics.report(record.finish(outcome.status, flag=outcome.flag, error=outcome.error))
 
     async def _answer(self, exchange: ServerExchange, tunnel: Tunnel, headers, authority: str,
-                      record: RequestRecord, outcome: _Outcome, mirrored: list) -> None:
+                      record: RequestRecord, outcome: _Outcome, pending: InFlight) -> None:
         state = self.ctx.store.view
         req, service, me = tunnel.request, tunnel.service, tunnel.waypoint
         try:
@@ -160,6 +159,8 @@ class Http2Handler:
         limit = self.rate_limits.check(state, waypoint=self.waypoint, service=service, port=req.port,
                                        route=where.route, source=req.peer_identity, grpc=grpc,
                                        now=time.monotonic()) if self.rate_limits is not None else NO_LIMIT
+        if isinstance(where, Destination):
+            pending.where = where
         if isinstance(limit, Limited):
             record.route, record.grpc_status = where.route, limit.grpc_status
             outcome.flag, outcome.error, outcome.status = limit.flag, limit.reason, limit.status
@@ -189,7 +190,8 @@ class Http2Handler:
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
         forwarded = limit.to_request(where.request_headers.apply(forwarded))
         if where.mirrors and exchange.body_ended and self.mirrors is not None:
-            mirrored += self.mirrors.send(state, me, where.mirrors, exchange.method, target, authority, forwarded)
+            pending.mirrored += self.mirrors.send(state, me, where.mirrors, exchange.method, target, authority,
+                                                  forwarded)
         if upstream_http(where.app_protocol, "2") == "1.1":
             await self._forward_http1(exchange, where, me, forwarded, record, outcome)
             return

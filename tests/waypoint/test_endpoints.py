@@ -49,7 +49,7 @@ class Clock:
 
 
 def picks(picker, view, service, me, rule, n, subset="", **kw):
-    return [picker.choose(view, me, service, 80, subset, rule, **kw).workload.uid for _ in range(n)]
+    return [picker.choose(view, me, service, 80, subset, rule, **kw).route.workload.uid for _ in range(n)]
 
 
 def test_round_robin_takes_each_endpoint_in_turn_and_subsets_narrow_them():
@@ -61,7 +61,7 @@ def test_round_robin_takes_each_endpoint_in_turn_and_subsets_narrow_them():
     assert picks(picker, view, service, me, rule, 6) == ["a", "b", "c", "a", "b", "c"]
     assert set(picks(picker, view, service, me, rule, 4, subset="v1")) == {"a", "b"}
     assert picks(picker, view, service, me, rule, 2, subset="v2") == ["c", "c"]
-    route = picker.choose(view, me, service, 80, "v3", rule)
+    route = picker.choose(view, me, service, 80, "v3", rule).route
     assert route.kind is REFUSE and "no subset 'v3'" in route.reason
 
 
@@ -70,9 +70,10 @@ def test_least_request_prefers_the_endpoint_with_fewer_requests_in_flight():
     picker = EndpointPicker(rand=iter([0.0, 0.5] * 100).__next__)     # two choices: a and b
     first = picker.choose(view, me, service, 80, "", rule)             # a (both idle: the first)
     second = picker.choose(view, me, service, 80, "", rule)            # b: a has one in flight
-    assert (first.workload.uid, second.workload.uid) == ("a", "b")
-    picker.finished(first, (service.key, "", 80), status=200)
-    assert picker.choose(view, me, service, 80, "", rule).workload.uid == "a"
+    assert (first.route.workload.uid, second.route.workload.uid) == ("a", "b")
+    first.finish(status=200)
+    first.finish(status=200)                                           # once only: a stays at none
+    assert picker.choose(view, me, service, 80, "", rule).route.workload.uid == "a"
 
 
 def test_a_consistent_hash_sends_one_key_to_one_endpoint():
@@ -93,16 +94,16 @@ def test_an_ejected_endpoint_is_left_out_until_its_time_is_up():
         """)
     clock = Clock()
     picker = EndpointPicker(clock=clock)
-    key = (service.key, "", 80)
-    route_a = picker.choose(view, me, service, 80, "", rule)
-    assert route_a.kind is HBONE and route_a.workload.uid == "a"
     for _ in range(2):
-        picker.finished(route_a, key, status=503)
+        attempt = picker.choose(view, me, service, 80, "", rule)
+        assert attempt.route.kind is HBONE and attempt.route.workload.uid == "a"
+        attempt.finish(status=503)
+        picker.choose(view, me, service, 80, "", rule)                 # b, c: round robin moves on
+        picker.choose(view, me, service, 80, "", rule)
     assert Counter(picks(picker, view, service, me, rule, 6)) == {"b": 3, "c": 3}
     # maxEjectionPercent 50: a second ejection (2 of 3) is not allowed
-    route_b = picker.choose(view, me, service, 80, "", rule)
     for _ in range(2):
-        picker.finished(route_b, key, failure="connect-failure")
+        picker.choose(view, me, service, 80, "", rule).finish(failure="connect-failure")
     assert set(picks(picker, view, service, me, rule, 4)) == {"b", "c"}
     clock.now += 30
     assert set(picks(picker, view, service, me, rule, 6)) == {"a", "b", "c"}
@@ -117,12 +118,11 @@ def test_panic_balances_over_every_endpoint_when_too_few_are_healthy(min_health,
                               minHealthPercent: {min_health}}}
         """)
     picker = EndpointPicker(clock=Clock())
-    key = (service.key, "", 80)
     failed = set()
     for _ in range(2):                       # two endpoints fail once each and are ejected
-        route = picker.choose(view, me, service, 80, "", rule)
-        failed.add(route.workload.uid)
-        picker.finished(route, key, status=500)
+        attempt = picker.choose(view, me, service, 80, "", rule)
+        failed.add(attempt.route.workload.uid)
+        attempt.finish(status=500)
     # one of three healthy (33 %): under a 50 % threshold every endpoint is balanced over
     expected = {"a", "b", "c"} if panics else {"a", "b", "c"} - failed
     assert len(failed) == 2 and set(picks(picker, view, service, me, rule, 6)) == expected
@@ -135,3 +135,34 @@ def test_panic_balances_over_every_endpoint_when_too_few_are_healthy(min_health,
 def test_a_mirrors_host_is_envoys_shadow_host(authority, shadow):
     from meshcore.waypoint.mirrors import shadow_authority
     assert shadow_authority(authority) == shadow
+
+
+def test_the_connection_pools_request_limit_overflows_and_frees_as_requests_end():
+    from meshcore.waypoint.endpoints import Overflow
+    view, service, me, rule = setup("trafficPolicy: {connectionPool: {http: {http2MaxRequests: 2}}}\n")
+    picker = EndpointPicker()
+    first = picker.choose(view, me, service, 80, "", rule)
+    picker.choose(view, me, service, 80, "", rule)
+    with pytest.raises(Overflow, match="http2MaxRequests is 2"):
+        picker.choose(view, me, service, 80, "", rule)
+    first.finish()
+    assert picker.choose(view, me, service, 80, "", rule).route.kind is HBONE
+
+
+def test_a_request_that_ends_gives_back_every_attempts_place():
+    from meshcore.waypoint.destination import Balanced, Destination, InFlight
+    from meshcore.waypoint.endpoints import Overflow
+    view, service, me, rule = setup("trafficPolicy: {connectionPool: {http: {http2MaxRequests: 2}}}\n")
+    picker = EndpointPicker()
+    balanced = Balanced(picker, service, 80, "", rule, RequestAttributes("GET", "/"), "10.0.0.5")
+    ticket = balanced.choose(view, me)
+    where = Destination(ticket.route, "/", "web", None, balanced=balanced, ticket=ticket)
+    retry = where.next_endpoint(None, view, me)           # a second attempt, the first not told how it went
+    assert retry is not None and retry.ticket is not ticket
+    with pytest.raises(Overflow):
+        picker.choose(view, me, service, 80, "", rule)
+    pending = InFlight()
+    pending.where = where
+    pending.end(client_left=False)
+    assert picker.choose(view, me, service, 80, "", rule).route.kind is HBONE
+    assert picker.choose(view, me, service, 80, "", rule).route.kind is HBONE

@@ -81,6 +81,8 @@ spec:
   trafficPolicy:
     loadBalancer: {{simple: ROUND_ROBIN}}
     outlierDetection: {{consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}
+    # one request at a time: a request that did not give its place back would refuse the next (503 UO)
+    connectionPool: {{http: {{http2MaxRequests: 1}}}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
