@@ -44,6 +44,7 @@ services:
 - {{name: slowpair, namespace: shop, hostname: slowpair.shop.svc.cluster.local, vips: ["/{vip_slow}"],
    ports: {{80: 8080}}, waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
 - {{name: dup, namespace: shop, hostname: dup.shop.svc.cluster.local, vips: ["/{vip_dup}"], ports: {{80: 8095}},
+   appProtocols: {{80: http}},
    waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
 - {{name: sink, namespace: shop, hostname: sink.shop.svc.cluster.local, vips: ["/{vip_sink}"], ports: {{80: 8080}},
    waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
@@ -105,6 +106,7 @@ class DropSecond:
 
     def __init__(self, host, port):
         self.seen: list[str] = []
+        self.heads: dict[str, bytes] = {}
         self.server = socket.create_server((host, port))
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -128,6 +130,7 @@ class DropSecond:
                 head, buf = buf.split(b"\r\n\r\n", 1)
                 n += 1
                 self.seen.append(head.split(b" ")[1].decode())
+                self.heads[self.seen[-1]] = head
                 if n > 1:
                     return
                 conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
@@ -314,3 +317,12 @@ def test_review_an_endpoint_that_times_out_is_ejected(mesh):
     assert sorted(first) == [200, 504], first
     after = [curl(mesh, f"http://{mesh.vip_slow}/after{i}")[0] for i in range(6)]
     assert after == [200] * 6, after
+
+
+@pytest.mark.xfail(strict=True, reason="HTTP/2 cookie crumbs (RFC 9113 8.2.3) go to an HTTP/1.1 backend as several "
+                                       "Cookie lines; they must be joined with '; ' into one (as Envoy does)")
+def test_review_http2_cookie_crumbs_are_joined_for_an_http1_backend(mesh):
+    got = asyncio.run(h2_get(mesh, 80, "/cookies", host=mesh.vip_dup, headers=[("cookie", "a=1"), ("cookie", "b=2")]))
+    assert got.response[0] == 200, got.response
+    lines = [line.lower() for line in mesh.dup.heads["/cookies"].split(b"\r\n") if line.lower().startswith(b"cookie:")]
+    assert lines == [b"cookie: a=1; b=2"], lines
