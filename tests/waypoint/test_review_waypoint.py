@@ -9,7 +9,13 @@ The mesh adds to WaypointMesh's:
   never answers the TLS handshake (a black-holed endpoint), with a VirtualService
   timeout of 0.5 s;
 - a VirtualService on web: /slow-drain (the h2 backend answers after 1 s) with
-  retries {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx} under a 5 s timeout.
+  retries {attempts: 2, perTryTimeout: 200ms, retryOn: 5xx} under a 5 s timeout;
+- dup (port 80 declared http): DropSecond on web:8095 (the second request on a
+  connection is read, then the connection closed unanswered), /delayed with a 0.5 s
+  injected delay;
+- grpcghost (declared grpc): its only endpoint is ghost;
+- slowpair: web:8096 (reads, never answers) and a second workload web2, ROUND_ROBIN,
+  consecutive5xxErrors: 1, a 0.3 s route timeout.
 """
 import asyncio
 import socket
