@@ -97,7 +97,7 @@ metadata: {{name: echo-vs, namespace: shop}}
 spec:
   hosts: [echo-vs]
   http:
-  - match: [{{uri: {{prefix: /retry}}}}]
+  - match: [{{uri: {{prefix: /vsretry}}}}]
     retries: {{attempts: 1, retryOn: 5xx}}
     route: [{{destination: {{host: flaky}}}}]
   - match: [{{uri: {{prefix: /abort}}}}]
@@ -298,8 +298,9 @@ def _retried(mesh, host, prefix, route):
     lines = access_lines(mesh, f"{prefix}/")
     assert len(lines) == 20 and all(f'route="{route}"' in line for line in lines), lines
     retried = [line for line in lines if "attempts=2" in line]
-    # flaky's two endpoints take turns: about half the requests met `bad` first
-    assert 0 < len(retried) < 20 and all('dst.workload="one"' in line for line in retried), lines
+    # flaky's two endpoints are taken in turn, a retry's pick counting as one (as Envoy's
+    # round robin does): which requests meet `bad` first depends on the picks before them
+    assert retried and all('dst.workload="one"' in line for line in retried), lines
     # each retried request reached `bad` once, then `one` saying it was the second attempt
     assert len(seen(mesh.bad, f"{prefix}/")) == len(retried)
     counted = [r["headers"].get("x-envoy-attempt-count") for r in seen(mesh.one, f"{prefix}/")]
@@ -319,7 +320,7 @@ def test_without_a_retry_stanza_a_503_goes_back_to_the_client(mesh):
 
 
 def test_a_virtual_service_retry_on_5xx_turns_a_failing_endpoints_answers_into_200s(mesh):
-    _retried(mesh, mesh.echo_vs, "/retry", "shop.echo-vs.0")
+    _retried(mesh, mesh.echo_vs, "/vsretry", "shop.echo-vs.0")
 
 
 # -- faults --------------------------------------------------------------------------------------
@@ -342,7 +343,7 @@ def test_a_delay_fault_holds_each_request_for_its_duration(mesh):
     answers = get(mesh, mesh.echo_vs, [f"/delay/{i}" for i in range(3)])
     assert all(a.status == 200 and a.backend == "one" for a in answers), answers
     assert all(0.4 <= a.elapsed < 2.0 for a in answers), [a.elapsed for a in answers]
-    durations = [int(re.search(r"duration=(\d+)ms", line).group(1)) for line in access_lines(mesh, "/delay/")]
+    durations = [int(re.search(r'duration="(\d+)ms"', line).group(1)) for line in access_lines(mesh, "/delay/")]
     assert len(durations) == 3 and min(durations) >= 400, durations
 
 
