@@ -7,12 +7,12 @@ a test through the mesh can tell which backend answered and what reached it.
 HTTP/1.1 (keep-alive): every request is answered with the backend's status (200
 unless one is given after the address) and a JSON body
 `{"backend", "method", "path", "host", "headers"}` (header names lowercased, a repeated
-one joined with ", "). `GET /__seen` on a backend's own address answers the list of
+one joined with "," as the conformance suite's echo server reports it). `GET /__seen` on a backend's own address answers the list of
 `{"method", "path", "headers"}` it received before, in order, itself not included: a
 request that reached a backend off the client's path (a mirror) shows there.
-gRPC (grpcio): any unary method of any service answers `NAME:/service/method:request`,
-with the call's metadata `x-variant` appended when given; `x-backend: NAME` in the
-trailing metadata.
+gRPC (grpcio): any unary method of any service answers the JSON
+`{"backend", "method", "request", "metadata"}` (the invocation metadata, a repeated key
+joined with ","), and `x-backend: NAME` in the trailing metadata.
 Prints `ready` once every listener accepts.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ class HttpBackend:
                     if line:
                         name, _, value = line.partition(":")
                         name, value = name.strip().lower(), value.strip()
-                        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+                        headers[name] = f"{headers[name]},{value}" if name in headers else value
                 await self._body(reader, headers)
                 if target == "/__seen":
                     status, body = 200, json.dumps(self.seen).encode()
@@ -85,10 +85,13 @@ def grpc_server(name: str, address: str):
             method = details.method
 
             def unary(request, context):
-                variant = dict(context.invocation_metadata()).get("x-variant")
+                metadata: dict[str, str] = {}
+                for key, value in context.invocation_metadata():
+                    if isinstance(value, str):
+                        metadata[key] = f"{metadata[key]},{value}" if key in metadata else value
                 context.set_trailing_metadata((("x-backend", name),))
-                answer = f"{name}:{method}:".encode() + request
-                return answer + (f":{variant}".encode() if variant else b"")
+                return json.dumps({"backend": name, "method": method, "request": request.decode(errors="replace"),
+                                   "metadata": metadata}).encode()
             return grpc.unary_unary_rpc_method_handler(unary)
 
     server = grpc.server(futures.ThreadPoolExecutor(4))

@@ -39,12 +39,15 @@ workloads:
               "shop/echo-one.shop.svc.cluster.local": {{80: 8080, 50051: 50051}},
               "shop/flaky.shop.svc.cluster.local": {{80: 8080}},
               "shop/echo-vs.shop.svc.cluster.local": {{80: 8080}},
+              "shop/echo-both.shop.svc.cluster.local": {{80: 8080}},
               "shop/rpc.shop.svc.cluster.local": {{50051: 50051}}}}}}
 - {{uid: c/two, name: two, namespace: shop, serviceAccount: two, workloadIps: ["{two}"], protocol: HBONE,
    node: node-b, labels: {{version: v2}},
-   services: {{"shop/echo-two.shop.svc.cluster.local": {{80: 8080, 50051: 50051}}}}}}
+   services: {{"shop/echo-two.shop.svc.cluster.local": {{80: 8080, 50051: 50051}},
+              "shop/echo-both.shop.svc.cluster.local": {{80: 8080}}}}}}
 - {{uid: c/bad, name: bad, namespace: shop, serviceAccount: bad, workloadIps: ["{bad}"], protocol: HBONE,
-   node: node-b, services: {{"shop/flaky.shop.svc.cluster.local": {{80: 8080}}}}}}
+   node: node-b, services: {{"shop/flaky.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/echo-three.shop.svc.cluster.local": {{80: 8080, 50051: 50051}}}}}}
 services:
 - {{name: echo, namespace: shop, hostname: echo.shop.svc.cluster.local, vips: ["/{echo}"], ports: {{80: 8080}},
    appProtocols: {{80: http}}, waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
@@ -52,6 +55,10 @@ services:
    ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
 - {{name: echo-two, namespace: shop, hostname: echo-two.shop.svc.cluster.local, vips: ["/{echo_two}"],
    ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
+- {{name: echo-three, namespace: shop, hostname: echo-three.shop.svc.cluster.local, vips: ["/{echo_three}"],
+   ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
+- {{name: echo-both, namespace: shop, hostname: echo-both.shop.svc.cluster.local, vips: ["/{echo_both}"],
+   ports: {{80: 8080}}, appProtocols: {{80: http}}}}
 - {{name: flaky, namespace: shop, hostname: flaky.shop.svc.cluster.local, vips: ["/{flaky}"], ports: {{80: 8080}},
    appProtocols: {{80: http}}}}
 - {{name: echo-vs, namespace: shop, hostname: echo-vs.shop.svc.cluster.local, vips: ["/{echo_vs}"],
@@ -66,7 +73,8 @@ spec:
   parentRefs: [{{group: "", kind: Service, name: echo, port: 80}}]
   rules:
   - matches: [{{path: {{type: PathPrefix, value: /split90}}}}]
-    backendRefs: [{{name: echo-one, port: 80, weight: 90}}, {{name: echo-two, port: 80, weight: 10}}]
+    backendRefs: [{{name: echo-one, port: 80, weight: 90}}, {{name: echo-two, port: 80, weight: 10}},
+                  {{name: echo-three, port: 80, weight: 0}}]
   - matches: [{{path: {{type: PathPrefix, value: /split50}}}}]
     filters:
     - {{type: RequestHeaderModifier, requestHeaderModifier: {{add: [{{name: x-split, value: "50"}}]}}}}
@@ -82,6 +90,14 @@ spec:
   - name: limited
     matches: [{{path: {{type: PathPrefix, value: /limited}}}}]
     backendRefs: [{{name: echo-one, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /headers}}}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{{name: X-Header-Set, value: set-overwrites-values}}]
+        add: [{{name: X-Header-Add, value: add-appends-values}}]
+        remove: [X-Header-Remove]
+    backendRefs: [{{name: echo-two, port: 80}}]
 ---
 apiVersion: meshcore.dev/v1alpha1
 kind: LocalRateLimit
@@ -110,7 +126,18 @@ spec:
     mirror: {{host: echo-two}}
     mirrorPercentage: {{value: 100}}
     route: [{{destination: {{host: echo-one}}}}]
+  - match: [{{uri: {{prefix: /shift}}}}]
+    route:
+    - {{destination: {{host: echo-both, subset: v1}}, weight: 80}}
+    - {{destination: {{host: echo-both, subset: v2}}, weight: 20}}
   - route: [{{destination: {{host: echo-one}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: echo-both, namespace: shop}}
+spec:
+  host: echo-both
+  subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -122,13 +149,24 @@ spec:
     backendRefs: [{{name: echo-two, port: 50051}}]
   - matches: [{{headers: [{{name: x-variant, value: two}}]}}]
     backendRefs: [{{name: echo-two, port: 50051}}]
+  - matches: [{{method: {{service: meshcore.test.Weighted}}}}]
+    backendRefs: [{{name: echo-one, port: 50051, weight: 70}}, {{name: echo-two, port: 50051, weight: 30}},
+                  {{name: echo-three, port: 50051, weight: 0}}]
+  - matches: [{{headers: [{{name: x-test-case, value: modify}}]}}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{{name: x-header-set, value: set-overwrites-values}}]
+        add: [{{name: x-header-add, value: add-appends-values}}]
+        remove: [x-header-remove]
+    backendRefs: [{{name: echo-one, port: 50051}}]
   - backendRefs: [{{name: echo-one, port: 50051}}]
 """
 
 # The chance a correct waypoint fails one statistical assertion here: each interval
 # below leaves out at most this much of the binomial distribution (half each side).
-# With the four such assertions in this file, a correct waypoint fails the file by
-# chance less than once in 2.5 million runs.
+# With the six such assertions in this file, a correct waypoint fails the file by
+# chance less than once in 1.6 million runs.
 ALPHA = 1e-7
 
 
@@ -153,15 +191,18 @@ def mesh(tmp_path_factory):
     n = m.web.split(".")[1]
     m.client2 = f"127.{n}.1.2"
     m.one, m.two, m.bad = f"127.{n}.3.1", f"127.{n}.3.2", f"127.{n}.3.3"
-    m.echo, m.echo_one, m.echo_two, m.flaky, m.echo_vs, m.rpc = (f"127.{n}.11.{i}" for i in range(1, 7))
+    m.echo, m.echo_one, m.echo_two, m.flaky, m.echo_vs, m.rpc, m.echo_three, m.echo_both = (
+        f"127.{n}.11.{i}" for i in range(1, 9))
     m.config.write_text(m.config.read_text() + TRAFFIC.format(
         client2=m.client2, one=m.one, two=m.two, bad=m.bad, echo=m.echo, echo_one=m.echo_one, echo_two=m.echo_two,
-        flaky=m.flaky, echo_vs=m.echo_vs, rpc=m.rpc, waypoint=m.waypoint))
+        flaky=m.flaky, echo_vs=m.echo_vs, rpc=m.rpc, echo_three=m.echo_three,
+        echo_both=m.echo_both, waypoint=m.waypoint))
     try:
         m._spawn("backends", [str(SUPPORT / "echo_backends.py"),
                               "--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080",
                               "--http", f"bad={m.bad}:8080:503",
-                              "--grpc", f"one={m.one}:50051", "--grpc", f"two={m.two}:50051"])
+                              "--grpc", f"one={m.one}:50051", "--grpc", f"two={m.two}:50051",
+                              "--grpc", f"three={m.bad}:50051"])
         m.start()
         deadline = time.monotonic() + 15
         while "ready" not in m.log("backends"):
@@ -274,7 +315,7 @@ def test_a_90_10_split_sends_each_backend_its_share_within_binomial_bounds(mesh)
                for a in answers), answers[:3]
     ones = sum(a.backend == "one" for a in answers)
     assert {a.backend for a in answers} == {"one", "two"}
-    lo, hi = binomial_interval(400, 0.9)          # 343..386: 50/50 or 100/0 land far outside
+    lo, hi = binomial_interval(400, 0.9)          # 325..388: an even split or one backend alone lands far outside
     assert lo <= ones <= hi, (ones, lo, hi)
 
 
@@ -283,10 +324,35 @@ def test_an_even_split_sends_each_backend_half_within_binomial_bounds_with_the_r
     assert all(a.status == 200 for a in answers), [a for a in answers if a.status != 200][:5]
     assert all(a.echo["headers"].get("x-split") == "50" for a in answers), answers[:3]
     ones = sum(a.backend == "one" for a in answers)
-    lo, hi = binomial_interval(400, 0.5)          # 148..252
+    lo, hi = binomial_interval(400, 0.5)          # 147..253
     assert lo <= ones <= hi, (ones, lo, hi)
     lines = access_lines(mesh, "/split50/")
     assert len(lines) == 400 and all('route="shop.echo-routes.1"' in line for line in lines), lines[:2]
+
+
+def test_a_request_header_modifier_sets_adds_and_removes_what_the_backend_sees(mesh):
+    # as the conformance suite's MeshHTTPRouteRequestHeaderModifier: names are case-insensitive
+    answer = get(mesh, mesh.echo, ["/headers/all"], headers=(
+        ("X-Header-Set", "to-be-overwritten"), ("x-header-add", "existing"), ("X-Header-Remove", "val"),
+        ("Some-Other-Header", "val")))[0]
+    assert answer.status == 200 and answer.backend == "two", answer
+    seen_headers = answer.echo["headers"]
+    assert seen_headers["x-header-set"] == "set-overwrites-values" and seen_headers["some-other-header"] == "val"
+    assert seen_headers["x-header-add"] == "existing,add-appends-values", seen_headers
+    assert "x-header-remove" not in seen_headers, seen_headers
+    # without the client's values: set and add both just set
+    bare = get(mesh, mesh.echo, ["/headers/bare"])[0].echo["headers"]
+    assert bare["x-header-set"] == "set-overwrites-values" and bare["x-header-add"] == "add-appends-values", bare
+
+
+def test_a_virtual_service_shifts_80_20_between_destination_rule_subsets_within_binomial_bounds(mesh):
+    # Istio's traffic-shifting task: weights across the subsets of one host
+    answers = get(mesh, mesh.echo_vs, [f"/shift/{i}" for i in range(400)], connections=8)
+    assert all(a.status == 200 for a in answers), [a for a in answers if a.status != 200][:5]
+    ones = sum(a.backend == "one" for a in answers)
+    assert ones + sum(a.backend == "two" for a in answers) == 400
+    lo, hi = binomial_interval(400, 0.8)          # 275..359
+    assert lo <= ones <= hi, (ones, lo, hi)
 
 
 # -- retries -------------------------------------------------------------------------------------
@@ -388,24 +454,42 @@ def rpc_channel(mesh):
 
 
 def _call(channel, method, metadata=()):
+    """(the backend that answered, the method it served, the metadata it received)"""
     answer, call = channel.unary_unary(method).with_call(b"ping", metadata=metadata, timeout=10)
-    return answer.decode(), dict(call.trailing_metadata())["x-backend"]
+    echo = json.loads(answer)
+    assert dict(call.trailing_metadata())["x-backend"] == echo["backend"] and echo["request"] == "ping", echo
+    return echo["backend"], echo["method"], echo["metadata"]
 
 
 def test_a_grpcroute_sends_one_method_to_one_service_and_the_rest_to_another(mesh, rpc_channel):
-    assert _call(rpc_channel, "/meshcore.test.Echo/Special") == ("two:/meshcore.test.Echo/Special:ping", "two")
-    assert _call(rpc_channel, "/meshcore.test.Echo/Unary") == ("one:/meshcore.test.Echo/Unary:ping", "one")
+    assert _call(rpc_channel, "/meshcore.test.Echo/Special")[:2] == ("two", "/meshcore.test.Echo/Special")
+    assert _call(rpc_channel, "/meshcore.test.Echo/Unary")[:2] == ("one", "/meshcore.test.Echo/Unary")
     # the method match names its service too: the same method of another service is not it
-    assert _call(rpc_channel, "/other.Echo/Special") == ("one:/other.Echo/Special:ping", "one")
+    assert _call(rpc_channel, "/other.Echo/Special")[:2] == ("one", "/other.Echo/Special")
     lines = [line for line in mesh.log("waypoint").splitlines() if 'http.path="/meshcore.test.Echo/Special"' in line]
     assert lines and 'route="shop.rpc-routes.0"' in lines[-1] and 'grpc.status="0"' in lines[-1], lines
 
 
 def test_a_grpcroute_header_match_chooses_its_backend(mesh, rpc_channel):
-    assert _call(rpc_channel, "/meshcore.test.Echo/Unary", (("x-variant", "two"),)) == \
-        ("two:/meshcore.test.Echo/Unary:ping:two", "two")
-    assert _call(rpc_channel, "/meshcore.test.Echo/Unary", (("x-variant", "three"),)) == \
-        ("one:/meshcore.test.Echo/Unary:ping:three", "one")
+    backend, _, metadata = _call(rpc_channel, "/meshcore.test.Echo/Unary", (("x-variant", "two"),))
+    assert backend == "two" and metadata["x-variant"] == "two", metadata
+    assert _call(rpc_channel, "/meshcore.test.Echo/Unary", (("x-variant", "three"),))[0] == "one"
+
+
+def test_a_grpcroute_request_header_modifier_sets_adds_and_removes_metadata(mesh, rpc_channel):
+    backend, _, metadata = _call(rpc_channel, "/meshcore.test.Echo/Unary", (
+        ("x-test-case", "modify"), ("x-header-set", "to-be-overwritten"), ("x-header-add", "existing"),
+        ("x-header-remove", "to-be-removed"), ("some-other-header", "kept")))
+    assert backend == "one", metadata
+    assert metadata["x-header-set"] == "set-overwrites-values" and metadata["some-other-header"] == "kept"
+    assert metadata["x-header-add"] == "existing,add-appends-values" and "x-header-remove" not in metadata, metadata
+
+
+def test_a_grpcroute_70_30_split_holds_within_binomial_bounds_and_weight_0_takes_nothing(mesh, rpc_channel):
+    answers = [_call(rpc_channel, f"/meshcore.test.Weighted/Call{i % 3}")[0] for i in range(300)]
+    assert set(answers) <= {"one", "two"}, set(answers)
+    lo, hi = binomial_interval(300, 0.7)          # 166..250
+    assert lo <= answers.count("one") <= hi, (answers.count("one"), lo, hi)
 
 
 # -- local rate limits per client ----------------------------------------------------------------
@@ -439,6 +523,8 @@ spec:
   rules:
   - matches: [{path: {type: RegularExpression, value: "/(?=lookahead)"}}]
     backendRefs: [{name: echo-two, port: 80}]
+  - matches: [{path: {value: /refused}}]
+    backendRefs: [{name: echo-two, port: 80}]
 """, "spec.rules[0].matches[0].path.value"),
     "an unknown filter": ("""\
 ---
@@ -450,6 +536,8 @@ spec:
   rules:
   - filters: [{type: RequestTeleport}]
     backendRefs: [{name: echo-two, port: 80}]
+  - matches: [{path: {value: /refused}}]
+    backendRefs: [{name: echo-two, port: 80}]
 """, "spec.rules[0].filters[0].type"),
     "a Service backend without port": ("""\
 ---
@@ -460,7 +548,9 @@ spec:
   parentRefs: [{group: "", kind: Service, name: echo, port: 80}]
   rules:
   - backendRefs: [{name: echo-two}]
-""", "spec.rules[0].backendRefs[0]"),
+  - matches: [{path: {value: /refused}}]
+    backendRefs: [{name: echo-two, port: 80}]
+""", "spec.rules[0].backendRefs[0].port"),
 }
 
 
@@ -480,9 +570,12 @@ def test_an_invalid_route_written_while_running_is_refused_and_the_routes_in_for
             refusal = [line for line in mesh.log("waypoint").splitlines() if "configuration refused" in line][-1]
             assert str(mesh.config) in refusal and field in refusal, (what, refusal)
             assert config_version(mesh) == version, what
-            # the routes in force still decide: a catch-all of the bad route would have taken /split50
-            answers = get(mesh, mesh.echo, [f"/split50/kept{i}" for i in range(4)])
-            assert all(a.status == 200 and a.echo["headers"].get("x-split") == "50" for a in answers), (what, answers)
+            # the routes in force still decide: none of the refused route's rules applies
+            # (its valid one would send /refused to echo-two), the others route as before
+            answers = get(mesh, mesh.echo, ["/refused", *(f"/split50/kept{i}" for i in range(4))])
+            assert answers[0].status == 404 and answers[0].backend is None, (what, answers[0])
+            assert all(a.status == 200 and a.echo["headers"].get("x-split") == "50" for a in answers[1:]), \
+                (what, answers)
     finally:
         staged = mesh.config.with_suffix(".next")
         staged.write_text(original)
