@@ -6,9 +6,9 @@ a test through the mesh can tell which backend answered and what reached it.
 
 HTTP/1.1 (keep-alive): every request is answered with the backend's status (200
 unless one is given after the address) and a JSON body
-`{"backend", "method", "path", "host", "headers"}` (header names lowercased, a repeated
+`{"backend", "method", "path", "host", "headers", "body"}` (header names lowercased, a repeated
 one joined with "," as the conformance suite's echo server reports it). `GET /__seen` on a backend's own address answers the list of
-`{"method", "path", "headers"}` it received before, in order, itself not included: a
+`{"method", "path", "headers", "body"}` it received before, in order, itself not included: a
 request that reached a backend off the client's path (a mirror) shows there.
 gRPC (grpcio): any unary method of any service answers the JSON
 `{"backend", "method", "request", "metadata"}` (the invocation metadata, a repeated key
@@ -45,14 +45,14 @@ class HttpBackend:
                         name, _, value = line.partition(":")
                         name, value = name.strip().lower(), value.strip()
                         headers[name] = f"{headers[name]},{value}" if name in headers else value
-                await self._body(reader, headers)
+                content = (await self._body(reader, headers)).decode(errors="replace")
                 if target == "/__seen":
                     status, body = 200, json.dumps(self.seen).encode()
                 else:
-                    self.seen.append({"method": method, "path": target, "headers": headers})
+                    self.seen.append({"method": method, "path": target, "headers": headers, "body": content})
                     status = self.status
                     body = json.dumps({"backend": self.name, "method": method, "path": target,
-                                       "host": headers.get("host", ""), "headers": headers}).encode()
+                                       "host": headers.get("host", ""), "headers": headers, "body": content}).encode()
                 writer.write(f"HTTP/1.1 {status} {'OK' if status == 200 else 'Answer'}\r\n"
                              f"content-type: application/json\r\nx-backend: {self.name}\r\n"
                              f"content-length: {len(body)}\r\n\r\n".encode() + body)
@@ -65,16 +65,15 @@ class HttpBackend:
             writer.close()
 
     @staticmethod
-    async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> None:
+    async def _body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
         if "chunked" in headers.get("transfer-encoding", "").lower():
-            while True:
-                size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                await reader.readexactly(size + 2)
-                if size == 0:
-                    return
-        length = int(headers.get("content-length", "0") or 0)
-        if length:
-            await reader.readexactly(length)
+            body = b""
+            while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                body += (await reader.readexactly(size + 2))[:-2]
+            while await reader.readuntil(b"\r\n") != b"\r\n":      # trailers
+                pass
+            return body
+        return await reader.readexactly(int(headers.get("content-length", "0") or 0))
 
 
 def grpc_server(name: str, address: str):

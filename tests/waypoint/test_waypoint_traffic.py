@@ -47,6 +47,7 @@ workloads:
               "shop/echo-both.shop.svc.cluster.local": {{80: 8080}}}}}}
 - {{uid: c/bad, name: bad, namespace: shop, serviceAccount: bad, workloadIps: ["{bad}"], protocol: HBONE,
    node: node-b, services: {{"shop/flaky.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/broken.shop.svc.cluster.local": {{80: 8080}},
                              "shop/echo-three.shop.svc.cluster.local": {{80: 8080, 50051: 50051}}}}}}
 services:
 - {{name: echo, namespace: shop, hostname: echo.shop.svc.cluster.local, vips: ["/{echo}"], ports: {{80: 8080}},
@@ -59,6 +60,8 @@ services:
    ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
 - {{name: echo-both, namespace: shop, hostname: echo-both.shop.svc.cluster.local, vips: ["/{echo_both}"],
    ports: {{80: 8080}}, appProtocols: {{80: http}}}}
+- {{name: broken, namespace: shop, hostname: broken.shop.svc.cluster.local, vips: ["/{broken}"], ports: {{80: 8080}},
+   appProtocols: {{80: http}}}}
 - {{name: flaky, namespace: shop, hostname: flaky.shop.svc.cluster.local, vips: ["/{flaky}"], ports: {{80: 8080}},
    appProtocols: {{80: http}}}}
 - {{name: echo-vs, namespace: shop, hostname: echo-vs.shop.svc.cluster.local, vips: ["/{echo_vs}"],
@@ -98,6 +101,9 @@ spec:
         add: [{{name: X-Header-Add, value: add-appends-values}}]
         remove: [X-Header-Remove]
     backendRefs: [{{name: echo-two, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /exhaust}}}}]
+    retry: {{attempts: 2, codes: [503]}}
+    backendRefs: [{{name: broken, port: 80}}]
 ---
 apiVersion: meshcore.dev/v1alpha1
 kind: LocalRateLimit
@@ -191,12 +197,12 @@ def mesh(tmp_path_factory):
     n = m.web.split(".")[1]
     m.client2 = f"127.{n}.1.2"
     m.one, m.two, m.bad = f"127.{n}.3.1", f"127.{n}.3.2", f"127.{n}.3.3"
-    m.echo, m.echo_one, m.echo_two, m.flaky, m.echo_vs, m.rpc, m.echo_three, m.echo_both = (
-        f"127.{n}.11.{i}" for i in range(1, 9))
+    m.echo, m.echo_one, m.echo_two, m.flaky, m.echo_vs, m.rpc, m.echo_three, m.echo_both, m.broken = (
+        f"127.{n}.11.{i}" for i in range(1, 10))
     m.config.write_text(m.config.read_text() + TRAFFIC.format(
         client2=m.client2, one=m.one, two=m.two, bad=m.bad, echo=m.echo, echo_one=m.echo_one, echo_two=m.echo_two,
         flaky=m.flaky, echo_vs=m.echo_vs, rpc=m.rpc, echo_three=m.echo_three,
-        echo_both=m.echo_both, waypoint=m.waypoint))
+        echo_both=m.echo_both, broken=m.broken, waypoint=m.waypoint))
     try:
         m._spawn("backends", [str(SUPPORT / "echo_backends.py"),
                               "--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080",
@@ -224,9 +230,10 @@ async def _connect(mesh, source, host, port=80):
     return await LocalMesh.socks5(m, source, host, port)
 
 
-async def _exchange(reader, writer, host, path, headers):
-    writer.write((f"GET {path} HTTP/1.1\r\nhost: {host}\r\n"
-                  + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode())
+async def _exchange(reader, writer, host, path, headers, method="GET", body=b""):
+    length = f"content-length: {len(body)}\r\n" if body else ""
+    writer.write((f"{method} {path} HTTP/1.1\r\nhost: {host}\r\n{length}"
+                  + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode() + body)
     head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
     status = int(head[0].split()[1])
     fields = {}
@@ -262,8 +269,8 @@ class Answer:
         return f"<{self.path} {self.status} {self.backend} {self.body[:200]!r}>"
 
 
-def get(mesh, host, paths, *, connections=1, source=None, headers=()) -> list[Answer]:
-    """GET each path from the client workload (or `source`), on `connections` keep-alive
+def get(mesh, host, paths, *, connections=1, source=None, headers=(), method="GET", body=b"") -> list[Answer]:
+    """GET (or `method` with `body`) each path from the client workload (or `source`), on `connections` keep-alive
     connections side by side (sequentially on each): the answers in the paths' order."""
     answers = [None] * len(paths)
 
@@ -273,8 +280,8 @@ def get(mesh, host, paths, *, connections=1, source=None, headers=()) -> list[An
             if writer is None:
                 reader, writer = await _connect(mesh, source or mesh.client, host)
             started = time.monotonic()
-            status, fields, body = await _exchange(reader, writer, host, paths[i], headers)
-            answers[i] = Answer(paths[i], status, fields, body, time.monotonic() - started)
+            status, fields, text = await _exchange(reader, writer, host, paths[i], headers, method, body)
+            answers[i] = Answer(paths[i], status, fields, text, time.monotonic() - started)
             if fields.get("connection", "").lower() == "close":
                 writer.close()
                 writer = None
@@ -375,6 +382,30 @@ def _retried(mesh, host, prefix, route):
 
 def test_an_httproute_retry_on_503_turns_a_failing_endpoints_answers_into_200s(mesh):
     _retried(mesh, mesh.echo, "/retry", "shop.echo-routes.2")
+
+
+@pytest.mark.xfail(strict=True, reason="the waypoint does not keep a request's body, so a request with one is never "
+                                       "retried; Envoy buffers it (up to its buffer limit) and sends it again")
+def test_a_retried_post_goes_again_with_its_body(mesh):
+    answers = get(mesh, mesh.echo, [f"/retry/post{i}" for i in range(6)], method="POST", body=b"payload")
+    assert all(a.status == 200 and a.echo["method"] == "POST" and a.echo["body"] == "payload"
+               for a in answers), answers
+    # sequential requests take flaky's endpoints in turn: at least one met `bad` first
+    first_tries = seen(mesh.bad, "/retry/post")
+    assert first_tries and all(r["body"] == "payload" for r in first_tries), first_tries
+    retried = [line for line in access_lines(mesh, "/retry/post") if "attempts=2" in line]
+    assert len(retried) == len(first_tries), retried
+
+
+def test_an_httproute_retrys_attempts_count_retries_after_the_first_try(mesh):
+    # Gateway API's retry.attempts is "the maximum number of times a request should be
+    # retried" (istiod: retries.attempts): 2 retries, 3 tries, then the last answer goes back
+    answer = get(mesh, mesh.echo, ["/exhaust/once"])[0]
+    assert answer.status == 503 and answer.backend == "bad", answer
+    tries = [r["headers"].get("x-envoy-attempt-count") for r in seen(mesh.bad, "/exhaust/once")]
+    assert tries == [None, "2", "3"], tries
+    lines = access_lines(mesh, "/exhaust/once")
+    assert len(lines) == 1 and "attempts=3" in lines[0] and 'http.status=503' in lines[0], lines
 
 
 def test_without_a_retry_stanza_a_503_goes_back_to_the_client(mesh):
@@ -501,8 +532,7 @@ def test_a_per_source_rate_limit_keeps_a_bucket_for_each_client_identity(mesh):
     assert [a.status for a in first + other + again] == [200, 200, 429, 200, 200, 429], first + other + again
     assert first[0].headers["x-ratelimit-limit"] == "2" and other[1].headers["x-ratelimit-remaining"] == "0"
     assert first[2].body == "local_rate_limited"
-    # the backend saw each client's requests as the waypoint's, the client named by XFCC-less
-    # identity in the waypoint's access log
+    # the access log names each request's client by its identity
     lines = access_lines(mesh, "/limited/")
     assert sum('response_flags="RL"' in line for line in lines) == 2
     assert all("sa/client2" in line for line in lines if "/limited/b" in line), lines
