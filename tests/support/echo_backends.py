@@ -12,7 +12,9 @@ one joined with "," as the conformance suite's echo server reports it). `GET /__
 request that reached a backend off the client's path (a mirror) shows there.
 gRPC (grpcio): any unary method of any service answers the JSON
 `{"backend", "method", "request", "metadata"}` (the invocation metadata, a repeated key
-joined with ","), and `x-backend: NAME` in the trailing metadata.
+joined with ","), and `x-backend: NAME` in the trailing metadata; given a status code
+after the address (`--grpc bad=HOST:PORT:14`), every call ends with that status instead,
+without a message (Trailers-Only).
 Prints `ready` once every listener accepts.
 """
 from __future__ import annotations
@@ -78,6 +80,8 @@ class HttpBackend:
 
 def grpc_server(name: str, address: str):
     import grpc
+    host, port, *code = address.split(":")
+    failing = next(c for c in grpc.StatusCode if c.value[0] == int(code[0])) if code else None
 
     class Any(grpc.GenericRpcHandler):
         def service(self, details):
@@ -89,13 +93,14 @@ def grpc_server(name: str, address: str):
                     if isinstance(value, str):
                         metadata[key] = f"{metadata[key]},{value}" if key in metadata else value
                 context.set_trailing_metadata((("x-backend", name),))
+                if failing is not None:
+                    context.abort(failing, f"{name} fails every call")
                 return json.dumps({"backend": name, "method": method, "request": request.decode(errors="replace"),
                                    "metadata": metadata}).encode()
             return grpc.unary_unary_rpc_method_handler(unary)
 
     server = grpc.server(futures.ThreadPoolExecutor(4))
     server.add_generic_rpc_handlers((Any(),))
-    host, port = address.rsplit(":", 1)
     if server.add_insecure_port(f"{host}:{port}") != int(port):
         raise SystemExit(f"grpc: cannot listen on {address}")
     server.start()
@@ -124,7 +129,7 @@ async def main(args) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", action="append", default=[], help="NAME=HOST:PORT[:STATUS]")
-    parser.add_argument("--grpc", action="append", default=[], help="NAME=HOST:PORT")
+    parser.add_argument("--grpc", action="append", default=[], help="NAME=HOST:PORT[:GRPC_STATUS]")
     try:
         asyncio.run(main(parser.parse_args()))
     except KeyboardInterrupt:
