@@ -40,7 +40,8 @@ workloads:
               "shop/flaky.shop.svc.cluster.local": {{80: 8080, 50051: 50051}},
               "shop/echo-vs.shop.svc.cluster.local": {{80: 8080}},
               "shop/echo-both.shop.svc.cluster.local": {{80: 8080}},
-              "shop/rpc.shop.svc.cluster.local": {{50051: 50051}}}}}}
+              "shop/rpc.shop.svc.cluster.local": {{50051: 50051}},
+              "shop/rpc-vs.shop.svc.cluster.local": {{50051: 50051}}}}}}
 - {{uid: c/two, name: two, namespace: shop, serviceAccount: two, workloadIps: ["{two}"], protocol: HBONE,
    node: node-b, labels: {{version: v2}},
    services: {{"shop/echo-two.shop.svc.cluster.local": {{80: 8080, 50051: 50051}},
@@ -56,6 +57,8 @@ services:
    ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
 - {{name: echo-two, namespace: shop, hostname: echo-two.shop.svc.cluster.local, vips: ["/{echo_two}"],
    ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
+- {{name: rpc-vs, namespace: shop, hostname: rpc-vs.shop.svc.cluster.local, vips: ["/{rpc_vs}"], ports: {{50051: 50051}},
+   appProtocols: {{50051: grpc}}, waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
 - {{name: echo-three, namespace: shop, hostname: echo-three.shop.svc.cluster.local, vips: ["/{echo_three}"],
    ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
 - {{name: echo-both, namespace: shop, hostname: echo-both.shop.svc.cluster.local, vips: ["/{echo_both}"],
@@ -101,6 +104,10 @@ spec:
         add: [{{name: X-Header-Add, value: add-appends-values}}]
         remove: [X-Header-Remove]
     backendRefs: [{{name: echo-two, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /query}}, queryParams: [{{name: animal, value: whale}}]}}]
+    backendRefs: [{{name: echo-two, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /query}}}}]
+    backendRefs: [{{name: echo-one, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /exhaust}}}}]
     retry: {{attempts: 2, codes: [503]}}
     backendRefs: [{{name: broken, port: 80}}]
@@ -136,6 +143,10 @@ spec:
     route:
     - {{destination: {{host: echo-both, subset: v1}}, weight: 80}}
     - {{destination: {{host: echo-both, subset: v2}}, weight: 20}}
+  - match: [{{uri: {{prefix: /reviews}}, headers: {{end-user: {{exact: jason}}}}}}]
+    route: [{{destination: {{host: echo-both, subset: v2}}}}]
+  - match: [{{uri: {{prefix: /reviews}}}}]
+    route: [{{destination: {{host: echo-both, subset: v1}}}}]
   - match: [{{uri: {{prefix: /sticky}}}}]
     route: [{{destination: {{host: echo-both}}}}]
   - route: [{{destination: {{host: echo-one}}}}]
@@ -147,6 +158,19 @@ spec:
   host: echo-both
   trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}}}
   subsets: [{{name: v1, labels: {{version: v1}}}}, {{name: v2, labels: {{version: v2}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: rpc-vs, namespace: shop}}
+spec:
+  hosts: [rpc-vs.shop.svc.cluster.local]
+  http:
+  - match: [{{uri: {{exact: /meshcore.test.Echo/Abort}}}}]
+    fault: {{abort: {{grpcStatus: UNAVAILABLE, percentage: {{value: 100}}}}}}
+    route: [{{destination: {{host: rpc-vs}}}}]
+  - match: [{{headers: {{x-variant: {{exact: two}}}}}}]
+    route: [{{destination: {{host: echo-two, port: {{number: 50051}}}}}}]
+  - route: [{{destination: {{host: rpc-vs}}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
@@ -202,12 +226,12 @@ def mesh(tmp_path_factory):
     n = m.web.split(".")[1]
     m.client2 = f"127.{n}.1.2"
     m.one, m.two, m.bad = f"127.{n}.3.1", f"127.{n}.3.2", f"127.{n}.3.3"
-    m.echo, m.echo_one, m.echo_two, m.flaky, m.echo_vs, m.rpc, m.echo_three, m.echo_both, m.broken = (
-        f"127.{n}.11.{i}" for i in range(1, 10))
+    m.echo, m.echo_one, m.echo_two, m.flaky, m.echo_vs, m.rpc, m.echo_three, m.echo_both, m.broken, m.rpc_vs = (
+        f"127.{n}.11.{i}" for i in range(1, 11))
     m.config.write_text(m.config.read_text() + TRAFFIC.format(
         client2=m.client2, one=m.one, two=m.two, bad=m.bad, echo=m.echo, echo_one=m.echo_one, echo_two=m.echo_two,
         flaky=m.flaky, echo_vs=m.echo_vs, rpc=m.rpc, echo_three=m.echo_three,
-        echo_both=m.echo_both, broken=m.broken, waypoint=m.waypoint))
+        echo_both=m.echo_both, broken=m.broken, rpc_vs=m.rpc_vs, waypoint=m.waypoint))
     try:
         m._spawn("backends", [str(SUPPORT / "echo_backends.py"),
                               "--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080",
@@ -379,6 +403,24 @@ def test_a_destination_rules_consistent_hash_keeps_each_user_on_one_endpoint(mes
     assert set(chosen.values()) == {"one", "two"}, chosen
 
 
+def test_a_virtual_service_routes_one_user_to_a_subset_and_everyone_else_to_another(mesh):
+    # Istio's request-routing task: end-user jason sees v2, everyone else v1
+    jason = get(mesh, mesh.echo_vs, [f"/reviews/{i}" for i in range(5)], headers=(("end-user", "jason"),))
+    others = get(mesh, mesh.echo_vs, [f"/reviews/{i}" for i in range(5)], headers=(("end-user", "json"),))
+    anonymous = get(mesh, mesh.echo_vs, ["/reviews/0"])
+    assert {(a.status, a.backend) for a in jason} == {(200, "two")}, jason
+    assert {(a.status, a.backend) for a in others + anonymous} == {(200, "one")}, others + anonymous
+
+
+def test_a_query_parameter_match_chooses_the_backend(mesh):
+    # as the conformance suite's MeshHTTPRouteQueryParamMatching: exact and case-sensitive
+    answers = get(mesh, mesh.echo, ["/query?animal=whale", "/query?animal=Whale", "/query?color=blue&animal=whale",
+                                    "/query"])
+    assert [(a.status, a.backend) for a in answers] == [(200, "two"), (200, "one"), (200, "two"), (200, "one")], \
+        answers
+    assert answers[2].echo["path"] == "/query?color=blue&animal=whale"
+
+
 # -- retries -------------------------------------------------------------------------------------
 
 def _retried(mesh, host, prefix, route):
@@ -501,11 +543,11 @@ def test_a_virtual_service_mirror_sends_a_copy_to_the_mirror_host(mesh):
 
 # -- gRPC ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def rpc_channel(mesh):
+def _channel(mesh, vip):
+    """A grpcio channel to vip:50051 from the client workload, through node-a."""
     forwarder = subprocess.Popen([sys.executable, str(SUPPORT / "socks_forwarder.py"),
                                   "--socks", f"{mesh.node['node-a']}:15080", "--source", mesh.client,
-                                  "--target", f"{mesh.rpc}:50051"], stdout=subprocess.PIPE, text=True)
+                                  "--target", f"{vip}:50051"], stdout=subprocess.PIPE, text=True)
     try:
         listening = forwarder.stdout.readline().split()
         assert listening and listening[0] == "listening", listening
@@ -514,6 +556,16 @@ def rpc_channel(mesh):
     finally:
         forwarder.terminate()
         forwarder.wait(10)
+
+
+@pytest.fixture(scope="module")
+def rpc_channel(mesh):
+    yield from _channel(mesh, mesh.rpc)
+
+
+@pytest.fixture(scope="module")
+def rpc_vs_channel(mesh):
+    yield from _channel(mesh, mesh.rpc_vs)
 
 
 def _call(channel, method, metadata=()):
@@ -553,6 +605,17 @@ def test_a_grpcroute_70_30_split_holds_within_binomial_bounds_and_weight_0_takes
     assert set(answers) <= {"one", "two"}, set(answers)
     lo, hi = binomial_interval(300, 0.7)          # 166..250
     assert lo <= answers.count("one") <= hi, (answers.count("one"), lo, hi)
+
+
+def test_a_virtual_service_aborts_a_grpc_method_with_its_grpc_status_and_matches_metadata(mesh, rpc_vs_channel):
+    with pytest.raises(grpc.RpcError) as aborted:
+        _call(rpc_vs_channel, "/meshcore.test.Echo/Abort")
+    assert aborted.value.code() == grpc.StatusCode.UNAVAILABLE, aborted.value
+    assert _call(rpc_vs_channel, "/meshcore.test.Echo/Unary")[0] == "one"
+    assert _call(rpc_vs_channel, "/meshcore.test.Echo/Unary", (("x-variant", "two"),))[0] == "two"
+    lines = [line for line in mesh.log("waypoint").splitlines() if 'http.path="/meshcore.test.Echo/Abort"' in line]
+    assert len(lines) == 1 and 'response_flags="FI"' in lines[0] and 'grpc.status="14"' in lines[0], lines
+    assert 'dst.workload=' not in lines[0], lines          # answered by the waypoint, sent nowhere
 
 
 # -- local rate limits per client ----------------------------------------------------------------
