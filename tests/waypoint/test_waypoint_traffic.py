@@ -1,13 +1,15 @@
 """Traffic management through a waypoint process, after the Gateway API conformance
-suite's mesh tests (mesh-split, mesh-frontend, mesh-grpc..., retries, mirrors) and
-Istio's traffic-management tasks (request routing, traffic shifting, fault injection,
-retries, mirroring, local rate limits): tests/support/waypoint_mesh.py with three more
-workloads on node-b, served by tests/support/echo_backends.py (one process; every HTTP
-answer says which backend gave it and what it received, and `bad` answers every
-request 503), and a second client workload on node-a. Clients speak HTTP/1.1 with
-keep-alive through node-a's SOCKS5 (hundreds of requests on a few connections: the
-waypoint decides per request, not per connection), and grpcio through
-tests/support/socks_forwarder.py."""
+suite's mesh tests (weights, header modifiers, query matches, GRPCRoute) and Istio's
+traffic-management tasks (request routing, traffic shifting, fault injection, retries,
+mirroring, local rate limits): tests/support/waypoint_mesh.py with three more workloads
+on node-b, `one` (labels version v1), `two` (v2) and `bad`, served by one process,
+tests/support/echo_backends.py (every HTTP answer and gRPC reply says which backend
+gave it and what it received; `bad` answers every HTTP request 503 and every gRPC call
+UNAVAILABLE), the services over them, and a second client workload on node-a. Clients
+speak HTTP/1.1 with keep-alive through node-a's SOCKS5 (hundreds of requests on a few
+connections: the waypoint decides per request, not per connection), and grpcio through
+tests/support/socks_forwarder.py. Each test checks which backend answered, the status,
+what the backend received and the waypoint's access lines."""
 import asyncio
 import json
 import os
@@ -57,8 +59,9 @@ services:
    ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
 - {{name: echo-two, namespace: shop, hostname: echo-two.shop.svc.cluster.local, vips: ["/{echo_two}"],
    ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
-- {{name: rpc-vs, namespace: shop, hostname: rpc-vs.shop.svc.cluster.local, vips: ["/{rpc_vs}"], ports: {{50051: 50051}},
-   appProtocols: {{50051: grpc}}, waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
+- {{name: rpc-vs, namespace: shop, hostname: rpc-vs.shop.svc.cluster.local, vips: ["/{rpc_vs}"],
+   ports: {{50051: 50051}}, appProtocols: {{50051: grpc}},
+   waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
 - {{name: echo-three, namespace: shop, hostname: echo-three.shop.svc.cluster.local, vips: ["/{echo_three}"],
    ports: {{80: 8080, 50051: 50051}}, appProtocols: {{80: http, 50051: grpc}}}}
 - {{name: echo-both, namespace: shop, hostname: echo-both.shop.svc.cluster.local, vips: ["/{echo_both}"],
@@ -200,8 +203,8 @@ spec:
 
 # The chance a correct waypoint fails one statistical assertion here: each interval
 # below leaves out at most this much of the binomial distribution (half each side).
-# With the six such assertions in this file, a correct waypoint fails the file by
-# chance less than once in 1.6 million runs.
+# With the five such assertions in this file, a correct waypoint fails the file by
+# chance less than once in 2 million runs.
 ALPHA = 1e-7
 
 
@@ -299,8 +302,9 @@ class Answer:
 
 
 def get(mesh, host, paths, *, connections=1, source=None, headers=(), method="GET", body=b"") -> list[Answer]:
-    """GET (or `method` with `body`) each path from the client workload (or `source`), on `connections` keep-alive
-    connections side by side (sequentially on each): the answers in the paths' order."""
+    """GET (or `method` with `body`) each path from the client workload (or `source`), on
+    `connections` keep-alive connections side by side (one after the other on each): the
+    answers in the paths' order."""
     answers = [None] * len(paths)
 
     async def one_connection(indexes):
@@ -530,7 +534,8 @@ def _mirrored(mesh, host, path):
     assert seen(mesh.two, path)[0]["headers"]["host"].endswith("-shadow"), seen(mesh.two, path)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the waypoint reads RequestMirror and does not send mirrors yet")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="the waypoint reads RequestMirror and does not send mirrors yet")
 def test_an_httproute_request_mirror_sends_a_copy_to_the_mirror_backend(mesh):
     _mirrored(mesh, mesh.echo, "/mirror/gateway")
 
