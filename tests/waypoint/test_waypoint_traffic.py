@@ -360,13 +360,13 @@ def test_a_90_10_split_sends_each_backend_its_share_within_binomial_bounds(mesh)
 
 
 def test_an_even_split_sends_each_backend_half_within_binomial_bounds_with_the_rules_header(mesh):
-    answers = get(mesh, mesh.echo, [f"/split50/{i}" for i in range(400)], connections=8)
+    answers = get(mesh, mesh.echo, [f"/split50/even{i}" for i in range(400)], connections=8)
     assert all(a.status == 200 for a in answers), [a for a in answers if a.status != 200][:5]
     assert all(a.echo["headers"].get("x-split") == "50" for a in answers), answers[:3]
     ones = sum(a.backend == "one" for a in answers)
     lo, hi = binomial_interval(400, 0.5)          # 147..253
     assert lo <= ones <= hi, (ones, lo, hi)
-    lines = access_lines(mesh, "/split50/")
+    lines = access_lines(mesh, "/split50/even")
     assert len(lines) == 400 and all('route="shop.echo-routes.1"' in line for line in lines), lines[:2]
 
 
@@ -444,7 +444,7 @@ def _retried(mesh, host, prefix, route):
 
 
 def test_an_httproute_retry_on_503_turns_a_failing_endpoints_answers_into_200s(mesh):
-    _retried(mesh, mesh.echo, "/retry", "shop.echo-routes.2")
+    _retried(mesh, mesh.echo, "/retry/get", "shop.echo-routes.2")
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
@@ -494,7 +494,7 @@ def test_without_a_retry_stanza_a_503_goes_back_to_the_client(mesh):
 
 
 def test_a_virtual_service_retry_on_5xx_turns_a_failing_endpoints_answers_into_200s(mesh):
-    _retried(mesh, mesh.echo_vs, "/vsretry", "shop.echo-vs.0")
+    _retried(mesh, mesh.echo_vs, "/vsretry/get", "shop.echo-vs.0")
 
 
 # -- faults --------------------------------------------------------------------------------------
