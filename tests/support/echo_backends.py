@@ -7,7 +7,7 @@ a test through the mesh can tell which backend answered and what reached it.
 HTTP/1.1 (keep-alive): every request is answered with the backend's status (200
 unless one is given after the address) and a JSON body `{"backend", "method", "path",
 "host", "headers", "body"}` (header names lowercased, a repeated one joined with "," as
-the conformance suite's echo server reports it), with `x-backend: NAME`. `GET /__seen`
+the conformance suite's echo server reports it), with `x-backend: NAME`, after the request's `x-delay-ms` if it has one. `GET /__seen`
 on a backend's own address answers the list of `{"method", "path", "headers", "body"}`
 it received before, in order, itself not included: a request that reached a backend
 off the client's path (a mirror, a retry's first try) shows there.
@@ -49,6 +49,8 @@ class HttpBackend:
                         name, value = name.strip().lower(), value.strip()
                         headers[name] = f"{headers[name]},{value}" if name in headers else value
                 content = (await self._body(reader, headers)).decode(errors="replace")
+                if headers.get("x-delay-ms"):
+                    await asyncio.sleep(int(headers["x-delay-ms"]) / 1000)
                 if target == "/__seen":
                     status, body = 200, json.dumps(self.seen).encode()
                 else:
