@@ -122,6 +122,10 @@ spec:
     backendRefs: [{{name: shaky, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /pooled}}}}]
     backendRefs: [{{name: pooled, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /gwpertry}}}}]
+    timeouts: {{request: 3s, backendRequest: 200ms}}
+    retry: {{attempts: 2, codes: [503]}}
+    backendRefs: [{{name: echo-one, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /exhaust}}}}]
     retry: {{attempts: 2, codes: [503]}}
     backendRefs: [{{name: broken, port: 80}}]
@@ -182,6 +186,10 @@ spec:
     route: [{{destination: {{host: echo-both, subset: v1}}}}]
   - match: [{{uri: {{prefix: /vstimeout}}}}]
     timeout: 200ms
+    route: [{{destination: {{host: echo-one}}}}]
+  - match: [{{uri: {{prefix: /pertry}}}}]
+    timeout: 3s
+    retries: {{attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}}
     route: [{{destination: {{host: echo-one}}}}]
   - match: [{{uri: {{prefix: /sticky}}}}]
     route: [{{destination: {{host: echo-both}}}}]
@@ -467,6 +475,38 @@ def test_a_virtual_services_timeout_answers_504_before_a_slow_backend_does(mesh)
     assert quick.status == 200 and quick.backend == "one", quick
     lines = access_lines(mesh, "/vstimeout/slow")
     assert len(lines) == 1 and 'response_flags="UT"' in lines[0], lines
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="retries.perTryTimeout is read into the retry policy but the waypoint never bounds an "
+                          "attempt by it: the slow attempt is waited for")
+def test_a_per_try_timeout_gives_up_each_slow_attempt_and_retries_it(mesh):
+    # retryOn 5xx takes an attempt that outlived perTryTimeout (Envoy's 5xx: "or does not
+    # respond at all"): three attempts of 200 ms, then the timeout's 504
+    started = time.monotonic()
+    answer = get(mesh, mesh.echo_vs, ["/pertry/slow"], headers=(("x-delay-ms", "1000"),))[0]
+    elapsed = time.monotonic() - started
+    assert (answer.status, answer.body) == (504, "upstream request timeout"), answer
+    assert 0.6 <= elapsed < 1.5, elapsed                      # not the route's 3 s, nor the backend's 1 s
+    tries = [r["headers"].get("x-envoy-attempt-count") for r in seen(mesh.one, "/pertry/slow")]
+    assert tries == [None, "2", "3"], tries
+    lines = access_lines(mesh, "/pertry/slow")
+    assert len(lines) == 1 and "attempts=3" in lines[0] and 'response_flags="UT"' in lines[0], lines
+    # an attempt within perTryTimeout is answered as usual
+    assert get(mesh, mesh.echo_vs, ["/pertry/quick"], headers=(("x-delay-ms", "10"),))[0].status == 200
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="timeouts.backendRequest beside a retry stanza bounds each attempt in istiod's conversion; "
+                          "the waypoint drops it (decide() keeps only the request timeout)")
+def test_an_httproutes_backend_request_timeout_bounds_each_attempt(mesh):
+    # istiod: backendRequest is the per-try timeout when the rule retries; retrying only
+    # 503 (no 5xx nor gateway-error), Envoy does not retry the timed-out attempt
+    started = time.monotonic()
+    answer = get(mesh, mesh.echo, ["/gwpertry/slow"], headers=(("x-delay-ms", "1000"),))[0]
+    assert (answer.status, answer.body) == (504, "upstream request timeout"), answer
+    assert time.monotonic() - started < 0.9
+    assert len(seen(mesh.one, "/gwpertry/slow")) == 1
 
 
 def test_outlier_detection_ejects_an_endpoint_after_its_consecutive_503s(mesh):
