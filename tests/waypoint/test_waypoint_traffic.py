@@ -126,6 +126,15 @@ spec:
     timeouts: {{request: 3s, backendRequest: 200ms}}
     retry: {{attempts: 2, codes: [503]}}
     backendRefs: [{{name: echo-one, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /perbackend}}}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{hostname: rewritten.example}}}}]
+    backendRefs:
+    - name: echo-one
+      port: 80
+      filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: X-Which, value: one}}]}}}}]
+    - name: echo-two
+      port: 80
+      filters: [{{type: RequestHeaderModifier, requestHeaderModifier: {{set: [{{name: X-Which, value: two}}]}}}}]
   - matches: [{{path: {{type: PathPrefix, value: /exhaust}}}}]
     retry: {{attempts: 2, codes: [503]}}
     backendRefs: [{{name: broken, port: 80}}]
@@ -191,6 +200,18 @@ spec:
     timeout: 3s
     retries: {{attempts: 2, perTryTimeout: 200ms, retryOn: 5xx}}
     route: [{{destination: {{host: echo-one}}}}]
+  - match: [{{uri: {{regex: "/regex/v[0-9]+/.*"}}}}]
+    rewrite:
+      uriRegexRewrite: {{match: '^/regex/(v[0-9]+)/(.*)$', rewrite: '/\\2/\\1'}}
+      authority: echo-two.shop
+    headers:
+      request: {{set: {{x-set: a}}, add: {{x-add: b}}, remove: [x-remove]}}
+      response: {{set: {{x-route: regex}}, remove: [x-backend]}}
+    route:
+    - destination: {{host: echo-two}}
+      headers: {{request: {{set: {{x-destination: two}}}}}}
+  - match: [{{uri: {{exact: /direct}}}}]
+    directResponse: {{status: 418, body: {{string: "short and stout"}}}}
   - match: [{{uri: {{prefix: /sticky}}}}]
     route: [{{destination: {{host: echo-both}}}}]
   - route: [{{destination: {{host: echo-one}}}}]
@@ -426,6 +447,15 @@ def test_a_request_header_modifier_sets_adds_and_removes_what_the_backend_sees(m
     assert bare["x-header-set"] == "set-overwrites-values" and bare["x-header-add"] == "add-appends-values", bare
 
 
+def test_a_backends_own_header_modifier_applies_to_the_requests_it_takes_only(mesh):
+    # as MeshHTTPRouteBackendRequestHeaderModifier, with the rule's URLRewrite of the host
+    answers = get(mesh, mesh.echo, [f"/perbackend/{i}" for i in range(30)], headers=(("x-which", "client"),))
+    assert all(a.status == 200 and a.echo["headers"]["x-which"] == a.backend for a in answers), answers
+    assert all(a.echo["host"] == "rewritten.example" for a in answers), answers[0].echo
+    # an even split: 30 requests all to one backend would be a 1 in 500 million accident
+    assert {a.backend for a in answers} == {"one", "two"}
+
+
 def test_a_virtual_service_shifts_80_20_between_destination_rule_subsets_within_binomial_bounds(mesh):
     # Istio's traffic-shifting task: weights across the subsets of one host
     answers = get(mesh, mesh.echo_vs, [f"/shift/{i}" for i in range(400)], connections=8)
@@ -464,6 +494,21 @@ def test_a_query_parameter_match_chooses_the_backend(mesh):
     assert [(a.status, a.backend) for a in answers] == [(200, "two"), (200, "one"), (200, "two"), (200, "one")], \
         answers
     assert answers[2].echo["path"] == "/query?color=blue&animal=whale"
+
+
+def test_a_virtual_service_rewrites_by_regex_edits_headers_both_ways_and_answers_directly(mesh):
+    answer = get(mesh, mesh.echo_vs, ["/regex/v7/items"], headers=(
+        ("x-set", "old"), ("x-add", "existing"), ("x-remove", "gone"), ("x-other", "kept")))[0]
+    assert answer.status == 200, answer
+    # x-backend removed from the response: which backend answered is in the body only
+    echo = json.loads(answer.body)
+    assert echo["backend"] == "two" and echo["path"] == "/items/v7" and echo["host"] == "echo-two.shop", echo
+    seen_headers = echo["headers"]
+    assert (seen_headers["x-set"], seen_headers["x-add"], seen_headers["x-destination"], seen_headers["x-other"]) \
+        == ("a", "existing,b", "two", "kept") and "x-remove" not in seen_headers, seen_headers
+    assert answer.headers["x-route"] == "regex" and "x-backend" not in answer.headers, answer.headers
+    direct = get(mesh, mesh.echo_vs, ["/direct"])[0]
+    assert (direct.status, direct.body, direct.backend) == (418, "short and stout", None), direct
 
 
 def test_a_virtual_services_timeout_answers_504_before_a_slow_backend_does(mesh):
