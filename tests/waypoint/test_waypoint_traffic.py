@@ -166,6 +166,13 @@ spec:
   tokenBucket: {{maxTokens: 2, tokensPerFill: 2, fillInterval: 60s}}
   perSource: true
 ---
+apiVersion: meshcore.dev/v1alpha1
+kind: LocalRateLimit
+metadata: {{name: one-call, namespace: shop}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: GRPCRoute, name: rpc-routes, sectionName: metered}}]
+  tokenBucket: {{maxTokens: 1, tokensPerFill: 1, fillInterval: 60s}}
+---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata: {{name: echo-vs, namespace: shop}}
@@ -258,6 +265,9 @@ spec:
         add: [{{name: x-header-add, value: add-appends-values}}]
         remove: [x-header-remove]
     backendRefs: [{{name: echo-one, port: 50051}}]
+  - name: metered
+    matches: [{{method: {{service: meshcore.test.Metered}}}}]
+    backendRefs: [{{name: echo-two, port: 50051}}]
   - matches: [{{method: {{service: meshcore.test.Flaky}}}}]
     backendRefs: [{{name: flaky, port: 50051}}]
   - backendRefs: [{{name: echo-one, port: 50051}}]
@@ -791,6 +801,17 @@ def test_a_per_source_rate_limit_keeps_a_bucket_for_each_client_identity(mesh):
     assert all("sa/client2" in line for line in lines if "/limited/b" in line), lines
     # another rule of the same route is not limited
     assert {a.status for a in get(mesh, mesh.echo, [f"/split50/after{i}" for i in range(4)])} == {200}
+
+
+def test_a_grpcroute_rules_rate_limit_answers_unavailable_once_spent(mesh, rpc_channel):
+    assert _call(rpc_channel, "/meshcore.test.Metered/First")[0] == "two"
+    with pytest.raises(grpc.RpcError) as limited:
+        _call(rpc_channel, "/meshcore.test.Metered/Second")
+    assert limited.value.code() == grpc.StatusCode.UNAVAILABLE, limited.value
+    lines = [line for line in mesh.log("waypoint").splitlines() if 'http.path="/meshcore.test.Metered/Second"' in line]
+    assert len(lines) == 1 and 'response_flags="RL"' in lines[0] and "dst.workload=" not in lines[0], lines
+    # the other rules of the route keep their calls
+    assert _call(rpc_channel, "/meshcore.test.Echo/Unary")[0] == "one"
 
 
 # -- refused configuration -----------------------------------------------------------------------
