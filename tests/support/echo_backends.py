@@ -4,13 +4,14 @@ a test through the mesh can tell which backend answered and what reached it.
     python tests/support/echo_backends.py --http one=127.n.3.1:8080 --http bad=127.n.3.3:8080:503 \\
         --grpc one=127.n.3.1:50051
 
-HTTP/1.1 (keep-alive): every request is answered with the backend's status (200
-unless one is given after the address) and a JSON body `{"backend", "method", "path",
-"host", "headers", "body"}` (header names lowercased, a repeated one joined with "," as
-the conformance suite's echo server reports it), with `x-backend: NAME`, after the request's `x-delay-ms` if it has one. `GET /__seen`
-on a backend's own address answers the list of `{"method", "path", "headers", "body"}`
-it received before, in order, itself not included: a request that reached a backend
-off the client's path (a mirror, a retry's first try) shows there.
+HTTP/1.1 (keep-alive): every request is answered, after its `x-delay-ms` if it has
+one, with the backend's status (200 unless one is given after the address),
+`x-backend: NAME` and a JSON body `{"backend", "method", "path", "host", "headers",
+"body"}` (header names lowercased, a repeated one joined with "," as the conformance
+suite's echo server reports it). `GET /__seen` on a backend's own address answers the
+list of `{"method", "path", "headers", "body"}` it received before, in order, itself
+not included: a request that reached a backend off the client's path (a mirror, a
+retry's first try) shows there.
 gRPC (grpcio): any unary method of any service answers the JSON `{"backend", "method",
 "request", "metadata"}` (the invocation metadata, a repeated key joined with ","), with
 `x-backend: NAME` in the trailing metadata; given a status code after the address

@@ -442,6 +442,8 @@ def test_an_even_split_sends_each_backend_half_within_binomial_bounds_with_the_r
     assert len(lines) == 400 and all('route="shop.echo-routes.1"' in line for line in lines), lines[:2]
 
 
+# -- matches, rewrites, header edits, load balancing -------------------------------------------
+
 def test_a_request_header_modifier_sets_adds_and_removes_what_the_backend_sees(mesh):
     # as the conformance suite's MeshHTTPRouteRequestHeaderModifier: names are case-insensitive
     answer = get(mesh, mesh.echo, ["/headers/all"], headers=(
@@ -520,6 +522,8 @@ def test_a_virtual_service_rewrites_by_regex_edits_headers_both_ways_and_answers
     direct = get(mesh, mesh.echo_vs, ["/direct"])[0]
     assert (direct.status, direct.body, direct.backend) == (418, "short and stout", None), direct
 
+
+# -- timeouts, outlier detection, connection pools ----------------------------------------------
 
 def test_a_virtual_services_timeout_answers_504_before_a_slow_backend_does(mesh):
     started = time.monotonic()
