@@ -1,6 +1,6 @@
 """Traffic management through a waypoint process, after the Gateway API conformance
 suite's mesh tests (weights, header modifiers, query matches, GRPCRoute) and Istio's
-traffic-management tasks (request routing, traffic shifting, fault injection, retries,
+traffic-management documentation (request routing, traffic shifting, fault injection, retries,
 mirroring, local rate limits): tests/support/waypoint_mesh.py with three more workloads
 on node-b, `one` (labels version v1), `two` (v2) and `bad`, served by one process,
 tests/support/echo_backends.py (every HTTP answer and gRPC reply says which backend
@@ -479,7 +479,7 @@ def test_a_backends_own_header_modifier_applies_to_the_requests_it_takes_only(me
 
 
 def test_a_virtual_service_shifts_80_20_between_destination_rule_subsets_within_binomial_bounds(mesh):
-    # Istio's traffic-shifting task: weights across the subsets of one host
+    # as Istio's traffic-shifting guide: weights across the subsets of one host
     answers = get(mesh, mesh.echo_vs, [f"/shift/{i}" for i in range(400)], connections=8)
     assert all(a.status == 200 for a in answers), [a for a in answers if a.status != 200][:5]
     ones = sum(a.backend == "one" for a in answers)
@@ -501,7 +501,7 @@ def test_a_destination_rules_consistent_hash_keeps_each_user_on_one_endpoint(mes
 
 
 def test_a_virtual_service_routes_one_user_to_a_subset_and_everyone_else_to_another(mesh):
-    # Istio's request-routing task: end-user jason sees v2, everyone else v1
+    # as Istio's request-routing guide: end-user jason sees v2, everyone else v1
     jason = get(mesh, mesh.echo_vs, [f"/reviews/{i}" for i in range(5)], headers=(("end-user", "jason"),))
     others = get(mesh, mesh.echo_vs, [f"/reviews/{i}" for i in range(5)], headers=(("end-user", "json"),))
     anonymous = get(mesh, mesh.echo_vs, ["/reviews/0"])
@@ -590,7 +590,7 @@ def test_outlier_detection_ejects_an_endpoint_after_its_consecutive_503s(mesh):
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="a DestinationRule's connectionPool is read and checked but not applied: no request is "
                           "refused for overflow")
-def test_a_connection_pool_limit_answers_overflow_503s_as_istios_circuit_breaking_task_shows(mesh):
+def test_a_connection_pool_limit_answers_overflow_503s_as_in_istios_circuit_breaking_guide(mesh):
     # one connection, one pending request: of six requests at once, while the first two
     # are held by the backend, the others overflow (503, flag UO) at once
     answers = get(mesh, mesh.echo, [f"/pooled/{i}" for i in range(6)], connections=6,
