@@ -625,9 +625,6 @@ def test_an_httproute_retry_on_503_turns_a_failing_endpoints_answers_into_200s(m
     _retried(mesh, mesh.echo, "/retry/get", "shop.echo-routes.2")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the waypoint does not keep a request's body, so a request with one is never "
-                                       "retried; Envoy buffers it (up to its buffer limit) and sends it again")
 def test_a_retried_post_goes_again_with_its_body(mesh):
     answers = get(mesh, mesh.echo, [f"/retry/post{i}" for i in range(6)], method="POST", body=b"payload")
     assert all(a.status == 200 and a.echo["method"] == "POST" and a.echo["body"] == "payload"
@@ -650,9 +647,6 @@ def test_an_httproute_retrys_attempts_count_retries_after_the_first_try(mesh):
     assert len(lines) == 1 and "attempts=3" in lines[0] and 'http.status=503' in lines[0], lines
 
 
-@pytest.mark.xfail(strict=True, raises=grpc.RpcError,
-                   reason="a gRPC call always carries a body, which the waypoint does not keep: no gRPC call is "
-                          "ever retried, Istio's default retry on unavailable included")
 def test_istios_default_retry_turns_a_grpc_unavailable_into_another_endpoints_answer(mesh, rpc_channel):
     # no retry written anywhere: Istio's default (2 retries on connect-failure,
     # refused-stream, unavailable, cancelled) retries the UNAVAILABLE of flaky's `bad`
@@ -712,14 +706,10 @@ def _mirrored(mesh, host, path):
     assert seen(mesh.two, path)[0]["headers"]["host"].endswith("-shadow"), seen(mesh.two, path)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the waypoint reads RequestMirror and does not send mirrors yet")
 def test_an_httproute_request_mirror_sends_a_copy_to_the_mirror_backend(mesh):
     _mirrored(mesh, mesh.echo, "/mirror/gateway")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the waypoint reads a VirtualService's mirror and does not send mirrors yet")
 def test_a_virtual_service_mirror_sends_a_copy_to_the_mirror_host(mesh):
     _mirrored(mesh, mesh.echo_vs, "/mirror/istio")
 
