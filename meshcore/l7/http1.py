@@ -603,6 +603,13 @@ class Http1ServerConnection(_Reader):
                 return False
         return True
 
+    def client_ended(self) -> bool:
+        """The client ended its side (or the connection broke) with nothing more sent
+        after its last request."""
+        reader = self._reader
+        return self._eof or reader.exception() is not None or (
+            reader._eof and not reader._buffer and not self._leftover)                  # noqa: SLF001
+
     def watch_end(self, callback) -> None:
         """`callback()` once the client ends its side or the connection breaks, unless
         it sent more first (pipelined requests are not a client leaving); None stops
@@ -612,14 +619,10 @@ class Http1ServerConnection(_Reader):
         if callback is None:
             reader.on_end = None
             return
-
-        def ended() -> bool:
-            return self._eof or reader.exception() is not None or (
-                reader._eof and not reader._buffer and not self._leftover)            # noqa: SLF001
-        if ended():
+        if self.client_ended():
             callback()
             return
-        reader.on_end = lambda: callback() if ended() else None
+        reader.on_end = lambda: callback() if self.client_ended() else None
 
     async def client_gone(self) -> bool:
         """Reads ahead once: True when the client closed its side (or the connection

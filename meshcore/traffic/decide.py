@@ -98,16 +98,17 @@ class Forward:
     mirrors: tuple[tuple[str, int], ...] = ()   # (service key, port) that get a copy of this request
 
 
-def gateway_retry_policy(retry: Retry | None) -> RetryPolicy | None:
+def gateway_retry_policy(retry: Retry | None, per_try: float | None = None) -> RetryPolicy | None:
     """The retries istiod programs for a Gateway API rule: Istio's default without a
     `retry` stanza; with one, `attempts` retries (2 unless set; 0: none) on connection
-    failures, refused streams, gRPC unavailable and cancelled, and the listed codes."""
+    failures, refused streams, gRPC unavailable and cancelled, and the listed codes,
+    each attempt bounded by `per_try` (timeouts.backendRequest)."""
     if retry is None:
         return DEFAULT_RETRY_POLICY
     if retry.effective_attempts <= 0:
         return None
     conditions, codes = parse_retry_on(",".join(retry.retry_on))
-    return RetryPolicy(retry.effective_attempts, conditions, codes,
+    return RetryPolicy(retry.effective_attempts, conditions, codes, per_try_timeout=per_try,
                        backoff_base=retry.backoff if retry.backoff is not None else DEFAULT_BACKOFF_BASE)
 
 
@@ -169,7 +170,7 @@ def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float,
                    response_headers=merge_edits(_edits(filters, FilterType.RESPONSE_HEADER_MODIFIER),
                                            _edits(backend_filters, FilterType.RESPONSE_HEADER_MODIFIER)),
                    timeout=rule.deadlines[0] if http else None,
-                   retry=gateway_retry_policy(rule.retry if http else None),
+                   retry=gateway_retry_policy(rule.retry if http else None, rule.deadlines[1] if http else None),
                    mirrors=mirror_targets(entry.rule.mirrors, port, mirror_draws))
 
 

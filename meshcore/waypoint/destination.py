@@ -23,6 +23,9 @@ from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_de
 from meshcore.waypoint.endpoints import EndpointPicker, Overflow, Ticket
 
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
+ATTEMPT_COUNT = "x-envoy-attempt-count"    # on every upstream request, as Istio has Envoy send it
+# RFC 9110 9.2.2: what a client may send again on its own after a connection failed
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 MIRROR_DRAWS = 4                  # mirrors of one rule drawn for independently (any further one: always)
 
 
@@ -87,7 +90,8 @@ class Destination:
         one): what outlier detection counts. Once per attempt: later calls, and
         release(), do nothing."""
         if self.ticket is not None:
-            self.ticket.finish(status=status, failure=failure)
+            # outlier detection counts an attempt cut short by its own time as a timeout
+            self.ticket.finish(status=status, failure="timeout" if failure == "per-try-timeout" else failure)
 
     def release(self) -> None:
         """The request ended: every attempt of it leaves the count of requests in flight
@@ -158,9 +162,37 @@ def _with_query(path: str, query: str) -> str:
     return f"{path}?{query}" if query else path
 
 
+class Deadlines:
+    """A request's time: the route's timeout over all its attempts, and the retry
+    policy's per-try timeout over each (absolute loop times; None: unbounded)."""
+    __slots__ = ("loop", "route", "per_try", "timeout")
+
+    def __init__(self, timeout: float | None, retry: RetryPolicy | None):
+        self.loop = asyncio.get_running_loop()
+        self.timeout = timeout
+        self.route = None if timeout is None else self.loop.time() + timeout
+        self.per_try = retry.per_try_timeout if retry is not None else None
+
+    def attempt(self) -> float | None:
+        """When the next attempt must have its response head."""
+        if self.per_try is None:
+            return self.route
+        end = self.loop.time() + self.per_try
+        return end if self.route is None else min(end, self.route)
+
+    def expired(self) -> bool:
+        return self.route is not None and self.loop.time() >= self.route
+
+    def __str__(self) -> str:
+        parts = [f"route timeout {self.timeout} s"] if self.timeout is not None else []
+        if self.per_try is not None:
+            parts.append(f"per try {self.per_try} s")
+        return ", ".join(parts) or "no timeout"
+
+
 async def retry_destination(tunnels, where: Destination, retries: int, state, me, *, failure: str | None = None,
                             status: int | None = None, grpc_status: int | None = None, replayable: bool = True,
-                            before=None) -> Destination | None:
+                            before=None, before_deadline: float | None = None) -> Destination | None:
     """How an attempt went (`failure`: no response; `status`: the response's), told to
     the endpoint picker; then the next attempt's destination (another endpoint, after
     the policy's back-off) when the request can be sent again (`replayable`), the
@@ -174,12 +206,15 @@ async def retry_destination(tunnels, where: Destination, retries: int, state, me
     if policy is None or retries >= policy.num_retries or not should_retry(
             policy, status=status, grpc_status=grpc_status, failure=failure):
         return None
+    pause = backoff_delay(retries + 1, random.random(), base=policy.backoff_base)
+    if before_deadline is not None and asyncio.get_running_loop().time() + pause >= before_deadline:
+        return None                                # no time left for another attempt
     again = where.next_endpoint(tunnels, state, me)
     if again is None:
         return None
     if before is not None:
         await before()
-    await asyncio.sleep(backoff_delay(retries + 1, random.random(), base=policy.backoff_base))
+    await asyncio.sleep(pause)
     return again
 
 

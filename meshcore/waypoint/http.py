@@ -24,8 +24,8 @@ from meshcore.policy.paths import request_authority, request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.traffic.decide import LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
-from meshcore.waypoint.destination import (Destination, InFlight, destination, retry_destination,
-                                           with_rate_headers)
+from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
+                                           destination, retry_destination, with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
@@ -72,7 +72,7 @@ class _Counted:
                 elif self.chunks:
                     self.chunks = []               # past the bound: this body is sent once
                 yield chunk
-        except (HttpError, OSError, MeshcoreError) as exc:
+        except (HttpError, OSError, MeshcoreError, TimeoutError) as exc:
             self.error = exc
             if self.on_error is not None:
                 self.on_error()
@@ -258,50 +258,69 @@ class Http1Handler:
         key = (chosen.dial, chosen.authority, chosen.expected)
         client = upstreams.pop(key, None)
         body = None
-        loop = asyncio.get_running_loop()
-        deadline = None if where.timeout is None else loop.time() + where.timeout
+        clock = Deadlines(where.timeout, where.retry)
+        headers = [(n, v) for n, v in headers if n != ATTEMPT_COUNT]
         retries, stale_retried, replay = 0, False, None
         while True:
+            if conn.client_ended():
+                # it left during a delay, a connect or a back-off: nothing goes upstream for it
+                self._report(record.finish(0, flag="DC", error="the client left before its request went upstream"))
+                return False
             reused = client is not None and client.reusable
             if client is not None and not reused:
                 client.close()
                 client = None
-            sent = headers if not retries else [*headers, ("x-envoy-attempt-count", str(retries + 1))]
-            if client is None:
-                try:
-                    up_reader, up_writer = await self.tunnels.open_upstream(chosen, me)
-                except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
-                    # nothing of the request was taken: it may go to another endpoint
-                    if again := await retry_destination(self.tunnels, where, retries, state, me,
-                                                        failure="connect-failure"):
-                        where, retries = again, retries + 1
-                        chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
-                        client = upstreams.pop(key, None)
-                        continue
-                    return await self._local(conn, record, 503, b"upstream connect error",
-                                             flag="URX" if retries else "UF", error=f"{type(exc).__name__}: {exc}")
-                client = Http1ClientConnection(up_reader, up_writer, response_timeout=self.RESPONSE_TIMEOUT,
-                                               idle_timeout=self.BODY_IDLE_TIMEOUT)
-            inflight[0] = client
-            if has_body:
-                # an attempt after one that took the body whole sends it again from memory
-                source = _once(replay) if replay is not None else request.body()
-                body = _Counted(source, on_error=client.close, keep=RETRY_BODY_LIMIT)
+            sent = [*headers, (ATTEMPT_COUNT, str(retries + 1))]
+            record.attempts = retries + 1
+            attempt_deadline = clock.attempt()
             try:
-                if deadline is None:
+                if client is None:
+                    try:
+                        async with asyncio.timeout_at(attempt_deadline):
+                            up_reader, up_writer = await self.tunnels.open_upstream(chosen, me)
+                    except (OSError, MeshcoreError) as exc:
+                        # nothing of the request was taken: it may go to another endpoint
+                        if again := await retry_destination(self.tunnels, where, retries, state, me,
+                                                            failure="connect-failure", before_deadline=clock.route):
+                            where, retries = again, retries + 1
+                            chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority,
+                                                         where.chosen.expected)
+                            client = upstreams.pop(key, None)
+                            continue
+                        return await self._local(conn, record, 503, b"upstream connect error",
+                                                 flag="URX" if retries else "UF", error=f"{type(exc).__name__}: {exc}")
+                    client = Http1ClientConnection(up_reader, up_writer, response_timeout=self.RESPONSE_TIMEOUT,
+                                                   idle_timeout=self.BODY_IDLE_TIMEOUT)
+                inflight[0] = client
+                if has_body:
+                    # an attempt after one that took the body whole sends it again from memory
+                    source = _once(replay) if replay is not None else request.body()
+                    body = _Counted(source, on_error=client.close, keep=RETRY_BODY_LIMIT)
+                if attempt_deadline is None:
                     response = await self._exchange(conn, client, request, target, sent, body)
                 else:
-                    async with asyncio.timeout_at(deadline):
+                    async with asyncio.timeout_at(attempt_deadline):
                         response = await self._exchange(conn, client, request, target, sent, body)
             except TimeoutError:
-                # the route's timeout: the upstream request is given up (its connection closed)
-                await client.abandon()
+                # the attempt's time (perTryTimeout) or the route's: the upstream request is
+                # given up (its connection closed)
+                if client is not None:
+                    await client.abandon()
+                    client = None
                 inflight[0] = None
                 if body is not None and body.error is not None:
                     self._report(record.finish(getattr(body.error, "status", 0), flag="DC", error=str(body.error)))
                     return False
+                if not clock.expired() and (again := await retry_destination(
+                        self.tunnels, where, retries, state, me, failure="per-try-timeout",
+                        replayable=_replayable(body, request), before_deadline=clock.route)):
+                    where, retries, replay = again, retries + 1, body.kept if body is not None else None
+                    chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
+                    client = upstreams.pop(key, None)
+                    continue
+                where.attempted(failure="timeout")
                 return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
-                                         error=f"route {where.route}: no response within {where.timeout} s")
+                                         error=f"route {where.route}: no response in time ({clock})")
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError, _ClientLeft) as exc:
                 await client.abandon(linger=1.0 if isinstance(exc, _ClientLeft) else 0.0)
                 if body is not None and body.error is not None:
@@ -312,15 +331,18 @@ class Http1Handler:
                 if conn.closed or isinstance(exc, _ClientLeft):
                     self._report(record.finish(0, flag="DC", error=str(exc) or "the client left"))
                     return False
-                if not stale_retried and reused and client.nothing_received and (body is None or body.count == 0):
-                    # a kept-alive connection the upstream had given up on: nothing of this
-                    # request was taken, so it goes once more on a new connection
+                if not stale_retried and reused and client.nothing_received and request.method in IDEMPOTENT \
+                        and not (isinstance(exc, HttpError) and exc.status == 504) \
+                        and (body is None or body.count == 0):
+                    # a kept-alive connection the upstream had given up on: an idempotent
+                    # request nothing came back for goes once more on a new connection
+                    # (RFC 9112 9.3.1), as a client may resend one
                     stale_retried, client = True, None
                     continue
                 client = None
-                # a request with a body is not sent twice: its bytes are not kept
                 if again := await retry_destination(self.tunnels, where, retries, state, me, failure="reset",
-                                                    replayable=_replayable(body, request)):
+                                                    replayable=_replayable(body, request),
+                                                    before_deadline=clock.route):
                     where, retries, replay = again, retries + 1, body.kept if body is not None else None
                     chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
                     client = upstreams.pop(key, None)
@@ -332,7 +354,8 @@ class Http1Handler:
                                          b"upstream connect error or disconnect/reset before headers",
                                          flag="URX" if retries else "UC", error=f"{type(exc).__name__}: {exc}")
             if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
-                                                replayable=_replayable(body, request), before=client.abandon):
+                                                replayable=_replayable(body, request), before=client.abandon,
+                                                before_deadline=clock.route):
                 # an answer the policy retries: given up (its connection closed), asked again
                 where, retries, client = again, retries + 1, None
                 replay = body.kept if body is not None else None
@@ -395,41 +418,103 @@ class Http1Handler:
                              headers, has_body: bool, record: RequestRecord) -> bool:
         """The request to a backend that speaks HTTP/2: a stream on the waypoint's
         connection to the endpoint; its response back in HTTP/1.1 (chunked when its
-        length is not announced, trailers after the last chunk)."""
-        fields = h2_fields(headers)
-        try:
-            connection = await self.http2_upstreams.get(where.chosen, me)
-            up = send_request(connection, request.method, where.target, authority=where.authority, scheme="http",
-                              headers=fields, end_stream=not has_body)
-        except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
-            return await self._local(conn, record, 503, b"upstream connect error", flag="UF",
-                                     error=f"{type(exc).__name__}: {exc}")
-        body = _Counted(request.body(), on_error=lambda: up.reset(ErrorCode.CANCEL)) if has_body else None
-        sending = asyncio.get_running_loop().create_task(_send_http2_body(body, request, up)) if has_body else None
-        try:
+        length is not announced, trailers after the last chunk). A client that ends its
+        side before the response ended resets the stream. Retried as the route says:
+        connection failures always, anything else only without a body."""
+        fields = [(n, v) for n, v in h2_fields(headers) if n != ATTEMPT_COUNT]
+        state, clock = self.ctx.store.view, Deadlines(where.timeout, where.retry)
+        body = up = sending = None
+        retries = 0
+
+        def drop() -> None:
+            nonlocal up, sending
+            if sending is not None and not sending.done():
+                sending.cancel()
+            if up is not None:
+                up.close()                         # resets the stream if either half is unfinished
+            up, sending = None, None
+
+        async def give_up() -> None:
+            drop()
+
+        async def attempt():
+            nonlocal up, body, sending
             try:
-                async with asyncio.timeout(where.timeout):
-                    response = await up.response()
-            except TimeoutError:
-                return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
-                                         error=f"route {where.route}: no response within {where.timeout} s")
-            except (StreamResetError, ConnectionError, OSError, MeshcoreError) as exc:
+                connection = await self.http2_upstreams.get(where.chosen, me)
+                up = send_request(connection, request.method, where.target, authority=where.authority,
+                                  scheme="http", headers=[*fields, (ATTEMPT_COUNT, str(retries + 1))],
+                                  end_stream=not has_body)
+            except (OSError, MeshcoreError) as exc:
+                return None, "connect-failure", exc
+            if has_body:
+                stream = up
+                body = _Counted(request.body(), on_error=lambda: stream.reset(ErrorCode.CANCEL))
+                sending = asyncio.get_running_loop().create_task(_send_http2_body(body, request, up))
+            try:
+                return await _while_client_stays(conn, body, up.response()), None, None
+            except StreamResetError as exc:
+                refused = exc.remote and exc.error_code == ErrorCode.REFUSED_STREAM
+                return None, "refused-stream" if refused else "reset", exc
+            except (ConnectionError, OSError, MeshcoreError) as exc:
+                return None, "reset", exc
+
+        try:
+            while True:
+                record.attempts = retries + 1
+                try:
+                    async with asyncio.timeout_at(clock.attempt()):
+                        response, failure, error = await attempt()
+                except TimeoutError:
+                    response, failure, error = None, "per-try-timeout", None
+                except _ClientLeft as exc:
+                    self._report(record.finish(0, flag="DC", error=str(exc)))
+                    return False
                 if body is not None and body.error is not None:
                     self._report(record.finish(getattr(body.error, "status", 0), flag="DC", error=str(body.error)))
                     return False
-                return await self._local(conn, record, 503,
-                                         b"upstream connect error or disconnect/reset before headers",
-                                         flag="UR", error=f"{type(exc).__name__}: {exc}")
+                # only what nothing of was sent (a connection failure), or what has no body, goes again
+                replayable = failure == "connect-failure" or not has_body
+                if failure == "per-try-timeout":
+                    if not clock.expired() and (again := await retry_destination(
+                            self.tunnels, where, retries, state, me, failure=failure, replayable=replayable,
+                            before=give_up, before_deadline=clock.route)):
+                        where, retries = again, retries + 1
+                        continue
+                    where.attempted(failure="timeout")
+                    return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
+                                             error=f"route {where.route}: no response in time ({clock})")
+                if failure is not None:
+                    if again := await retry_destination(self.tunnels, where, retries, state, me, failure=failure,
+                                                        replayable=replayable, before=give_up,
+                                                        before_deadline=clock.route):
+                        where, retries = again, retries + 1
+                        continue
+                    flag = "URX" if retries else ("UF" if failure == "connect-failure" else "UR")
+                    text = b"upstream connect error" if failure == "connect-failure" else \
+                        b"upstream connect error or disconnect/reset before headers"
+                    return await self._local(conn, record, 503, text, flag=flag, error=f"{type(error).__name__}: {error}")
+                if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
+                                                    replayable=replayable, before=give_up,
+                                                    before_deadline=clock.route):
+                    where, retries = again, retries + 1
+                    continue
+                break
             record.status = response.status
-            answer = _Counted(_http2_body(up)) if not up.body_ended else None
+            record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
+            answer = _Counted(_http2_body(up, self.BODY_IDLE_TIMEOUT)) if not up.body_ended else None
+            stream = up
             try:
-                await conn.respond(response.status, where.response_headers.apply(h2_response_fields(response.headers)),
-                                   answer if answer is not None else b"",
-                                   trailers=lambda: h2_fields(text_fields(up.trailers or ())),
-                                   close=self.tunnels.draining)
-            except (HttpError, OSError, MeshcoreError) as exc:
+                await _while_client_stays(conn, None, conn.respond(
+                    response.status, where.response_headers.apply(h2_response_fields(response.headers)),
+                    answer if answer is not None else b"",
+                    trailers=lambda: h2_fields(text_fields(stream.trailers or ())), close=self.tunnels.draining))
+            except (HttpError, OSError, MeshcoreError, TimeoutError, _ClientLeft) as exc:
                 record.response_bytes = answer.count if answer is not None else 0
-                flag = "DC" if answer is None or answer.error is None else "UR"
+                if isinstance(exc, _ClientLeft) and conn.response_sent:
+                    self._report(record.finish(response.status))    # it left while the close lingered
+                    return False
+                flag = "DC" if answer is None or answer.error is None else \
+                    ("SI" if isinstance(answer.error, TimeoutError) else "UR")
                 self._report(record.finish(response.status, flag=flag, error=f"{type(exc).__name__}: {exc}"))
                 return False
             record.response_bytes = answer.count if answer is not None else 0
@@ -437,38 +522,45 @@ class Http1Handler:
             self._report(record.finish(response.status))
             return not conn.closed
         finally:
-            if sending is not None and not sending.done():
-                sending.cancel()
-            up.close()                             # resets the stream if either half is unfinished
+            drop()
 
     async def _exchange(self, conn: Http1ServerConnection, client: Http1ClientConnection, request, target: str,
                         headers, body):
-        """The upstream's response head, unless the client leaves first (it ends its side
-        once its request went whole: what is awaited is given up)."""
-        task = asyncio.current_task()
-        left = False
-
-        def client_ended() -> None:
-            nonlocal left
-            if not left and (body is None or body.finished.is_set()):
-                left = True
-                task.cancel()
-        conn.watch_end(client_ended)
-        if body is not None:
-            body.on_finished = lambda: conn.watch_end(client_ended)   # an end seen mid-body counts now
-        try:
-            return await client.request(request.method, target, headers, body, trailers=lambda: request.trailers)
-        except asyncio.CancelledError:
-            if left and task.uncancel() == 0:
-                raise _ClientLeft("the client closed the connection before the response") from None
-            raise
-        finally:
-            conn.watch_end(None)
-            if body is not None:
-                body.on_finished = None
+        """The upstream's response head, unless the client leaves first."""
+        return await _while_client_stays(conn, body, client.request(request.method, target, headers, body,
+                                                                    trailers=lambda: request.trailers))
 
     def _report(self, record: RequestRecord) -> None:
         self.metrics.report(record)
+
+
+async def _while_client_stays(conn: Http1ServerConnection, body, awaitable):
+    """What `awaitable` gives, unless the client ends its side first (once its request
+    went whole): then what is awaited is given up and _ClientLeft raised."""
+    if conn.client_ended() and (body is None or body.finished.is_set()):
+        awaitable.close()
+        raise _ClientLeft("the client closed the connection before the response")
+    task = asyncio.current_task()
+    left = False
+
+    def client_ended() -> None:
+        nonlocal left
+        if not left and (body is None or body.finished.is_set()):
+            left = True
+            task.cancel()
+    conn.watch_end(client_ended)
+    if body is not None:
+        body.on_finished = lambda: conn.watch_end(client_ended)   # an end seen mid-body counts now
+    try:
+        return await awaitable
+    except asyncio.CancelledError:
+        if left and task.uncancel() == 0:
+            raise _ClientLeft("the client closed the connection before the response") from None
+        raise
+    finally:
+        conn.watch_end(None)
+        if body is not None:
+            body.on_finished = None
 
 
 async def _relay_body(response, client: Http1ClientConnection, body):
@@ -491,8 +583,13 @@ async def _send_http2_body(body: "_Counted", request, up) -> None:
         pass                                       # the response side reports it
 
 
-async def _http2_body(up):
-    while chunk := await up.read():
+async def _http2_body(up, idle: float):
+    """An HTTP/2 response's body; a backend silent for `idle` seconds ends it (TimeoutError)."""
+    while True:
+        async with asyncio.timeout(idle):
+            chunk = await up.read()
+        if not chunk:
+            return
         yield chunk
 
 

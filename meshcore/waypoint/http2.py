@@ -35,8 +35,8 @@ from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.state.model import Workload
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
-from meshcore.waypoint.destination import (Destination, InFlight, destination, retry_destination,
-                                           with_rate_headers)
+from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
+                                           destination, retry_destination, with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
@@ -197,95 +197,113 @@ class Http2Handler:
             return
         no_body = exchange.body_ended
         loop = asyncio.get_running_loop()
-        deadline = None if where.timeout is None else loop.time() + where.timeout
-        retries = 0
-
-        def send(connection) -> ClientExchange:
-            fields = h2_fields(forwarded)
-            if retries:
-                fields.append(("x-envoy-attempt-count", str(retries + 1)))
-            stream = send_request(connection, exchange.method, target, authority=authority,
-                                  scheme=exchange.scheme or "http", headers=fields, end_stream=no_body)
-            stream.on_informational = lambda r: _inform(exchange, r)
-            return stream
-
-        while True:
-            try:
-                connection = await self.upstreams.get(where.chosen, me)
-            except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
-                # nothing of the request was taken: it may go to another endpoint
-                if again := await retry_destination(self.tunnels, where, retries, state, me, failure="connect-failure"):
-                    where, retries = again, retries + 1
-                    continue
-                connection, failed = None, exc
-            if connection is not None:
-                try:
-                    up = send(connection)
-                    break
-                except (OSError, MeshcoreError) as exc:
-                    failed = exc
-            outcome.flag, outcome.error = ("URX" if retries else "UF"), f"{type(failed).__name__}: {failed}"
-            outcome.status = 503
-            await _respond(exchange, 503, [("content-type", "text/plain")], b"upstream connect error")
-            return
-        # a client's reset reaches the backend at once, whatever the relay waits on
-        exchange.on_reset = lambda exc: _downstream_reset(exc, up, outcome)
-        sending = None
+        clock = Deadlines(where.timeout, where.retry)
+        forwarded = [(n, v) for n, v in forwarded if n != ATTEMPT_COUNT]
         kept = _KeptBody(RETRY_BODY_LIMIT)        # what a retry sends again, if the body stays within it
+        retries, up, sending, body_started = 0, None, None, False
 
         def replayable() -> bool:
-            return no_body or (sending is not None and sending.done() and exchange.body_ended
-                               and kept.whole is not None and not exchange.trailers)
-        try:
-            if not exchange.body_ended:
-                sending = loop.create_task(_send_body(exchange, up, record, kept))
+            # nothing of the body taken yet, or all of it within what is kept
+            return no_body or not body_started or (
+                sending is not None and sending.done() and exchange.body_ended and kept.whole is not None
+                and not exchange.trailers)
+
+        async def attempt():
+            """One attempt: (response, None, None), or (None, failure, error)."""
+            nonlocal up, sending, body_started
             try:
-                while True:
-                    again = None
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            response = await up.response()
-                    except TimeoutError:
-                        # the route's timeout: the upstream stream is reset as the relay ends
-                        outcome.flag, outcome.status = "UT", 504
-                        outcome.error = f"route {where.route}: no response within {where.timeout} s"
-                        await _respond(exchange, 504, [("content-type", "text/plain")], b"upstream request timeout")
-                        return
-                    except StreamResetError as exc:
-                        # a request without a body can go again (REFUSED_STREAM: the backend
-                        # did nothing with it, RFC 9113 8.7)
-                        refused = exc.remote and exc.error_code == ErrorCode.REFUSED_STREAM
-                        if not (again := await retry_destination(
-                                self.tunnels, where, retries, state, me, replayable=replayable(),
-                                failure="refused-stream" if refused else "reset")):
-                            raise
-                    else:
-                        code = grpc_status(text_fields(response.headers)) if up.body_ended else ""
-                        if not (again := await retry_destination(
-                                self.tunnels, where, retries, state, me, status=response.status,
-                                replayable=replayable(), grpc_status=int(code) if code.isdigit() else None)):
-                            break
-                    up.close()                     # the attempt given up: reset if unfinished
-                    where, retries = again, retries + 1
-                    up = send(await self.upstreams.get(where.chosen, me))
-                    if not no_body:                # the body again, from memory
-                        sending = loop.create_task(_send_kept(up, kept.whole))
-            except (StreamResetError, ConnectionError, OSError, MeshcoreError) as exc:
+                connection = await self.upstreams.get(where.chosen, me)
+                up = send_request(connection, exchange.method, target, authority=authority,
+                                  scheme=exchange.scheme or "http",
+                                  headers=[*h2_fields(forwarded), (ATTEMPT_COUNT, str(retries + 1))],
+                                  end_stream=no_body)
+            except (OSError, MeshcoreError) as exc:
+                return None, "connect-failure", exc
+            up.on_informational = lambda r: _inform(exchange, r)
+            # a client's reset reaches the backend at once, whatever the relay waits on
+            exchange.on_reset = lambda exc: _downstream_reset(exc, up, outcome)
+            if not no_body:
+                if body_started:                   # the body again, from memory
+                    sending = loop.create_task(_send_kept(up, kept.whole))
+                else:
+                    sending, body_started = loop.create_task(_send_body(exchange, up, record, kept)), True
+            try:
+                return await up.response(), None, None
+            except StreamResetError as exc:
+                # REFUSED_STREAM: the backend did nothing with it (RFC 9113 8.7)
+                refused = exc.remote and exc.error_code == ErrorCode.REFUSED_STREAM
+                return None, "refused-stream" if refused else "reset", exc
+            except (ConnectionError, OSError, MeshcoreError) as exc:
+                return None, "reset", exc
+
+        def drop() -> None:
+            nonlocal up, sending
+            if sending is not None and not sending.done():
+                sending.cancel()
+            if up is not None:
+                up.close()                         # reset if unfinished
+            up, sending = None, None
+
+        async def give_up() -> None:
+            drop()
+
+        try:
+            while True:
+                record.attempts = retries + 1
+                deadline = clock.attempt()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        response, failure, error = await attempt()
+                except TimeoutError:
+                    response, failure, error = None, "per-try-timeout", None
                 if outcome.flag == "DR":
+                    return                         # the client's reset, passed on already
+                if failure == "per-try-timeout":
+                    if not clock.expired() and (again := await retry_destination(
+                            self.tunnels, where, retries, state, me, failure=failure, replayable=replayable(),
+                            before=give_up, before_deadline=clock.route)):
+                        where, retries = again, retries + 1
+                        continue
+                    where.attempted(failure="timeout")
+                    await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout",
+                                     f"route {where.route}: no response in time ({clock})")
                     return
-                outcome.flag, outcome.error = ("URX" if retries else "UR"), f"{type(exc).__name__}: {exc}"
-                outcome.status = 503
-                await _respond(exchange, 503, [("content-type", "text/plain")],
-                               b"upstream connect error or disconnect/reset before headers")
-                return
-            record.attempts = retries + 1
+                if failure is not None:
+                    if again := await retry_destination(self.tunnels, where, retries, state, me, failure=failure,
+                                                        replayable=replayable(), before=give_up,
+                                                        before_deadline=clock.route):
+                        where, retries = again, retries + 1
+                        continue
+                    flag = "URX" if retries else ("UF" if failure == "connect-failure" else "UR")
+                    body = b"upstream connect error" if failure == "connect-failure" else \
+                        b"upstream connect error or disconnect/reset before headers"
+                    await self._fail(exchange, record, outcome, 503, flag, body, f"{type(error).__name__}: {error}")
+                    return
+                code = grpc_status(text_fields(response.headers)) if up.body_ended else ""
+                if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
+                                                    replayable=replayable(), before=give_up,
+                                                    grpc_status=int(code) if code.isdigit() else None,
+                                                    before_deadline=clock.route):
+                    where, retries = again, retries + 1
+                    continue
+                break
             record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
             await _relay_response(exchange, up, response, record, outcome, where.response_headers)
         finally:
             exchange.on_reset = None
-            if sending is not None and not sending.done():
-                sending.cancel()
-            up.close()                             # resets the upstream stream if either half is unfinished
+            drop()
+
+    async def _fail(self, exchange: ServerExchange, record: RequestRecord, outcome: _Outcome, status: int,
+                    flag: str, body: bytes, error: str) -> None:
+        """The waypoint's answer when the upstream failed: plain text, or for a gRPC
+        call Envoy's gRPC local reply (Trailers-Only, the status mapped)."""
+        outcome.status, outcome.flag, outcome.error = status, flag, error
+        if record.protocol == "grpc":
+            record.grpc_status = _GRPC_STATUS_OF_HTTP.get(status, "2")
+            await _respond(exchange, 200, [("content-type", "application/grpc"), ("grpc-status", record.grpc_status),
+                                           ("grpc-message", body.decode("latin-1"))], b"", trailers_only=True)
+        else:
+            await _respond(exchange, status, [("content-type", "text/plain")], body)
 
     async def _forward_http1(self, exchange: ServerExchange, where: Destination, me: Workload, forwarded,
                              record: RequestRecord, outcome: _Outcome) -> None:
@@ -293,32 +311,35 @@ class Http2Handler:
         own for the exchange (host from :authority; a body of unannounced length goes
         chunked, with the trailers after it), the response back on the stream."""
         pool, target = self.http1_upstreams, where.target
-        fields = [("host", where.authority)] + [(n, v) for n, v in forwarded if n != "host"]
+        fields = http1_fields(where.authority, forwarded)
         body = None if exchange.body_ended else _request_body(exchange, record)
         state = self.ctx.store.view
-        deadline = None if where.timeout is None else asyncio.get_running_loop().time() + where.timeout
+        clock = Deadlines(where.timeout, where.retry)
         retries, stale_retried = 0, False
         while True:
+            record.attempts = retries + 1
             try:
-                client, reused = await pool.take(where.chosen, me)
-            except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
+                async with asyncio.timeout_at(clock.attempt()):
+                    client, reused = await pool.take(where.chosen, me)
+            except (OSError, MeshcoreError, TimeoutError) as exc:
                 # nothing of the request was taken: it may go to another endpoint
-                if again := await retry_destination(self.tunnels, where, retries, state, me, failure="connect-failure"):
+                if again := await retry_destination(self.tunnels, where, retries, state, me, failure="connect-failure",
+                                                    before_deadline=clock.route):
                     where, retries = again, retries + 1
                     continue
-                outcome.flag, outcome.error, outcome.status = ("URX" if retries else "UF"), \
-                    f"{type(exc).__name__}: {exc}", 503
-                await _respond(exchange, 503, [("content-type", "text/plain")], b"upstream connect error")
+                await self._fail(exchange, record, outcome, 503, "URX" if retries else "UF", b"upstream connect error",
+                                 f"{type(exc).__name__}: {exc}")
                 return
             # a client's reset reaches the backend at once: the connection is closed
             exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)
             try:
-                sent = fields if not retries else [*fields, ("x-envoy-attempt-count", str(retries + 1))]
-                async with asyncio.timeout_at(deadline):
+                sent = [*fields, (ATTEMPT_COUNT, str(retries + 1))]
+                async with asyncio.timeout_at(clock.attempt()):
                     response = await client.request(exchange.method, target, sent, body,
                                                     trailers=lambda: text_fields(exchange.trailers or ()))
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
-                                                    replayable=body is None, before=client.abandon):
+                                                    replayable=body is None, before=client.abandon,
+                                                    before_deadline=clock.route):
                     pool.discard(client)
                     where, retries = again, retries + 1
                     continue
@@ -326,31 +347,38 @@ class Http2Handler:
             except TimeoutError:
                 await client.abandon()
                 pool.discard(client)
-                outcome.flag, outcome.status = "UT", 504
-                outcome.error = f"route {where.route}: no response within {where.timeout} s"
-                await _respond(exchange, 504, [("content-type", "text/plain")], b"upstream request timeout")
+                if not clock.expired() and (again := await retry_destination(
+                        self.tunnels, where, retries, state, me, failure="per-try-timeout",
+                        replayable=body is None, before_deadline=clock.route)):
+                    where, retries = again, retries + 1
+                    continue
+                where.attempted(failure="timeout")
+                await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout",
+                                 f"route {where.route}: no response in time ({clock})")
                 return
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError) as exc:
                 await client.abandon()
                 pool.discard(client)
                 if outcome.flag == "DR":
                     return
-                if not stale_retried and reused and client.nothing_received and body is None:
+                if not stale_retried and reused and client.nothing_received and body is None \
+                        and exchange.method in IDEMPOTENT and not (isinstance(exc, HttpError) and exc.status == 504):
                     stale_retried = True
                     continue                       # a kept-alive connection the backend had given up on
                 if again := await retry_destination(self.tunnels, where, retries, state, me, failure="reset",
-                                                    replayable=body is None):
+                                                    replayable=body is None, before_deadline=clock.route):
                     where, retries = again, retries + 1
                     continue
                 if isinstance(exc, HttpError) and exc.status == 504:
-                    outcome.flag, outcome.status = "UT", 504
-                    await _respond(exchange, 504, [("content-type", "text/plain")], b"upstream request timeout")
+                    await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout", str(exc))
                 else:
-                    outcome.flag, outcome.status = ("URX" if retries else "UC"), 503
-                    await _respond(exchange, 503, [("content-type", "text/plain")],
-                                   b"upstream connect error or disconnect/reset before headers")
-                outcome.error = f"{type(exc).__name__}: {exc}"
+                    await self._fail(exchange, record, outcome, 503, "URX" if retries else "UC",
+                                     b"upstream connect error or disconnect/reset before headers",
+                                     f"{type(exc).__name__}: {exc}")
                 return
+            except BaseException:
+                pool.discard(client)               # cancelled (the client reset, the waypoint stops)
+                raise
             finally:
                 exchange.on_reset = None
         outcome.status, record.attempts = response.status, retries + 1
@@ -383,9 +411,22 @@ class Http2Handler:
             if outcome.flag != "DR":
                 outcome.flag, outcome.error = "DC", f"{type(exc).__name__}: {exc}"
             return
+        except BaseException:
+            pool.discard(client)                   # cancelled (the client reset, the waypoint stops)
+            raise
         finally:
             exchange.on_reset = None
         pool.give_back(where.chosen, me, client)
+
+
+def http1_fields(authority: str, forwarded: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An HTTP/2 request's fields for an HTTP/1.1 backend: :authority as Host, and the
+    cookie crumbs joined into one field with "; " (RFC 9113 8.2.3)."""
+    crumbs = [v for n, v in forwarded if n == "cookie"]
+    out = [("host", authority)] + [(n, v) for n, v in forwarded if n not in ("host", "cookie", ATTEMPT_COUNT)]
+    if crumbs:
+        out.append(("cookie", "; ".join(crumbs)))
+    return out
 
 
 async def _request_body(exchange: ServerExchange, record: RequestRecord):

@@ -50,12 +50,14 @@ class HttpBackend:
                         name, value = name.strip().lower(), value.strip()
                         headers[name] = f"{headers[name]},{value}" if name in headers else value
                 content = (await self._body(reader, headers)).decode(errors="replace")
+                if target != "/__seen":
+                    # recorded as it arrives: a request given up while it waits was still received
+                    self.seen.append({"method": method, "path": target, "headers": headers, "body": content})
                 if headers.get("x-delay-ms"):
                     await asyncio.sleep(int(headers["x-delay-ms"]) / 1000)
                 if target == "/__seen":
                     status, body = 200, json.dumps(self.seen).encode()
                 else:
-                    self.seen.append({"method": method, "path": target, "headers": headers, "body": content})
                     status = self.status
                     body = json.dumps({"backend": self.name, "method": method, "path": target,
                                        "host": headers.get("host", ""), "headers": headers, "body": content}).encode()

@@ -168,7 +168,7 @@ def test_h2_upstream_forwards_the_normalized_path(monkeypatch):
     exchange = _Exchange()
     exchange.path = "/public/%2e%2e/admin?q=1"
     asyncio.run(handler._one(exchange, tunnel))
-    assert sent == ["/admin?q=1"]
+    assert sent and set(sent) == {"/admin?q=1"}     # each attempt: a stream that cannot open goes again
 
 
 class _Up:

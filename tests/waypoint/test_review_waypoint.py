@@ -238,9 +238,6 @@ async def h2_get(mesh, port, path, headers=(), host=None, method="GET"):
 
 
 @pytest.mark.needs_tool("curl")
-@pytest.mark.xfail(strict=True, reason="Http1Handler._forward_http2 (HTTP/1.1 client, backend port declared "
-                                       "http2/grpc) never retries and never calls Destination.attempted: a "
-                                       "connect failure is 503 UF at once and the endpoint is never ejected")
 def test_review_http1_client_of_http2_backend_retries_connect_failure_and_ejects(mesh, backends):
     # round robin over web and ghost: Envoy retries ghost's connect failure on web and
     # consecutive5xxErrors: 1 ejects ghost, so every request is answered 200
@@ -259,9 +256,6 @@ def test_review_the_route_timeout_covers_connecting_to_the_endpoint(mesh):
     assert (status, body) == (504, "upstream request timeout") and elapsed < 2.0, (status, body, elapsed)
 
 
-@pytest.mark.xfail(strict=True, reason="RetryPolicy.per_try_timeout (VirtualService retries.perTryTimeout) is parsed "
-                                       "but neither http.py nor http2.py applies it: each try waits for the whole "
-                                       "route timeout")
 def test_review_per_try_timeout_ends_each_attempt(mesh, backends):
     # each try is cut at 200 ms and retried (5xx covers a per-try timeout), 3 tries: a
     # 504 well before the backend's 1 s answer
@@ -271,18 +265,12 @@ def test_review_per_try_timeout_ends_each_attempt(mesh, backends):
     assert got.response[0] == 504 and elapsed < 0.95, (got.response, bytes(got.body)[:100], elapsed)
 
 
-@pytest.mark.xfail(strict=True, reason="x-envoy-attempt-count is sent only on retries; Envoy (Istio sets "
-                                       "include_request_attempt_count) sends it on every attempt, 1 on the first")
 def test_review_first_attempt_carries_x_envoy_attempt_count(mesh, backends):
     got = asyncio.run(h2_get(mesh, 81, "/first-attempt"))
     assert got.response[0] == 200
     assert backends.seen["/first-attempt"].get("x-envoy-attempt-count") == "1", backends.seen["/first-attempt"]
 
 
-@pytest.mark.xfail(strict=True, reason="Http1Handler._forward_http2 installs no WatchedReader hook: an HTTP/1.1 "
-                                       "client that leaves is not noticed while the HTTP/2 backend's response "
-                                       "(head or body) is awaited; no idle timeout either: the upstream stream "
-                                       "and the handler stay until the backend speaks")
 def test_review_an_http1_client_leaving_resets_its_http2_upstream_stream(mesh, backends):
     async def run():
         reader, writer = await mesh.socks5(mesh.vip, 82)
@@ -300,10 +288,6 @@ def test_review_an_http1_client_leaving_resets_its_http2_upstream_stream(mesh, b
 
 
 @pytest.mark.needs_tool("curl")
-@pytest.mark.xfail(strict=True, reason="the stale kept-alive connection retry in Http1Handler._forward (and "
-                                       "Http2Handler._forward_http1) goes on nothing_received, not on nothing "
-                                       "sent: a request the backend read before its connection closed is sent "
-                                       "again, whatever its method and the retry policy")
 def test_review_a_request_the_backend_took_is_not_sent_twice(mesh):
     # two POSTs on one client connection: the second reuses the upstream connection,
     # whose backend reads it and closes without answering. Envoy answers 503 UC (the
@@ -312,10 +296,6 @@ def test_review_a_request_the_backend_took_is_not_sent_twice(mesh):
     assert mesh.dup.seen.count("/drop") == 1, (mesh.dup.seen, status, body)
 
 
-@pytest.mark.xfail(strict=True, reason="Http2Handler._answer and _forward_http1 answer an upstream failure (503 "
-                                       "UF/UC/UR/URX, 504 UT) to a gRPC call as text/plain HTTP, not as Envoy's "
-                                       "gRPC local reply (Trailers-Only, grpc-status 14), and leave the record's "
-                                       "grpc_status empty")
 def test_review_a_grpc_call_whose_upstream_fails_gets_a_grpc_local_reply(mesh):
     got = asyncio.run(h2_get(mesh, 80, "/meshcore.test.Echo/Unary", host=mesh.vip_grpc, method="POST",
                              headers=[("content-type", "application/grpc"), ("te", "trailers")]))
@@ -324,9 +304,6 @@ def test_review_a_grpc_call_whose_upstream_fails_gets_a_grpc_local_reply(mesh):
 
 
 @pytest.mark.needs_tool("curl")
-@pytest.mark.xfail(strict=True, reason="a route timeout (UT) never reaches Destination.attempted: the endpoint "
-                                       "is not counted by outlier detection (Envoy counts it as a 504) and its "
-                                       "EndpointPicker active count is never decremented")
 def test_review_an_endpoint_that_times_out_is_ejected(mesh):
     # round robin over web:8096 (reads, never answers) and web2: the first timeout
     # ejects web (consecutive5xxErrors: 1), after which web2 answers every request
@@ -336,8 +313,6 @@ def test_review_an_endpoint_that_times_out_is_ejected(mesh):
     assert after == [200] * 6, after
 
 
-@pytest.mark.xfail(strict=True, reason="HTTP/2 cookie crumbs (RFC 9113 8.2.3) go to an HTTP/1.1 backend as several "
-                                       "Cookie lines; they must be joined with '; ' into one (as Envoy does)")
 def test_review_http2_cookie_crumbs_are_joined_for_an_http1_backend(mesh):
     got = asyncio.run(h2_get(mesh, 80, "/cookies", host=mesh.vip_dup, headers=[("cookie", "a=1"), ("cookie", "b=2")]))
     assert got.response[0] == 200, got.response
@@ -345,10 +320,6 @@ def test_review_http2_cookie_crumbs_are_joined_for_an_http1_backend(mesh):
     assert lines == [b"cookie: a=1; b=2"], lines
 
 
-@pytest.mark.xfail(strict=True, reason="Http1Handler watches the client only inside _exchange: one that left during an "
-                                       "injected delay (or the upstream connect, or a retry back-off) is found gone "
-                                       "only after the request head was written upstream, so the backend runs a "
-                                       "request nobody waits for (Envoy resets it before it goes)")
 def test_review_a_request_whose_http1_client_left_during_a_delay_is_not_sent(mesh):
     async def run():
         reader, writer = await mesh.socks5(mesh.vip_dup, 80)

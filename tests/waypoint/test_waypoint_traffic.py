@@ -546,9 +546,6 @@ def test_a_virtual_services_timeout_answers_504_before_a_slow_backend_does(mesh)
     assert len(lines) == 1 and 'response_flags="UT"' in lines[0], lines
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="retries.perTryTimeout is read into the retry policy but the waypoint never bounds an "
-                          "attempt by it: the slow attempt is waited for")
 def test_a_per_try_timeout_gives_up_each_slow_attempt_and_retries_it(mesh):
     # retryOn 5xx takes an attempt that outlived perTryTimeout (Envoy's 5xx: "or does not
     # respond at all"): three attempts of 200 ms, then the timeout's 504
@@ -565,9 +562,6 @@ def test_a_per_try_timeout_gives_up_each_slow_attempt_and_retries_it(mesh):
     assert get(mesh, mesh.echo_vs, ["/pertry/quick"], headers=(("x-delay-ms", "10"),))[0].status == 200
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="timeouts.backendRequest beside a retry stanza bounds each attempt in istiod's conversion; "
-                          "the waypoint drops it (decide() keeps only the request timeout)")
 def test_an_httproutes_backend_request_timeout_bounds_each_attempt(mesh):
     # istiod: backendRequest is the per-try timeout when the rule retries; retrying only
     # 503 (no 5xx nor gateway-error), Envoy does not retry the timed-out attempt

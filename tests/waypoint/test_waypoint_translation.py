@@ -45,15 +45,16 @@ def curl(mesh, *args):
                            f"{mesh.node['node-a']}:15080", *args], capture_output=True, text=True)
 
 
-async def exchange(mesh, port: int, data: bytes, *, half_close: bool = True) -> bytes:
-    """Raw bytes to the service port through the mesh, and all that comes back (without
-    `half_close`: what the first read brings)."""
+async def exchange(mesh, port: int, data: bytes, *, half_close: bool = True, until_closed: bool = False) -> bytes:
+    """Raw bytes to the service port through the mesh, and all that comes back: after a
+    half-close, or (`until_closed`) until the other side closes, else what the first
+    read brings. (An HTTP client that half-closes has left, as Envoy takes it.)"""
     reader, writer = await mesh.socks5(mesh.vip, port)
     writer.write(data)
     if half_close:
         writer.write_eof()
     try:
-        return await asyncio.wait_for(reader.read(-1 if half_close else 1 << 16), 10)
+        return await asyncio.wait_for(reader.read(-1 if half_close or until_closed else 1 << 16), 10)
     finally:
         writer.close()
 
@@ -83,7 +84,7 @@ def test_an_http1_body_and_its_trailers_reach_an_http2_backend_and_its_trailers_
                       for i in range(0, len(payload), 50000))
     request = (b"POST /upload HTTP/1.1\r\nHost: web.shop\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n"
                b"Connection: close\r\n\r\n" + chunks + b"0\r\nx-checksum: abc\r\n\r\n")
-    raw = asyncio.run(exchange(mesh, TO_H2, request))
+    raw = asyncio.run(exchange(mesh, TO_H2, request, half_close=False, until_closed=True))
     head, _, rest = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 200"), raw[:500]
     assert b"transfer-encoding: chunked" in head.lower(), head
