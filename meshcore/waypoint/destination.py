@@ -183,6 +183,11 @@ class Deadlines:
     def expired(self) -> bool:
         return self.route is not None and self.loop.time() >= self.route
 
+    def passed(self, deadline: float | None) -> bool:
+        """Whether `deadline` (an attempt's) has come: a timeout then was its own, not a
+        connection's."""
+        return deadline is not None and self.loop.time() >= deadline
+
     def __str__(self) -> str:
         parts = [f"route timeout {self.timeout} s"] if self.timeout is not None else []
         if self.per_try is not None:

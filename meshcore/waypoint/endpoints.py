@@ -12,8 +12,8 @@ the same; a new policy (a configuration change) starts it afresh.
     ticket.route                                  # the endpoint's route (REFUSE: none, and why)
     ticket.finish(status=, failure=)              # once per attempt; later calls do nothing
 
-A destination's `connectionPool.http.http2MaxRequests` bounds its requests in flight:
-over it, choose() raises Overflow (Envoy's circuit breaker: 503, flag UO).
+A destination's connection pool bounds its requests in flight (in_flight_limit): over
+it, choose() raises Overflow (Envoy's circuit breaker: 503, flag UO).
 """
 from __future__ import annotations
 
@@ -29,6 +29,25 @@ from meshcore.traffic.loadbalancer import LeastRequest, RandomChoice, RingHash, 
 from meshcore.traffic.outlier import OutlierDetector, panic_set, panic_threshold
 
 MAX_DESTINATIONS = 4096          # destinations whose balancing state is kept, at most
+
+
+def in_flight_limit(policy: ClusterPolicy) -> tuple[int | None, str]:
+    """How many requests a destination's connection pool lets be in flight at once, and
+    from what: `http.http2MaxRequests` (Envoy's max_requests), and `tcp.maxConnections`
+    plus `http.http1MaxPendingRequests` when both are set (each connection carrying one
+    HTTP/1.1 request, and that many more waiting for one: meshcore does not hold
+    requests waiting, so what would wait goes at once within the same bound)."""
+    pool = policy.connection_pool
+    if pool is None:
+        return None, ""
+    limits = []
+    if pool.http is not None and pool.http.http2_max_requests is not None:
+        limits.append((pool.http.http2_max_requests, "http2MaxRequests"))
+    if pool.tcp is not None and pool.tcp.max_connections is not None and pool.http is not None \
+            and pool.http.http1_max_pending_requests is not None:
+        limits.append((pool.tcp.max_connections + pool.http.http1_max_pending_requests,
+                       "maxConnections + http1MaxPendingRequests"))
+    return min(limits) if limits else (None, "")
 
 
 class Overflow(Exception):
@@ -82,11 +101,10 @@ class EndpointPicker:
                        f"for port {port}"))
         policy = cluster_policy(rule, subset, port)
         b = self._state(destination, policy, candidates)
-        pool = policy.connection_pool
-        limit = pool.http.http2_max_requests if pool is not None and pool.http is not None else None
+        limit, why = in_flight_limit(policy)
         if limit is not None and b.in_flight >= limit:
             raise Overflow(f"{service.key}{' subset ' + subset if subset else ''}: {b.in_flight} requests in "
-                           f"flight, the connection pool's http2MaxRequests is {limit}")
+                           f"flight, the connection pool allows {limit} ({why})")
         chosen = self._pick(b, policy, candidates, request, source_ip, avoid)
         b.active[chosen.uid] = b.active.get(chosen.uid, 0) + 1
         b.in_flight += 1

@@ -279,6 +279,8 @@ class Http1Handler:
                         async with asyncio.timeout_at(attempt_deadline):
                             up_reader, up_writer = await self.tunnels.open_upstream(chosen, me)
                     except (OSError, MeshcoreError) as exc:
+                        if clock.passed(attempt_deadline):
+                            raise TimeoutError from exc    # the attempt's time (or the route's) is up
                         # nothing of the request was taken: it may go to another endpoint
                         if again := await retry_destination(self.tunnels, where, retries, state, me,
                                                             failure="connect-failure", before_deadline=clock.route):

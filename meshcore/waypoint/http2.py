@@ -318,10 +318,22 @@ class Http2Handler:
         retries, stale_retried = 0, False
         while True:
             record.attempts = retries + 1
+            attempt_deadline = clock.attempt()
             try:
-                async with asyncio.timeout_at(clock.attempt()):
+                async with asyncio.timeout_at(attempt_deadline):
                     client, reused = await pool.take(where.chosen, me)
-            except (OSError, MeshcoreError, TimeoutError) as exc:
+            except (OSError, MeshcoreError) as exc:
+                if clock.passed(attempt_deadline):
+                    # the attempt's time (or the route's) is up before a connection
+                    if not clock.expired() and (again := await retry_destination(
+                            self.tunnels, where, retries, state, me, failure="per-try-timeout",
+                            replayable=body is None, before_deadline=clock.route)):
+                        where, retries = again, retries + 1
+                        continue
+                    where.attempted(failure="timeout")
+                    await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout",
+                                     f"route {where.route}: no response in time ({clock})")
+                    return
                 # nothing of the request was taken: it may go to another endpoint
                 if again := await retry_destination(self.tunnels, where, retries, state, me, failure="connect-failure",
                                                     before_deadline=clock.route):
@@ -334,7 +346,7 @@ class Http2Handler:
             exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)
             try:
                 sent = [*fields, (ATTEMPT_COUNT, str(retries + 1))]
-                async with asyncio.timeout_at(clock.attempt()):
+                async with asyncio.timeout_at(attempt_deadline):
                     response = await client.request(exchange.method, target, sent, body,
                                                     trailers=lambda: text_fields(exchange.trailers or ()))
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,

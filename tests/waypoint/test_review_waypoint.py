@@ -246,9 +246,6 @@ def test_review_http1_client_of_http2_backend_retries_connect_failure_and_ejects
 
 
 @pytest.mark.needs_tool("curl")
-@pytest.mark.xfail(strict=True, reason="the route timeout covers only the exchange: open_upstream (10 s connect "
-                                       "timeout, then retries) runs outside it, so a black-holed endpoint holds "
-                                       "the client far past the route's 0.5 s and ends 503 instead of 504 UT")
 def test_review_the_route_timeout_covers_connecting_to_the_endpoint(mesh):
     started = time.monotonic()
     status, _, body = curl(mesh, f"http://{mesh.vip_sink}/x", limit="6")

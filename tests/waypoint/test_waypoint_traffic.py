@@ -581,9 +581,6 @@ def test_outlier_detection_ejects_an_endpoint_after_its_consecutive_503s(mesh):
     assert {(a.status, a.backend) for a in answers[4:]} == {(200, "one")}, answers
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="a DestinationRule's connectionPool is read and checked but not applied: no request is "
-                          "refused for overflow")
 def test_a_connection_pool_limit_answers_overflow_503s_as_in_istios_circuit_breaking_guide(mesh):
     # one connection, one pending request: of six requests at once, while the first two
     # are held by the backend, the others overflow (503, flag UO) at once
