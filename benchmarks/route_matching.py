@@ -18,7 +18,9 @@ In process, 1,000 HTTPRoutes of 10 rules each (10,000 rules) attached to one ser
   `replace_async` in an event loop (uvloop when installed, as the proxies run), with the
   longest stall of that loop while it applies (a task waking every millisecond; the
   same task's longest stall with nothing applying is the baseline), for the set already
-  parsed and for the files read again as a file reload does.
+  parsed and for the files read again as a file reload does; and the service every
+  route names changed through `apply_async` (one resource, as the xDS client applies a
+  delta), which resolves every route naming it again.
 
 Through the waypoint, with wrk (HTTP/1.1 keep-alive, --connections, medians of --repeat
 rounds): wrk → forwarder → node-a → waypoint → node-b → nginx, the mesh of
@@ -250,9 +252,18 @@ def loop_stalls(store, resources: tuple[list, list], text: tuple[str, str], dire
                 read_rounds: int) -> dict:
     """replace_async of one changed route in an event loop: its duration and the loop's
     longest stall meanwhile; for the parsed set, for the files read again (as a file
-    reload), and with nothing applying for as long as a file reload takes (the ticker's
-    own jitter, and the machine's)."""
+    reload); the service the routes name changed through apply_async (one resource, as
+    the xDS client applies a delta: every route naming it is resolved again); and with
+    nothing applying for as long as a file reload takes (the ticker's own jitter, and
+    the machine's)."""
+    from dataclasses import replace as with_fields
+
     from meshcore.sources.config import parse
+    from meshcore.state import Upsert
+    service = store.view.by_service_key[SERVICE_KEY]
+    # the service every route names, with a port more and back (a change as xDS delivers
+    # one: apply_async of a single resource)
+    services = (service, with_fields(service, ports=service.ports + ((81, 8081),)))
     paths = []
     for k, t in enumerate(text):
         path = Path(directory) / f"reload-{k}.yaml"
@@ -285,7 +296,8 @@ def loop_stalls(store, resources: tuple[list, list], text: tuple[str, str], dire
             return took, max(gaps, default=0.0)
 
         idle_s = 0.05
-        for name, count in (("replace_async", rounds), ("replace_async_read_files", read_rounds), ("idle", read_rounds)):
+        for name, count in (("replace_async", rounds), ("replace_async_read_files", read_rounds),
+                            ("apply_async_service", read_rounds), ("idle", read_rounds)):
             took, stalls, longest_gc = [], [], 0.0
             for r in range(count):
                 which = (r + 1) % 2                  # alternate: every round is a change
@@ -295,6 +307,9 @@ def loop_stalls(store, resources: tuple[list, list], text: tuple[str, str], dire
                 elif name == "replace_async":
                     async def step(which=which):
                         await store.replace_async("files", list(resources[which]), atomic=True)
+                elif name == "apply_async_service":
+                    async def step(which=which):
+                        await store.apply_async("files", [Upsert(services[which])])
                 else:
                     async def step(which=which):
                         def read():
@@ -534,10 +549,11 @@ def main() -> int:
     print(f"build the view from YAML: load {build['load_median']:.3f} s + resolve {build['resolve_median']:.3f} s; "
           f"one route changed: replace {change['median']:.1f} ms (max {change['max']:.1f}), "
           f"files read again + replace {m['route_change_reload_files_ms_median']:.0f} ms")
-    print(f"one route changed in an event loop ({loop['loop']}): longest stall of the loop (median of rounds / max), "
+    print(f"a change in an event loop ({loop['loop']}): longest stall of the loop (median of rounds / max), "
           "longest garbage collection meanwhile")
     for name, label in (("replace_async", "replace_async, parsed set"),
                         ("replace_async_read_files", "replace_async, files read again"),
+                        ("apply_async_service", "apply_async, the service they name"),
                         ("idle", "nothing applying (baseline)")):
         row = loop[name]
         took = f"{row['apply_ms_median']:.1f} ms, " if "apply_ms_median" in row else f"{row['window_ms']:.0f} ms window, "
