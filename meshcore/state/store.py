@@ -293,6 +293,13 @@ class _Draft:
         return v
 
 
+def _is_service_change(change) -> bool:
+    try:
+        return change.kind is Kind.SERVICE
+    except TypeError:                  # not a resource the store holds: refused when it applies
+        return False
+
+
 class MeshStore:
     def __init__(self, *, root_namespace: str = ROOT_NAMESPACE, layer: str = "l4"):
         self._view = MeshView(root_namespace=root_namespace, layer=layer)
@@ -348,7 +355,15 @@ class MeshStore:
     # -- the writer queue -------------------------------------------------------------------
     async def apply_async(self, source: str, changes: Iterable, *, version: str = "") -> Applied:
         changes = list(changes)
-        return await self._write(source, len(changes), lambda: self._prepare(source, changes, version))
+        return await self._write(source, self._weight(changes), lambda: self._prepare(source, changes, version))
+
+    def _weight(self, changes: list) -> int:
+        """What building a change costs, in resources: a service's change also resolves
+        the routes again (every route naming it), so a view holding routes counts them."""
+        routes = len(self._view.routing.routes)
+        if routes and any(_is_service_change(c) for c in changes):
+            return len(changes) + routes
+        return len(changes)
 
     async def replace_async(self, source: str, resources: Iterable | None = None, *, read: Callable | None = None,
                             atomic: bool = False, version: str = "") -> Applied:
