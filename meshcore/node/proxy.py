@@ -23,6 +23,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from meshcore.aio.memory import trimmer
 from meshcore.config.listen import listeners
 from meshcore.errors import ConfigError, ListenerError
 from meshcore.identity.spiffe import SpiffeId
@@ -178,6 +179,9 @@ class NodeProxy(ProxyProcess):
             # be frozen with it: once, here, never per reload.
             gc.collect()
             gc.freeze()
+            # parsing and compiling it left free heap behind (~0.5 MB at 1,000 workloads,
+            # services and policies): given back to the system
+            trimmer.trim_now()
         listen = self.listen
         metrics = metrics_route(self.metrics)
         routes = {"admin": {"/config_dump": self._config_dump, "/logging": logging_route,
