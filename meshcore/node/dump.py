@@ -6,8 +6,6 @@ import base64
 import datetime as dt
 from dataclasses import fields
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from meshcore.state.model import GatewayAddress, Service, Workload
 from meshcore.state.view import MeshView
 from meshcore.policy.model import Match, Policy, StringMatch, resolved_scope
@@ -108,6 +106,8 @@ def certificates(store, identities) -> list[dict]:
 
 
 def _cert(c) -> dict:
+    # imported here: only a config dump reads certificates as objects
+    from cryptography.hazmat.primitives.serialization import Encoding
     # the PEM text base64-encoded, as ztunnel writes it (istioctl decodes it)
     return {"pem": base64.b64encode(c.public_bytes(Encoding.PEM)).decode(), "serialNumber": format(c.serial_number, "x"),
             "validFrom": _time(c.not_valid_before_utc), "expirationTime": _time(c.not_valid_after_utc)}
