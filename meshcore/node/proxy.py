@@ -72,6 +72,9 @@ class NodeOptions:
     # a process of its own (meshcore node): the configuration loaded at start-up is kept
     # out of the cyclic GC's scans; not for a proxy sharing a process with other work
     freeze_startup: bool = False
+    # a CA directory (--ca-dir, or the built-in CA) signs in a helper process that exits
+    # when idle (identity/helper.py): the proxy never loads cryptography for it (~10 MB)
+    ca_helper_process: bool = False
     # (namespace, service account) of the proxy's own identity (ztunnel's, from POD_NAMESPACE
     # and SERVICE_ACCOUNT): its certificate is held beside the local workloads'
     own_identity: tuple[str, str] | None = None
@@ -141,7 +144,8 @@ class NodeProxy(ProxyProcess):
         o = self.options
         return choose_issuer(ca_dir=o.ca_dir, cert_dir=o.cert_dir, state_dir=o.state_dir,
                              trust_domain=o.trust_domain, control_plane=o.control_plane,
-                             own_identity=SpiffeId(o.trust_domain, *o.own_identity) if o.own_identity else None)
+                             own_identity=SpiffeId(o.trust_domain, *o.own_identity) if o.own_identity else None,
+                             helper_process=o.ca_helper_process)
 
     # -- configuration ------------------------------------------------------------------
     def applied(self, reason: str, applied) -> None:
