@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from meshcore.errors import IdentityError
@@ -56,6 +57,7 @@ class CaHelper:
         self._lock = threading.Lock()          # one exchange at a time on the pipes
         self._proc: subprocess.Popen | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self._last = 0.0
         self.requests = 0
         self.starts = 0
@@ -74,7 +76,8 @@ class CaHelper:
 
     async def issue_async(self, identity: SpiffeId, *, lifetime: dt.timedelta = DEFAULT_WORKLOAD_LIFETIME,
                           now: dt.datetime | None = None) -> PemCredentials:
-        answer = await asyncio.to_thread(self._exchange, self._request(identity, lifetime, now))
+        answer = await asyncio.get_running_loop().run_in_executor(
+            self._own_thread(), self._exchange, self._request(identity, lifetime, now))
         self._arm_idle_exit()
         return self._credentials(identity, answer)
 
@@ -82,7 +85,20 @@ class CaHelper:
         if self._idle is not None:
             self._idle.cancel()
             self._idle = None
-        await asyncio.to_thread(self._stop)
+        await asyncio.get_running_loop().run_in_executor(self._own_thread(), self._stop)
+        self._end_thread()
+
+    def _own_thread(self) -> ThreadPoolExecutor:
+        if self._thread is None:
+            # one thread of its own for the exchanges (they take turns on the pipes anyway),
+            # ended with the helper: an idle proxy keeps no thread for it
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="meshcore-ca")
+        return self._thread
+
+    def _end_thread(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.shutdown(wait=False)
 
     @property
     def running(self) -> bool:
@@ -181,8 +197,9 @@ class CaHelper:
             self._idle = asyncio.get_running_loop().call_later(max(self.idle_exit - quiet, 1.0), self._idle_check)
             return
         if self.running:
-            # stopping waits for the child to exit: on a thread, not the event loop
-            asyncio.get_running_loop().run_in_executor(None, self._stop)
+            # stopping waits for the child to exit: on the helper's thread, which ends then
+            asyncio.get_running_loop().run_in_executor(self._own_thread(), self._stop)
+            self._end_thread()
 
 
 # ------------------------------------------------------------------ the helper process
