@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -220,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state-dir")
     p.add_argument("--trust-domain", default="cluster.local")
     args = p.parse_args(argv)
+    # Ctrl-C in the proxy's terminal reaches its process group: the proxy decides when
+    # the helper ends (it closes the helper's stdin), so no second traceback here
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         existed = args.ca_dir or (Path(args.state_dir) / "ca" / "ca-cert.pem").exists()
         ca = certificate_authority(args.ca_dir, args.state_dir, args.trust_domain)
