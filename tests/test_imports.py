@@ -27,7 +27,7 @@ NOT_IMPORTED = ("cryptography", "yaml", "grpc", "google", "prometheus_client", "
 
 def imported_by_node(tmp_path: Path, config: str, name: str, *extra: str) -> set[str]:
     """Every module a `meshcore node` with `config` imported by the time it was ready and
-    had served a readiness probe and a metrics scrape."""
+    had served a readiness probe, a metrics scrape and a config dump."""
     net = f"127.{random.randint(100, 250)}.{random.randint(0, 250)}"
     address = f"{net}.1"
     (tmp_path / name).write_text(config.replace("LOCAL_IP", f"{net}.2"))     # its inbound listener binds there
@@ -36,7 +36,7 @@ def imported_by_node(tmp_path: Path, config: str, name: str, *extra: str) -> set
     env["XDG_STATE_HOME"] = str(tmp_path / "xdg")
     proc = subprocess.Popen(
         [sys.executable, "-X", "importtime", "-m", "meshcore", "node", "--config", name, "--node-name", "node-a",
-         "--address", address, "--listen", "admin=off", "--listen", "outbound=off", "--listen", "socks5=off",
+         "--address", address, "--listen", f"admin={address}:15000", "--listen", "outbound=off", "--listen", "socks5=off",
          "--log-level", "warn", *extra],
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "node.log", "w"))
     try:
@@ -46,6 +46,9 @@ def imported_by_node(tmp_path: Path, config: str, name: str, *extra: str) -> set
             assert time.monotonic() < deadline, (tmp_path / "node.log").read_text()[-3000:]
             time.sleep(0.05)
         assert LocalMesh.http_get(address, 15020, "/metrics", timeout=5)[0] == 200
+        status, body = LocalMesh.http_get(address, 15000, "/config_dump", timeout=5)
+        certificates = json.loads(body)["certificates"]
+        assert status == 200 and certificates and all(c["certChain"] and c["rootCerts"] for c in certificates)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)

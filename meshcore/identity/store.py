@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Protocol
 from meshcore.errors import IdentityError
 from meshcore.identity import tls
 from meshcore.identity.credentials import DEFAULT_WORKLOAD_LIFETIME, Credentials
+from meshcore.identity.der import pem_certificates
 from meshcore.identity.spiffe import SpiffeId, identity_of
 from meshcore.identity.x509util import load_pem_chain, load_pem_key, same_public_key, utcnow
 
@@ -71,8 +72,7 @@ class TrustBundle:
     def from_checked_pem(cls, data: bytes) -> "TrustBundle":
         """Roots that were parsed and checked elsewhere (the CA helper process): split
         into certificates, not parsed again here."""
-        blocks = [b + PEM_END for b in data.decode("ascii").split(PEM_END) if PEM_BEGIN in b]
-        return cls(der=[ssl.PEM_cert_to_DER_cert(b[b.index(PEM_BEGIN):]) for b in blocks])
+        return cls(der=pem_certificates(data))
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TrustBundle":
@@ -89,9 +89,6 @@ class TrustBundle:
 
     def __len__(self) -> int:
         return len(self.der)
-
-
-PEM_BEGIN, PEM_END = "-----BEGIN CERTIFICATE-----", "-----END CERTIFICATE-----"
 
 
 class Issuer(Protocol):
