@@ -42,12 +42,12 @@ class TrustBundle:
     process has checked costs no cryptography import."""
 
     def __init__(self, roots: Iterable[x509.Certificate] = (), *, der: Iterable[bytes] = ()):
-        from_objects = []
+        from_objects = list(roots)
         ders = list(der)
-        for cert in roots:
+        if from_objects:
+            # certificate objects given: cryptography is loaded already
             from cryptography.hazmat.primitives.serialization import Encoding
-            ders.append(cert.public_bytes(Encoding.DER))
-            from_objects.append(cert)
+            ders += [cert.public_bytes(Encoding.DER) for cert in from_objects]
         seen, unique = set(), []
         for i, d in enumerate(ders):             # the same DER is the same certificate
             if d not in seen:
