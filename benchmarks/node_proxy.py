@@ -1,15 +1,22 @@
 """The node proxy at scale: what configuration size, idle tunnels and new tunnels cost.
 
-    pip install ".[bench]" && python benchmarks/node_proxy.py [--tunnels 10000]
+    pip install ".[bench]" && python benchmarks/node_proxy.py [--tunnels 6000]
+    python benchmarks/node_proxy.py --memory [--repeat 3]     # the memory rows only
 
 - config: 10,000 workloads, 10,000 services, 10,000 policies, as JSON and as YAML:
   load + compile, and a reload of the same size (what a config change costs);
 - idle RSS of a node with 1,000 configured workloads (50 of them local, with
-  certificates) and 1,000 policies, beside one with a two-workload config;
+  certificates), 1,000 services and 1,000 policies, beside one with a two-workload
+  config: read once the node is ready, has no child process (the CA helper that
+  signed its certificates has exited) and 2 s have passed; with its anonymous and
+  file-backed parts (shared libraries count in RSS);
 - RSS per idle tunnel on each node with --tunnels open through SOCKS5 (each tunnel
   has carried one round trip, then sits idle);
+- RSS per idle mTLS (HBONE) connection of an HBONE server (connection_memory.py's
+  measurement, --connections of them);
 - new tunnels per second through a warm pool (open, one round trip, close), one at a
   time and 8 at once.
+--memory measures only the three memory rows, each --repeat times (medians printed).
 Throughput and round trips through two node proxies are in e2e_tunnel.py (node mode),
 side by side with the library pair, TLS and direct TCP.
 """
@@ -21,6 +28,7 @@ import json
 import random
 import resource
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -48,6 +56,25 @@ def rss_kib(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def rss_parts_kib(pid: int) -> dict:
+    """RSS, and its anonymous and file-backed (shared libraries, mapped files) parts."""
+    out = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        out[key] = int(value.split()[0])
+    return {"rss": out["Rss"], "anon": out["Anonymous"], "file": out["Rss"] - out["Anonymous"]}
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            out += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out
 
 
 def ready(address: str) -> bool:
@@ -172,21 +199,33 @@ def echo_sink(address: str) -> tuple[subprocess.Popen, int]:
 async def idle_tunnels(pair: NodePair, port: int, count: int) -> dict:
     await asyncio.sleep(1.0)
     before = {n: rss_kib(p.pid) for n, p in pair.procs.items()}
-    slots = asyncio.Semaphore(200)
+    # 64 opening at once: on a loaded 2-core machine a burst of 200 can overflow node-b's
+    # accept backlog while the pool dials; an open that fails anyway is tried again
+    slots = asyncio.Semaphore(64)
     opened = []
+    retried = 0
 
     async def one():
+        nonlocal retried
         async with slots:
-            reader, writer = await pair.open(port)
-            writer.write(b"x")
-            await reader.readexactly(1)
-            opened.append(writer)
+            for attempt in range(3):
+                try:
+                    reader, writer = await pair.open(port)
+                    writer.write(b"x")
+                    await reader.readexactly(1)
+                    opened.append(writer)
+                    return
+                except (ConnectionError, OSError, asyncio.IncompleteReadError):
+                    if attempt == 2:
+                        raise
+                    retried += 1
+                    await asyncio.sleep(0.5)
     await asyncio.gather(*(one() for _ in range(count)))
     await asyncio.sleep(2.0)
     after = {n: rss_kib(p.pid) for n, p in pair.procs.items()}
     for w in opened:
         w.close()
-    return {n: (after[n] - before[n]) / count for n in before} | {"open": len(opened)}
+    return {n: (after[n] - before[n]) / count for n in before} | {"open": len(opened), "retried": retried}
 
 
 async def new_tunnels(pair: NodePair, port: int, seconds: float, parallel: int) -> float:
@@ -207,8 +246,10 @@ async def new_tunnels(pair: NodePair, port: int, seconds: float, parallel: int) 
 
 
 async def idle_rss(ca_dir: str, directory: Path, workloads: int) -> dict:
+    """MiB: {label: {rss, anon, file}} of node-a, idle."""
     out = {}
-    for label, text in (("2 workloads, 1 policy", None), (f"{workloads} workloads, {workloads} policies", "scale")):
+    for label, text in (("2 workloads, 1 policy", None),
+                        (f"{workloads} workloads, {workloads} services, {workloads} policies", "scale")):
         pair = NodePair(str(directory), None)
         if text == "scale":
             data = scale_config(workloads, "node-a", 50)
@@ -217,10 +258,58 @@ async def idle_rss(ca_dir: str, directory: Path, workloads: int) -> dict:
                 w["workloadIps"] = [f"{prefix}.5.{i + 1}"]
             pair.config.write_text(json.dumps(data))
         await pair.start(ca_dir, log_level="warn")
+        pid = pair.procs["node-a"].pid
         await asyncio.sleep(2.0)
-        out[label] = rss_kib(pair.procs["node-a"].pid) / 1024
+        deadline = time.monotonic() + 60
+        while children(pid) and time.monotonic() < deadline:   # the CA helper exits when idle
+            await asyncio.sleep(0.5)
+        out[label] = {k: v / 1024 for k, v in rss_parts_kib(pid).items()} | {"children": len(children(pid))}
         pair.stop()
     return out
+
+
+async def idle_connections(connections: int, ca_dir: str) -> float:
+    """KiB per idle HBONE connection on a meshcore HBONE server (connection_memory.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import connection_memory
+    args = argparse.Namespace(connections=connections, pending=0, handshake_timeout=3.0, traffic=0)
+    row = await connection_memory.measure("meshcore", args, ca_dir)
+    return row["per_idle_connection_kib"]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+async def run_memory(args) -> dict:
+    """The memory rows only, each `args.repeat` times."""
+    from meshcore.identity import CertificateAuthority
+    rounds: list[dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        ca_dir = str(directory / "ca")
+        CertificateAuthority.create("cluster.local").save(ca_dir)
+        for r in range(args.repeat):
+            print(f"round {r + 1}/{args.repeat}: idle RSS ...", file=sys.stderr, flush=True)
+            row = {"idle_rss_MiB": await idle_rss(ca_dir, directory, args.workloads)}
+            if args.tunnels:
+                print(f"round {r + 1}/{args.repeat}: {args.tunnels} idle tunnels ...", file=sys.stderr, flush=True)
+                pair = NodePair(str(directory))
+                sink, port = echo_sink(pair.sink)
+                await pair.start(ca_dir, log_level="warn")
+                try:
+                    await new_tunnels(pair, port, 0.5, 1)         # warm: pool, certificates
+                    row["idle_tunnel_KiB"] = await idle_tunnels(pair, port, args.tunnels)
+                finally:
+                    pair.stop()
+                    sink.terminate()
+                    sink.wait()
+            if args.connections:
+                print(f"round {r + 1}/{args.repeat}: {args.connections} idle connections ...", file=sys.stderr,
+                      flush=True)
+                row["idle_connection_KiB"] = await idle_connections(args.connections, ca_dir)
+            rounds.append(row)
+    return {"rounds": rounds}
 
 
 async def run(args) -> dict:
@@ -252,11 +341,18 @@ async def run(args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tunnels", type=int, default=10000, help="idle tunnels held open at once")
+    # every tunnel here has the same pool key (one client workload, one destination): the
+    # pool carries at most 64 connections x 100 streams = 6,400 of them at once
+    parser.add_argument("--tunnels", type=int, default=6000, help="idle tunnels held open at once (at most 6400)")
     parser.add_argument("--workloads", type=int, default=1000, help="configured workloads for the idle RSS")
     parser.add_argument("--config-size", type=int, default=10000,
                         help="workloads, services and policies for the load/reload timing")
     parser.add_argument("--seconds", type=float, default=3.0, help="per new-tunnel measurement")
+    parser.add_argument("--memory", action="store_true",
+                        help="only the memory rows: idle RSS, per idle tunnel, per idle mTLS connection")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the memory rows with --memory (medians)")
+    parser.add_argument("--connections", type=int, default=1000,
+                        help="idle mTLS connections for the per-connection row with --memory (0: skip)")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "node_proxy.json"))
     args = parser.parse_args()
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -264,9 +360,12 @@ def main() -> int:
     if args.tunnels + 1024 > hard:
         parser.error(f"--tunnels {args.tunnels} needs more file descriptors than the limit ({hard})")
     import uvloop
-    results = uvloop.run(run(args))
+    results = uvloop.run(run_memory(args) if args.memory else run(args))
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=2))
+    if args.memory:
+        print_memory(results["rounds"], args)
+        return 0
     c = results["config"]
     print("| measure | value |\n|---|---|")
     for kind in ("json", "yaml"):
@@ -275,12 +374,33 @@ def main() -> int:
               f"load + compile | {r['load'] + r['compile']:.2f} s |")
         print(f"| same, reload | {r['reload']:.2f} s |")
     for label, mib in results["idle_rss_MiB"].items():
-        print(f"| node RSS idle, {label} | {mib:.1f} MiB |")
+        print(f"| node RSS idle, {label} | {mib['rss']:.1f} MiB (anonymous {mib['anon']:.1f}, "
+              f"file-backed {mib['file']:.1f}) |")
     t = results["idle_tunnel_KiB"]
     print(f"| RSS per idle tunnel ({t['open']:,} open), node-a / node-b | {t['node-a']:.1f} / {t['node-b']:.1f} KiB |")
     for k, rate in results["new_tunnels_per_s"].items():
         print(f"| new tunnels per second through a warm pool, {k} at a time | {rate:.0f} |")
     return 0
+
+
+def print_memory(rounds: list[dict], args) -> None:
+    n = len(rounds)
+    print(f"| measure (median of {n}; all rounds) | value |\n|---|---|")
+    for label in rounds[0]["idle_rss_MiB"]:
+        rows = [r["idle_rss_MiB"][label] for r in rounds]
+        parts = {k: median([row[k] for row in rows]) for k in ("rss", "anon", "file")}
+        every = ", ".join(f"{row['rss']:.1f}" for row in rows)
+        print(f"| node RSS idle, {label} | {parts['rss']:.1f} MiB (anonymous {parts['anon']:.1f}, "
+              f"file-backed {parts['file']:.1f}; {every}) |")
+    if "idle_tunnel_KiB" in rounds[0]:
+        for side in ("node-a", "node-b"):
+            values = [r["idle_tunnel_KiB"][side] for r in rounds]
+            print(f"| RSS per idle tunnel ({args.tunnels:,} open), {side} | {median(values):.1f} KiB "
+                  f"({', '.join(f'{v:.1f}' for v in values)}) |")
+    if "idle_connection_KiB" in rounds[0]:
+        values = [r["idle_connection_KiB"] for r in rounds]
+        print(f"| RSS per idle mTLS connection ({args.connections:,} open, HBONE server) | {median(values):.1f} KiB "
+              f"({', '.join(f'{v:.1f}' for v in values)}) |")
 
 
 if __name__ == "__main__":

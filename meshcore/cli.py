@@ -5,6 +5,7 @@ authorization policies."""
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 
@@ -16,11 +17,20 @@ def _demo(args: argparse.Namespace) -> int:
     return main(keep=args.keep, directory=args.dir)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# the module that adds each command's parser, in the order `meshcore --help` lists them
+COMMANDS = {"ca": "meshcore.identity.cli", "node": "meshcore.node.cli", "policy": "meshcore.policy.cli",
+            "waypoint": "meshcore.waypoint.cli"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """Every command's parser; with `command`, only that one's besides `demo`: a command's
+    module imports what it runs (the node proxy does not load the waypoint's L7 stack,
+    about 5 MB, nor the policy tools)."""
     parser = argparse.ArgumentParser(prog="meshcore", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True)
+    # every command in the usage line, also when only one command's parser is built
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(("demo", *COMMANDS)) + "}")
     demo = sub.add_parser("demo", help="run a local mesh (CA, two node proxies, workloads) and show what it does",
                           description="Start a real local mesh of separate processes on loopback: a built-in "
                                       "CA, two node proxies, workloads; send allowed, denied and non-mesh "
@@ -28,15 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="leave the mesh running until Ctrl-C")
     demo.add_argument("--dir", help="keep the mesh's files (CA, config, logs) here instead of a temporary folder")
     demo.set_defaults(func=_demo)
-    from meshcore.identity.cli import add_parser as add_ca_parser
-    add_ca_parser(sub)
-    from meshcore.node.cli import add_parser as add_node_parser
-    add_node_parser(sub)
-    from meshcore.policy.cli import add_parser as add_policy_parser
-    add_policy_parser(sub)
-    from meshcore.waypoint.cli import add_parser as add_waypoint_parser
-    add_waypoint_parser(sub)
+    for name, module in COMMANDS.items():
+        if command is None or command == name:
+            importlib.import_module(module).add_parser(sub)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand named on the command line (its first word that is not an option),
+    if it is one of COMMANDS."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return word if word in COMMANDS else None
 
 
 def _version() -> str:
@@ -45,7 +57,9 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import gc
 import sys
 import threading
@@ -72,8 +71,9 @@ def gc_paused():
 
 def _malloc_trim():
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
+        # the symbols already loaded into the process, libc's among them: no library
+        # search (ctypes.util's find_library imports tempfile, shutil and more, ~1 MB)
+        return ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):
         return None
 

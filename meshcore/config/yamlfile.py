@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import json
 
-import yaml
-
 from meshcore.errors import ConfigError
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 _WS = json.decoder.WHITESPACE.match
@@ -71,8 +67,10 @@ def documents(text: str, source: str) -> list:
             return [_json_document(text)]
         except ValueError:
             pass                        # a YAML flow collection, not JSON: YAML says what is wrong
+    # imported here: a configuration written as JSON never needs PyYAML (~1 MB)
+    import yaml
     try:
-        return list(yaml.load_all(text, Loader=_Loader))
+        return list(yaml.load_all(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"

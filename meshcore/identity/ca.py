@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -19,14 +18,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshcore.errors import IdentityError
+from meshcore.identity.credentials import CLOCK_SKEW, DEFAULT_WORKLOAD_LIFETIME, Credentials  # noqa: F401
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.identity.x509util import (
-    PrivateKey, certs_pem, key_pem, load_pem_chain, load_pem_key, same_public_key, utcnow,
+    certs_pem, key_pem, load_pem_chain, load_pem_key, same_public_key, utcnow,
     write_private, write_public)
 
-DEFAULT_WORKLOAD_LIFETIME = dt.timedelta(hours=24)
 DEFAULT_CA_LIFETIME = dt.timedelta(days=3650)
-CLOCK_SKEW = dt.timedelta(minutes=1)
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072")
 
 
@@ -46,33 +45,6 @@ def _hash_for(key: PrivateKey):
     if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size > 256:
         return hashes.SHA384()
     return hashes.SHA256()
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """A workload's private key and certificate chain (leaf first, no root)."""
-
-    identity: SpiffeId
-    key: PrivateKey
-    chain: tuple[x509.Certificate, ...]
-
-    @property
-    def certificate(self) -> x509.Certificate:
-        return self.chain[0]
-
-    @property
-    def not_before(self) -> dt.datetime:
-        return self.certificate.not_valid_before_utc
-
-    @property
-    def not_after(self) -> dt.datetime:
-        return self.certificate.not_valid_after_utc
-
-    def key_pem(self) -> bytes:
-        return key_pem(self.key)
-
-    def chain_pem(self) -> bytes:
-        return certs_pem(self.chain)
 
 
 class CertificateAuthority:

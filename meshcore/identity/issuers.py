@@ -8,10 +8,14 @@ import logging
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from meshcore.errors import IdentityError
-from meshcore.identity.ca import CertificateAuthority
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.identity.store import CredentialDirectories
+
+if TYPE_CHECKING:
+    from meshcore.identity.ca import CertificateAuthority
 
 log = logging.getLogger("meshcore.identity")
 
@@ -25,9 +29,11 @@ def default_state_dir() -> Path:
 
 
 def choose_issuer(*, ca_dir: str | None, cert_dir: str | None, state_dir: str | None, trust_domain: str,
-                  control_plane=None, own_identity: SpiffeId | None = None):
+                  control_plane=None, own_identity: SpiffeId | None = None, helper_process: bool = False):
     """(issuer, trust domain). The Istio CA when the control plane names one and no
-    directory says otherwise; IdentityError for files that cannot serve."""
+    directory says otherwise; IdentityError for files that cannot serve. helper_process:
+    a CA directory (or the built-in CA) signs in a helper process (identity/helper.py),
+    so that this one never loads cryptography for it."""
     if control_plane is not None and control_plane.ca_address and not (ca_dir or cert_dir):
         from meshcore.xds.ca import IstioCaClient
         return IstioCaClient(control_plane, trust_domain, own_identity=own_identity), trust_domain
@@ -40,15 +46,24 @@ def choose_issuer(*, ca_dir: str | None, cert_dir: str | None, state_dir: str | 
         if len(domains) != 1:
             raise IdentityError(f"{cert_dir}: certificates of several trust domains ({', '.join(sorted(domains))})")
         return files, domains.pop()
+    if helper_process:
+        from meshcore.identity.helper import CaHelper
+        helper = CaHelper(ca_dir=ca_dir, state_dir=state_dir, trust_domain=trust_domain)
+        return helper, helper.trust_domain
     ca = certificate_authority(ca_dir, state_dir, trust_domain)
     return ca, ca.trust_domain
 
 
+def state_dir_of(state_dir: str | os.PathLike | None) -> Path:
+    """--state-dir, else $MESHCORE_STATE_DIR, else the XDG state directory."""
+    return Path(state_dir or os.environ.get("MESHCORE_STATE_DIR") or default_state_dir())
+
+
 def certificate_authority(ca_dir: str | None, state_dir: str | None, trust_domain: str) -> CertificateAuthority:
+    from meshcore.identity.ca import CertificateAuthority       # imported here: signing needs cryptography
     if ca_dir:
         return CertificateAuthority.load(ca_dir)
-    state = Path(state_dir or os.environ.get("MESHCORE_STATE_DIR") or default_state_dir())
-    directory = state / "ca"
+    directory = state_dir_of(state_dir) / "ca"
     if (directory / "ca-cert.pem").exists():
         return CertificateAuthority.load(directory)
     ca = CertificateAuthority.create(trust_domain)

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from meshcore.errors import IdentityError
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 # SPIFFE spec: trust domain is lowercase letters, digits, '.', '-', '_'; path segments
 # are letters, digits, '.', '-', '_' and may not be '.' or '..'
@@ -58,14 +60,22 @@ class SpiffeId:
         return self.uri
 
 
-def identity_of(cert: x509.Certificate) -> SpiffeId:
+def identity_of(cert: "x509.Certificate") -> SpiffeId:
     """The identity of a certificate: its first URI SAN that is a SPIFFE id. DNS SANs
     are ignored. Raises IdentityError naming what is missing or malformed."""
+    from cryptography import x509          # imported here: the data path reads no x509 objects
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
-        raise IdentityError("certificate has no subjectAltName extension (no SPIFFE id)") from None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+        san = None
+    return identity_of_uris(None if san is None else san.get_values_for_type(x509.UniformResourceIdentifier))
+
+
+def identity_of_uris(uris: list[str] | None) -> SpiffeId:
+    """identity_of() for a certificate whose URI SANs are `uris` (None: it has no
+    subjectAltName extension)."""
+    if uris is None:
+        raise IdentityError("certificate has no subjectAltName extension (no SPIFFE id)")
     spiffe = [u for u in uris if u.startswith("spiffe://")]
     if not spiffe:
         raise IdentityError(f"certificate has no SPIFFE URI SAN (URI SANs: {uris or 'none'})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import os
 import random
@@ -18,53 +19,76 @@ import ssl
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from typing import TYPE_CHECKING, Protocol
 
 from meshcore.errors import IdentityError
 from meshcore.identity import tls
-from meshcore.identity.ca import DEFAULT_WORKLOAD_LIFETIME, Credentials
+from meshcore.identity.credentials import DEFAULT_WORKLOAD_LIFETIME, Credentials
+from meshcore.identity.der import pem_certificates
 from meshcore.identity.spiffe import SpiffeId, identity_of
-from meshcore.identity.x509util import certs_pem, load_pem_chain, load_pem_key, same_public_key, utcnow
+from meshcore.identity.x509util import load_pem_chain, load_pem_key, same_public_key, utcnow
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger("meshcore.identity")
 
 
 class TrustBundle:
-    """The roots a peer's chain must end in; several at once during a CA rotation."""
+    """The roots a peer's chain must end in; several at once during a CA rotation.
 
-    def __init__(self, roots: Iterable[x509.Certificate]):
+    Kept as DER (one copy of each root), written as PEM for TLS contexts; `roots`, the
+    certificate objects, are parsed on first use, so a bundle read from files a helper
+    process has checked costs no cryptography import."""
+
+    def __init__(self, roots: Iterable[x509.Certificate] = (), *, der: Iterable[bytes] = ()):
+        from_objects = list(roots)
+        ders = list(der)
+        if from_objects:
+            # certificate objects given: cryptography is loaded already
+            from cryptography.hazmat.primitives.serialization import Encoding
+            ders += [cert.public_bytes(Encoding.DER) for cert in from_objects]
         seen, unique = set(), []
-        for cert in roots:
-            fp = cert.fingerprint(hashes.SHA256())
-            if fp not in seen:
-                seen.add(fp)
-                unique.append(cert)
+        for i, d in enumerate(ders):             # the same DER is the same certificate
+            if d not in seen:
+                seen.add(d)
+                unique.append(i)
         if not unique:
             raise IdentityError("a trust bundle needs at least one root certificate")
-        self.roots: tuple[x509.Certificate, ...] = tuple(unique)
+        self.der: tuple[bytes, ...] = tuple(ders[i] for i in unique)
+        if len(from_objects) == len(ders):
+            self.__dict__["roots"] = tuple(from_objects[i] for i in unique)
+
+    @functools.cached_property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        from cryptography import x509
+        return tuple(x509.load_der_x509_certificate(d) for d in self.der)
 
     @classmethod
     def from_pem(cls, data: bytes, source: str = "<bundle>") -> "TrustBundle":
         return cls(load_pem_chain(data, source))
 
     @classmethod
+    def from_checked_pem(cls, data: bytes) -> "TrustBundle":
+        """Roots that were parsed and checked elsewhere (the CA helper process): split
+        into certificates, not parsed again here."""
+        return cls(der=pem_certificates(data))
+
+    @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TrustBundle":
         return cls.from_pem(Path(path).read_bytes(), str(path))
 
     def merged(self, other: "TrustBundle") -> "TrustBundle":
-        return TrustBundle(self.roots + other.roots)
+        return TrustBundle(der=self.der + other.der)
 
     def pem(self) -> bytes:
-        return certs_pem(self.roots)
+        return "".join(ssl.DER_cert_to_PEM_cert(d) for d in self.der).encode("ascii")
 
     def __iter__(self):
         return iter(self.roots)
 
     def __len__(self) -> int:
-        return len(self.roots)
+        return len(self.der)
 
 
 class Issuer(Protocol):

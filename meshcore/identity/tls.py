@@ -15,13 +15,16 @@ import ssl
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
-
-from cryptography import x509
+from typing import TYPE_CHECKING
 
 from meshcore.errors import IdentityError
-from meshcore.identity.ca import Credentials
-from meshcore.identity.spiffe import SpiffeId, identity_of
+from meshcore.identity.spiffe import SpiffeId, identity_of_uris
 from meshcore.identity.x509util import certs_pem
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+    from meshcore.identity.credentials import Credentials
 
 log = logging.getLogger("meshcore.identity")
 
@@ -70,7 +73,9 @@ def _base_context(purpose: int, creds: Credentials, bundle: Iterable[x509.Certif
     ctx.set_alpn_protocols([ALPN])
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
     ctx.verify_mode = ssl.CERT_REQUIRED
-    roots = certs_pem(bundle)
+    # a TrustBundle keeps its PEM; certificate objects are written out
+    pem = getattr(bundle, "pem", None)
+    roots = pem() if pem is not None else certs_pem(bundle)
     if not roots:
         raise IdentityError("empty trust bundle")
     ctx.load_verify_locations(cadata=roots.decode("ascii"))
@@ -96,11 +101,14 @@ def client_context(creds: Credentials, bundle: Iterable[x509.Certificate], *,
 
 
 def _peer_identity(ssl_object, side: str, peer) -> SpiffeId:
-    der = ssl_object.getpeercert(binary_form=True)
-    if not der:
+    # the verified peer certificate as OpenSSL decoded it (its URI SANs among the
+    # fields): no second parse of the certificate, and no cryptography import
+    cert = ssl_object.getpeercert()
+    if not cert:
         raise _refuse(f"{side} presented no certificate", "no_client_certificate", peer)
+    sans = cert.get("subjectAltName")
     try:
-        return identity_of(x509.load_der_x509_certificate(der))
+        return identity_of_uris(None if sans is None else [value for kind, value in sans if kind == "URI"])
     except IdentityError as exc:
         raise _refuse(f"{side} certificate: {exc}", "no_spiffe_id", peer) from None
 

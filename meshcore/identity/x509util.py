@@ -1,17 +1,22 @@
-"""Small X.509 helpers shared by the CA, the stores and the CLI."""
+"""Small X.509 helpers shared by the CA, the stores and the CLI.
+
+cryptography is imported by the helpers that use it, not with this module: a node
+proxy whose certificates are signed in a helper process never loads it (~10 MB).
+"""
 from __future__ import annotations
 
 import datetime as dt
 import os
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from typing import TYPE_CHECKING
 
 from meshcore.errors import IdentityError
 
-PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
 def utcnow() -> dt.datetime:
@@ -19,6 +24,7 @@ def utcnow() -> dt.datetime:
 
 
 def load_pem_chain(data: bytes, source: str) -> list[x509.Certificate]:
+    from cryptography import x509
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
@@ -29,6 +35,8 @@ def load_pem_chain(data: bytes, source: str) -> list[x509.Certificate]:
 
 
 def load_pem_key(data: bytes, source: str) -> PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
@@ -39,11 +47,13 @@ def load_pem_key(data: bytes, source: str) -> PrivateKey:
 
 
 def key_pem(key: PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def certs_pem(certs) -> bytes:
+    from cryptography.hazmat.primitives import serialization
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
 
 
@@ -67,12 +77,15 @@ def write_public(path: Path, data: bytes) -> None:
 
 
 def same_public_key(key: PrivateKey, cert: x509.Certificate) -> bool:
+    from cryptography.hazmat.primitives import serialization
     fmt = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return key.public_key().public_bytes(*fmt) == cert.public_key().public_bytes(*fmt)
 
 
 def describe(cert: x509.Certificate) -> dict:
     """What `meshcore ca show` prints."""
+    from cryptography import x509
+
     from meshcore.identity.spiffe import identity_of
     try:
         identity = str(identity_of(cert))

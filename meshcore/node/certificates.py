@@ -46,14 +46,20 @@ class LocalCertificates:
     def remote(self) -> bool:
         return getattr(self.ctx.certs, "remote", False)
 
+    @property
+    def prompt(self) -> bool:
+        """Whether the issuer answers at once (an in-process CA, files, or a CA in a helper
+        process of ours, asynchronous but local): start and refresh wait for it."""
+        return not self.remote or getattr(getattr(self.ctx.certs, "issuer", None), "local", False)
+
     async def start(self) -> "LocalCertificates":
         """Ask for every local identity's certificate. A local issuer (the built-in CA,
-        files) has answered when this returns; a remote CA's answers arrive later, and
-        until they do `missing` (readiness) says so."""
+        in this process or its helper process, files) has answered when this returns; a
+        remote CA's answers arrive later, and until they do `missing` (readiness) says so."""
         # bookkeeping only: a change must not wait for a CA, nor hold up the store's writer
         self._unsubscribe = self.ctx.store.subscribe(lambda change: self._update(change.new), (Kind.WORKLOAD,))
         self._update(self.ctx.store.view)
-        if not self.remote:
+        if self.prompt:
             await self.settled()
         self._rotation = asyncio.get_running_loop().create_task(self._rotate())
         return self
@@ -72,7 +78,7 @@ class LocalCertificates:
         answered when this returns); identities no longer local are forgotten (their
         connections keep the contexts they made)."""
         self._update(self.ctx.store.view)
-        if not self.remote:
+        if self.prompt:
             await self.settled()
 
     def _update(self, view: MeshView) -> None:

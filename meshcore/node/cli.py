@@ -126,7 +126,7 @@ def options_from(args: argparse.Namespace) -> NodeOptions:
                        state_dir=args.state_dir, trust_domain=args.trust_domain, network=args.network,
                        connect_timeout=args.connect_timeout, drain_deadline=args.drain_deadline,
                        preserve_source=not args.no_preserve_source, root_namespace=args.root_namespace,
-                       freeze_startup=True, own_identity=own,
+                       freeze_startup=True, ca_helper_process=True, own_identity=own,
                        control_plane=plane if plane.xds_address or plane.ca_address else None)
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import re
+import ssl
 from dataclasses import fields, is_dataclass
 from enum import Enum
 
-from cryptography.hazmat.primitives.serialization import Encoding
-
+from meshcore.identity.der import certificate_fields, pem_certificates
 from meshcore.state.model import GatewayAddress, Service, Workload
 from meshcore.state.view import MeshView
 from meshcore.policy.model import Match, Policy, StringMatch, resolved_scope
@@ -109,15 +109,18 @@ def certificates(store, identities) -> list[dict]:
         except Exception as exc:                  # noqa: BLE001  (shown, not hidden)
             out.append({"identity": identity.uri, "state": f"Unavailable: {exc}", "certChain": [], "rootCerts": []})
             continue
-        out.append({"identity": identity.uri, "state": "Available", "certChain": [_cert(c) for c in creds.chain],
-                    "rootCerts": [_cert(r) for r in store.bundle]})
+        out.append({"identity": identity.uri, "state": "Available",
+                    "certChain": [_cert(d) for d in pem_certificates(creds.chain_pem())],
+                    "rootCerts": [_cert(d) for d in store.bundle.der]})
     return out
 
 
-def _cert(c) -> dict:
+def _cert(der: bytes) -> dict:
+    # read from the DER: a dump does not load cryptography (~10 MB) into a node that never needed it
+    serial, not_before, not_after = certificate_fields(der)
     # the PEM text base64-encoded, as ztunnel writes it (istioctl decodes it)
-    return {"pem": base64.b64encode(c.public_bytes(Encoding.PEM)).decode(), "serialNumber": format(c.serial_number, "x"),
-            "validFrom": _time(c.not_valid_before_utc), "expirationTime": _time(c.not_valid_after_utc)}
+    return {"pem": base64.b64encode(ssl.DER_cert_to_PEM_cert(der).encode("ascii")).decode(),
+            "serialNumber": format(serial, "x"), "validFrom": _time(not_before), "expirationTime": _time(not_after)}
 
 
 def config_dump(proxy) -> dict:

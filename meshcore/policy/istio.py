@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from sys import intern
 
 from meshcore.config import fields as F
 from meshcore.config.yamlfile import documents, located
@@ -217,7 +218,7 @@ def authorization_policy(doc: dict, source: str = "") -> Policy:
         raise F.fail("apiVersion", f"{doc['apiVersion']!r} is not one of {', '.join(API_VERSIONS)}")
     meta = F.mapping(doc["metadata"], "metadata", required=("name",))
     name = F.string(meta["name"], "metadata.name")
-    namespace = F.string(meta.get("namespace", "default"), "metadata.namespace")
+    namespace = intern(F.string(meta.get("namespace", "default"), "metadata.namespace"))  # shared by many
     annotations = F.mapping(meta.get("annotations") or {}, "metadata.annotations")
     dry_run = _go_bool(annotations.get(DRY_RUN_ANNOTATION, "false"), f"metadata.annotations.{DRY_RUN_ANNOTATION}")
     spec = F.mapping(doc.get("spec") or {}, "spec",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field, fields
+from sys import intern
 
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -45,14 +46,15 @@ class StringMatch:
 
     @classmethod
     def istio(cls, text: str) -> "StringMatch":
-        """Istio's notation: `*` presence, `abc*` prefix, `*abc` suffix, else exact."""
+        """Istio's notation: `*` presence, `abc*` prefix, `*abc` suffix, else exact. The
+        value is interned: policies name the same principals and namespaces over and over."""
         if text == "*":
             return cls("presence")
         if text.endswith("*"):
-            return cls("prefix", text[:-1])
+            return cls("prefix", intern(text[:-1]))
         if text.startswith("*"):
-            return cls("suffix", text[1:])
-        return cls("exact", text)
+            return cls("suffix", intern(text[1:]))
+        return cls("exact", intern(text))
 
     def matches(self, value: str | None) -> bool:
         if not value:

@@ -1,6 +1,8 @@
 """ztunnel local-config `policies` entries (docs/configuration.md) → the policy model."""
 from __future__ import annotations
 
+from sys import intern
+
 from meshcore.config import fields as F
 from meshcore.policy.model import Action, Match, Policy, Scope, StringMatch
 
@@ -25,7 +27,7 @@ def _string_match(obj, path: str) -> StringMatch:
     (kind, value), = obj.items()
     if kind == "Presence":
         return StringMatch("presence")
-    return StringMatch(_KINDS[kind], F.string(value, f"{path}.{kind}"))
+    return StringMatch(_KINDS[kind], intern(F.string(value, f"{path}.{kind}")))
 
 
 def _match(obj, path: str) -> Match:
@@ -45,8 +47,8 @@ def _match(obj, path: str) -> Match:
             for i, v in enumerate(items):
                 F.mapping(v, f"{p}[{i}]", allowed=("namespace", "serviceAccount"),
                           required=("namespace", "serviceAccount"))
-                sas.append((F.string(v["namespace"], f"{p}[{i}].namespace"),
-                            F.string(v["serviceAccount"], f"{p}[{i}].serviceAccount")))
+                sas.append((intern(F.string(v["namespace"], f"{p}[{i}].namespace")),
+                            intern(F.string(v["serviceAccount"], f"{p}[{i}].serviceAccount"))))
             kw[_SA_FIELDS[key]] = tuple(sas)
     return Match(**kw)
 
@@ -55,7 +57,7 @@ def ztunnel_policy(obj, path: str, source: str = "") -> Policy:
     F.mapping(obj, path, allowed=("name", "namespace", "scope", "action", "rules", "dryRun", "groups"),
               required=("name", "namespace"))
     name = F.string(obj["name"], f"{path}.name")
-    namespace = F.string(obj["namespace"], f"{path}.namespace")
+    namespace = intern(F.string(obj["namespace"], f"{path}.namespace"))     # shared by many policies
     scope_text = F.string(obj.get("scope", "Namespace"), f"{path}.scope")
     scope = _SCOPES.get(scope_text)
     if scope is None:

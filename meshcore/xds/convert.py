@@ -21,6 +21,7 @@ meshcore refuses ports over 65535.
 from __future__ import annotations
 
 import ipaddress
+from sys import intern
 
 from google.protobuf.message import DecodeError
 
@@ -79,6 +80,14 @@ _LB_MODE = {_LB.UNSPECIFIED_MODE: LoadBalancerMode.STANDARD, _LB.STRICT: LoadBal
 _LB_HEALTH = {_LB.ONLY_HEALTHY: HealthPolicy.ONLY_HEALTHY, _LB.ALLOW_ALL: HealthPolicy.ALLOW_ALL}
 _SCOPE = {apb.GLOBAL: Scope.GLOBAL, apb.NAMESPACE: Scope.NAMESPACE, apb.WORKLOAD_SELECTOR: Scope.WORKLOAD_SELECTOR}
 _ACTION = {apb.ALLOW: Action.ALLOW, apb.DENY: Action.DENY}
+
+
+# What the mesh repeats (namespaces, service accounts, nodes, trust domain, network,
+# cluster, localities, service keys, principals) is interned as it is converted: istiod
+# sends every workload with its own copy of each string, and 1,000 workloads would keep
+# thousands of equal strings. A default-valued Locality is one shared object.
+_NO_LOCALITY = Locality()
+_DEFAULT_TRUST_DOMAIN, _DEFAULT_ACCOUNT, _DEFAULT_CLUSTER = "cluster.local", "default", "Kubernetes"
 
 
 def _enum(table: dict, value: int, path: str, what: str):
@@ -172,7 +181,7 @@ def _required(value: str, path: str) -> str:
 def workload_from_proto(w: wpb.Workload, path: str = "workload") -> Workload:
     uid = _required(w.uid, f"{path}.uid")
     name = _required(w.name, f"{path}.name")
-    namespace = _required(w.namespace, f"{path}.namespace")
+    namespace = intern(_required(w.namespace, f"{path}.namespace"))
     ips = tuple([_ip(raw, f"{path}.addresses[{i}]") for i, raw in enumerate(w.addresses)])
 
     services = ()
@@ -182,7 +191,7 @@ def workload_from_proto(w: wpb.Workload, path: str = "workload") -> Workload:
             ns, sep, host = key.partition("/")
             if not sep or not ns or not host:
                 raise _Refusal(f"{path}.services[{key!r}]", "a service is named <namespace>/<hostname>")
-            items.append((key, _ports(w.services[key].ports, f"{path}.services[{key!r}].ports")))
+            items.append((intern(key), _ports(w.services[key].ports, f"{path}.services[{key!r}].ports")))
         services = tuple(items)
 
     extra = []                  # in config.py's order; proto3 defaults mean "not given"
@@ -205,27 +214,28 @@ def workload_from_proto(w: wpb.Workload, path: str = "workload") -> Workload:
     # w.extensions: opaque Any payloads for other consumers; they carry no semantics a
     # node proxy acts on (ztunnel ignores them too)
 
+    locality = _NO_LOCALITY
     if w.HasField("locality"):
         loc = w.locality
-        locality = Locality(loc.region, loc.zone, loc.subzone)
-    else:
-        locality = Locality()
+        if loc.region or loc.zone or loc.subzone:
+            locality = Locality(intern(loc.region), intern(loc.zone), intern(loc.subzone))
 
     result = Workload(
         uid=uid, name=name, namespace=namespace, ips=ips,
-        service_account=w.service_account or "default",
-        trust_domain=w.trust_domain or "cluster.local",
+        service_account=intern(w.service_account) if w.service_account else _DEFAULT_ACCOUNT,
+        trust_domain=intern(w.trust_domain) if w.trust_domain else _DEFAULT_TRUST_DOMAIN,
         protocol=_tunnel(w.tunnel_protocol, f"{path}.tunnel_protocol"),
-        node=w.node, network=w.network,
+        node=intern(w.node), network=intern(w.network),
         waypoint=_gateway(w.waypoint, f"{path}.waypoint") if w.HasField("waypoint") else None,
         network_gateway=(_gateway(w.network_gateway, f"{path}.network_gateway")
                          if w.HasField("network_gateway") else None),
         services=services,
         authorization_policies=tuple(w.authorization_policies),
-        canonical_name=w.canonical_name, canonical_revision=w.canonical_revision,
-        workload_name=w.workload_name,
+        # a deployment's replicas share these
+        canonical_name=intern(w.canonical_name), canonical_revision=intern(w.canonical_revision),
+        workload_name=intern(w.workload_name),
         workload_type=_enum(_WORKLOAD_TYPE, w.workload_type, f"{path}.workload_type", "workload type"),
-        cluster_id=w.cluster_id or "Kubernetes",
+        cluster_id=intern(w.cluster_id) if w.cluster_id else _DEFAULT_CLUSTER,
         locality=locality,
         healthy=_enum(_STATUS_HEALTHY, w.status, f"{path}.status", "workload status"),
         extra=tuple(extra))
@@ -251,7 +261,7 @@ def _tunnel(value: int, path: str) -> Protocol:
 
 def service_from_proto(s: wpb.Service, path: str = "service") -> Service:
     name = _required(s.name, f"{path}.name")
-    namespace = _required(s.namespace, f"{path}.namespace")
+    namespace = intern(_required(s.namespace, f"{path}.namespace"))
     hostname = _required(s.hostname, f"{path}.hostname")
     vips, cidrs, cidr_networks = [], [], []
     for i, a in enumerate(s.addresses):
@@ -266,7 +276,7 @@ def service_from_proto(s: wpb.Service, path: str = "service") -> Service:
                 cidrs.append(ipaddress.ip_network((ip, length), strict=False))
                 cidr_networks.append(a.network)
                 continue
-        vips.append((a.network, ip))
+        vips.append((intern(a.network), ip))
 
     lb = None
     if s.HasField("load_balancing"):
@@ -334,7 +344,7 @@ def _strings(values) -> tuple[StringMatch, ...]:
             # ztunnel drops it, which changes what the match admits; refuse instead
             raise _Refusal(f"[{len(out)}]", "a string match needs one of exact, prefix, suffix, presence")
         else:
-            out.append(StringMatch(kind, getattr(m, kind)))
+            out.append(StringMatch(kind, intern(getattr(m, kind))))
     return tuple(out)
 
 
@@ -378,7 +388,7 @@ def _accounts(values) -> tuple[tuple[str, str], ...]:
         ns, name = sa.namespace, sa.serviceAccount
         if not ns or not name:
             raise _Refusal(f"[{len(out)}].{'serviceAccount' if ns else 'namespace'}", "must not be empty")
-        out.append((ns, name))
+        out.append((intern(ns), intern(name)))
     return tuple(out)
 
 
@@ -418,7 +428,7 @@ def _match(m: apb.Match) -> Match:
 
 def policy_from_proto(a: apb.Authorization, path: str = "authorization", source: str = SOURCE) -> Policy:
     name = _required(a.name, f"{path}.name")
-    namespace = _required(a.namespace, f"{path}.namespace")
+    namespace = intern(_required(a.namespace, f"{path}.namespace"))
     scope = _enum(_SCOPE, a.scope, f"{path}.scope", "scope")
     action = _enum(_ACTION, a.action, f"{path}.action", "action")
     rules = []
