@@ -5,6 +5,7 @@ identity. The web workload's address serves HTTP/1.1 on 8080 and a TCP echo on 9
 (meshcore.localworkload); 8081 and 50051 are the service's ports for backends a test
 runs itself (HTTP/2, gRPC). The service's ports 80, 81, 9000 and 50051 declare no
 protocol; 82 (to 8081) declares http2, 83 (to 8080) http and 9001 (to 9000) tcp."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -104,3 +105,17 @@ class WaypointMesh:
                 os.killpg(proc.pid, signal.SIGKILL)
                 codes[name] = proc.wait()
         return codes
+
+
+@contextlib.contextmanager
+def running(mesh):
+    """A mesh of processes, started (stopped again if it cannot start), and stopped at
+    the end with every process having exited cleanly."""
+    try:
+        mesh.start()
+    except BaseException:
+        mesh.stop()
+        raise
+    yield mesh
+    codes = mesh.stop()
+    assert all(code == 0 for code in codes.values()), (codes, mesh.log("waypoint")[-3000:])

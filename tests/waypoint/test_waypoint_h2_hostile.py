@@ -27,7 +27,7 @@ import pytest
 from h2http import Endpoint, Received, open_request
 from meshcore.localmesh import LocalMesh
 from waypoint_load import open_fds, requests_total, rss_kib
-from waypoint_mesh import WaypointMesh
+from waypoint_mesh import WaypointMesh, running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -188,15 +188,8 @@ class Backend:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = Mesh(tmp_path_factory.mktemp("waypoint-h2-hostile"))
-    try:
-        m.start()
-    except BaseException:
-        m.stop()
-        raise
-    yield m
-    codes = m.stop()
-    assert codes == {"web": 0, "node-a": 0, "node-b": 0, "waypoint": 0}, m.log("waypoint")[-3000:]
+    with running(Mesh(tmp_path_factory.mktemp("waypoint-h2-hostile"))) as m:
+        yield m
 
 
 @pytest.fixture(scope="module")

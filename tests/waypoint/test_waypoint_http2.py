@@ -22,7 +22,7 @@ from h2http import Endpoint, Received, open_request
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.request import send_request
 from meshcore.localmesh import LocalMesh
-from waypoint_mesh import WaypointMesh
+from waypoint_mesh import WaypointMesh, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -191,15 +191,8 @@ class Backends:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = WaypointMesh(tmp_path_factory.mktemp("waypoint-h2"))
-    try:
-        m.start()
-    except BaseException:
-        m.stop()
-        raise
-    yield m
-    codes = m.stop()
-    assert codes == {"web": 0, "node-a": 0, "node-b": 0, "waypoint": 0}, m.log("waypoint")[-3000:]
+    with running(WaypointMesh(tmp_path_factory.mktemp("waypoint-h2"))) as m:
+        yield m
 
 
 @pytest.fixture(scope="module")

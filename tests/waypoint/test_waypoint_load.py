@@ -9,6 +9,7 @@ import pytest
 
 from meshcore.localmesh import LocalMesh
 from waypoint_load import NginxMesh, open_fds, requests_total, rss_kib, wrk
+from waypoint_mesh import running
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.needs_tool("wrk"), pytest.mark.needs_tool("nginx")]
 
@@ -26,15 +27,8 @@ POOLED_FDS = 2
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = NginxMesh(tmp_path_factory.mktemp("waypoint-load"))
-    try:
-        m.start()
-    except BaseException:
-        m.stop()
-        raise
-    yield m
-    codes = m.stop()
-    assert all(code == 0 for code in codes.values()), (codes, m.log("waypoint")[-3000:])
+    with running(NginxMesh(tmp_path_factory.mktemp("waypoint-load"))) as m:
+        yield m
 
 
 def _waypoint_requests(mesh, **labels) -> int:

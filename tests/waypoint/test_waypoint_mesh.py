@@ -13,22 +13,15 @@ import time
 import pytest
 
 from meshcore.localmesh import LocalMesh
-from waypoint_mesh import WaypointMesh
+from waypoint_mesh import WaypointMesh, running
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = WaypointMesh(tmp_path_factory.mktemp("waypoint"))
-    try:
-        m.start()
-    except BaseException:
-        m.stop()
-        raise
-    yield m
-    codes = m.stop()
-    assert codes == {"web": 0, "node-a": 0, "node-b": 0, "waypoint": 0}, m.log("waypoint")[-3000:]
+    with running(WaypointMesh(tmp_path_factory.mktemp("waypoint"))) as m:
+        yield m
 
 
 async def _echo(mesh, size):

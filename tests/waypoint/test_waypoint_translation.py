@@ -11,7 +11,7 @@ import pytest
 
 from h2http import Endpoint, Received, open_request
 from test_waypoint_http2 import Backends, metrics
-from waypoint_mesh import WaypointMesh
+from waypoint_mesh import WaypointMesh, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -20,15 +20,8 @@ TO_H2, TO_H1, TCP = 82, 83, 9001
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = WaypointMesh(tmp_path_factory.mktemp("waypoint-translation"))
-    try:
-        m.start()
-    except BaseException:
-        m.stop()
-        raise
-    yield m
-    codes = m.stop()
-    assert codes == {"web": 0, "node-a": 0, "node-b": 0, "waypoint": 0}, m.log("waypoint")[-3000:]
+    with running(WaypointMesh(tmp_path_factory.mktemp("waypoint-translation"))) as m:
+        yield m
 
 
 @pytest.fixture(scope="module")
