@@ -223,6 +223,14 @@ async def retry_destination(tunnels, where: Destination, retries: int, state, me
     return again
 
 
+def failure_answer(failure: str, retries: int) -> tuple[str, bytes]:
+    """Envoy's response flag and body for a request whose last attempt got no response:
+    URX once retries ran out, else UF (it could not connect) or UR (the upstream reset)."""
+    if failure == "connect-failure":
+        return ("URX" if retries else "UF"), b"upstream connect error"
+    return ("URX" if retries else "UR"), b"upstream connect error or disconnect/reset before headers"
+
+
 def with_rate_headers(where: Destination, response: tuple[tuple[str, str], ...]) -> Destination:
     """`where` with a rate limit's x-ratelimit-* headers added to the response it relays."""
     if not response:

@@ -25,7 +25,7 @@ from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.traffic.decide import LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           destination, retry_destination, with_rate_headers)
+                                           destination, failure_answer, retry_destination, with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
@@ -491,9 +491,7 @@ class Http1Handler:
                                                         before_deadline=clock.route):
                         where, retries = again, retries + 1
                         continue
-                    flag = "URX" if retries else ("UF" if failure == "connect-failure" else "UR")
-                    text = b"upstream connect error" if failure == "connect-failure" else \
-                        b"upstream connect error or disconnect/reset before headers"
+                    flag, text = failure_answer(failure, retries)
                     return await self._local(conn, record, 503, text, flag=flag, error=f"{type(error).__name__}: {error}")
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
                                                     replayable=replayable, before=give_up,

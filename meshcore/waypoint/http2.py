@@ -36,7 +36,7 @@ from meshcore.state.model import Workload
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           destination, retry_destination, with_rate_headers)
+                                           destination, failure_answer, retry_destination, with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
@@ -274,9 +274,7 @@ class Http2Handler:
                                                         before_deadline=clock.route):
                         where, retries = again, retries + 1
                         continue
-                    flag = "URX" if retries else ("UF" if failure == "connect-failure" else "UR")
-                    body = b"upstream connect error" if failure == "connect-failure" else \
-                        b"upstream connect error or disconnect/reset before headers"
+                    flag, body = failure_answer(failure, retries)
                     await self._fail(exchange, record, outcome, 503, flag, body, f"{type(error).__name__}: {error}")
                     return
                 code = grpc_status(text_fields(response.headers)) if up.body_ended else ""
@@ -318,37 +316,30 @@ class Http2Handler:
         retries, stale_retried = 0, False
         while True:
             record.attempts = retries + 1
-            attempt_deadline = clock.attempt()
+            attempt_deadline, client, unreached = clock.attempt(), None, None
             try:
                 async with asyncio.timeout_at(attempt_deadline):
-                    client, reused = await pool.take(where.chosen, me)
-            except (OSError, MeshcoreError) as exc:
-                if clock.passed(attempt_deadline):
-                    # the attempt's time (or the route's) is up before a connection
-                    if not clock.expired() and (again := await retry_destination(
-                            self.tunnels, where, retries, state, me, failure="per-try-timeout",
-                            replayable=body is None, before_deadline=clock.route)):
+                    try:
+                        client, reused = await pool.take(where.chosen, me)
+                    except (OSError, MeshcoreError) as exc:
+                        if clock.passed(attempt_deadline):
+                            raise TimeoutError from exc    # the attempt's time (or the route's) is up
+                        unreached = exc
+                    if client is not None:
+                        # a client's reset reaches the backend at once: the connection is closed
+                        exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)
+                        sent = [*fields, (ATTEMPT_COUNT, str(retries + 1))]
+                        response = await client.request(exchange.method, target, sent, body,
+                                                        trailers=lambda: text_fields(exchange.trailers or ()))
+                if unreached is not None:
+                    # nothing of the request was taken: it may go to another endpoint
+                    if again := await retry_destination(self.tunnels, where, retries, state, me,
+                                                        failure="connect-failure", before_deadline=clock.route):
                         where, retries = again, retries + 1
                         continue
-                    where.attempted(failure="timeout")
-                    await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout",
-                                     f"route {where.route}: no response in time ({clock})")
+                    await self._fail(exchange, record, outcome, 503, "URX" if retries else "UF",
+                                     b"upstream connect error", f"{type(unreached).__name__}: {unreached}")
                     return
-                # nothing of the request was taken: it may go to another endpoint
-                if again := await retry_destination(self.tunnels, where, retries, state, me, failure="connect-failure",
-                                                    before_deadline=clock.route):
-                    where, retries = again, retries + 1
-                    continue
-                await self._fail(exchange, record, outcome, 503, "URX" if retries else "UF", b"upstream connect error",
-                                 f"{type(exc).__name__}: {exc}")
-                return
-            # a client's reset reaches the backend at once: the connection is closed
-            exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)
-            try:
-                sent = [*fields, (ATTEMPT_COUNT, str(retries + 1))]
-                async with asyncio.timeout_at(attempt_deadline):
-                    response = await client.request(exchange.method, target, sent, body,
-                                                    trailers=lambda: text_fields(exchange.trailers or ()))
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
                                                     replayable=body is None, before=client.abandon,
                                                     before_deadline=clock.route):
@@ -357,8 +348,9 @@ class Http2Handler:
                     continue
                 break
             except TimeoutError:
-                await client.abandon()
-                pool.discard(client)
+                if client is not None:
+                    await client.abandon()
+                    pool.discard(client)
                 if not clock.expired() and (again := await retry_destination(
                         self.tunnels, where, retries, state, me, failure="per-try-timeout",
                         replayable=body is None, before_deadline=clock.route)):
@@ -389,7 +381,8 @@ class Http2Handler:
                                      f"{type(exc).__name__}: {exc}")
                 return
             except BaseException:
-                pool.discard(client)               # cancelled (the client reset, the waypoint stops)
+                if client is not None:
+                    pool.discard(client)           # cancelled (the client reset, the waypoint stops)
                 raise
             finally:
                 exchange.on_reset = None
