@@ -1,12 +1,21 @@
-"""Where one request through the waypoint goes: the routes attached to its service
-decide (meshcore.traffic.decide), then an endpoint of the chosen backend service is
-picked by the node's routing with the waypoint as the source.
+"""Where one request through the waypoint goes, and how its attempts go: the routes
+bound to its service decide (Gateway API routes: meshcore.traffic.decide; else
+VirtualServices: meshcore.traffic.decide_istio), then an endpoint of the chosen backend
+is picked: by the backend's DestinationRule (waypoint/endpoints.py) or else by the
+node's routing with the waypoint as the source.
 
-    destination(...) ─► LocalReply     404 no route, 500 no valid backend, a redirect,
-                                       503 no healthy endpoint
+    destination(...) ─► LocalReply     404 no route, 500/503 nowhere to send, a redirect,
+                                       a direct response, an injected abort, 503 no
+                                       healthy endpoint, 503 UO over the connection pool
                      ─► Destination    the endpoint (Route), the request-target and host to
-                                       send, header edits both ways, the timeout, and the
-                                       protocol the backend's port declares
+                                       send, header edits both ways, the timeout, the retry
+                                       policy, mirrors, and the protocol the backend's
+                                       port declares
+    retry_destination(...)             how an attempt went (for the endpoint picker), and
+                                       the next attempt's destination if the policy retries
+    Deadlines                          the route's timeout over every attempt, the per-try
+                                       timeout over each
+    InFlight                           what a request holds until it ends
 """
 from __future__ import annotations
 
@@ -27,6 +36,7 @@ ATTEMPT_COUNT = "x-envoy-attempt-count"    # on every upstream request, as Istio
 # RFC 9110 9.2.2: what a client may send again on its own after a connection failed
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 MIRROR_DRAWS = 4                  # mirrors of one rule drawn for independently (any further one: always)
+HOST_SELECTION_ATTEMPTS = 5       # picks a retry makes for an endpoint other than the one that failed (Envoy's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +92,16 @@ class Destination:
             if ticket.route.kind is not HBONE:
                 return None
             return replace(self, chosen=ticket.route, ticket=ticket)
-        chosen = tunnels.upstream(state, me, *self.address)
-        return replace(self, chosen=chosen) if chosen.kind is HBONE else None
+        previous = self.chosen.workload
+        for _ in range(HOST_SELECTION_ATTEMPTS):
+            # the node's round robin is shared by every request: other requests' picks in
+            # between may bring it back to the endpoint that just failed
+            chosen = tunnels.upstream(state, me, *self.address)
+            if chosen.kind is not HBONE:
+                return None
+            if previous is None or chosen.workload is None or chosen.workload.uid != previous.uid:
+                break
+        return replace(self, chosen=chosen)
 
     def attempted(self, *, status: int | None = None, failure: str | None = None) -> None:
         """How an attempt to `chosen` went (its answer's status, or a failure without
