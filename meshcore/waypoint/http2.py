@@ -115,16 +115,16 @@ class Http2Handler:
             await self._answer(exchange, tunnel, headers, authority, record, outcome, pending)
         except asyncio.CancelledError:
             # the client reset the stream (or left) before the answer
-            if outcome.flag != "DR":
+            if outcome.flag not in CLIENT_RESET:
                 outcome.flag, outcome.error = "DC", outcome.error or "downstream reset before the response"
             raise
         except (MeshcoreError, ConnectionError) as exc:
             # an answer of the waypoint's own to a client that is gone
-            if outcome.flag != "DR":
+            if outcome.flag not in CLIENT_RESET:
                 outcome.flag = "DC"
             outcome.error = f"{outcome.error}; the client left: {type(exc).__name__}: {exc}".lstrip("; ")
         finally:
-            pending.end(client_left=outcome.flag in ("DC", "DR"))
+            pending.end(client_left=outcome.flag == "DC" or outcome.flag in CLIENT_RESET)
             self.metrics.report(record.finish(outcome.status, flag=outcome.flag, error=outcome.error))
 
     async def _answer(self, exchange: ServerExchange, tunnel: Tunnel, headers, authority: str,
@@ -256,7 +256,7 @@ class Http2Handler:
                         response, failure, error = await attempt()
                 except TimeoutError:
                     response, failure, error = None, "per-try-timeout", None
-                if outcome.flag == "DR":
+                if outcome.flag in CLIENT_RESET:
                     return                         # the client's reset, passed on already
                 if failure == "per-try-timeout":
                     if not clock.expired() and (again := await retry_destination(
@@ -363,7 +363,7 @@ class Http2Handler:
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError) as exc:
                 await client.abandon()
                 pool.discard(client)
-                if outcome.flag == "DR":
+                if outcome.flag in CLIENT_RESET:
                     return
                 if not stale_retried and reused and client.nothing_received and body is None \
                         and exchange.method in IDEMPOTENT and not (isinstance(exc, HttpError) and exc.status == 504):
@@ -407,13 +407,13 @@ class Http2Handler:
         except (HttpError, OSError, asyncio.IncompleteReadError) as exc:
             # the backend's side failed mid-body: so does the client's stream
             pool.discard(client)
-            if outcome.flag != "DR":
+            if outcome.flag not in CLIENT_RESET:
                 outcome.flag, outcome.error = "UPE", f"{type(exc).__name__}: {exc}"
                 exchange.reset(ErrorCode.CANCEL)
             return
         except (StreamResetError, ConnectionError, MeshcoreError) as exc:
             pool.discard(client)
-            if outcome.flag != "DR":
+            if outcome.flag not in CLIENT_RESET:
                 outcome.flag, outcome.error = "DC", f"{type(exc).__name__}: {exc}"
             return
         except BaseException:
@@ -440,14 +440,21 @@ async def _request_body(exchange: ServerExchange, record: RequestRecord):
         yield chunk
 
 
+# the client's stream ended by a reset: its own (DR), or the waypoint's for a malformed request (DPE)
+CLIENT_RESET = frozenset({"DR", "DPE"})
 # Envoy's local replies to a gRPC request: the HTTP status as a grpc-status
 _GRPC_STATUS_OF_HTTP = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14", 503: "14", 504: "14"}
 
 
 def _downstream_reset(exc: BaseException, up, outcome: _Outcome) -> None:
-    """The client reset its stream: so is the upstream request (a stream reset with the
-    same code; an HTTP/1.1 connection closed)."""
-    outcome.flag, outcome.error = "DR", f"{type(exc).__name__}: {exc}"
+    """The client's stream was reset: by the client (DR), or by the waypoint because
+    the client's request was malformed (DPE, as Envoy counts a downstream protocol
+    error, with no status). So is the upstream request (a stream reset with the same
+    code; an HTTP/1.1 connection closed)."""
+    ours = isinstance(exc, StreamResetError) and not exc.remote
+    outcome.flag, outcome.error = ("DPE" if ours else "DR"), f"{type(exc).__name__}: {exc}"
+    if ours:
+        outcome.status = 0
     if isinstance(up, ClientExchange):
         code = getattr(exc, "error_code", ErrorCode.CANCEL)
         up.reset(code if code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
@@ -471,7 +478,7 @@ async def _relay_response(exchange: ServerExchange, up: ClientExchange, response
             try:
                 await exchange.write(chunk)
             except (StreamResetError, ConnectionError, MeshcoreError) as exc:
-                if outcome.flag != "DR":
+                if outcome.flag not in CLIENT_RESET:
                     # the client's side failed: it is the one gone, not the backend
                     outcome.flag, outcome.error = "DC", f"{type(exc).__name__}: {exc}"
                 up.reset(ErrorCode.CANCEL)
@@ -482,14 +489,16 @@ async def _relay_response(exchange: ServerExchange, up: ClientExchange, response
         try:
             await exchange.end(trailers or None)
         except (StreamResetError, ConnectionError, MeshcoreError) as exc:
-            if outcome.flag != "DR":
+            if outcome.flag not in CLIENT_RESET:
                 outcome.flag, outcome.error = "DC", f"{type(exc).__name__}: {exc}"
             return
     except (StreamResetError, ConnectionError) as exc:
-        if outcome.flag == "DR":
+        if outcome.flag in CLIENT_RESET:
             return                                 # the client's reset, passed on already
-        # the backend's reset: so is the client's stream
-        outcome.flag, outcome.error = "UR", f"{type(exc).__name__}: {exc}"
+        # the backend's reset (or the waypoint's, its response being malformed: UPE):
+        # so is the client's stream
+        malformed = isinstance(exc, StreamResetError) and not exc.remote
+        outcome.flag, outcome.error = ("UPE" if malformed else "UR"), f"{type(exc).__name__}: {exc}"
         code = getattr(exc, "error_code", ErrorCode.CANCEL)
         exchange.reset(code if code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
 

@@ -427,9 +427,9 @@ def _requests(mesh, **labels):
     return requests_total(text, **labels)
 
 
-@pytest.mark.xfail(strict=True, reason="the waypoint reports a request found malformed as the client's reset (DR) "
-                                       "once its handler has it, and not at all when the HTTP/2 core rejects it "
-                                       "first (its DATA read with its HEADERS); never as DPE")
+@pytest.mark.xfail(strict=True, reason="a request the HTTP/2 core rejects as malformed before it reaches the "
+                                       "waypoint's handler (its DATA read with its HEADERS) is not counted at all; "
+                                       "one the handler has is counted DPE")
 def test_malformed_requests_are_counted_as_downstream_protocol_errors(mesh, backend, baseline):
     before = _requests(mesh, response_code="0", response_flags="DPE")
 
@@ -450,8 +450,6 @@ def test_malformed_requests_are_counted_as_downstream_protocol_errors(mesh, back
              lambda: _requests(mesh, response_code="0", response_flags="DPE") - before, timeout=3)
 
 
-@pytest.mark.xfail(strict=True, reason="the waypoint reports a backend's malformed response as the backend's "
-                                       "reset (UR), not as UPE")
 def test_malformed_responses_are_counted_as_upstream_protocol_errors(mesh, backend, baseline):
     before = _requests(mesh, response_flags="UPE")
     got = asyncio.run(_plain_requests(mesh, ["/short-response", "/long-response"]))
