@@ -67,6 +67,9 @@ class WaypointOptions:
     drain_deadline: float = 5.0
     reload_interval: float = 1.0
     root_namespace: str = "istio-system"
+    # a CA directory or the built-in CA signs in a helper process: cryptography and the
+    # CA key stay out of the waypoint (the command sets it; in-process users need not)
+    ca_helper_process: bool = False
 
     def listeners(self) -> dict:
         return listeners(DEFAULT_LISTEN, self.listen, self.address)
@@ -91,7 +94,8 @@ class WaypointProxy(ProxyProcess):
         self.files = FileSource(self.store, options.config_paths, options.inline_config)
         self.metrics = NodeMetrics(self.version)
         self.issuer, self.trust_domain = choose_issuer(ca_dir=options.ca_dir, cert_dir=options.cert_dir,
-                                                       state_dir=options.state_dir, trust_domain=options.trust_domain)
+                                                       state_dir=options.state_dir, trust_domain=options.trust_domain,
+                                                       helper_process=options.ca_helper_process)
         self.certs = CertificateStore(self.issuer)
         self.pool = hbone_pool(self.certs)
         settings = ProxySettings(node_name=f"waypoint {options.namespace}/{options.name}",
