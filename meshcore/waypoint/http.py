@@ -367,6 +367,10 @@ class Http1Handler:
             break
         record.attempts = retries + 1
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
+        if where.mirrors and body is not None and self.mirrors is not None and body.kept is not None:
+            # the body read whole within the bound kept: its copies go now
+            pending.mirrored += self.mirrors.send(state, me, where.mirrors, request.method, target, host, headers,
+                                                  body=body.kept)
         record.request_bytes = body.count if body is not None else 0
         if response.status == 101:
             if not upgrade:

@@ -286,6 +286,10 @@ class Http2Handler:
                     continue
                 break
             record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
+            if where.mirrors and not no_body and self.mirrors is not None and replayable():
+                # the body read whole within the bound kept: its copies go now
+                pending.mirrored += self.mirrors.send(state, me, where.mirrors, exchange.method, target, authority,
+                                                      forwarded, body=kept.whole)
             await _relay_response(exchange, up, response, record, outcome, where.response_headers)
         finally:
             exchange.on_reset = None

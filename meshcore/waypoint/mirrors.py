@@ -4,8 +4,10 @@ changing the response the client gets.
 
 As Envoy shadows a request: the Host / :authority gets `-shadow` appended to its host
 part, to an endpoint of the mirror service over HBONE with the waypoint's identity.
-Only requests without a body are copied (a body would have to be kept until every copy
-took it); a copy goes in HTTP/1.1, or HTTP/2 where the mirror's port declares it. Each
+A request without a body is copied as it goes upstream; one with a body once it was
+read whole within the bound kept for retries (64 KiB), after its answer's head came:
+a larger body is not copied. A copy goes in HTTP/1.1, or HTTP/2 where the mirror's port
+declares it. Each
 copy is bounded by MIRROR_TIMEOUT and owned here (drain() ends what is left); a copy
 of a request whose client left before its answer is cancelled with it.
 """
@@ -43,9 +45,10 @@ class Mirrors:
         self.dropped = 0
 
     def send(self, state, me, targets, method: str, target: str, authority: str,
-             headers: list[tuple[str, str]]) -> list[asyncio.Task]:
-        """Start a copy of a request without a body to each (service key, port) target;
-        the tasks, for the caller to cancel if its client leaves."""
+             headers: list[tuple[str, str]], body: bytes | None = None) -> list[asyncio.Task]:
+        """Start a copy of a request (with its whole `body`, if it has one) to each
+        (service key, port) target; the tasks, for the caller to cancel if its client
+        leaves."""
         started = []
         for service_key, port in targets:
             service = state.by_service_key.get(service_key)
@@ -59,27 +62,27 @@ class Mirrors:
                 continue
             http2 = upstream_http(service.app_protocol(port), "1.1") == "2"
             task = asyncio.get_running_loop().create_task(
-                self._copy(chosen, me, http2, method, target, shadow_authority(authority), headers))
+                self._copy(chosen, me, http2, method, target, shadow_authority(authority), headers, body))
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             started.append(task)
         return started
 
-    async def _copy(self, chosen, me, http2: bool, method, target, authority, headers) -> None:
+    async def _copy(self, chosen, me, http2: bool, method, target, authority, headers, body) -> None:
         try:
             async with asyncio.timeout(MIRROR_TIMEOUT):
                 if http2:
-                    await self._copy_http2(chosen, me, method, target, authority, headers)
+                    await self._copy_http2(chosen, me, method, target, authority, headers, body)
                 else:
-                    await self._copy_http1(chosen, me, method, target, authority, headers)
+                    await self._copy_http1(chosen, me, method, target, authority, headers, body)
         except (TimeoutError, OSError, MeshcoreError, HttpError, asyncio.IncompleteReadError) as exc:
             log.debug("mirror to %s failed: %s: %s", chosen.target, type(exc).__name__, exc)
 
-    async def _copy_http1(self, chosen, me, method, target, authority, headers) -> None:
+    async def _copy_http1(self, chosen, me, method, target, authority, headers, body) -> None:
         client, _ = await self.http1.take(chosen, me)
         fields = [("host", authority)] + [(n, v) for n, v in headers if n != "host"]
         try:
-            response = await client.request(method, target, fields, None)
+            response = await client.request(method, target, fields, body)
             async for _ in response.body():
                 pass
         except BaseException:
@@ -87,11 +90,15 @@ class Mirrors:
             raise
         self.http1.give_back(chosen, me, client)
 
-    async def _copy_http2(self, chosen, me, method, target, authority, headers) -> None:
+    async def _copy_http2(self, chosen, me, method, target, authority, headers, body) -> None:
         connection = await self.http2.get(chosen, me)
         up = send_request(connection, method, target, authority=authority, scheme="http",
-                          headers=h2_fields(headers), end_stream=True)
+                          headers=h2_fields(headers), end_stream=body is None)
         try:
+            if body is not None:
+                if body:
+                    await up.write(body)
+                await up.end()
             await up.response()
             while await up.read():
                 pass

@@ -686,15 +686,21 @@ def test_a_delay_fault_holds_each_request_for_its_duration(mesh):
 
 # -- mirrors -------------------------------------------------------------------------------------
 
-def _mirrored(mesh, host, path):
-    answer = get(mesh, host, [path])[0]
+def _mirrored(mesh, host, path, *, method="GET", body=b""):
+    answer = get(mesh, host, [path], method=method, body=body)[0]
     assert answer.status == 200 and answer.backend == "one", answer
     deadline = time.monotonic() + 3
     while not seen(mesh.two, path):
         assert time.monotonic() < deadline, f"{path} was not mirrored to echo-two"
         time.sleep(0.05)
     # Envoy sends the copy with the authority suffixed -shadow
-    assert seen(mesh.two, path)[0]["headers"]["host"].endswith("-shadow"), seen(mesh.two, path)
+    copy = seen(mesh.two, path)[0]
+    assert copy["headers"]["host"].endswith("-shadow") and copy["method"] == method, copy
+    assert copy["body"] == body.decode(), copy
+
+
+def test_a_mirror_gets_the_body_of_the_request_it_copies(mesh):
+    _mirrored(mesh, mesh.echo, "/mirror/posted", method="POST", body=b"the payload")
 
 
 def test_an_httproute_request_mirror_sends_a_copy_to_the_mirror_backend(mesh):
