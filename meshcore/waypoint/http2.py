@@ -314,10 +314,19 @@ class Http2Handler:
         chunked, with the trailers after it), the response back on the stream."""
         pool, target = self.http1_upstreams, where.target
         fields = http1_fields(where.authority, forwarded)
-        body = None if exchange.body_ended else _request_body(exchange, record)
+        kept = _KeptBody(RETRY_BODY_LIMIT)        # what a retry sends again, if the body stays within it
+        body = None if exchange.body_ended else _request_body(exchange, record, kept)
+        has_body = body is not None
         state = self.ctx.store.view
         clock = Deadlines(where.timeout, where.retry)
         retries, stale_retried = 0, False
+
+        def replayable() -> bool:
+            # no body, or all of it taken within what is kept (and no trailers, not kept)
+            return not has_body or (exchange.body_ended and kept.whole is not None and not exchange.trailers)
+
+        def again_body():
+            return _once(kept.whole) if has_body else None
         while True:
             record.attempts = retries + 1
             attempt_deadline, client, unreached = clock.attempt(), None, None
@@ -345,10 +354,10 @@ class Http2Handler:
                                      b"upstream connect error", f"{type(unreached).__name__}: {unreached}")
                     return
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
-                                                    replayable=body is None, before=client.abandon,
+                                                    replayable=replayable(), before=client.abandon,
                                                     before_deadline=clock.route):
                     pool.discard(client)
-                    where, retries = again, retries + 1
+                    where, retries, body = again, retries + 1, again_body()
                     continue
                 break
             except TimeoutError:
@@ -357,8 +366,8 @@ class Http2Handler:
                     pool.discard(client)
                 if not clock.expired() and (again := await retry_destination(
                         self.tunnels, where, retries, state, me, failure="per-try-timeout",
-                        replayable=body is None, before_deadline=clock.route)):
-                    where, retries = again, retries + 1
+                        replayable=replayable(), before_deadline=clock.route)):
+                    where, retries, body = again, retries + 1, again_body()
                     continue
                 where.attempted(failure="timeout")
                 await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout",
@@ -369,13 +378,13 @@ class Http2Handler:
                 pool.discard(client)
                 if outcome.flag in CLIENT_RESET:
                     return
-                if not stale_retried and reused and client.nothing_received and body is None \
+                if not stale_retried and reused and client.nothing_received and not has_body \
                         and exchange.method in IDEMPOTENT and not (isinstance(exc, HttpError) and exc.status == 504):
                     stale_retried = True
                     continue                       # a kept-alive connection the backend had given up on
                 if again := await retry_destination(self.tunnels, where, retries, state, me, failure="reset",
-                                                    replayable=body is None, before_deadline=clock.route):
-                    where, retries = again, retries + 1
+                                                    replayable=replayable(), before_deadline=clock.route):
+                    where, retries, body = again, retries + 1, again_body()
                     continue
                 if isinstance(exc, HttpError) and exc.status == 504:
                     await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout", str(exc))
@@ -438,10 +447,15 @@ def http1_fields(authority: str, forwarded: list[tuple[str, str]]) -> list[tuple
     return out
 
 
-async def _request_body(exchange: ServerExchange, record: RequestRecord):
+async def _request_body(exchange: ServerExchange, record: RequestRecord, kept: "_KeptBody"):
     while chunk := await exchange.read():
         record.request_bytes += len(chunk)
+        kept.add(chunk)
         yield chunk
+
+
+async def _once(data: bytes):
+    yield data
 
 
 # the client's stream ended by a reset: its own (DR), or the waypoint's for a malformed request (DPE)

@@ -23,6 +23,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from h2http import Endpoint, Received, open_request
 from meshcore.localmesh import LocalMesh
 from waypoint_mesh import WaypointMesh
 
@@ -625,6 +626,25 @@ def test_a_retried_post_goes_again_with_its_body(mesh):
     assert first_tries and all(r["body"] == "payload" for r in first_tries), first_tries
     retried = [line for line in access_lines(mesh, "/retry/post") if "attempts=2" in line]
     assert len(retried) == len(first_tries), retried
+
+
+def test_an_http2_clients_retried_post_goes_again_with_its_body_to_an_http1_backend(mesh):
+    async def run():
+        reader, writer = await mesh.socks5(mesh.echo, 80)
+        ep = Endpoint(reader, writer, client=True)
+        ep.task = asyncio.get_running_loop().create_task(ep.run())
+        got = []
+        for i in range(6):                         # one after the other: flaky's endpoints in turn
+            sid = open_request(ep, "POST", f"/retry/h2post{i}", f"{mesh.echo}:80")
+            ep.send(sid, b"payload", end=True)
+            got.append(await asyncio.wait_for(Received().collect(ep.queue(sid)), 10))
+        writer.close()
+        return got
+    answers = asyncio.run(run())
+    assert [a.response[0] for a in answers] == [200] * 6, [(a.response, bytes(a.body)[:80]) for a in answers]
+    assert all(json.loads(bytes(a.body))["body"] == "payload" for a in answers)
+    first_tries = seen(mesh.bad, "/retry/h2post")
+    assert first_tries and all(r["body"] == "payload" for r in first_tries), first_tries
 
 
 def test_an_httproute_retrys_attempts_count_retries_after_the_first_try(mesh):
