@@ -429,7 +429,7 @@ class Http1Handler:
         connection failures always, anything else only without a body."""
         fields = [(n, v) for n, v in h2_fields(headers) if n != ATTEMPT_COUNT]
         state, clock = self.ctx.store.view, Deadlines(where.timeout, where.retry)
-        body = up = sending = None
+        body = up = sending = replay = None
         retries = 0
 
         def drop() -> None:
@@ -454,7 +454,9 @@ class Http1Handler:
                 return None, "connect-failure", exc
             if has_body:
                 stream = up
-                body = _Counted(request.body(), on_error=lambda: stream.reset(ErrorCode.CANCEL))
+                # an attempt after one that took the body whole sends it again from memory
+                source = _once(replay) if replay is not None else request.body()
+                body = _Counted(source, on_error=lambda: stream.reset(ErrorCode.CANCEL), keep=RETRY_BODY_LIMIT)
                 sending = asyncio.get_running_loop().create_task(_send_http2_body(body, request, up))
             try:
                 return await _while_client_stays(conn, body, up.response()), None, None
@@ -478,13 +480,15 @@ class Http1Handler:
                 if body is not None and body.error is not None:
                     self._report(record.finish(getattr(body.error, "status", 0), flag="DC", error=str(body.error)))
                     return False
-                # only what nothing of was sent (a connection failure), or what has no body, goes again
-                replayable = failure == "connect-failure" or not has_body
+                # what nothing of was sent (a connection failure) goes again, and a body
+                # taken whole within what is kept
+                replayable = failure == "connect-failure" or _replayable(body, request)
                 if failure == "per-try-timeout":
                     if not clock.expired() and (again := await retry_destination(
                             self.tunnels, where, retries, state, me, failure=failure, replayable=replayable,
                             before=give_up, before_deadline=clock.route)):
                         where, retries = again, retries + 1
+                        replay = body.kept if body is not None else replay
                         continue
                     where.attempted(failure="timeout")
                     return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
@@ -494,6 +498,7 @@ class Http1Handler:
                                                         replayable=replayable, before=give_up,
                                                         before_deadline=clock.route):
                         where, retries = again, retries + 1
+                        replay = body.kept if body is not None else replay
                         continue
                     flag, text = failure_answer(failure, retries)
                     return await self._local(conn, record, 503, text, flag=flag, error=f"{type(error).__name__}: {error}")
@@ -501,6 +506,7 @@ class Http1Handler:
                                                     replayable=replayable, before=give_up,
                                                     before_deadline=clock.route):
                     where, retries = again, retries + 1
+                    replay = body.kept if body is not None else replay
                     continue
                 break
             record.status = response.status

@@ -41,6 +41,7 @@ class Backends:
         self.max_active = 0                 # most streams open at once on one connection
         self.seen: dict[str, dict] = {}     # path -> the request headers it came with
         self.resets: dict[str, int] = {}    # path -> the error code of the reset it saw
+        self.bodies: dict[str, list] = {}   # /fail-once paths -> the bodies each try brought
         self.release = None                 # /stall: set to let the body in
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -176,6 +177,12 @@ class Backends:
             await asyncio.sleep(0.2)
             ep.reset(sid, 0x2)
             return
+        if path.startswith("/fail-once"):
+            # 503 to a path's first request, its answer to the next (what a retry turns into 200)
+            self.bodies.setdefault(path, []).append(bytes(received.body))
+            if len(self.bodies[path]) == 1:
+                ep.headers(sid, [(":status", "503"), ("content-length", "0")], end=True)
+                return
         if pseudo[":method"] == "POST":
             digest = hashlib.sha256(received.body).hexdigest()
             ep.headers(sid, [(":status", "200"), ("content-type", "application/octet-stream")])

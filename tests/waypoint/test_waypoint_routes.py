@@ -125,6 +125,9 @@ metadata: {{name: h1-to-h2-routes, namespace: shop}}
 spec:
   parentRefs: [{{group: "", kind: Service, name: web, port: 82}}]
   rules:
+  - matches: [{{path: {{type: PathPrefix, value: /fail-once}}}}]
+    retry: {{attempts: 1, codes: [503]}}
+    backendRefs: [{{name: web, port: 82}}]
   - matches: [{{path: {{type: Exact, value: /slow-drain}}}}]
     timeouts: {{request: 100ms}}
     backendRefs: [{{name: web, port: 82}}]
@@ -313,3 +316,12 @@ def test_a_mirror_gets_a_copy_and_the_client_the_backends_answer(mesh, backends)
         assert time.monotonic() < deadline, backends.seen.keys()
         time.sleep(0.02)
     assert backends.seen["/mirrored"]["x-trace"] == "m1"
+
+
+@pytest.mark.needs_tool("curl")
+def test_an_http1_clients_retried_post_goes_again_with_its_body_to_an_http2_backend(mesh, backends):
+    import hashlib
+    status, _, body = curl(mesh, "--http1.1", "--data-binary", "the body", f"http://{mesh.vip}:82/fail-once/1")
+    # the backend's 503 was retried: the second try brought the body again
+    assert status == 200 and body.startswith(hashlib.sha256(b"the body").hexdigest()), (status, body)
+    assert backends.bodies["/fail-once/1"] == [b"the body", b"the body"]
