@@ -1,5 +1,7 @@
-"""Review of the waypoint's request path (branch review): defects found, each shown by a
-waypoint process (tests/support/waypoint_mesh.py) and marked xfail(strict) until fixed.
+"""The waypoint's request path where it fails: endpoints that cannot be reached or do
+not answer, attempts that time out, clients that leave, requests that must not be sent
+twice, and what gRPC and HTTP/1.1 backends get; through a waypoint process
+(tests/support/waypoint_mesh.py).
 
 The mesh adds to WaypointMesh's:
 - h2pair: a waypoint-bound service whose port 80 declares http2, with two endpoints:
@@ -172,7 +174,7 @@ class Mute:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    m = WaypointMesh(tmp_path_factory.mktemp("waypoint-review"))
+    m = WaypointMesh(tmp_path_factory.mktemp("waypoint-failure-paths"))
     octet = m.web.split(".")[1]
     m.ghost, m.sink = f"127.{octet}.2.9", f"127.{octet}.2.8"
     m.vip_pair, m.vip_sink, m.vip_dup = f"127.{octet}.10.6", f"127.{octet}.10.7", f"127.{octet}.10.8"
@@ -238,7 +240,7 @@ async def h2_get(mesh, port, path, headers=(), host=None, method="GET"):
 
 
 @pytest.mark.needs_tool("curl")
-def test_review_http1_client_of_http2_backend_retries_connect_failure_and_ejects(mesh, backends):
+def test_http1_client_of_http2_backend_retries_connect_failure_and_ejects(mesh, backends):
     # round robin over web and ghost: Envoy retries ghost's connect failure on web and
     # consecutive5xxErrors: 1 ejects ghost, so every request is answered 200
     answers = [curl(mesh, "--http1.1", f"http://{mesh.vip_pair}/pair{i}") for i in range(8)]
@@ -246,14 +248,14 @@ def test_review_http1_client_of_http2_backend_retries_connect_failure_and_ejects
 
 
 @pytest.mark.needs_tool("curl")
-def test_review_the_route_timeout_covers_connecting_to_the_endpoint(mesh):
+def test_the_route_timeout_covers_connecting_to_the_endpoint(mesh):
     started = time.monotonic()
     status, _, body = curl(mesh, f"http://{mesh.vip_sink}/x", limit="6")
     elapsed = time.monotonic() - started
     assert (status, body) == (504, "upstream request timeout") and elapsed < 2.0, (status, body, elapsed)
 
 
-def test_review_per_try_timeout_ends_each_attempt(mesh, backends):
+def test_per_try_timeout_ends_each_attempt(mesh, backends):
     # each try is cut at 200 ms and retried (5xx covers a per-try timeout), 3 tries: a
     # 504 well before the backend's 1 s answer
     started = time.monotonic()
@@ -262,13 +264,13 @@ def test_review_per_try_timeout_ends_each_attempt(mesh, backends):
     assert got.response[0] == 504 and elapsed < 0.95, (got.response, bytes(got.body)[:100], elapsed)
 
 
-def test_review_first_attempt_carries_x_envoy_attempt_count(mesh, backends):
+def test_first_attempt_carries_x_envoy_attempt_count(mesh, backends):
     got = asyncio.run(h2_get(mesh, 81, "/first-attempt"))
     assert got.response[0] == 200
     assert backends.seen["/first-attempt"].get("x-envoy-attempt-count") == "1", backends.seen["/first-attempt"]
 
 
-def test_review_an_http1_client_leaving_resets_its_http2_upstream_stream(mesh, backends):
+def test_an_http1_client_leaving_resets_its_http2_upstream_stream(mesh, backends):
     async def run():
         reader, writer = await mesh.socks5(mesh.vip, 82)
         writer.write(f"GET /hang HTTP/1.1\r\nhost: {mesh.vip}:82\r\n\r\n".encode())
@@ -285,7 +287,7 @@ def test_review_an_http1_client_leaving_resets_its_http2_upstream_stream(mesh, b
 
 
 @pytest.mark.needs_tool("curl")
-def test_review_a_request_the_backend_took_is_not_sent_twice(mesh):
+def test_a_request_the_backend_took_is_not_sent_twice(mesh):
     # two POSTs on one client connection: the second reuses the upstream connection,
     # whose backend reads it and closes without answering. Envoy answers 503 UC (the
     # default retry policy has no `reset`); the backend must see /drop once
@@ -293,7 +295,7 @@ def test_review_a_request_the_backend_took_is_not_sent_twice(mesh):
     assert mesh.dup.seen.count("/drop") == 1, (mesh.dup.seen, status, body)
 
 
-def test_review_a_grpc_call_whose_upstream_fails_gets_a_grpc_local_reply(mesh):
+def test_a_grpc_call_whose_upstream_fails_gets_a_grpc_local_reply(mesh):
     got = asyncio.run(h2_get(mesh, 80, "/meshcore.test.Echo/Unary", host=mesh.vip_grpc, method="POST",
                              headers=[("content-type", "application/grpc"), ("te", "trailers")]))
     status, fields = got.response[0], dict(got.response[1])
@@ -301,7 +303,7 @@ def test_review_a_grpc_call_whose_upstream_fails_gets_a_grpc_local_reply(mesh):
 
 
 @pytest.mark.needs_tool("curl")
-def test_review_an_endpoint_that_times_out_is_ejected(mesh):
+def test_an_endpoint_that_times_out_is_ejected(mesh):
     # round robin over web:8096 (reads, never answers) and web2: the first timeout
     # ejects web (consecutive5xxErrors: 1), after which web2 answers every request
     first = [curl(mesh, f"http://{mesh.vip_slow}/warm{i}")[0] for i in range(2)]
@@ -310,14 +312,14 @@ def test_review_an_endpoint_that_times_out_is_ejected(mesh):
     assert after == [200] * 6, after
 
 
-def test_review_http2_cookie_crumbs_are_joined_for_an_http1_backend(mesh):
+def test_http2_cookie_crumbs_are_joined_for_an_http1_backend(mesh):
     got = asyncio.run(h2_get(mesh, 80, "/cookies", host=mesh.vip_dup, headers=[("cookie", "a=1"), ("cookie", "b=2")]))
     assert got.response[0] == 200, got.response
     lines = [line.lower() for line in mesh.dup.heads["/cookies"].split(b"\r\n") if line.lower().startswith(b"cookie:")]
     assert lines == [b"cookie: a=1; b=2"], lines
 
 
-def test_review_a_request_whose_http1_client_left_during_a_delay_is_not_sent(mesh):
+def test_a_request_whose_http1_client_left_during_a_delay_is_not_sent(mesh):
     async def run():
         reader, writer = await mesh.socks5(mesh.vip_dup, 80)
         writer.write(f"POST /delayed HTTP/1.1\r\nhost: {mesh.vip_dup}\r\n\r\n".encode())
