@@ -104,12 +104,17 @@ class Destination:
         return replace(self, chosen=chosen)
 
     def attempted(self, *, status: int | None = None, failure: str | None = None) -> None:
-        """How an attempt to `chosen` went (its answer's status, or a failure without
-        one): what outlier detection counts. Once per attempt: later calls, and
-        release(), do nothing."""
+        """How the attempt to `chosen` went (its answer's status, or a failure without
+        one): what outlier detection counts, once per attempt. It stays in flight until
+        given up (a retry) or its request ends (release())."""
         if self.ticket is not None:
             # outlier detection counts an attempt cut short by its own time as a timeout
-            self.ticket.finish(status=status, failure="timeout" if failure == "per-try-timeout" else failure)
+            self.ticket.record(status=status, failure="timeout" if failure == "per-try-timeout" else failure)
+
+    def given_up(self) -> None:
+        """The attempt to `chosen` was given up (another goes instead): out of the count."""
+        if self.ticket is not None:
+            self.ticket.finish()
 
     def release(self) -> None:
         """The request ended: every attempt of it leaves the count of requests in flight
@@ -235,6 +240,7 @@ async def retry_destination(tunnels, where: Destination, retries: int, state, me
     again = where.next_endpoint(tunnels, state, me)
     if again is None:
         return None
+    where.given_up()
     if before is not None:
         await before()
     await asyncio.sleep(pause)

@@ -10,7 +10,8 @@ the same; a new policy (a configuration change) starts it afresh.
 
     ticket = picker.choose(state, me, service, port, subset, rule, request=, source_ip=, avoid=)
     ticket.route                                  # the endpoint's route (REFUSE: none, and why)
-    ticket.finish(status=, failure=)              # once per attempt; later calls do nothing
+    ticket.record(status=, failure=)              # how it went, once (outlier detection)
+    ticket.finish()                               # no longer in flight, once
 
 A destination's connection pool bounds its requests in flight (in_flight_limit): over
 it, choose() raises Overflow (Envoy's circuit breaker: 503, flag UO).
@@ -55,18 +56,26 @@ class Overflow(Exception):
 
 
 class Ticket:
-    """One attempt's place in its destination's count of requests in flight, given back
-    once: by finish() with how it went, or by finish() alone when the request ends."""
-    __slots__ = ("picker", "destination", "route", "done")
+    """One attempt: how it went is told once (record(): what outlier detection counts),
+    and its place in the destination's count of requests in flight is given back once
+    (finish(): when it is given up, or when its request ends, its response streamed)."""
+    __slots__ = ("picker", "destination", "route", "recorded", "done")
 
     def __init__(self, picker: "EndpointPicker", destination: tuple, route: Route):
-        self.picker, self.destination, self.route, self.done = picker, destination, route, False
+        self.picker, self.destination, self.route = picker, destination, route
+        self.recorded = self.done = False
 
-    def finish(self, *, status: int | None = None, failure: str | None = None) -> None:
+    def record(self, *, status: int | None = None, failure: str | None = None) -> None:
+        if self.recorded or (status is None and failure is None):
+            return
+        self.recorded = True
+        self.picker.outcome(self.route, self.destination, status=status, failure=failure)
+
+    def finish(self) -> None:
         if self.done:
             return
         self.done = True
-        self.picker.finished(self.route, self.destination, status=status, failure=failure)
+        self.picker.finished(self.route, self.destination)
 
 
 @dataclass(slots=True)
@@ -156,12 +165,17 @@ class EndpointPicker:
         return LeastRequest(self.rand).choose(usable, lambda w: b.active.get(w.uid, 0))
 
     # -- attempts ----------------------------------------------------------------------
-    def finished(self, route: Route, destination: tuple, *, status: int | None = None,
-                 failure: str | None = None) -> None:
+    def outcome(self, route: Route, destination: tuple, *, status: int | None = None,
+                failure: str | None = None) -> None:
         """The attempt to `route` (chosen for `destination`: service key, subset, port)
-        ended with the answer's `status`, or a `failure` without one (connect-failure,
-        reset, refused-stream, timeout): no longer in flight, and counted for outlier
-        detection."""
+        got the answer's `status`, or a `failure` without one (connect-failure, reset,
+        refused-stream, timeout): counted for outlier detection."""
+        b = self._balancing.get(destination)
+        if b is not None and route.workload is not None and b.detector is not None:
+            b.detector.record(route.workload.uid, self.clock(), status=status, failure=failure)
+
+    def finished(self, route: Route, destination: tuple) -> None:
+        """The attempt to `route` is no longer in flight."""
         b = self._balancing.get(destination)
         if b is None or route.workload is None:
             return
@@ -172,5 +186,3 @@ class EndpointPicker:
             b.active[uid] = n - 1
         else:
             b.active.pop(uid, None)
-        if b.detector is not None and (status is not None or failure is not None):
-            b.detector.record(uid, self.clock(), status=status, failure=failure)

@@ -71,8 +71,10 @@ def test_least_request_prefers_the_endpoint_with_fewer_requests_in_flight():
     first = picker.choose(view, me, service, 80, "", rule)             # a (both idle: the first)
     second = picker.choose(view, me, service, 80, "", rule)            # b: a has one in flight
     assert (first.route.workload.uid, second.route.workload.uid) == ("a", "b")
-    first.finish(status=200)
-    first.finish(status=200)                                           # once only: a stays at none
+    first.record(status=200)                                           # its answer's head: still in flight
+    assert picker._balancing[(service.key, "", 80)].active == {"a": 1, "b": 1}
+    first.finish()
+    first.finish()                                                     # once only: a stays at none
     assert picker.choose(view, me, service, 80, "", rule).route.workload.uid == "a"
 
 
@@ -97,13 +99,13 @@ def test_an_ejected_endpoint_is_left_out_until_its_time_is_up():
     for _ in range(2):
         attempt = picker.choose(view, me, service, 80, "", rule)
         assert attempt.route.kind is HBONE and attempt.route.workload.uid == "a"
-        attempt.finish(status=503)
+        attempt.record(status=503)
         picker.choose(view, me, service, 80, "", rule)                 # b, c: round robin moves on
         picker.choose(view, me, service, 80, "", rule)
     assert Counter(picks(picker, view, service, me, rule, 6)) == {"b": 3, "c": 3}
     # maxEjectionPercent 50: a second ejection (2 of 3) is not allowed
     for _ in range(2):
-        picker.choose(view, me, service, 80, "", rule).finish(failure="connect-failure")
+        picker.choose(view, me, service, 80, "", rule).record(failure="connect-failure")
     assert set(picks(picker, view, service, me, rule, 4)) == {"b", "c"}
     clock.now += 30
     assert set(picks(picker, view, service, me, rule, 6)) == {"a", "b", "c"}
@@ -122,7 +124,7 @@ def test_panic_balances_over_every_endpoint_when_too_few_are_healthy(min_health,
     for _ in range(2):                       # two endpoints fail once each and are ejected
         attempt = picker.choose(view, me, service, 80, "", rule)
         failed.add(attempt.route.workload.uid)
-        attempt.finish(status=500)
+        attempt.record(status=500)
     # one of three healthy (33 %): under a 50 % threshold every endpoint is balanced over
     expected = {"a", "b", "c"} if panics else {"a", "b", "c"} - failed
     assert len(failed) == 2 and set(picks(picker, view, service, me, rule, 6)) == expected
