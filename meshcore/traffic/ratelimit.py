@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
+from meshcore.traffic.grpc import http_to_grpc_status
 from meshcore.traffic.ratelimit_config import (HeaderToAdd, Origin, RateLimitPolicy, RateLimitTarget, TargetKind,
                                                TokenBucketSpec)
 
@@ -41,10 +42,6 @@ NANOS = 1_000_000_000
 LOCAL_RATE_LIMITED_BODY = "local_rate_limited"   # Envoy's body and gRPC message for a refusal
 GRPC_UNAVAILABLE = 14                             # what Envoy maps a 429 to for gRPC
 GRPC_RESOURCE_EXHAUSTED = 8                       # with rate_limited_as_resource_exhausted
-GRPC_UNKNOWN = 2
-# Envoy's Grpc::Utility::httpToGrpcStatus (gRPC's HTTP to gRPC status mapping), for a
-# refusal with another status than 429
-_HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 DEFAULT_MAX_SOURCE_BUCKETS = 10_000
 X_RATELIMIT_LIMIT = "x-ratelimit-limit"
 X_RATELIMIT_REMAINING = "x-ratelimit-remaining"
@@ -191,8 +188,7 @@ class RateLimiter:
                 continue
             p = limit.policy
             if enforced_roll < p.enforced_percent:
-                grpc = GRPC_RESOURCE_EXHAUSTED if p.grpc_resource_exhausted else _HTTP_TO_GRPC.get(p.status,
-                                                                                                   GRPC_UNKNOWN)
+                grpc = GRPC_RESOURCE_EXHAUSTED if p.grpc_resource_exhausted else http_to_grpc_status(p.status)
                 return RateDecision(False, _x_ratelimit(bucket, now) if p.x_ratelimit_headers else (), p.status,
                                     grpc, p.response_headers, (), p.key)
             shadowed = shadowed or limit

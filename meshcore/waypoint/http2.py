@@ -34,6 +34,7 @@ from meshcore.policy.paths import request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.state.model import Workload
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
+from meshcore.traffic.grpc import http_to_grpc_status
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            destination, failure_answer, retry_destination, with_rate_headers)
@@ -174,8 +175,7 @@ class Http2Handler:
             if grpc and (where.grpc_status is not None or where.status >= 400):
                 # a gRPC client reads its call's status, not the HTTP one: an injected
                 # one, else Envoy's mapping of the HTTP status
-                code = str(where.grpc_status) if where.grpc_status is not None else \
-                    _GRPC_STATUS_OF_HTTP.get(where.status, "2")
+                code = str(where.grpc_status if where.grpc_status is not None else http_to_grpc_status(where.status))
                 record.grpc_status = code
                 await _respond(exchange, 200, [("content-type", "application/grpc"), ("grpc-status", code),
                                                ("grpc-message", where.reason)], b"", trailers_only=True)
@@ -301,7 +301,7 @@ class Http2Handler:
         call Envoy's gRPC local reply (Trailers-Only, the status mapped)."""
         outcome.status, outcome.flag, outcome.error = status, flag, error
         if record.protocol == "grpc":
-            record.grpc_status = _GRPC_STATUS_OF_HTTP.get(status, "2")
+            record.grpc_status = str(http_to_grpc_status(status))
             await _respond(exchange, 200, [("content-type", "application/grpc"), ("grpc-status", record.grpc_status),
                                            ("grpc-message", body.decode("latin-1"))], b"", trailers_only=True)
         else:
@@ -460,8 +460,6 @@ async def _once(data: bytes):
 
 # the client's stream ended by a reset: its own (DR), or the waypoint's for a malformed request (DPE)
 CLIENT_RESET = frozenset({"DR", "DPE"})
-# Envoy's local replies to a gRPC request: the HTTP status as a grpc-status
-_GRPC_STATUS_OF_HTTP = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14", 503: "14", 504: "14"}
 
 
 def _downstream_reset(exc: BaseException, up, outcome: _Outcome) -> None:
