@@ -29,14 +29,7 @@ MAGLEV_TABLE_LIMIT = 5000011
 
 def destination_rule(doc: dict) -> DestinationRule:
     """One `kind: DestinationRule` document (networking.istio.io v1, v1beta1 or v1alpha3)."""
-    F.mapping(doc, "", allowed=("apiVersion", "kind", "metadata", "spec", "status"),
-              required=("apiVersion", "kind", "metadata", "spec"))
-    if doc["apiVersion"] not in I.ISTIO_NETWORKING_VERSIONS:
-        raise F.fail("apiVersion", f"{doc['apiVersion']!r} is not one of {', '.join(I.ISTIO_NETWORKING_VERSIONS)}")
-    meta = F.mapping(doc["metadata"], "metadata", allowed=I.METADATA_FIELDS, required=("name",))
-    name = F.string(meta["name"], "metadata.name")
-    namespace = F.string(meta.get("namespace", "default"), "metadata.namespace")
-    created = I.creation_timestamp(meta.get("creationTimestamp"), "metadata.creationTimestamp")
+    name, namespace, created = I.networking_document(doc)
     spec = F.mapping(doc["spec"], "spec", allowed=("host", "trafficPolicy", "subsets", "exportTo",
                                                    "workloadSelector"), required=("host",))
     host = F.string(spec["host"], "spec.host")

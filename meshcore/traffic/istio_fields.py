@@ -81,6 +81,19 @@ def creation_timestamp(obj, path: str) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def networking_document(doc) -> tuple[str, str, str]:
+    """(name, namespace, creationTimestamp) of a networking.istio.io document (v1,
+    v1beta1 or v1alpha3), its top level and metadata checked; the spec is the caller's."""
+    F.mapping(doc, "", allowed=("apiVersion", "kind", "metadata", "spec", "status"),
+              required=("apiVersion", "kind", "metadata", "spec"))
+    if doc["apiVersion"] not in ISTIO_NETWORKING_VERSIONS:
+        raise F.fail("apiVersion", f"{doc['apiVersion']!r} is not one of {', '.join(ISTIO_NETWORKING_VERSIONS)}")
+    meta = F.mapping(doc["metadata"], "metadata", allowed=METADATA_FIELDS, required=("name",))
+    return (F.string(meta["name"], "metadata.name"),
+            F.string(meta.get("namespace", "default"), "metadata.namespace"),
+            creation_timestamp(meta.get("creationTimestamp"), "metadata.creationTimestamp"))
+
+
 def integer(obj, path: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
     if isinstance(obj, bool) or not isinstance(obj, int):
         if isinstance(obj, str) and re.fullmatch(r"-?\d+", obj.strip()):
