@@ -24,6 +24,7 @@ from meshcore.policy.paths import request_authority, request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
 from meshcore.traffic.decide import LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
+from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as replay_body
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            destination, failure_answer, retry_destination, with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
@@ -46,31 +47,27 @@ class _Counted:
     """An async body iterator that counts what went through; `on_error` runs when the
     body fails (a request body cut short or malformed: the upstream request it feeds
     can never complete and is abandoned). `finished` is set once it ended whole, and
-    `on_finished` called. With `keep`, the chunks are kept while the body stays within
-    that many bytes: what a retry sends again (`kept`)."""
-    __slots__ = ("body", "count", "on_error", "error", "finished", "on_finished", "keep", "chunks")
+    `on_finished` called. With `keep`, the body is kept while it stays within that
+    many bytes: what a retry sends again (`kept`)."""
+    __slots__ = ("body", "count", "on_error", "error", "finished", "on_finished", "keeping")
 
     def __init__(self, body, on_error=None, keep: int = 0):
         self.body, self.count, self.on_error, self.error = body, 0, on_error, None
         self.finished = asyncio.Event()
         self.on_finished = None
-        self.keep, self.chunks = keep, []
+        self.keeping = KeptBody(keep) if keep else None
 
     @property
     def kept(self) -> bytes | None:
         """The whole body, if it ended whole within the bound kept."""
-        if not self.finished.is_set() or self.count > self.keep:
-            return None
-        return b"".join(self.chunks)
+        return self.keeping.whole if self.keeping is not None and self.finished.is_set() else None
 
     async def __aiter__(self):
         try:
             async for chunk in self.body:
                 self.count += len(chunk)
-                if self.count <= self.keep:
-                    self.chunks.append(chunk)
-                elif self.chunks:
-                    self.chunks = []               # past the bound: this body is sent once
+                if self.keeping is not None:
+                    self.keeping.add(chunk)
                 yield chunk
         except (HttpError, OSError, MeshcoreError, TimeoutError) as exc:
             self.error = exc
@@ -82,17 +79,10 @@ class _Counted:
             self.on_finished()
 
 
-RETRY_BODY_LIMIT = 64 * 1024    # bytes of a request body kept to send again on a retry
-
-
 def _replayable(body: "_Counted | None", request) -> bool:
     """Whether the request can go again: no body, or one taken whole within the bound
     kept (and without trailers, which are not kept)."""
     return body is None or (body.kept is not None and not request.trailers)
-
-
-async def _once(data: bytes):
-    yield data
 
 
 class _ClientLeft(Exception):
@@ -296,7 +286,7 @@ class Http1Handler:
                 inflight[0] = client
                 if has_body:
                     # an attempt after one that took the body whole sends it again from memory
-                    source = _once(replay) if replay is not None else request.body()
+                    source = replay_body(replay) if replay is not None else request.body()
                     body = _Counted(source, on_error=client.close, keep=RETRY_BODY_LIMIT)
                 if attempt_deadline is None:
                     response = await self._exchange(conn, client, request, target, sent, body)
@@ -455,7 +445,7 @@ class Http1Handler:
             if has_body:
                 stream = up
                 # an attempt after one that took the body whole sends it again from memory
-                source = _once(replay) if replay is not None else request.body()
+                source = replay_body(replay) if replay is not None else request.body()
                 body = _Counted(source, on_error=lambda: stream.reset(ErrorCode.CANCEL), keep=RETRY_BODY_LIMIT)
                 sending = asyncio.get_running_loop().create_task(_send_http2_body(body, request, up))
             try:

@@ -36,6 +36,7 @@ from meshcore.state.model import Workload
 from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
 from meshcore.traffic.grpc import http_to_grpc_status
 from meshcore.waypoint.endpoints import EndpointPicker
+from meshcore.waypoint.bodies import KeptBody, replay
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            destination, failure_answer, retry_destination, with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
@@ -199,7 +200,7 @@ class Http2Handler:
         loop = asyncio.get_running_loop()
         clock = Deadlines(where.timeout, where.retry)
         forwarded = [(n, v) for n, v in forwarded if n != ATTEMPT_COUNT]
-        kept = _KeptBody(RETRY_BODY_LIMIT)        # what a retry sends again, if the body stays within it
+        kept = KeptBody()        # what a retry sends again, if the body stays within it
         retries, up, sending, body_started = 0, None, None, False
 
         def replayable() -> bool:
@@ -314,7 +315,7 @@ class Http2Handler:
         chunked, with the trailers after it), the response back on the stream."""
         pool, target = self.http1_upstreams, where.target
         fields = http1_fields(where.authority, forwarded)
-        kept = _KeptBody(RETRY_BODY_LIMIT)        # what a retry sends again, if the body stays within it
+        kept = KeptBody()        # what a retry sends again, if the body stays within it
         body = None if exchange.body_ended else _request_body(exchange, record, kept)
         has_body = body is not None
         state = self.ctx.store.view
@@ -326,7 +327,7 @@ class Http2Handler:
             return not has_body or (exchange.body_ended and kept.whole is not None and not exchange.trailers)
 
         def again_body():
-            return _once(kept.whole) if has_body else None
+            return replay(kept.whole) if has_body else None
         while True:
             record.attempts = retries + 1
             attempt_deadline, client, unreached = clock.attempt(), None, None
@@ -447,15 +448,13 @@ def http1_fields(authority: str, forwarded: list[tuple[str, str]]) -> list[tuple
     return out
 
 
-async def _request_body(exchange: ServerExchange, record: RequestRecord, kept: "_KeptBody"):
+async def _request_body(exchange: ServerExchange, record: RequestRecord, kept: KeptBody):
     while chunk := await exchange.read():
         record.request_bytes += len(chunk)
         kept.add(chunk)
         yield chunk
 
 
-async def _once(data: bytes):
-    yield data
 
 
 # the client's stream ended by a reset: its own (DR), or the waypoint's for a malformed request (DPE)
@@ -519,28 +518,6 @@ async def _relay_response(exchange: ServerExchange, up: ClientExchange, response
         exchange.reset(code if code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
 
 
-RETRY_BODY_LIMIT = 64 * 1024    # bytes of a request body kept to send again on a retry
-
-
-class _KeptBody:
-    """A request body's chunks while it stays within `limit` bytes."""
-    __slots__ = ("limit", "size", "chunks")
-
-    def __init__(self, limit: int):
-        self.limit, self.size, self.chunks = limit, 0, []
-
-    def add(self, chunk: bytes) -> None:
-        self.size += len(chunk)
-        if self.size <= self.limit:
-            self.chunks.append(chunk)
-        else:
-            self.chunks = []
-
-    @property
-    def whole(self) -> bytes | None:
-        return b"".join(self.chunks) if self.size <= self.limit else None
-
-
 async def _send_kept(up: ClientExchange, body: bytes) -> None:
     try:
         if body:
@@ -551,7 +528,7 @@ async def _send_kept(up: ClientExchange, body: bytes) -> None:
 
 
 async def _send_body(exchange: ServerExchange, up: ClientExchange, record: RequestRecord,
-                     kept: _KeptBody | None = None) -> None:
+                     kept: KeptBody | None = None) -> None:
     """The request's body and trailers, as the upstream's window takes them. A reset
     either way ends it; the on_reset hooks and the response side pass it on."""
     try:
