@@ -25,7 +25,9 @@ def mesh(tmp_path_factory):
 
 
 async def _echo(mesh, size):
-    payload = os.urandom(size)
+    # a NUL first: random bytes that happened to begin like a request line ("GET " is as
+    # likely as any) would be read as HTTP, as Envoy would read them
+    payload = b"\0" + os.urandom(size - 1)
     reader, writer = await mesh.socks5(mesh.vip, 9000)
     writer.write(payload)
     writer.write_eof()
