@@ -364,6 +364,7 @@ class ServerExchange(_Exchange):
         self.headers: list = event.headers
         self.responded = False            # the final response's header section went out
         self.task: asyncio.Task | None = None
+        self.started = False              # serve() runs the handler: cancelling it now runs its cleanup
 
     def header(self, name: bytes | str) -> bytes | None:
         return _header(self.headers, name)
@@ -406,9 +407,20 @@ class ServerExchange(_Exchange):
             raise UsageError(f"stream {self.stream_id} has no final response yet: respond() first")
         await super().end(trailers)
 
+    @property
+    def stream_error(self) -> BaseException | None:
+        """Why the stream ended before the exchange completed (a StreamResetError: the
+        client's reset, or the HTTP/2 core's for a malformed request; or the connection's
+        loss), None while it stands."""
+        return self._recv_error or self._send_error
+
     def _lost(self, error, by_us: bool) -> None:
-        # the client gave up before its answer: whatever the handler waits on is cancelled
-        if not by_us and not self.responded and self.task is not None and not self.task.done():
+        # the client gave up before its answer: whatever the handler waits on is
+        # cancelled. A handler not yet started is left to start: cancelled before its
+        # first step it would run none of its own cleanup or reporting, and it finds the
+        # stream gone at its first read or answer (stream_error says why)
+        if not by_us and not self.responded and self.started and self.task is not None \
+                and not self.task.done():
             self.task.cancel()
 
     def finish(self, handler_failed: bool = False) -> None:
@@ -501,6 +513,7 @@ async def serve(exchange: ServerExchange, handler: Handler) -> None:
     """Run `handler` for one request, then finish() the exchange. A handler that
     raises answers 500 if it had not answered yet, else its stream is reset."""
     failed = False
+    exchange.started = True
     try:
         await handler(exchange)
     except (StreamResetError, ConnectionResetError) as exc:

@@ -113,6 +113,16 @@ class Http2Handler:
                                protocol="grpc" if is_grpc(headers) else "http")
         outcome = _Outcome()
         pending = InFlight()                       # its attempts and mirror copies
+        lost = exchange.stream_error
+        if lost is not None:
+            # reset before the waypoint had it (malformed as the HTTP/2 core read it, or the
+            # client's own reset): counted as any reset request is, nothing goes upstream
+            if isinstance(lost, StreamResetError) and (lost.remote or lost.error_code != ErrorCode.CANCEL):
+                _downstream_reset(lost, None, outcome)
+            else:
+                outcome.flag, outcome.error = "DC", f"the client left before its request was read: {lost}"
+            self.metrics.report(record.finish(outcome.status, flag=outcome.flag, error=outcome.error))
+            return
         try:
             await self._answer(exchange, tunnel, headers, authority, record, outcome, pending)
         except asyncio.CancelledError:
@@ -464,8 +474,8 @@ CLIENT_RESET = frozenset({"DR", "DPE"})
 def _downstream_reset(exc: BaseException, up, outcome: _Outcome) -> None:
     """The client's stream was reset: by the client (DR), or by the waypoint because
     the client's request was malformed (DPE, as Envoy counts a downstream protocol
-    error, with no status). So is the upstream request (a stream reset with the same
-    code; an HTTP/1.1 connection closed)."""
+    error, with no status). So is the upstream request, if one went (a stream reset
+    with the same code; an HTTP/1.1 connection closed)."""
     ours = isinstance(exc, StreamResetError) and not exc.remote
     outcome.flag, outcome.error = ("DPE" if ours else "DR"), f"{type(exc).__name__}: {exc}"
     if ours:
@@ -473,7 +483,7 @@ def _downstream_reset(exc: BaseException, up, outcome: _Outcome) -> None:
     if isinstance(up, ClientExchange):
         code = getattr(exc, "error_code", ErrorCode.CANCEL)
         up.reset(code if code != ErrorCode.NO_ERROR else ErrorCode.CANCEL)
-    else:
+    elif up is not None:
         up.close()
 
 

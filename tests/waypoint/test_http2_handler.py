@@ -93,7 +93,7 @@ class _Exchange:
     """A client stream that is already gone when the waypoint answers it."""
     headers = [(b"x-tenant", b"silver"), (b"x-tenant", b"gold")]
     authority, method, path, scheme, body_ended = "web", "GET", "/x/../admin", "http", True
-    on_reset = None
+    on_reset = stream_error = None
 
     def respond(self, *a, **k):
         raise StreamClosedError("the stream is closed")
