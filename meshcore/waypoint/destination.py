@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import dataclass, field, replace
 
 from meshcore.node.routing import HBONE, Route
@@ -30,6 +31,7 @@ from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestVi
 from meshcore.traffic.decide_istio import VirtualServiceRandoms, decide_virtual_service
 from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_delay, should_retry
 from meshcore.waypoint.endpoints import EndpointPicker, Overflow, Ticket
+from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RateHeaders, RequestLimits
 
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 ATTEMPT_COUNT = "x-envoy-attempt-count"    # on every upstream request, as Istio has Envoy send it
@@ -253,6 +255,19 @@ def failure_answer(failure: str, retries: int) -> tuple[str, bytes]:
     if failure == "connect-failure":
         return ("URX" if retries else "UF"), b"upstream connect error"
     return ("URX" if retries else "UR"), b"upstream connect error or disconnect/reset before headers"
+
+
+def rate_limit(limits: RequestLimits | None, view, waypoint: tuple[str, str], tunnel, where,
+               grpc: bool) -> Limited | RateHeaders:
+    """The rate limits on the request `where` was decided for, its tokens taken. An
+    injected abort is answered before them, and an injected delay has passed before
+    this is asked: Envoy's fault filter runs ahead of the local rate limit filter,
+    which Istio users insert just before the router."""
+    if limits is None or (isinstance(where, LocalReply) and where.flag == "FI"):
+        return NO_LIMIT
+    req = tunnel.request
+    return limits.check(view, waypoint=waypoint, service=tunnel.service, port=req.port, route=where.route,
+                        source=req.peer_identity, grpc=grpc, now=time.monotonic())
 
 
 def with_rate_headers(where: Destination, response: tuple[tuple[str, str], ...]) -> Destination:

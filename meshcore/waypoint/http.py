@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from meshcore.aio.request import send_request
 from meshcore.errors import ErrorCode, HttpError, MeshcoreError, StreamResetError
@@ -26,9 +25,10 @@ from meshcore.traffic.decide import LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as replay_body
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           destination, failure_answer, retry_destination, with_rate_headers)
+                                           destination, failure_answer, rate_limit, retry_destination,
+                                           with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
-from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
+from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
@@ -208,21 +208,17 @@ class Http1Handler:
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
         if isinstance(where, Destination):
             pending.where = where
-        limit = self.rate_limits.check(state, waypoint=self.waypoint, service=service, port=req.port,
-                                       route=where.route, source=req.peer_identity, grpc=False,
-                                       now=time.monotonic()) if self.rate_limits is not None else NO_LIMIT
+        if where.delay:
+            await asyncio.sleep(where.delay)               # an injected delay
+        limit = rate_limit(self.rate_limits, state, self.waypoint, tunnel, where, False)
         if isinstance(limit, Limited):
             record.route = where.route
             return await self._local(conn, record, limit.status, limit.body, flag=limit.flag, error=limit.reason,
                                      headers=list(limit.headers))
         if isinstance(where, LocalReply):
             record.route = where.route
-            if where.delay:
-                await asyncio.sleep(where.delay)           # an injected delay before an injected abort
             return await self._local(conn, record, where.status, where.body, flag=where.flag, error=where.reason,
                                      headers=[*where.headers, ("content-type", "text/plain")])
-        if where.delay:
-            await asyncio.sleep(where.delay)               # an injected delay
         where = with_rate_headers(where, limit.response)
         chosen, target, record.route = where.chosen, where.target, where.route
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 
 from meshcore.aio.connection import HboneConnection
 from meshcore.aio.request import ClientExchange, ServerExchange, request_dispatcher, send_request
@@ -38,9 +37,10 @@ from meshcore.traffic.grpc import http_to_grpc_status
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import KeptBody, replay
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           destination, failure_answer, retry_destination, with_rate_headers)
+                                           destination, failure_answer, rate_limit, retry_destination,
+                                           with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
-from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
+from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
@@ -168,11 +168,11 @@ class Http2Handler:
                             RequestView(exchange.method, path, query, authority, seen, grpc=grpc,
                                         scheme=exchange.scheme or "http"),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
-        limit = self.rate_limits.check(state, waypoint=self.waypoint, service=service, port=req.port,
-                                       route=where.route, source=req.peer_identity, grpc=grpc,
-                                       now=time.monotonic()) if self.rate_limits is not None else NO_LIMIT
         if isinstance(where, Destination):
             pending.where = where
+        if where.delay:
+            await asyncio.sleep(where.delay)               # an injected delay
+        limit = rate_limit(self.rate_limits, state, self.waypoint, tunnel, where, grpc)
         if isinstance(limit, Limited):
             record.route, record.grpc_status = where.route, limit.grpc_status
             outcome.flag, outcome.error, outcome.status = limit.flag, limit.reason, limit.status
@@ -181,8 +181,6 @@ class Http2Handler:
         if isinstance(where, LocalReply):
             record.route = where.route
             outcome.flag, outcome.error, outcome.status = where.flag, where.reason, where.status
-            if where.delay:
-                await asyncio.sleep(where.delay)           # an injected delay before an injected abort
             if grpc and (where.grpc_status is not None or where.status >= 400):
                 # a gRPC client reads its call's status, not the HTTP one: an injected
                 # one, else Envoy's mapping of the HTTP status
@@ -193,8 +191,6 @@ class Http2Handler:
             else:
                 await _respond(exchange, where.status, [*where.headers, ("content-type", "text/plain")], where.body)
             return
-        if where.delay:
-            await asyncio.sleep(where.delay)               # an injected delay
         where = with_rate_headers(where, limit.response)
         target, authority, record.route = where.target, where.authority, where.route
         record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri

@@ -4,13 +4,16 @@ headers added otherwise, and buckets kept across configuration changes. Times ar
 from __future__ import annotations
 
 import ipaddress
+import types
 
 import pytest
 
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.state import Kind, MeshStore, Remove, Service, Upsert
+from meshcore.traffic.decide import LocalReply
 from meshcore.traffic.gateway_api import grpc_route, http_route
 from meshcore.traffic.ratelimit_config import HeaderToAdd, rate_limit_policy
+from meshcore.waypoint.destination import rate_limit
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RateHeaders, RequestLimits, route_ref
 
 WAYPOINT = ("shop", "waypoint")
@@ -260,3 +263,18 @@ def test_a_change_of_another_kind_keeps_what_was_worked_out_and_the_tokens():
     store.apply("files", [Upsert(svc("details", "10.96.0.3"))])       # not a kind limits depend on
     assert answers(limits, store.view, [(0, REVIEWS, 80, "", None, False)]) == [429]
     assert limits._current.remembered is remembered and limits._current.view is store.view
+
+
+# Envoy's fault filter runs ahead of the local rate limit filter (inserted just before
+# the router): an injected abort is answered without taking a token, while the
+# waypoint's other answers of its own (a redirect, a direct response, no route) are
+# the router's, after the limit
+@pytest.mark.parametrize("flag, limited", [("FI", False), ("NR", True), ("-", True)])
+def test_an_injected_abort_is_answered_before_the_rate_limit_takes_a_token(flag, limited):
+    store = store_with(lrl("s", BY_SERVICE, tokens=1))
+    limits = RequestLimits()
+    tunnel = types.SimpleNamespace(service=REVIEWS, request=types.SimpleNamespace(port=80, peer_identity=WEB))
+    reply = LocalReply(503, "", flag=flag)
+    got = [rate_limit(limits, store.view, WAYPOINT, tunnel, reply, False) for _ in range(2)]
+    assert [isinstance(g, Limited) for g in got] == [False, limited]
+    assert rate_limit(None, store.view, WAYPOINT, tunnel, reply, False) is NO_LIMIT
