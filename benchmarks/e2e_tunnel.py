@@ -13,7 +13,9 @@ uses, built from tests/peers/rust; needs cargo and Debian's librust-h2-dev,
 librust-tokio-rustls-dev, librust-rustls-pemfile-dev), h2 (HBONE built on python-hyper's
 pure-Python h2, same windows).
 Each proxy runs in its own process on uvloop. Reported: single- and 8-stream upload
-throughput, 64-byte round trips (p50/p99), and the proxies' CPU seconds per GiB.
+throughput, 64-byte round trips (p50/p99), the proxies' CPU seconds per GiB, and new
+tunnels per second (a client connection opened, one round trip, closed: through the
+proxies a new CONNECT stream on their warm connection), one and eight at a time.
 
 The proxies of every mode run side by side for the whole run, and the modes take
 turns: each round measures every mode once, and the table gives per-metric medians
@@ -145,6 +147,23 @@ async def _round_trips(port, n: int) -> list[float]:
     return times
 
 
+async def _new_tunnels(port, seconds: float) -> int:
+    """Client connections opened, used for one 64-byte round trip and closed, one after
+    another for `seconds`: through a proxy each is a new tunnel on its warm pool."""
+    msg = b"E" + b"x" * 63
+    done = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        reader, writer = await _open(port)
+        writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        writer.write(msg)
+        await reader.readexactly(63)
+        writer.close()
+        await writer.wait_closed()
+        done += 1
+    return done
+
+
 def _cpu_seconds(pids) -> float:
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
@@ -242,6 +261,10 @@ async def measure(mode: str, port, pids: list, seconds: float, rtts: int) -> dic
     cpu1 = _cpu_seconds(pids) if pids else 0.0
     eight = await timed("8 streams", asyncio.gather(*(_upload(port, seconds) for _ in range(8))))
     cpu8 = _cpu_seconds(pids) if pids else 0.0
+    opened = await timed("new tunnels", _new_tunnels(port, seconds))
+    opened8 = await timed("new tunnels, 8 at a time", asyncio.gather(*(_new_tunnels(port, seconds)
+                                                                        for _ in range(8))))
+    cpu_t = _cpu_seconds(pids) if pids else 0.0
     times = sorted(times) if times else None
     return {
         "mode": mode,
@@ -252,6 +275,9 @@ async def measure(mode: str, port, pids: list, seconds: float, rtts: int) -> dic
         "cpu_s_per_GiB": (cpu1 - cpu0) / (one[0] / 2**30) if pids and one else 0.0,
         "cpu8_s_per_GiB": (cpu8 - cpu1) / (sum(r for r, _ in eight) / 2**30) if pids and eight else 0.0,
         "cpu_us_per_rtt": cpu_rtt * 1e6,
+        "tunnels_per_s": opened / seconds if opened is not None else None,
+        "tunnels8_per_s": sum(opened8) / seconds if opened8 else None,
+        "cpu_us_per_tunnel": (cpu_t - cpu8) / (opened + sum(opened8)) * 1e6 if pids and opened and opened8 else 0.0,
     }
 
 
@@ -324,14 +350,15 @@ def main() -> int:
     print(f"medians of {args.repeat} rounds")
     by = {r["mode"]: r for r in rows}
     print("| mode | 1 stream MB/s | 8 streams MB/s | 64 B RTT p50 µs | p99 µs | proxy CPU s/GiB (1 / 8 streams) "
-          "| proxy CPU µs/round trip |")
-    print("|---|---|---|---|---|---|---|")
+          "| proxy CPU µs/round trip | new tunnels/s (1 / 8 at a time) | proxy CPU µs/new tunnel |")
+    print("|---|---|---|---|---|---|---|---|---|")
     def f(v, fmt):
         return "stalled" if v is None else format(v, fmt)
     for r in rows:
         print(f"| {r['mode']} | {f(r['single_MBps'], '.0f')} | {f(r['multi8_MBps'], '.0f')} | "
               f"{f(r['rtt_p50_us'], '.0f')} | {f(r['rtt_p99_us'], '.0f')} | {r['cpu_s_per_GiB']:.2f} / "
-              f"{r['cpu8_s_per_GiB']:.2f} | {r['cpu_us_per_rtt']:.0f} |")
+              f"{r['cpu8_s_per_GiB']:.2f} | {r['cpu_us_per_rtt']:.0f} | {f(r['tunnels_per_s'], '.0f')} / "
+              f"{f(r['tunnels8_per_s'], '.0f')} | {r['cpu_us_per_tunnel']:.0f} |")
 
     def ratio(a, b, key):
         return "n/a" if a[key] is None or b[key] is None else f"{a[key] / b[key]:.2f}x"
@@ -348,7 +375,9 @@ def main() -> int:
             if base in by:
                 b = by[base]
                 print(f"meshcore vs {base}: throughput {ratio(m, b, 'single_MBps')} (1 stream), "
-                      f"{ratio(m, b, 'multi8_MBps')} (8 streams); RTT p50 {ratio(m, b, 'rtt_p50_us')}")
+                      f"{ratio(m, b, 'multi8_MBps')} (8 streams); RTT p50 {ratio(m, b, 'rtt_p50_us')}, "
+                      f"p99 {ratio(m, b, 'rtt_p99_us')}; CPU/GiB {ratio(m, b, 'cpu_s_per_GiB')}; "
+                      f"new tunnels/s {ratio(m, b, 'tunnels_per_s')} (1), {ratio(m, b, 'tunnels8_per_s')} (8)")
     return 0
 
 
