@@ -152,8 +152,8 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
     loop = asyncio.get_running_loop()
     try:
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: splice.b, request.host, request.port,
-                                                          local_addr=local_addr), connect_timeout)
+            async with asyncio.timeout(connect_timeout):      # no task of its own, as wait_for makes one
+                await loop.create_connection(lambda: splice.b, request.host, request.port, local_addr=local_addr)
         except (OSError, asyncio.TimeoutError) as exc:
             request.extra["error"] = f"upstream {request.authority} unreachable: {exc or type(exc).__name__}"
             log.info("tunnel %s from %s: %s", request.stream_id, request.peer_identity, request.extra["error"])

@@ -289,9 +289,9 @@ class Inbound:
             decision = view.policy_set(workload).evaluate(None, peer_ip, dst_ip, dst_port)
             if not decision:
                 raise PolicyRefusal(f"policy rejection: {decision.reason}")
-            await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-                protocol_factory, dst_ip, dst_port, local_addr=ctx.binder.local_addr(peer_ip)),
-                ctx.settings.connect_timeout)
+            async with asyncio.timeout(ctx.settings.connect_timeout):
+                await asyncio.get_running_loop().create_connection(
+                    protocol_factory, dst_ip, dst_port, local_addr=ctx.binder.local_addr(peer_ip))
             facts = (workload, None, peer_ip, dst_ip, dst_port, mode)
             now = ctx.store.view
             if now is not view and not _still_allowed(now, ctx.settings, *facts):

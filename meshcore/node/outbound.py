@@ -155,9 +155,9 @@ class Outbound:
                 record.dst_identity = chosen.expected[0].uri
                 await self._tunnel(chosen, source, peer_ip, peer_port, protocol_factory)
             elif chosen.kind is PASSTHROUGH:
-                await asyncio.wait_for(asyncio.get_running_loop().create_connection(
-                    protocol_factory, *chosen.dial, local_addr=ctx.binder.local_addr(peer_ip)),
-                    settings.connect_timeout)
+                async with asyncio.timeout(settings.connect_timeout):
+                    await asyncio.get_running_loop().create_connection(
+                        protocol_factory, *chosen.dial, local_addr=ctx.binder.local_addr(peer_ip))
             else:
                 raise RouteRefused(chosen.reason)
         except (OSError, MeshcoreError, asyncio.TimeoutError) as exc:
@@ -170,7 +170,8 @@ class Outbound:
     async def _route_after_lookup(self, source, ip: str, port: int, chosen: Route) -> Route:
         settings = self.ctx.settings
         try:
-            found = await asyncio.wait_for(self.ctx.lookup(f"{source.network}/{ip}"), settings.connect_timeout)
+            async with asyncio.timeout(settings.connect_timeout):
+                found = await self.ctx.lookup(f"{source.network}/{ip}")
         except asyncio.TimeoutError:
             found = False
         if not found:
@@ -189,10 +190,11 @@ class Outbound:
             ("service.name", source.canonical_name), ("service.version", source.canonical_revision)) if v)
         bind = ctx.binder.local_addr(peer_ip)
         key = PoolKey(source.identity, chosen.expected, chosen.dial, bind[0] if bind else None)
-        await asyncio.wait_for(ctx.pool.open_stream(
-            key, chosen.authority, protocol_factory,
-            [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage.encode())]),
-            ctx.settings.connect_timeout)
+        # asyncio.timeout, not wait_for: no task of its own per tunnel
+        async with asyncio.timeout(ctx.settings.connect_timeout):
+            await ctx.pool.open_stream(
+                key, chosen.authority, protocol_factory,
+                [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage.encode())])
 
 
 class _SocksAnswer:
