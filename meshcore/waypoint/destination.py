@@ -79,6 +79,7 @@ class Destination:
     ticket: Ticket | None = None        # the attempt's place in the picker's count (with `balanced`)
     delay: float = 0.0                  # an injected fault's delay before the request goes on
     mirrors: tuple[tuple[str, int], ...] = ()   # (service key, port) that get a copy of the request
+    service: Service | None = None      # the backend service: what the request's metrics name
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when
@@ -151,7 +152,8 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
         vip = next((ip for network, ip in backend.vips if network == me.network), None) if backend else None
         if vip is None:
             return LocalReply(503, decided.route, body=NO_HEALTHY_UPSTREAM, flag="UH",
-                              reason=f"service {decided.service_key} has no address on network {me.network!r}")
+                              reason=f"service {decided.service_key} has no address on network {me.network!r}",
+                              service_key=backend.key if backend else None)
         address = (str(vip), decided.port)
     port = address[1]
     subset = decided.subset if decided is not None else ""
@@ -165,20 +167,30 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
             ticket = balanced.choose(state, me)
         except Overflow as exc:
             return LocalReply(503, decided.route if decided else "", body=b"upstream connect error or disconnect/"
-                              b"reset before headers. reset reason: overflow", flag="UO", reason=str(exc))
+                              b"reset before headers. reset reason: overflow", flag="UO", reason=str(exc),
+                              service_key=backend.key)
         chosen = ticket.route
     else:
         chosen, ticket = tunnels.upstream(state, me, *address), None
     if chosen.kind is not HBONE:
         return LocalReply(503, decided.route if decided else "", body=NO_HEALTHY_UPSTREAM, flag="UH",
-                          reason=chosen.reason or "no endpoint")
+                          reason=chosen.reason or "no endpoint", service_key=backend.key if backend else None)
     app_protocol = backend.app_protocol(port) if backend is not None else tunnel.app_protocol
     if decided is None:
         return Destination(chosen, target, request.authority, app_protocol, address=address, balanced=balanced,
-                           ticket=ticket)
+                           ticket=ticket, service=backend)
     return Destination(chosen, decided.target, decided.authority, app_protocol, decided.route,
                        decided.request_headers, decided.response_headers, decided.timeout, decided.retry, address,
-                       balanced, ticket, decided.delay, decided.mirrors)
+                       balanced, ticket, decided.delay, decided.mirrors, backend)
+
+
+def routed_service(where: Destination | LocalReply, state) -> Service | None:
+    """The service of the cluster the request's route sends it to, which Envoy resolves
+    with the route, before any filter answers: None where the route names no cluster (no
+    route, a redirect, a direct response, an unknown backend)."""
+    if isinstance(where, Destination):
+        return where.service
+    return state.by_service_key.get(where.service_key) if where.service_key else None
 
 
 def _with_query(path: str, query: str) -> str:

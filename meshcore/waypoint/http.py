@@ -26,7 +26,8 @@ from meshcore.traffic.decide import LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as replay_body
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           destination, failure_answer, retry_destination, with_rate_headers)
+                                           destination, failure_answer, retry_destination, routed_service,
+                                           with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
@@ -206,6 +207,7 @@ class Http1Handler:
         where = destination(self.tunnels, state, tunnel,
                             RequestView(request.method, path, query, host or "", seen, grpc=is_grpc(request.headers)),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
+        record.route_to(routed_service(where, state))
         if isinstance(where, Destination):
             pending.where = where
         limit = self.rate_limits.check(state, waypoint=self.waypoint, service=service, port=req.port,
@@ -220,7 +222,7 @@ class Http1Handler:
             if where.delay:
                 await asyncio.sleep(where.delay)           # an injected delay before an injected abort
             return await self._local(conn, record, where.status, where.body, flag=where.flag, error=where.reason,
-                                     headers=[*where.headers, ("content-type", "text/plain")])
+                                     headers=[*where.headers, *where.content_headers()])
         if where.delay:
             await asyncio.sleep(where.delay)               # an injected delay
         where = with_rate_headers(where, limit.response)

@@ -38,7 +38,8 @@ from meshcore.traffic.grpc import http_to_grpc_status
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import KeptBody, replay
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           destination, failure_answer, retry_destination, with_rate_headers)
+                                           destination, failure_answer, retry_destination, routed_service,
+                                           with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
@@ -158,6 +159,7 @@ class Http2Handler:
                             RequestView(exchange.method, path, query, authority, seen, grpc=grpc,
                                         scheme=exchange.scheme or "http"),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
+        record.route_to(routed_service(where, state))
         limit = self.rate_limits.check(state, waypoint=self.waypoint, service=service, port=req.port,
                                        route=where.route, source=req.peer_identity, grpc=grpc,
                                        now=time.monotonic()) if self.rate_limits is not None else NO_LIMIT
@@ -181,7 +183,7 @@ class Http2Handler:
                 await _respond(exchange, 200, [("content-type", "application/grpc"), ("grpc-status", code),
                                                ("grpc-message", where.reason)], b"", trailers_only=True)
             else:
-                await _respond(exchange, where.status, [*where.headers, ("content-type", "text/plain")], where.body)
+                await _respond(exchange, where.status, [*where.headers, *where.content_headers()], where.body)
             return
         if where.delay:
             await asyncio.sleep(where.delay)               # an injected delay
