@@ -165,21 +165,25 @@ def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float,
     filters = rule.filters
     request_edits = _edits(filters, FilterType.REQUEST_HEADER_MODIFIER)
     redirect = next((f for f in filters if isinstance(f, RequestRedirect)), None)
-    backend = choose_backend(entry.rule.backends, r) if redirect is None else None
-    # Envoy's CORS filter runs before its router: a preflight is answered whatever the rule does
+    # a redirect, and a rule without weighted backends (istiod's direct response), are
+    # routes without a route entry, which Envoy's CORS filter passes by
+    if redirect is not None:
+        location = redirect_location(redirect, entry, request, port)
+        return LocalReply(redirect.status_code, name, headers=(("location", location),), flag="-",
+                          reason=f"redirected to {location}")
+    backend = choose_backend(entry.rule.backends, r)
+    if backend is None:
+        return LocalReply(500, name, body=NO_BACKEND_BODY, flag="NR", reason=f"route {name}: no backend carries weight")
+    # Envoy's CORS filter runs before its router: it answers a preflight even for a
+    # backend that does not exist
     allowed = cors(next((gateway_cors(f) for f in filters if isinstance(f, Cors)), None), request.method,
                    request.headers)
     if isinstance(allowed, Preflight):
-        return preflight_reply(name, allowed, backend.service_key if backend is not None and backend.valid else None)
+        return preflight_reply(name, allowed, backend.service_key if backend.valid else None)
     set_cors = allowed.headers if allowed is not None else ()
-    if redirect is not None:
-        location = redirect_location(redirect, entry, request, port)
-        return LocalReply(redirect.status_code, name, headers=(("location", location), *set_cors), flag="-",
-                          reason=f"redirected to {location}")
-    if backend is None or not backend.valid:
-        why = backend.message or str(backend.problem) if backend is not None else "no backend carries weight"
-        return LocalReply(500, name, headers=set_cors, body=NO_BACKEND_BODY, flag="NR" if backend is None else "UH",
-                          reason=f"route {name}: {why}")
+    if not backend.valid:
+        return LocalReply(500, name, headers=set_cors, body=NO_BACKEND_BODY, flag="UH",
+                          reason=f"route {name}: {backend.message or str(backend.problem)}")
     rewrite = next((f for f in filters if isinstance(f, URLRewrite)), None)
     backend_filters = backend.ref.filters
     target = _with_query(request.path, request.query)

@@ -96,14 +96,9 @@ def route_decision(view, selected: SelectedRoute, port: int, request: RequestVie
     delay = fault.delay or 0.0
     if fault.aborts:
         return replace(fault_abort(name, fault.http_status, fault.grpc_status, delay), service_key=cluster)
-    # Istio puts Envoy's CORS filter after the fault filter and before the router
-    allowed = cors(route.cors_policy, request.method, request.headers)
-    if isinstance(allowed, Preflight):
-        return preflight_reply(name, allowed, cluster, delay)
-    set_cors = allowed.headers if allowed is not None else ()
-    # Envoy's router finalizes a redirect's or direct response's headers with the route's
+    # Envoy's router finalizes a redirect's or direct response's headers with the route's;
+    # such a route has no route entry, and Envoy's CORS filter passes it by
     response_edits = header_edits(route.headers.response) if route.headers else HeaderEdits()
-    response_edits = response_edits.then_set(set_cors)
     if route.redirect is not None:
         location = redirect_location(route.redirect, selected.match, request, port)
         return LocalReply(route.redirect.code, name, headers=tuple(response_edits.apply([("location", location)])),
@@ -112,6 +107,11 @@ def route_decision(view, selected: SelectedRoute, port: int, request: RequestVie
         answer = route.direct_response
         return LocalReply(answer.status, name, headers=tuple(response_edits.apply([])), body=answer.body or b"",
                           reason="direct response", delay=delay)
+    # Istio puts Envoy's CORS filter after the fault filter and before the router
+    allowed = cors(route.cors_policy, request.method, request.headers)
+    if isinstance(allowed, Preflight):
+        return preflight_reply(name, allowed, cluster, delay)
+    set_cors = allowed.headers if allowed is not None else ()
     return forward(view, selected, name, chosen, port, request, delay, waypoint_namespace=waypoint_namespace,
                    mirror_draws=randoms.mirrors, set_cors=set_cors)
 

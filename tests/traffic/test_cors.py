@@ -213,7 +213,8 @@ def test_a_virtual_service_preflight_from_another_origin_is_forwarded():
 def test_a_virtual_service_actual_request_gets_the_headers_over_the_routes_own():
     got = vs_decide(f"""\
 - route: [{{destination: {{host: v1}}}}]
-  headers: {{response: {{set: {{access-control-allow-origin: '*', x-route: a}}, add: {{access-control-expose-headers: x}}}}}}
+  headers:
+    response: {{set: {{access-control-allow-origin: '*', x-route: a}}, add: {{access-control-expose-headers: x}}}}
   {CORS_YAML}
 """, "GET", {"origin": ORIGIN})
     assert isinstance(got, Forward)
@@ -238,15 +239,21 @@ def test_a_fault_abort_comes_before_cors_and_a_delay_holds_the_preflight_answer(
     assert (delayed.status, delayed.delay) == (200, 2.0)
 
 
-def test_a_redirect_direct_response_or_missing_cluster_carries_the_cors_headers():
-    for http in ("- redirect: {uri: /elsewhere}\n", "- directResponse: {status: 418}\n",
-                 "- route: [{destination: {host: nowhere}}]\n"):
-        got = vs_decide(f"{http}  {CORS_YAML}\n", "GET", {"origin": ORIGIN})
-        assert isinstance(got, LocalReply) and got.service_key is None, got
-        assert ("access-control-allow-origin", ORIGIN) in got.headers, got
-        # and their preflights are answered before the router: no cluster to name
-        answered = vs_decide(f"{http}  {CORS_YAML}\n", "OPTIONS", preflight())
-        assert (answered.status, answered.reason, answered.service_key) == (200, "CORS preflight", None)
+def test_a_route_to_a_missing_cluster_answers_preflights_and_its_503_carries_the_cors_headers():
+    http = f"- route: [{{destination: {{host: nowhere}}}}]\n  {CORS_YAML}\n"
+    got = vs_decide(http, "GET", {"origin": ORIGIN})
+    assert (got.status, got.flag, got.service_key) == (503, "NC", None)
+    assert ("access-control-allow-origin", ORIGIN) in got.headers, got
+    answered = vs_decide(http, "OPTIONS", preflight())
+    assert (answered.status, answered.reason, answered.service_key) == (200, "CORS preflight", None)
+
+
+@pytest.mark.parametrize("http, status", [("- redirect: {uri: /elsewhere}\n", 301),
+                                          ("- directResponse: {status: 418}\n", 418)])
+def test_a_redirect_or_direct_response_has_no_route_entry_for_cors_to_act_on(http, status):
+    for method, headers in (("GET", {"origin": ORIGIN}), ("OPTIONS", preflight())):
+        got = vs_decide(f"{http}  {CORS_YAML}\n", method, headers)
+        assert got.status == status and not any(n.startswith("access-control-") for n, _ in got.headers), got
 
 
 ROUTE = """\
@@ -283,11 +290,21 @@ def test_an_httproute_cors_filter_answers_preflights_and_adds_headers_to_respons
     assert gw_decide(rules, "GET", {"origin": "https://app.other"}).response_headers == HeaderEdits()
 
 
-def test_an_httproute_redirect_with_cors_answers_the_preflight_and_adds_the_headers():
-    rules = f"- filters: [{GATEWAY_CORS}, {{type: RequestRedirect, requestRedirect: {{hostname: b.example}}}}]\n"
+@pytest.mark.parametrize("rules, status", [
+    (f"- filters: [{GATEWAY_CORS}, {{type: RequestRedirect, requestRedirect: {{hostname: b.example}}}}]\n", 302),
+    (f"- filters: [{GATEWAY_CORS}]\n  backendRefs: [{{name: v1, port: 80, weight: 0}}]\n", 500),
+])
+def test_an_httproute_redirect_or_weightless_rule_is_not_touched_by_its_cors_filter(rules, status):
+    for method, headers in (("GET", {"origin": "https://app.example"}), ("OPTIONS", preflight("https://app.example"))):
+        got = gw_decide(rules, method, headers)
+        assert got.status == status and not any(n.startswith("access-control-") for n, _ in got.headers), got
+
+
+def test_an_httproute_backend_that_does_not_resolve_still_gets_cors():
+    rules = f"- filters: [{GATEWAY_CORS}]\n  backendRefs: [{{name: nowhere, port: 80}}]\n"
     assert gw_decide(rules, "OPTIONS", preflight("https://app.example")).status == 200
-    redirect = gw_decide(rules, "GET", {"origin": "https://app.example"})
-    assert redirect.status == 302 and ("access-control-allow-origin", "https://app.example") in redirect.headers
+    got = gw_decide(rules, "GET", {"origin": "https://app.example"})
+    assert got.status == 500 and ("access-control-allow-origin", "https://app.example") in got.headers
 
 
 def test_an_httproute_with_a_cors_filter_is_accepted():

@@ -149,9 +149,10 @@ def test_a_preflight_from_an_allowed_origin_is_answered_by_the_waypoint_and_neve
     (status, fields, body), = send(mesh, mesh.site, [("OPTIONS", "/api/orders", preflight(
         APP, **{"access-control-request-headers": "x-token"}))])
     assert (status, body) == (200, b""), (status, fields, body)
-    assert cors_headers(fields) == {"access-control-allow-origin": APP, "access-control-allow-credentials": "true",
-                                    "access-control-allow-methods": "GET,PUT", "access-control-allow-headers": "x-token",
-                                    "access-control-max-age": "3600"}, fields
+    assert cors_headers(fields) == {
+        "access-control-allow-origin": APP, "access-control-allow-credentials": "true",
+        "access-control-allow-methods": "GET,PUT", "access-control-allow-headers": "x-token",
+        "access-control-max-age": "3600"}, fields
     assert "x-backend" not in fields and "content-type" not in fields, fields
     assert seen(mesh.one, "/api/orders") == []
     lines = access_lines(mesh, "/api/orders")
