@@ -9,6 +9,7 @@ import textwrap
 
 import pytest
 
+from meshcore.node.dump import virtual_service as dumped
 from meshcore.sources.config import load
 from meshcore.traffic.cors import Actual, Preflight, cors, gateway_cors
 from meshcore.traffic.decide import Forward, HeaderEdits, LocalReply, RequestView, decide
@@ -319,3 +320,12 @@ def test_then_set_puts_later_headers_over_earlier_edits():
     assert edits.then_set((("a", "9"),)) == HeaderEdits(set=(("b", "2"), ("a", "9")), add=(("c", "4"),),
                                                           remove=("a",))
     assert edits.then_set(()) is edits
+
+
+def test_config_dump_shows_a_cors_policy_in_its_own_field_names():
+    view = virtual_service(f"- route: [{{destination: {{host: v1}}}}]\n  {CORS_YAML[:-1]}, maxAge: 1h, "
+                           "unmatchedPreflights: IGNORE, allowOrigin: ['https://old.example']}\n")
+    (vs,) = view.virtual_services
+    assert dumped(vs)["http"][0]["corsPolicy"] == {
+        "allowOrigins": [{"exact": ORIGIN}], "allowOrigin": ["https://old.example"], "allowMethods": ["PUT"],
+        "exposeHeaders": ["x-trace"], "maxAge": "3600s", "unmatchedPreflights": "IGNORE"}
