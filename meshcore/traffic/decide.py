@@ -173,7 +173,8 @@ def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float,
                           reason=f"redirected to {location}")
     backend = choose_backend(entry.rule.backends, r)
     if backend is None:
-        return LocalReply(500, name, body=NO_BACKEND_BODY, flag="NR", reason=f"route {name}: no backend carries weight")
+        return LocalReply(500, name, body=NO_BACKEND_BODY, flag="NR",
+                          reason=f"route {name}: no backend carries weight")
     # Envoy's CORS filter runs before its router: it answers a preflight even for a
     # backend that does not exist
     allowed = cors(next((gateway_cors(f) for f in filters if isinstance(f, Cors)), None), request.method,
