@@ -192,7 +192,6 @@ class CorsPolicy:
     expose_headers: tuple[str, ...] = ()
     max_age: float | None = None             # whole seconds
     allow_credentials: bool | None = None
-    allow_private_network: bool | None = None   # istiod does not program it: kept, not applied
     unmatched_preflights: UnmatchedPreflights | None = None     # None, UNSPECIFIED: FORWARD
 
 

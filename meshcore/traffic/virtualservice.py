@@ -596,7 +596,7 @@ _CORS_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CO
 
 def _cors(obj, path: str) -> CorsPolicy:
     F.mapping(obj, path, allowed=("allowOrigin", "allowOrigins", "allowMethods", "allowHeaders", "exposeHeaders",
-                                  "maxAge", "allowCredentials", "allowPrivateNetwork", "unmatchedPreflights"))
+                                  "maxAge", "allowCredentials", "unmatchedPreflights"))
     origins = []
     for i, origin in enumerate(F.sequence(obj.get("allowOrigins"), f"{path}.allowOrigins")):
         op = f"{path}.allowOrigins[{i}]"
@@ -628,12 +628,12 @@ def _cors(obj, path: str) -> CorsPolicy:
             raise F.fail(f"{path}.unmatchedPreflights", f"{text!r} is not one of "
                                                         f"{', '.join(UnmatchedPreflights)}") from None
 
-    def flag(key):
-        return None if obj.get(key) is None else F.boolean(obj[key], f"{path}.{key}")
-
+    credentials = None
+    if obj.get("allowCredentials") is not None:
+        credentials = F.boolean(obj["allowCredentials"], f"{path}.allowCredentials")
     return CorsPolicy(
         allow_origins=tuple(origins),
         allow_origin=tuple(F.strings(obj.get("allowOrigin"), f"{path}.allowOrigin")),
         allow_methods=tuple(methods), allow_headers=tuple(names["allowHeaders"]),
-        expose_headers=tuple(names["exposeHeaders"]), max_age=age, allow_credentials=flag("allowCredentials"),
-        allow_private_network=flag("allowPrivateNetwork"), unmatched_preflights=unmatched)
+        expose_headers=tuple(names["exposeHeaders"]), max_age=age, allow_credentials=credentials,
+        unmatched_preflights=unmatched)

@@ -343,6 +343,8 @@ def test_wildcard_host_when_another_gateway_is_named():
      "spec.http[0].corsPolicy.allowHeaders[0]", "not a valid header name"),
     ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {allowCredentials: maybe}}]",
      "spec.http[0].corsPolicy.allowCredentials", ""),
+    ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {allowPrivateNetwork: true}}]",
+     "spec.http[0].corsPolicy.allowPrivateNetwork", "unknown field"),
     ("hosts: [a]\ngateways: [a/b/c]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.gateways[0]", "invalid"),
     ("hosts: [a]\nexportTo: [prod, .]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo[1]",
      "duplicate entries in exportTo: . and current namespace prod"),
