@@ -16,7 +16,9 @@ Envoy answers one whose origin the policy allows, and also one it does not allow
 `unmatchedPreflights: IGNORE` (then without Access-Control-Allow-Origin, so the
 browser refuses the actual request). An actual request with an allowed Origin gets the
 origin echoed, Access-Control-Allow-Credentials and Access-Control-Expose-Headers on its
-response, in place of any the backend or the route's header edits wrote.
+response, in place of any the backend or the route's header edits wrote. A route that
+redirects or answers directly has no route entry, which Envoy's filter needs: the route
+decisions (decide.py, decide_istio.py) ask here only for routes with a destination.
 """
 from __future__ import annotations
 
