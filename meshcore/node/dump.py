@@ -148,7 +148,7 @@ def config_dump(proxy) -> dict:
 # seconds, shown as Istio's and Gateway API's durations
 _DURATIONS = frozenset(("timeout", "per_try_timeout", "backoff", "fixed_delay", "interval", "base_ejection_time",
                         "max_ejection_time", "connect_timeout", "idle_timeout", "max_connection_duration",
-                        "cookie_ttl", "request", "backend_request"))
+                        "cookie_ttl", "request", "backend_request", "max_age"))
 # where meshcore's field name is not the resource's
 _NAMES = {(istio.HTTPRoute, "matches"): "match", (istio.Rewrite, "uri_regex"): "uriRegexRewrite",
           (istio.Redirect, "code"): "redirectCode", (istio.LoadBalancerSettings, "locality"): "localityLbSetting",

@@ -5,7 +5,8 @@ Gateway API's HTTPRoute and GRPCRoute reads as a table test.
     decide(view, service, port, request, r) ─► None          no route attached: the request
                                                               goes to the service it was sent to
                                              ─► LocalReply    404 (no match), 500 (no valid
-                                                              backend), a redirect
+                                                              backend), a redirect, a CORS
+                                                              preflight's answer
                                              ─► Forward       the backend service and port, the
                                                               rewritten path and host, header
                                                               edits both ways, the timeout
@@ -19,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from meshcore.traffic.model import (FilterType, HeaderModifier, HTTPRouteRule, PathMatchType, PathModifier,
+from meshcore.traffic.cors import Preflight, cors, gateway_cors
+from meshcore.traffic.model import (Cors, FilterType, HeaderModifier, HTTPRouteRule, PathMatchType, PathModifier,
                                     PathModifierType, RequestRedirect, Retry, URLRewrite)
 from meshcore.traffic.retry import DEFAULT_BACKOFF_BASE, DEFAULT_RETRY_POLICY, RetryPolicy, parse_retry_on
 from meshcore.traffic.select import RouteEntry, choose_backend, grpc_call, select_grpc, select_http
@@ -59,6 +61,15 @@ class HeaderEdits:
         out = [(n, v) for n, v in headers if n.lower() not in gone]
         return out + [(n.lower(), v) for n, v in self.set] + [(n.lower(), v) for n, v in self.add]
 
+    def then_set(self, pairs: tuple[tuple[str, str], ...]) -> "HeaderEdits":
+        """These edits, then `pairs` set over whatever they and the response wrote under
+        those names (a later filter's headers: CORS after the router's)."""
+        if not pairs:
+            return self
+        names = {n.lower() for n, _ in pairs}
+        return HeaderEdits(tuple(p for p in self.set if p[0].lower() not in names) + pairs,
+                           tuple(p for p in self.add if p[0].lower() not in names), self.remove)
+
 
 NO_EDITS = HeaderEdits()
 
@@ -68,7 +79,10 @@ class LocalReply:
     """An answer of the waypoint's own. `flag` is Envoy's response flag (NR: no route).
     `grpc_status`: the status a gRPC request is answered with (Trailers-Only, HTTP 200)
     in place of the one mapped from `status` (an injected gRPC abort); `delay`: seconds
-    to wait before answering (an injected delay before an injected abort)."""
+    to wait before answering (an injected delay before an injected abort);
+    `service_key`: the service of the cluster the route named, which Envoy resolves with
+    the route before any filter answers (what the request's metrics name; None: no
+    cluster); `content_type`: "" for an answer without one (a CORS preflight's)."""
     status: int
     route: str
     headers: tuple[tuple[str, str], ...] = ()
@@ -77,6 +91,11 @@ class LocalReply:
     reason: str = ""
     grpc_status: int | None = None
     delay: float = 0.0
+    service_key: str | None = None
+    content_type: str = "text/plain"
+
+    def content_headers(self) -> tuple[tuple[str, str], ...]:
+        return (("content-type", self.content_type),) if self.content_type else ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,15 +165,26 @@ def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float,
     filters = rule.filters
     request_edits = _edits(filters, FilterType.REQUEST_HEADER_MODIFIER)
     redirect = next((f for f in filters if isinstance(f, RequestRedirect)), None)
+    # a redirect, and a rule without weighted backends (istiod's direct response), are
+    # routes without a route entry, which Envoy's CORS filter passes by
     if redirect is not None:
         location = redirect_location(redirect, entry, request, port)
         return LocalReply(redirect.status_code, name, headers=(("location", location),), flag="-",
                           reason=f"redirected to {location}")
     backend = choose_backend(entry.rule.backends, r)
-    if backend is None or not backend.valid:
-        why = backend.message or str(backend.problem) if backend is not None else "no backend carries weight"
-        return LocalReply(500, name, body=NO_BACKEND_BODY, flag="NR" if backend is None else "UH",
-                          reason=f"route {name}: {why}")
+    if backend is None:
+        return LocalReply(500, name, body=NO_BACKEND_BODY, flag="NR",
+                          reason=f"route {name}: no backend carries weight")
+    # Envoy's CORS filter runs before its router: it answers a preflight even for a
+    # backend that does not exist
+    allowed = cors(next((gateway_cors(f) for f in filters if isinstance(f, Cors)), None), request.method,
+                   request.headers)
+    if isinstance(allowed, Preflight):
+        return preflight_reply(name, allowed, backend.service_key if backend.valid else None)
+    set_cors = allowed.headers if allowed is not None else ()
+    if not backend.valid:
+        return LocalReply(500, name, headers=set_cors, body=NO_BACKEND_BODY, flag="UH",
+                          reason=f"route {name}: {backend.message or str(backend.problem)}")
     rewrite = next((f for f in filters if isinstance(f, URLRewrite)), None)
     backend_filters = backend.ref.filters
     target = _with_query(request.path, request.query)
@@ -168,10 +198,20 @@ def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float,
     return Forward(name, backend.service_key, backend.ref.port or port, target, authority,
                    request_headers=merge_edits(request_edits, _edits(backend_filters, FilterType.REQUEST_HEADER_MODIFIER)),
                    response_headers=merge_edits(_edits(filters, FilterType.RESPONSE_HEADER_MODIFIER),
-                                           _edits(backend_filters, FilterType.RESPONSE_HEADER_MODIFIER)),
+                                                _edits(backend_filters, FilterType.RESPONSE_HEADER_MODIFIER)
+                                                ).then_set(set_cors),
                    timeout=rule.deadlines[0] if http else None,
                    retry=gateway_retry_policy(rule.retry if http else None, rule.deadlines[1] if http else None),
                    mirrors=mirror_targets(entry.rule.mirrors, port, mirror_draws))
+
+
+CORS_PREFLIGHT = "CORS preflight"       # the reason a preflight answer carries
+
+
+def preflight_reply(name: str, answer: Preflight, service_key: str | None, delay: float = 0.0) -> LocalReply:
+    """The CORS filter's own 200 to a preflight: its headers, no body, no content-type."""
+    return LocalReply(200, name, headers=answer.headers, reason=CORS_PREFLIGHT, delay=delay,
+                      service_key=service_key, content_type="")
 
 
 def mirror_targets(mirrors, port: int, draws: Sequence[float]) -> tuple[tuple[str, int], ...]:

@@ -6,7 +6,8 @@ the semantics Envoy gives the routes istiod generates for a waypoint.
         ─► None         no VirtualService programs a route for this service and port: the
                         request goes on as before (istiod builds the service's default route)
         ─► LocalReply   404 NR (no route matched), 503 NC (the destination has no cluster),
-                        a redirect, a direct response, an injected abort (FI)
+                        a redirect, a direct response, an injected abort (FI), the answer
+                        to a CORS preflight
         ─► Forward      the destination service, port and subset, the rewritten path and
                         host, header edits both ways, the timeout, the retry policy, an
                         injected delay
@@ -20,13 +21,14 @@ Where meshcore differs from Envoy:
 - weighted destinations and fault percentages are drawn from the numbers in
   `VirtualServiceRandoms`, not from Envoy's stream id;
 - a `%VARIABLE%` in a header value is passed on as written (Envoy substitutes it);
-- mirrors, CORS and consistent-hash keys are not decided here.
+- mirrors and consistent-hash keys are not decided here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from meshcore.traffic.decide import Forward, HeaderEdits, LocalReply, RequestView
+from meshcore.traffic.cors import Preflight, cors
+from meshcore.traffic.decide import Forward, HeaderEdits, LocalReply, RequestView, preflight_reply
 from meshcore.traffic.istio_model import (
     DerivePort, HeaderOperations, Headers, HTTPMatch, HTTPRoute, MatchKind, Redirect, RegexRewrite,
     RequestAttributes, RouteDestination,
@@ -88,11 +90,14 @@ def route_decision(view, selected: SelectedRoute, port: int, request: RequestVie
     whatever the route would have done."""
     name = route_name(selected)
     route = selected.route
+    chosen = choose_destination(route, randoms.destination)
+    cluster = cluster_service_key(view, chosen, port, waypoint_namespace)
     fault = fault_decision(route.fault, randoms.delay, randoms.abort)
     delay = fault.delay or 0.0
     if fault.aborts:
-        return fault_abort(name, fault.http_status, fault.grpc_status, delay)
-    # Envoy's router finalizes a redirect's or direct response's headers with the route's
+        return replace(fault_abort(name, fault.http_status, fault.grpc_status, delay), service_key=cluster)
+    # Envoy's router finalizes a redirect's or direct response's headers with the route's;
+    # such a route has no route entry, and Envoy's CORS filter passes it by
     response_edits = header_edits(route.headers.response) if route.headers else HeaderEdits()
     if route.redirect is not None:
         location = redirect_location(route.redirect, selected.match, request, port)
@@ -102,9 +107,24 @@ def route_decision(view, selected: SelectedRoute, port: int, request: RequestVie
         answer = route.direct_response
         return LocalReply(answer.status, name, headers=tuple(response_edits.apply([])), body=answer.body or b"",
                           reason="direct response", delay=delay)
-    chosen = choose_destination(route, randoms.destination)
+    # Istio puts Envoy's CORS filter after the fault filter and before the router
+    allowed = cors(route.cors_policy, request.method, request.headers)
+    if isinstance(allowed, Preflight):
+        return preflight_reply(name, allowed, cluster, delay)
+    set_cors = allowed.headers if allowed is not None else ()
     return forward(view, selected, name, chosen, port, request, delay, waypoint_namespace=waypoint_namespace,
-                   mirror_draws=randoms.mirrors)
+                   mirror_draws=randoms.mirrors, set_cors=set_cors)
+
+
+def cluster_service_key(view, chosen: RouteDestination | None, port: int, waypoint_namespace: str) -> str | None:
+    """The service of the cluster a route's destination names, None when there is no
+    such cluster (a redirect, a direct response, an unknown host or port)."""
+    if chosen is None:
+        return None
+    backend = view.service_by_hostname(chosen.destination.host, waypoint_namespace)
+    if backend is None or backend.target_port(destination_port(chosen.destination.port, backend, port)) is None:
+        return None
+    return backend.key
 
 
 def fault_abort(name: str, http_status: int | None, grpc_status: int | None, delay: float) -> LocalReply:
@@ -137,16 +157,17 @@ def no_cluster(name: str, why: str, delay: float) -> LocalReply:
 
 
 def forward(view, selected: SelectedRoute, name: str, chosen: RouteDestination, port: int, request: RequestView,
-            delay: float, *, waypoint_namespace: str, mirror_draws: tuple = ()) -> LocalReply | Forward:
+            delay: float, *, waypoint_namespace: str, mirror_draws: tuple = (),
+            set_cors: tuple[tuple[str, str], ...] = ()) -> LocalReply | Forward:
     route = selected.route
     dest = chosen.destination
     # a hostname several namespaces define: istiod prefers the proxy's (the waypoint's) namespace
     backend = view.service_by_hostname(dest.host, waypoint_namespace)
     out_port = destination_port(dest.port, backend, port)
     if backend is None:
-        return no_cluster(name, f"no service {dest.host}", delay)
+        return replace(no_cluster(name, f"no service {dest.host}", delay), headers=set_cors)
     if backend.target_port(out_port) is None:
-        return no_cluster(name, f"service {dest.host} has no port {out_port}", delay)
+        return replace(no_cluster(name, f"service {dest.host} has no port {out_port}", delay), headers=set_cors)
     route_ops, dest_ops = route.headers or Headers(), chosen.headers or Headers()
     weighted = len(route.route) > 1             # istiod writes weighted clusters for two or more
     return Forward(
@@ -154,7 +175,8 @@ def forward(view, selected: SelectedRoute, name: str, chosen: RouteDestination, 
         target=rewritten_target(route, selected.match, request),
         authority=rewritten_authority(route, chosen, request.authority),
         request_headers=route_header_edits(route_ops.request, dest_ops.request, weighted=weighted),
-        response_headers=route_header_edits(route_ops.response, dest_ops.response, weighted=weighted),
+        response_headers=route_header_edits(route_ops.response, dest_ops.response, weighted=weighted
+                                            ).then_set(set_cors),
         timeout=route.timeout,                    # None: Istio's default, no timeout
         retry=retry_policy(route.retries, consistent_hash=not weighted and hashes_consistently(
             view, backend, dest.subset, dest.port, waypoint_namespace)),

@@ -176,6 +176,25 @@ class Mirror:
     percentage: float = 100.0       # a mirror without a percentage mirrors everything
 
 
+class UnmatchedPreflights(StrEnum):
+    UNSPECIFIED = "UNSPECIFIED"     # istiod programs FORWARD
+    FORWARD = "FORWARD"
+    IGNORE = "IGNORE"
+
+
+@dataclass(frozen=True, slots=True)
+class CorsPolicy:
+    """A route's `corsPolicy` as written (traffic/cors.py decides with it)."""
+    allow_origins: tuple[StringMatch, ...] = ()
+    allow_origin: tuple[str, ...] = ()       # deprecated exact origins, read when allow_origins is empty
+    allow_methods: tuple[str, ...] = ()
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: float | None = None             # whole seconds
+    allow_credentials: bool | None = None
+    unmatched_preflights: UnmatchedPreflights | None = None     # None, UNSPECIFIED: FORWARD
+
+
 @dataclass(frozen=True, slots=True)
 class HTTPRoute:
     name: str = ""
@@ -189,9 +208,7 @@ class HTTPRoute:
     fault: Fault | None = None
     mirrors: tuple[Mirror, ...] = ()         # `mirror` + `mirrorPercentage` and `mirrors`, in order
     headers: Headers | None = None
-    # as written, not applied by meshcore; compared (a file that edits it changes the
-    # resource in force) but not hashed (a mapping has no hash)
-    cors_policy: dict | None = field(default=None, hash=False)
+    cors_policy: CorsPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,8 +7,8 @@ istiod accepts are refused too, because the waypoint could not do what they say:
 delegate VirtualServices (no `hosts`), `delegate` routes, JWT-claim matches in a
 VirtualService the mesh gateway takes (istiod refuses them only when no other gateway
 is named; the waypoint has no claims to match), redirect codes Envoy has no action for.
-`corsPolicy` is parsed and kept but meshcore does not apply it; `tcp` and `tls`
-routes are kept as written and are not applied by the waypoint's HTTP path.
+`tcp` and `tls` routes are kept as written and are not applied by the waypoint's HTTP
+path.
 Route selection and the other decisions on parsed VirtualServices live in
 virtualservice_select.py.
 """
@@ -20,9 +20,9 @@ import re
 from meshcore.config import fields as F
 from meshcore.traffic import istio_fields as I
 from meshcore.traffic.istio_model import (
-    DerivePort, Destination, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderOperations, Headers, HTTPMatch,
-    HTTPRetry, HTTPRoute, MatchKind, Mirror, Redirect, RegexRewrite, Rewrite, RouteDestination, StringMatch,
-    VirtualService,
+    CorsPolicy, DerivePort, Destination, DirectResponse, Fault, FaultAbort, FaultDelay, HeaderOperations, Headers,
+    HTTPMatch, HTTPRetry, HTTPRoute, MatchKind, Mirror, Redirect, RegexRewrite, Rewrite, RouteDestination,
+    StringMatch, UnmatchedPreflights, VirtualService,
 )
 from meshcore.traffic.retry import KNOWN_STATUS_CODES, RetryOn
 
@@ -594,24 +594,46 @@ def _mirrors(obj: dict, path: str, namespace: str) -> tuple[Mirror, ...]:
 _CORS_METHODS = ("GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE")
 
 
-def _cors(obj, path: str) -> dict:
-    """Checked as istiod checks it and kept; meshcore's waypoint does not apply CORS."""
+def _cors(obj, path: str) -> CorsPolicy:
     F.mapping(obj, path, allowed=("allowOrigin", "allowOrigins", "allowMethods", "allowHeaders", "exposeHeaders",
-                                  "maxAge", "allowCredentials", "allowPrivateNetwork", "unmatchedPreflights"))
+                                  "maxAge", "allowCredentials", "unmatchedPreflights"))
+    origins = []
     for i, origin in enumerate(F.sequence(obj.get("allowOrigins"), f"{path}.allowOrigins")):
         op = f"{path}.allowOrigins[{i}]"
         m = _string_match(origin, op, "corsPolicy.allowOrigins")
         if m.kind is MatchKind.PRESENT or not m.value:
             raise F.fail(op, "'' is not a valid match type for CORS allow origins")
-    for i, method in enumerate(F.strings(obj.get("allowMethods"), f"{path}.allowMethods")):
+        origins.append(m)
+    methods = F.strings(obj.get("allowMethods"), f"{path}.allowMethods")
+    for i, method in enumerate(methods):
         if method not in _CORS_METHODS:
             raise F.fail(f"{path}.allowMethods[{i}]", f"{method!r} is not a supported HTTP method")
+    names = {}
     for key in ("allowHeaders", "exposeHeaders"):
-        for i, h in enumerate(F.strings(obj.get(key), f"{path}.{key}")):
+        names[key] = F.strings(obj.get(key), f"{path}.{key}")
+        for i, h in enumerate(names[key]):
             if h != "*" and not _HEADER_NAME.fullmatch(h):
                 raise F.fail(f"{path}.{key}[{i}]", f"header name {h} is not a valid header name")
+    age = None
     if obj.get("maxAge") is not None:
         age = I.istio_duration(obj["maxAge"], f"{path}.maxAge")
         if age != int(age):
             raise F.fail(f"{path}.maxAge", "max_age duration is accurate only to seconds precision")
-    return dict(obj)
+    unmatched = None
+    if obj.get("unmatchedPreflights") is not None:
+        text = F.string(obj["unmatchedPreflights"], f"{path}.unmatchedPreflights")
+        try:
+            unmatched = UnmatchedPreflights(text)
+        except ValueError:
+            raise F.fail(f"{path}.unmatchedPreflights", f"{text!r} is not one of "
+                                                        f"{', '.join(UnmatchedPreflights)}") from None
+
+    credentials = None
+    if obj.get("allowCredentials") is not None:
+        credentials = F.boolean(obj["allowCredentials"], f"{path}.allowCredentials")
+    return CorsPolicy(
+        allow_origins=tuple(origins),
+        allow_origin=tuple(F.strings(obj.get("allowOrigin"), f"{path}.allowOrigin")),
+        allow_methods=tuple(methods), allow_headers=tuple(names["allowHeaders"]),
+        expose_headers=tuple(names["exposeHeaders"]), max_age=age, allow_credentials=credentials,
+        unmatched_preflights=unmatched)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from meshcore.node.routing import HBONE, Route
 from meshcore.state.model import Service
 from meshcore.traffic.istio_model import RequestAttributes
-from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView, decide, merge_edits
+from meshcore.traffic.decide import CORS_PREFLIGHT, NO_EDITS, HeaderEdits, LocalReply, RequestView, decide, merge_edits
 from meshcore.traffic.decide_istio import VirtualServiceRandoms, decide_virtual_service
 from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_delay, should_retry
 from meshcore.waypoint.endpoints import EndpointPicker, Overflow, Ticket
@@ -81,6 +81,7 @@ class Destination:
     ticket: Ticket | None = None        # the attempt's place in the picker's count (with `balanced`)
     delay: float = 0.0                  # an injected fault's delay before the request goes on
     mirrors: tuple[tuple[str, int], ...] = ()   # (service key, port) that get a copy of the request
+    service: Service | None = None      # the backend service: what the request's metrics name
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when
@@ -153,7 +154,8 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
         vip = next((ip for network, ip in backend.vips if network == me.network), None) if backend else None
         if vip is None:
             return LocalReply(503, decided.route, body=NO_HEALTHY_UPSTREAM, flag="UH",
-                              reason=f"service {decided.service_key} has no address on network {me.network!r}")
+                              reason=f"service {decided.service_key} has no address on network {me.network!r}",
+                              service_key=backend.key if backend else None)
         address = (str(vip), decided.port)
     port = address[1]
     subset = decided.subset if decided is not None else ""
@@ -167,20 +169,30 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
             ticket = balanced.choose(state, me)
         except Overflow as exc:
             return LocalReply(503, decided.route if decided else "", body=b"upstream connect error or disconnect/"
-                              b"reset before headers. reset reason: overflow", flag="UO", reason=str(exc))
+                              b"reset before headers. reset reason: overflow", flag="UO", reason=str(exc),
+                              service_key=backend.key)
         chosen = ticket.route
     else:
         chosen, ticket = tunnels.upstream(state, me, *address), None
     if chosen.kind is not HBONE:
         return LocalReply(503, decided.route if decided else "", body=NO_HEALTHY_UPSTREAM, flag="UH",
-                          reason=chosen.reason or "no endpoint")
+                          reason=chosen.reason or "no endpoint", service_key=backend.key if backend else None)
     app_protocol = backend.app_protocol(port) if backend is not None else tunnel.app_protocol
     if decided is None:
         return Destination(chosen, target, request.authority, app_protocol, address=address, balanced=balanced,
-                           ticket=ticket)
+                           ticket=ticket, service=backend)
     return Destination(chosen, decided.target, decided.authority, app_protocol, decided.route,
                        decided.request_headers, decided.response_headers, decided.timeout, decided.retry, address,
-                       balanced, ticket, decided.delay, decided.mirrors)
+                       balanced, ticket, decided.delay, decided.mirrors, backend)
+
+
+def routed_service(where: Destination | LocalReply, state) -> Service | None:
+    """The service of the cluster the request's route sends it to, which Envoy resolves
+    with the route, before any filter answers: None where the route names no cluster (no
+    route, a redirect, a direct response, an unknown backend)."""
+    if isinstance(where, Destination):
+        return where.service
+    return state.by_service_key.get(where.service_key) if where.service_key else None
 
 
 def _with_query(path: str, query: str) -> str:
@@ -260,10 +272,10 @@ def failure_answer(failure: str, retries: int) -> tuple[str, bytes]:
 def rate_limit(limits: RequestLimits | None, view, waypoint: tuple[str, str], tunnel, where,
                grpc: bool) -> Limited | RateHeaders:
     """The rate limits on the request `where` was decided for, its tokens taken. An
-    injected abort is answered before them, and an injected delay has passed before
-    this is asked: Envoy's fault filter runs ahead of the local rate limit filter,
-    which Istio users insert just before the router."""
-    if limits is None or (isinstance(where, LocalReply) and where.flag == "FI"):
+    injected abort and a CORS preflight are answered before them, and an injected
+    delay has passed before this is asked: Envoy's fault and CORS filters run ahead of
+    the local rate limit filter, which Istio users insert just before the router."""
+    if limits is None or (isinstance(where, LocalReply) and (where.flag == "FI" or where.reason == CORS_PREFLIGHT)):
         return NO_LIMIT
     req = tunnel.request
     return limits.check(view, waypoint=waypoint, service=tunnel.service, port=req.port, route=where.route,

@@ -26,7 +26,7 @@ from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as replay_body
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            destination, failure_answer, rate_limit, retry_destination,
-                                           with_rate_headers)
+                                           routed_service, with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
@@ -206,6 +206,7 @@ class Http1Handler:
         where = destination(self.tunnels, state, tunnel,
                             RequestView(request.method, path, query, host or "", seen, grpc=is_grpc(request.headers)),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
+        record.route_to(routed_service(where, state))
         if isinstance(where, Destination):
             pending.where = where
         if where.delay:
@@ -218,7 +219,7 @@ class Http1Handler:
         if isinstance(where, LocalReply):
             record.route = where.route
             return await self._local(conn, record, where.status, where.body, flag=where.flag, error=where.reason,
-                                     headers=[*where.headers, ("content-type", "text/plain")])
+                                     headers=[*where.headers, *where.content_headers()])
         where = with_rate_headers(where, limit.response)
         chosen, target, record.route = where.chosen, where.target, where.route
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri

@@ -38,7 +38,7 @@ from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import KeptBody, replay
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            destination, failure_answer, rate_limit, retry_destination,
-                                           with_rate_headers)
+                                           routed_service, with_rate_headers)
 from meshcore.waypoint.mirrors import Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
@@ -168,6 +168,7 @@ class Http2Handler:
                             RequestView(exchange.method, path, query, authority, seen, grpc=grpc,
                                         scheme=exchange.scheme or "http"),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
+        record.route_to(routed_service(where, state))
         if isinstance(where, Destination):
             pending.where = where
         if where.delay:
@@ -189,7 +190,7 @@ class Http2Handler:
                 await _respond(exchange, 200, [("content-type", "application/grpc"), ("grpc-status", code),
                                                ("grpc-message", where.reason)], b"", trailers_only=True)
             else:
-                await _respond(exchange, where.status, [*where.headers, ("content-type", "text/plain")], where.body)
+                await _respond(exchange, where.status, [*where.headers, *where.content_headers()], where.body)
             return
         where = with_rate_headers(where, limit.response)
         target, authority, record.route = where.target, where.authority, where.route

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter, Histogram
 
 from meshcore.node.record import ConnectionRecord, peer_labels
-from meshcore.state.model import Workload
+from meshcore.state.model import Service, Workload
 
 access_log = logging.getLogger("meshcore.access")
 
@@ -38,6 +38,8 @@ class RequestRecord:
     request_id: str = ""
     route: str = ""                               # the route rule that decided: namespace.name.rule
     attempts: int = 1                             # upstream attempts (retries + 1)
+    routed: bool = False                          # a route was chosen: `service` is where it sends
+    service: Service | None = None
     error: str = ""
     started: float = field(default_factory=time.monotonic)
     duration: float = 0.0
@@ -51,11 +53,23 @@ class RequestRecord:
             self.error = error
         return self
 
+    def route_to(self, service: Service | None) -> None:
+        self.routed, self.service = True, service
+
+    @property
+    def destination_service(self) -> Service | None:
+        """The service Envoy's waypoint reports: the one whose cluster the route sends the
+        request to (from the cluster's metadata; None where the route names no cluster);
+        for a request answered before any route was chosen (a policy denial, a malformed
+        request), the service it was sent to, where the service's default route goes."""
+        return self.service if self.routed else self.connection.service
+
     def labels(self) -> dict[str, str]:
         c = self.connection
         return {
             "reporter": "waypoint",
-            **peer_labels(c.src_workload, c.src_identity, c.service, self.upstream, self.upstream_identity),
+            **peer_labels(c.src_workload, c.src_identity, self.destination_service, self.upstream,
+                          self.upstream_identity),
             "request_protocol": self.protocol,
             "response_code": str(self.status),
             "grpc_response_status": _grpc_label(self.grpc_status),
@@ -65,13 +79,13 @@ class RequestRecord:
 
     def log_fields(self) -> dict[str, object]:
         c = self.connection
-        s, d = c.src_workload, self.upstream
+        s, d, service = c.src_workload, self.upstream, self.destination_service
         fields = {
             "src.addr": c.src_addr,
             "src.workload": s.name if s else "",
             "src.namespace": s.namespace if s else "",
             "src.identity": c.src_identity,
-            "dst.service": c.service.hostname if c.service else "",
+            "dst.service": service.hostname if service else "",
             "dst.workload": d.name if d else "",
             "dst.namespace": d.namespace if d else "",
             "dst.identity": self.upstream_identity,
@@ -122,7 +136,7 @@ class RequestMetrics:
 
     def report(self, record: RequestRecord) -> None:
         c = record.connection
-        source, service, upstream = c.src_workload, c.service, record.upstream
+        source, service, upstream = c.src_workload, record.destination_service, record.upstream
         # the same few label sets repeat for every request: their series are looked up
         # once, by the (immutable) resources they are made of; an entry holds those, so
         # their ids stay theirs while it lives

@@ -134,7 +134,8 @@ http:
     assert r.fault.abort.grpc_code == 14 and r.fault.abort.percentage == 0.5
     assert [(x.destination.host.split(".")[0], x.percentage) for x in r.mirrors] == [("shadow", 25), ("shadow2", 100)]
     assert r.headers.request.add == (("x-add", "%HOSTNAME%"),)
-    assert r.cors_policy["allowMethods"] == ["GET"]                   # kept, not applied
+    assert r.cors_policy.allow_methods == ("GET",) and r.cors_policy.max_age == 86400
+    assert r.cors_policy.allow_origins[0].value == "https://a.example"
 
 
 def test_mirror_percentage_zero_mirrors_nothing():
@@ -330,6 +331,20 @@ def test_wildcard_host_when_another_gateway_is_named():
     ("hosts: [a]\nhttp: [{delegate: {name: x}}]", "spec.http[0].delegate", "not supported by meshcore"),
     ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {allowMethods: [FETCH]}}]",
      "spec.http[0].corsPolicy.allowMethods[0]", "not a supported HTTP method"),
+    ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {unmatchedPreflights: DROP}}]",
+     "spec.http[0].corsPolicy.unmatchedPreflights", "not one of UNSPECIFIED, FORWARD, IGNORE"),
+    ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {allowOrigins: [{prefix: ''}]}}]",
+     "spec.http[0].corsPolicy.allowOrigins[0].prefix", "prefix string match should not be empty"),
+    ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {allowOrigins: [{regex: '(a'}]}}]",
+     "spec.http[0].corsPolicy.allowOrigins[0].regex", ""),
+    ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {maxAge: 1500ms}}]",
+     "spec.http[0].corsPolicy.maxAge", "seconds precision"),
+    ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {allowHeaders: ['x y']}}]",
+     "spec.http[0].corsPolicy.allowHeaders[0]", "not a valid header name"),
+    ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {allowCredentials: maybe}}]",
+     "spec.http[0].corsPolicy.allowCredentials", ""),
+    ("hosts: [a]\nhttp: [{route: [{destination: {host: a}}], corsPolicy: {allowPrivateNetwork: true}}]",
+     "spec.http[0].corsPolicy.allowPrivateNetwork", "unknown field"),
     ("hosts: [a]\ngateways: [a/b/c]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.gateways[0]", "invalid"),
     ("hosts: [a]\nexportTo: [prod, .]\nhttp: [{route: [{destination: {host: a}}]}]", "spec.exportTo[1]",
      "duplicate entries in exportTo: . and current namespace prod"),

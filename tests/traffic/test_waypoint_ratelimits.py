@@ -10,7 +10,7 @@ import pytest
 
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.state import Kind, MeshStore, Remove, Service, Upsert
-from meshcore.traffic.decide import LocalReply
+from meshcore.traffic.decide import CORS_PREFLIGHT, LocalReply
 from meshcore.traffic.gateway_api import grpc_route, http_route
 from meshcore.traffic.ratelimit_config import HeaderToAdd, rate_limit_policy
 from meshcore.waypoint.destination import rate_limit
@@ -265,16 +265,17 @@ def test_a_change_of_another_kind_keeps_what_was_worked_out_and_the_tokens():
     assert limits._current.remembered is remembered and limits._current.view is store.view
 
 
-# Envoy's fault filter runs ahead of the local rate limit filter (inserted just before
-# the router): an injected abort is answered without taking a token, while the
+# Envoy's fault and CORS filters run ahead of the local rate limit filter (inserted just
+# before the router): an injected abort or a preflight is answered without taking a token, while the
 # waypoint's other answers of its own (a redirect, a direct response, no route) are
 # the router's, after the limit
-@pytest.mark.parametrize("flag, limited", [("FI", False), ("NR", True), ("-", True)])
-def test_an_injected_abort_is_answered_before_the_rate_limit_takes_a_token(flag, limited):
+@pytest.mark.parametrize("flag, reason, limited", [("FI", "", False), ("-", CORS_PREFLIGHT, False), ("NR", "", True),
+                                                  ("-", "", True)])
+def test_an_injected_abort_or_a_preflight_is_answered_before_the_rate_limit_takes_a_token(flag, reason, limited):
     store = store_with(lrl("s", BY_SERVICE, tokens=1))
     limits = RequestLimits()
     tunnel = types.SimpleNamespace(service=REVIEWS, request=types.SimpleNamespace(port=80, peer_identity=WEB))
-    reply = LocalReply(503, "", flag=flag)
+    reply = LocalReply(503, "", flag=flag, reason=reason)
     got = [rate_limit(limits, store.view, WAYPOINT, tunnel, reply, False) for _ in range(2)]
     assert [isinstance(g, Limited) for g in got] == [False, limited]
     assert rate_limit(None, store.view, WAYPOINT, tunnel, reply, False) is NO_LIMIT

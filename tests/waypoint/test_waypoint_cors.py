@@ -1,0 +1,266 @@
+"""CORS through a waypoint process, and the service its request metrics name: the mesh
+of tests/support/waypoint_mesh.py with two more workloads on node-b, `one` and `two`,
+served by tests/support/echo_backends.py (each answer says which backend gave it; `GET
+/__seen` lists what a backend received). The `site` service's VirtualService sends /api
+to another service, `site-api` (workload `one`), with a corsPolicy, and everything else
+to `site` itself (workload `two`); the `shop-front` service's HTTPRoute sends everything
+to `front-api` (workload `one`) with Gateway API's CORS filter. Clients speak HTTP/1.1
+through node-a's SOCKS5, and HTTP/2 with prior knowledge for the HTTP/2 handler."""
+import asyncio
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from h2http import Endpoint, Received, open_request
+from meshcore.localmesh import LocalMesh
+from waypoint_mesh import WaypointMesh
+
+pytestmark = pytest.mark.timeout(120)
+
+SUPPORT = Path(__file__).resolve().parent.parent / "support"
+APP = "https://app.example"
+
+CORS = """\
+---
+workloads:
+- {{uid: c/one, name: one, namespace: shop, serviceAccount: one, workloadIps: ["{one}"], protocol: HBONE,
+   node: node-b, services: {{"shop/site-api.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/front-api.shop.svc.cluster.local": {{80: 8080}}}}}}
+- {{uid: c/two, name: two, namespace: shop, serviceAccount: two, workloadIps: ["{two}"], protocol: HBONE,
+   node: node-b, services: {{"shop/site.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/shop-front.shop.svc.cluster.local": {{80: 8080}}}}}}
+services:
+- {{name: site, namespace: shop, hostname: site.shop.svc.cluster.local, vips: ["/{site}"], ports: {{80: 8080}},
+   appProtocols: {{80: http}}, waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
+- {{name: site-api, namespace: shop, hostname: site-api.shop.svc.cluster.local, vips: ["/{site_api}"],
+   ports: {{80: 8080}}, appProtocols: {{80: http}}}}
+- {{name: shop-front, namespace: shop, hostname: shop-front.shop.svc.cluster.local, vips: ["/{front}"],
+   ports: {{80: 8080}}, appProtocols: {{80: http}}, waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
+- {{name: front-api, namespace: shop, hostname: front-api.shop.svc.cluster.local, vips: ["/{front_api}"],
+   ports: {{80: 8080}}, appProtocols: {{80: http}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: site, namespace: shop}}
+spec:
+  hosts: [site]
+  http:
+  - name: api
+    match: [{{uri: {{prefix: /api}}}}]
+    route: [{{destination: {{host: site-api}}}}]
+    corsPolicy:
+      allowOrigins: [{{exact: "{app}"}}, {{regex: "https://[a-z]+[.]partner[.]example"}}]
+      allowMethods: [GET, PUT]
+      allowHeaders: [x-token]
+      exposeHeaders: [x-backend]
+      maxAge: 1h
+      allowCredentials: true
+  - name: strict
+    match: [{{uri: {{prefix: /strict}}}}]
+    route: [{{destination: {{host: site-api}}}}]
+    corsPolicy: {{allowOrigins: [{{exact: "{app}"}}], allowMethods: [POST], unmatchedPreflights: IGNORE}}
+  - route: [{{destination: {{host: site}}}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: front, namespace: shop}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: shop-front, port: 80}}]
+  rules:
+  - filters:
+    - type: CORS
+      cors: {{allowOrigins: ["https://*.example"], allowMethods: [GET, DELETE], exposeHeaders: [x-backend]}}
+    backendRefs: [{{name: front-api, port: 80}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    m = WaypointMesh(tmp_path_factory.mktemp("waypoint-cors"))
+    n = m.web.split(".")[1]
+    m.one, m.two = f"127.{n}.3.1", f"127.{n}.3.2"
+    m.site, m.site_api, m.front, m.front_api = (f"127.{n}.11.{i}" for i in range(1, 5))
+    m.config.write_text(m.config.read_text() + CORS.format(
+        one=m.one, two=m.two, site=m.site, site_api=m.site_api, front=m.front, front_api=m.front_api,
+        waypoint=m.waypoint, app=APP))
+    try:
+        m._spawn("backends", [str(SUPPORT / "echo_backends.py"), "--http", f"one={m.one}:8080",
+                              "--http", f"two={m.two}:8080"])
+        m.start()
+        deadline = time.monotonic() + 15
+        while "ready" not in m.log("backends"):
+            assert m.processes["backends"].poll() is None and time.monotonic() < deadline, m.log("backends")
+            time.sleep(0.05)
+    except BaseException:
+        m.stop()
+        raise
+    yield m
+    codes = m.stop()
+    assert set(codes.values()) == {0}, (codes, m.log("waypoint")[-3000:])
+
+
+async def _exchange(reader, writer, host, method, path, headers):
+    writer.write((f"{method} {path} HTTP/1.1\r\nhost: {host}\r\n"
+                  + "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n").encode())
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+    fields = {}
+    for line in head[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            fields[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(fields.get("content-length", "0")))
+    return int(head[0].split()[1]), fields, body
+
+
+def send(mesh, host, requests):
+    """(method, path, headers) each, in order on one kept-alive connection: (status,
+    headers, body) each."""
+    async def run():
+        reader, writer = await mesh.socks5(host, 80)
+        try:
+            return [await asyncio.wait_for(_exchange(reader, writer, host, *r), 10) for r in requests]
+        finally:
+            writer.close()
+    return asyncio.run(run())
+
+
+def preflight(origin, method="PUT", **extra):
+    return [("origin", origin), ("access-control-request-method", method), *extra.items()]
+
+
+def seen(address, prefix):
+    status, body = LocalMesh.http_get(address, 8080, "/__seen")[:2]
+    assert status == 200, body
+    return [r for r in json.loads(body) if r["path"].startswith(prefix)]
+
+
+def access_lines(mesh, path):
+    return [line for line in mesh.log("waypoint").splitlines() if f'http.path="{path}"' in line]
+
+
+def cors_headers(fields):
+    return {k: v for k, v in fields.items() if k.startswith("access-control-")}
+
+
+def test_a_preflight_from_an_allowed_origin_is_answered_by_the_waypoint_and_never_reaches_the_backend(mesh):
+    (status, fields, body), = send(mesh, mesh.site, [("OPTIONS", "/api/orders", preflight(
+        APP, **{"access-control-request-headers": "x-token"}))])
+    assert (status, body) == (200, b""), (status, fields, body)
+    assert cors_headers(fields) == {
+        "access-control-allow-origin": APP, "access-control-allow-credentials": "true",
+        "access-control-allow-methods": "GET,PUT", "access-control-allow-headers": "x-token",
+        "access-control-max-age": "3600"}, fields
+    assert "x-backend" not in fields and "content-type" not in fields, fields
+    assert seen(mesh.one, "/api/orders") == []
+    lines = access_lines(mesh, "/api/orders")
+    assert len(lines) == 1 and "http.status=200" in lines[0] and 'route="shop.site.api"' in lines[0], lines
+
+
+def test_a_preflight_from_another_origin_goes_on_to_the_backend(mesh):
+    (status, fields, body), = send(mesh, mesh.site, [("OPTIONS", "/api/forwarded", preflight("https://evil.example"))])
+    assert status == 200 and fields.get("x-backend") == "one", (status, fields, body)
+    assert cors_headers(fields) == {}, fields
+    (got,) = seen(mesh.one, "/api/forwarded")
+    assert got["method"] == "OPTIONS" and got["headers"]["origin"] == "https://evil.example"
+
+
+def test_ignore_answers_a_preflight_from_another_origin_without_allowing_it(mesh):
+    (status, fields, body), = send(mesh, mesh.site, [("OPTIONS", "/strict/x", preflight("https://evil.example"))])
+    assert status == 200 and "x-backend" not in fields, fields
+    assert cors_headers(fields) == {"access-control-allow-methods": "POST"}, fields
+    assert seen(mesh.one, "/strict/x") == []
+
+
+def test_an_actual_request_from_an_allowed_origin_gets_the_cors_headers_on_the_backends_answer(mesh):
+    answers = send(mesh, mesh.site, [("GET", "/api/items", [("origin", APP)]),
+                                     ("PUT", "/api/items", [("origin", "https://shop.partner.example")]),
+                                     ("GET", "/api/items", [("origin", "https://evil.example")]),
+                                     ("GET", "/api/items", [])])
+    assert [a[0] for a in answers] == [200] * 4 and all(a[1]["x-backend"] == "one" for a in answers), answers
+    assert cors_headers(answers[0][1]) == {"access-control-allow-origin": APP,
+                                           "access-control-allow-credentials": "true",
+                                           "access-control-expose-headers": "x-backend"}, answers[0][1]
+    assert cors_headers(answers[1][1])["access-control-allow-origin"] == "https://shop.partner.example"
+    assert cors_headers(answers[2][1]) == {} and cors_headers(answers[3][1]) == {}
+    # the backend saw the request as sent, Origin included
+    assert [r["headers"].get("origin") for r in seen(mesh.one, "/api/items")] == [
+        APP, "https://shop.partner.example", "https://evil.example", None]
+
+
+def test_a_route_without_a_cors_policy_leaves_preflights_to_the_backend(mesh):
+    (status, fields, _), = send(mesh, mesh.site, [("OPTIONS", "/plain", preflight(APP))])
+    assert status == 200 and fields.get("x-backend") == "two" and cors_headers(fields) == {}, fields
+
+
+def test_an_httproute_cors_filter_answers_preflights_and_marks_responses(mesh):
+    answers = send(mesh, mesh.front, [("OPTIONS", "/cart", preflight("https://www.example", "DELETE")),
+                                      ("OPTIONS", "/cart", preflight("https://www.other")),
+                                      ("GET", "/cart", [("origin", "https://www.example")]),
+                                      ("GET", "/cart", [("origin", "https://www.other")])])
+    (s1, f1, _), (s2, f2, _), (s3, f3, _), (s4, f4, _) = answers
+    assert s1 == 200 and "x-backend" not in f1 and cors_headers(f1) == {
+        "access-control-allow-origin": "https://www.example", "access-control-allow-methods": "GET,DELETE",
+        "access-control-max-age": "5"}, f1
+    # istiod converts Gateway API's filter with unmatched preflights answered, not forwarded
+    assert s2 == 200 and "x-backend" not in f2 and "access-control-allow-origin" not in f2, f2
+    assert f3["x-backend"] == "one" and cors_headers(f3) == {
+        "access-control-allow-origin": "https://www.example", "access-control-expose-headers": "x-backend"}, f3
+    assert f4["x-backend"] == "one" and cors_headers(f4) == {}, f4
+    assert [r["method"] for r in seen(mesh.one, "/cart")] == ["GET", "GET"]
+
+
+def test_an_http2_client_gets_the_same_preflight_answer_and_response_headers(mesh):
+    async def run():
+        reader, writer = await mesh.socks5(mesh.site, 80)
+        ep = Endpoint(reader, writer, client=True)
+        ep.task = asyncio.get_running_loop().create_task(ep.run())
+        got = []
+        for method, path, headers in (("OPTIONS", "/api/h2", preflight(APP)), ("GET", "/api/h2", [("origin", APP)])):
+            sid = open_request(ep, method, path, f"{mesh.site}:80", headers, end=True)
+            got.append(await asyncio.wait_for(Received().collect(ep.queue(sid)), 10))
+        writer.close()
+        return got
+    pre, actual = asyncio.run(run())
+    pre_fields = {n.decode(): v.decode() for n, v in pre.response[1]}
+    assert pre.response[0] == 200 and bytes(pre.body) == b"" and "x-backend" not in pre_fields, pre.response
+    assert pre_fields["access-control-allow-methods"] == "GET,PUT" and "content-type" not in pre_fields, pre_fields
+    fields = {n.decode(): v.decode() for n, v in actual.response[1]}
+    assert fields["x-backend"] == "one" and fields["access-control-allow-origin"] == APP, fields
+    assert [r["method"] for r in seen(mesh.one, "/api/h2")] == ["GET"]
+
+
+def _series(metrics, **labels):
+    """The istio_requests_total series carrying every one of `labels`."""
+    out = []
+    for line in metrics.splitlines():
+        if line.startswith("istio_requests_total{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            out.append(line)
+    return out
+
+
+def test_request_metrics_and_access_lines_name_the_service_the_route_sent_to(mesh):
+    send(mesh, mesh.site, [("GET", "/api/metered", []), ("GET", "/metered", [])])
+    send(mesh, mesh.front, [("GET", "/metered", [])])
+    metrics = LocalMesh.http_get(mesh.waypoint, 15020, "/metrics")[1]
+    # a VirtualService route to another service: that service, as Envoy reads it from the cluster
+    assert _series(metrics, destination_service="site-api.shop.svc.cluster.local",
+                   destination_service_name="site-api", destination_service_namespace="shop",
+                   destination_workload="one", response_code="200"), metrics
+    # the route back to the service itself, and an HTTPRoute's backendRef to another service
+    assert _series(metrics, destination_service="site.shop.svc.cluster.local", destination_service_name="site",
+                   destination_workload="two", response_code="200"), metrics
+    assert _series(metrics, destination_service="front-api.shop.svc.cluster.local",
+                   destination_service_name="front-api", destination_workload="one"), metrics
+    # nothing the waypoint sent to `one` is counted under the service the client addressed
+    assert not _series(metrics, destination_service_name="site", destination_workload="one"), metrics
+    assert not _series(metrics, destination_service_name="shop-front"), metrics
+    (line,) = access_lines(mesh, "/api/metered")
+    assert 'dst.service="site-api.shop.svc.cluster.local"' in line and 'dst.workload="one"' in line, line
+    (line,) = [l for l in access_lines(mesh, "/metered") if 'dst.workload="two"' in l]
+    assert 'dst.service="site.shop.svc.cluster.local"' in line, line
+    # a preflight answered for a route names that route's backend too
+    assert re.search(r'istio_requests_total\{[^}]*destination_service_name="site-api"[^}]*response_code="200"',
+                     metrics)
