@@ -202,7 +202,9 @@ class EndpointPicker:
         if hashing:
             if hashed is None:
                 return RandomChoice(self.rand).choose(usable)
-            return self._hash_table(b, lb.consistent_hash.maglev_table_size, usable).choose(hashed)
+            uid = self._hash_table(b, lb.consistent_hash.maglev_table_size, usable).choose(hashed)
+            # the table holds uids: a workload changed in a later view is the one chosen
+            return next(w for w in usable if w.uid == uid)
         algorithm = lb.algorithm if lb is not None else SimpleLB.LEAST_REQUEST
         if algorithm is SimpleLB.ROUND_ROBIN:
             return b.round_robin.choose(usable)
@@ -212,9 +214,9 @@ class EndpointPicker:
 
     @staticmethod
     def _hash_table(b: _Balancing, maglev_table_size: int | None, usable: list):
-        """The ring (ringHash) or Maglev table over `usable`: built once per endpoint set,
-        since a Maglev table takes tens of milliseconds to fill, and ejections and
-        retries come back to the same few sets."""
+        """The ring (ringHash) or Maglev table over the uids of `usable`: built once per
+        endpoint set, since a Maglev table takes tens of milliseconds to fill, and
+        ejections and retries come back to the same few sets."""
         members = tuple(w.uid for w in usable)
         table = b.hash_tables.get(members)
         if table is None:
@@ -223,9 +225,9 @@ class EndpointPicker:
             if maglev_table_size is not None:
                 # filled on the request path: a table over 65537 slots (istiod takes up to
                 # 5000011) would hold requests for seconds, so it is filled at that size
-                table = Maglev(usable, key=lambda w: w.uid, table_size=min(maglev_table_size, MAGLEV_TABLE_LIMIT))
+                table = Maglev(members, table_size=min(maglev_table_size, MAGLEV_TABLE_LIMIT))
             else:
-                table = RingHash(usable, key=lambda w: w.uid)
+                table = RingHash(members)
             b.hash_tables[members] = table
         return table
 

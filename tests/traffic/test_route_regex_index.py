@@ -68,8 +68,8 @@ _VS_MATCHES = st.one_of(
     st.sampled_from(_PATTERNS).map(lambda p: f"{{uri: {{regex: '{p}'}}}}"),
     st.sampled_from(_PATTERNS).map(lambda p: f"{{uri: {{regex: '{p}'}}, ignoreUriCase: true}}"),
     st.sampled_from(["{uri: {prefix: /a}}", "{uri: {exact: /a/b}}", "{method: {exact: POST}}",
-                     "{uri: {regex: '/a/b/.*'}, headers: {x: {exact: '1'}}}", "{uri: {prefix: /A}, ignoreUriCase: true}",
-                     "{uri: {regex: '/a.*'}, port: 81}"]))
+                     "{uri: {regex: '/a/b/.*'}, headers: {x: {exact: '1'}}}",
+                     "{uri: {prefix: /A}, ignoreUriCase: true}", "{uri: {regex: '/a.*'}, port: 81}"]))
 
 
 def _vs(i: int, routes: list[list[str]]):
@@ -82,8 +82,8 @@ def _vs(i: int, routes: list[list[str]]):
 
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.lists(st.lists(_VS_MATCHES, max_size=3), min_size=1, max_size=4), min_size=1, max_size=3),
-       _PATHS, st.sampled_from(["", "?q=1", "#f"]), st.sampled_from(["GET", "POST"]), st.sampled_from([(), (("x", "1"),)]),
-       st.sampled_from([80, 81]))
+       _PATHS, st.sampled_from(["", "?q=1", "#f"]), st.sampled_from(["GET", "POST"]),
+       st.sampled_from([(), (("x", "1"),)]), st.sampled_from([80, 81]))
 def test_virtual_services_choose_what_trying_every_match_would(specs, path, suffix, method, headers, port):
     vss = tuple(_vs(i, routes) for i, routes in enumerate(specs))
     request = RequestAttributes(method, path + suffix, headers=headers, port=port)
