@@ -284,7 +284,7 @@ def priority_load(plan: LocalityPlan, unhealthy: frozenset | set = frozenset(), 
     if n == 0:
         return PriorityLoad((), ())
     counts = [len(level) for level in plan.members]
-    healthy = [_healthy(level, unhealthy) for level in plan.members]
+    healthy = [_healthy(level, unhealthy) for level in plan.members] if unhealthy else counts
     health = [min(100, overprovisioning * h // c) if c else 0 for h, c in zip(healthy, counts)]
     total = min(100, sum(health))
     loads = [0] * n

@@ -35,8 +35,8 @@ from meshcore.traffic.destinationrule import cluster_policy, subset_endpoints
 from meshcore.traffic.istio_model import ClusterPolicy, RequestAttributes, SimpleLB
 from meshcore.traffic.loadbalancer import MAGLEV_DEFAULT_TABLE_SIZE, LeastRequest, Maglev, RandomChoice, RingHash, \
     RoundRobin, consistent_hash_key, hash_value
-from meshcore.traffic.locality import LocalityPlan, choose_level, choose_weighted, effective_setting, \
-    locality_plan, locality_weights, priority_load
+from meshcore.traffic.locality import LocalityPlan, PriorityLoad, choose_level, choose_weighted, \
+    effective_setting, locality_plan, locality_weights, priority_load
 from meshcore.traffic.outlier import OutlierDetector, panic_threshold
 
 MAX_DESTINATIONS = 4096          # destinations whose balancing state is kept, at most
@@ -99,6 +99,8 @@ class _Balancing:
     plan: LocalityPlan | None = None
     plan_for: tuple = ()                      # ids of the waypoint's workload and the candidates planned for
     plan_refs: tuple = ()
+    load: PriorityLoad | None = None          # the levels' shares, for the plan and the endpoints in load_for
+    load_for: frozenset = frozenset()         # ejected
     hash_tables: dict = field(default_factory=dict)   # endpoint uids -> RingHash or Maglev over them
     active: dict = field(default_factory=dict)   # endpoint uid -> requests in flight
     in_flight: int = 0                           # requests in flight to the destination
@@ -157,6 +159,7 @@ class EndpointPicker:
             b.plan = locality_plan(candidates, me, setting, failover=policy.outlier_detection is not None)
             b.plan_for = plan_for
             b.plan_refs = (me, candidates)     # kept alive, so their ids are not reused
+            b.load = None
             members = tuple(w.uid for w in b.plan.endpoints())
             if members != b.members:
                 b.members = members
@@ -174,15 +177,23 @@ class EndpointPicker:
         hashing = lb is not None and lb.consistent_hash is not None
         key = consistent_hash_key(lb.consistent_hash, request, source_ip) if hashing and request is not None else None
         hashed = hash_value(key) if key is not None else None
-        load = priority_load(plan, unhealthy, panic_threshold(policy.outlier_detection))
-        if hashed is not None:
-            level = choose_level(load, hashed)
-        elif sum(1 for share in load.healthy if share) > 1:
-            level = choose_level(load, int(self.rand() * 100))
+        if len(plan.levels) == 1 and not unhealthy:
+            level, panic = 0, False          # all of it healthy, in one level: nothing to weigh
         else:
-            level = next((i for i, share in enumerate(load.healthy) if share), 0)
-        if load.panic[level]:
-            usable = list(plan.members[level])
+            if b.load is None or b.load_for != unhealthy:
+                # the shares change only when the plan or the ejected endpoints do
+                b.load = priority_load(plan, unhealthy, panic_threshold(policy.outlier_detection))
+                b.load_for = unhealthy
+            load = b.load
+            if hashed is not None:
+                level = choose_level(load, hashed)
+            elif sum(1 for share in load.healthy if share) > 1:
+                level = choose_level(load, int(self.rand() * 100))
+            else:
+                level = next((i for i, share in enumerate(load.healthy) if share), 0)
+            panic = load.panic[level]
+        if panic:
+            usable = plan.members[level]
         else:
             hosts = plan.members[level]
             groups = plan.levels[level]
@@ -194,7 +205,7 @@ class EndpointPicker:
                     chosen = next((i for i, w in enumerate(weights) if w > 0), None)
                 if chosen is not None:
                     hosts = groups[chosen].endpoints
-            usable = [w for w in hosts if w.uid not in unhealthy] if unhealthy else list(hosts)
+            usable = [w for w in hosts if w.uid not in unhealthy] if unhealthy else hosts
             if not usable:
                 usable = plan.endpoints()     # nothing healthy and no panic: the pick is the answer's to fail
         if avoid is not None and len(usable) > 1:
