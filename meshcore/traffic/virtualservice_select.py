@@ -244,22 +244,38 @@ def build_route_index(virtual_services: Sequence[VirtualService]) -> RouteIndex:
                       tuple(sorted({len(k) for k in regex})))
 
 
-# a view's VirtualServices for a service come as the same tuple every time
-# (istio_index.py), so their index is built once and found by identity; the tuple is
-# kept with it, so its id is not reused while the entry lives
-_INDEXES: dict[int, tuple[Sequence[VirtualService], RouteIndex]] = {}
-MAX_INDEXES = 1024
+class VirtualServices(tuple):
+    """The VirtualServices that apply to a service, in order, as a view answers them
+    (istio_index.py keeps the answer per view): they carry their RouteIndex once
+    built, so it lives and goes with them."""
+
+    def route_index(self) -> RouteIndex:
+        index = self.__dict__.get("_route_index")
+        if index is None:
+            index = self.__dict__["_route_index"] = build_route_index(self)
+        return index
+
+
+# other tuples' indexes, by identity, each with its tuple so the id is not reused while
+# the entry lives
+_BY_ID: dict[int, tuple[tuple, RouteIndex]] = {}
+MAX_INDEXES = 64
 
 
 def route_index(virtual_services: Sequence[VirtualService]) -> RouteIndex:
-    found = _INDEXES.get(id(virtual_services))
+    """The index of `virtual_services`: built once for VirtualServices and kept for a few
+    other tuples; built afresh for a list (it may change after it was indexed)."""
+    if isinstance(virtual_services, VirtualServices):
+        return virtual_services.route_index()
+    if not isinstance(virtual_services, tuple):
+        return build_route_index(virtual_services)
+    found = _BY_ID.get(id(virtual_services))
     if found is not None and found[0] is virtual_services:
         return found[1]
     index = build_route_index(virtual_services)
-    if isinstance(virtual_services, tuple):          # a list may change after it was indexed
-        if len(_INDEXES) >= MAX_INDEXES:
-            _INDEXES.clear()
-        _INDEXES[id(virtual_services)] = (virtual_services, index)
+    if len(_BY_ID) >= MAX_INDEXES:
+        _BY_ID.clear()
+    _BY_ID[id(virtual_services)] = (virtual_services, index)
     return index
 
 

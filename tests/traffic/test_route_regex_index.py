@@ -104,3 +104,24 @@ def test_a_virtual_services_index_tries_only_patterns_the_path_starts_with():
     assert list(index.candidates("/other")) == [50]
     assert select_http_route(vss, RequestAttributes("GET", "/svc42/9")).route.name == "r42"
     assert select_http_route(vss, RequestAttributes("GET", "/svc42/x")).route.name == "r50"
+
+
+def test_a_views_virtual_services_carry_their_index():
+    from meshcore.sources.config import load
+    from meshcore.traffic.virtualservice_select import VirtualServices, route_index
+    view = load(inline="""\
+services:
+- {name: reviews, namespace: prod, hostname: reviews.prod.svc.cluster.local, vips: ["/10.96.0.7"], ports: {80: 8080}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: prod}
+spec:
+  hosts: [reviews]
+  http:
+  - {name: v, match: [{uri: {regex: "/v[0-9]+/.*"}}], route: [{destination: {host: reviews}}]}
+""")
+    service = view.by_service_key["prod/reviews.prod.svc.cluster.local"]
+    vss = view.virtual_services_for(service, "prod")
+    assert isinstance(vss, VirtualServices) and vss is view.virtual_services_for(service, "prod")
+    assert route_index(vss) is route_index(vss) and route_index(vss).regex == {"/v": (0,)}
