@@ -84,12 +84,13 @@ def literal_prefix(pattern: re.Pattern) -> str:
     a request only tries the patterns whose prefix its path starts with."""
     cached = _PREFIXES.get(pattern)
     if cached is None:
-        if len(_PREFIXES) >= 65536:
+        if len(_PREFIXES) >= 4096:
             _PREFIXES.clear()
         cached = _PREFIXES[pattern] = _literal_prefix(pattern)
     return cached
 
 
+# tables are rebuilt on every change of their routes: the patterns they keep are not parsed again
 _PREFIXES: dict[re.Pattern, str] = {}
 
 
