@@ -11,6 +11,12 @@ In process, 1,000 HTTPRoutes of 10 rules each (10,000 rules) attached to one ser
   whose first matching rule is early in the table, late in it, that no rule matches,
   and an even mix of the three (each implementation's answer is checked to be the same
   entry for every request);
+- regular-expression-heavy tables (--regex-routes, 200 by default, of 10 rules each,
+  every path a RegularExpression, one route in ten with a pattern that has no literal
+  prefix): select_http with the regex index, with the regex paths tried one by one for
+  every request (the index without them, as the table was before), and the linear
+  scan; the same patterns as VirtualService routes, select_http_route (indexed by
+  literal prefix) against select_http_route_linear (every match in order);
 - building that view from YAML: parsing the files (load) and putting them in force in
   a store (resolve: the routes resolved, the table sorted and indexed);
 - one route changed: `store.replace` of the whole set with one document different (the
@@ -213,6 +219,121 @@ def request_classes(table, n_routes: int, per_class: int, rng: random.Random) ->
     return classes
 
 
+# -- regular-expression-heavy tables -------------------------------------------------------------------------
+
+def regex_rules(i: int) -> list[tuple[str, str]]:
+    """Route i's ten RegularExpression paths, each with a path it matches: API versions,
+    ids, file types, alternatives, a date, a shared `/api/v` start, and for one route in
+    ten a pattern with no literal start (tried for every request)."""
+    rules = [
+        (f"/api/v[0-9]+/r{i}/users/[0-9]+", f"/api/v2/r{i}/users/42"),
+        (f"/r{i}/items/[a-z0-9-]+", f"/r{i}/items/blue-shoe-7"),
+        (f"/files/r{i}/[0-9]+\\.(png|jpg)", f"/files/r{i}/17.png"),
+        (f"/r{i}/(orders|carts)/[0-9]+", f"/r{i}/carts/9"),
+        (f"/r{i}/search/.*", f"/r{i}/search/socks-9"),
+        (f"/r{i}/v[12]/[a-z]+", f"/r{i}/v1/status"),
+        (f"/static/r{i}/.*\\.css", f"/static/r{i}/site/main.css"),
+        (f"/r{i}/users/[0-9]+/avatar", f"/r{i}/users/5/avatar"),
+        (f"/r{i}/reports/[0-9]{{4}}-[0-9]{{2}}", f"/r{i}/reports/2024-06"),
+        (f"/r{i}/x/[a-z]+/[0-9]+", f"/r{i}/x/abc/1"),
+    ]
+    if i % 10 == 0:
+        rules[-1] = (f"[a-z/]*/legacy{i}/[0-9]+", f"/old/legacy{i}/3")
+    return rules
+
+
+def regex_routes_yaml(n: int) -> str:
+    docs = []
+    for i in range(n):
+        created = f"2024-01-01T{i // 3600 % 24:02d}:{i // 60 % 60:02d}:{i % 60:02d}Z"
+        rules = "".join(f"  - {{matches: [{{path: {{type: RegularExpression, value: '{p}'}}}}], "
+                        f"backendRefs: [{{name: {SERVICE}, port: 80}}]}}\n" for p, _ in regex_rules(i))
+        docs.append("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n"
+                    f"metadata: {{name: x{i:04d}, namespace: {NAMESPACE}, creationTimestamp: '{created}'}}\n"
+                    f"spec:\n  parentRefs: [{{group: '', kind: Service, name: {SERVICE}, port: 80}}]\n  rules:\n"
+                    + rules)
+    return "---\n".join(docs)
+
+
+def regex_virtual_services(n: int) -> tuple:
+    """The same patterns as one VirtualService's http routes, in route order."""
+    from meshcore.traffic.virtualservice import virtual_service
+    http = [{"name": f"x{i}-{k}", "match": [{"uri": {"regex": p}}],
+             "route": [{"destination": {"host": SERVICE}}]}
+            for i in range(n) for k, (p, _) in enumerate(regex_rules(i))]
+    return (virtual_service({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+                             "metadata": {"name": "regex-heavy", "namespace": NAMESPACE},
+                             "spec": {"hosts": [SERVICE], "http": http}}),)
+
+
+def without_regex_index(table):
+    """The table with its regular-expression paths tried for every request, as before
+    they were indexed by literal prefix."""
+    from dataclasses import replace
+    index = table.http_index
+    other = tuple(sorted(index.other + tuple(p for ps in index.regex.values() for p in ps)))
+    return replace(table, http_index=replace(index, other=other, regex={}, regex_lengths=()))
+
+
+def regex_heavy(routes: int, repeat: int, seconds: float, per_class: int) -> dict:
+    from meshcore.state import MeshStore
+    from meshcore.traffic.istio_model import RequestAttributes
+    from meshcore.traffic.select import select_http
+    from meshcore.traffic.virtualservice_select import select_http_route, select_http_route_linear
+
+    with tempfile.TemporaryDirectory() as directory:
+        parsed = parse_text(MESH + "---\n" + regex_routes_yaml(routes), directory)
+    store = MeshStore()
+    store.replace("files", parsed.resources, atomic=True, version=parsed.version)
+    table = store.view.route_table(SERVICE_KEY, 80, NAMESPACE)
+    before = without_regex_index(table)
+    vss = regex_virtual_services(routes)
+    rng = random.Random(11)
+    samples = [sample for i in range(routes) for _, sample in regex_rules(i)]
+    early = [s for s in samples[:len(samples) // 10]]
+    late = [s for s in samples[-(len(samples) // 10):]]
+    none = [f"/r{rng.randrange(routes)}/nothing/{k}" for k in range(per_class // 2)] + \
+           [f"/api/v3/r{rng.randrange(routes)}/users/x{k}" for k in range(per_class - per_class // 2)]
+    classes = {"early": rng.sample(early, min(per_class, len(early))),
+               "late": rng.sample(late, min(per_class, len(late))), "none": none}
+    mix = [r for trio in zip(*classes.values()) for r in trio]
+    rng.shuffle(mix)
+    classes["mix"] = mix
+    headers = {"host": "web-l7"}
+    for paths in classes.values():
+        for path in paths:
+            want = linear_select(table, "GET", path, "", headers)
+            assert select_http(table, method="GET", path=path, query="", headers=headers) is want
+            assert select_http(before, method="GET", path=path, query="", headers=headers) is want
+            request = RequestAttributes("GET", path, port=80)
+            assert select_http_route(vss, request, waypoint_namespace=NAMESPACE) == \
+                select_http_route_linear(vss, request, waypoint_namespace=NAMESPACE)
+    calls = {
+        "select_http": lambda p: select_http(table, method="GET", path=p, query="", headers=headers),
+        "select_http_regex_unindexed": lambda p: select_http(before, method="GET", path=p, query="", headers=headers),
+        "linear_scan": lambda p: linear_select(table, "GET", p, "", headers),
+        "virtualservice_indexed": lambda p: select_http_route(vss, RequestAttributes("GET", p, port=80),
+                                                              waypoint_namespace=NAMESPACE),
+        "virtualservice_linear": lambda p: select_http_route_linear(vss, RequestAttributes("GET", p, port=80),
+                                                                    waypoint_namespace=NAMESPACE),
+    }
+    rates: dict = {name: {impl: [] for impl in calls} for name in classes}
+    for _ in range(repeat):
+        for name, paths in classes.items():
+            for impl, call in calls.items():
+                rates[name][impl].append(per_second(call, paths, seconds))
+    out = {"routes": routes, "matches": len(table.http), "regex_paths": len(table.http),
+           "regex_without_literal_prefix": len(table.http_index.other),
+           "distinct_literal_prefixes": len(table.http_index.regex)}
+    out["decisions_per_second"] = {
+        name: {impl: statistics.median(v) for impl, v in by_impl.items()} | {"requests": len(classes[name])}
+        for name, by_impl in rates.items()}
+    for row in out["decisions_per_second"].values():
+        row["select_http_vs_regex_unindexed"] = row["select_http"] / row["select_http_regex_unindexed"]
+        row["virtualservice_indexed_vs_linear"] = row["virtualservice_indexed"] / row["virtualservice_linear"]
+    return out
+
+
 # -- timing ---------------------------------------------------------------------------------------------
 
 def per_second(call, items: list, seconds: float) -> float:
@@ -364,7 +485,8 @@ def matching(routes: int, repeat: int, seconds: float, per_class: int, change_ro
         service = view.by_service_key[SERVICE_KEY]
         table = view.route_table(SERVICE_KEY, 80, NAMESPACE)
         rules = sum(len(r.rules) for r in view.routes)
-        out |= {"rules": rules, "matches": len(table.http), "regex_paths": len(table.http_index.other),
+        regex_paths = sum(1 for e in table.http if e.match.path.regex is not None)
+        out |= {"rules": rules, "matches": len(table.http), "regex_paths": regex_paths,
                 "yaml_bytes": len(texts[0]),
                 "build_view_s": {"load_median": statistics.median(loads), "resolve_median": statistics.median(resolves),
                                  "total_median": statistics.median(a + b for a, b in zip(loads, resolves))}}
@@ -519,17 +641,23 @@ def main() -> int:
     parser.add_argument("--waypoint", action=argparse.BooleanOptionalAction,
                         default=shutil.which("wrk") is not None and shutil.which("nginx") is not None,
                         help="also requests per second through the waypoint (wrk, nginx)")
+    parser.add_argument("--regex-routes", type=int, default=200,
+                        help="routes of the regular-expression-heavy table (10 rules each; 0: leave it out)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 50 routes, one round, short runs")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "route_matching.json"))
     args = parser.parse_args()
     if args.quick:
         args.routes, args.repeat, args.seconds = min(args.routes, 50), 1, 1.0
+        args.regex_routes = min(args.regex_routes, 50)
     match_seconds, per_class, change_rounds = (0.05, 30, 4) if args.quick else (0.4, 300, 20)
 
     result = {"command": " ".join(["python", "benchmarks/route_matching.py", *sys.argv[1:]]),
               "cpus": os.cpu_count(), "pinned": "nothing"}
     print(f"  matching: {args.routes} routes", file=sys.stderr, flush=True)
     result["matching"] = m = matching(args.routes, args.repeat, match_seconds, per_class, change_rounds)
+    if args.regex_routes:
+        print(f"  regex-heavy: {args.regex_routes} routes", file=sys.stderr, flush=True)
+        result["regex_heavy"] = rx = regex_heavy(args.regex_routes, args.repeat, match_seconds, per_class)
     if args.waypoint:
         counts = tuple(dict.fromkeys((0, min(10, args.routes), args.routes)))
         result["waypoint"] = w = through_waypoint(counts, args.repeat, args.seconds, args.connections)
@@ -559,6 +687,17 @@ def main() -> int:
         took = f"{row['apply_ms_median']:.1f} ms, " if "apply_ms_median" in row else f"{row['window_ms']:.0f} ms window, "
         print(f"  {label}: {took}stall {row['stall_ms_median']:.2f} / {row['stall_ms_max']:.2f} ms, "
               f"collection {row['longest_collection_ms']:.1f} ms")
+    if args.regex_routes:
+        print(f"regex-heavy: {rx['routes']} routes, {rx['matches']} RegularExpression paths "
+              f"({rx['distinct_literal_prefixes']} literal prefixes, {rx['regex_without_literal_prefix']} without one)")
+        print("| requests | select_http/s | regex paths unindexed/s | linear scan/s | indexed vs unindexed "
+              "| VirtualService indexed/s | VirtualService linear/s | indexed vs linear |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, row in rx["decisions_per_second"].items():
+            print(f"| {name} | {row['select_http']:,.0f} | {row['select_http_regex_unindexed']:,.0f} "
+                  f"| {row['linear_scan']:,.0f} | {row['select_http_vs_regex_unindexed']:.1f}x "
+                  f"| {row['virtualservice_indexed']:,.0f} | {row['virtualservice_linear']:,.0f} "
+                  f"| {row['virtualservice_indexed_vs_linear']:.1f}x |")
     failures = 0
     if args.waypoint:
         print(f"through the waypoint: wrk -t1 -c{w['connections']}, keep-alive, {args.seconds:g} s, "

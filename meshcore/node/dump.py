@@ -16,6 +16,7 @@ from meshcore.state.view import MeshView
 from meshcore.policy.model import Match, Policy, StringMatch, resolved_scope
 from meshcore.traffic import istio_model as istio
 from meshcore.traffic import model as gateway
+from meshcore.traffic.locality import LocalityLbSetting
 from meshcore.traffic.ratelimit import attached
 from meshcore.traffic.ratelimit_config import HeaderToAdd, Origin, RateLimitPolicy
 
@@ -156,6 +157,8 @@ _NAMES = {(istio.HTTPRoute, "matches"): "match", (istio.Rewrite, "uri_regex"): "
           (istio.OutlierDetection, "error_codes"): "outlierDetectionHttpErrorCodes",
           (istio.TrafficPolicy, "other"): "otherFields",
           (gateway.RequestMirror, "backend"): "backendRef"}
+# booleans whose false says something (`enabled: false` turns locality load balancing off)
+_FALSE_SHOWN = frozenset(((LocalityLbSetting, "enabled"),))
 # (name, value) pairs Gateway API writes as a list of {name, value}; Istio's are maps
 _NAME_VALUE_LISTS = frozenset(((gateway.HeaderModifier, "set"), (gateway.HeaderModifier, "add")))
 
@@ -176,8 +179,8 @@ def _plain(value, name: str = "", owner: type | None = None):
         for f in fields(value):
             v = getattr(value, f.name)
             # unset, or a default that says nothing
-            if v is None or v is False or v == "" or v == () or v is istio.SimpleLB.UNSPECIFIED \
-                    or isinstance(v, re.Pattern):
+            if v is None or v is False and (type(value), f.name) not in _FALSE_SHOWN or v == "" or v == () \
+                    or v is istio.SimpleLB.UNSPECIFIED or isinstance(v, re.Pattern):
                 continue
             shown = _plain(v, f.name, type(value))
             if shown == {} and is_dataclass(v) and not isinstance(v, istio.StringMatch):

@@ -7,8 +7,9 @@ a rule decides for one destination: its subsets' endpoints and the merged policy
     cluster_policy(rule, subset_name, port) -> ClusterPolicy
 
 Fields the waypoint does not apply are checked where istiod checks them and kept as
-written: `tls`, `tunnel`, `proxyProtocol`, `retryBudget`, locality settings, warmup.
-Load balancer choosers are in loadbalancer.py, outlier ejection in outlier.py.
+written: `tls`, `tunnel`, `proxyProtocol`, `retryBudget`, warmup. Load balancer
+choosers are in loadbalancer.py, locality load balancing in locality.py, outlier
+ejection in outlier.py.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from meshcore.traffic.istio_model import (
     ClusterPolicy, ConnectionPool, ConsistentHash, DestinationRule, HashKey, HTTPSettings, LoadBalancerSettings,
     OutlierDetection, PortTrafficPolicy, SimpleLB, Subset, TCPSettings, TrafficPolicy,
 )
+from meshcore.traffic.locality import TOPOLOGY_LABELS, Distribute, Failover, LocalityLbSetting
 
 _POLICY_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection", "tls", "portLevelSettings", "tunnel",
                   "proxyProtocol", "retryBudget")
@@ -133,9 +135,93 @@ def _load_balancer(obj, path: str) -> LoadBalancerSettings | None:
             raise F.fail(f"{wp}.minimumPercent", "minimumPercent value should be less than or equal to 100")
         if w.get("aggression") is not None and I.number(w["aggression"], f"{wp}.aggression") <= 0:
             raise F.fail(f"{wp}.aggression", "aggression should be greater than 0")
-    locality = obj.get("localityLbSetting") or obj.get("zoneAwareLbSetting")
+    key = "localityLbSetting" if obj.get("localityLbSetting") is not None else "zoneAwareLbSetting"
     return LoadBalancerSettings(simple, _consistent_hash(obj.get("consistentHash"), f"{path}.consistentHash"),
-                                None if locality is None else dict(F.mapping(locality, path)))
+                                _locality_lb(obj.get(key), f"{path}.{key}"))
+
+
+def _locality_lb(obj, path: str) -> LocalityLbSetting | None:
+    """istiod's ValidateLocalityLbSetting. Failover without outlierDetection is only a
+    warning there: it is accepted, and not applied (locality.py)."""
+    if obj is None:
+        return None
+    F.mapping(obj, path, allowed=("enabled", "distribute", "failover", "failoverPriority"))
+    enabled = None if obj.get("enabled") is None else F.boolean(obj["enabled"], f"{path}.enabled")
+    distribute, failover = [], []
+    raw_distribute = F.sequence(obj.get("distribute"), f"{path}.distribute")
+    raw_failover = F.sequence(obj.get("failover"), f"{path}.failover")
+    priority = tuple(F.strings(obj.get("failoverPriority"), f"{path}.failoverPriority"))
+    if raw_distribute and raw_failover:
+        raise F.fail(path, "can not simultaneously specify 'distribute' and 'failover'")
+    if raw_failover and priority:
+        for label in priority:
+            if label in TOPOLOGY_LABELS:
+                raise F.fail(f"{path}.failoverPriority",
+                             f"can not simultaneously set 'failover' and topology label '{label}' in "
+                             "'failover_priority'")
+    sources = []
+    for i, d in enumerate(raw_distribute):
+        dp = f"{path}.distribute[{i}]"
+        F.mapping(d, dp, allowed=("from", "to"))
+        source = F.string(d.get("from", ""), f"{dp}.from", empty_ok=True)
+        sources.append(source)
+        to, total = [], 0
+        for loc, weight in F.mapping(d.get("to") or {}, f"{dp}.to").items():
+            w = I.integer(weight, f"{dp}.to.{loc}")
+            if not 1 <= w <= 100:
+                raise F.fail(f"{dp}.to.{loc}", "locality weight must be in range [1, 100]")
+            to.append((str(loc), w))
+            total += w
+        if total != 100:
+            raise F.fail(f"{dp}.to", f"total locality weight {total} != 100")
+        _localities([loc for loc, _ in to], f"{dp}.to")
+        distribute.append(Distribute(source, tuple(to)))
+    _localities(sources, f"{path}.distribute")
+    for i, f in enumerate(raw_failover):
+        fp = f"{path}.failover[{i}]"
+        F.mapping(f, fp, allowed=("from", "to"))
+        source = F.string(f.get("from", ""), f"{fp}.from", empty_ok=True)
+        target = F.string(f.get("to", ""), f"{fp}.to", empty_ok=True)
+        if source == target:
+            raise F.fail(fp, "locality lb failover settings must specify different regions")
+        if "/" in source or "/" in target:
+            raise F.fail(fp, "locality lb failover only specify region")
+        if "*" in source or "*" in target:
+            raise F.fail(fp, "locality lb failover region should not contain '*' wildcard")
+        failover.append(Failover(source, target))
+    return LocalityLbSetting(enabled, tuple(distribute), tuple(failover), priority)
+
+
+def _localities(localities: list[str], path: str) -> None:
+    """istiod's validateLocalities: at most one `*`, at the end; no empty part; none
+    overlapping another (a region, then a zone of it, ...)."""
+    seen: dict[str, dict[str, set[str]]] = {}
+    for loc in localities:
+        stars = loc.count("*")
+        if stars and (stars > 1 or not loc.endswith("*")):
+            raise F.fail(path, f"locality {loc} wildcard '*' number can not exceed 1 and must be in the end")
+        if "*" in seen:
+            raise F.fail(path, f"locality {loc} overlap with previous specified ones")
+        parts = loc.split("/", 2)
+        if any(p == "" for p in parts):
+            raise F.fail(path, f"locality {loc} must not contain empty region/zone/subzone info")
+        region = parts[0]
+        zones = seen.get(region)
+        if len(parts) == 1:
+            if zones is not None:
+                raise F.fail(path, f"locality {loc} overlap with previous specified ones")
+            seen[region] = {"*": {"*"}}
+        elif len(parts) == 2:
+            if zones is not None and ("*" in zones or parts[1] in zones):
+                raise F.fail(path, f"locality {loc} overlap with previous specified ones")
+            seen.setdefault(region, {})[parts[1]] = {"*"}
+        else:
+            if zones is not None and "*" in zones:
+                raise F.fail(path, f"locality {loc} overlap with previous specified ones")
+            subzones = (zones or {}).get(parts[1])
+            if subzones is not None and ("*" in subzones or parts[2] in subzones):
+                raise F.fail(path, f"locality {loc} overlap with previous specified ones")
+            seen.setdefault(region, {}).setdefault(parts[1], set()).add(parts[2])
 
 
 def _consistent_hash(obj, path: str) -> ConsistentHash | None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Mapping
 from meshcore.traffic.destinationrule import destination_rule_for
 from meshcore.traffic.istio_fields import host_matches
 from meshcore.traffic.istio_model import DestinationRule, VirtualService
-from meshcore.traffic.virtualservice_select import waypoint_virtual_services
+from meshcore.traffic.virtualservice_select import VirtualServices, waypoint_virtual_services
 
 _NONE = object()            # a remembered "no DestinationRule"
 
@@ -84,7 +84,7 @@ class IstioIndex:
         found = self._vs_answers.get(key)
         if found is None:
             candidates = _matching(self.virtual_services, (service_namespace, waypoint_namespace), hostname)
-            found = self._vs_answers[key] = tuple(waypoint_virtual_services(
+            found = self._vs_answers[key] = VirtualServices(waypoint_virtual_services(
                 candidates, hostname=hostname, service_namespace=service_namespace,
                 waypoint_namespace=waypoint_namespace))
         return found

@@ -267,7 +267,7 @@ class ConsistentHash:
 class LoadBalancerSettings:
     simple: SimpleLB = SimpleLB.UNSPECIFIED
     consistent_hash: ConsistentHash | None = None
-    locality: dict | None = field(default=None, hash=False)   # recorded, not applied
+    locality: "LocalityLbSetting | None" = None          # localityLbSetting: traffic/locality.py
 
     @property
     def algorithm(self) -> SimpleLB:

@@ -110,14 +110,17 @@ class RingHash(Generic[T]):
 
 
 class Maglev(Generic[T]):
-    """Maglev hashing (Envoy's MAGLEV): a lookup table of `table_size` (a prime, 65537
-    by default) slots filled by each endpoint's permutation in turn; a key takes the slot
-    its hash falls in. Spreads evenly; an endpoint leaving moves its own keys and few
-    others."""
+    """Maglev hashing (Envoy's MAGLEV, the Maglev paper's listing 1): a lookup table of
+    `table_size` slots (a prime; 65537 by default) that the endpoints fill in turn, each
+    taking the next free slot of its own permutation (an offset and a skip from its
+    key's hash), so every endpoint holds ⌊M/N⌋ or ⌈M/N⌉ slots; a key takes the slot its
+    hash falls in. An endpoint leaving frees its slots for the others and moves few
+    other keys. Endpoints are placed in the order of their keys, so the table depends
+    only on the set of endpoints, not on the order they come in."""
 
     def __init__(self, endpoints: Sequence[T], *, key: Callable[[T], str] = str,
                  table_size: int = MAGLEV_DEFAULT_TABLE_SIZE) -> None:
-        self._endpoints = list(endpoints)
+        self._endpoints = sorted(endpoints, key=key)
         self._table: list[int] = []
         n, m = len(self._endpoints), table_size
         if n == 0:
@@ -126,7 +129,7 @@ class Maglev(Generic[T]):
         for e in self._endpoints:
             digest = hashlib.blake2b(key(e).encode(), digest_size=16).digest()
             offsets.append(int.from_bytes(digest[:8], "big") % m)
-            skips.append(int.from_bytes(digest[8:], "big") % (m - 1) + 1)
+            skips.append(int.from_bytes(digest[8:], "big") % (m - 1) + 1 if m > 1 else 1)
         table, nxt, filled = [-1] * m, [0] * n, 0
         while filled < m:
             for i in range(n):
@@ -140,6 +143,9 @@ class Maglev(Generic[T]):
                 if filled == m:
                     break
         self._table = table
+
+    def __len__(self) -> int:
+        return len(self._table)
 
     def choose(self, value: int) -> T | None:
         if not self._table:

@@ -75,3 +75,50 @@ def _children(op, arg):
         yield arg[1]
         if arg[2] is not None:
             yield arg[2]
+
+
+def literal_prefix(pattern: re.Pattern) -> str:
+    """The longest text every full match of `pattern` starts with: its leading literal
+    characters (through plain groups, past zero-width anchors), "" when it starts with
+    anything else or ignores case. Route tables index regular-expression paths by it, so
+    a request only tries the patterns whose prefix its path starts with."""
+    cached = _PREFIXES.get(pattern)
+    if cached is None:
+        if len(_PREFIXES) >= 4096:
+            _PREFIXES.clear()
+        cached = _PREFIXES[pattern] = _literal_prefix(pattern)
+    return cached
+
+
+# tables are rebuilt on every change of their routes: the patterns they keep are not parsed again
+_PREFIXES: dict[re.Pattern, str] = {}
+
+
+def _literal_prefix(pattern: re.Pattern) -> str:
+    if pattern.flags & re.IGNORECASE or not isinstance(pattern.pattern, str):
+        return ""
+    try:
+        tree = _P.parse(pattern.pattern, pattern.flags)
+    except re.error:                     # pragma: no cover (it compiled)
+        return ""
+    if tree.state.flags & re.IGNORECASE:
+        return ""
+    out: list[str] = []
+    _leading_literals(tree, out)
+    return "".join(out)
+
+
+def _leading_literals(items, out: list[str]) -> bool:
+    """Appends the leading literals of `items`; True when all of it was literal (what
+    follows it still starts where it ended)."""
+    for op, arg in items:
+        if op is _C.LITERAL:
+            out.append(chr(arg))
+        elif op is _C.AT:
+            continue                      # zero width: the next character is still the next one
+        elif op is _C.SUBPATTERN and not arg[1] and not arg[2]:
+            if not _leading_literals(arg[-1], out):
+                return False
+        else:
+            return False
+    return True

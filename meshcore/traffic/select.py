@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 from meshcore.traffic.model import (GRPCRouteMatch, HTTPRouteMatch, PathMatch, PathMatchType, ResolvedBackend,
                                     ResolvedRoute, ResolvedRule, ValueMatch, ValueMatchType)
+from meshcore.traffic.regex import literal_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +67,15 @@ class RouteEntry:
 class PositionIndex:
     """Where in a table the entries that can match a request are, so selection looks at
     those (in table order) instead of every entry: by exact value, by path prefix (its
-    value without the trailing slash, "" for "/"), and the rest (regular expressions,
-    and for gRPC matches without an exact service), each a sorted tuple of positions."""
+    value without the trailing slash, "" for "/"), regular-expression paths by their
+    literal prefix (regex.literal_prefix: a path can only match a pattern it starts
+    with), and the rest (patterns without one, and gRPC matches without an exact
+    service), each a sorted tuple of positions."""
     exact: dict = field(default_factory=dict)
     prefix: dict = field(default_factory=dict)
     other: tuple[int, ...] = ()
+    regex: dict = field(default_factory=dict)
+    regex_lengths: tuple[int, ...] = ()          # the lengths of regex's keys, ascending
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +143,7 @@ def build_table(blocks: Iterable[Iterable[ResolvedRoute]]) -> RouteTable:
 def _http_index(table: list[RouteEntry]) -> PositionIndex:
     exact: dict[str, list[int]] = {}
     prefix: dict[str, list[int]] = {}
+    regex: dict[str, list[int]] = {}
     other = []
     for i, e in enumerate(table):
         path = e.match.path
@@ -146,9 +152,13 @@ def _http_index(table: list[RouteEntry]) -> PositionIndex:
         elif path.type is PathMatchType.PATH_PREFIX:
             prefix.setdefault(path.value.rstrip("/"), []).append(i)
         else:
-            other.append(i)
+            literal = literal_prefix(path.regex) if path.regex is not None else ""
+            if literal:
+                regex.setdefault(literal, []).append(i)
+            else:
+                other.append(i)
     return PositionIndex({k: tuple(v) for k, v in exact.items()}, {k: tuple(v) for k, v in prefix.items()},
-                         tuple(other))
+                         tuple(other), {k: tuple(v) for k, v in regex.items()}, tuple(sorted({len(k) for k in regex})))
 
 
 def _grpc_index(table: list[RouteEntry]) -> PositionIndex:
@@ -183,6 +193,12 @@ def http_candidates(table: RouteTable, path: str) -> Iterable[int]:
             lists.append(prefixes.get(path[:cut]))
             cut = path.find("/", cut + 1)
         lists.append(prefixes.get(path))
+    if index.regex:
+        patterns = index.regex
+        for length in index.regex_lengths:
+            if length > len(path):
+                break
+            lists.append(patterns.get(path[:length]))
     return _in_order(lists)
 
 

@@ -4,7 +4,7 @@ request takes, which destination a weighted route picks, whether a fault is inje
 which mirrors get a copy. Pure functions: randomness comes in as numbers in [0, 1).
 
     waypoint_virtual_services(vss, hostname=, service_namespace=, waypoint_namespace=) -> [VirtualService]
-    select_http_route(vss, request, waypoint_namespace=) -> SelectedRoute | None
+    select_http_route(vss, request, waypoint_namespace=) -> SelectedRoute | None   # indexed (RouteIndex)
     applies_to_port(vss, port, waypoint_namespace=) -> bool
     choose_destination(route, r) -> RouteDestination | None
     fault_decision(fault, delay_r, abort_r) -> FaultDecision
@@ -12,6 +12,7 @@ which mirrors get a copy. Pure functions: randomness comes in as numbers in [0, 
 """
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -21,6 +22,7 @@ from meshcore.traffic.istio_model import (
     Fault, HTTPMatch, HTTPRoute, MatchKind, Mirror, RequestAttributes, RouteDestination, StringMatch,
     VirtualService,
 )
+from meshcore.traffic.regex import literal_prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +170,25 @@ def select_http_route(virtual_services: Sequence[VirtualService], request: Reque
                       waypoint_namespace: str = "") -> SelectedRoute | None:
     """The first route, in list order across `virtual_services` (already in
     waypoint_virtual_services order) and within each, whose matches (OR'ed; none: every
-    request) take the request. None: no route matches (see applies_to_port)."""
+    request) take the request. None: no route matches (see applies_to_port).
+
+    Only the matches whose path condition can admit the request's path are tried, in
+    the same order (RouteIndex); the answer is select_http_route_linear's."""
+    index = route_index(virtual_services)
+    path = request.path.partition("?")[0].partition("#")[0]
+    entries = index.entries
+    for position in index.candidates(path):
+        vs, route, match = entries[position]
+        if match is None:
+            return SelectedRoute(vs, route, None)
+        if _match_applies(match, request.port, waypoint_namespace) and match_request(match, request):
+            return SelectedRoute(vs, route, match)
+    return None
+
+
+def select_http_route_linear(virtual_services: Sequence[VirtualService], request: RequestAttributes, *,
+                             waypoint_namespace: str = "") -> SelectedRoute | None:
+    """select_http_route trying every match in order: what the index must agree with."""
     for vs in virtual_services:
         for route in vs.http:
             if not route.matches:
@@ -177,6 +197,86 @@ def select_http_route(virtual_services: Sequence[VirtualService], request: Reque
                 if _match_applies(match, request.port, waypoint_namespace) and match_request(match, request):
                     return SelectedRoute(vs, route, match)
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteIndex:
+    """Every (VirtualService, route, match) in the order routes are tried (match None: a
+    route without matches), with the positions of those whose `uri` is a regular
+    expression kept by the pattern's literal prefix: a path that does not start with it
+    cannot match, so such a match is tried only for paths that do. The rest are tried
+    for every path. Positions merge back into list order, so the first match is the
+    same as trying them all."""
+    entries: tuple[tuple[VirtualService, HTTPRoute, HTTPMatch | None], ...]
+    always: tuple[int, ...]
+    regex: dict
+    regex_lengths: tuple[int, ...]
+
+    def candidates(self, path: str) -> Iterable[int]:
+        if not self.regex:
+            return self.always
+        lists = [self.always] if self.always else []
+        for length in self.regex_lengths:
+            if length > len(path):
+                break
+            found = self.regex.get(path[:length])
+            if found:
+                lists.append(found)
+        if len(lists) == 1:
+            return lists[0]
+        return heapq.merge(*lists)
+
+
+def build_route_index(virtual_services: Sequence[VirtualService]) -> RouteIndex:
+    entries, always, regex = [], [], {}
+    for vs in virtual_services:
+        for route in vs.http:
+            for match in route.matches or (None,):
+                position = len(entries)
+                entries.append((vs, route, match))
+                uri = match.uri if match is not None else None
+                literal = literal_prefix(uri.pattern) if uri is not None and uri.kind is MatchKind.REGEX else ""
+                if literal:
+                    regex.setdefault(literal, []).append(position)
+                else:
+                    always.append(position)
+    return RouteIndex(tuple(entries), tuple(always), {k: tuple(v) for k, v in regex.items()},
+                      tuple(sorted({len(k) for k in regex})))
+
+
+class VirtualServices(tuple):
+    """The VirtualServices that apply to a service, in order, as a view answers them
+    (istio_index.py keeps the answer per view): they carry their RouteIndex once
+    built, so it lives and goes with them."""
+
+    def route_index(self) -> RouteIndex:
+        index = self.__dict__.get("_route_index")
+        if index is None:
+            index = self.__dict__["_route_index"] = build_route_index(self)
+        return index
+
+
+# other tuples' indexes, by identity, each with its tuple so the id is not reused while
+# the entry lives
+_BY_ID: dict[int, tuple[tuple, RouteIndex]] = {}
+MAX_INDEXES = 64
+
+
+def route_index(virtual_services: Sequence[VirtualService]) -> RouteIndex:
+    """The index of `virtual_services`: built once for VirtualServices and kept for a few
+    other tuples; built afresh for a list (it may change after it was indexed)."""
+    if isinstance(virtual_services, VirtualServices):
+        return virtual_services.route_index()
+    if not isinstance(virtual_services, tuple):
+        return build_route_index(virtual_services)
+    found = _BY_ID.get(id(virtual_services))
+    if found is not None and found[0] is virtual_services:
+        return found[1]
+    index = build_route_index(virtual_services)
+    if len(_BY_ID) >= MAX_INDEXES:
+        _BY_ID.clear()
+    _BY_ID[id(virtual_services)] = (virtual_services, index)
+    return index
 
 
 # -- decisions on a selected route -------------------------------------------------------

@@ -1,9 +1,17 @@
 """Which endpoint of a backend service a request through the waypoint goes to when a
-DestinationRule speaks for the service: its subset's endpoints, its load balancer
-(ROUND_ROBIN, RANDOM, LEAST_REQUEST — Istio's default —, a consistent hash on a header,
-cookie, query parameter or the source address) and its outlier detection (endpoints
+DestinationRule speaks for the service: its subset's endpoints, locality load balancing
+(priority levels by locality, or locality weights, relative to the waypoint's own
+workload: traffic/locality.py), its load balancer (ROUND_ROBIN, RANDOM, LEAST_REQUEST
+— Istio's default —, a consistent hash on a header, cookie, query parameter or the
+source address, on a ring or a Maglev table) and its outlier detection (endpoints
 ejected after consecutive errors, back after their ejection time, Envoy's panic when
 too few are left). Without a DestinationRule the node's routing picks (round robin).
+
+A pick, as Envoy makes it: the level by the levels' shares of traffic (ejected
+endpoints count as unhealthy there, so a level losing endpoints spills traffic to the
+next), with the request's hash when it has one; then, with locality weights, a
+locality of that level by its effective weight; then the balancer over that level's
+(or locality's) healthy endpoints, or all of them when the level is in panic.
 
 State is kept per destination (service, subset, port) while the policy for it stays
 the same; a new policy (a configuration change) starts it afresh.
@@ -25,11 +33,15 @@ from dataclasses import dataclass, field
 from meshcore.node.routing import REFUSE, Route, endpoint_route, service_endpoints
 from meshcore.traffic.destinationrule import cluster_policy, subset_endpoints
 from meshcore.traffic.istio_model import ClusterPolicy, RequestAttributes, SimpleLB
-from meshcore.traffic.loadbalancer import LeastRequest, RandomChoice, RingHash, RoundRobin, consistent_hash_key, \
-    hash_value
-from meshcore.traffic.outlier import OutlierDetector, panic_set, panic_threshold
+from meshcore.traffic.loadbalancer import MAGLEV_DEFAULT_TABLE_SIZE, LeastRequest, Maglev, RandomChoice, RingHash, \
+    RoundRobin, consistent_hash_key, hash_value
+from meshcore.traffic.locality import LocalityPlan, PriorityLoad, choose_level, choose_weighted, \
+    effective_setting, locality_plan, locality_weights, priority_load
+from meshcore.traffic.outlier import OutlierDetector, panic_threshold
 
 MAX_DESTINATIONS = 4096          # destinations whose balancing state is kept, at most
+MAX_HASH_TABLES = 16             # rings or Maglev tables kept per destination (endpoint sets seen lately)
+MAGLEV_TABLE_LIMIT = MAGLEV_DEFAULT_TABLE_SIZE     # the largest Maglev table filled
 
 
 def in_flight_limit(policy: ClusterPolicy) -> tuple[int | None, str]:
@@ -83,8 +95,13 @@ class _Balancing:
     policy: ClusterPolicy
     round_robin: RoundRobin = field(default_factory=RoundRobin)
     detector: OutlierDetector | None = None
-    members: tuple = ()                       # endpoint uids the detector and ring were built for
-    ring: RingHash | None = None
+    members: tuple = ()                       # endpoint uids the detector was built for
+    plan: LocalityPlan | None = None
+    plan_for: tuple = ()                      # ids of the waypoint's workload and the candidates planned for
+    plan_refs: tuple = ()
+    load: PriorityLoad | None = None          # the levels' shares, for the plan and the endpoints in load_for
+    load_for: frozenset = frozenset()         # ejected
+    hash_tables: dict = field(default_factory=dict)   # endpoint uids -> RingHash or Maglev over them
     active: dict = field(default_factory=dict)   # endpoint uid -> requests in flight
     in_flight: int = 0                           # requests in flight to the destination
 
@@ -109,17 +126,23 @@ class EndpointPicker:
                 reason=f"service {service.key}{' subset ' + subset if subset else ''} has no healthy endpoint "
                        f"for port {port}"))
         policy = cluster_policy(rule, subset, port)
-        b = self._state(destination, policy, candidates)
+        b = self._state(destination, policy, candidates, me)
+        if not b.plan.levels:
+            return Ticket(self, destination, Route(
+                REFUSE, service=service,
+                reason=f"service {service.key}{' subset ' + subset if subset else ''} has no endpoint for port "
+                       f"{port} in a locality the DestinationRule distributes traffic from "
+                       f"{_locality_text(me.locality)} to"))
         limit, why = in_flight_limit(policy)
         if limit is not None and b.in_flight >= limit:
             raise Overflow(f"{service.key}{' subset ' + subset if subset else ''}: {b.in_flight} requests in "
                            f"flight, the connection pool allows {limit} ({why})")
-        chosen = self._pick(b, policy, candidates, request, source_ip, avoid)
+        chosen = self._pick(b, policy, request, source_ip, avoid)
         b.active[chosen.uid] = b.active.get(chosen.uid, 0) + 1
         b.in_flight += 1
         return Ticket(self, destination, endpoint_route(state, me, service, port, chosen))
 
-    def _state(self, key: tuple, policy: ClusterPolicy, candidates: list) -> _Balancing:
+    def _state(self, key: tuple, policy: ClusterPolicy, candidates: list, me) -> _Balancing:
         b = self._balancing.get(key)
         if b is None or b.policy != policy:
             if len(self._balancing) >= MAX_DESTINATIONS:
@@ -127,42 +150,97 @@ class EndpointPicker:
             b = self._balancing[key] = _Balancing(policy)
             if policy.outlier_detection is not None:
                 b.detector = OutlierDetector(policy.outlier_detection)
-        members = tuple(w.uid for w in candidates)
-        if members != b.members:
-            b.members, b.ring = members, None
-            if b.detector is not None:
-                b.detector.update_endpoints(members)
+        # workloads are frozen and kept across views while unchanged: their identities
+        # say whether the plan still holds, without comparing every field per request
+        plan_for = (id(me), *map(id, candidates))
+        if plan_for != b.plan_for:
+            lb = policy.load_balancer
+            setting = effective_setting(lb.locality if lb is not None else None)
+            b.plan = locality_plan(candidates, me, setting, failover=policy.outlier_detection is not None)
+            b.plan_for = plan_for
+            b.plan_refs = (me, candidates)     # kept alive, so their ids are not reused
+            b.load = None
+            members = tuple(w.uid for w in b.plan.endpoints())
+            if members != b.members:
+                b.members = members
+                if b.detector is not None:
+                    b.detector.update_endpoints(members)
         return b
 
-    def _pick(self, b: _Balancing, policy: ClusterPolicy, candidates: list, request, source_ip, avoid):
-        usable = candidates
+    def _pick(self, b: _Balancing, policy: ClusterPolicy, request, source_ip, avoid):
+        plan = b.plan
+        unhealthy = frozenset()
         if b.detector is not None:
             b.detector.sweep(self.clock())
-            ejected = b.detector.ejected()
-            usable, _ = panic_set(candidates, [w for w in candidates if w.uid in ejected],
-                                  panic_threshold(policy.outlier_detection))
+            unhealthy = b.detector.ejected()
+        lb = policy.load_balancer
+        hashing = lb is not None and lb.consistent_hash is not None
+        key = consistent_hash_key(lb.consistent_hash, request, source_ip) if hashing and request is not None else None
+        hashed = hash_value(key) if key is not None else None
+        if len(plan.levels) == 1 and not unhealthy:
+            level, panic = 0, False          # all of it healthy, in one level: nothing to weigh
+        else:
+            if b.load is None or b.load_for != unhealthy:
+                # the shares change only when the plan or the ejected endpoints do
+                b.load = priority_load(plan, unhealthy, panic_threshold(policy.outlier_detection))
+                b.load_for = unhealthy
+            load = b.load
+            if hashed is not None:
+                level = choose_level(load, hashed)
+            elif sum(1 for share in load.healthy if share) > 1:
+                level = choose_level(load, int(self.rand() * 100))
+            else:
+                level = next((i for i, share in enumerate(load.healthy) if share), 0)
+            panic = load.panic[level]
+        if panic:
+            usable = plan.members[level]
+        else:
+            hosts = plan.members[level]
+            groups = plan.levels[level]
+            if plan.weighted and len(groups) > 1 and hashed is None:
+                weights = locality_weights(groups, unhealthy)
+                if sum(1 for w in weights if w > 0) > 1:
+                    chosen = choose_weighted(weights, self.rand())
+                else:
+                    chosen = next((i for i, w in enumerate(weights) if w > 0), None)
+                if chosen is not None:
+                    hosts = groups[chosen].endpoints
+            usable = [w for w in hosts if w.uid not in unhealthy] if unhealthy else hosts
             if not usable:
-                usable = candidates          # nothing left and no panic: the caller's answer is 503
+                usable = plan.endpoints()     # nothing healthy and no panic: the pick is the answer's to fail
         if avoid is not None and len(usable) > 1:
             usable = [w for w in usable if w.uid != avoid] or usable
-        lb = policy.load_balancer
-        if lb is not None and lb.consistent_hash is not None:
-            key = consistent_hash_key(lb.consistent_hash, request, source_ip) if request is not None else None
-            if key is not None:
-                if b.ring is None or usable is not candidates:
-                    ring = RingHash(usable, key=lambda w: w.uid)
-                    if usable is candidates:
-                        b.ring = ring
-                else:
-                    ring = b.ring
-                return ring.choose(hash_value(key))
-            return RandomChoice(self.rand).choose(usable)
+        if hashing:
+            if hashed is None:
+                return RandomChoice(self.rand).choose(usable)
+            uid = self._hash_table(b, lb.consistent_hash.maglev_table_size, usable).choose(hashed)
+            # the table holds uids: a workload changed in a later view is the one chosen
+            return next(w for w in usable if w.uid == uid)
         algorithm = lb.algorithm if lb is not None else SimpleLB.LEAST_REQUEST
         if algorithm is SimpleLB.ROUND_ROBIN:
             return b.round_robin.choose(usable)
         if algorithm is SimpleLB.RANDOM:
             return RandomChoice(self.rand).choose(usable)
         return LeastRequest(self.rand).choose(usable, lambda w: b.active.get(w.uid, 0))
+
+    @staticmethod
+    def _hash_table(b: _Balancing, maglev_table_size: int | None, usable: list):
+        """The ring (ringHash) or Maglev table over the uids of `usable`: built once per
+        endpoint set, since a Maglev table takes tens of milliseconds to fill, and
+        ejections and retries come back to the same few sets."""
+        members = tuple(w.uid for w in usable)
+        table = b.hash_tables.get(members)
+        if table is None:
+            if len(b.hash_tables) >= MAX_HASH_TABLES:
+                b.hash_tables.clear()
+            if maglev_table_size is not None:
+                # filled on the request path: a table over 65537 slots (istiod takes up to
+                # 5000011) would hold requests for seconds, so it is filled at that size
+                table = Maglev(members, table_size=min(maglev_table_size, MAGLEV_TABLE_LIMIT))
+            else:
+                table = RingHash(members)
+            b.hash_tables[members] = table
+        return table
 
     # -- attempts ----------------------------------------------------------------------
     def outcome(self, route: Route, destination: tuple, *, status: int | None = None,
@@ -186,3 +264,7 @@ class EndpointPicker:
             b.active[uid] = n - 1
         else:
             b.active.pop(uid, None)
+
+
+def _locality_text(locality) -> str:
+    return "/".join(p for p in (locality.region, locality.zone, locality.subzone) if p) or "no locality"

@@ -2,6 +2,7 @@
 import itertools
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from meshcore.traffic.istio_model import ConsistentHash, HashKey, RequestAttributes
@@ -115,3 +116,31 @@ def test_choosers_do_not_consume_randomness_without_endpoints():
     never = itertools.repeat(0.0).__next__
     assert LeastRequest(never).choose([], lambda e: 0) is None
     assert RingHash([]).choose(5) is None
+
+
+@pytest.mark.parametrize("n, table_size", [(1, 7), (3, 251), (7, 65537), (40, 65537), (250, 65537)])
+def test_maglev_table_shares_slots_evenly_and_keeps_keys_when_an_endpoint_leaves(n, table_size):
+    endpoints = [f"10.0.{i // 250}.{i % 250}:80" for i in range(n)]
+    table = Maglev(endpoints, table_size=table_size)
+    assert len(table) == table_size
+    # every endpoint holds ⌊M/N⌋ or ⌈M/N⌉ slots: they fill the table in turn
+    slots = Counter(table._table)
+    assert len(slots) == n and max(slots.values()) - min(slots.values()) <= 1
+    keys = [hash_value(f"user-{i}") for i in range(3000)]
+    # the same key, the same endpoint, whatever order the endpoints come in
+    shuffled = Maglev(list(reversed(endpoints)), table_size=table_size)
+    assert all(table.choose(k) == shuffled.choose(k) for k in keys)
+    if n == 1:
+        return
+    gone = endpoints[n // 2]
+    after = Maglev([e for e in endpoints if e != gone], table_size=table_size)
+    held = [k for k in keys if table.choose(k) == gone]
+    assert all(after.choose(k) != gone for k in held)
+    moved = sum(1 for k in keys if table.choose(k) != gone and after.choose(k) != table.choose(k))
+    # the leaver's keys move; of the others only a few do (Maglev's paper: about as many again at most)
+    assert moved <= max(len(held), 0.02 * len(keys))
+    # balance of keys: each endpoint within a generous bound of its share
+    counts = Counter(table.choose(k) for k in keys)
+    share = len(keys) / n
+    if share >= 100:
+        assert all(0.7 * share <= c <= 1.3 * share for c in counts.values())

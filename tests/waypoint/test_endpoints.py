@@ -168,3 +168,125 @@ def test_a_request_that_ends_gives_back_every_attempts_place():
     pending.end(client_left=False)
     assert picker.choose(view, me, service, 80, "", rule).route.kind is HBONE
     assert picker.choose(view, me, service, 80, "", rule).route.kind is HBONE
+
+
+# -- locality load balancing, relative to the waypoint's own workload ---------------------
+
+LOCALITY_MESH = """\
+workloads:
+- {uid: a, name: a, namespace: shop, workloadIps: ["10.0.0.1"], protocol: HBONE, locality: {region: us-west, zone: z1},
+   services: {"shop/web.shop.svc.cluster.local": {80: 8080}}}
+- {uid: b, name: b, namespace: shop, workloadIps: ["10.0.0.2"], protocol: HBONE, locality: {region: us-west, zone: z2},
+   services: {"shop/web.shop.svc.cluster.local": {80: 8080}}}
+- {uid: c, name: c, namespace: shop, workloadIps: ["10.0.0.3"], protocol: HBONE, locality: {region: us-east, zone: z1},
+   services: {"shop/web.shop.svc.cluster.local": {80: 8080}}}
+- {uid: w, name: waypoint, namespace: shop, workloadIps: ["10.0.0.9"], protocol: HBONE,
+   locality: {region: us-west, zone: z1}}
+services:
+- {name: web, namespace: shop, hostname: web.shop.svc.cluster.local, vips: ["/10.96.0.1"], ports: {80: 8080}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: web, namespace: shop}
+spec:
+  host: web.shop.svc.cluster.local
+"""
+
+
+def locality_setup(policy: str):
+    view = load(inline=LOCALITY_MESH + textwrap.indent(textwrap.dedent(policy), "  "))
+    service = view.by_service_key["shop/web.shop.svc.cluster.local"]
+    return view, service, view.by_uid["w"], view.destination_rule_for(service, "shop")
+
+
+def test_with_outlier_detection_traffic_stays_in_the_waypoints_zone_until_its_endpoints_are_ejected():
+    view, service, me, rule = locality_setup("""\
+        trafficPolicy:
+          loadBalancer: {simple: ROUND_ROBIN}
+          outlierDetection: {consecutive5xxErrors: 1, baseEjectionTime: 30s, maxEjectionPercent: 100}
+        """)
+    clock = Clock()
+    picker = EndpointPicker(clock=clock)
+    assert set(picks(picker, view, service, me, rule, 6)) == {"a"}
+    picker.choose(view, me, service, 80, "", rule).record(status=503)          # a ejected: its zone is empty
+    assert set(picks(picker, view, service, me, rule, 6)) == {"b"}             # the region's other zone next
+    picker.choose(view, me, service, 80, "", rule).record(failure="connect-failure")
+    assert set(picks(picker, view, service, me, rule, 6)) == {"c"}             # then another region
+    clock.now += 30
+    assert set(picks(picker, view, service, me, rule, 6)) == {"a"}             # back when a returns
+
+
+@pytest.mark.parametrize("policy", [
+    "trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n",                  # no outlier detection: no failover
+    """\
+    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: false}}
+      outlierDetection: {consecutive5xxErrors: 1}
+    """,
+])
+def test_without_failover_every_locality_takes_requests(policy):
+    view, service, me, rule = locality_setup(policy)
+    assert picks(EndpointPicker(), view, service, me, rule, 6) == ["a", "b", "c", "a", "b", "c"]
+
+
+def test_failover_names_the_region_to_fail_over_to():
+    view, service, me, rule = locality_setup("""\
+        trafficPolicy:
+          loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {failover: [{from: us-west, to: us-east}]}}
+          outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100}
+        """)
+    picker = EndpointPicker(clock=Clock())
+    assert set(picks(picker, view, service, me, rule, 4)) == {"a"}
+    for _ in range(2):
+        picker.choose(view, me, service, 80, "", rule).record(status=500)
+    assert set(picks(picker, view, service, me, rule, 4)) == {"c"}
+
+
+def test_distribute_shares_requests_by_locality_weight():
+    import random
+    view, service, me, rule = locality_setup("""\
+        trafficPolicy:
+          loadBalancer:
+            simple: ROUND_ROBIN
+            localityLbSetting: {distribute: [{from: us-west/z1/*, to: {us-west/z1/*: 80, us-east/*: 20}}]}
+        """)
+    counts = Counter(picks(EndpointPicker(rand=random.Random(7).random), view, service, me, rule, 2000))
+    assert set(counts) == {"a", "c"}                                            # z2 gets no weight: none
+    assert 0.75 < counts["a"] / 2000 < 0.85
+
+
+def test_distribute_to_no_endpoint_refuses():
+    view, service, me, rule = locality_setup("""\
+        trafficPolicy:
+          loadBalancer: {localityLbSetting: {distribute: [{from: "*", to: {ap-south: 100}}]}}
+        """)
+    route = EndpointPicker().choose(view, me, service, 80, "", rule).route
+    assert route.kind is REFUSE and "distributes traffic from us-west/z1" in route.reason
+
+
+def test_a_consistent_hash_picks_its_level_by_the_requests_hash():
+    view, service, me, rule = locality_setup("""\
+        trafficPolicy:
+          loadBalancer: {consistentHash: {httpHeaderName: x-user}}
+          outlierDetection: {consecutive5xxErrors: 1, maxEjectionPercent: 100}
+        """)
+    picker = EndpointPicker(clock=Clock())
+
+    def request(user):
+        return RequestAttributes("GET", "/", headers=(("x-user", user),))
+    assert {picks(picker, view, service, me, rule, 1, request=request(f"u{i}"))[0] for i in range(50)} == {"a"}
+
+
+def test_maglev_builds_a_maglev_table_of_the_rules_size():
+    from meshcore.traffic.loadbalancer import Maglev
+    view, service, me, rule = setup("""\
+        trafficPolicy: {loadBalancer: {consistentHash: {httpHeaderName: x-user, maglev: {tableSize: 251}}}}
+        """)
+    picker = EndpointPicker()
+
+    def request(user):
+        return RequestAttributes("GET", "/", headers=(("x-user", user),))
+    chosen = {user: picks(picker, view, service, me, rule, 3, request=request(user)) for user in ("al", "bo", "cy")}
+    assert all(len(set(v)) == 1 for v in chosen.values())
+    tables = list(picker._balancing[(service.key, "", 80)].hash_tables.values())
+    assert len(tables) == 1 and isinstance(tables[0], Maglev) and len(tables[0]._table) == 251
