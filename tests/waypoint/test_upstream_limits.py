@@ -1,0 +1,150 @@
+"""The pure decisions behind the waypoint's upstream connections: the limits a
+DestinationRule's connectionPool sets (as istiod's applyConnectionPool writes them into
+Envoy's cluster), whether a connection may take another request, when an idle one
+closes; and a mirror copy's share of a streamed body (MirrorBody), which never makes
+its primary wait."""
+import asyncio
+import types
+
+import pytest
+
+from meshcore.traffic.destinationrule import cluster_policy, destination_rule
+from meshcore.traffic.istio_model import ClusterPolicy, ConnectionPool, HTTPSettings, TCPSettings
+from meshcore.waypoint.mirrors import MirrorBody
+from meshcore.waypoint.upstreams import (DEFAULT_LIMITS, UPSTREAM_IDLE, ConnectionLimits, _Use, connection_limits,
+                                         may_take_another)
+
+
+def pool(http=None, tcp=None):
+    return ClusterPolicy(connection_pool=ConnectionPool(tcp=tcp, http=http))
+
+
+@pytest.mark.parametrize("policy, limits", [
+    (None, ConnectionLimits(None, 3600.0, None)),
+    (ClusterPolicy(), DEFAULT_LIMITS),
+    (pool(HTTPSettings(max_requests_per_connection=0)), DEFAULT_LIMITS),          # 0: unlimited
+    (pool(HTTPSettings(max_requests_per_connection=1)), ConnectionLimits(1, UPSTREAM_IDLE, None)),
+    (pool(HTTPSettings(max_requests_per_connection=3, idle_timeout=0.3)), ConnectionLimits(3, 0.3, None)),
+    (pool(HTTPSettings(http2_max_requests=10)), DEFAULT_LIMITS),                  # another setting only
+    # istiod: tcp.idleTimeout when http.idleTimeout is unset, http's when both are
+    (pool(tcp=TCPSettings(idle_timeout=5.0)), ConnectionLimits(None, 5.0, None)),
+    (pool(HTTPSettings(idle_timeout=2.0), TCPSettings(idle_timeout=5.0)), ConnectionLimits(None, 2.0, None)),
+    (pool(tcp=TCPSettings(idle_timeout=0.0)), ConnectionLimits(None, None, None)),   # 0s: never for idleness
+    (pool(tcp=TCPSettings(max_connection_duration=60.0)), ConnectionLimits(None, UPSTREAM_IDLE, 60.0)),
+])
+def test_connection_limits_from_a_connection_pool(policy, limits):
+    assert connection_limits(policy) == limits
+
+
+@pytest.mark.parametrize("limits, requests, age, allowed", [
+    (DEFAULT_LIMITS, 0, 0.0, True),
+    (DEFAULT_LIMITS, 10_000, 10_000.0, True),                  # unlimited, however old
+    (ConnectionLimits(max_requests=1), 0, 0.0, True),          # the first request
+    (ConnectionLimits(max_requests=1), 1, 0.0, False),         # keep-alive off
+    (ConnectionLimits(max_requests=3), 2, 0.0, True),
+    (ConnectionLimits(max_requests=3), 3, 0.0, False),
+    (ConnectionLimits(max_duration=60.0), 5, 59.9, True),
+    (ConnectionLimits(max_duration=60.0), 5, 60.0, False),     # retired at its maximum duration
+    (ConnectionLimits(max_requests=3, max_duration=60.0), 1, 61.0, False),
+])
+def test_whether_a_connection_may_take_another_request(limits, requests, age, allowed):
+    assert may_take_another(limits, requests, age) is allowed
+
+
+@pytest.mark.parametrize("limits, override, age, delay", [
+    (DEFAULT_LIMITS, None, 0.0, UPSTREAM_IDLE),
+    (ConnectionLimits(idle=0.3), None, 0.0, 0.3),
+    (ConnectionLimits(idle=0.3), 5.0, 0.0, 5.0),                   # the pool's own setting wins
+    (ConnectionLimits(idle=None), None, 0.0, None),                # never closed for idleness
+    (ConnectionLimits(idle=10.0, max_duration=4.0), None, 1.0, 3.0),   # its maximum duration comes first
+    (ConnectionLimits(idle=None, max_duration=4.0), None, 5.0, 0.0),
+])
+def test_when_an_idle_connection_closes(monkeypatch, limits, override, age, delay):
+    monkeypatch.setattr("meshcore.waypoint.upstreams.time.monotonic", lambda: 100.0)
+    use = _Use(limits)
+    use.opened = 100.0 - age
+    assert use.idle_delay(override) == pytest.approx(delay) if delay is not None else use.idle_delay(override) is None
+
+
+def test_a_destination_rules_subset_and_port_settings_reach_the_connection_limits():
+    rule = destination_rule({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                             "metadata": {"name": "r", "namespace": "shop"},
+                             "spec": {"host": "web", "trafficPolicy": {
+                                 "connectionPool": {"http": {"maxRequestsPerConnection": 3}},
+                                 "portLevelSettings": [{"port": {"number": 81},
+                                                        "connectionPool": {"http": {"idleTimeout": "300ms"}}}]},
+                                 "subsets": [{"name": "v1", "labels": {"v": "1"}, "trafficPolicy": {
+                                     "connectionPool": {"http": {"maxRequestsPerConnection": 1}}}}]}})
+    assert connection_limits(cluster_policy(rule, "", 80)) == ConnectionLimits(3, UPSTREAM_IDLE, None)
+    # port-level settings replace the whole policy
+    assert connection_limits(cluster_policy(rule, "", 81)) == ConnectionLimits(None, 0.3, None)
+    assert connection_limits(cluster_policy(rule, "v1", 80)) == ConnectionLimits(1, UPSTREAM_IDLE, None)
+
+
+# -- a mirror copy's body ------------------------------------------------------------------
+
+def _mirror_body(limit):
+    return MirrorBody(types.SimpleNamespace(abandoned=0), limit=limit)
+
+
+def test_a_copy_gets_every_chunk_its_primary_took_and_the_trailers():
+    async def scenario():
+        tee = _mirror_body(100)
+        copy = tee.copy()
+        copy.task = asyncio.current_task()             # what would be cancelled were it abandoned
+        got = []
+
+        async def read():
+            async for chunk in copy:
+                got.append(chunk)
+
+        async def body():
+            for chunk in (b"ab", memoryview(b"cd"), b"", b"ef"):
+                yield chunk
+        reader = asyncio.get_running_loop().create_task(read())
+        primary = [c async for c in tee.feeding(body(), lambda: [("x-t", "1")])]
+        await asyncio.wait_for(reader, 1)
+        return primary, got, tee
+    primary, got, tee = asyncio.run(scenario())
+    assert b"".join(bytes(c) for c in primary) == b"abcdef" and got == [b"ab", b"cd", b"ef"]
+    assert all(type(c) is bytes for c in got) and tee.trailers == [("x-t", "1")]
+
+
+def test_a_copy_that_falls_behind_its_bound_is_abandoned_and_the_primary_goes_on():
+    async def scenario():
+        tee = _mirror_body(10)
+        slow, quick = tee.copy(), tee.copy()
+
+        async def never_reads():
+            await asyncio.sleep(10)
+
+        async def reads():
+            return b"".join([c async for c in quick])
+        slow.task = asyncio.get_running_loop().create_task(never_reads())
+        quick.task = asyncio.get_running_loop().create_task(reads())
+        for chunk in (b"12345", b"67890", b"X"):       # the slow copy is 11 bytes behind at the third
+            tee.feed(chunk)
+            await asyncio.sleep(0)
+        tee.finish()
+        await asyncio.sleep(0)
+        return tee, slow, await asyncio.wait_for(quick.task, 1)
+    tee, slow, quick_got = asyncio.run(scenario())
+    assert slow.failed and slow.task.cancelled() and tee.mirrors.abandoned == 1
+    assert quick_got == b"1234567890X" and tee.copies == [tee.copies[0]] and not tee.copies[0].failed
+
+
+def test_the_copies_of_a_body_that_never_ended_are_abandoned_when_its_request_ends():
+    async def scenario():
+        tee = _mirror_body(100)
+        copy = tee.copy()
+
+        async def reads():
+            return [c async for c in copy]
+        copy.task = asyncio.get_running_loop().create_task(reads())
+        tee.feed(b"part")
+        await asyncio.sleep(0)
+        tee.request_ended()
+        await asyncio.gather(copy.task, return_exceptions=True)
+        return tee, copy
+    tee, copy = asyncio.run(scenario())
+    assert copy.failed and copy.task.cancelled() and tee.mirrors.abandoned == 1
