@@ -32,6 +32,7 @@ log = logging.getLogger("meshcore.waypoint")
 MIRROR_TIMEOUT = 10.0            # seconds a copy may take, answer included
 MAX_MIRRORS_IN_FLIGHT = 1024     # copies under way at once; more are dropped
 MIRROR_BUFFER_LIMIT = 1 << 20    # bytes a copy may lag behind its primary (Envoy's default buffer limit)
+MIRROR_BUFFER_TOTAL = 64 << 20   # bytes every copy together may hold, so that many lagging ones stay bounded
 
 
 class _CopyAbandoned(Exception):
@@ -60,11 +61,16 @@ class _CopyBody:
         """False when the copy fell too far behind (and is abandoned)."""
         if self.failed:
             return False
+        mirrors = self.source.mirrors
         if self.size + len(chunk) > self.source.limit:
             self.abandon(f"it fell more than {self.source.limit} bytes behind its primary")
             return False
+        if mirrors.buffered + len(chunk) > MIRROR_BUFFER_TOTAL:
+            self.abandon(f"the copies under way hold {mirrors.buffered} bytes already")
+            return False
         self.chunks.append(chunk)
         self.size += len(chunk)
+        mirrors.buffered += len(chunk)
         self._wake()
         return True
 
@@ -72,11 +78,20 @@ class _CopyBody:
         self.ended = True
         self._wake()
 
+    def close(self) -> None:
+        """Its copy ended, however: what it still held is let go, and it takes no more."""
+        self.task = None
+        self.failed = True
+        self.chunks.clear()
+        self.source.mirrors.buffered -= self.size
+        self.size = 0
+
     def abandon(self, why: str) -> None:
-        if self.failed or (self.ended and not self.chunks and self.task is None):
+        if self.failed:
             return
         self.failed = True
         self.chunks.clear()
+        self.source.mirrors.buffered -= self.size
         self.size = 0
         self._wake()
         if self.task is not None and not self.task.done():
@@ -89,6 +104,7 @@ class _CopyBody:
             if self.chunks:
                 chunk = self.chunks.popleft()
                 self.size -= len(chunk)
+                self.source.mirrors.buffered -= len(chunk)
                 yield chunk
             elif self.failed:
                 raise _CopyAbandoned("the body was not streamed whole")
@@ -163,6 +179,7 @@ class Mirrors:
         self.tasks: set[asyncio.Task] = set()
         self.dropped = 0                 # copies not started (no address, too many under way)
         self.abandoned = 0               # copies given up because their body could not follow
+        self.buffered = 0                # bytes of bodies queued for copies, all together
 
     def send(self, state, me, targets, method: str, target: str, authority: str,
              headers: list[tuple[str, str]], body: "bytes | MirrorBody | None" = None) -> list[asyncio.Task]:
@@ -186,6 +203,7 @@ class Mirrors:
                 self._copy(chosen, me, http2, method, target, shadow_authority(authority), headers, copy_body))
             if isinstance(copy_body, _CopyBody):
                 copy_body.task, copy_body.target = task, chosen.target
+                task.add_done_callback(lambda _, b=copy_body: b.close())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             started.append(task)
@@ -201,9 +219,6 @@ class Mirrors:
         except (TimeoutError, OSError, MeshcoreError, HttpError, asyncio.IncompleteReadError,
                 _CopyAbandoned) as exc:
             log.debug("mirror to %s failed: %s: %s", chosen.target, type(exc).__name__, exc)
-        finally:
-            if isinstance(body, _CopyBody):
-                body.task = None              # done: nothing left to abandon
 
     async def _copy_http1(self, chosen, me, method, target, authority, headers, body) -> None:
         client, _ = await self.http1.take(chosen, me)

@@ -84,7 +84,7 @@ def test_a_destination_rules_subset_and_port_settings_reach_the_connection_limit
 # -- a mirror copy's body ------------------------------------------------------------------
 
 def _mirror_body(limit):
-    return MirrorBody(types.SimpleNamespace(abandoned=0), limit=limit)
+    return MirrorBody(types.SimpleNamespace(abandoned=0, buffered=0), limit=limit)
 
 
 def test_a_copy_gets_every_chunk_its_primary_took_and_the_trailers():
@@ -127,10 +127,27 @@ def test_a_copy_that_falls_behind_its_bound_is_abandoned_and_the_primary_goes_on
             await asyncio.sleep(0)
         tee.finish()
         await asyncio.sleep(0)
-        return tee, slow, await asyncio.wait_for(quick.task, 1)
-    tee, slow, quick_got = asyncio.run(scenario())
+        return tee, slow, quick, await asyncio.wait_for(quick.task, 1)
+    tee, slow, quick, quick_got = asyncio.run(scenario())
     assert slow.failed and slow.task.cancelled() and tee.mirrors.abandoned == 1
-    assert quick_got == b"1234567890X" and tee.copies == [tee.copies[0]] and not tee.copies[0].failed
+    assert quick_got == b"1234567890X" and tee.copies == [quick] and not quick.failed
+    assert tee.mirrors.buffered == 0                  # what the copies held is given back
+
+
+def test_copies_together_hold_at_most_the_total_bound(monkeypatch):
+    monkeypatch.setattr("meshcore.waypoint.mirrors.MIRROR_BUFFER_TOTAL", 15)
+
+    async def scenario():
+        tee = _mirror_body(10)
+        first, second = tee.copy(), tee.copy()
+        for c in (first, second):
+            c.task = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        tee.feed(b"1234567")                           # 7 each: 14 together
+        tee.feed(b"89")                                # 16 > 15 for the first; the second fits once it left
+        await asyncio.sleep(0)
+        return tee, first, second
+    tee, first, second = asyncio.run(scenario())
+    assert first.failed and not second.failed and second.size == 9 and tee.mirrors.buffered == 9
 
 
 def test_the_copies_of_a_body_that_never_ended_are_abandoned_when_its_request_ends():
@@ -148,3 +165,13 @@ def test_the_copies_of_a_body_that_never_ended_are_abandoned_when_its_request_en
         return tee, copy
     tee, copy = asyncio.run(scenario())
     assert copy.failed and copy.task.cancelled() and tee.mirrors.abandoned == 1
+
+
+def test_a_copy_that_ended_early_lets_go_of_what_it_held_and_takes_no_more():
+    tee = _mirror_body(100)
+    copy = tee.copy()
+    tee.feed(b"12345")
+    assert tee.mirrors.buffered == 5
+    copy.close()                                      # its mirror answered before the body ended
+    tee.feed(b"678")
+    assert tee.mirrors.buffered == 0 and tee.copies == [] and tee.mirrors.abandoned == 0
