@@ -163,6 +163,9 @@ class Http2Upstreams:
         if use.timer is not None:
             use.timer.cancel()
             use.timer = None
+        # a taker that opened no stream after all leaves no stream whose end would close
+        # the connection (retired) or start its idle time: looked at once it had its turn
+        conn.loop.call_soon(self._maybe_idle, conn)
 
     def _maybe_idle(self, conn: HboneConnection) -> None:
         use = self._uses.get(conn)

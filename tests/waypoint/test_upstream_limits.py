@@ -175,3 +175,87 @@ def test_a_copy_that_ended_early_lets_go_of_what_it_held_and_takes_no_more():
     copy.close()                                      # its mirror answered before the body ended
     tee.feed(b"678")
     assert tee.mirrors.buffered == 0 and tee.copies == [] and tee.mirrors.abandoned == 0
+
+
+# -- the HTTP/2 pool's bookkeeping, on stand-in connections -------------------------------------
+
+class _Conn:
+    """What Http2Upstreams reads of an HboneConnection."""
+
+    def __init__(self):
+        self.usable = True
+        self.h2 = types.SimpleNamespace(open_local_streams=0, remote_max_concurrent_streams=100)
+        self.streams = {}
+        self.on_closed = self.on_stream_closed = None
+        self.loop = asyncio.get_running_loop()
+        self.closed = self.loop.create_future()
+
+    def open(self, sid):
+        self.streams[sid] = object()
+
+    def end(self, sid):
+        del self.streams[sid]
+        self.on_stream_closed(self, sid)
+
+    def close(self):
+        if not self.closed.done():
+            self.usable = False
+            self.closed.set_result(None)
+            self.on_closed(self)
+
+
+def _pool():
+    from meshcore.waypoint.upstreams import Http2Upstreams
+    opened = []
+
+    async def open_upstream(chosen, me, protocol_factory=None):
+        opened.append(_Conn())
+        return None, opened[-1]
+    pool = Http2Upstreams(types.SimpleNamespace(open_upstream=open_upstream))
+    chosen = types.SimpleNamespace(dial=("127.0.0.1", 1), authority="web", expected=())
+    return pool, opened, chosen, types.SimpleNamespace(identity="waypoint")
+
+
+def test_an_http2_connection_at_its_request_limit_takes_no_new_stream_and_closes_once_its_streams_end():
+    async def scenario():
+        pool, opened, chosen, me = _pool()
+        limits = ConnectionLimits(max_requests=2)
+        a = await pool.get(chosen, me, limits)
+        a.open(1)
+        assert await pool.get(chosen, me, limits) is a          # its second request
+        a.open(3)
+        b = await pool.get(chosen, me, limits)                  # a third: a new connection
+        b.open(1)
+        assert b is not a and not a.closed.done()
+        a.end(1)
+        assert not a.closed.done()                              # a stream still open on it
+        a.end(3)
+        assert a.closed.done() and pool.connections[next(iter(pool.connections))] == [b]
+        # a connection taken for a stream that never opened is not left behind
+        c = await pool.get(chosen, me, ConnectionLimits(max_requests=1))
+        await asyncio.sleep(0)
+        assert c.closed.done() and not pool._uses.get(c)
+        b.end(1)
+        await asyncio.sleep(0)
+        assert not b.closed.done() and pool._uses[b].timer is not None    # idle, with its timer
+        b.close()
+        assert not pool._uses and not pool.connections
+    asyncio.run(scenario())
+
+
+def test_an_idle_http2_connection_closes_after_its_idle_timeout_and_a_taken_one_does_not():
+    async def scenario():
+        pool, opened, chosen, me = _pool()
+        limits = ConnectionLimits(idle=0.05)
+        a = await pool.get(chosen, me, limits)
+        a.open(1)
+        a.end(1)
+        await asyncio.sleep(0.02)
+        assert await pool.get(chosen, me, limits) is a          # taken again before its time
+        a.open(3)
+        await asyncio.sleep(0.1)
+        assert not a.closed.done()                              # busy: no idle time runs
+        a.end(3)
+        await asyncio.sleep(0.1)
+        assert a.closed.done() and len(opened) == 1
+    asyncio.run(scenario())

@@ -3,9 +3,10 @@
 answer says which of the backend's TCP connections carried it, and the size and SHA-256
 of the body it received).
 
-Services `once`, `thrice`, `brief` and `plain` have one endpoint, `one`, HTTP/1.1 on
-port 80 and HTTP/2 on 81; their DestinationRules set connectionPool
-maxRequestsPerConnection 1 and 3, and idleTimeout 300ms (`plain` has none). Every
+Services `once`, `thrice`, `brief`, `aged` and `plain` have one endpoint, `one`,
+HTTP/1.1 on port 80 and HTTP/2 on 81; their DestinationRules set connectionPool
+maxRequestsPerConnection 1 and 3, idleTimeout 300ms and maxConnectionDuration 1s
+(`plain` has none). Every
 pairing of client and backend HTTP versions goes through its own pool in the waypoint
 (an HTTP/1.1 client's own connections, the shared HTTP/1.1 and HTTP/2 ones); each
 upstream connection is one TCP connection the backend accepts (one HBONE tunnel, which
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 
 SUPPORT = Path(__file__).resolve().parent.parent / "support"
 PORTS = "{{80: 8080, 81: 8081}}"
-SERVICES = ("once", "thrice", "brief", "plain", "mirrored")
+SERVICES = ("once", "thrice", "brief", "aged", "plain", "mirrored")
 
 CONFIG = """\
 ---
@@ -63,6 +64,13 @@ metadata: {{name: brief, namespace: shop}}
 spec:
   host: brief
   trafficPolicy: {{connectionPool: {{http: {{idleTimeout: 300ms}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: aged, namespace: shop}}
+spec:
+  host: aged
+  trafficPolicy: {{connectionPool: {{tcp: {{maxConnectionDuration: 1s}}}}}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -230,6 +238,19 @@ def test_an_upstream_connection_idle_past_its_idle_timeout_is_closed_and_a_busy_
     # the same pauses to a destination with Envoy's default (1 hour) keep the connection
     kept = requests(mesh, "plain", client, port, [f"/plain/idle/{client}/{port}/{i}" for i in range(2)], pause=0.8)
     assert connections(kept) == [2], kept
+
+
+# -- maxConnectionDuration ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("client, port", PAIRINGS)
+def test_an_upstream_connection_past_its_maximum_duration_takes_no_new_request(mesh, client, port):
+    # a request every 0.25 s for 2 s: a connection serves those of its first second, then
+    # the next one does
+    started = time.monotonic()
+    answers = requests(mesh, "aged", client, port, [f"/aged/{client}/{port}/{i}" for i in range(9)], pause=0.25)
+    elapsed = time.monotonic() - started
+    counts = connections(answers)
+    assert 2 <= len(counts) <= int(elapsed) + 2 and counts[0] >= 2, (counts, elapsed)
 
 
 # -- mirrors of large bodies ---------------------------------------------------------------------
