@@ -150,9 +150,9 @@ class _Discard:
 
 def _h2_server_endpoint(reader, writer):
     """tests/support/h2http.py's Endpoint (windows given back by hand), its settings all in
-    its first SETTINGS frame: h2 takes the larger frames it announces only once a
-    SETTINGS frame announcing them is acknowledged, and a client may send a request's
-    body on a new connection before it acknowledged a second one."""
+    its first SETTINGS frame: h2 checks the frames of one read against the frame size in
+    force when the read began, so a larger frame a client sends right after its
+    acknowledgement of a second SETTINGS frame, in the same read, would be refused."""
     import h2.config
     import h2.connection
     import h2.settings
