@@ -318,3 +318,35 @@ def test_a_mirror_that_stops_reading_never_slows_the_primary_and_its_copy_is_aba
     assert "behind" in lines[0], lines
     # the abandoned copy's connection is gone: the waypoint holds what it held before
     wait_for(lambda: fds(waypoint) <= before, lambda: (fds(waypoint), before))
+
+
+@pytest.mark.parametrize("client, route", MIRRORINGS)
+def test_a_client_that_leaves_mid_body_takes_its_mirror_copy_with_it(mesh, client, route):
+    path = f"{route}/cut/{client}"
+    abandoned = mesh.log("waypoint").count("did not end whole")
+
+    async def cut():
+        part = os.urandom(256 << 10)
+        if client == "http1":
+            reader, writer = await mesh.socks5(mesh.vips["mirrored"], 80)
+            writer.write(f"POST {path} HTTP/1.1\r\nhost: mirrored\r\ncontent-length: {1 << 20}\r\n\r\n".encode()
+                         + part)
+            await writer.drain()
+            await asyncio.sleep(0.3)
+            writer.transport.abort()
+        else:
+            reader, writer = await mesh.socks5(mesh.vips["mirrored"], 80)
+            ep = Endpoint(reader, writer, client=True)
+            ep.task = asyncio.get_running_loop().create_task(ep.run())
+            sid = open_request(ep, "POST", path, "mirrored:80", [("content-length", str(1 << 20))])
+            ep.send(sid, part)
+            await asyncio.sleep(0.3)
+            ep.reset(sid)
+            await asyncio.sleep(0.1)
+            writer.close()
+    asyncio.run(cut())
+    wait_for(lambda: mesh.log("waypoint").count("did not end whole") > abandoned, lambda: mesh.log("waypoint")[-2000:])
+    # the mirror never got a whole request: neither did the primary
+    time.sleep(0.3)
+    assert not [r for r in seen(mesh.two, path) if not r.get("stalled")], seen(mesh.two, path)
+    assert not seen(mesh.one, path)
