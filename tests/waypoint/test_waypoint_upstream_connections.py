@@ -5,7 +5,7 @@ of the body it received).
 
 Services `once`, `thrice`, `brief`, `aged` and `plain` have one endpoint, `one`,
 HTTP/1.1 on port 80 and HTTP/2 on 81; their DestinationRules set connectionPool
-maxRequestsPerConnection 1 and 3, idleTimeout 300ms and maxConnectionDuration 1s
+maxRequestsPerConnection 1 and 3, idleTimeout 500ms and maxConnectionDuration 1s
 (`plain` has none). Every
 pairing of client and backend HTTP versions goes through its own pool in the waypoint
 (an HTTP/1.1 client's own connections, the shared HTTP/1.1 and HTTP/2 ones); each
@@ -63,7 +63,7 @@ kind: DestinationRule
 metadata: {{name: brief, namespace: shop}}
 spec:
   host: brief
-  trafficPolicy: {{connectionPool: {{http: {{idleTimeout: 300ms}}}}}}
+  trafficPolicy: {{connectionPool: {{http: {{idleTimeout: 500ms}}}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -230,13 +230,13 @@ def test_without_a_limit_one_upstream_connection_carries_every_request(mesh, cli
 
 @pytest.mark.parametrize("client, port", PAIRINGS)
 def test_an_upstream_connection_idle_past_its_idle_timeout_is_closed_and_a_busy_one_kept(mesh, client, port):
-    # 300ms: requests one after the other keep their connection; after 0.8 s idle, a new one
+    # 500ms: requests one after the other keep their connection; after 1.2 s idle, a new one
     quick = requests(mesh, "brief", client, port, [f"/brief/quick/{client}/{port}/{i}" for i in range(3)])
     assert connections(quick) == [3], quick
-    idle = requests(mesh, "brief", client, port, [f"/brief/idle/{client}/{port}/{i}" for i in range(3)], pause=0.8)
+    idle = requests(mesh, "brief", client, port, [f"/brief/idle/{client}/{port}/{i}" for i in range(3)], pause=1.2)
     assert connections(idle) == [1, 1, 1], [echo["connection"] for _, echo in idle]
     # the same pauses to a destination with Envoy's default (1 hour) keep the connection
-    kept = requests(mesh, "plain", client, port, [f"/plain/idle/{client}/{port}/{i}" for i in range(2)], pause=0.8)
+    kept = requests(mesh, "plain", client, port, [f"/plain/idle/{client}/{port}/{i}" for i in range(2)], pause=1.2)
     assert connections(kept) == [2], kept
 
 
