@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from meshcore.traffic.locality import LocalityLbSetting
+
 Labels = tuple[tuple[str, str], ...]
 
 
@@ -267,7 +269,7 @@ class ConsistentHash:
 class LoadBalancerSettings:
     simple: SimpleLB = SimpleLB.UNSPECIFIED
     consistent_hash: ConsistentHash | None = None
-    locality: "LocalityLbSetting | None" = None          # localityLbSetting: traffic/locality.py
+    locality: LocalityLbSetting | None = None          # localityLbSetting: traffic/locality.py
 
     @property
     def algorithm(self) -> SimpleLB:

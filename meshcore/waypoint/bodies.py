@@ -1,5 +1,6 @@
-"""A request body kept in memory for sending again (a retry, a copy to a mirror): its
-chunks while it stays within RETRY_BODY_LIMIT; past that it is sent once."""
+"""A request body kept in memory for sending again (a retry): its chunks while it stays
+within RETRY_BODY_LIMIT; past that it is sent once. Mirrors do not keep bodies: they
+are streamed to them (waypoint/mirrors.py)."""
 from __future__ import annotations
 
 RETRY_BODY_LIMIT = 64 * 1024    # bytes of a request body kept to send again

@@ -29,9 +29,11 @@ from meshcore.state.model import Service
 from meshcore.traffic.istio_model import RequestAttributes
 from meshcore.traffic.decide import CORS_PREFLIGHT, NO_EDITS, HeaderEdits, LocalReply, RequestView, decide, merge_edits
 from meshcore.traffic.decide_istio import VirtualServiceRandoms, decide_virtual_service
+from meshcore.traffic.destinationrule import cluster_policy
 from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_delay, should_retry
 from meshcore.waypoint.endpoints import EndpointPicker, Overflow, Ticket
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RateHeaders, RequestLimits
+from meshcore.waypoint.upstreams import DEFAULT_LIMITS, ConnectionLimits, connection_limits
 
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 ATTEMPT_COUNT = "x-envoy-attempt-count"    # on every upstream request, as Istio has Envoy send it
@@ -82,6 +84,15 @@ class Destination:
     delay: float = 0.0                  # an injected fault's delay before the request goes on
     mirrors: tuple[tuple[str, int], ...] = ()   # (service key, port) that get a copy of the request
     service: Service | None = None      # the backend service: what the request's metrics name
+
+    @property
+    def connection_limits(self) -> ConnectionLimits:
+        """How long the upstream connections of this destination live (its
+        DestinationRule's connectionPool)."""
+        b = self.balanced
+        if b is None or b.rule is None:
+            return DEFAULT_LIMITS
+        return connection_limits(cluster_policy(b.rule, b.subset, b.port))
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when
@@ -290,18 +301,22 @@ def with_rate_headers(where: Destination, response: tuple[tuple[str, str], ...])
 
 
 class InFlight:
-    """What one request holds while it is under way: where it went (its attempts) and
-    its copies to mirrors. end() gives them up: the attempts leave the endpoint
-    picker's count; the copies are cancelled if the client left before its answer."""
-    __slots__ = ("where", "mirrored")
+    """What one request holds while it is under way: where it went (its attempts), its
+    copies to mirrors and the body they are streamed. end() gives them up: the attempts
+    leave the endpoint picker's count; copies whose body did not end whole are
+    abandoned; the copies are cancelled if the client left before its answer."""
+    __slots__ = ("where", "mirrored", "mirror_body")
 
     def __init__(self):
         self.where: Destination | None = None
         self.mirrored: list = []
+        self.mirror_body = None            # mirrors.MirrorBody, for a request with a body
 
     def end(self, *, client_left: bool) -> None:
         if self.where is not None:
             self.where.release()
+        if self.mirror_body is not None:
+            self.mirror_body.request_ended()
         if client_left:
             for copy in self.mirrored:
                 copy.cancel()

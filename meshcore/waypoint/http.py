@@ -27,12 +27,12 @@ from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as repla
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            destination, failure_answer, rate_limit, retry_destination,
                                            routed_service, with_rate_headers)
-from meshcore.waypoint.mirrors import Mirrors
+from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
 from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
-from meshcore.waypoint.upstreams import Http2Upstreams
+from meshcore.waypoint.upstreams import Http2Upstreams, KeptUpstreams
 
 log = logging.getLogger("meshcore.waypoint")
 
@@ -112,7 +112,7 @@ class Http1Handler:
     async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tunnel: Tunnel) -> None:
         # a CONNECT is refused as Envoy refuses one it is not configured for
         conn = Http1ServerConnection(reader, writer, write_timeout=self.WRITE_IDLE_TIMEOUT, connect_status=403)
-        upstreams: dict[tuple, Http1ClientConnection] = {}
+        upstreams = KeptUpstreams()
         tunnel.record.finish()                     # the tunnel itself is not a metric; its requests are
         try:
             while True:
@@ -126,14 +126,13 @@ class Http1Handler:
                 if not await self._one(conn, request, tunnel, upstreams):
                     return
         except asyncio.CancelledError:
-            for client in upstreams.values():
-                client.close()                 # the tunnel was reset or the waypoint stops: at once
+            upstreams.close()                  # the tunnel was reset or the waypoint stops: at once
             raise
         finally:
             # the client left: end the kept-alive upstream tunnels as a client ends them
-            await asyncio.gather(*(client.aclose() for client in upstreams.values()), return_exceptions=True)
+            await upstreams.aclose()
 
-    async def _one(self, conn: Http1ServerConnection, request, tunnel: Tunnel, upstreams: dict) -> bool:
+    async def _one(self, conn: Http1ServerConnection, request, tunnel: Tunnel, upstreams: KeptUpstreams) -> bool:
         """One request; False when the connection cannot carry another."""
         req = tunnel.request
         record = RequestRecord(tunnel.record, method=request.method, path=request.target,
@@ -172,7 +171,7 @@ class Http1Handler:
         self._report(record.finish(status, flag=flag, error=error))
         return not conn.closed
 
-    async def _forward(self, conn: Http1ServerConnection, request, tunnel: Tunnel, upstreams: dict,
+    async def _forward(self, conn: Http1ServerConnection, request, tunnel: Tunnel, upstreams: KeptUpstreams,
                        record: RequestRecord, inflight: list, pending: InFlight) -> bool:
         ctx, req = self.ctx, tunnel.request
         if request.upgrade is not None and not upgrade_allowed(request.upgrade) \
@@ -232,8 +231,12 @@ class Http1Handler:
         if host != request.host:
             headers = [("host", host)] + [(n, v) for n, v in headers if n != "host"]
         has_body = _has_body(request.headers)
-        if where.mirrors and not has_body and self.mirrors is not None:
-            pending.mirrored += self.mirrors.send(state, me, where.mirrors, request.method, target, host, headers)
+        tee = None                                 # the body on its way to the mirrors, as the primary takes it
+        if where.mirrors and self.mirrors is not None:
+            if has_body:
+                tee = pending.mirror_body = MirrorBody(self.mirrors)
+            pending.mirrored += self.mirrors.send(state, me, where.mirrors, request.method, target, host, headers,
+                                                  body=tee)
         if upstream_http(where.app_protocol, "1.1") == "2":
             if upgrade:
                 # an HTTP/2 backend could take it only as an extended CONNECT (RFC 8441),
@@ -241,7 +244,7 @@ class Http1Handler:
                 # is not configured for
                 return await self._local(conn, record, 403, b"upgrade not allowed",
                                          error=f"upgrade {request.upgrade!r} to an HTTP/2 backend")
-            return await self._forward_http2(conn, request, where, me, headers, has_body, record)
+            return await self._forward_http2(conn, request, where, me, headers, has_body, record, tee)
         key = (chosen.dial, chosen.authority, chosen.expected)
         client = upstreams.pop(key, None)
         body = None
@@ -280,10 +283,11 @@ class Http1Handler:
                                                  flag="URX" if retries else "UF", error=f"{type(exc).__name__}: {exc}")
                     client = Http1ClientConnection(up_reader, up_writer, response_timeout=self.RESPONSE_TIMEOUT,
                                                    idle_timeout=self.BODY_IDLE_TIMEOUT)
+                    upstreams.opened(client, where.connection_limits)
                 inflight[0] = client
                 if has_body:
                     # an attempt after one that took the body whole sends it again from memory
-                    source = replay_body(replay) if replay is not None else request.body()
+                    source = replay_body(replay) if replay is not None else _client_body(request, tee)
                     body = _Counted(source, on_error=client.close, keep=RETRY_BODY_LIMIT)
                 if attempt_deadline is None:
                     response = await self._exchange(conn, client, request, target, sent, body)
@@ -354,10 +358,6 @@ class Http1Handler:
             break
         record.attempts = retries + 1
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
-        if where.mirrors and body is not None and self.mirrors is not None and body.kept is not None:
-            # the body read whole within the bound kept: its copies go now
-            pending.mirrored += self.mirrors.send(state, me, where.mirrors, request.method, target, host, headers,
-                                                  body=body.kept)
         record.request_bytes = body.count if body is not None else 0
         if response.status == 101:
             if not upgrade:
@@ -401,14 +401,11 @@ class Http1Handler:
         if body is not None:
             record.request_bytes = body.count
         self._report(record.finish(response.status))
-        if client.reusable:
-            upstreams[key] = client
-        else:
-            client.close()
+        upstreams.keep(key, client)
         return not conn.closed
 
     async def _forward_http2(self, conn: Http1ServerConnection, request, where: Destination, me,
-                             headers, has_body: bool, record: RequestRecord) -> bool:
+                             headers, has_body: bool, record: RequestRecord, tee: MirrorBody | None = None) -> bool:
         """The request to a backend that speaks HTTP/2: a stream on the waypoint's
         connection to the endpoint; its response back in HTTP/1.1 (chunked when its
         length is not announced, trailers after the last chunk). A client that ends its
@@ -433,7 +430,7 @@ class Http1Handler:
         async def attempt():
             nonlocal up, body, sending
             try:
-                connection = await self.http2_upstreams.get(where.chosen, me)
+                connection = await self.http2_upstreams.get(where.chosen, me, where.connection_limits)
                 up = send_request(connection, request.method, where.target, authority=where.authority,
                                   scheme="http", headers=[*fields, (ATTEMPT_COUNT, str(retries + 1))],
                                   end_stream=not has_body)
@@ -442,7 +439,7 @@ class Http1Handler:
             if has_body:
                 stream = up
                 # an attempt after one that took the body whole sends it again from memory
-                source = replay_body(replay) if replay is not None else request.body()
+                source = replay_body(replay) if replay is not None else _client_body(request, tee)
                 body = _Counted(source, on_error=lambda: stream.reset(ErrorCode.CANCEL), keep=RETRY_BODY_LIMIT)
                 sending = asyncio.get_running_loop().create_task(_send_http2_body(body, request, up))
             try:
@@ -558,6 +555,11 @@ async def _while_client_stays(conn: Http1ServerConnection, body, awaitable):
         conn.watch_end(None)
         if body is not None:
             body.on_finished = None
+
+
+def _client_body(request, tee: MirrorBody | None):
+    """The client's request body, passed on to the mirrors' copies as it goes."""
+    return request.body() if tee is None else tee.feeding(request.body(), lambda: request.trailers)
 
 
 async def _relay_body(response, client: Http1ClientConnection, body):

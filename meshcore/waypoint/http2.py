@@ -39,7 +39,7 @@ from meshcore.waypoint.bodies import KeptBody, replay
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            destination, failure_answer, rate_limit, retry_destination,
                                            routed_service, with_rate_headers)
-from meshcore.waypoint.mirrors import Mirrors
+from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
@@ -197,11 +197,14 @@ class Http2Handler:
         record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
         forwarded = limit.to_request(where.request_headers.apply(forwarded))
-        if where.mirrors and exchange.body_ended and self.mirrors is not None:
+        tee = None                                 # the body on its way to the mirrors, as the primary takes it
+        if where.mirrors and self.mirrors is not None:
+            if not exchange.body_ended:
+                tee = pending.mirror_body = MirrorBody(self.mirrors)
             pending.mirrored += self.mirrors.send(state, me, where.mirrors, exchange.method, target, authority,
-                                                  forwarded)
+                                                  forwarded, body=tee)
         if upstream_http(where.app_protocol, "2") == "1.1":
-            await self._forward_http1(exchange, where, me, forwarded, record, outcome)
+            await self._forward_http1(exchange, where, me, forwarded, record, outcome, tee)
             return
         no_body = exchange.body_ended
         loop = asyncio.get_running_loop()
@@ -220,7 +223,7 @@ class Http2Handler:
             """One attempt: (response, None, None), or (None, failure, error)."""
             nonlocal up, sending, body_started
             try:
-                connection = await self.upstreams.get(where.chosen, me)
+                connection = await self.upstreams.get(where.chosen, me, where.connection_limits)
                 up = send_request(connection, exchange.method, target, authority=authority,
                                   scheme=exchange.scheme or "http",
                                   headers=[*h2_fields(forwarded), (ATTEMPT_COUNT, str(retries + 1))],
@@ -234,7 +237,7 @@ class Http2Handler:
                 if body_started:                   # the body again, from memory
                     sending = loop.create_task(_send_kept(up, kept.whole))
                 else:
-                    sending, body_started = loop.create_task(_send_body(exchange, up, record, kept)), True
+                    sending, body_started = loop.create_task(_send_body(exchange, up, record, kept, tee)), True
             try:
                 return await up.response(), None, None
             except StreamResetError as exc:
@@ -294,10 +297,6 @@ class Http2Handler:
                     continue
                 break
             record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
-            if where.mirrors and not no_body and self.mirrors is not None and replayable():
-                # the body read whole within the bound kept: its copies go now
-                pending.mirrored += self.mirrors.send(state, me, where.mirrors, exchange.method, target, authority,
-                                                      forwarded, body=kept.whole)
             await _relay_response(exchange, up, response, record, outcome, where.response_headers)
         finally:
             exchange.on_reset = None
@@ -316,14 +315,14 @@ class Http2Handler:
             await _respond(exchange, status, [("content-type", "text/plain")], body)
 
     async def _forward_http1(self, exchange: ServerExchange, where: Destination, me: Workload, forwarded,
-                             record: RequestRecord, outcome: _Outcome) -> None:
+                             record: RequestRecord, outcome: _Outcome, tee: MirrorBody | None = None) -> None:
         """The request to a backend that speaks HTTP/1.1: a kept-alive connection of its
         own for the exchange (host from :authority; a body of unannounced length goes
         chunked, with the trailers after it), the response back on the stream."""
         pool, target = self.http1_upstreams, where.target
         fields = http1_fields(where.authority, forwarded)
         kept = KeptBody()        # what a retry sends again, if the body stays within it
-        body = None if exchange.body_ended else _request_body(exchange, record, kept)
+        body = None if exchange.body_ended else _request_body(exchange, record, kept, tee)
         has_body = body is not None
         state = self.ctx.store.view
         clock = Deadlines(where.timeout, where.retry)
@@ -341,7 +340,7 @@ class Http2Handler:
             try:
                 async with asyncio.timeout_at(attempt_deadline):
                     try:
-                        client, reused = await pool.take(where.chosen, me)
+                        client, reused = await pool.take(where.chosen, me, where.connection_limits)
                     except (OSError, MeshcoreError) as exc:
                         if clock.passed(attempt_deadline):
                             raise TimeoutError from exc    # the attempt's time (or the route's) is up
@@ -455,11 +454,16 @@ def http1_fields(authority: str, forwarded: list[tuple[str, str]]) -> list[tuple
     return out
 
 
-async def _request_body(exchange: ServerExchange, record: RequestRecord, kept: KeptBody):
+async def _request_body(exchange: ServerExchange, record: RequestRecord, kept: KeptBody,
+                        tee: MirrorBody | None = None):
     while chunk := await exchange.read():
         record.request_bytes += len(chunk)
         kept.add(chunk)
+        if tee is not None:
+            tee.feed(chunk)
         yield chunk
+    if tee is not None:
+        tee.finish(text_fields(exchange.trailers or ()))
 
 
 
@@ -535,15 +539,20 @@ async def _send_kept(up: ClientExchange, body: bytes) -> None:
 
 
 async def _send_body(exchange: ServerExchange, up: ClientExchange, record: RequestRecord,
-                     kept: KeptBody | None = None) -> None:
-    """The request's body and trailers, as the upstream's window takes them. A reset
-    either way ends it; the on_reset hooks and the response side pass it on."""
+                     kept: KeptBody | None = None, tee: MirrorBody | None = None) -> None:
+    """The request's body and trailers, as the upstream's window takes them (and to the
+    mirrors' copies, `tee`). A reset either way ends it; the on_reset hooks and the
+    response side pass it on."""
     try:
         while chunk := await exchange.read():
             if kept is not None:
                 kept.add(chunk)
+            if tee is not None:
+                tee.feed(chunk)
             await up.write(chunk)
             record.request_bytes += len(chunk)
+        if tee is not None:
+            tee.finish(text_fields(exchange.trailers or ()))
         trailers = h2_fields(text_fields(exchange.trailers or ()))
         await up.end(trailers or None)
     except (StreamResetError, ConnectionError):

@@ -4,16 +4,20 @@ changing the response the client gets.
 
 As Envoy shadows a request: the Host / :authority gets `-shadow` appended to its host
 part, to an endpoint of the mirror service over HBONE with the waypoint's identity.
-A request without a body is copied as it goes upstream; one with a body once it was
-read whole within the bound kept for retries (64 KiB), after its answer's head came:
-a larger body is not copied. A copy goes in HTTP/1.1, or HTTP/2 where the mirror's port
-declares it. Each
-copy is bounded by MIRROR_TIMEOUT and owned here (drain() ends what is left); a copy
-of a request whose client left before its answer is cancelled with it.
+Copies start as the request goes upstream. A body is streamed to them as it streams to
+the primary, whatever its size (Envoy's streaming shadow): each chunk the primary
+takes is also queued for each copy (MirrorBody), which sends it at its own pace. The
+primary never waits for a copy: a copy that falls more than MIRROR_BUFFER_LIMIT bytes
+behind is abandoned (its stream reset, its connection closed), counted in
+`Mirrors.abandoned` and logged; so is every copy of a body that did not end whole.
+A copy goes in HTTP/1.1, or HTTP/2 where the mirror's port declares it. Each copy is
+bounded by MIRROR_TIMEOUT and owned here (drain() ends what is left); a copy of a
+request whose client left before its answer is cancelled with it.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 
 from meshcore.aio.request import send_request
@@ -27,6 +31,137 @@ log = logging.getLogger("meshcore.waypoint")
 
 MIRROR_TIMEOUT = 10.0            # seconds a copy may take, answer included
 MAX_MIRRORS_IN_FLIGHT = 1024     # copies under way at once; more are dropped
+MIRROR_BUFFER_LIMIT = 1 << 20    # bytes a copy may lag behind its primary (Envoy's default buffer limit)
+MIRROR_BUFFER_TOTAL = 64 << 20   # bytes every copy together may hold, so that many lagging ones stay bounded
+
+
+class _CopyAbandoned(Exception):
+    """The body of a copy will not come whole."""
+
+
+class _CopyBody:
+    """One copy's share of a streamed body: the chunks it has yet to send, at most
+    `limit` bytes of them."""
+    __slots__ = ("source", "chunks", "size", "ended", "failed", "waiter", "task", "target")
+
+    def __init__(self, source: "MirrorBody"):
+        self.source = source
+        self.chunks: collections.deque = collections.deque()
+        self.size = 0
+        self.ended = self.failed = False
+        self.waiter: asyncio.Future | None = None
+        self.task: asyncio.Task | None = None
+        self.target = ""
+
+    def _wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def put(self, chunk: bytes) -> bool:
+        """False when the copy fell too far behind (and is abandoned)."""
+        if self.failed:
+            return False
+        mirrors = self.source.mirrors
+        if self.size + len(chunk) > self.source.limit:
+            self.abandon(f"it fell more than {self.source.limit} bytes behind its primary")
+            return False
+        if mirrors.buffered + len(chunk) > MIRROR_BUFFER_TOTAL:
+            self.abandon(f"the copies under way hold {mirrors.buffered} bytes already")
+            return False
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        mirrors.buffered += len(chunk)
+        self._wake()
+        return True
+
+    def end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def close(self) -> None:
+        """Its copy ended, however: what it still held is let go, and it takes no more."""
+        self.task = None
+        self.failed = True
+        self.chunks.clear()
+        self.source.mirrors.buffered -= self.size
+        self.size = 0
+
+    def abandon(self, why: str) -> None:
+        if self.failed:
+            return
+        self.failed = True
+        self.chunks.clear()
+        self.source.mirrors.buffered -= self.size
+        self.size = 0
+        self._wake()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()                # resets its stream, closes its connection
+            self.source.mirrors.abandoned += 1
+            log.info("mirror copy to %s abandoned: %s", self.target, why)
+
+    async def __aiter__(self):
+        while True:
+            if self.chunks:
+                chunk = self.chunks.popleft()
+                self.size -= len(chunk)
+                self.source.mirrors.buffered -= len(chunk)
+                yield chunk
+            elif self.failed:
+                raise _CopyAbandoned("the body was not streamed whole")
+            elif self.ended:
+                return
+            else:
+                self.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self.waiter
+                finally:
+                    self.waiter = None
+
+
+class MirrorBody:
+    """A request's body as it streams to the primary, passed on to the request's copies
+    without ever making the primary wait: feed() each chunk (or wrap the body in
+    feeding()), finish() at its end; request_ended() abandons the copies of a body that
+    never ended whole."""
+    __slots__ = ("mirrors", "limit", "copies", "finished", "trailers")
+
+    def __init__(self, mirrors: "Mirrors", limit: int = MIRROR_BUFFER_LIMIT):
+        self.mirrors, self.limit = mirrors, limit
+        self.copies: list[_CopyBody] = []
+        self.finished = False
+        self.trailers: list[tuple[str, str]] = []
+
+    def copy(self) -> _CopyBody:
+        body = _CopyBody(self)
+        self.copies.append(body)
+        return body
+
+    def feed(self, chunk) -> None:
+        if not chunk or not self.copies:
+            return
+        if isinstance(chunk, memoryview):
+            chunk = bytes(chunk)              # a view would pin the connection's whole read buffer
+        self.copies = [c for c in self.copies if c.put(chunk)]
+
+    def finish(self, trailers=None) -> None:
+        self.finished = True
+        self.trailers = list(trailers or ())
+        for c in self.copies:
+            c.end()
+
+    def request_ended(self) -> None:
+        if not self.finished:
+            for c in self.copies:
+                c.abandon("its request's body did not end whole")
+            self.copies = []
+
+    async def feeding(self, body, trailers=None):
+        """`body` (an async iterator), each chunk fed on its way; its end finishes this
+        with the `trailers()` then known."""
+        async for chunk in body:
+            self.feed(chunk)
+            yield chunk
+        self.finish(trailers() if trailers is not None else None)
 
 
 def shadow_authority(authority: str) -> str:
@@ -42,13 +177,15 @@ class Mirrors:
     def __init__(self, tunnels, http1: Http1Upstreams, http2: Http2Upstreams):
         self.tunnels, self.http1, self.http2 = tunnels, http1, http2
         self.tasks: set[asyncio.Task] = set()
-        self.dropped = 0
+        self.dropped = 0                 # copies not started (no address, too many under way)
+        self.abandoned = 0               # copies given up because their body could not follow
+        self.buffered = 0                # bytes of bodies queued for copies, all together
 
     def send(self, state, me, targets, method: str, target: str, authority: str,
-             headers: list[tuple[str, str]], body: bytes | None = None) -> list[asyncio.Task]:
-        """Start a copy of a request (with its whole `body`, if it has one) to each
-        (service key, port) target; the tasks, for the caller to cancel if its client
-        leaves."""
+             headers: list[tuple[str, str]], body: "bytes | MirrorBody | None" = None) -> list[asyncio.Task]:
+        """Start a copy of a request to each (service key, port) target, with its
+        `body`: whole bytes, or a MirrorBody the caller feeds as the body streams; the
+        tasks, for the caller to cancel if its client leaves."""
         started = []
         for service_key, port in targets:
             service = state.by_service_key.get(service_key)
@@ -61,8 +198,12 @@ class Mirrors:
                 self.dropped += 1
                 continue
             http2 = upstream_http(service.app_protocol(port), "1.1") == "2"
+            copy_body = body.copy() if isinstance(body, MirrorBody) else body
             task = asyncio.get_running_loop().create_task(
-                self._copy(chosen, me, http2, method, target, shadow_authority(authority), headers, body))
+                self._copy(chosen, me, http2, method, target, shadow_authority(authority), headers, copy_body))
+            if isinstance(copy_body, _CopyBody):
+                copy_body.task, copy_body.target = task, chosen.target
+                task.add_done_callback(lambda _, b=copy_body: b.close())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
             started.append(task)
@@ -75,14 +216,16 @@ class Mirrors:
                     await self._copy_http2(chosen, me, method, target, authority, headers, body)
                 else:
                     await self._copy_http1(chosen, me, method, target, authority, headers, body)
-        except (TimeoutError, OSError, MeshcoreError, HttpError, asyncio.IncompleteReadError) as exc:
+        except (TimeoutError, OSError, MeshcoreError, HttpError, asyncio.IncompleteReadError,
+                _CopyAbandoned) as exc:
             log.debug("mirror to %s failed: %s: %s", chosen.target, type(exc).__name__, exc)
 
     async def _copy_http1(self, chosen, me, method, target, authority, headers, body) -> None:
         client, _ = await self.http1.take(chosen, me)
         fields = [("host", authority)] + [(n, v) for n, v in headers if n != "host"]
+        trailers = (lambda: body.source.trailers) if isinstance(body, _CopyBody) else None
         try:
-            response = await client.request(method, target, fields, body)
+            response = await client.request(method, target, fields, body, trailers=trailers)
             async for _ in response.body():
                 pass
         except BaseException:
@@ -95,7 +238,11 @@ class Mirrors:
         up = send_request(connection, method, target, authority=authority, scheme="http",
                           headers=h2_fields(headers), end_stream=body is None)
         try:
-            if body is not None:
+            if isinstance(body, _CopyBody):
+                async for chunk in body:
+                    await up.write(chunk)
+                await up.end(h2_fields(body.source.trailers) or None)
+            elif body is not None:
                 if body:
                     await up.write(body)
                 await up.end()

@@ -64,6 +64,8 @@ class _Conn:
         self.h2 = types.SimpleNamespace(open_local_streams=0, remote_max_concurrent_streams=limit)
         self.streams = {}
         self.on_closed = self.on_stream_closed = None
+        self.loop = asyncio.get_running_loop()
+        self.closed = self.loop.create_future()
 
 
 def test_requests_waiting_on_a_connection_being_opened_keep_to_its_stream_limit():
@@ -158,7 +160,7 @@ def test_h2_upstream_forwards_the_normalized_path(monkeypatch):
                                          dial=("127.0.0.1", 1), authority="web", reason="")
     handler = H2.Http2Handler(ctx, Tunnels(), types.SimpleNamespace(report=records.append), ("shop", "waypoint"))
 
-    async def get(chosen, me):
+    async def get(chosen, me, limits=None):
         return object()
     handler.upstreams.get = get
     tunnel = types.SimpleNamespace(
@@ -213,7 +215,7 @@ def _relay_rig(monkeypatch, up):
                                          dial=("127.0.0.1", 1), authority="web", reason="")
     handler = H2.Http2Handler(ctx, Tunnels(), types.SimpleNamespace(report=records.append), ("shop", "waypoint"))
 
-    async def get(chosen, me):
+    async def get(chosen, me, limits=None):
         return object()
     handler.upstreams.get = get
     tunnel = types.SimpleNamespace(

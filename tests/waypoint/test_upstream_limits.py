@@ -1,0 +1,261 @@
+"""The pure decisions behind the waypoint's upstream connections: the limits a
+DestinationRule's connectionPool sets (as istiod's applyConnectionPool writes them into
+Envoy's cluster), whether a connection may take another request, when an idle one
+closes; and a mirror copy's share of a streamed body (MirrorBody), which never makes
+its primary wait."""
+import asyncio
+import types
+
+import pytest
+
+from meshcore.traffic.destinationrule import cluster_policy, destination_rule
+from meshcore.traffic.istio_model import ClusterPolicy, ConnectionPool, HTTPSettings, TCPSettings
+from meshcore.waypoint.mirrors import MirrorBody
+from meshcore.waypoint.upstreams import (DEFAULT_LIMITS, UPSTREAM_IDLE, ConnectionLimits, _Use, connection_limits,
+                                         may_take_another)
+
+
+def pool(http=None, tcp=None):
+    return ClusterPolicy(connection_pool=ConnectionPool(tcp=tcp, http=http))
+
+
+@pytest.mark.parametrize("policy, limits", [
+    (None, ConnectionLimits(None, 3600.0, None)),
+    (ClusterPolicy(), DEFAULT_LIMITS),
+    (pool(HTTPSettings(max_requests_per_connection=0)), DEFAULT_LIMITS),          # 0: unlimited
+    (pool(HTTPSettings(max_requests_per_connection=1)), ConnectionLimits(1, UPSTREAM_IDLE, None)),
+    (pool(HTTPSettings(max_requests_per_connection=3, idle_timeout=0.3)), ConnectionLimits(3, 0.3, None)),
+    (pool(HTTPSettings(http2_max_requests=10)), DEFAULT_LIMITS),                  # another setting only
+    # istiod: tcp.idleTimeout when http.idleTimeout is unset, http's when both are
+    (pool(tcp=TCPSettings(idle_timeout=5.0)), ConnectionLimits(None, 5.0, None)),
+    (pool(HTTPSettings(idle_timeout=2.0), TCPSettings(idle_timeout=5.0)), ConnectionLimits(None, 2.0, None)),
+    (pool(tcp=TCPSettings(idle_timeout=0.0)), ConnectionLimits(None, None, None)),   # 0s: never for idleness
+    (pool(tcp=TCPSettings(max_connection_duration=60.0)), ConnectionLimits(None, UPSTREAM_IDLE, 60.0)),
+])
+def test_connection_limits_from_a_connection_pool(policy, limits):
+    assert connection_limits(policy) == limits
+
+
+@pytest.mark.parametrize("limits, requests, age, allowed", [
+    (DEFAULT_LIMITS, 0, 0.0, True),
+    (DEFAULT_LIMITS, 10_000, 10_000.0, True),                  # unlimited, however old
+    (ConnectionLimits(max_requests=1), 0, 0.0, True),          # the first request
+    (ConnectionLimits(max_requests=1), 1, 0.0, False),         # keep-alive off
+    (ConnectionLimits(max_requests=3), 2, 0.0, True),
+    (ConnectionLimits(max_requests=3), 3, 0.0, False),
+    (ConnectionLimits(max_duration=60.0), 5, 59.9, True),
+    (ConnectionLimits(max_duration=60.0), 5, 60.0, False),     # retired at its maximum duration
+    (ConnectionLimits(max_requests=3, max_duration=60.0), 1, 61.0, False),
+])
+def test_whether_a_connection_may_take_another_request(limits, requests, age, allowed):
+    assert may_take_another(limits, requests, age) is allowed
+
+
+@pytest.mark.parametrize("limits, override, age, delay", [
+    (DEFAULT_LIMITS, None, 0.0, UPSTREAM_IDLE),
+    (ConnectionLimits(idle=0.3), None, 0.0, 0.3),
+    (ConnectionLimits(idle=0.3), 5.0, 0.0, 5.0),                   # the pool's own setting wins
+    (ConnectionLimits(idle=None), None, 0.0, None),                # never closed for idleness
+    (ConnectionLimits(idle=10.0, max_duration=4.0), None, 1.0, 3.0),   # its maximum duration comes first
+    (ConnectionLimits(idle=None, max_duration=4.0), None, 5.0, 0.0),
+])
+def test_when_an_idle_connection_closes(monkeypatch, limits, override, age, delay):
+    monkeypatch.setattr("meshcore.waypoint.upstreams.time.monotonic", lambda: 100.0)
+    use = _Use(limits)
+    use.opened = 100.0 - age
+    assert use.idle_delay(override) == pytest.approx(delay) if delay is not None else use.idle_delay(override) is None
+
+
+def test_a_destination_rules_subset_and_port_settings_reach_the_connection_limits():
+    rule = destination_rule({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                             "metadata": {"name": "r", "namespace": "shop"},
+                             "spec": {"host": "web", "trafficPolicy": {
+                                 "connectionPool": {"http": {"maxRequestsPerConnection": 3}},
+                                 "portLevelSettings": [{"port": {"number": 81},
+                                                        "connectionPool": {"http": {"idleTimeout": "300ms"}}}]},
+                                 "subsets": [{"name": "v1", "labels": {"v": "1"}, "trafficPolicy": {
+                                     "connectionPool": {"http": {"maxRequestsPerConnection": 1}}}}]}})
+    assert connection_limits(cluster_policy(rule, "", 80)) == ConnectionLimits(3, UPSTREAM_IDLE, None)
+    # port-level settings replace the whole policy
+    assert connection_limits(cluster_policy(rule, "", 81)) == ConnectionLimits(None, 0.3, None)
+    assert connection_limits(cluster_policy(rule, "v1", 80)) == ConnectionLimits(1, UPSTREAM_IDLE, None)
+
+
+# -- a mirror copy's body ------------------------------------------------------------------
+
+def _mirror_body(limit):
+    return MirrorBody(types.SimpleNamespace(abandoned=0, buffered=0), limit=limit)
+
+
+def test_a_copy_gets_every_chunk_its_primary_took_and_the_trailers():
+    async def scenario():
+        tee = _mirror_body(100)
+        copy = tee.copy()
+        copy.task = asyncio.current_task()             # what would be cancelled were it abandoned
+        got = []
+
+        async def read():
+            async for chunk in copy:
+                got.append(chunk)
+
+        async def body():
+            for chunk in (b"ab", memoryview(b"cd"), b"", b"ef"):
+                yield chunk
+        reader = asyncio.get_running_loop().create_task(read())
+        primary = [c async for c in tee.feeding(body(), lambda: [("x-t", "1")])]
+        await asyncio.wait_for(reader, 1)
+        return primary, got, tee
+    primary, got, tee = asyncio.run(scenario())
+    assert b"".join(bytes(c) for c in primary) == b"abcdef" and got == [b"ab", b"cd", b"ef"]
+    assert all(type(c) is bytes for c in got) and tee.trailers == [("x-t", "1")]
+
+
+def test_a_copy_that_falls_behind_its_bound_is_abandoned_and_the_primary_goes_on():
+    async def scenario():
+        tee = _mirror_body(10)
+        slow, quick = tee.copy(), tee.copy()
+
+        async def never_reads():
+            await asyncio.sleep(10)
+
+        async def reads():
+            return b"".join([c async for c in quick])
+        slow.task = asyncio.get_running_loop().create_task(never_reads())
+        quick.task = asyncio.get_running_loop().create_task(reads())
+        for chunk in (b"12345", b"67890", b"X"):       # the slow copy is 11 bytes behind at the third
+            tee.feed(chunk)
+            await asyncio.sleep(0)
+        tee.finish()
+        await asyncio.sleep(0)
+        return tee, slow, quick, await asyncio.wait_for(quick.task, 1)
+    tee, slow, quick, quick_got = asyncio.run(scenario())
+    assert slow.failed and slow.task.cancelled() and tee.mirrors.abandoned == 1
+    assert quick_got == b"1234567890X" and tee.copies == [quick] and not quick.failed
+    assert tee.mirrors.buffered == 0                  # what the copies held is given back
+
+
+def test_copies_together_hold_at_most_the_total_bound(monkeypatch):
+    monkeypatch.setattr("meshcore.waypoint.mirrors.MIRROR_BUFFER_TOTAL", 15)
+
+    async def scenario():
+        tee = _mirror_body(10)
+        first, second = tee.copy(), tee.copy()
+        for c in (first, second):
+            c.task = asyncio.get_running_loop().create_task(asyncio.sleep(10))
+        tee.feed(b"1234567")                           # 7 each: 14 together
+        tee.feed(b"89")                                # 16 > 15 for the first; the second fits once it left
+        await asyncio.sleep(0)
+        return tee, first, second
+    tee, first, second = asyncio.run(scenario())
+    assert first.failed and not second.failed and second.size == 9 and tee.mirrors.buffered == 9
+
+
+def test_the_copies_of_a_body_that_never_ended_are_abandoned_when_its_request_ends():
+    async def scenario():
+        tee = _mirror_body(100)
+        copy = tee.copy()
+
+        async def reads():
+            return [c async for c in copy]
+        copy.task = asyncio.get_running_loop().create_task(reads())
+        tee.feed(b"part")
+        await asyncio.sleep(0)
+        tee.request_ended()
+        await asyncio.gather(copy.task, return_exceptions=True)
+        return tee, copy
+    tee, copy = asyncio.run(scenario())
+    assert copy.failed and copy.task.cancelled() and tee.mirrors.abandoned == 1
+
+
+def test_a_copy_that_ended_early_lets_go_of_what_it_held_and_takes_no_more():
+    tee = _mirror_body(100)
+    copy = tee.copy()
+    tee.feed(b"12345")
+    assert tee.mirrors.buffered == 5
+    copy.close()                                      # its mirror answered before the body ended
+    tee.feed(b"678")
+    assert tee.mirrors.buffered == 0 and tee.copies == [] and tee.mirrors.abandoned == 0
+
+
+# -- the HTTP/2 pool's bookkeeping, on stand-in connections -------------------------------------
+
+class _Conn:
+    """What Http2Upstreams reads of an HboneConnection."""
+
+    def __init__(self):
+        self.usable = True
+        self.h2 = types.SimpleNamespace(open_local_streams=0, remote_max_concurrent_streams=100)
+        self.streams = {}
+        self.on_closed = self.on_stream_closed = None
+        self.loop = asyncio.get_running_loop()
+        self.closed = self.loop.create_future()
+
+    def open(self, sid):
+        self.streams[sid] = object()
+
+    def end(self, sid):
+        del self.streams[sid]
+        self.on_stream_closed(self, sid)
+
+    def close(self):
+        if not self.closed.done():
+            self.usable = False
+            self.closed.set_result(None)
+            self.on_closed(self)
+
+
+def _pool():
+    from meshcore.waypoint.upstreams import Http2Upstreams
+    opened = []
+
+    async def open_upstream(chosen, me, protocol_factory=None):
+        opened.append(_Conn())
+        return None, opened[-1]
+    pool = Http2Upstreams(types.SimpleNamespace(open_upstream=open_upstream))
+    chosen = types.SimpleNamespace(dial=("127.0.0.1", 1), authority="web", expected=())
+    return pool, opened, chosen, types.SimpleNamespace(identity="waypoint")
+
+
+def test_an_http2_connection_at_its_request_limit_takes_no_new_stream_and_closes_once_its_streams_end():
+    async def scenario():
+        pool, opened, chosen, me = _pool()
+        limits = ConnectionLimits(max_requests=2)
+        a = await pool.get(chosen, me, limits)
+        a.open(1)
+        assert await pool.get(chosen, me, limits) is a          # its second request
+        a.open(3)
+        b = await pool.get(chosen, me, limits)                  # a third: a new connection
+        b.open(1)
+        assert b is not a and not a.closed.done()
+        a.end(1)
+        assert not a.closed.done()                              # a stream still open on it
+        a.end(3)
+        assert a.closed.done() and pool.connections[next(iter(pool.connections))] == [b]
+        # a connection taken for a stream that never opened is not left behind
+        c = await pool.get(chosen, me, ConnectionLimits(max_requests=1))
+        await asyncio.sleep(0)
+        assert c.closed.done() and not pool._uses.get(c)
+        b.end(1)
+        await asyncio.sleep(0)
+        assert not b.closed.done() and pool._uses[b].timer is not None    # idle, with its timer
+        b.close()
+        assert not pool._uses and not pool.connections
+    asyncio.run(scenario())
+
+
+def test_an_idle_http2_connection_closes_after_its_idle_timeout_and_a_taken_one_does_not():
+    async def scenario():
+        pool, opened, chosen, me = _pool()
+        limits = ConnectionLimits(idle=0.05)
+        a = await pool.get(chosen, me, limits)
+        a.open(1)
+        a.end(1)
+        await asyncio.sleep(0.02)
+        assert await pool.get(chosen, me, limits) is a          # taken again before its time
+        a.open(3)
+        await asyncio.sleep(0.1)
+        assert not a.closed.done()                              # busy: no idle time runs
+        a.end(3)
+        await asyncio.sleep(0.1)
+        assert a.closed.done() and len(opened) == 1
+    asyncio.run(scenario())
