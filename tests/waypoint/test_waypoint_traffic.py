@@ -42,6 +42,7 @@ workloads:
               "shop/echo-one.shop.svc.cluster.local": {{80: 8080, 50051: 50051}},
               "shop/flaky.shop.svc.cluster.local": {{80: 8080, 50051: 50051}},
               "shop/shaky.shop.svc.cluster.local": {{80: 8080}},
+              "shop/mending.shop.svc.cluster.local": {{80: 8080}},
               "shop/echo-vs.shop.svc.cluster.local": {{80: 8080}},
               "shop/echo-both.shop.svc.cluster.local": {{80: 8080}},
               "shop/rpc.shop.svc.cluster.local": {{50051: 50051}},
@@ -55,6 +56,7 @@ workloads:
    node: node-b, services: {{"shop/flaky.shop.svc.cluster.local": {{80: 8080, 50051: 50051}},
                              "shop/broken.shop.svc.cluster.local": {{80: 8080}},
                              "shop/shaky.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/mending.shop.svc.cluster.local": {{80: 8080}},
                              "shop/echo-three.shop.svc.cluster.local": {{80: 8080, 50051: 50051}}}}}}
 services:
 - {{name: echo, namespace: shop, hostname: echo.shop.svc.cluster.local, vips: ["/{echo}"], ports: {{80: 8080}},
@@ -74,6 +76,8 @@ services:
    appProtocols: {{80: http}}}}
 - {{name: shaky, namespace: shop, hostname: shaky.shop.svc.cluster.local, vips: ["/{shaky}"], ports: {{80: 8080}},
    appProtocols: {{80: http}}}}
+- {{name: mending, namespace: shop, hostname: mending.shop.svc.cluster.local, vips: ["/{mending}"],
+   ports: {{80: 8080}}, appProtocols: {{80: http}}}}
 - {{name: pooled, namespace: shop, hostname: pooled.shop.svc.cluster.local, vips: ["/{pooled}"], ports: {{80: 8080}},
    appProtocols: {{80: http}}}}
 - {{name: flaky, namespace: shop, hostname: flaky.shop.svc.cluster.local, vips: ["/{flaky}"],
@@ -121,6 +125,8 @@ spec:
     backendRefs: [{{name: echo-one, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /eject}}}}]
     backendRefs: [{{name: shaky, port: 80}}]
+  - matches: [{{path: {{type: PathPrefix, value: /mend}}}}]
+    backendRefs: [{{name: mending, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /pooled}}}}]
     backendRefs: [{{name: pooled, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /gwpertry}}}}]
@@ -148,6 +154,15 @@ spec:
   trafficPolicy:
     loadBalancer: {{simple: ROUND_ROBIN}}
     outlierDetection: {{consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: mending, namespace: shop}}
+spec:
+  host: mending
+  trafficPolicy:
+    loadBalancer: {{simple: ROUND_ROBIN}}
+    outlierDetection: {{consecutive5xxErrors: 2, interval: 100ms, baseEjectionTime: 500ms, maxEjectionPercent: 100}}
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
@@ -303,11 +318,12 @@ def mesh(tmp_path_factory):
     m.client2 = f"127.{n}.1.2"
     m.one, m.two, m.bad = f"127.{n}.3.1", f"127.{n}.3.2", f"127.{n}.3.3"
     m.echo, m.echo_one, m.echo_two, m.flaky, m.echo_vs, m.rpc, m.echo_three, m.echo_both, m.broken, m.rpc_vs, \
-        m.shaky, m.pooled = (f"127.{n}.11.{i}" for i in range(1, 13))
+        m.shaky, m.pooled, m.mending = (f"127.{n}.11.{i}" for i in range(1, 14))
     m.config.write_text(m.config.read_text() + TRAFFIC.format(
         client2=m.client2, one=m.one, two=m.two, bad=m.bad, echo=m.echo, echo_one=m.echo_one, echo_two=m.echo_two,
         flaky=m.flaky, echo_vs=m.echo_vs, rpc=m.rpc, echo_three=m.echo_three,
-        echo_both=m.echo_both, broken=m.broken, rpc_vs=m.rpc_vs, shaky=m.shaky, pooled=m.pooled, waypoint=m.waypoint))
+        echo_both=m.echo_both, broken=m.broken, rpc_vs=m.rpc_vs, shaky=m.shaky, pooled=m.pooled, mending=m.mending,
+        waypoint=m.waypoint))
     try:
         m._spawn("backends", [str(SUPPORT / "echo_backends.py"),
                               "--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080",
@@ -580,6 +596,16 @@ def test_outlier_detection_ejects_an_endpoint_after_its_consecutive_503s(mesh):
     assert len(failed) == 2 and all(a.backend == "bad" for a in failed), answers
     # round robin: both of them within the first four requests, then `one` alone
     assert {(a.status, a.backend) for a in answers[4:]} == {(200, "one")}, answers
+
+
+def test_an_ejected_endpoint_takes_requests_again_once_its_ejection_time_is_up(mesh):
+    # baseEjectionTime 500ms, checked every 100ms: `bad` is left out, then back, its
+    # first 503 after it not enough to eject it again (its count started over)
+    first = get(mesh, mesh.echo, [f"/mend/a{i}" for i in range(8)])
+    assert [a.backend for a in first].count("bad") == 2 and {a.backend for a in first[4:]} == {"one"}, first
+    time.sleep(0.9)
+    second = get(mesh, mesh.echo, [f"/mend/b{i}" for i in range(4)])
+    assert [(a.status, a.backend) for a in second].count((503, "bad")) >= 1, second
 
 
 def test_a_connection_pool_limit_answers_overflow_503s_as_in_istios_circuit_breaking_guide(mesh):
