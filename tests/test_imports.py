@@ -22,7 +22,9 @@ from meshcore.localmesh import LocalMesh
 # top-level packages (or modules) an idle node must not have imported
 NOT_IMPORTED = ("cryptography", "yaml", "grpc", "google", "prometheus_client", "httptools", "meshcore.waypoint",
                 "meshcore.l7", "meshcore.xds.client", "meshcore.xds.ca", "meshcore.policy.cli",
-                "meshcore.identity.cli", "meshcore.identity.ca", "ctypes.util", "email", "http.server")
+                "meshcore.identity.cli", "meshcore.identity.ca", "ctypes.util", "email", "http.server",
+                # the route parsers: only when a configuration holds routes
+                "meshcore.traffic.gateway_api", "meshcore.traffic.virtualservice")
 
 
 def imported_by_node(tmp_path: Path, config: str, name: str, *extra: str) -> set[str]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import ipaddress
 import os
 from collections.abc import Iterable
@@ -41,10 +42,7 @@ from meshcore.state.store import MeshStore
 from meshcore.state.view import MeshView
 from meshcore.policy.istio import ROOT_NAMESPACE, authorization_policy, workload_selector
 from meshcore.policy.ztunnel import ztunnel_policy
-from meshcore.traffic.destinationrule import destination_rule
-from meshcore.traffic.gateway_api import grpc_route, http_route, reference_grant
 from meshcore.traffic.ratelimit_config import RATE_LIMIT_KINDS, Origin, rate_limit_policy
-from meshcore.traffic.virtualservice import virtual_service
 
 INLINE_VARIABLES = ("MESHCORE_LOCAL_XDS", "LOCAL_XDS")
 
@@ -279,7 +277,7 @@ class _Collected:
                 elif kind == "PeerAuthentication":
                     self.peer_auths.append(peer_authentication(doc))
                 elif kind in _TRAFFIC_KINDS:
-                    self.traffic.append((_TRAFFIC_KINDS[kind](doc), source))
+                    self.traffic.append((_traffic_parser(kind)(doc), source))
                 elif kind in RATE_LIMIT_KINDS:
                     self.rate_limits.append(rate_limit_policy(doc, source))
                 elif kind == "Gateway":
@@ -330,8 +328,17 @@ class _Collected:
                 *(r for r, _ in self.traffic), *self.rate_limits]
 
 
-_TRAFFIC_KINDS = {"HTTPRoute": http_route, "GRPCRoute": grpc_route, "ReferenceGrant": reference_grant,
-                  "VirtualService": virtual_service, "DestinationRule": destination_rule}
+# each kind's parser, imported the first time a document of that kind is read: a node
+# whose files hold no routes keeps the route parsers (and their regex checks) out
+_TRAFFIC_KINDS = {"HTTPRoute": ("gateway_api", "http_route"), "GRPCRoute": ("gateway_api", "grpc_route"),
+                  "ReferenceGrant": ("gateway_api", "reference_grant"),
+                  "VirtualService": ("virtualservice", "virtual_service"),
+                  "DestinationRule": ("destinationrule", "destination_rule")}
+
+
+def _traffic_parser(kind: str):
+    module, name = _TRAFFIC_KINDS[kind]
+    return getattr(importlib.import_module(f"meshcore.traffic.{module}"), name)
 
 
 def _refuse_duplicates(pairs: list, what: str) -> None:
