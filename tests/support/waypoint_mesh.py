@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from meshcore.localmesh import LocalMesh
 
@@ -107,12 +108,22 @@ class WaypointMesh:
         return codes
 
 
+ECHO_BACKENDS = Path(__file__).resolve().parent / "echo_backends.py"
+
+
 @contextlib.contextmanager
-def running(mesh):
+def running(mesh, backends=()):
     """A mesh of processes, started (stopped again if it cannot start), and stopped at
-    the end with every process having exited cleanly."""
+    the end with every process having exited cleanly. `backends`: arguments of
+    echo_backends.py, started first; the mesh starts once they answer."""
     try:
+        if backends:
+            mesh._spawn("backends", [str(ECHO_BACKENDS), *backends])
         mesh.start()
+        deadline = time.monotonic() + 15
+        while backends and "ready" not in mesh.log("backends"):
+            assert mesh.processes["backends"].poll() is None and time.monotonic() < deadline, mesh.log("backends")
+            time.sleep(0.05)
     except BaseException:
         mesh.stop()
         raise

@@ -9,18 +9,15 @@ through node-a's SOCKS5, and HTTP/2 with prior knowledge for the HTTP/2 handler.
 import asyncio
 import json
 import re
-import time
-from pathlib import Path
 
 import pytest
 
 from h2http import Endpoint, Received, open_request
 from meshcore.localmesh import LocalMesh
-from waypoint_mesh import WaypointMesh
+from waypoint_mesh import WaypointMesh, running
 
 pytestmark = pytest.mark.timeout(120)
 
-SUPPORT = Path(__file__).resolve().parent.parent / "support"
 APP = "https://app.example"
 
 CORS = """\
@@ -86,20 +83,8 @@ def mesh(tmp_path_factory):
     m.config.write_text(m.config.read_text() + CORS.format(
         one=m.one, two=m.two, site=m.site, site_api=m.site_api, front=m.front, front_api=m.front_api,
         waypoint=m.waypoint, app=APP))
-    try:
-        m._spawn("backends", [str(SUPPORT / "echo_backends.py"), "--http", f"one={m.one}:8080",
-                              "--http", f"two={m.two}:8080"])
-        m.start()
-        deadline = time.monotonic() + 15
-        while "ready" not in m.log("backends"):
-            assert m.processes["backends"].poll() is None and time.monotonic() < deadline, m.log("backends")
-            time.sleep(0.05)
-    except BaseException:
-        m.stop()
-        raise
-    yield m
-    codes = m.stop()
-    assert set(codes.values()) == {0}, (codes, m.log("waypoint")[-3000:])
+    with running(m, ["--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080"]):
+        yield m
 
 
 async def _exchange(reader, writer, host, method, path, headers):

@@ -25,7 +25,7 @@ import pytest
 
 from h2http import Endpoint, Received, open_request
 from meshcore.localmesh import LocalMesh
-from waypoint_mesh import WaypointMesh
+from waypoint_mesh import WaypointMesh, running
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -324,23 +324,10 @@ def mesh(tmp_path_factory):
         flaky=m.flaky, echo_vs=m.echo_vs, rpc=m.rpc, echo_three=m.echo_three,
         echo_both=m.echo_both, broken=m.broken, rpc_vs=m.rpc_vs, shaky=m.shaky, pooled=m.pooled, mending=m.mending,
         waypoint=m.waypoint))
-    try:
-        m._spawn("backends", [str(SUPPORT / "echo_backends.py"),
-                              "--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080",
-                              "--http", f"bad={m.bad}:8080:503",
-                              "--grpc", f"one={m.one}:50051", "--grpc", f"two={m.two}:50051",
-                              "--grpc", f"three={m.bad}:50051:14"])
-        m.start()
-        deadline = time.monotonic() + 15
-        while "ready" not in m.log("backends"):
-            assert m.processes["backends"].poll() is None and time.monotonic() < deadline, m.log("backends")
-            time.sleep(0.05)
-    except BaseException:
-        m.stop()
-        raise
-    yield m
-    codes = m.stop()
-    assert set(codes.values()) == {0}, (codes, m.log("waypoint")[-3000:])
+    with running(m, ["--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080", "--http", f"bad={m.bad}:8080:503",
+                     "--grpc", f"one={m.one}:50051", "--grpc", f"two={m.two}:50051",
+                     "--grpc", f"three={m.bad}:50051:14"]):
+        yield m
 
 
 # -- an HTTP/1.1 keep-alive client through node-a ------------------------------------------------

@@ -18,17 +18,15 @@ import json
 import os
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from h2http import Endpoint, Received, open_request
 from meshcore.localmesh import LocalMesh
-from waypoint_mesh import WaypointMesh
+from waypoint_mesh import WaypointMesh, running
 
 pytestmark = pytest.mark.timeout(120)
 
-SUPPORT = Path(__file__).resolve().parent.parent / "support"
 PORTS = "{{80: 8080, 81: 8081}}"
 SERVICES = ("once", "thrice", "brief", "aged", "plain", "mirrored")
 
@@ -101,21 +99,9 @@ def mesh(tmp_path_factory):
     m.config.write_text(m.config.read_text() + CONFIG.format(
         one=m.one, two=m.two, one_services=one_services, services=services, shadow=m.vips["shadow"],
         ports=PORTS.format()))
-    try:
-        m._spawn("backends", [str(SUPPORT / "echo_backends.py"),
-                              "--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080",
-                              "--h2", f"one={m.one}:8081", "--h2", f"two={m.two}:8081"])
-        m.start()
-        deadline = time.monotonic() + 15
-        while "ready" not in m.log("backends"):
-            assert m.processes["backends"].poll() is None and time.monotonic() < deadline, m.log("backends")
-            time.sleep(0.05)
-    except BaseException:
-        m.stop()
-        raise
-    yield m
-    codes = m.stop()
-    assert set(codes.values()) == {0}, (codes, m.log("waypoint")[-3000:])
+    with running(m, ["--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080",
+                     "--h2", f"one={m.one}:8081", "--h2", f"two={m.two}:8081"]):
+        yield m
 
 
 # -- clients -------------------------------------------------------------------------------------
