@@ -82,7 +82,10 @@ class LocalReply:
     to wait before answering (an injected delay before an injected abort);
     `service_key`: the service of the cluster the route named, which Envoy resolves with
     the route before any filter answers (what the request's metrics name; None: no
-    cluster); `content_type`: "" for an answer without one (a CORS preflight's)."""
+    cluster); `content_type`: "" for an answer without one (a CORS preflight's);
+    `response_headers`: edits on the answer once a route with a destination took the
+    request (its header edits and CORS headers, x-ratelimit-* headers), as Envoy's local
+    replies pass through the route entry and the encoder filters."""
     status: int
     route: str
     headers: tuple[tuple[str, str], ...] = ()
@@ -93,6 +96,7 @@ class LocalReply:
     delay: float = 0.0
     service_key: str | None = None
     content_type: str = "text/plain"
+    response_headers: HeaderEdits = NO_EDITS
 
     def content_headers(self) -> tuple[tuple[str, str], ...]:
         return (("content-type", self.content_type),) if self.content_type else ()

@@ -166,10 +166,13 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
         if vip is None:
             return LocalReply(503, decided.route, body=NO_HEALTHY_UPSTREAM, flag="UH",
                               reason=f"service {decided.service_key} has no address on network {me.network!r}",
-                              service_key=backend.key if backend else None)
+                              service_key=backend.key if backend else None, response_headers=decided.response_headers)
         address = (str(vip), decided.port)
     port = address[1]
     subset = decided.subset if decided is not None else ""
+    # the router's own answers from here on carry the route's response edits (Envoy's
+    # local replies go through the route entry and the CORS filter)
+    edits = decided.response_headers if decided is not None else NO_EDITS
     rule = state.destination_rule_for(backend, waypoint_namespace) if backend is not None and picker else None
     balanced = None
     if rule is not None or subset:
@@ -181,13 +184,14 @@ def destination(tunnels, state, tunnel, request: RequestView, target: str, *, wa
         except Overflow as exc:
             return LocalReply(503, decided.route if decided else "", body=b"upstream connect error or disconnect/"
                               b"reset before headers. reset reason: overflow", flag="UO", reason=str(exc),
-                              service_key=backend.key)
+                              service_key=backend.key, response_headers=edits)
         chosen = ticket.route
     else:
         chosen, ticket = tunnels.upstream(state, me, *address), None
     if chosen.kind is not HBONE:
         return LocalReply(503, decided.route if decided else "", body=NO_HEALTHY_UPSTREAM, flag="UH",
-                          reason=chosen.reason or "no endpoint", service_key=backend.key if backend else None)
+                          reason=chosen.reason or "no endpoint", service_key=backend.key if backend else None,
+                          response_headers=edits)
     app_protocol = backend.app_protocol(port) if backend is not None else tunnel.app_protocol
     if decided is None:
         return Destination(chosen, target, request.authority, app_protocol, address=address, balanced=balanced,
@@ -293,8 +297,11 @@ def rate_limit(limits: RequestLimits | None, view, waypoint: tuple[str, str], tu
                         source=req.peer_identity, grpc=grpc, now=time.monotonic())
 
 
-def with_rate_headers(where: Destination, response: tuple[tuple[str, str], ...]) -> Destination:
-    """`where` with a rate limit's x-ratelimit-* headers added to the response it relays."""
+def with_rate_headers(where: Destination | LocalReply,
+                      response: tuple[tuple[str, str], ...]) -> Destination | LocalReply:
+    """`where` with a rate limit's x-ratelimit-* headers added to the response it relays
+    or answers: Envoy's local rate limit filter adds them on the way out to whatever
+    answers a request it counted, the router's own replies included."""
     if not response:
         return where
     return replace(where, response_headers=merge_edits(where.response_headers, HeaderEdits(add=response)))

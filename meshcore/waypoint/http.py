@@ -21,7 +21,7 @@ from meshcore.l7.http1 import Http1ClientConnection, Http1ServerConnection, stri
 from meshcore.node.context import ProxyContext
 from meshcore.policy.paths import request_authority, request_path
 from meshcore.policy.waypoint import denied_response, evaluate_request, is_grpc
-from meshcore.traffic.decide import LocalReply, RequestView
+from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestView
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as replay_body
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
@@ -159,11 +159,12 @@ class Http1Handler:
             pending.end(client_left=record.flag == "DC")
 
     async def _local(self, conn: Http1ServerConnection, record: RequestRecord, status: int, body: bytes, *,
-                     flag: str = "-", error: str = "", headers=None) -> bool:
-        """A reply of the waypoint's own; a client already gone is reported as such."""
+                     flag: str = "-", error: str = "", headers=None, edits: HeaderEdits = NO_EDITS) -> bool:
+        """A reply of the waypoint's own (with `edits`: the route's, once one took the
+        request); a client already gone is reported as such."""
         record.status, record.flag, record.error = status, flag, error
         try:
-            await conn.respond(status, headers or [("content-type", "text/plain")], body,
+            await conn.respond(status, edits.apply(headers or [("content-type", "text/plain")]), body,
                                close=self.tunnels.draining)
         except (HttpError, OSError, MeshcoreError) as exc:
             self._report(record.finish(0, flag="DC", error=f"{error}; the client left: {type(exc).__name__}: {exc}"))
@@ -215,11 +216,11 @@ class Http1Handler:
             record.route = where.route
             return await self._local(conn, record, limit.status, limit.body, flag=limit.flag, error=limit.reason,
                                      headers=list(limit.headers))
+        where = with_rate_headers(where, limit.response)
         if isinstance(where, LocalReply):
             record.route = where.route
             return await self._local(conn, record, where.status, where.body, flag=where.flag, error=where.reason,
-                                     headers=[*where.headers, *where.content_headers()])
-        where = with_rate_headers(where, limit.response)
+                                     headers=[*where.headers, *where.content_headers()], edits=where.response_headers)
         chosen, target, record.route = where.chosen, where.target, where.route
         record.upstream, record.upstream_identity = chosen.workload, chosen.expected[0].uri
         upgrade = upgrade_allowed(request.upgrade)
@@ -280,7 +281,8 @@ class Http1Handler:
                             client = upstreams.pop(key, None)
                             continue
                         return await self._local(conn, record, 503, b"upstream connect error",
-                                                 flag="URX" if retries else "UF", error=f"{type(exc).__name__}: {exc}")
+                                                 flag="URX" if retries else "UF", error=f"{type(exc).__name__}: {exc}",
+                                                 edits=where.response_headers)
                     client = Http1ClientConnection(up_reader, up_writer, response_timeout=self.RESPONSE_TIMEOUT,
                                                    idle_timeout=self.BODY_IDLE_TIMEOUT)
                     upstreams.opened(client, where.connection_limits)
@@ -313,7 +315,8 @@ class Http1Handler:
                     continue
                 where.attempted(failure="timeout")
                 return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
-                                         error=f"route {where.route}: no response in time ({clock})")
+                                         error=f"route {where.route}: no response in time ({clock})",
+                                         edits=where.response_headers)
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError, _ClientLeft) as exc:
                 await client.abandon(linger=1.0 if isinstance(exc, _ClientLeft) else 0.0)
                 if body is not None and body.error is not None:
@@ -342,10 +345,12 @@ class Http1Handler:
                     continue
                 inflight[0] = None
                 if isinstance(exc, HttpError) and exc.status == 504:
-                    return await self._local(conn, record, 504, b"upstream request timeout", flag="UT", error=str(exc))
+                    return await self._local(conn, record, 504, b"upstream request timeout", flag="UT", error=str(exc),
+                                             edits=where.response_headers)
                 return await self._local(conn, record, 503,
                                          b"upstream connect error or disconnect/reset before headers",
-                                         flag="URX" if retries else "UC", error=f"{type(exc).__name__}: {exc}")
+                                         flag="URX" if retries else "UC", error=f"{type(exc).__name__}: {exc}",
+                                         edits=where.response_headers)
             if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
                                                 replayable=_replayable(body, request), before=client.abandon,
                                                 before_deadline=clock.route):
@@ -365,7 +370,8 @@ class Http1Handler:
                 await client.abandon()
                 inflight[0] = None
                 return await self._local(conn, record, 502, b"upstream switched protocols unasked", flag="UPE",
-                                         error="101 to a request without an allowed upgrade")
+                                         error="101 to a request without an allowed upgrade",
+                                         edits=where.response_headers)
             try:
                 await conn.respond(101, strip_hop_by_hop(response.headers, upgrade=True), b"")
             except (HttpError, OSError, MeshcoreError) as exc:
@@ -476,7 +482,8 @@ class Http1Handler:
                         continue
                     where.attempted(failure="timeout")
                     return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
-                                             error=f"route {where.route}: no response in time ({clock})")
+                                             error=f"route {where.route}: no response in time ({clock})",
+                                             edits=where.response_headers)
                 if failure is not None:
                     if again := await retry_destination(self.tunnels, where, retries, state, me, failure=failure,
                                                         replayable=replayable, before=give_up,
@@ -485,7 +492,8 @@ class Http1Handler:
                         replay = body.kept if body is not None else replay
                         continue
                     flag, text = failure_answer(failure, retries)
-                    return await self._local(conn, record, 503, text, flag=flag, error=f"{type(error).__name__}: {error}")
+                    return await self._local(conn, record, 503, text, flag=flag, error=f"{type(error).__name__}: {error}",
+                                             edits=where.response_headers)
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
                                                     replayable=replayable, before=give_up,
                                                     before_deadline=clock.route):

@@ -179,20 +179,22 @@ class Http2Handler:
             outcome.flag, outcome.error, outcome.status = limit.flag, limit.reason, limit.status
             await _respond(exchange, limit.status, list(limit.headers), limit.body, trailers_only=limit.trailers_only)
             return
+        where = with_rate_headers(where, limit.response)
         if isinstance(where, LocalReply):
             record.route = where.route
             outcome.flag, outcome.error, outcome.status = where.flag, where.reason, where.status
+            edits = where.response_headers
             if grpc and (where.grpc_status is not None or where.status >= 400):
                 # a gRPC client reads its call's status, not the HTTP one: an injected
                 # one, else Envoy's mapping of the HTTP status
                 code = str(where.grpc_status if where.grpc_status is not None else http_to_grpc_status(where.status))
                 record.grpc_status = code
-                await _respond(exchange, 200, [("content-type", "application/grpc"), ("grpc-status", code),
-                                               ("grpc-message", where.reason)], b"", trailers_only=True)
+                await _respond(exchange, 200, edits.apply([("content-type", "application/grpc"), ("grpc-status", code),
+                                                           ("grpc-message", where.reason)]), b"", trailers_only=True)
             else:
-                await _respond(exchange, where.status, [*where.headers, *where.content_headers()], where.body)
+                await _respond(exchange, where.status, edits.apply([*where.headers, *where.content_headers()]),
+                               where.body)
             return
-        where = with_rate_headers(where, limit.response)
         target, authority, record.route = where.target, where.authority, where.route
         record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
         forwarded, record.request_id = forwarded_headers(headers, upgrade=False)
@@ -277,7 +279,7 @@ class Http2Handler:
                         continue
                     where.attempted(failure="timeout")
                     await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout",
-                                     f"route {where.route}: no response in time ({clock})")
+                                     f"route {where.route}: no response in time ({clock})", where.response_headers)
                     return
                 if failure is not None:
                     if again := await retry_destination(self.tunnels, where, retries, state, me, failure=failure,
@@ -286,7 +288,8 @@ class Http2Handler:
                         where, retries = again, retries + 1
                         continue
                     flag, body = failure_answer(failure, retries)
-                    await self._fail(exchange, record, outcome, 503, flag, body, f"{type(error).__name__}: {error}")
+                    await self._fail(exchange, record, outcome, 503, flag, body, f"{type(error).__name__}: {error}",
+                                     where.response_headers)
                     return
                 code = grpc_status(text_fields(response.headers)) if up.body_ended else ""
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
@@ -303,16 +306,19 @@ class Http2Handler:
             drop()
 
     async def _fail(self, exchange: ServerExchange, record: RequestRecord, outcome: _Outcome, status: int,
-                    flag: str, body: bytes, error: str) -> None:
+                    flag: str, body: bytes, error: str, edits: HeaderEdits = NO_EDITS) -> None:
         """The waypoint's answer when the upstream failed: plain text, or for a gRPC
-        call Envoy's gRPC local reply (Trailers-Only, the status mapped)."""
+        call Envoy's gRPC local reply (Trailers-Only, the status mapped); either with the
+        route's response `edits`."""
         outcome.status, outcome.flag, outcome.error = status, flag, error
         if record.protocol == "grpc":
             record.grpc_status = str(http_to_grpc_status(status))
-            await _respond(exchange, 200, [("content-type", "application/grpc"), ("grpc-status", record.grpc_status),
-                                           ("grpc-message", body.decode("latin-1"))], b"", trailers_only=True)
+            await _respond(exchange, 200, edits.apply([("content-type", "application/grpc"),
+                                                       ("grpc-status", record.grpc_status),
+                                                       ("grpc-message", body.decode("latin-1"))]),
+                           b"", trailers_only=True)
         else:
-            await _respond(exchange, status, [("content-type", "text/plain")], body)
+            await _respond(exchange, status, edits.apply([("content-type", "text/plain")]), body)
 
     async def _forward_http1(self, exchange: ServerExchange, where: Destination, me: Workload, forwarded,
                              record: RequestRecord, outcome: _Outcome, tee: MirrorBody | None = None) -> None:
@@ -358,7 +364,8 @@ class Http2Handler:
                         where, retries = again, retries + 1
                         continue
                     await self._fail(exchange, record, outcome, 503, "URX" if retries else "UF",
-                                     b"upstream connect error", f"{type(unreached).__name__}: {unreached}")
+                                     b"upstream connect error", f"{type(unreached).__name__}: {unreached}",
+                                     where.response_headers)
                     return
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
                                                     replayable=replayable(), before=client.abandon,
@@ -378,7 +385,7 @@ class Http2Handler:
                     continue
                 where.attempted(failure="timeout")
                 await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout",
-                                 f"route {where.route}: no response in time ({clock})")
+                                 f"route {where.route}: no response in time ({clock})", where.response_headers)
                 return
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError) as exc:
                 await client.abandon()
@@ -394,11 +401,12 @@ class Http2Handler:
                     where, retries, body = again, retries + 1, again_body()
                     continue
                 if isinstance(exc, HttpError) and exc.status == 504:
-                    await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout", str(exc))
+                    await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout", str(exc),
+                                     where.response_headers)
                 else:
                     await self._fail(exchange, record, outcome, 503, "URX" if retries else "UC",
                                      b"upstream connect error or disconnect/reset before headers",
-                                     f"{type(exc).__name__}: {exc}")
+                                     f"{type(exc).__name__}: {exc}", where.response_headers)
                 return
             except BaseException:
                 if client is not None:
@@ -411,7 +419,8 @@ class Http2Handler:
         if response.status == 101:
             pool.discard(client)
             outcome.flag, outcome.error, outcome.status = "UPE", "101 to a request without an upgrade", 502
-            await _respond(exchange, 502, [("content-type", "text/plain")], b"upstream switched protocols unasked")
+            await _respond(exchange, 502, where.response_headers.apply([("content-type", "text/plain")]),
+                           b"upstream switched protocols unasked")
             return
         fields = where.response_headers.apply(h2_fields(strip_hop_by_hop(response.headers)))
         exchange.on_reset = lambda exc: _downstream_reset(exc, client, outcome)

@@ -9,7 +9,8 @@ the primary, whatever its size (Envoy's streaming shadow): each chunk the primar
 takes is also queued for each copy (MirrorBody), which sends it at its own pace. The
 primary never waits for a copy: a copy that falls more than MIRROR_BUFFER_LIMIT bytes
 behind is abandoned (its stream reset, its connection closed), counted in
-`Mirrors.abandoned` and logged; so is every copy of a body that did not end whole.
+`Mirrors.abandoned` and in `meshcore_waypoint_mirror_abandoned_total` (by mirror service
+and reason), and logged; so is every copy of a body that did not end whole.
 A copy goes in HTTP/1.1, or HTTP/2 where the mirror's port declares it. Each copy is
 bounded by MIRROR_TIMEOUT and owned here (drain() ends what is left); a copy of a
 request whose client left before its answer is cancelled with it.
@@ -19,6 +20,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+
+from prometheus_client import Counter
 
 from meshcore.aio.request import send_request
 from meshcore.errors import HttpError, MeshcoreError
@@ -42,7 +45,7 @@ class _CopyAbandoned(Exception):
 class _CopyBody:
     """One copy's share of a streamed body: the chunks it has yet to send, at most
     `limit` bytes of them."""
-    __slots__ = ("source", "chunks", "size", "ended", "failed", "waiter", "task", "target")
+    __slots__ = ("source", "chunks", "size", "ended", "failed", "waiter", "task", "target", "service")
 
     def __init__(self, source: "MirrorBody"):
         self.source = source
@@ -52,6 +55,7 @@ class _CopyBody:
         self.waiter: asyncio.Future | None = None
         self.task: asyncio.Task | None = None
         self.target = ""
+        self.service = ""                     # the mirror service's hostname, what its metric names
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
@@ -63,10 +67,10 @@ class _CopyBody:
             return False
         mirrors = self.source.mirrors
         if self.size + len(chunk) > self.source.limit:
-            self.abandon(f"it fell more than {self.source.limit} bytes behind its primary")
+            self.abandon(f"it fell more than {self.source.limit} bytes behind its primary", "behind")
             return False
         if mirrors.buffered + len(chunk) > MIRROR_BUFFER_TOTAL:
-            self.abandon(f"the copies under way hold {mirrors.buffered} bytes already")
+            self.abandon(f"the copies under way hold {mirrors.buffered} bytes already", "buffers_full")
             return False
         self.chunks.append(chunk)
         self.size += len(chunk)
@@ -86,7 +90,7 @@ class _CopyBody:
         self.source.mirrors.buffered -= self.size
         self.size = 0
 
-    def abandon(self, why: str) -> None:
+    def abandon(self, why: str, reason: str) -> None:
         if self.failed:
             return
         self.failed = True
@@ -96,7 +100,7 @@ class _CopyBody:
         self._wake()
         if self.task is not None and not self.task.done():
             self.task.cancel()                # resets its stream, closes its connection
-            self.source.mirrors.abandoned += 1
+            self.source.mirrors.count_abandoned(self.service, reason)
             log.info("mirror copy to %s abandoned: %s", self.target, why)
 
     async def __aiter__(self):
@@ -152,7 +156,7 @@ class MirrorBody:
     def request_ended(self) -> None:
         if not self.finished:
             for c in self.copies:
-                c.abandon("its request's body did not end whole")
+                c.abandon("its request's body did not end whole", "request_incomplete")
             self.copies = []
 
     async def feeding(self, body, trailers=None):
@@ -174,12 +178,22 @@ def shadow_authority(authority: str) -> str:
 
 
 class Mirrors:
-    def __init__(self, tunnels, http1: Http1Upstreams, http2: Http2Upstreams):
+    def __init__(self, tunnels, http1: Http1Upstreams, http2: Http2Upstreams, registry=None):
         self.tunnels, self.http1, self.http2 = tunnels, http1, http2
         self.tasks: set[asyncio.Task] = set()
         self.dropped = 0                 # copies not started (no address, too many under way)
         self.abandoned = 0               # copies given up because their body could not follow
         self.buffered = 0                # bytes of bodies queued for copies, all together
+        # a copy given up is otherwise silent to the client and its backend: the metric is
+        # how an operator sees a mirror too slow for the bodies it is sent
+        self.abandoned_metric = None if registry is None else Counter(
+            "meshcore_waypoint_mirror_abandoned", "Mirror copies abandoned before their body was sent whole",
+            ("destination_service", "reason"), registry=registry)
+
+    def count_abandoned(self, service: str, reason: str) -> None:
+        self.abandoned += 1
+        if self.abandoned_metric is not None:
+            self.abandoned_metric.labels(service, reason).inc()
 
     def send(self, state, me, targets, method: str, target: str, authority: str,
              headers: list[tuple[str, str]], body: "bytes | MirrorBody | None" = None) -> list[asyncio.Task]:
@@ -202,7 +216,7 @@ class Mirrors:
             task = asyncio.get_running_loop().create_task(
                 self._copy(chosen, me, http2, method, target, shadow_authority(authority), headers, copy_body))
             if isinstance(copy_body, _CopyBody):
-                copy_body.task, copy_body.target = task, chosen.target
+                copy_body.task, copy_body.target, copy_body.service = task, chosen.target, service.hostname
                 task.add_done_callback(lambda _, b=copy_body: b.close())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)

@@ -115,7 +115,7 @@ class WaypointProxy(ProxyProcess):
         http2_upstreams = Http2Upstreams(self.tunnels)
         http1_upstreams = Http1Upstreams(self.tunnels, response_timeout=Http2Handler.RESPONSE_TIMEOUT,
                                          body_timeout=Http2Handler.BODY_IDLE_TIMEOUT)
-        self.mirrors = Mirrors(self.tunnels, http1_upstreams, http2_upstreams)
+        self.mirrors = Mirrors(self.tunnels, http1_upstreams, http2_upstreams, registry=self.metrics.registry)
         # one balancing state per backend (load balancer, outlier ejection), whichever HTTP the clients speak
         endpoints = EndpointPicker()
         self.tunnels.http1 = Http1Handler(self.ctx, self.tunnels, self.requests, (options.namespace, options.name),

@@ -6,11 +6,13 @@ its primary wait."""
 import asyncio
 import types
 
+from prometheus_client import CollectorRegistry
+
 import pytest
 
 from meshcore.traffic.destinationrule import cluster_policy, destination_rule
 from meshcore.traffic.istio_model import ClusterPolicy, ConnectionPool, HTTPSettings, TCPSettings
-from meshcore.waypoint.mirrors import MirrorBody
+from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.upstreams import (DEFAULT_LIMITS, UPSTREAM_IDLE, ConnectionLimits, _Use, connection_limits,
                                          may_take_another)
 
@@ -83,8 +85,8 @@ def test_a_destination_rules_subset_and_port_settings_reach_the_connection_limit
 
 # -- a mirror copy's body ------------------------------------------------------------------
 
-def _mirror_body(limit):
-    return MirrorBody(types.SimpleNamespace(abandoned=0, buffered=0), limit=limit)
+def _mirror_body(limit, registry=None):
+    return MirrorBody(Mirrors(None, None, None, registry=registry), limit=limit)
 
 
 def test_a_copy_gets_every_chunk_its_primary_took_and_the_trailers():
@@ -111,9 +113,12 @@ def test_a_copy_gets_every_chunk_its_primary_took_and_the_trailers():
 
 
 def test_a_copy_that_falls_behind_its_bound_is_abandoned_and_the_primary_goes_on():
+    registry = CollectorRegistry()
+
     async def scenario():
-        tee = _mirror_body(10)
+        tee = _mirror_body(10, registry)
         slow, quick = tee.copy(), tee.copy()
+        slow.service = quick.service = "shadow.shop.svc.cluster.local"
 
         async def never_reads():
             await asyncio.sleep(10)
@@ -132,6 +137,8 @@ def test_a_copy_that_falls_behind_its_bound_is_abandoned_and_the_primary_goes_on
     assert slow.failed and slow.task.cancelled() and tee.mirrors.abandoned == 1
     assert quick_got == b"1234567890X" and tee.copies == [quick] and not quick.failed
     assert tee.mirrors.buffered == 0                  # what the copies held is given back
+    assert registry.get_sample_value("meshcore_waypoint_mirror_abandoned_total", {
+        "destination_service": "shadow.shop.svc.cluster.local", "reason": "behind"}) == 1
 
 
 def test_copies_together_hold_at_most_the_total_bound(monkeypatch):

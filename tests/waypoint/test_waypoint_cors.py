@@ -4,8 +4,12 @@ served by tests/support/echo_backends.py (each answer says which backend gave it
 /__seen` lists what a backend received). The `site` service's VirtualService sends /api
 to another service, `site-api` (workload `one`), with a corsPolicy, and everything else
 to `site` itself (workload `two`); the `shop-front` service's HTTPRoute sends everything
-to `front-api` (workload `one`) with Gateway API's CORS filter. Clients speak HTTP/1.1
-through node-a's SOCKS5, and HTTP/2 with prior knowledge for the HTTP/2 handler."""
+to `front-api` (workload `one`) with Gateway API's CORS filter. Routes with response
+header edits and CORS lead where the waypoint answers itself: a slow backend past the
+route's timeout, `site-h2` (workload `one`'s HTTP/2 backend, which never answers a
+request marked `x-stall-backend: one`), `site-down` (workload `ghost`, whose node is
+gone: dialing it fails) and `site-empty` (no endpoint). Clients speak HTTP/1.1 through
+node-a's SOCKS5, and HTTP/2 with prior knowledge for the HTTP/2 handler."""
 import asyncio
 import json
 import re
@@ -25,7 +29,10 @@ CORS = """\
 workloads:
 - {{uid: c/one, name: one, namespace: shop, serviceAccount: one, workloadIps: ["{one}"], protocol: HBONE,
    node: node-b, services: {{"shop/site-api.shop.svc.cluster.local": {{80: 8080}},
+                             "shop/site-h2.shop.svc.cluster.local": {{80: 8081}},
                              "shop/front-api.shop.svc.cluster.local": {{80: 8080}}}}}}
+- {{uid: c/ghost, name: ghost, namespace: shop, serviceAccount: one, workloadIps: ["{ghost}"], protocol: HBONE,
+   node: node-c, services: {{"shop/site-down.shop.svc.cluster.local": {{80: 8080}}}}}}
 - {{uid: c/two, name: two, namespace: shop, serviceAccount: two, workloadIps: ["{two}"], protocol: HBONE,
    node: node-b, services: {{"shop/site.shop.svc.cluster.local": {{80: 8080}},
                              "shop/shop-front.shop.svc.cluster.local": {{80: 8080}}}}}}
@@ -37,6 +44,12 @@ services:
 - {{name: shop-front, namespace: shop, hostname: shop-front.shop.svc.cluster.local, vips: ["/{front}"],
    ports: {{80: 8080}}, appProtocols: {{80: http}}, waypoint: {{destination: "/{waypoint}", hboneMtlsPort: 15008}}}}
 - {{name: front-api, namespace: shop, hostname: front-api.shop.svc.cluster.local, vips: ["/{front_api}"],
+   ports: {{80: 8080}}, appProtocols: {{80: http}}}}
+- {{name: site-h2, namespace: shop, hostname: site-h2.shop.svc.cluster.local, vips: ["/{site_h2}"],
+   ports: {{80: 8081}}, appProtocols: {{80: http2}}}}
+- {{name: site-down, namespace: shop, hostname: site-down.shop.svc.cluster.local, vips: ["/{site_down}"],
+   ports: {{80: 8080}}, appProtocols: {{80: http}}}}
+- {{name: site-empty, namespace: shop, hostname: site-empty.shop.svc.cluster.local, vips: ["/{site_empty}"],
    ports: {{80: 8080}}, appProtocols: {{80: http}}}}
 ---
 apiVersion: networking.istio.io/v1
@@ -59,6 +72,30 @@ spec:
     match: [{{uri: {{prefix: /strict}}}}]
     route: [{{destination: {{host: site-api}}}}]
     corsPolicy: {{allowOrigins: [{{exact: "{app}"}}], allowMethods: [POST], unmatchedPreflights: IGNORE}}
+  - name: slow
+    match: [{{uri: {{prefix: /slow}}}}]
+    timeout: 300ms
+    headers: {{response: {{set: {{x-route: slow}}, remove: [x-backend]}}}}
+    route: [{{destination: {{host: site-api}}, headers: {{response: {{add: {{x-destination: site-api}}}}}}}}]
+    corsPolicy: {{allowOrigins: [{{exact: "{app}"}}], allowMethods: [GET], exposeHeaders: [x-route]}}
+  - name: h2
+    match: [{{uri: {{prefix: /h2}}}}]
+    timeout: 300ms
+    headers: {{response: {{set: {{x-route: h2}}, remove: [x-backend]}}}}
+    route: [{{destination: {{host: site-h2}}, headers: {{response: {{add: {{x-destination: site-h2}}}}}}}}]
+    corsPolicy: {{allowOrigins: [{{exact: "{app}"}}], allowMethods: [GET], exposeHeaders: [x-route]}}
+  - name: down
+    match: [{{uri: {{prefix: /down}}}}]
+    timeout: 300ms
+    headers: {{response: {{set: {{x-route: down}}, remove: [x-backend]}}}}
+    route: [{{destination: {{host: site-down}}, headers: {{response: {{add: {{x-destination: site-down}}}}}}}}]
+    corsPolicy: {{allowOrigins: [{{exact: "{app}"}}], allowMethods: [GET], exposeHeaders: [x-route]}}
+  - name: empty
+    match: [{{uri: {{prefix: /empty}}}}]
+    timeout: 300ms
+    headers: {{response: {{set: {{x-route: empty}}, remove: [x-backend]}}}}
+    route: [{{destination: {{host: site-empty}}, headers: {{response: {{add: {{x-destination: site-empty}}}}}}}}]
+    corsPolicy: {{allowOrigins: [{{exact: "{app}"}}], allowMethods: [GET], exposeHeaders: [x-route]}}
   - route: [{{destination: {{host: site}}}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -71,6 +108,21 @@ spec:
     - type: CORS
       cors: {{allowOrigins: ["https://*.example"], allowMethods: [GET, DELETE], exposeHeaders: [x-backend]}}
     backendRefs: [{{name: front-api, port: 80}}]
+  - name: slow
+    matches: [{{path: {{type: PathPrefix, value: /slow}}}}]
+    timeouts: {{request: 300ms}}
+    filters:
+    - {{type: ResponseHeaderModifier, responseHeaderModifier: {{add: [{{name: x-route, value: front-slow}}]}}}}
+    - type: CORS
+      cors: {{allowOrigins: ["https://*.example"], allowMethods: [GET]}}
+    backendRefs: [{{name: front-api, port: 80}}]
+---
+apiVersion: meshcore.dev/v1alpha1
+kind: LocalRateLimit
+metadata: {{name: front-slow, namespace: shop}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: front, sectionName: slow}}]
+  tokenBucket: {{maxTokens: 100, tokensPerFill: 100, fillInterval: 60s}}
 """
 
 
@@ -79,11 +131,13 @@ def mesh(tmp_path_factory):
     m = WaypointMesh(tmp_path_factory.mktemp("waypoint-cors"))
     n = m.web.split(".")[1]
     m.one, m.two = f"127.{n}.3.1", f"127.{n}.3.2"
-    m.site, m.site_api, m.front, m.front_api = (f"127.{n}.11.{i}" for i in range(1, 5))
+    m.ghost = f"127.{n}.3.9"
+    m.site, m.site_api, m.front, m.front_api, m.site_h2, m.site_down, m.site_empty = (
+        f"127.{n}.11.{i}" for i in range(1, 8))
     m.config.write_text(m.config.read_text() + CORS.format(
-        one=m.one, two=m.two, site=m.site, site_api=m.site_api, front=m.front, front_api=m.front_api,
-        waypoint=m.waypoint, app=APP))
-    with running(m, ["--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080"]):
+        one=m.one, two=m.two, ghost=m.ghost, site=m.site, site_api=m.site_api, front=m.front, front_api=m.front_api,
+        site_h2=m.site_h2, site_down=m.site_down, site_empty=m.site_empty, waypoint=m.waypoint, app=APP))
+    with running(m, ["--http", f"one={m.one}:8080", "--http", f"two={m.two}:8080", "--h2", f"one={m.one}:8081"]):
         yield m
 
 
@@ -249,3 +303,73 @@ def test_request_metrics_and_access_lines_name_the_service_the_route_sent_to(mes
     # a preflight answered for a route names that route's backend too
     assert re.search(r'istio_requests_total\{[^}]*destination_service_name="site-api"[^}]*response_code="200"',
                      metrics)
+
+
+# -- the waypoint's own answers once a route took the request -------------------------------------
+
+def _route_marks(fields):
+    """What a route's response edits and CORS policy put on an answer."""
+    return {k: v for k, v in fields.items() if k in ("x-route", "x-destination", "x-backend")
+            or k.startswith("access-control-") or k.startswith("x-ratelimit-")}
+
+
+def _failed(route, destination, origin=APP):
+    marks = {"x-route": route, "x-destination": destination}
+    if origin:
+        marks.update({"access-control-allow-origin": origin, "access-control-expose-headers": "x-route"})
+    return marks
+
+
+def test_the_waypoints_failure_answers_carry_the_routes_response_headers_and_cors_for_an_http1_client(mesh):
+    answers = send(mesh, mesh.site, [
+        ("GET", "/slow/h1", [("origin", APP), ("x-delay-ms", "1500")]),          # the route's timeout
+        ("GET", "/h2/h1", [("origin", APP), ("x-stall-backend", "one")]),        # HTTP/2 backend, no answer
+        ("GET", "/down/h1", [("origin", APP)]),                                  # the endpoint cannot be dialed
+        ("GET", "/empty/h1", [("origin", APP)]),                                 # no endpoint at all
+        ("GET", "/slow/h1-other", [("origin", "https://evil.example"), ("x-delay-ms", "1500")])])
+    assert [(status, body) for status, _, body in answers] == [
+        (504, b"upstream request timeout"), (504, b"upstream request timeout"),
+        (503, b"upstream connect error"), (503, b"no healthy upstream"), (504, b"upstream request timeout")], answers
+    got = [_route_marks(fields) for _, fields, _ in answers]
+    assert got == [_failed("slow", "site-api"), _failed("h2", "site-h2"), _failed("down", "site-down"),
+                   _failed("empty", "site-empty"), _failed("slow", "site-api", origin=None)], got
+    flags = [re.search(r'response_flags="(\w+)"', line).group(1)
+             for path in ("/slow/h1", "/h2/h1", "/down/h1", "/empty/h1") for line in access_lines(mesh, path)]
+    assert flags[:2] == ["UT", "UT"] and flags[2] in ("UF", "URX") and flags[3] == "UH", flags
+
+
+def test_the_waypoints_failure_answers_carry_the_routes_response_headers_and_cors_for_http2_and_grpc(mesh):
+    grpc_call = [("origin", APP), ("content-type", "application/grpc"), ("te", "trailers")]
+
+    async def run():
+        reader, writer = await mesh.socks5(mesh.site, 80)
+        ep = Endpoint(reader, writer, client=True)
+        ep.task = asyncio.get_running_loop().create_task(ep.run())
+        got = []
+        for method, path, headers in (("GET", "/slow/h2c", [("origin", APP), ("x-delay-ms", "1500")]),
+                                      ("GET", "/h2/h2c", [("origin", APP), ("x-stall-backend", "one")]),
+                                      ("GET", "/down/h2c", [("origin", APP)]),
+                                      ("POST", "/down/grpc.Echo/Call", grpc_call),
+                                      ("POST", "/empty/grpc.Echo/Call", grpc_call)):
+            sid = open_request(ep, method, path, f"{mesh.site}:80", headers, end=True)
+            got.append(await asyncio.wait_for(Received().collect(ep.queue(sid)), 10))
+        writer.close()
+        return got
+    answers = asyncio.run(run())
+    fields = [{n.decode(): v.decode() for n, v in a.response[1]} for a in answers]
+    assert [a.response[0] for a in answers] == [504, 504, 503, 200, 200], [a.response for a in answers]
+    # a gRPC call answered Trailers-Only: the status in the one header block, the route's headers beside it
+    assert [(f.get("grpc-status"), bytes(a.body)) for f, a in zip(fields[3:], answers[3:])] == [("14", b"")] * 2
+    assert [_route_marks(f) for f in fields] == [
+        _failed("slow", "site-api"), _failed("h2", "site-h2"), _failed("down", "site-down"),
+        _failed("down", "site-down"), _failed("empty", "site-empty")], fields
+
+
+def test_an_httproutes_timeout_answer_carries_its_header_modifier_cors_and_rate_limit_headers(mesh):
+    (status, fields, body), = send(mesh, mesh.front, [
+        ("GET", "/slow/timed-out", [("origin", "https://www.example"), ("x-delay-ms", "1500")])])
+    assert (status, body) == (504, b"upstream request timeout"), (status, fields, body)
+    marks = _route_marks(fields)
+    assert marks.pop("x-ratelimit-limit") == "100" and {"x-ratelimit-remaining", "x-ratelimit-reset"} <= set(marks)
+    assert {k: v for k, v in marks.items() if not k.startswith("x-ratelimit-")} == {
+        "x-route": "front-slow", "access-control-allow-origin": "https://www.example"}, fields

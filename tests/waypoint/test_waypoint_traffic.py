@@ -128,6 +128,9 @@ spec:
   - matches: [{{path: {{type: PathPrefix, value: /mend}}}}]
     backendRefs: [{{name: mending, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /pooled}}}}]
+    filters:
+    - {{type: ResponseHeaderModifier, responseHeaderModifier: {{add: [{{name: x-pool, value: pooled}}]}}}}
+    - {{type: CORS, cors: {{allowOrigins: ["https://app.example"]}}}}
     backendRefs: [{{name: pooled, port: 80}}]
   - matches: [{{path: {{type: PathPrefix, value: /gwpertry}}}}]
     timeouts: {{request: 3s, backendRequest: 200ms}}
@@ -599,9 +602,12 @@ def test_a_connection_pool_limit_answers_overflow_503s_as_in_istios_circuit_brea
     # one connection, one pending request: of six requests at once, while the first two
     # are held by the backend, the others overflow (503, flag UO) at once
     answers = get(mesh, mesh.echo, [f"/pooled/{i}" for i in range(6)], connections=6,
-                  headers=(("x-delay-ms", "500"),))
+                  headers=(("x-delay-ms", "500"), ("origin", "https://app.example")))
     overflowed = [a for a in answers if a.status == 503]
     assert overflowed and all(a.backend is None for a in overflowed), answers
+    # the overflow answer is the router's own, with the route's response edits and CORS headers
+    assert all(a.headers.get("x-pool") == "pooled" and a.headers.get("access-control-allow-origin")
+               == "https://app.example" for a in answers), [a.headers for a in answers]
     assert any(a.status == 200 and a.backend == "two" for a in answers), answers
     flagged = [line for line in access_lines(mesh, "/pooled/") if 'response_flags="UO"' in line]
     assert len(flagged) == len(overflowed), flagged

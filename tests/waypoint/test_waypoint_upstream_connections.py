@@ -278,6 +278,14 @@ def fds(pid):
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def abandoned_copies(mesh, reason):
+    """The waypoint's count of copies to the shadow service abandoned for `reason`, from /metrics."""
+    series = (f'meshcore_waypoint_mirror_abandoned_total{{destination_service="shadow.shop.svc.cluster.local",'
+              f'reason="{reason}"}} ')
+    metrics = LocalMesh.http_get(mesh.waypoint, 15020, "/metrics")[1]
+    return next((float(line[len(series):]) for line in metrics.splitlines() if line.startswith(series)), 0.0)
+
+
 @pytest.mark.parametrize("client, route", MIRRORINGS)
 def test_a_mirror_that_stops_reading_never_slows_the_primary_and_its_copy_is_abandoned(mesh, client, route):
     waypoint = mesh.processes["waypoint"].pid
@@ -286,6 +294,7 @@ def test_a_mirror_that_stops_reading_never_slows_the_primary_and_its_copy_is_aba
     wait_for(lambda: seen(mesh.two, f"{route}/warm/{client}"), lambda: "the warm-up was not mirrored")
     before = fds(waypoint)
     abandoned = mesh.log("waypoint").count("abandoned")
+    counted = abandoned_copies(mesh, "behind")
     # far more than the windows and socket buffers between the waypoint and a backend
     # that reads nothing hold, and than the copy may fall behind
     body = os.urandom(48 << 20)
@@ -302,6 +311,7 @@ def test_a_mirror_that_stops_reading_never_slows_the_primary_and_its_copy_is_aba
                               if "mirror copy to" in line and "abandoned" in line][abandoned:],
                      lambda: mesh.log("waypoint")[-2000:])
     assert "behind" in lines[0], lines
+    assert abandoned_copies(mesh, "behind") == counted + 1
     # the abandoned copy's connection is gone: the waypoint holds what it held before
     wait_for(lambda: fds(waypoint) <= before, lambda: (fds(waypoint), before))
 
