@@ -94,11 +94,14 @@ def route_decision(view, selected: SelectedRoute, port: int, request: RequestVie
     cluster = cluster_service_key(view, chosen, port, waypoint_namespace)
     fault = fault_decision(route.fault, randoms.delay, randoms.abort)
     delay = fault.delay or 0.0
-    if fault.aborts:
-        return replace(fault_abort(name, fault.http_status, fault.grpc_status, delay), service_key=cluster)
-    # Envoy's router finalizes a redirect's or direct response's headers with the route's;
-    # such a route has no route entry, and Envoy's CORS filter passes it by
+    # Envoy finalizes every answer with the route's response headers, its filters' own
+    # local replies (an injected abort) and the router's redirects and direct responses
+    # alike; a redirect or direct response has no route entry, and the CORS filter
+    # passes it by
     response_edits = header_edits(route.headers.response) if route.headers else HeaderEdits()
+    if fault.aborts:
+        return replace(fault_abort(name, fault.http_status, fault.grpc_status, delay), service_key=cluster,
+                       response_headers=response_edits)
     if route.redirect is not None:
         location = redirect_location(route.redirect, selected.match, request, port)
         return LocalReply(route.redirect.code, name, headers=tuple(response_edits.apply([("location", location)])),

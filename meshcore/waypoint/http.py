@@ -215,7 +215,7 @@ class Http1Handler:
         if isinstance(limit, Limited):
             record.route = where.route
             return await self._local(conn, record, limit.status, limit.body, flag=limit.flag, error=limit.reason,
-                                     headers=list(limit.headers))
+                                     headers=list(limit.headers), edits=where.response_headers)
         where = with_rate_headers(where, limit.response)
         if isinstance(where, LocalReply):
             record.route = where.route

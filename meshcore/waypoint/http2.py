@@ -177,7 +177,8 @@ class Http2Handler:
         if isinstance(limit, Limited):
             record.route, record.grpc_status = where.route, limit.grpc_status
             outcome.flag, outcome.error, outcome.status = limit.flag, limit.reason, limit.status
-            await _respond(exchange, limit.status, list(limit.headers), limit.body, trailers_only=limit.trailers_only)
+            await _respond(exchange, limit.status, where.response_headers.apply(list(limit.headers)), limit.body,
+                           trailers_only=limit.trailers_only)
             return
         where = with_rate_headers(where, limit.response)
         if isinstance(where, LocalReply):

@@ -189,6 +189,15 @@ def test_a_grpc_abort_is_a_200_carrying_the_grpc_status():
     assert isinstance(got, LocalReply) and (got.status, got.grpc_status, got.flag) == (200, 14, "FI")
 
 
+def test_an_injected_abort_carries_the_routes_response_headers():
+    # Envoy finalizes its filters' local replies with the route entry's response headers
+    got = decide_on("- fault: {abort: {httpStatus: 503, percentage: {value: 100}}}\n"
+                    "  headers: {response: {set: {x-route: faulty}, remove: [server]}}\n"
+                    "  route: [{destination: {host: v1}}]\n")
+    assert isinstance(got, LocalReply) and got.flag == "FI"
+    assert got.response_headers.apply([("server", "x")]) == [("x-route", "faulty")]
+
+
 def test_a_delay_and_an_abort_both_drawn_delay_the_abort():
     spec = "{delay: {fixedDelay: 1s, percentage: {value: 100}}, abort: {httpStatus: 429, percentage: {value: 100}}}"
     got = decide_on(fault(spec))

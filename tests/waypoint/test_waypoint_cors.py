@@ -116,6 +116,20 @@ spec:
     - type: CORS
       cors: {{allowOrigins: ["https://*.example"], allowMethods: [GET]}}
     backendRefs: [{{name: front-api, port: 80}}]
+  - name: spent
+    matches: [{{path: {{type: PathPrefix, value: /spent}}}}]
+    filters:
+    - {{type: ResponseHeaderModifier, responseHeaderModifier: {{add: [{{name: x-route, value: front-spent}}]}}}}
+    - type: CORS
+      cors: {{allowOrigins: ["https://*.example"], allowMethods: [GET]}}
+    backendRefs: [{{name: front-api, port: 80}}]
+---
+apiVersion: meshcore.dev/v1alpha1
+kind: LocalRateLimit
+metadata: {{name: front-spent, namespace: shop}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: front, sectionName: spent}}]
+  tokenBucket: {{maxTokens: 1, tokensPerFill: 1, fillInterval: 60s}}
 ---
 apiVersion: meshcore.dev/v1alpha1
 kind: LocalRateLimit
@@ -373,3 +387,14 @@ def test_an_httproutes_timeout_answer_carries_its_header_modifier_cors_and_rate_
     assert marks.pop("x-ratelimit-limit") == "100" and {"x-ratelimit-remaining", "x-ratelimit-reset"} <= set(marks)
     assert {k: v for k, v in marks.items() if not k.startswith("x-ratelimit-")} == {
         "x-route": "front-slow", "access-control-allow-origin": "https://www.example"}, fields
+
+
+def test_a_rate_limits_429_carries_the_routes_header_modifier_and_cors(mesh):
+    # Envoy finalizes the local rate limit filter's reply with the route entry's response
+    # headers, and its CORS filter adds the allowed origin's
+    answers = send(mesh, mesh.front, [("GET", f"/spent/{i}", [("origin", "https://www.example")]) for i in range(2)])
+    assert [status for status, _, _ in answers] == [200, 429], answers
+    marks = _route_marks(answers[1][1])
+    assert marks.pop("x-ratelimit-limit") == "1"
+    assert {k: v for k, v in marks.items() if not k.startswith("x-ratelimit-")} == {
+        "x-route": "front-spent", "access-control-allow-origin": "https://www.example"}, answers[1]
