@@ -213,9 +213,8 @@ class EndpointPicker:
         if hashing:
             if hashed is None:
                 return RandomChoice(self.rand).choose(usable)
-            uid = self._hash_table(b, lb.consistent_hash.maglev_table_size, usable).choose(hashed)
-            # the table holds uids: a workload changed in a later view is the one chosen
-            return next(w for w in usable if w.uid == uid)
+            table = self._hash_table(b, lb.consistent_hash.maglev_table_size, plan.members[level])
+            return _hashed_pick(table, hashed, usable)
         algorithm = lb.algorithm if lb is not None else SimpleLB.LEAST_REQUEST
         if algorithm is SimpleLB.ROUND_ROBIN:
             return b.round_robin.choose(usable)
@@ -224,15 +223,16 @@ class EndpointPicker:
         return LeastRequest(self.rand).choose(usable, lambda w: b.active.get(w.uid, 0))
 
     @staticmethod
-    def _hash_table(b: _Balancing, maglev_table_size: int | None, usable: list):
-        """The ring (ringHash) or Maglev table over the uids of `usable`: built once per
-        endpoint set, since a Maglev table takes tens of milliseconds to fill, and
-        ejections and retries come back to the same few sets."""
-        members = tuple(w.uid for w in usable)
+    def _hash_table(b: _Balancing, maglev_table_size: int | None, hosts: list):
+        """The ring (ringHash) or Maglev table over the uids of a level's `hosts`, healthy
+        or not: built once per set of endpoints, since a Maglev table takes tens of
+        milliseconds to fill. Ejections and retries do not change it: a pick skips the
+        endpoints it may not take (_hashed_pick)."""
+        members = tuple(w.uid for w in hosts)
         table = b.hash_tables.get(members)
         if table is None:
             if len(b.hash_tables) >= MAX_HASH_TABLES:
-                b.hash_tables.clear()
+                del b.hash_tables[next(iter(b.hash_tables))]      # the oldest set
             if maglev_table_size is not None:
                 # filled on the request path: a table over 65537 slots (istiod takes up to
                 # 5000011) would hold requests for seconds, so it is filled at that size
@@ -268,3 +268,22 @@ class EndpointPicker:
 
 def _locality_text(locality) -> str:
     return "/".join(p for p in (locality.region, locality.zone, locality.subzone) if p) or "no locality"
+
+
+HASH_PROBES = 8                  # table lookups a hashed pick tries before it falls back
+
+
+def _hashed_pick(table, hashed: int, usable: list):
+    """The endpoint of `usable` a request hashed to `hashed` takes, from `table` (over a
+    level's endpoints, some of which may be ejected or avoided by a retry). An endpoint
+    it may not take sends it on to another lookup, its hash stirred by the attempt, as
+    Envoy's hashing balancers choose again for a host its retry predicate refuses; after
+    HASH_PROBES of them, the usable endpoint ranking first for the key (rendezvous), so
+    the pick stays the same for the same key and endpoints."""
+    allowed = {w.uid: w for w in usable}
+    for attempt in range(HASH_PROBES):
+        # the table holds uids: a workload changed in a later view is the one chosen
+        found = allowed.get(table.choose(hashed if not attempt else hash_value(f"{hashed}#{attempt}")))
+        if found is not None:
+            return found
+    return max(usable, key=lambda w: hash_value(f"{hashed}:{w.uid}"))

@@ -290,3 +290,26 @@ def test_maglev_builds_a_maglev_table_of_the_rules_size():
     assert all(len(set(v)) == 1 for v in chosen.values())
     tables = list(picker._balancing[(service.key, "", 80)].hash_tables.values())
     assert len(tables) == 1 and isinstance(tables[0], Maglev) and len(tables[0]._table) == 251
+
+
+@pytest.mark.parametrize("hashing", ["maglev: {tableSize: 65537}", "ringHash: {minimumRingSize: 1024}"])
+def test_a_retry_away_from_a_hashed_endpoint_reuses_the_table_and_picks_consistently(hashing):
+    # one table per set of endpoints, whatever a retry avoids: a Maglev table takes tens
+    # of milliseconds to fill, which no retry may cost the event loop
+    view, service, me, rule = setup(f"""\
+        trafficPolicy: {{loadBalancer: {{consistentHash: {{httpHeaderName: x-user, {hashing}}}}}}}
+        """)
+    picker = EndpointPicker()
+    users = [f"user-{i}" for i in range(60)]
+
+    def pick(user, avoid=None):
+        return picker.choose(view, me, service, 80, "", rule, avoid=avoid,
+                             request=RequestAttributes("GET", "/", headers=(("x-user", user),))).route.workload.uid
+    first = {u: pick(u) for u in users}
+    assert set(first.values()) == {"a", "b", "c"}
+    again = {u: pick(u, avoid=first[u]) for u in users}
+    assert all(again[u] != first[u] for u in users), again
+    assert again == {u: pick(u, avoid=first[u]) for u in users}          # the same key retries alike
+    # a retry avoiding another endpoint leaves the key where it was
+    assert all(pick(u, avoid=next(x for x in "abc" if x != first[u])) == first[u] for u in users)
+    assert len(picker._balancing[(service.key, "", 80)].hash_tables) == 1
