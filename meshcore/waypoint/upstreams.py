@@ -114,7 +114,8 @@ class Http2Upstreams:
         self.tunnels = tunnels
         self.idle = idle
         self.connections: dict[tuple, list[HboneConnection]] = {}
-        self._opening: dict[tuple, asyncio.Task] = {}
+        # per destination, the connections being opened: [task, callers waiting on it]
+        self._opening: dict[tuple, list[list]] = {}
         self._uses: dict[HboneConnection, _Use] = {}
         self.closing = False
 
@@ -127,18 +128,29 @@ class Http2Upstreams:
                 if self._has_room(conn):
                     self._take(conn)
                     return conn
-            opening = self._opening.get(key)
+            # requests arriving together wait for one connection instead of each opening
+            # one, as many as its request limit lets in: more open another beside it
+            openings = self._opening.setdefault(key, [])
+            opening = next((o for o in openings if limits.max_requests is None or o[1] < limits.max_requests), None)
             if opening is None:
-                # requests arriving together wait for one connection instead of each opening one
-                opening = self._opening[key] = asyncio.get_running_loop().create_task(
-                    self._open(key, chosen, me, limits))
-                opening.add_done_callback(lambda t: self._opening.pop(key) if self._opening.get(key) is t else None)
-            conn = await asyncio.shield(opening)
-            # more requests may have waited on it than its stream limit (or its request
-            # limit) lets in: those over it look again, and open the next one together
+                task = asyncio.get_running_loop().create_task(self._open(key, chosen, me, limits))
+                opening = [task, 0]
+                openings.append(opening)
+                task.add_done_callback(lambda _, o=opening: self._opened(key, o))
+            opening[1] += 1
+            conn = await asyncio.shield(opening[0])
+            # more requests may have waited on it than its stream limit lets in: those
+            # over it look again, and open the next one together
             if self._has_room(conn):
                 self._take(conn)
                 return conn
+
+    def _opened(self, key: tuple, opening: list) -> None:
+        openings = self._opening.get(key)
+        if openings is not None and opening in openings:
+            openings.remove(opening)
+            if not openings:
+                del self._opening[key]
 
     def _has_room(self, conn: HboneConnection) -> bool:
         use = self._uses.get(conn)

@@ -4,6 +4,7 @@ Envoy's cluster), whether a connection may take another request, when an idle on
 closes; and a mirror copy's share of a streamed body (MirrorBody), which never makes
 its primary wait."""
 import asyncio
+import time
 import types
 
 from prometheus_client import CollectorRegistry
@@ -211,11 +212,13 @@ class _Conn:
             self.on_closed(self)
 
 
-def _pool():
+def _pool(open_delay: float = 0.0):
     from meshcore.waypoint.upstreams import Http2Upstreams
     opened = []
 
     async def open_upstream(chosen, me, protocol_factory=None):
+        if open_delay:
+            await asyncio.sleep(open_delay)
         opened.append(_Conn())
         return None, opened[-1]
     pool = Http2Upstreams(types.SimpleNamespace(open_upstream=open_upstream))
@@ -248,6 +251,22 @@ def test_an_http2_connection_at_its_request_limit_takes_no_new_stream_and_closes
         b.close()
         assert not pool._uses and not pool.connections
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("max_requests, connections", [(1, 20), (4, 5), (None, 1)])
+def test_requests_arriving_together_open_as_many_http2_connections_as_their_limit_needs_at_once(
+        max_requests, connections):
+    # Envoy opens the connections a burst needs side by side: one after another, 20
+    # requests under maxRequestsPerConnection 1 would wait for 20 opens in turn
+    async def scenario():
+        pool, opened, chosen, me = _pool(open_delay=0.1)
+        limits = ConnectionLimits(max_requests=max_requests)
+        started = time.monotonic()
+        got = await asyncio.gather(*(pool.get(chosen, me, limits) for _ in range(20)))
+        return time.monotonic() - started, len({id(c) for c in got}), len(opened)
+    elapsed, distinct, opened = asyncio.run(scenario())
+    assert (distinct, opened) == (connections, connections)
+    assert elapsed < 0.35, elapsed                       # one open takes 0.1 s
 
 
 def test_an_idle_http2_connection_closes_after_its_idle_timeout_and_a_taken_one_does_not():
