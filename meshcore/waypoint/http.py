@@ -247,7 +247,7 @@ class Http1Handler:
                                          error=f"upgrade {request.upgrade!r} to an HTTP/2 backend")
             return await self._forward_http2(conn, request, where, me, headers, has_body, record, tee)
         key = (chosen.dial, chosen.authority, chosen.expected)
-        client = upstreams.pop(key, None)
+        client = upstreams.pop(key, where.connection_limits)
         body = None
         clock = Deadlines(where.timeout, where.retry)
         headers = [(n, v) for n, v in headers if n != ATTEMPT_COUNT]
@@ -278,7 +278,7 @@ class Http1Handler:
                             where, retries = again, retries + 1
                             chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority,
                                                          where.chosen.expected)
-                            client = upstreams.pop(key, None)
+                            client = upstreams.pop(key, where.connection_limits)
                             continue
                         return await self._local(conn, record, 503, b"upstream connect error",
                                                  flag="URX" if retries else "UF", error=f"{type(exc).__name__}: {exc}",
@@ -311,7 +311,7 @@ class Http1Handler:
                         replayable=_replayable(body, request), before_deadline=clock.route)):
                     where, retries, replay = again, retries + 1, body.kept if body is not None else None
                     chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
-                    client = upstreams.pop(key, None)
+                    client = upstreams.pop(key, where.connection_limits)
                     continue
                 where.attempted(failure="timeout")
                 return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
@@ -341,7 +341,7 @@ class Http1Handler:
                                                     before_deadline=clock.route):
                     where, retries, replay = again, retries + 1, body.kept if body is not None else None
                     chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
-                    client = upstreams.pop(key, None)
+                    client = upstreams.pop(key, where.connection_limits)
                     continue
                 inflight[0] = None
                 if isinstance(exc, HttpError) and exc.status == 504:
@@ -358,7 +358,7 @@ class Http1Handler:
                 where, retries, client = again, retries + 1, None
                 replay = body.kept if body is not None else None
                 chosen, key = where.chosen, (where.chosen.dial, where.chosen.authority, where.chosen.expected)
-                client = upstreams.pop(key, None)
+                client = upstreams.pop(key, where.connection_limits)
                 continue
             break
         record.attempts = retries + 1

@@ -321,18 +321,22 @@ class KeptUpstreams:
         """A connection just dialed for a destination with these limits."""
         self._uses[client] = _Use(limits)
 
-    def pop(self, key: tuple, default=None) -> Http1ClientConnection | None:
+    def pop(self, key: tuple, limits: ConnectionLimits = DEFAULT_LIMITS) -> Http1ClientConnection | None:
+        """The connection kept for `key`, if it may take a request under `limits`."""
         client = self._kept.pop(key, None)
         if client is None:
-            return default
+            return None
         use = self._uses.get(client)
         if use is not None:
             if use.timer is not None:
                 use.timer.cancel()
                 use.timer = None
-            if not use.may_take_another:          # past its maximum duration
+            # past its maximum duration, or opened under other limits (another subset's,
+            # or the DestinationRule changed since): destinations whose limits differ
+            # never share a connection
+            if not use.may_take_another or use.limits != limits:
                 self._drop(client)
-                return default
+                return None
         return client
 
     def keep(self, key: tuple, client: Http1ClientConnection) -> None:

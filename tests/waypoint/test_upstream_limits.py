@@ -285,3 +285,32 @@ def test_an_idle_http2_connection_closes_after_its_idle_timeout_and_a_taken_one_
         await asyncio.sleep(0.1)
         assert a.closed.done() and len(opened) == 1
     asyncio.run(scenario())
+
+
+class _Http1:
+    """What KeptUpstreams reads of an Http1ClientConnection."""
+    reusable, _closed = True, False
+
+    def close(self):
+        self._closed = True
+
+
+def test_an_http1_clients_kept_connection_serves_only_requests_under_the_limits_it_was_opened_with():
+    # one endpoint in two subsets with other limits, or a DestinationRule changed while
+    # the client stayed: the kept connection is closed, not reused under other limits
+    from meshcore.waypoint.upstreams import KeptUpstreams
+
+    async def scenario():
+        kept, key = KeptUpstreams(), ("10.0.0.1", "web:80", ())
+        one, unlimited = ConnectionLimits(max_requests=1), ConnectionLimits(max_requests=None, idle=30.0)
+        a = _Http1()
+        kept.opened(a, unlimited)
+        kept.keep(key, a)
+        assert kept.pop(key, unlimited) is a
+        kept.keep(key, a)
+        assert kept.pop(key, one) is None and a._closed
+        b = _Http1()
+        kept.opened(b, one)
+        kept.keep(key, b)                     # its one request done: closed, not kept
+        assert b._closed and kept.pop(key, one) is None
+    asyncio.run(scenario())
