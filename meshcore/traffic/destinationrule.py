@@ -135,9 +135,14 @@ def _load_balancer(obj, path: str) -> LoadBalancerSettings | None:
             raise F.fail(f"{wp}.minimumPercent", "minimumPercent value should be less than or equal to 100")
         if w.get("aggression") is not None and I.number(w["aggression"], f"{wp}.aggression") <= 0:
             raise F.fail(f"{wp}.aggression", "aggression should be greater than 0")
-    key = "localityLbSetting" if obj.get("localityLbSetting") is not None else "zoneAwareLbSetting"
+    locality = _locality_lb(obj.get("localityLbSetting"), f"{path}.localityLbSetting")
+    if obj.get("zoneAwareLbSetting") is not None:
+        _locality_lb(obj["zoneAwareLbSetting"], f"{path}.zoneAwareLbSetting")
+        # istiod gives a waypoint no locality priorities for it (endpoint_builder.go skips
+        # zone-aware balancing for waypoints), and it outranks the mesh's locality default
+        locality = LocalityLbSetting(enabled=False)
     return LoadBalancerSettings(simple, _consistent_hash(obj.get("consistentHash"), f"{path}.consistentHash"),
-                                _locality_lb(obj.get(key), f"{path}.{key}"))
+                                locality)
 
 
 def _locality_lb(obj, path: str) -> LocalityLbSetting | None:

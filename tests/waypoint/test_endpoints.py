@@ -223,6 +223,12 @@ def test_with_outlier_detection_traffic_stays_in_the_waypoints_zone_until_its_en
       loadBalancer: {simple: ROUND_ROBIN, localityLbSetting: {enabled: false}}
       outlierDetection: {consecutive5xxErrors: 1}
     """,
+    # zone-aware balancing is not done for a waypoint, and it takes the place of the
+    # mesh's locality default
+    """    trafficPolicy:
+      loadBalancer: {simple: ROUND_ROBIN, zoneAwareLbSetting: {enabled: true}}
+      outlierDetection: {consecutive5xxErrors: 1}
+    """,
 ])
 def test_without_failover_every_locality_takes_requests(policy):
     view, service, me, rule = locality_setup(policy)
