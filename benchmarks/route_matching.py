@@ -14,7 +14,7 @@ In process, 1,000 HTTPRoutes of 10 rules each (10,000 rules) attached to one ser
 - regular-expression-heavy tables (--regex-routes, 200 by default, of 10 rules each,
   every path a RegularExpression, one route in ten with a pattern that has no literal
   prefix): select_http with the regex index, with the regex paths tried one by one for
-  every request (the index without them, as the table was before), and the linear
+  every request (the index without its regex part: the unindexed baseline), and the linear
   scan; the same patterns as VirtualService routes, select_http_route (indexed by
   literal prefix) against select_http_route_linear (every match in order);
 - building that view from YAML: parsing the files (load) and putting them in force in
@@ -267,8 +267,8 @@ def regex_virtual_services(n: int) -> tuple:
 
 
 def without_regex_index(table):
-    """The table with its regular-expression paths tried for every request, as before
-    they were indexed by literal prefix."""
+    """The table with its regular-expression paths tried for every request, none of
+    them indexed by literal prefix: the unindexed baseline."""
     from dataclasses import replace
     index = table.http_index
     other = tuple(sorted(index.other + tuple(p for ps in index.regex.values() for p in ps)))

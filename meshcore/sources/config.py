@@ -329,7 +329,7 @@ class _Collected:
 
 
 # each kind's parser, imported the first time a document of that kind is read: a node
-# whose files hold no routes keeps the route parsers (and their regex checks) out
+# whose files hold no routes keeps the Gateway API and VirtualService parsers out
 _TRAFFIC_KINDS = {"HTTPRoute": ("gateway_api", "http_route"), "GRPCRoute": ("gateway_api", "grpc_route"),
                   "ReferenceGrant": ("gateway_api", "reference_grant"),
                   "VirtualService": ("virtualservice", "virtual_service"),

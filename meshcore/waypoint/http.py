@@ -164,8 +164,8 @@ class Http1Handler:
         request); a client already gone is reported as such."""
         record.status, record.flag, record.error = status, flag, error
         try:
-            await conn.respond(status, edits.apply(headers or [("content-type", "text/plain")]), body,
-                               close=self.tunnels.draining)
+            fields = headers if headers is not None else [("content-type", "text/plain")]
+            await conn.respond(status, edits.apply(fields), body, close=self.tunnels.draining)
         except (HttpError, OSError, MeshcoreError) as exc:
             self._report(record.finish(0, flag="DC", error=f"{error}; the client left: {type(exc).__name__}: {exc}"))
             return False
