@@ -9,6 +9,7 @@ keepalive, drain.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -142,7 +143,10 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         elif kind is ev.StreamEnded:
             stream = self.streams.get(e.stream_id)
             if stream is not None:
-                self._exchange_event(stream, e)
+                # _exchange_event inline: every tunnel ends this way
+                handler = getattr(stream.get_protocol(), "stream_event", None)
+                if handler is not None:
+                    handler(e)
                 stream._on_end()
         elif kind is ev.TunnelRequested or kind is ev.RequestReceived:
             # a CONNECT, or a request for meshcore.aio.request to answer: on_request decides
@@ -311,7 +315,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             task.cancel()
             return
         self.request_tasks[stream_id] = task
-        task.add_done_callback(lambda _: self._request_done(stream_id))
+        task.add_done_callback(functools.partial(self._request_done, stream_id))
 
     def cancel_request(self, stream_id: int) -> bool:
         """Server: end the work answering `stream_id` (a revoked authorization, say);
@@ -322,7 +326,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         task.cancel()
         return True
 
-    def _request_done(self, stream_id: int) -> None:
+    def _request_done(self, stream_id: int, task=None) -> None:
         self.request_tasks.pop(stream_id, None)
         if not self.request_tasks:
             self.request_tasks = {}

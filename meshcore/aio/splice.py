@@ -102,18 +102,26 @@ class Splice:
 
     `on_connected(splice, transport)` is called when `a` connects first (a proxy starts
     dialing `b` then); a task given to `own()` (that dial) is cancelled if the splice
-    ends before it does. `done` resolves once neither side is open any more."""
+    ends before it does. `done` resolves once neither side is open any more, and
+    `on_done(splice)`, the owner's hook, is called then (once): an owner told directly
+    needs no callback of its own on `done`."""
 
-    def __init__(self, on_connected: Callable | None = None):
+    def __init__(self, on_connected: Callable | None = None, on_done: Callable | None = None):
         self.a, self.b = _Side(self), _Side(self)
         self.a.peer, self.b.peer = self.b, self.a
         self.on_connected = on_connected
+        self.on_done = on_done
         self._work: asyncio.Task | None = None
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()
         self.error: str = ""            # why it did not end cleanly: "a: ..." or "b: ..." (first side to fail)
 
     def own(self, task: asyncio.Task) -> None:
         self._work = task
+
+    def side_b(self) -> _Side:
+        """A protocol factory for the far side's dial (a bound method costs less than a
+        closure per connection)."""
+        return self.b
 
     def _maybe_done(self) -> None:
         if self.a.eof and self.b.eof:
@@ -141,6 +149,9 @@ class Splice:
         never_connected = other.transport is None
         if (never_connected or (self.a.lost and self.b.lost)) and not self.done.done():
             self.done.set_result(self.bytes)
+            on_done, self.on_done = self.on_done, None
+            if on_done is not None:
+                on_done(self)
 
     def abort(self) -> None:
         """End what is still open, as a failure (RST / RST_STREAM): the splice's owner
