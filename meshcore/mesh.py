@@ -60,13 +60,15 @@ class Mesh:
                           local_addr=(key.source_ip, 0) if key.source_ip else None,
                           **self.connection_options)
 
-    async def open_tunnel_protocol(self, address: str, port: int, expected, protocol_factory: Callable,
-                                   *, via: tuple[str, int] | None = None, headers: Iterable = ()):
+    def open_tunnel_protocol(self, address: str, port: int, expected, protocol_factory: Callable,
+                             *, via: tuple[str, int] | None = None, headers: Iterable = ()) -> Awaitable:
         """Tunnel to `address:port` through the HBONE server at `via` (default: the
         destination's own node, address:15008) whose identity is one of `expected`.
-        Raises UsageError for a malformed header field (before any connection is
-        dialed), TunnelError(status) when the far end refuses (503 also when it refuses
-        new streams), or the dial's error (OSError, IdentityError)."""
+        To be awaited for (transport, protocol). Raises UsageError for a malformed
+        header field (before any connection is dialed), TunnelError(status) when the
+        far end refuses (503 also when it refuses new streams), or the dial's error
+        (OSError, IdentityError). It returns the pool's coroutine itself: a frame of
+        its own would be one more for every tunnel."""
         via = (address, HBONE_PORT) if via is None else tuple(via)
         if type(expected) is SpiffeId:
             # by the identity of an immutable id: looking it up hashes no SpiffeId, and
@@ -79,8 +81,8 @@ class Mesh:
         else:
             key = PoolKey(self.identity, (expected,) if isinstance(expected, SpiffeId) else tuple(expected), via)
         authority = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-        return await self.pool.open_stream(key, authority, protocol_factory,
-                                           [(b"traceparent", traceparent()), *headers])
+        return self.pool.open_stream(key, authority, protocol_factory,
+                                     [(b"traceparent", traceparent()), *headers])
 
     async def open_tunnel(self, address: str, port: int, expected, *, via=None, headers: Iterable = (),
                           limit: int = 2 ** 16):

@@ -23,6 +23,15 @@ from meshcore.errors import ErrorCode, StreamClosedError, StreamRefusedError, Tu
 
 log = logging.getLogger("meshcore.hbone")
 
+# The task running on a loop, asked whenever output is queued (several times per
+# tunnel): the C function where the interpreter has one (3.12), else the table that
+# asyncio.current_task() reads, without its Python frame (3.11).
+try:
+    from _asyncio import current_task as _current_task
+except ImportError:
+    _current_task = getattr(asyncio.tasks, "_current_tasks", None)
+    _current_task = _current_task.get if isinstance(_current_task, dict) else asyncio.current_task
+
 KEEPALIVE_INTERVAL = 10.0     # docs/hbone.md, HTTP/2 settings: PING after 10 s idle
 KEEPALIVE_TIMEOUT = 20.0      # no ACK within 20 s closes the connection
 DRAIN_DEADLINE = 5.0
@@ -78,7 +87,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         """Output queued outside a read: from a task it waits for the loop's next turn,
         so that what the task sends in one step leaves in one TLS write; from a
         callback relaying a socket's read it goes at once."""
-        if asyncio.current_task(self.loop) is None:
+        if _current_task(self.loop) is None:
             return False
         self.loop.call_soon(self._deferred_flush)
         return True

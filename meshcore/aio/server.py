@@ -136,7 +136,11 @@ def _loops_back(request: TunnelRequest) -> bool:
     destination = getattr(request.connection, "destination", None)
     if destination is not None and request.port == destination[1] and ip == cached_ip_address(destination[0]):
         return True                        # the address the client dialed (before a REDIRECT, say)
-    return any(_listens_on(listener, ip, request.port) for listener in request.server.own_listeners())
+    port = request.port
+    for listener in request.server.own_listeners():
+        if port == listener[1] and _listens_on(listener, ip, port):
+            return True
+    return False
 
 
 def _refuse(request: TunnelRequest, status: int, why: str) -> None:
@@ -166,7 +170,7 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
     try:
         try:
             async with asyncio.timeout(connect_timeout):      # no task of its own, as wait_for makes one
-                await loop.create_connection(lambda: splice.b, request.host, request.port, local_addr=local_addr)
+                await loop.create_connection(splice.side_b, request.host, request.port, local_addr=local_addr)
         except (OSError, asyncio.TimeoutError) as exc:
             request.extra["error"] = f"upstream {request.authority} unreachable: {exc or type(exc).__name__}"
             log.info("tunnel %s from %s: %s", request.stream_id, request.peer_identity, request.extra["error"])
@@ -216,7 +220,7 @@ class HboneServer:
         self.request_handler = request_handler
         # the listeners of the proxy this server belongs to (this server's own unless
         # told otherwise: Mesh.serve() counts all of its servers): no tunnel goes there
-        self.own_listeners: Callable[[], list[tuple]] = lambda: [self.address] if self._listener else []
+        self.own_listeners: Callable[[], list[tuple]] = self._own_listeners
         self.handshake_timeout = handshake_timeout
         # Each TLS handshake in progress holds tens of KiB in the TLS stack: past this
         # many, no more sockets are accepted until one finishes (the kernel queues them).
@@ -250,6 +254,9 @@ class HboneServer:
         self._address = sock.getsockname()[:2]
         self._accepting = self._spawn(self._accept_loop(sock))
         return self
+
+    def _own_listeners(self) -> list[tuple]:
+        return [self._address] if self._listener is not None else []
 
     @property
     def address(self) -> tuple:
