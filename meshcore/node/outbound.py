@@ -11,6 +11,7 @@ import socket
 
 from meshcore.aio.relay import RelayListener
 from meshcore.aio.pool import PoolKey
+from meshcore.aio.server import cached_ip_address
 from meshcore.errors import MeshcoreError, TunnelError
 from meshcore.mesh import traceparent
 from meshcore.node import socks5
@@ -136,7 +137,7 @@ class Outbound:
         record = ConnectionRecord("outbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=_host_port(ip, port))
         try:
             view = ctx.store.view
-            source = view.workload_at(settings.network, ipaddress.ip_address(peer_ip))
+            source = view.workload_at(settings.network, cached_ip_address(peer_ip))
             record.src_workload = source
             if source is None or not settings.serves(source):
                 raise RouteRefused(f"source {peer_ip} is not a workload of node {settings.node_name!r}"

@@ -13,10 +13,10 @@ TCP workload or an address outside the mesh is passed through as plain TCP.
 """
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from enum import StrEnum
 
+from meshcore.aio.server import cached_ip_address
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.state.model import GatewayAddress, HealthPolicy, LoadBalancerMode, Service, Workload
 from meshcore.state.view import MeshView
@@ -91,7 +91,7 @@ def _is_waypoint_of(source: Workload, gateway: GatewayAddress | None) -> bool:
 def route(state: MeshView, source: Workload, ip, port: int, *, choice: int = 0,
           own_addresses: frozenset = frozenset(), proxy_ports: frozenset = PROXY_PORTS) -> Route:
     """The route for a connection from `source` to `ip:port` (the original destination)."""
-    ip = ipaddress.ip_address(ip)
+    ip = cached_ip_address(ip)
     if port in proxy_ports and (ip in own_addresses or ip.is_loopback):
         return Route(REFUSE, reason=f"{_host_port(ip, port)} is one of the proxy's own ports (loop guard)")
     network = source.network

@@ -95,6 +95,7 @@ class Workload:
     labels: tuple[tuple[str, str], ...] = ()      # for AuthorizationPolicy/PeerAuthentication selectors
     extra: tuple[tuple[str, object], ...] = ()    # accepted fields meshcore does not act on
     _policy_view: PolicyTarget | None = field(default=None, init=False, repr=False, compare=False)
+    _identity: SpiffeId | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -102,7 +103,12 @@ class Workload:
 
     @property
     def identity(self) -> SpiffeId:
-        return SpiffeId(self.trust_domain, self.namespace, self.service_account)
+        """(cached: workloads are frozen, and every tunnel from or to one asks)"""
+        identity = self._identity
+        if identity is None:
+            identity = SpiffeId(self.trust_domain, self.namespace, self.service_account)
+            object.__setattr__(self, "_identity", identity)
+        return identity
 
     @property
     def meshed(self) -> bool:
