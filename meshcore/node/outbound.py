@@ -4,7 +4,6 @@ SO_ORIGINAL_DST) and SOCKS5 (15080) from workloads on this node, each routed
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import logging
 import socket
@@ -43,6 +42,7 @@ class Outbound:
         self.socks: asyncio.AbstractServer | None = None
         self.own_addresses: frozenset = frozenset()   # refused as destinations on the proxy's ports
         self._choice = itertools.count()
+        self._baggage: dict[int, tuple] = {}        # id(source workload) -> (workload, header value)
         self._unsubscribe = None
 
     async def start(self) -> "Outbound":
@@ -120,7 +120,7 @@ class Outbound:
 
     async def _resolve(self, host: str) -> str:
         try:
-            ipaddress.ip_address(host)
+            cached_ip_address(host)
             return host
         except ValueError:
             pass
@@ -185,17 +185,27 @@ class Outbound:
         forwarded = f'for="{_host_port(peer_ip, peer_port)}"'
         if chosen.service is not None:
             forwarded += f";host={chosen.service.hostname}"
-        baggage = ",".join(f"{k}={v}" for k, v in (
-            ("k8s.cluster.name", source.cluster_id), ("k8s.namespace.name", source.namespace),
-            (f"k8s.{source.workload_type}.name", source.workload_name or source.name),
-            ("service.name", source.canonical_name), ("service.version", source.canonical_revision)) if v)
+        # the same for every tunnel of a source workload (frozen: a changed one is a new
+        # object); by identity, as hashing a workload hashes all of its fields
+        cached = self._baggage.get(id(source))
+        if cached is not None and cached[0] is source:
+            baggage = cached[1]
+        else:
+            baggage = ",".join(f"{k}={v}" for k, v in (
+                ("k8s.cluster.name", source.cluster_id), ("k8s.namespace.name", source.namespace),
+                (f"k8s.{source.workload_type}.name", source.workload_name or source.name),
+                ("service.name", source.canonical_name), ("service.version", source.canonical_revision)) if v
+            ).encode()
+            if len(self._baggage) >= 1024:
+                self._baggage.clear()
+            self._baggage[id(source)] = (source, baggage)
         bind = ctx.binder.local_addr(peer_ip)
         key = PoolKey(source.identity, chosen.expected, chosen.dial, bind[0] if bind else None)
         # asyncio.timeout, not wait_for: no task of its own per tunnel
         async with asyncio.timeout(ctx.settings.connect_timeout):
             await ctx.pool.open_stream(
                 key, chosen.authority, protocol_factory,
-                [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage.encode())])
+                [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage)])
 
 
 class _SocksAnswer:

@@ -8,6 +8,7 @@ has named its destination. The reply to the request is sent by whoever dials.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import struct
@@ -84,9 +85,13 @@ def parse_request(data: bytes) -> tuple[int, str, int] | None:
 
 
 def reply(code: int, bound: tuple[str, int] = ("0.0.0.0", 0)) -> bytes:
-    ip = ipaddress.ip_address(bound[0])
+    ip = _listener_ip(bound[0])
     atyp = ATYP_IPV4 if ip.version == 4 else ATYP_IPV6
     return bytes((VERSION, code, 0, atyp)) + ip.packed + struct.pack("!H", bound[1])
+
+
+# the SOCKS listener's own addresses, parsed once for every success reply
+_listener_ip = functools.lru_cache(maxsize=64)(ipaddress.ip_address)
 
 
 class Socks5Handshake(asyncio.Protocol):

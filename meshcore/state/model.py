@@ -96,6 +96,8 @@ class Workload:
     extra: tuple[tuple[str, object], ...] = ()    # accepted fields meshcore does not act on
     _policy_view: PolicyTarget | None = field(default=None, init=False, repr=False, compare=False)
     _identity: SpiffeId | None = field(default=None, init=False, repr=False, compare=False)
+    # telemetry's labels for it (meshcore.node.record), made on first use
+    _metric_labels: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
