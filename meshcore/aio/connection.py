@@ -17,20 +17,12 @@ from collections.abc import Callable
 from meshcore._core import events as ev
 from meshcore._core.h2conn import H2Connection
 from meshcore.aio.datapath import ConnectionBase, StreamTransport
+from meshcore.aio.deadline import current_task as _current_task
 from meshcore.aio.keepalive import keepalive_clock
 from meshcore.aio.memory import trimmer
 from meshcore.errors import ErrorCode, StreamClosedError, StreamRefusedError, TunnelError, error_code_name
 
 log = logging.getLogger("meshcore.hbone")
-
-# The task running on a loop, asked whenever output is queued (several times per
-# tunnel): the C function where the interpreter has one (3.12), else the table that
-# asyncio.current_task() reads, without its Python frame (3.11).
-try:
-    from _asyncio import current_task as _current_task
-except ImportError:
-    _current_task = getattr(asyncio.tasks, "_current_tasks", None)
-    _current_task = _current_task.get if isinstance(_current_task, dict) else asyncio.current_task
 
 KEEPALIVE_INTERVAL = 10.0     # docs/hbone.md, HTTP/2 settings: PING after 10 s idle
 KEEPALIVE_TIMEOUT = 20.0      # no ACK within 20 s closes the connection

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from meshcore._core.events import RequestReceived
 from meshcore.aio.connection import HboneConnection
+from meshcore.aio.deadline import deadline
 from meshcore.aio.memory import trimmer
 from meshcore.aio.request import accept_request, serve
 from meshcore.aio.splice import Splice
@@ -169,7 +170,7 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
     loop = asyncio.get_running_loop()
     try:
         try:
-            async with asyncio.timeout(connect_timeout):      # no task of its own, as wait_for makes one
+            async with deadline(connect_timeout):      # no task of its own, as wait_for makes one
                 await loop.create_connection(splice.side_b, request.host, request.port, local_addr=local_addr)
         except (OSError, asyncio.TimeoutError) as exc:
             request.extra["error"] = f"upstream {request.authority} unreachable: {exc or type(exc).__name__}"

@@ -25,6 +25,7 @@ import ipaddress
 import logging
 import socket
 
+from meshcore.aio.deadline import deadline
 from meshcore.aio.relay import RelayListener
 from meshcore.aio.server import HboneServer, TunnelRequest, cached_ip_address, relay_to_authority
 from meshcore.aio.splice import Splice
@@ -290,7 +291,7 @@ class Inbound:
             decision = view.policy_set(workload).evaluate(None, peer_ip, dst_ip, dst_port)
             if not decision:
                 raise PolicyRefusal(f"policy rejection: {decision.reason}")
-            async with asyncio.timeout(ctx.settings.connect_timeout):
+            async with deadline(ctx.settings.connect_timeout):
                 await asyncio.get_running_loop().create_connection(
                     protocol_factory, dst_ip, dst_port, local_addr=ctx.binder.local_addr(peer_ip))
             facts = (workload, None, peer_ip, dst_ip, dst_port, mode)

@@ -9,6 +9,7 @@ import logging
 import socket
 
 from meshcore.aio.relay import RelayListener
+from meshcore.aio.deadline import deadline
 from meshcore.aio.pool import PoolKey
 from meshcore.aio.server import cached_ip_address
 from meshcore.errors import MeshcoreError, TunnelError
@@ -156,7 +157,7 @@ class Outbound:
                 record.dst_identity = chosen.expected[0].uri
                 await self._tunnel(chosen, source, peer_ip, peer_port, protocol_factory)
             elif chosen.kind is PASSTHROUGH:
-                async with asyncio.timeout(settings.connect_timeout):
+                async with deadline(settings.connect_timeout):
                     await asyncio.get_running_loop().create_connection(
                         protocol_factory, *chosen.dial, local_addr=ctx.binder.local_addr(peer_ip))
             else:
@@ -201,8 +202,8 @@ class Outbound:
             self._baggage[id(source)] = (source, baggage)
         bind = ctx.binder.local_addr(peer_ip)
         key = PoolKey(source.identity, chosen.expected, chosen.dial, bind[0] if bind else None)
-        # asyncio.timeout, not wait_for: no task of its own per tunnel
-        async with asyncio.timeout(ctx.settings.connect_timeout):
+        # a deadline, not wait_for: no task of its own per tunnel
+        async with deadline(ctx.settings.connect_timeout):
             await ctx.pool.open_stream(
                 key, chosen.authority, protocol_factory,
                 [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage)])
