@@ -62,6 +62,10 @@ class GatewayAddress:
         return f"{self.hostname[0]}/{self.hostname[1]}:{self.hbone_mtls_port}"
 
 
+# read on every tunnel's route: a member read from its Enum class is a slow lookup
+_HBONE = Protocol.HBONE
+
+
 @dataclass(frozen=True, slots=True)
 class Locality:
     region: str = ""
@@ -114,7 +118,7 @@ class Workload:
 
     @property
     def meshed(self) -> bool:
-        return self.protocol is Protocol.HBONE
+        return self.protocol is _HBONE
 
     def policy_view(self) -> PolicyTarget:
         """What authorization policy selection needs (cached: workloads are frozen)."""
