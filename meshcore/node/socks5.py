@@ -11,6 +11,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+import socket
 import struct
 from collections.abc import Callable
 
@@ -59,7 +60,7 @@ def parse_request(data: bytes) -> tuple[int, str, int] | None:
         end = 4 + 4
         if len(data) < end + 2:
             return None
-        host = str(ipaddress.IPv4Address(bytes(data[4:end])))
+        host = socket.inet_ntoa(data[4:end])      # ipaddress's text, without its Python calls
     elif atyp == ATYP_IPV6:
         end = 4 + 16
         if len(data) < end + 2:
