@@ -157,7 +157,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
                 # The stream exists from its request on, reading paused: DATA a client
                 # sends before our answer waits in it (within the stream window) and is
                 # delivered once the tunnel is accepted, END_STREAM included.
-                stream = StreamTransport(self, e.stream_id, self._extra())
+                stream = StreamTransport(self, e.stream_id, self._stream_extra or self._extra())
                 stream.pause_reading()
                 self.streams[e.stream_id] = stream
                 self.on_request(self, e)
@@ -284,7 +284,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         sid = self.h2.open_tunnel(authority, headers)
         if not self.settings_received.done():
             self._last_sid_before_settings = sid
-        stream = StreamTransport(self, sid, self._extra())
+        # the shared extra info as it stands, built only when there is none (a call less per tunnel)
+        stream = StreamTransport(self, sid, self._stream_extra or self._extra())
         self.streams[sid] = stream
         fut = self.loop.create_future()
         self._opening[sid] = (fut, protocol_factory, stream)
