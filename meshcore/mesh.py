@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from binascii import b2a_hex
 from collections.abc import Awaitable, Callable, Iterable
 
 from meshcore.aio.client import dial
@@ -23,7 +24,8 @@ HBONE_PORT = 15008
 
 def traceparent() -> bytes:
     """W3C trace context for one tunnel (docs/hbone.md, The CONNECT request): version 00, random ids, not sampled."""
-    return f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-00".encode()
+    ids = b2a_hex(os.urandom(24))           # trace id and parent id from one read of the OS's randomness
+    return b"00-%s-%s-00" % (ids[:32], ids[32:])
 
 
 class Mesh:
@@ -42,6 +44,9 @@ class Mesh:
         self.pool = HbonePool(self._connect, max_streams=max_streams, idle_timeout=idle_timeout,
                               max_connections_per_key=max_connections_per_key, refusal_hold=refusal_hold)
         self.servers: list[HboneServer] = []
+        # pool keys by (expected identity, via): the same few on every tunnel, and a key
+        # built anew costs a NamedTuple and the hashing of its SpiffeIds each time
+        self._keys: dict[tuple, PoolKey] = {}
 
     @classmethod
     def from_directory(cls, directory, **kwargs) -> "Mesh":
@@ -55,19 +60,29 @@ class Mesh:
                           local_addr=(key.source_ip, 0) if key.source_ip else None,
                           **self.connection_options)
 
-    async def open_tunnel_protocol(self, address: str, port: int, expected, protocol_factory: Callable,
-                                   *, via: tuple[str, int] | None = None, headers: Iterable = ()):
+    def open_tunnel_protocol(self, address: str, port: int, expected, protocol_factory: Callable,
+                             *, via: tuple[str, int] | None = None, headers: Iterable = ()) -> Awaitable:
         """Tunnel to `address:port` through the HBONE server at `via` (default: the
         destination's own node, address:15008) whose identity is one of `expected`.
-        Raises UsageError for a malformed header field (before any connection is
-        dialed), TunnelError(status) when the far end refuses (503 also when it refuses
-        new streams), or the dial's error (OSError, IdentityError)."""
-        expected = (expected,) if isinstance(expected, SpiffeId) else tuple(expected)
-        via = via or (address, HBONE_PORT)
+        To be awaited for (transport, protocol). Raises UsageError for a malformed
+        header field (before any connection is dialed), TunnelError(status) when the
+        far end refuses (503 also when it refuses new streams), or the dial's error
+        (OSError, IdentityError). It returns the pool's coroutine itself: a frame of
+        its own would be one more for every tunnel."""
+        via = (address, HBONE_PORT) if via is None else tuple(via)
+        if type(expected) is SpiffeId:
+            # by the identity of an immutable id: looking it up hashes no SpiffeId, and
+            # the key keeps it alive, so its id() is not reused while the entry stands
+            key = self._keys.get((id(expected), via))
+            if key is None:
+                if len(self._keys) >= 1024:
+                    self._keys.clear()
+                key = self._keys[(id(expected), via)] = PoolKey(self.identity, (expected,), via)
+        else:
+            key = PoolKey(self.identity, (expected,) if isinstance(expected, SpiffeId) else tuple(expected), via)
         authority = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
-        key = PoolKey(self.identity, expected, tuple(via))
-        return await self.pool.open_stream(key, authority, protocol_factory,
-                                           [(b"traceparent", traceparent()), *headers])
+        return self.pool.open_stream(key, authority, protocol_factory,
+                                     [(b"traceparent", traceparent()), *headers])
 
     async def open_tunnel(self, address: str, port: int, expected, *, via=None, headers: Iterable = (),
                           limit: int = 2 ** 16):

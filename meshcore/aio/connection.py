@@ -9,6 +9,7 @@ keepalive, drain.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from collections.abc import Callable
 from meshcore._core import events as ev
 from meshcore._core.h2conn import H2Connection
 from meshcore.aio.datapath import ConnectionBase, StreamTransport
+from meshcore.aio.deadline import current_task as _current_task
 from meshcore.aio.keepalive import keepalive_clock
 from meshcore.aio.memory import trimmer
 from meshcore.errors import ErrorCode, StreamClosedError, StreamRefusedError, TunnelError, error_code_name
@@ -77,7 +79,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         """Output queued outside a read: from a task it waits for the loop's next turn,
         so that what the task sends in one step leaves in one TLS write; from a
         callback relaying a socket's read it goes at once."""
-        if asyncio.current_task(self.loop) is None:
+        if _current_task(self.loop) is None:
             return False
         self.loop.call_soon(self._deferred_flush)
         return True
@@ -142,7 +144,10 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         elif kind is ev.StreamEnded:
             stream = self.streams.get(e.stream_id)
             if stream is not None:
-                self._exchange_event(stream, e)
+                # _exchange_event inline: every tunnel ends this way
+                handler = getattr(stream.get_protocol(), "stream_event", None)
+                if handler is not None:
+                    handler(e)
                 stream._on_end()
         elif kind is ev.TunnelRequested or kind is ev.RequestReceived:
             # a CONNECT, or a request for meshcore.aio.request to answer: on_request decides
@@ -152,7 +157,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
                 # The stream exists from its request on, reading paused: DATA a client
                 # sends before our answer waits in it (within the stream window) and is
                 # delivered once the tunnel is accepted, END_STREAM included.
-                stream = StreamTransport(self, e.stream_id, self._extra())
+                stream = StreamTransport(self, e.stream_id, self._stream_extra or self._extra())
                 stream.pause_reading()
                 self.streams[e.stream_id] = stream
                 self.on_request(self, e)
@@ -279,7 +284,8 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         sid = self.h2.open_tunnel(authority, headers)
         if not self.settings_received.done():
             self._last_sid_before_settings = sid
-        stream = StreamTransport(self, sid, self._extra())
+        # the shared extra info as it stands, built only when there is none (a call less per tunnel)
+        stream = StreamTransport(self, sid, self._stream_extra or self._extra())
         self.streams[sid] = stream
         fut = self.loop.create_future()
         self._opening[sid] = (fut, protocol_factory, stream)
@@ -311,7 +317,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             task.cancel()
             return
         self.request_tasks[stream_id] = task
-        task.add_done_callback(lambda _: self._request_done(stream_id))
+        task.add_done_callback(functools.partial(self._request_done, stream_id))
 
     def cancel_request(self, stream_id: int) -> bool:
         """Server: end the work answering `stream_id` (a revoked authorization, say);
@@ -322,7 +328,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
         task.cancel()
         return True
 
-    def _request_done(self, stream_id: int) -> None:
+    def _request_done(self, stream_id: int, task=None) -> None:
         self.request_tasks.pop(stream_id, None)
         if not self.request_tasks:
             self.request_tasks = {}

@@ -98,7 +98,15 @@ class MemoryTrimmer:
 
     def tunnel_ended(self, loop) -> None:
         """Count one ended tunnel."""
-        self._count(loop, 1)
+        if self._trim is None:
+            return
+        # _count(loop, 1) inline: every tunnel's end comes here
+        self._ended += 1
+        self._recent += 1
+        if self._ended >= self.trim_after and not self._scheduled:
+            self._scheduled = True
+            self._recent = 0
+            loop.call_later(self.delay, self._run, loop)
 
     def _count(self, loop, weight: int) -> None:
         if self._trim is None:

@@ -113,8 +113,39 @@ class HbonePool:
         fields = _checked_request(authority, headers)
         attempt = 1
         while True:
+            # one try on one connection, in this frame (no coroutine of its own: this
+            # runs for every tunnel); _NotProcessed if the peer never processed it
             try:
-                return await self._open_once(key, authority, protocol_factory, fields)
+                if self._closed:
+                    raise TunnelError("the connection pool is closed", 503)
+                step, conn_id = self.core.acquire(key, self._clock())
+                conn = self._conns[conn_id] if step == _USE else await self._checkout(key, step)
+                if not conn.usable:                  # ending or going away before its hooks said so
+                    self._release(conn)
+                    self._retire(conn)
+                    raise _NotProcessed(OpenFailure.GOING_AWAY, f"the connection to {_where(key)} is going away")
+                try:
+                    return await conn.open_stream(authority, protocol_factory, fields)
+                except StreamClosedError as exc:     # nothing sent: GOAWAY either way, or stream ids used up
+                    self._release(conn)
+                    self._retire(conn)
+                    raise _NotProcessed(OpenFailure.GOING_AWAY, exc) from None
+                except TooManyStreamsError as exc:   # nothing sent: the peer allows fewer than we counted
+                    self.core.set_limit(id(conn), conn.h2.open_local_streams, self._clock())
+                    self._release(conn)
+                    raise _NotProcessed(OpenFailure.OVER_LIMIT, exc) from None
+                except StreamRefusedError as exc:    # sent and refused unprocessed; its slot is already back
+                    if exc.going_away:
+                        why = OpenFailure.GOING_AWAY
+                    elif exc.before_settings:        # over a limit we did not know yet: not a refusal
+                        why = OpenFailure.OVER_LIMIT
+                    else:
+                        why = OpenFailure.PEER_REFUSED
+                        self.core.refused(id(conn), self._clock())
+                    raise _NotProcessed(why, exc) from None
+                except UsageError:                   # nothing sent, and sending it again cannot help
+                    self._release(conn)
+                    raise
             except _NotProcessed as failure:
                 if not self.core.retry(failure.why, attempt):
                     if failure.why == OpenFailure.PEER_REFUSED:
@@ -124,45 +155,17 @@ class HbonePool:
             attempt += 1
             self.retries += 1
 
-    async def _open_once(self, key: PoolKey, authority: str, protocol_factory, fields: list):
-        """One try on one connection; _NotProcessed if the peer never processed the tunnel."""
-        conn = await self._checkout(key)
-        if not conn.usable:                      # ending or going away before its hooks said so
-            self._release(conn)
-            self._retire(conn)
-            raise _NotProcessed(OpenFailure.GOING_AWAY, f"the connection to {_where(key)} is going away")
-        try:
-            return await conn.open_stream(authority, protocol_factory, fields)
-        except StreamClosedError as exc:         # nothing sent: GOAWAY either way, or stream ids used up
-            self._release(conn)
-            self._retire(conn)
-            raise _NotProcessed(OpenFailure.GOING_AWAY, exc) from None
-        except TooManyStreamsError as exc:       # nothing sent: the peer allows fewer than we counted
-            self.core.set_limit(id(conn), conn.h2.open_local_streams, self._clock())
-            self._release(conn)
-            raise _NotProcessed(OpenFailure.OVER_LIMIT, exc) from None
-        except StreamRefusedError as exc:        # sent and refused unprocessed; its slot is already back
-            if exc.going_away:
-                why = OpenFailure.GOING_AWAY
-            elif exc.before_settings:            # over a limit we did not know yet: not a refusal
-                why = OpenFailure.OVER_LIMIT
-            else:
-                why = OpenFailure.PEER_REFUSED
-                self.core.refused(id(conn), self._clock())
-            raise _NotProcessed(why, exc) from None
-        except UsageError:                       # nothing sent, and sending it again cannot help
-            self._release(conn)
-            raise
-
     # ----------------------------------------------------------------- checkout
 
-    async def _checkout(self, key: PoolKey) -> HboneConnection:
+    async def _checkout(self, key: PoolKey, step) -> HboneConnection:
+        """A connection for `key`, after the core's first decision `step` (not USE)."""
         while True:
-            if self._closed:
-                raise TunnelError("the connection pool is closed", 503)
-            step, conn_id = self.core.acquire(key, self._clock())
-            if step == _USE:
-                return self._conns[conn_id]
+            if step is None:
+                if self._closed:
+                    raise TunnelError("the connection pool is closed", 503)
+                step, conn_id = self.core.acquire(key, self._clock())
+                if step == _USE:
+                    return self._conns[conn_id]
             if step == _DIAL or step == _WAIT_DIAL:
                 conn = await self._join(self._start_dial(key) if step == _DIAL else self._dials[key])
                 if conn is not None and not conn.usable:
@@ -180,6 +183,7 @@ class HbonePool:
                 raise TunnelError(
                     f"{_where(key)} refuses new streams (SETTINGS_MAX_CONCURRENT_STREAMS 0 or REFUSED_STREAM); "
                     f"not asked again for {self.core.refusal_hold:g} s", 503)
+            step = None                         # waited: the core decides again
 
     def _start_dial(self, key: PoolKey) -> _Dial:
         dial = self._dials[key] = _Dial(key)
@@ -249,7 +253,11 @@ class HbonePool:
             self._schedule_sweep()
 
     def _stream_closed(self, conn: HboneConnection, stream_id: int) -> None:
-        self._release(conn)
+        # _release inline: every tunnel's end comes here
+        if self.core.release(id(conn), self._clock()):
+            conn.close()
+        if self._room:
+            self._wake(id(conn))
 
     def _settings(self, conn: HboneConnection) -> None:
         self.core.set_limit(id(conn), conn.h2.remote_max_concurrent_streams, self._clock())

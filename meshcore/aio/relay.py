@@ -25,6 +25,15 @@ log = logging.getLogger("meshcore.relay")
 Dial = Callable[[Callable[[], asyncio.BaseProtocol], asyncio.BaseTransport], Awaitable]
 
 
+_NOT_DIALED = object()
+
+
+class _Relayed(Splice):
+    """A splice of a RelayListener: the dial that opens its far side, and what that
+    dial returned (handed to the listener's on_end once the relay has ended)."""
+    __slots__ = ("dial", "result")
+
+
 class RelayListener:
     """A TCP listener whose every connection is relayed to what `dial` opens."""
 
@@ -69,9 +78,10 @@ class RelayListener:
         await self.close()
 
     def _accepted(self, dial: Dial | None = None) -> asyncio.BaseProtocol:
-        splice = Splice(on_connected=lambda s, client: self._connect(s, client, dial or self._dial))
+        splice = _Relayed(self._connect, self._ended)
+        splice.dial = dial or self._dial
+        splice.result = _NOT_DIALED
         self.splices.add(splice)
-        splice.done.add_done_callback(lambda _: self.splices.discard(splice))
         return splice.a
 
     def adopt(self, client: asyncio.Transport, dial: Dial | None = None) -> None:
@@ -82,15 +92,32 @@ class RelayListener:
         protocol.connection_made(client)
         client.resume_reading()
 
-    def _connect(self, splice: Splice, client: asyncio.BaseTransport, dial: Dial) -> None:
+    def _connect(self, splice: "_Relayed", client: asyncio.BaseTransport) -> None:
         self.stats["accepted"] += 1
-        splice.own(asyncio.get_running_loop().create_task(self._open(splice, client, dial)))
+        splice.own(asyncio.get_running_loop().create_task(self._open(splice, client)))
 
-    async def _open(self, splice: Splice, client: asyncio.BaseTransport, dial: Dial) -> None:
+    def _ended(self, splice: "_Relayed") -> None:
+        """The splice's hook: it ended; its owner forgets it and reports it."""
+        self.splices.discard(splice)
+        splice.dial = None
+        if splice.result is not _NOT_DIALED and self._on_end is not None:
+            self._report(splice)
+
+    def _report(self, splice: "_Relayed") -> None:
+        # called from a transport's connection_lost: one report failing must not end
+        # the rest of that teardown
         try:
-            result = await dial(lambda: splice.b, client)
+            self._on_end(splice.result, splice)
+        except Exception:
+            log.exception("reporting the end of a relayed connection failed")
+
+    async def _open(self, splice: "_Relayed", client: asyncio.BaseTransport) -> None:
+        try:
+            result = await splice.dial(splice.side_b, client)
             if self._on_end is not None:
-                splice.done.add_done_callback(lambda _: self._on_end(result, splice))
+                splice.result = result
+                if splice.done.done():          # it ended as the dial completed
+                    self._report(splice)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             client_left = task is not None and task.cancelling() > 0

@@ -3,6 +3,7 @@ default handler that relays a tunnel to the TCP address it names."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import ipaddress
 import logging
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from meshcore._core.events import RequestReceived
 from meshcore.aio.connection import HboneConnection
+from meshcore.aio.deadline import deadline
 from meshcore.aio.memory import trimmer
 from meshcore.aio.request import accept_request, serve
 from meshcore.aio.splice import Splice
@@ -29,14 +31,26 @@ MAX_PENDING_PER_SOURCE = 128    # per client address; more are closed at once
 CONNECT_TIMEOUT = 10.0      # docs/hbone.md, Responses: upstream connect timeout
 
 
-_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)\Z")
+_LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
+# a whole name in one match: labels cannot contain the dots between them, so this
+# never backtracks across labels
+_HOST_NAME = re.compile(rf"(?:{_LABEL}\.)*{_LABEL}\Z")
+
+# Parsed IP literals by their text. Each tunnel names its destination and comes from
+# a peer address, and a proxy sees the same few again and again: parsing one with
+# ipaddress costs a dozen Python calls. Bounded, so a peer naming ever new addresses
+# only evicts; invalid text raises ValueError and is not kept.
+cached_ip_address = functools.lru_cache(maxsize=4096)(ipaddress.ip_address)
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_authority(text: str) -> tuple[str, int]:
     """"10.0.0.7:8080" or "[fd00::7]:8080" (or "svc.ns.svc:80") -> (host, port).
 
     Raises ValueError saying what is wrong: a host must be an IP literal or a DNS name
-    (RFC 1123: labels of 1-63 letters, digits and hyphens, 253 characters at most)."""
+    (RFC 1123: labels of 1-63 letters, digits and hyphens, 253 characters at most).
+    Results are kept (bounded): a server sees the same authorities on tunnel after
+    tunnel, and an authority refused is not kept."""
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
@@ -50,7 +64,7 @@ def parse_authority(text: str) -> tuple[str, int]:
         if not sep or not host or ":" in host:
             raise ValueError(f"authority {text[:80]!r} is not host:port")
         name = host[:-1] if host.endswith(".") else host
-        if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+        if len(name) > 253 or not _HOST_NAME.match(name):
             raise ValueError(f"authority {text[:80]!r}{'...' if len(text) > 80 else ''}: host is "
                              f"neither an IP address nor a DNS name ({len(host)} characters)")
     if not port.isdigit() or not 0 < int(port) < 65536:
@@ -106,7 +120,7 @@ Handler = Callable[[TunnelRequest], Awaitable[None]]
 def _listens_on(listener: tuple, ip, port: int) -> bool:
     if port != listener[1]:
         return False
-    bound = ipaddress.ip_address(listener[0])
+    bound = cached_ip_address(listener[0])
     return bound.is_unspecified or bound == ip
 
 
@@ -117,13 +131,17 @@ def _loops_back(request: TunnelRequest) -> bool:
     if request.server is None:
         return False
     try:
-        ip = ipaddress.ip_address(request.host)
+        ip = cached_ip_address(request.host)
     except ValueError:
         return False                       # a name: not resolved here, and not one of ours
     destination = getattr(request.connection, "destination", None)
-    if destination is not None and (ip, request.port) == (ipaddress.ip_address(destination[0]), destination[1]):
+    if destination is not None and request.port == destination[1] and ip == cached_ip_address(destination[0]):
         return True                        # the address the client dialed (before a REDIRECT, say)
-    return any(_listens_on(listener, ip, request.port) for listener in request.server.own_listeners())
+    port = request.port
+    for listener in request.server.own_listeners():
+        if port == listener[1] and _listens_on(listener, ip, port):
+            return True
+    return False
 
 
 def _refuse(request: TunnelRequest, status: int, why: str) -> None:
@@ -152,8 +170,8 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
     loop = asyncio.get_running_loop()
     try:
         try:
-            async with asyncio.timeout(connect_timeout):      # no task of its own, as wait_for makes one
-                await loop.create_connection(lambda: splice.b, request.host, request.port, local_addr=local_addr)
+            async with deadline(connect_timeout):      # no task of its own, as wait_for makes one
+                await loop.create_connection(splice.side_b, request.host, request.port, local_addr=local_addr)
         except (OSError, asyncio.TimeoutError) as exc:
             request.extra["error"] = f"upstream {request.authority} unreachable: {exc or type(exc).__name__}"
             log.info("tunnel %s from %s: %s", request.stream_id, request.peer_identity, request.extra["error"])
@@ -169,6 +187,10 @@ async def relay_to_authority(request: TunnelRequest, connect_timeout: float = CO
         return await splice.done
     finally:
         splice.abort()
+
+
+async def _no_relay() -> None:
+    return None
 
 
 class HboneServer:
@@ -199,7 +221,7 @@ class HboneServer:
         self.request_handler = request_handler
         # the listeners of the proxy this server belongs to (this server's own unless
         # told otherwise: Mesh.serve() counts all of its servers): no tunnel goes there
-        self.own_listeners: Callable[[], list[tuple]] = lambda: [self.address] if self._listener else []
+        self.own_listeners: Callable[[], list[tuple]] = self._own_listeners
         self.handshake_timeout = handshake_timeout
         # Each TLS handshake in progress holds tens of KiB in the TLS stack: past this
         # many, no more sockets are accepted until one finishes (the kernel queues them).
@@ -230,12 +252,19 @@ class HboneServer:
             sock.close()                    # the caller reports the error: the socket is not theirs
             raise
         self._listener = sock
+        self._address = sock.getsockname()[:2]
         self._accepting = self._spawn(self._accept_loop(sock))
         return self
 
+    def _own_listeners(self) -> list[tuple]:
+        return [self._address] if self._listener is not None else []
+
     @property
     def address(self) -> tuple:
-        return self._listener.getsockname()[:2]
+        # read on every tunnel (the loop guard): kept, not asked of the socket each time
+        if self._listener is None:
+            raise RuntimeError("the server is not listening")
+        return self._address
 
     async def close(self, drain_deadline: float = 5.0) -> None:
         """Stop listening, GOAWAY every connection, wait up to the deadline."""
@@ -291,22 +320,23 @@ class HboneServer:
     async def __aexit__(self, *exc):
         await self.close()
 
-    async def relay(self, request: TunnelRequest) -> dict | None:
+    def relay(self, request: TunnelRequest) -> Awaitable[dict | None]:
         """The default handler: relay the tunnel to its authority if that is the address
         the connection arrived on (`destination_of`: the local address, or the original
         destination of a REDIRECT), as ztunnel and the node proxy require; 400 if it
         names any other host, which would make this server an open relay for every peer
-        of the trust domain."""
+        of the trust domain. Awaitable like any handler; it hands back relay_to_authority()
+        itself rather than awaiting it, which spares each tunnel a coroutine."""
         arrival = request.connection.destination
         try:
-            same = ipaddress.ip_address(request.host) == ipaddress.ip_address(arrival[0])
+            same = cached_ip_address(request.host) == cached_ip_address(arrival[0])
         except ValueError:
             same = False
         if not same:
             _refuse(request, 400, f"authority {request.authority} is not the address the connection was made "
                                   f"to ({arrival[0]})")
-            return None
-        return await relay_to_authority(request)
+            return _no_relay()
+        return relay_to_authority(request)
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coro)

@@ -42,20 +42,21 @@ def _abort(transport) -> None:
 
 
 class _Side(SpliceSide, asyncio.BufferedProtocol):
-    """A splice side: received, transport, peer, eof, lost and the early-data list
-    live in SpliceSide, which also reads and forwards."""
-
-    def __init__(self, splice: "Splice"):
-        self.splice = splice
+    """A splice side: splice, received, transport, peer, eof, lost and the early-data
+    list live in SpliceSide, which also reads and forwards."""
 
     def connection_made(self, transport) -> None:
         # Nothing may be lost while the other side does not exist yet (an upstream can
         # speak before the tunnel is accepted). Pausing here is not enough: uvloop
         # starts reading after connection_made() returns, so early data is held.
         self.transport = transport
-        if self.peer.transport is not None:
-            self.peer._release_early()
-            self._release_early()
+        peer = self.peer
+        if peer.transport is not None:
+            # most tunnels have nothing early: no call to find that out
+            if peer._early or peer._early_eof:
+                peer._release_early()
+            if self._early or self._early_eof:
+                self._release_early()
         elif self is self.splice.a and self.splice.on_connected is not None:
             self.splice.on_connected(self.splice, transport)
 
@@ -81,7 +82,8 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
                 # the far side is already gone (reset under us): this direction cannot
                 # complete, so the far side ends as a failure, not a clean close
                 _abort(self.peer.transport)
-        self.splice._maybe_done()
+        if self.peer.eof:
+            self.splice._maybe_done()
         return True                 # keep the other direction open
 
     def pause_writing(self) -> None:
@@ -94,39 +96,11 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
 
     def connection_lost(self, exc) -> None:
         self.lost = True
-        self.splice._side_lost(self, exc)
-
-
-class Splice:
-    """Two sides, `a` and `b`; connect each to its transport (`a.connection_made(t)`).
-
-    `on_connected(splice, transport)` is called when `a` connects first (a proxy starts
-    dialing `b` then); a task given to `own()` (that dial) is cancelled if the splice
-    ends before it does. `done` resolves once neither side is open any more."""
-
-    def __init__(self, on_connected: Callable | None = None):
-        self.a, self.b = _Side(self), _Side(self)
-        self.a.peer, self.b.peer = self.b, self.a
-        self.on_connected = on_connected
-        self._work: asyncio.Task | None = None
-        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
-        self.error: str = ""            # why it did not end cleanly: "a: ..." or "b: ..." (first side to fail)
-
-    def own(self, task: asyncio.Task) -> None:
-        self._work = task
-
-    def _maybe_done(self) -> None:
-        if self.a.eof and self.b.eof:
-            for side in (self.a, self.b):
-                if not side.lost:
-                    side.transport.close()
-
-    def _side_lost(self, side: _Side, exc) -> None:
-        other = side.peer
-        if (exc is not None or not side.eof) and not self.error and side.transport is not None:
-            self.error = f"{'a' if side is self.a else 'b'}: {exc or 'closed before the end of data'}"
+        splice, other = self.splice, self.peer
+        if (exc is not None or not self.eof) and not splice.error and self.transport is not None:
+            splice.error = f"{'a' if self is splice.a else 'b'}: {exc or 'closed before the end of data'}"
         if not other.lost and other.transport is not None:
-            if exc is not None or not side.eof:
+            if exc is not None or not self.eof:
                 # the other side must learn this direction did not complete
                 if isinstance(other.transport, StreamTransport):
                     other.transport.abort(ErrorCode.CONNECT_ERROR if exc is not None else ErrorCode.CANCEL)
@@ -134,13 +108,50 @@ class Splice:
                     abort_with_rst(other.transport)
             else:
                 other.transport.close()
-        if self._work is not None and not self._work.done():
-            self._work.cancel()                 # a side ended while the other was being dialed
+        work = splice._work
+        if work is not None and not work.done():
+            work.cancel()                       # a side ended while the other was being dialed
         # the far side was never connected (its dial failed or was cancelled): nothing
         # else will end this splice
-        never_connected = other.transport is None
-        if (never_connected or (self.a.lost and self.b.lost)) and not self.done.done():
-            self.done.set_result(self.bytes)
+        if (other.transport is None or other.lost) and not splice.done.done():
+            splice.done.set_result({"a": splice.a.received, "b": splice.b.received})
+            on_done, splice.on_done = splice.on_done, None
+            if on_done is not None:
+                on_done(splice)
+
+
+class Splice:
+    """Two sides, `a` and `b`; connect each to its transport (`a.connection_made(t)`).
+
+    `on_connected(splice, transport)` is called when `a` connects first (a proxy starts
+    dialing `b` then); a task given to `own()` (that dial) is cancelled if the splice
+    ends before it does. `done` resolves once neither side is open any more, and
+    `on_done(splice)`, the owner's hook, is called then (once): an owner told directly
+    needs no callback of its own on `done`."""
+
+    def __init__(self, on_connected: Callable | None = None, on_done: Callable | None = None):
+        self.a, self.b = a, b = _Side(), _Side()
+        a.splice = b.splice = self
+        a.peer, b.peer = b, a
+        self.on_connected = on_connected
+        self.on_done = on_done
+        self._work: asyncio.Task | None = None
+        self.done: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.error: str = ""            # why it did not end cleanly: "a: ..." or "b: ..." (first side to fail)
+
+    def own(self, task: asyncio.Task) -> None:
+        self._work = task
+
+    def side_b(self) -> _Side:
+        """A protocol factory for the far side's dial (a bound method costs less than a
+        closure per connection)."""
+        return self.b
+
+    def _maybe_done(self) -> None:
+        if self.a.eof and self.b.eof:
+            for side in (self.a, self.b):
+                if not side.lost:
+                    side.transport.close()
 
     def abort(self) -> None:
         """End what is still open, as a failure (RST / RST_STREAM): the splice's owner

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from meshcore.errors import IdentityError
@@ -48,11 +49,12 @@ class SpiffeId:
         """Istio policy principals are written without the scheme: td/ns/x/sa/y."""
         return cls.parse("spiffe://" + principal)
 
-    @property
+    # cached (ids are frozen): telemetry and policy read them on every tunnel
+    @cached_property
     def uri(self) -> str:
         return f"spiffe://{self.trust_domain}/ns/{self.namespace}/sa/{self.service_account}"
 
-    @property
+    @cached_property
     def principal(self) -> str:
         return self.uri[len("spiffe://"):]
 

@@ -164,6 +164,7 @@ def _raise_fd_limit() -> None:
 def run(args: argparse.Namespace) -> int:
     from meshcore.node import logs
     logs.configure(args.log_level, args.log_format)
+    logs.lean_records()
     _raise_fd_limit()
     options = options_from(args)
     # a typo in a file is refused before anything is created (the built-in CA, listeners)

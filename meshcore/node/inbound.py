@@ -25,8 +25,9 @@ import ipaddress
 import logging
 import socket
 
+from meshcore.aio.deadline import deadline
 from meshcore.aio.relay import RelayListener
-from meshcore.aio.server import HboneServer, TunnelRequest, relay_to_authority
+from meshcore.aio.server import HboneServer, TunnelRequest, cached_ip_address, relay_to_authority
 from meshcore.aio.splice import Splice
 from meshcore.errors import IdentityError
 from meshcore.node.context import ProxyContext, listener_error
@@ -191,7 +192,7 @@ class Inbound:
 
     def _local_workload(self, state: MeshView, ip):
         try:
-            address = ipaddress.ip_address(ip)
+            address = cached_ip_address(ip)
         except ValueError:
             return None
         settings = self.ctx.settings
@@ -201,13 +202,14 @@ class Inbound:
     async def handle(self, request: TunnelRequest) -> None:
         ctx = self.ctx
         peer_ip, peer_port = request.peer_address[:2]
+        peer_identity = request.peer_identity
         record = ConnectionRecord("inbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=request.authority,
-                                  hbone_addr=request.authority, src_identity=request.peer_identity.uri, mtls=True)
+                                  hbone_addr=request.authority, src_identity=peer_identity.uri, mtls=True)
         state = ctx.store.view
-        source = state.workload_at(ctx.settings.network, ipaddress.ip_address(peer_ip))
+        source = state.workload_at(ctx.settings.network, cached_ip_address(peer_ip))
         # the address names the source workload only if the node before us kept it (the
         # identity is what the peer proved; an address it could not keep names someone else)
-        record.src_workload = source if source is not None and source.identity == request.peer_identity else None
+        record.src_workload = source if source is not None and source.identity == peer_identity else None
         record.service = _forwarded_service(state, request.header(b"forwarded"))
         request.headers = ()                   # read; a long-lived tunnel need not keep them
         destination_ip = request.connection.destination[0]
@@ -219,13 +221,13 @@ class Inbound:
         if workload is None:
             return self._refuse(request, record, 503, f"no workload of this node at {request.host}")
         record.dst_identity = workload.identity.uri
-        decision = state.policy_set(workload).evaluate(request.peer_identity.principal, peer_ip, request.host,
+        decision = state.policy_set(workload).evaluate(peer_identity.principal, peer_ip, request.host,
                                                        request.port)
-        record.bypassed = bypassed_waypoint(state, workload, record.service, request.peer_identity, peer_ip)
+        record.bypassed = bypassed_waypoint(state, workload, record.service, peer_identity, peer_ip)
         if not decision:
             return self._refuse(request, record, 401, f"policy rejection: {decision.reason}", flag="DENY")
         ctx.telemetry.opened(record)
-        self.active[request] = (workload, request.peer_identity.principal, peer_ip, request.host, request.port)
+        self.active[request] = (workload, peer_identity.principal, peer_ip, request.host, request.port)
         cancelled = False
         try:
             await relay_to_authority(request, ctx.settings.connect_timeout,
@@ -273,7 +275,7 @@ class Inbound:
         peer_ip, peer_port = client.get_extra_info("peername")[:2]
         record = ConnectionRecord("inbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=f"{dst_ip}:{dst_port}")
         view = ctx.store.view
-        record.src_workload = view.workload_at(ctx.settings.network, ipaddress.ip_address(peer_ip))
+        record.src_workload = view.workload_at(ctx.settings.network, cached_ip_address(peer_ip))
         workload = record.dst_workload = self._local_workload(view, dst_ip)
         try:
             if workload is None:
@@ -289,7 +291,7 @@ class Inbound:
             decision = view.policy_set(workload).evaluate(None, peer_ip, dst_ip, dst_port)
             if not decision:
                 raise PolicyRefusal(f"policy rejection: {decision.reason}")
-            async with asyncio.timeout(ctx.settings.connect_timeout):
+            async with deadline(ctx.settings.connect_timeout):
                 await asyncio.get_running_loop().create_connection(
                     protocol_factory, dst_ip, dst_port, local_addr=ctx.binder.local_addr(peer_ip))
             facts = (workload, None, peer_ip, dst_ip, dst_port, mode)
@@ -356,7 +358,7 @@ def bypassed_waypoint(state: MeshView, workload: Workload, service: Service | No
     gateways = [g for g in (workload.waypoint, service.waypoint if service is not None else None) if g is not None]
     if not gateways:
         return ""
-    ip = ipaddress.ip_address(peer_ip)
+    ip = cached_ip_address(peer_ip)
     members = [w for g in gateways for w in waypoint_workloads(state, g)]
     if any(w.identity == identity and ip in w.ips for w in members):
         return ""

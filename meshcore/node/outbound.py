@@ -4,13 +4,14 @@ SO_ORIGINAL_DST) and SOCKS5 (15080) from workloads on this node, each routed
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import logging
 import socket
 
 from meshcore.aio.relay import RelayListener
+from meshcore.aio.deadline import deadline
 from meshcore.aio.pool import PoolKey
+from meshcore.aio.server import cached_ip_address
 from meshcore.errors import MeshcoreError, TunnelError
 from meshcore.mesh import traceparent
 from meshcore.node import socks5
@@ -42,6 +43,7 @@ class Outbound:
         self.socks: asyncio.AbstractServer | None = None
         self.own_addresses: frozenset = frozenset()   # refused as destinations on the proxy's ports
         self._choice = itertools.count()
+        self._baggage: dict[int, tuple] = {}        # id(source workload) -> (workload, header value)
         self._unsubscribe = None
 
     async def start(self) -> "Outbound":
@@ -119,7 +121,7 @@ class Outbound:
 
     async def _resolve(self, host: str) -> str:
         try:
-            ipaddress.ip_address(host)
+            cached_ip_address(host)
             return host
         except ValueError:
             pass
@@ -136,7 +138,7 @@ class Outbound:
         record = ConnectionRecord("outbound", src_addr=f"{peer_ip}:{peer_port}", dst_addr=_host_port(ip, port))
         try:
             view = ctx.store.view
-            source = view.workload_at(settings.network, ipaddress.ip_address(peer_ip))
+            source = view.workload_at(settings.network, cached_ip_address(peer_ip))
             record.src_workload = source
             if source is None or not settings.serves(source):
                 raise RouteRefused(f"source {peer_ip} is not a workload of node {settings.node_name!r}"
@@ -155,7 +157,7 @@ class Outbound:
                 record.dst_identity = chosen.expected[0].uri
                 await self._tunnel(chosen, source, peer_ip, peer_port, protocol_factory)
             elif chosen.kind is PASSTHROUGH:
-                async with asyncio.timeout(settings.connect_timeout):
+                async with deadline(settings.connect_timeout):
                     await asyncio.get_running_loop().create_connection(
                         protocol_factory, *chosen.dial, local_addr=ctx.binder.local_addr(peer_ip))
             else:
@@ -184,17 +186,27 @@ class Outbound:
         forwarded = f'for="{_host_port(peer_ip, peer_port)}"'
         if chosen.service is not None:
             forwarded += f";host={chosen.service.hostname}"
-        baggage = ",".join(f"{k}={v}" for k, v in (
-            ("k8s.cluster.name", source.cluster_id), ("k8s.namespace.name", source.namespace),
-            (f"k8s.{source.workload_type}.name", source.workload_name or source.name),
-            ("service.name", source.canonical_name), ("service.version", source.canonical_revision)) if v)
+        # the same for every tunnel of a source workload (frozen: a changed one is a new
+        # object); by identity, as hashing a workload hashes all of its fields
+        cached = self._baggage.get(id(source))
+        if cached is not None and cached[0] is source:
+            baggage = cached[1]
+        else:
+            baggage = ",".join(f"{k}={v}" for k, v in (
+                ("k8s.cluster.name", source.cluster_id), ("k8s.namespace.name", source.namespace),
+                (f"k8s.{source.workload_type}.name", source.workload_name or source.name),
+                ("service.name", source.canonical_name), ("service.version", source.canonical_revision)) if v
+            ).encode()
+            if len(self._baggage) >= 1024:
+                self._baggage.clear()
+            self._baggage[id(source)] = (source, baggage)
         bind = ctx.binder.local_addr(peer_ip)
         key = PoolKey(source.identity, chosen.expected, chosen.dial, bind[0] if bind else None)
-        # asyncio.timeout, not wait_for: no task of its own per tunnel
-        async with asyncio.timeout(ctx.settings.connect_timeout):
+        # a deadline, not wait_for: no task of its own per tunnel
+        async with deadline(ctx.settings.connect_timeout):
             await ctx.pool.open_stream(
                 key, chosen.authority, protocol_factory,
-                [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage.encode())])
+                [(b"forwarded", forwarded.encode()), (b"traceparent", traceparent()), (b"baggage", baggage)])
 
 
 class _SocksAnswer:

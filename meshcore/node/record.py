@@ -99,30 +99,48 @@ def peer_labels(s: Workload | None, src_identity: str, svc: Service | None, d: W
                 dst_identity: str) -> dict[str, str]:
     """The source, service and destination labels of Istio's metrics, in Istio's order:
     the TCP metrics of a node and the request metrics of a waypoint share them."""
+    sv = _NO_WORKLOAD if s is None else s._metric_labels or _workload_values(s)
+    dv = _NO_WORKLOAD if d is None else d._metric_labels or _workload_values(d)
     return {
-        **_workload_labels("source", s),
+        "source_workload": sv[0],
+        "source_canonical_service": sv[1],
+        "source_canonical_revision": sv[2],
+        "source_workload_namespace": sv[3],
         "source_principal": src_identity or UNKNOWN,
-        "source_app": _label(s, "app", s.canonical_name if s else ""),
-        "source_version": _label(s, "version", s.canonical_revision if s else ""),
-        "source_cluster": s.cluster_id if s else UNKNOWN,
+        "source_app": sv[4],
+        "source_version": sv[5],
+        "source_cluster": sv[6],
         "destination_service": svc.hostname if svc else UNKNOWN,
         "destination_service_namespace": svc.namespace if svc else UNKNOWN,
         "destination_service_name": svc.name if svc else UNKNOWN,
-        **_workload_labels("destination", d),
+        "destination_workload": dv[0],
+        "destination_canonical_service": dv[1],
+        "destination_canonical_revision": dv[2],
+        "destination_workload_namespace": dv[3],
         "destination_principal": dst_identity or UNKNOWN,
-        "destination_app": _label(d, "app", d.canonical_name if d else ""),
-        "destination_version": _label(d, "version", d.canonical_revision if d else ""),
-        "destination_cluster": d.cluster_id if d else UNKNOWN,
+        "destination_app": dv[4],
+        "destination_version": dv[5],
+        "destination_cluster": dv[6],
     }
 
 
-def _workload_labels(side: str, w: Workload | None) -> dict[str, str]:
-    if w is None:
-        return {f"{side}_{k}": UNKNOWN for k in FIELD_LABELS}
-    return {f"{side}_workload": w.workload_name or w.name or UNKNOWN,
-            f"{side}_canonical_service": w.canonical_name or w.workload_name or w.name or UNKNOWN,
-            f"{side}_canonical_revision": w.canonical_revision or "latest",
-            f"{side}_workload_namespace": w.namespace}
+# a side's labels: workload, canonical_service, canonical_revision, workload_namespace
+# (FIELD_LABELS), app, version, cluster
+_NO_WORKLOAD = (UNKNOWN,) * 7
+
+
+def _workload_values(w: Workload) -> tuple:
+    """A workload's labels (kept on it: workloads are frozen, and every connection
+    to or from one reports them, once opened and once closed)."""
+    values = (w.workload_name or w.name or UNKNOWN,
+              w.canonical_name or w.workload_name or w.name or UNKNOWN,
+              w.canonical_revision or "latest",
+              w.namespace,
+              _label(w, "app", w.canonical_name),
+              _label(w, "version", w.canonical_revision),
+              w.cluster_id)
+    object.__setattr__(w, "_metric_labels", values)
+    return values
 
 
 def _label(w: Workload | None, key: str, fallback: str) -> str:

@@ -13,10 +13,11 @@ TCP workload or an address outside the mesh is passed through as plain TCP.
 """
 from __future__ import annotations
 
-import ipaddress
+import functools
 from dataclasses import dataclass
 from enum import StrEnum
 
+from meshcore.aio.server import cached_ip_address
 from meshcore.identity.spiffe import SpiffeId
 from meshcore.state.model import GatewayAddress, HealthPolicy, LoadBalancerMode, Service, Workload
 from meshcore.state.view import MeshView
@@ -49,8 +50,14 @@ class Route:
         return self.authority or (f"{self.dial[0]}:{self.dial[1]}" if self.dial else "")
 
 
+# Addresses as text, kept: each tunnel's route writes its destination as an authority
+# and a dial address, and an ipaddress object is turned into text in Python.
+@functools.lru_cache(maxsize=4096)
 def _host_port(ip, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+_text = functools.lru_cache(maxsize=4096)(str)
 
 
 def _expected(workload: Workload, service: Service | None) -> tuple[SpiffeId, ...]:
@@ -91,7 +98,7 @@ def _is_waypoint_of(source: Workload, gateway: GatewayAddress | None) -> bool:
 def route(state: MeshView, source: Workload, ip, port: int, *, choice: int = 0,
           own_addresses: frozenset = frozenset(), proxy_ports: frozenset = PROXY_PORTS) -> Route:
     """The route for a connection from `source` to `ip:port` (the original destination)."""
-    ip = ipaddress.ip_address(ip)
+    ip = cached_ip_address(ip)
     if port in proxy_ports and (ip in own_addresses or ip.is_loopback):
         return Route(REFUSE, reason=f"{_host_port(ip, port)} is one of the proxy's own ports (loop guard)")
     network = source.network
@@ -144,11 +151,11 @@ def _to_workload(state: MeshView, source: Workload, dest: Workload, ip, port: in
     if dest.waypoint is not None and not _is_waypoint_of(source, dest.waypoint) and service is None:
         return _waypoint_route(state, dest.waypoint, source, authority, None, dest)
     if not dest.meshed:
-        return Route(PASSTHROUGH, (str(ip), port), workload=dest, service=service,
+        return Route(PASSTHROUGH, (_text(ip), port), workload=dest, service=service,
                      reason=f"{dest.namespace}/{dest.name or dest.uid} is not meshed (protocol TCP): plain TCP")
     if dest.network != source.network:
         return Route(REFUSE, workload=dest, service=service,
                      reason=f"{dest.namespace}/{dest.name or dest.uid} is on network {dest.network!r}; "
                             "crossing networks (double HBONE through a gateway) is not supported yet")
-    return Route(HBONE, (str(ip), 15008), authority, source.identity, _expected(dest, service), dest, service,
+    return Route(HBONE, (_text(ip), 15008), authority, source.identity, _expected(dest, service), dest, service,
                  reason=f"HBONE to {dest.namespace}/{dest.name or dest.uid}")

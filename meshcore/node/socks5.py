@@ -8,8 +8,10 @@ has named its destination. The reply to the request is sent by whoever dials.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
+import socket
 import struct
 from collections.abc import Callable
 
@@ -58,7 +60,7 @@ def parse_request(data: bytes) -> tuple[int, str, int] | None:
         end = 4 + 4
         if len(data) < end + 2:
             return None
-        host = str(ipaddress.IPv4Address(bytes(data[4:end])))
+        host = socket.inet_ntoa(data[4:end])      # ipaddress's text, without its Python calls
     elif atyp == ATYP_IPV6:
         end = 4 + 16
         if len(data) < end + 2:
@@ -84,9 +86,13 @@ def parse_request(data: bytes) -> tuple[int, str, int] | None:
 
 
 def reply(code: int, bound: tuple[str, int] = ("0.0.0.0", 0)) -> bytes:
-    ip = ipaddress.ip_address(bound[0])
+    ip = _listener_ip(bound[0])
     atyp = ATYP_IPV4 if ip.version == 4 else ATYP_IPV6
     return bytes((VERSION, code, 0, atyp)) + ip.packed + struct.pack("!H", bound[1])
+
+
+# the SOCKS listener's own addresses, parsed once for every success reply
+_listener_ip = functools.lru_cache(maxsize=64)(ipaddress.ip_address)
 
 
 class Socks5Handshake(asyncio.Protocol):

@@ -62,6 +62,10 @@ class GatewayAddress:
         return f"{self.hostname[0]}/{self.hostname[1]}:{self.hbone_mtls_port}"
 
 
+# read on every tunnel's route: a member read from its Enum class is a slow lookup
+_HBONE = Protocol.HBONE
+
+
 @dataclass(frozen=True, slots=True)
 class Locality:
     region: str = ""
@@ -95,6 +99,9 @@ class Workload:
     labels: tuple[tuple[str, str], ...] = ()      # for AuthorizationPolicy/PeerAuthentication selectors
     extra: tuple[tuple[str, object], ...] = ()    # accepted fields meshcore does not act on
     _policy_view: PolicyTarget | None = field(default=None, init=False, repr=False, compare=False)
+    _identity: SpiffeId | None = field(default=None, init=False, repr=False, compare=False)
+    # telemetry's labels for it (meshcore.node.record), made on first use
+    _metric_labels: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def key(self) -> str:
@@ -102,11 +109,16 @@ class Workload:
 
     @property
     def identity(self) -> SpiffeId:
-        return SpiffeId(self.trust_domain, self.namespace, self.service_account)
+        """(cached: workloads are frozen, and every tunnel from or to one asks)"""
+        identity = self._identity
+        if identity is None:
+            identity = SpiffeId(self.trust_domain, self.namespace, self.service_account)
+            object.__setattr__(self, "_identity", identity)
+        return identity
 
     @property
     def meshed(self) -> bool:
-        return self.protocol is Protocol.HBONE
+        return self.protocol is _HBONE
 
     def policy_view(self) -> PolicyTarget:
         """What authorization policy selection needs (cached: workloads are frozen)."""

@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from meshcore.node import logs
     from meshcore.sources.config import load
     logs.configure(args.log_level, args.log_format)
+    logs.lean_records()
     options = options_from(args)
     load(options.config_paths, inline=options.inline_config, root_namespace=options.root_namespace)
     return run_event_loop(serve(options))
