@@ -39,6 +39,7 @@ log = logging.getLogger("meshcore.tls")
 HIGH_WATER = 256 * 1024      # bytes the socket did not take: above this the protocol pauses
 LOW_WATER = 64 * 1024
 RECORD = 16 * 1024           # the most plaintext one TLS record carries
+PLAIN_READ = 64 * 1024       # what one read gives a protocol that has no buffer of its own
 
 
 def native_context(context) -> TlsContext:
@@ -143,6 +144,7 @@ class TlsTransport(asyncio.Transport):
         self._tls = tls
         self._fd = sock.fileno()
         self._protocol = protocol
+        self._buffered = hasattr(protocol, "get_buffer")
         # plaintext not yet taken by the engine (the socket is full); made on demand
         # (an empty deque is 0.6 KiB)
         self._backlog: collections.deque | None = None
@@ -186,7 +188,8 @@ class TlsTransport(asyncio.Transport):
         if not self._reading or self._closing:     # a call queued before close() began
             return
         protocol = self._protocol
-        buf = protocol.get_buffer(-1)
+        buffered = self._buffered
+        buf = protocol.get_buffer(-1) if buffered else bytearray(PLAIN_READ)
         tls = self._tls
         try:
             got = tls.read_into(buf)
@@ -194,7 +197,10 @@ class TlsTransport(asyncio.Transport):
             self._fatal(exc)
             return
         if got:
-            protocol.buffer_updated(got)
+            if buffered:
+                protocol.buffer_updated(got)
+            else:
+                protocol.data_received(bytes(buf[:got]))
         if tls.eof:
             self._remove_reader()
             if not self._closing and not protocol.eof_received():
@@ -327,6 +333,7 @@ class TlsTransport(asyncio.Transport):
 
     def set_protocol(self, protocol) -> None:
         self._protocol = protocol
+        self._buffered = hasattr(protocol, "get_buffer")
 
     def is_closing(self) -> bool:
         return self._closing or self._lost

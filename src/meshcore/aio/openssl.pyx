@@ -475,8 +475,9 @@ cdef class TlsConnection:
         return got
 
     def has_pending(self) -> bool:
-        """OpenSSL holds bytes of the peer's (decrypted or not) that no readiness event
-        will announce."""
+        """OpenSSL holds bytes of the peer's that no readiness event will announce:
+        decrypted, or records read ahead (or the start of one: then reading again
+        finds nothing until the rest arrives)."""
         return self.ssl != NULL and not self.eof and SSL_has_pending(self.ssl) == 1
 
     # ------------------------------------------------------------ handshake and end
