@@ -66,6 +66,7 @@ cdef extern from "openssl/x509.h" nogil:
     enum:
         X509_V_OK
     void X509_free(X509 *a)
+    long X509_get_version(const X509 *x)
     int i2d_X509(X509 *a, unsigned char **out)
     void *X509_get_ext_d2i(const X509 *x, int nid, int *crit, int *idx)
     int X509_STORE_add_cert(X509_STORE *store, X509 *x)

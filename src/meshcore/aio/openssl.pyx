@@ -535,8 +535,8 @@ cdef class TlsConnection:
 
     def getpeercert(self, binary_form=False):
         """The verified peer certificate: DER with binary_form, else the dict Python's
-        ssl gives, with the subjectAltName entries (URI, DNS, IP Address); None
-        without one."""
+        ssl gives, with its version and subjectAltName entries (URI, DNS, IP Address)
+        only; None without one."""
         cdef X509 *cert
         cdef unsigned char *der = NULL
         cdef int n
@@ -553,8 +553,12 @@ cdef class TlsConnection:
                 return der[:n]
             finally:
                 OPENSSL_free(der)
+        # never empty for a certificate (an empty dict reads as none presented)
+        fields = {"version": X509_get_version(cert) + 1}
         sans = _subject_alt_names(cert)
-        return {"subjectAltName": sans} if sans is not None else {}
+        if sans is not None:
+            fields["subjectAltName"] = sans
+        return fields
 
     def selected_alpn_protocol(self):
         cdef const unsigned char *data = NULL
