@@ -145,6 +145,7 @@ cdef extern from "openssl/ssl.h" nogil:
     long SSL_CTX_set_read_ahead(SSL_CTX *ctx, long yes)                             # macro
     long SSL_CTX_add1_chain_cert(SSL_CTX *ctx, X509 *x509)                          # macro
     void SSL_CTX_set_default_read_buffer_len(SSL_CTX *ctx, size_t len)
+    void SSL_CTX_set_security_level(SSL_CTX *ctx, int level)
     int SSL_CTX_set_num_tickets(SSL_CTX *ctx, size_t num_tickets)
     int SSL_CTX_set_cipher_list(SSL_CTX *ctx, const char *spec)
     int SSL_CTX_set_ciphersuites(SSL_CTX *ctx, const char *spec)

@@ -231,6 +231,9 @@ cdef class TlsContext:
                 not SSL_CTX_set_max_proto_version(ctx, max_version):
             raise _openssl_error("TLS version bounds refused")
         SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION)
+        # Python's ssl contexts run at level 2 (no RSA keys under 2048 bits, no SHA-1
+        # signatures): the same peers are refused by both stacks
+        SSL_CTX_set_security_level(ctx, 2)
         if tls12_ciphers is not None and not SSL_CTX_set_cipher_list(ctx, tls12_ciphers):
             raise _openssl_error("TLS 1.2 cipher list refused")
         if not SSL_CTX_set_ciphersuites(ctx, tls13_suites):
