@@ -12,8 +12,9 @@ read buffer and two memory BIOs per connection (a connection that once carried a
 large transfer stays at ~560 KiB while idle, and a node proxy keeps a connection to
 every peer node), and Python's ssl reads every record in two recv() calls and builds
 Python objects per record. Here an idle connection holds no TLS buffers at all (both
-the read-ahead buffer and the outbox are freed when empty): see
-benchmarks/connection_memory.py.
+the read-ahead buffer and the outbox are freed when empty): measured with
+benchmarks/connection_memory.py (1,000 connections, all layers), 30.2 KiB per idle
+HBONE connection, 31.6 KiB after each carried a 1 MiB tunnel.
 
 `start_tls()` handshakes with a deadline (add_reader/add_writer while OpenSSL waits)
 and hands the connection to an asyncio (Buffered)Protocol through `TlsTransport`,
