@@ -7,7 +7,7 @@ meshcore.aio.tls drives) from the same credentials, trust bundle and settings.
 Either stack verifies chains, validity and TLS versions during the handshake.
 What they do not check is checked right after it, before a single byte of HTTP/2:
 the negotiated ALPN is h2, the cipher is AES-GCM (TLS 1.3 suites are not
-configurable from Python), and the peer's SPIFFE id is acceptable (client side:
+configurable from Python; the engine offers the AES-GCM ones only), and the peer's SPIFFE id is acceptable (client side:
 one of the expected identities; server side: our trust domain). The checks and the
 refusal reasons are the same for both stacks. Every refusal is logged and counted
 in `refusals` by reason.
