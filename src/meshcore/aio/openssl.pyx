@@ -474,7 +474,10 @@ cdef class TlsConnection:
         finally:
             PyBuffer_Release(&view)
         if self._out.start < self._out.end:
-            self._flush()                   # an answer OpenSSL wrote while reading (a key update)
+            try:
+                self._flush()               # an answer OpenSSL wrote while reading (a key update)
+            except OSError:
+                pass                        # what was read is delivered; the next write reports it
         return got
 
     def has_pending(self) -> bool:
