@@ -5,6 +5,8 @@ installed beside the pure-Python package in ``meshcore/``. Switches:
 
 * ``MESHCORE_DEBUG=1``: bounds/wraparound checks on, no optimisation, assertions kept.
 * ``MESHCORE_CYTHON_TRACE=1``: line tracing for coverage and profilers (slow).
+
+``meshcore.aio.openssl`` links libssl and libcrypto (OpenSSL 3: Debian's libssl-dev).
 """
 import os
 from pathlib import Path
@@ -23,6 +25,8 @@ from setuptools import Extension
 HERE = Path(__file__).parent
 SRC = HERE / "src"
 DEBUG = os.environ.get("MESHCORE_DEBUG") == "1"
+# extensions that call a system library, and the libraries they link
+LIBRARIES = {"meshcore.aio.openssl": ["ssl", "crypto"]}
 TRACE = os.environ.get("MESHCORE_CYTHON_TRACE") == "1"
 
 
@@ -31,13 +35,14 @@ def extensions():
     cflags = ["-O0", "-g"] if DEBUG else ["-O3"]
     exts = []
     for pyx in sorted(SRC.rglob("*.pyx")):
-        rel = pyx.relative_to(SRC).with_suffix("")
+        name = ".".join(pyx.relative_to(SRC).with_suffix("").parts)
         exts.append(
             Extension(
-                ".".join(rel.parts),
+                name,
                 [str(pyx.relative_to(HERE))],
                 define_macros=macros,
                 extra_compile_args=cflags,
+                libraries=LIBRARIES.get(name, []),
             )
         )
     return cythonize(

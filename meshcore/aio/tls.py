@@ -1,17 +1,30 @@
-"""TLS for HBONE connections, driven by meshcore over a non-blocking socket.
+"""TLS for HBONE connections: meshcore drives OpenSSL itself over a non-blocking socket.
 
-The event loop's own TLS layer (uvloop's, and asyncio's) keeps a 256 KiB read buffer
-and two memory BIOs per connection, and the BIOs keep the size of the largest transfer
-they saw: a connection that once carried a large transfer stays at ~560 KiB while idle,
-and a node proxy keeps a connection to every peer node. Here OpenSSL reads the socket
-into its own record buffer, which it releases when idle, and decrypts straight into
-the protocol's buffer (the thread's shared ReadBuffer); writes are encrypted straight
-into the socket. Measured (benchmarks/connection_memory.py): ~34 KiB per idle HBONE
-connection after a 1 MiB tunnel, all layers, and less CPU per byte received than the
-event loop's layer (no memory-BIO copies). Reads run in C (meshcore.aio.tlsread).
+The TLS engine is meshcore.aio.openssl, a binding of libssl's public API: one SSL per
+connection on the socket's descriptor, with its own SSL_CTX built from the same
+credentials, trust bundle and settings as the ssl.SSLContext it is given (see
+meshcore.identity.tls.HboneContext). OpenSSL reads ahead, so one recv() carries many
+records, and decrypts straight into the protocol's buffer (the thread's shared
+ReadBuffer), record after record in C until the socket has nothing more; a write's
+records are encrypted into an outbox and leave in one send(). Neither the event
+loop's TLS layer nor Python's ssl is on this path: the loop's layer keeps a 256 KiB
+read buffer and two memory BIOs per connection (a connection that once carried a
+large transfer stays at ~560 KiB while idle, and a node proxy keeps a connection to
+every peer node), and Python's ssl reads every record in two recv() calls and builds
+Python objects per record. Here an idle connection holds no TLS buffers at all (both
+the read-ahead buffer and the outbox are freed when empty): measured with
+benchmarks/connection_memory.py (1,000 connections, all layers), 30.2 KiB per idle
+HBONE connection, 31.6 KiB after each carried a 1 MiB tunnel.
 
-`start_tls()` handshakes with a deadline and hands the connection to an asyncio
-(Buffered)Protocol through `TlsTransport`, which has asyncio.Transport's interface.
+`start_tls()` handshakes with a deadline (add_reader/add_writer while OpenSSL waits)
+and hands the connection to an asyncio (Buffered)Protocol through `TlsTransport`,
+which has asyncio.Transport's interface. Its "ssl_object" is the
+meshcore.aio.openssl.TlsConnection, which answers what the checks after the
+handshake ask (getpeercert(), selected_alpn_protocol(), cipher(), version()).
+Handshake failures raise what Python's ssl raises for them, so the refusal reasons
+of meshcore.identity.tls.handshake_error() are the same. A context without
+meshcore's credentials (a plain ssl.SSLContext) is refused with a TypeError: there is
+no fallback to Python's ssl.
 """
 from __future__ import annotations
 
@@ -19,52 +32,65 @@ import asyncio
 import collections
 import logging
 import socket
-import ssl
 
-from meshcore.aio.tlsread import read_into
+from meshcore.aio.openssl import HANDSHAKE_DONE, WANT_READ, TlsConnection, TlsContext
 
 log = logging.getLogger("meshcore.tls")
 
 HIGH_WATER = 256 * 1024      # bytes the socket did not take: above this the protocol pauses
 LOW_WATER = 64 * 1024
 RECORD = 16 * 1024           # the most plaintext one TLS record carries
-_WAIT = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+PLAIN_READ = 64 * 1024       # what one read gives a protocol that has no buffer of its own
 
 
-async def start_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket, context: ssl.SSLContext,
+def native_context(context) -> TlsContext:
+    """The OpenSSL context meshcore's engine runs for `context`: a TlsContext as it
+    is, or the one an HboneContext (meshcore.identity's contexts) builds."""
+    if isinstance(context, TlsContext):
+        return context
+    native = getattr(context, "native", None)
+    if native is None:
+        raise TypeError(f"meshcore's TLS needs a context from meshcore.identity (server_context(), "
+                        f"client_context(), a CertificateStore) or a meshcore.aio.openssl.TlsContext, "
+                        f"not {type(context).__name__}")
+    return native()
+
+
+async def start_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket, context,
                     protocol_factory, *, server_side: bool, timeout: float):
     """TLS handshake on the connected non-blocking `sock`, then `protocol_factory()`
-    connected to a TlsTransport: (transport, protocol). On failure the socket is closed
+    connected to a TlsTransport: (transport, protocol). `context` is an HboneContext
+    (what meshcore.identity makes) or a TlsContext. On failure the socket is closed
     and the error raised: ssl.SSLError, OSError, or TimeoutError after `timeout` s."""
     try:
-        ssock = context.wrap_socket(sock, server_side=server_side, do_handshake_on_connect=False,
-                                    server_hostname=None)
+        tls = TlsConnection(native_context(context), sock.fileno(), server_side)
     except BaseException:
         sock.close()
         raise
     try:
-        await asyncio.wait_for(_handshake(loop, ssock), timeout)
+        await asyncio.wait_for(_handshake(loop, sock.fileno(), tls), timeout)
     except asyncio.TimeoutError:
-        ssock.close()
+        tls.free()
+        sock.close()
         raise TimeoutError(f"TLS handshake did not complete within {timeout:g} s") from None
     except BaseException:
-        ssock.close()
+        tls.free()
+        sock.close()
         raise
     protocol = protocol_factory()
-    transport = TlsTransport(loop, ssock, protocol)
+    transport = TlsTransport(loop, sock, tls, context, protocol)
     transport._start()
     return transport, protocol
 
 
-async def _handshake(loop, ssock: ssl.SSLSocket) -> None:
-    fd = ssock.fileno()
+async def _handshake(loop, fd: int, tls: TlsConnection) -> None:
     while True:
-        try:
-            ssock.do_handshake()
+        state = tls.handshake()
+        if state == HANDSHAKE_DONE:
             return
-        except ssl.SSLWantReadError:
+        if state == WANT_READ:
             add, remove = loop.add_reader, loop.remove_reader
-        except ssl.SSLWantWriteError:
+        else:
             add, remove = loop.add_writer, loop.remove_writer
         ready = loop.create_future()
         add(fd, _set_ready, ready)
@@ -79,6 +105,31 @@ def _set_ready(future: asyncio.Future) -> None:
         future.set_result(None)
 
 
+def _record_pieces(chunks):
+    """Small pieces (frame headers, small frames) travel with the start of the large
+    payload after them, so every TLS record but a write's last is full: no tiny
+    records."""
+    small = []
+    size = 0
+    for chunk in chunks:
+        if size + len(chunk) <= RECORD:
+            small.append(chunk)
+            size += len(chunk)
+            continue
+        if small:
+            head = RECORD - size
+            small.append(chunk[:head])
+            yield b"".join(small)
+            chunk = memoryview(chunk)[head:]
+            small, size = [], 0
+        if len(chunk) >= RECORD:
+            yield chunk
+        else:
+            small, size = [chunk], len(chunk)
+    if small:
+        yield small[0] if len(small) == 1 else b"".join(small)
+
+
 CLOSE_TIMEOUT = 1.0      # seconds a graceful close waits for the peer's close_notify or EOF
 
 
@@ -86,17 +137,17 @@ class TlsTransport(asyncio.Transport):
     """A TLS connection with asyncio.Transport's interface (TLS has no half-close:
     can_write_eof() is False)."""
 
-    def __init__(self, loop, ssock: ssl.SSLSocket, protocol):
-        super().__init__({"socket": ssock, "ssl_object": ssock, "sslcontext": ssock.context,
-                          "peername": ssock.getpeername(), "sockname": ssock.getsockname()})
+    def __init__(self, loop, sock: socket.socket, tls: TlsConnection, context, protocol):
+        super().__init__({"socket": sock, "ssl_object": tls, "sslcontext": context,
+                          "peername": sock.getpeername(), "sockname": sock.getsockname()})
         self._loop = loop
-        self._sock = ssock
-        # the C object under ssl.SSLSocket: its Python methods are frames around it,
-        # on the path of every record
-        self._sslobj = getattr(ssock, "_sslobj", None) or ssock
-        self._fd = ssock.fileno()
+        self._sock = sock
+        self._tls = tls
+        self._fd = sock.fileno()
         self._protocol = protocol
-        # what the socket has not taken; made on demand (an empty deque is 0.6 KiB)
+        self._buffered = hasattr(protocol, "get_buffer")
+        # plaintext not yet taken by the engine (the socket is full); made on demand
+        # (an empty deque is 0.6 KiB)
         self._backlog: collections.deque | None = None
         self._backlog_size = 0
         self._high, self._low = HIGH_WATER, LOW_WATER
@@ -106,10 +157,13 @@ class TlsTransport(asyncio.Transport):
         self._protocol_paused = False
         self._closing = False
         self._lost = False
+        self._close_timer = None
 
     def get_extra_info(self, name, default=None):
         if name == "peercert":              # parsed on request: a dict per connection otherwise
-            return self._sock.getpeercert() if not self._lost else default
+            return self._tls.getpeercert() if not self._lost else default
+        if name == "cipher":
+            return self._tls.cipher() if not self._lost else default
         return self._extra.get(name, default)
 
     def _start(self) -> None:
@@ -123,7 +177,7 @@ class TlsTransport(asyncio.Transport):
         if not self._reading and not self._lost:
             self._reading = True
             self._loop.add_reader(self._fd, self._read_ready)
-            if self._sslobj.pending():     # decrypted bytes OpenSSL holds: no readiness event for them
+            if self._tls.has_pending():     # read ahead already: no readiness event will tell
                 self._loop.call_soon(self._read_ready)
 
     def _remove_reader(self) -> None:
@@ -135,19 +189,24 @@ class TlsTransport(asyncio.Transport):
         if not self._reading or self._closing:     # a call queued before close() began
             return
         protocol = self._protocol
-        buf = protocol.get_buffer(-1)
+        buffered = self._buffered
+        buf = protocol.get_buffer(-1) if buffered else bytearray(PLAIN_READ)
+        tls = self._tls
         try:
-            got, eof = read_into(self._sslobj, self._fd, buf)
-        except (OSError, ssl.SSLError) as exc:
+            got = tls.read_into(buf)
+        except OSError as exc:                      # ssl.SSLError included
             self._fatal(exc)
             return
         if got:
-            protocol.buffer_updated(got)
-        if eof:
+            if buffered:
+                protocol.buffer_updated(got)
+            else:
+                protocol.data_received(bytes(buf[:got]))
+        if tls.eof:
             self._remove_reader()
-            if not protocol.eof_received():
+            if not self._closing and not protocol.eof_received():
                 self.close()
-        elif got == len(buf) and self._reading and self._sslobj.pending():
+        elif got == len(buf) and self._reading and tls.has_pending():
             self._loop.call_soon(self._read_ready)
 
     def pause_reading(self) -> None:
@@ -169,79 +228,82 @@ class TlsTransport(asyncio.Transport):
         if self._lost or not data:
             return                  # like the loop's transports: writes after loss are dropped
         if not self._backlog:
-            sent = self._send(data)
-            if sent < 0 or sent == len(data):
+            taken = self._send(data, False)
+            if taken < 0:
                 return
-            data = memoryview(data)[sent:]
-            if self._backlog is None:
-                self._backlog = collections.deque()
+            if taken == len(data):
+                if self._tls.unsent:
+                    self._want_write()
+                return
+            data = memoryview(data)[taken:]
+        self._queue(data)
+        self._want_write()
+
+    def writelines(self, chunks) -> None:
+        """The pieces' records leave together, in as few send() calls as the socket
+        allows."""
+        if self._lost:
+            return
+        pieces = list(_record_pieces(chunks))
+        if not pieces:
+            return
+        last = len(pieces) - 1
+        for i, piece in enumerate(pieces):
+            if self._backlog:
+                self._queue(piece)
+                continue
+            taken = self._send(piece, i < last)
+            if taken < 0:
+                return
+            if taken < len(piece):
+                self._queue(memoryview(piece)[taken:])
+        if self._backlog or self._tls.unsent:
+            self._want_write()
+
+    def _queue(self, data) -> None:
+        if self._backlog is None:
+            self._backlog = collections.deque()
         self._backlog.append(data)
         self._backlog_size += len(data)
-        if not self._writing:
-            self._writing = True
-            self._loop.add_writer(self._fd, self._write_ready)
         if self._backlog_size > self._high and not self._protocol_paused:
             self._protocol_paused = True
             self._protocol.pause_writing()
 
-    def writelines(self, chunks) -> None:
-        """Small pieces (frame headers, small frames) travel with the start of the large
-        payload after them, so every TLS record but a write's last is full: no tiny
-        records, fewer syscalls."""
-        small = []
-        size = 0
-        for chunk in chunks:
-            if size + len(chunk) <= RECORD:
-                small.append(chunk)
-                size += len(chunk)
-                continue
-            if small:
-                head = RECORD - size
-                small.append(chunk[:head])
-                self.write(b"".join(small))
-                chunk = memoryview(chunk)[head:]
-                small, size = [], 0
-            if len(chunk) >= RECORD:
-                self.write(chunk)
-            else:
-                small, size = [chunk], len(chunk)
-        if small:
-            self.write(b"".join(small))
+    def _want_write(self) -> None:
+        if not self._writing and not self._lost:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._write_ready)
 
-    def _send(self, data) -> int:
-        """Encrypt into the socket until it is full: bytes taken, or -1 on failure.
-        (With partial writes OpenSSL takes a record at a time; what it did not take is
-        offered again, from the same position, when the socket is writable.)"""
-        total = len(data)
-        sent = 0
-        view = None
+    def _send(self, data, more: bool) -> int:
+        """Encrypt and send until the socket is full: bytes taken, or -1 on failure."""
         try:
-            while sent < total:
-                sent += self._sslobj.write(view[sent:] if sent else data)
-                if view is None and sent < total:
-                    view = memoryview(data)
-        except _WAIT:
-            pass
-        except (OSError, ssl.SSLError) as exc:
+            return self._tls.write(data, more)
+        except OSError as exc:                      # ssl.SSLError included
             self._fatal(exc)
             return -1
-        return sent
 
     def _write_ready(self) -> None:
-        while self._backlog:
+        tls = self._tls
+        try:
+            left = tls.flush()
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        while not left and self._backlog:
             chunk = self._backlog[0]
-            sent = self._send(chunk)
-            if sent < 0:
+            taken = self._send(chunk, False)
+            if taken < 0:
                 return
-            self._backlog_size -= sent
-            if sent < len(chunk):
-                self._backlog[0] = memoryview(chunk)[sent:]
+            self._backlog_size -= taken
+            if taken < len(chunk):
+                self._backlog[0] = memoryview(chunk)[taken:]
                 break
             self._backlog.popleft()
+            left = tls.unsent
         if self._protocol_paused and self._backlog_size <= self._low:
             self._protocol_paused = False
             self._protocol.resume_writing()
-        if not self._backlog:
+        if not self._backlog and not tls.unsent and not self._lost:
             self._backlog = None
             if self._writing:
                 self._writing = False
@@ -250,7 +312,7 @@ class TlsTransport(asyncio.Transport):
                 self._shutdown()
 
     def get_write_buffer_size(self) -> int:
-        return self._backlog_size
+        return self._backlog_size + (self._tls.unsent if not self._lost else 0)
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._low, self._high
@@ -272,6 +334,7 @@ class TlsTransport(asyncio.Transport):
 
     def set_protocol(self, protocol) -> None:
         self._protocol = protocol
+        self._buffered = hasattr(protocol, "get_buffer")
 
     def is_closing(self) -> bool:
         return self._closing or self._lost
@@ -287,7 +350,7 @@ class TlsTransport(asyncio.Transport):
         self._closing = True
         self._remove_reader()
         self._close_timer = self._loop.call_later(self.close_timeout, self._close_expired)
-        if not self._backlog:
+        if not self._backlog and not self._tls.unsent:
             self._loop.call_soon(self._shutdown)
 
     def _close_expired(self) -> None:
@@ -303,13 +366,33 @@ class TlsTransport(asyncio.Transport):
         if self._lost:
             return
         try:
-            self._sock.unwrap().close()     # the peer's close_notify was in already: done
+            done = self._tls.shutdown()
+        except OSError:
             self._finish(None)
             return
-        except (OSError, ssl.SSLError, ValueError):
-            pass                            # ours is sent; theirs is still to come
+        if done and not self._tls.unsent:
+            self._finish(None)              # the peer's close_notify was in already
+            return
+        if self._tls.unsent:                # close_notify waits for room in the socket
+            self._writing = True
+            self._loop.add_writer(self._fd, self._close_notify_ready)
+            return
+        self._half_close()
+
+    def _close_notify_ready(self) -> None:
         try:
-            socket.socket.shutdown(self._sock, socket.SHUT_WR)
+            left = self._tls.flush()
+        except OSError:
+            self._finish(None)
+            return
+        if not left:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+            self._half_close()
+
+    def _half_close(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
         except OSError:
             self._finish(None)
             return
@@ -318,7 +401,7 @@ class TlsTransport(asyncio.Transport):
 
     def _discard_until_eof(self) -> None:
         try:
-            data = socket.socket.recv(self._sock, 65536)    # raw: past TLS, nothing to decrypt
+            data = self._sock.recv(65536)   # raw: past TLS, nothing to decrypt
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -337,9 +420,8 @@ class TlsTransport(asyncio.Transport):
         if self._lost:
             return
         self._lost = self._closing = True
-        timer = getattr(self, "_close_timer", None)
-        if timer is not None:
-            timer.cancel()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
             self._close_timer = None
         self._remove_reader()
         if self._writing:
@@ -347,5 +429,7 @@ class TlsTransport(asyncio.Transport):
             self._loop.remove_writer(self._fd)
         self._backlog = None
         self._backlog_size = 0
+        self._tls.free()                    # OpenSSL's state goes now, not with this object
         self._sock.close()
         self._loop.call_soon(self._protocol.connection_lost, exc)
+

@@ -9,13 +9,13 @@ _NAMES = {
     "Credentials": "credentials", "PemCredentials": "credentials",
     "CertificateStore": "store", "CredentialDirectories": "store", "FileCredentials": "store", "TrustBundle": "store",
     "client_context": "tls", "server_context": "tls", "verify_client": "tls", "verify_server": "tls",
-    "handshake_error": "tls", "refusals": "tls",
+    "handshake_error": "tls", "refusals": "tls", "HboneContext": "tls",
 }
 
 __all__ = [
     "SpiffeId", "identity_of", "CertificateAuthority", "Credentials", "generate_key",
     "CertificateStore", "CredentialDirectories", "FileCredentials", "TrustBundle", "client_context", "server_context",
-    "verify_client", "verify_server", "handshake_error", "refusals",
+    "verify_client", "verify_server", "handshake_error", "refusals", "HboneContext",
 ]
 
 

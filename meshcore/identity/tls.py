@@ -1,11 +1,16 @@
-"""mTLS contexts for HBONE (docs/hbone.md, Transport security) and the checks Python's ssl cannot do.
+"""mTLS contexts for HBONE (docs/hbone.md, Transport security) and the checks the TLS stack cannot do.
 
-The ssl module verifies chains, validity and TLS versions during the handshake.
-What it cannot express is checked right after it, before a single byte of HTTP/2:
+A context made here is an `HboneContext`: an ssl.SSLContext (for code that speaks
+TLS through Python's ssl: asyncio, uvloop, test peers) that also builds, on first
+use, the OpenSSL context of meshcore's own TLS engine (meshcore.aio.openssl, which
+meshcore.aio.tls drives) from the same credentials, trust bundle and settings.
+Either stack verifies chains, validity and TLS versions during the handshake.
+What they do not check is checked right after it, before a single byte of HTTP/2:
 the negotiated ALPN is h2, the cipher is AES-GCM (TLS 1.3 suites are not
-configurable from Python), and the peer's SPIFFE id is acceptable (client side:
-one of the expected identities; server side: our trust domain).
-Every refusal is logged and counted in `refusals` by reason.
+configurable from Python; the engine offers the AES-GCM ones only), and the peer's SPIFFE id is acceptable (client side:
+one of the expected identities; server side: our trust domain). The checks and the
+refusal reasons are the same for both stacks. Every refusal is logged and counted
+in `refusals` by reason.
 """
 from __future__ import annotations
 
@@ -63,9 +68,56 @@ def _load_credentials(ctx: ssl.SSLContext, creds: Credentials) -> None:
         ctx.load_cert_chain(path)
 
 
+class HboneContext(ssl.SSLContext):
+    """An ssl.SSLContext that meshcore's TLS engine can run too: `native()` is its
+    OpenSSL context there, built from the same credentials and trust bundle, and from
+    the settings this context has when it is asked for (versions, TLS 1.2 ciphers,
+    ALPN, verify mode, tickets), so that changing them here changes both stacks.
+    What Python's ssl alone offers (an SNI callback, a keylog file, certificates
+    loaded afterwards) applies to Python's ssl only."""
+
+    _sources: tuple[Credentials, bytes] | None = None
+    _alpn: tuple[str, ...] = ()
+    _ciphers: str | None = None
+    _native = None
+    _native_settings: tuple | None = None
+
+    def set_alpn_protocols(self, alpn_protocols) -> None:
+        super().set_alpn_protocols(alpn_protocols)
+        self._alpn = tuple(alpn_protocols)
+
+    def set_ciphers(self, specification: str) -> None:
+        super().set_ciphers(specification)
+        self._ciphers = specification
+
+    def native(self):
+        """The meshcore.aio.openssl.TlsContext for these settings (built once, and
+        again after a setting changed)."""
+        if self._sources is None:
+            raise IdentityError("this context has no credentials for meshcore's TLS engine")
+        settings = (_version_number(self.minimum_version), _version_number(self.maximum_version),
+                    self._alpn, self._ciphers, int(self.verify_mode),
+                    self.num_tickets if self.protocol == ssl.PROTOCOL_TLS_SERVER else 0)
+        if self._native is None or settings != self._native_settings:
+            from meshcore.aio.openssl import TlsContext
+            creds, roots = self._sources
+            low, high, alpn, ciphers, verify_mode, tickets = settings
+            self._native = TlsContext(self.protocol == ssl.PROTOCOL_TLS_SERVER, creds.chain_pem(), creds.key_pem(),
+                                      roots, min_version=low, max_version=high, alpn=alpn,
+                                      tls12_ciphers=None if ciphers is None else ciphers.encode("ascii"),
+                                      verify_mode=verify_mode, tickets=tickets)
+            self._native_settings = settings
+        return self._native
+
+
+def _version_number(version: ssl.TLSVersion) -> int:
+    # OpenSSL's protocol number; 0 leaves the bound to OpenSSL (MINIMUM/MAXIMUM_SUPPORTED)
+    return max(int(version), 0)
+
+
 def _base_context(purpose: int, creds: Credentials, bundle: Iterable[x509.Certificate],
-                  allow_tls12: bool) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(purpose)
+                  allow_tls12: bool) -> HboneContext:
+    ctx = HboneContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2 if allow_tls12 else ssl.TLSVersion.TLSv1_3
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     if allow_tls12:
@@ -80,11 +132,12 @@ def _base_context(purpose: int, creds: Credentials, bundle: Iterable[x509.Certif
         raise IdentityError("empty trust bundle")
     ctx.load_verify_locations(cadata=roots.decode("ascii"))
     _load_credentials(ctx, creds)
+    ctx._sources = (creds, roots)
     return ctx
 
 
 def server_context(creds: Credentials, bundle: Iterable[x509.Certificate], *,
-                   allow_tls12: bool = False) -> ssl.SSLContext:
+                   allow_tls12: bool = False) -> HboneContext:
     """Presents `creds`, requires a client certificate chaining to `bundle`."""
     ctx = _base_context(ssl.PROTOCOL_TLS_SERVER, creds, bundle, allow_tls12)
     ctx.num_tickets = 0          # no session resumption (docs/hbone.md, Transport security)
@@ -92,7 +145,7 @@ def server_context(creds: Credentials, bundle: Iterable[x509.Certificate], *,
 
 
 def client_context(creds: Credentials, bundle: Iterable[x509.Certificate], *,
-                   allow_tls12: bool = False) -> ssl.SSLContext:
+                   allow_tls12: bool = False) -> HboneContext:
     """Presents `creds`; verifies the server's chain. No hostname or SNI checks: the
     server's SPIFFE id is checked by verify_server() against the expected identities."""
     ctx = _base_context(ssl.PROTOCOL_TLS_CLIENT, creds, bundle, allow_tls12)
@@ -161,6 +214,8 @@ _SSL_REASONS = (
     ("PROTOCOL_VERSION", "tls_version"),
     ("NO_PROTOCOLS_AVAILABLE", "tls_version"),
     ("NO_APPLICATION_PROTOCOL", "alpn"),
+    ("NO_SHARED_CIPHER", "cipher"),
+    ("NO_CIPHERS_AVAILABLE", "cipher"),
     ("UNKNOWN_CA", "untrusted_chain"),
     ("CERTIFICATE_EXPIRED", "expired"),
     ("BAD_CERTIFICATE", "untrusted_chain"),
