@@ -270,6 +270,8 @@ class _Collected:
                 if not isinstance(doc, dict):
                     raise ConfigError("a document must be a mapping", path="")
                 kind = doc.get("kind")
+                if kind is not None and not isinstance(kind, str):
+                    raise ConfigError(f"kind must be a string, not {type(kind).__name__}", path="kind")
                 if kind is None:
                     self.add_local_config(doc, source, index)
                 elif kind == "AuthorizationPolicy":

@@ -150,6 +150,7 @@ BAD = [
      "at policies[0].rules[0][0][0].destinationPort: unknown field"),
     ("workload: []", "at workload: unknown field (allowed: policies, services, workloads)"),
     ("kind: Ingress", "at kind: 'Ingress' is not a kind the node proxy reads"),
+    ("kind: {HTTPRoute: 1}", "at kind: kind must be a string, not dict"),
     ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec: {mtls: {mode: strict}}",
      "at spec.mtls.mode: 'strict' is not one of UNSET, DISABLE, PERMISSIVE, STRICT"),
     ("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\n"
