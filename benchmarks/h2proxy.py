@@ -33,7 +33,8 @@ class TcpSide(asyncio.Protocol):
         return True
 
     def connection_lost(self, exc):
-        pass
+        if self.h2side.tcp.get(self.sid) is self:
+            del self.h2side.tcp[self.sid]
 
 
 class H2Side(asyncio.Protocol):
@@ -123,15 +124,18 @@ class H2Side(asyncio.Protocol):
 async def inbound(ctx, listen, target):
     loop = asyncio.get_running_loop()
 
-    def on_request(side, sid):
-        tcp = TcpSide(side, sid)
-        side.tcp[sid] = tcp          # at once: data may arrive before the dial completes
+    class Dialed(TcpSide):
+        def connection_made(self, transport):
+            # the 200 before any byte of the upstream's: an echo may answer the early
+            # data written just below before the dial's own task runs again
+            self.h2side.conn.send_headers(self.sid, [(b":status", b"200")])
+            super().connection_made(transport)
+            self.h2side.flush()
 
-        async def connect():
-            await loop.create_connection(lambda: tcp, "127.0.0.1", target)
-            side.conn.send_headers(sid, [(b":status", b"200")])
-            side.flush()
-        loop.create_task(connect())
+    def on_request(side, sid):
+        tcp = Dialed(side, sid)
+        side.tcp[sid] = tcp          # at once: data may arrive before the dial completes
+        loop.create_task(loop.create_connection(lambda: tcp, "127.0.0.1", target))
     await loop.create_server(lambda: H2Side(False, on_request), "127.0.0.1", listen, ssl=ctx)
 
 
