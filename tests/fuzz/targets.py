@@ -191,6 +191,90 @@ def authorization_policy(data: bytes) -> None:
         assert str(exc)
 
 
+_TLS_IDENTITIES: list = []
+
+
+def _tls_contexts():
+    """A client's engine context and a server's Python ssl context, of one CA, made once
+    per process (the fuzzer calls the target many times)."""
+    if not _TLS_IDENTITIES:
+        from meshcore.identity import CertificateAuthority, CertificateStore, SpiffeId
+        store = CertificateStore(CertificateAuthority.create("cluster.local"))
+        _TLS_IDENTITIES.append((store.client_context(SpiffeId("cluster.local", "fuzz", "client")).native(),
+                                store.server_context(SpiffeId("cluster.local", "fuzz", "server"))))
+    return _TLS_IDENTITIES[0]
+
+
+def tls_records(data: bytes) -> None:
+    """meshcore's TLS engine reading, after a real handshake with Python's ssl: the
+    peer's records (how many and how large, the second byte and those after it say;
+    then close_notify or not) reach the socket in cuts the first byte chooses, and the
+    rest of the input follows them on the wire. Every byte before the rest comes out
+    whole and in order; what follows may end the connection with ssl.SSLError or
+    OSError, never anything else, and nothing comes out that the peer did not send."""
+    import socket
+    import ssl
+    from meshcore.aio.openssl import HANDSHAKE_DONE, TlsConnection
+    if len(data) < 2:
+        return
+    split, count, closing = _split_size(data), data[1] & 7, bool(data[1] & 8)
+    sizes = [b * 16 + 1 for b in data[2:2 + count]]
+    tail = data[2 + count:]
+    client_ctx, server_ctx = _tls_contexts()
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    peer = server_ctx.wrap_bio(incoming, outgoing, server_side=True)
+    tls = TlsConnection(client_ctx, ours.fileno(), False)
+    try:
+        done = [False, False]
+        for _ in range(20):
+            if not done[0]:
+                done[0] = tls.handshake() == HANDSHAKE_DONE
+            try:
+                while chunk := theirs.recv(1 << 16, socket.MSG_DONTWAIT):
+                    incoming.write(chunk)
+            except BlockingIOError:
+                pass
+            if not done[1]:
+                try:
+                    peer.do_handshake()
+                    done[1] = True
+                except ssl.SSLWantReadError:
+                    pass
+            theirs.sendall(outgoing.read())
+            if all(done):
+                break
+        assert all(done), "the handshake did not complete"
+        payloads = [bytes([i + 1]) * size for i, size in enumerate(sizes)]
+        for payload in payloads:
+            peer.write(payload)
+        if closing:
+            try:
+                peer.unwrap()
+            except ssl.SSLWantReadError:
+                pass
+        stream = outgoing.read()
+        sent = b"".join(payloads)
+        got = bytearray()
+        buf = bytearray(8192)
+        wire = stream + tail
+        for at in range(0, len(wire), split):
+            theirs.sendall(wire[at:at + split])
+            try:
+                while n := tls.read_into(buf):
+                    got += buf[:n]
+            except (ssl.SSLError, OSError):
+                assert at + split > len(stream), f"refused inside the peer's own records at {at}"
+                break
+            assert sent.startswith(got), "bytes the peer did not send came out"
+        assert bytes(got) == sent or tail, (len(got), len(sent))
+    finally:
+        tls.free()
+        ours.close()
+        theirs.close()
+
+
 class PlantedBug(Exception):
     """Raised by the planted target: proof that the fuzzer finds what it should."""
 
@@ -204,7 +288,7 @@ def planted(data: bytes) -> None:
 
 
 TARGETS = {f.__name__: f for f in (server_connection, client_connection, hpack_decoder, frame_decoder,
-                                   socks5_request, node_config, authorization_policy)}
+                                   socks5_request, node_config, authorization_policy, tls_records)}
 EXTRA_TARGETS = {"planted": planted}
 
 
@@ -301,6 +385,11 @@ def seeds(name: str) -> list[bytes]:
         return texts + [json.dumps(mesh).encode()]
     if name == "authorization_policy":
         return [(ROOT / "examples" / "node-proxy" / "policy.yaml").read_bytes()]
+    if name == "tls_records":
+        # three records whole; split at every 7 bytes with close_notify; one big record
+        # cut small and a forged record header after it; nothing but the handshake
+        return [bytes([255, 3, 4, 0, 255]), bytes([6, 8 | 2, 10, 1]),
+                bytes([2, 1, 250]) + b"\x17\x03\x03\x00\x20" + bytes(32), bytes([0, 0])]
     if name == "planted":
         return [b"\x00"]
     raise KeyError(name)
