@@ -32,8 +32,8 @@ spec:
 """
 
 
-def setup(policy: str):
-    view = load(inline=MESH + textwrap.indent(textwrap.dedent(policy), "  "))
+def setup(policy: str, mesh: str = MESH):
+    view = load(inline=mesh + textwrap.indent(textwrap.dedent(policy), "  "))
     service = view.by_service_key["shop/web.shop.svc.cluster.local"]
     me = view.by_uid["w"]
     rule = view.destination_rule_for(service, "shop")
@@ -194,9 +194,7 @@ spec:
 
 
 def locality_setup(policy: str):
-    view = load(inline=LOCALITY_MESH + textwrap.indent(textwrap.dedent(policy), "  "))
-    service = view.by_service_key["shop/web.shop.svc.cluster.local"]
-    return view, service, view.by_uid["w"], view.destination_rule_for(service, "shop")
+    return setup(policy, LOCALITY_MESH)
 
 
 def test_with_outlier_detection_traffic_stays_in_the_waypoints_zone_until_its_endpoints_are_ejected():
