@@ -77,8 +77,13 @@ async def start_tls(loop: asyncio.AbstractEventLoop, sock: socket.socket, contex
         tls.free()
         sock.close()
         raise
-    protocol = protocol_factory()
-    transport = TlsTransport(loop, sock, tls, context, protocol)
+    try:
+        protocol = protocol_factory()
+        transport = TlsTransport(loop, sock, tls, context, protocol)
+    except BaseException:
+        tls.free()
+        sock.close()
+        raise
     transport._start()
     return transport, protocol
 
@@ -202,6 +207,10 @@ class TlsTransport(asyncio.Transport):
                 protocol.buffer_updated(got)
             else:
                 protocol.data_received(bytes(buf[:got]))
+            if self._lost:
+                return
+        if tls.unsent and not self._lost:
+            self._want_write()                      # what OpenSSL answered while reading, when the socket was full
         if tls.eof:
             self._remove_reader()
             if not self._closing and not protocol.eof_received():
@@ -249,6 +258,8 @@ class TlsTransport(asyncio.Transport):
             return
         last = len(pieces) - 1
         for i, piece in enumerate(pieces):
+            if self._lost:
+                return                  # pause_writing() had the protocol abort
             if self._backlog:
                 self._queue(piece)
                 continue

@@ -27,13 +27,15 @@ class Pair:
     """The engine (client side) on one end of a socketpair; Python's ssl (server
     side, memory BIOs) behind the other end."""
 
-    def __init__(self, store: CertificateStore):
+    def __init__(self, store: CertificateStore, server_context=None, client_context=None):
         self.ours, self.theirs = socket.socketpair()
         self.ours.setblocking(False)
         self.theirs.setblocking(False)
-        self.tls = TlsConnection(store.client_context(CLIENT).native(), self.ours.fileno(), False)
+        context = client_context or store.client_context(CLIENT)
+        self.tls = TlsConnection(context.native(), self.ours.fileno(), False)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.peer = store.server_context(SERVER).wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.peer = (server_context or store.server_context(SERVER)).wrap_bio(self.incoming, self.outgoing,
+                                                                              server_side=True)
         ours_done = theirs_done = False
         for _ in range(50):
             if not ours_done:
@@ -180,6 +182,9 @@ def test_a_truncated_record_then_fin_ends_after_the_whole_records(pair):
 ], ids=["bad-mac", "plaintext", "oversized"])
 def test_garbage_is_a_clear_error(pair, garbage):
     pair.send_raw(pair.records(b"fine") + garbage)
+    # what decrypted before the garbage comes out first (a peer's last frames before
+    # its connection broke); the read after it raises
+    assert pair.read() == b"fine"
     with pytest.raises(ssl.SSLError) as err:
         while True:
             pair.read()
@@ -322,3 +327,23 @@ def test_any_chunking_of_the_stream_reads_the_same(long_pair, sizes, cuts, reads
     drain()
     assert bytes(got) == b"".join(payloads)
     assert not p.tls.eof
+
+
+def test_a_certificate_that_did_not_verify_is_no_identity(store):
+    # a client context whose verification was turned off completes the handshake with
+    # a server of another CA: its certificate is not taken for an identity (Python's
+    # ssl answers none then too), so verify_server() refuses it
+    from meshcore.identity import CertificateAuthority
+    from meshcore.identity.tls import verify_server
+    from meshcore.errors import IdentityError
+    context = store.client_context(CLIENT)
+    context.verify_mode = ssl.CERT_NONE
+    server = CertificateStore(CertificateAuthority.create("cluster.local")).server_context(SERVER)
+    server.verify_mode = ssl.CERT_NONE
+    pair = Pair(store, server, context)
+    try:
+        assert pair.tls.getpeercert() is None and pair.tls.getpeercert(binary_form=True) is None
+        with pytest.raises(IdentityError):
+            verify_server(pair.tls, [SERVER])
+    finally:
+        pair.close()

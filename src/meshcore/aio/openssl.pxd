@@ -30,6 +30,7 @@ cdef class TlsConnection:
     cdef readonly bint eof       # the peer has ended the stream (close_notify, or a FIN without it)
     cdef bint _failed            # a fatal error happened: OpenSSL must not send close_notify now
     cdef bint _blocked           # the socket refused the outbox's last send
+    cdef object _deferred        # a read's failure after it had decrypted bytes: raised by the next read
 
     cdef int _check_open(self) except -1
     cdef int _flush(self) except -1

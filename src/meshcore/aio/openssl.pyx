@@ -447,6 +447,9 @@ cdef class TlsConnection:
         cdef char *p
         cdef int ret, err, saved
         self._check_open()
+        if self._deferred is not None:
+            exc, self._deferred = self._deferred, None
+            raise exc
         if self.eof:
             return 0
         PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
@@ -469,6 +472,11 @@ cdef class TlsConnection:
                 exc = self._error(ret, saved)
                 if isinstance(exc, ssl.SSLEOFError):
                     self.eof = True         # a FIN without close_notify: the end, as ssl reads it
+                    break
+                if got:
+                    # what came before the failure (a peer's last frames, then its RST)
+                    # is delivered first; the next read raises
+                    self._deferred = exc
                     break
                 raise exc
         finally:
@@ -549,7 +557,9 @@ cdef class TlsConnection:
         if self.ssl == NULL:
             return None
         cert = SSL_get0_peer_certificate(self.ssl)
-        if cert == NULL:
+        # a certificate that did not verify (a context whose verification was turned
+        # off) is no identity: none, as Python's ssl answers then
+        if cert == NULL or SSL_get_verify_result(self.ssl) != X509_V_OK:
             return None
         if binary_form:
             n = i2d_X509(cert, &der)
