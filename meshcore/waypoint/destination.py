@@ -284,6 +284,19 @@ def failure_answer(failure: str, retries: int) -> tuple[str, bytes]:
     return ("URX" if retries else "UR"), b"upstream connect error or disconnect/reset before headers"
 
 
+async def after_route(where, state, tunnel, record, pending: InFlight, limits: RequestLimits | None,
+                      waypoint: tuple[str, str], grpc: bool) -> Limited | RateHeaders:
+    """What both handlers do once `where` is decided, in Envoy's filter order: the
+    request is reported under the service it was routed to and held by `pending`, an
+    injected delay is waited out, then the rate limits are asked (rate_limit())."""
+    record.route_to(routed_service(where, state))
+    if isinstance(where, Destination):
+        pending.where = where
+    if where.delay:
+        await asyncio.sleep(where.delay)               # an injected delay
+    return rate_limit(limits, state, waypoint, tunnel, where, grpc)
+
+
 def rate_limit(limits: RequestLimits | None, view, waypoint: tuple[str, str], tunnel, where,
                grpc: bool) -> Limited | RateHeaders:
     """The rate limits on the request `where` was decided for, its tokens taken. An

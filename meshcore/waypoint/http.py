@@ -25,8 +25,8 @@ from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestVi
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as replay_body
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           destination, failure_answer, rate_limit, retry_destination,
-                                           routed_service, with_rate_headers)
+                                           after_route, destination, failure_answer, retry_destination,
+                                           with_rate_headers)
 from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
@@ -206,12 +206,7 @@ class Http1Handler:
         where = destination(self.tunnels, state, tunnel,
                             RequestView(request.method, path, query, host or "", seen, grpc=is_grpc(request.headers)),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
-        record.route_to(routed_service(where, state))
-        if isinstance(where, Destination):
-            pending.where = where
-        if where.delay:
-            await asyncio.sleep(where.delay)               # an injected delay
-        limit = rate_limit(self.rate_limits, state, self.waypoint, tunnel, where, False)
+        limit = await after_route(where, state, tunnel, record, pending, self.rate_limits, self.waypoint, False)
         if isinstance(limit, Limited):
             record.route = where.route
             return await self._local(conn, record, limit.status, limit.body, flag=limit.flag, error=limit.reason,

@@ -37,8 +37,8 @@ from meshcore.traffic.grpc import http_to_grpc_status
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import KeptBody, replay
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           destination, failure_answer, rate_limit, retry_destination,
-                                           routed_service, with_rate_headers)
+                                           after_route, destination, failure_answer, retry_destination,
+                                           with_rate_headers)
 from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
@@ -168,12 +168,7 @@ class Http2Handler:
                             RequestView(exchange.method, path, query, authority, seen, grpc=grpc,
                                         scheme=exchange.scheme or "http"),
                             target, waypoint_namespace=self.waypoint[0], picker=self.endpoints)
-        record.route_to(routed_service(where, state))
-        if isinstance(where, Destination):
-            pending.where = where
-        if where.delay:
-            await asyncio.sleep(where.delay)               # an injected delay
-        limit = rate_limit(self.rate_limits, state, self.waypoint, tunnel, where, grpc)
+        limit = await after_route(where, state, tunnel, record, pending, self.rate_limits, self.waypoint, grpc)
         if isinstance(limit, Limited):
             record.route, record.grpc_status = where.route, limit.grpc_status
             outcome.flag, outcome.error, outcome.status = limit.flag, limit.reason, limit.status
