@@ -180,15 +180,8 @@ def unmatched_requests(n_routes: int, count: int, rng: random.Random) -> list[tu
 def linear_select(table, method: str, path: str, query: str, headers) -> object:
     """The baseline: every match of the table in precedence order, the same match
     function, no index (what select_http does without its PositionIndex)."""
-    from meshcore.traffic.select import http_match_matches, query_parameters
-    parsed = None
-    for entry in table.http:
-        match = entry.match
-        if match.query_params and parsed is None:
-            parsed = query_parameters(query)
-        if http_match_matches(match, method, path, parsed, headers):
-            return entry
-    return None
+    from meshcore.traffic.select import first_http_match
+    return first_http_match(table, range(len(table.http)), method, path, query, headers)
 
 
 def request_classes(table, n_routes: int, per_class: int, rng: random.Random) -> dict[str, list[tuple]]:

@@ -247,9 +247,16 @@ def select_http(table: RouteTable | None, *, method: str, path: str, query: str 
     query string, `query` without the "?", `headers` as the module docstring says."""
     if table is None:
         return None
+    return first_http_match(table, http_candidates(table, path), method, path, query, headers)
+
+
+def first_http_match(table: RouteTable, positions: Iterable[int], method: str, path: str, query: str,
+                     headers: Mapping[str, str]) -> RouteEntry | None:
+    """The first entry at `positions` (in precedence order) the request meets; the
+    query string is parsed only once a match asks about it."""
     parsed: dict | None = None
     rows = table.http
-    for position in http_candidates(table, path):
+    for position in positions:
         entry = rows[position]
         match = entry.match
         if match.query_params and parsed is None:
