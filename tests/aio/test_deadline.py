@@ -64,9 +64,11 @@ def test_a_cancellation_from_elsewhere_stays_a_cancellation(run):
 def test_expired_together_with_an_outside_cancel_is_a_cancellation(run):
     async def scenario():
         async def body():
-            async with deadline(0.05):
-                # the outside cancel arrives just after the deadline fired: both want out
-                asyncio.get_running_loop().call_later(0.05, task.cancel)
+            async with deadline(0):
+                # the deadline fires at the block's first step and the outside cancel in
+                # the same loop turn, queued after it, before the task resumes: both want
+                # out (call_soon keeps that order; two timers due together would not)
+                asyncio.get_running_loop().call_soon(task.cancel)
                 await asyncio.sleep(10)
         task = asyncio.get_running_loop().create_task(body())
         with pytest.raises(asyncio.CancelledError):
