@@ -87,12 +87,13 @@ class Destination:
 
     @property
     def connection_limits(self) -> ConnectionLimits:
-        """How long the upstream connections of this destination live (its
-        DestinationRule's connectionPool)."""
+        """How the upstream connections of this destination are opened and how long they
+        live (its DestinationRule's connectionPool)."""
         b = self.balanced
         if b is None or b.rule is None:
             return DEFAULT_LIMITS
-        return connection_limits(cluster_policy(b.rule, b.subset, b.port))
+        return connection_limits(cluster_policy(b.rule, b.subset, b.port),
+                                 http2=self.app_protocol in ("http2", "grpc"))
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when

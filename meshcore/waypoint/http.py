@@ -263,7 +263,8 @@ class Http1Handler:
                 if client is None:
                     try:
                         async with asyncio.timeout_at(attempt_deadline):
-                            up_reader, up_writer = await self.tunnels.open_upstream(chosen, me)
+                            up_reader, up_writer = await self.tunnels.open_upstream(
+                                chosen, me, connect_timeout=where.connection_limits.connect_timeout)
                     except (OSError, MeshcoreError) as exc:
                         if clock.passed(attempt_deadline):
                             raise TimeoutError from exc    # the attempt's time (or the route's) is up
