@@ -7,6 +7,8 @@ tests/support/echo_backends.py behind node-b).
                      listener): every connect to it times out. `hasty`'s VirtualService
                      turns retries off, `retried` keeps Istio's default (2, on
                      connect-failure among others)
+    flaky            http.maxRetries 1; its endpoint `bad` answers 503; its
+                     VirtualService retries 5xx once
     narrow           http.maxConcurrentStreams 2; endpoint `one`, HTTP/2 on port 81
 
 Each service declares http on port 80 and http2 on 81, so every pool of the
@@ -23,17 +25,20 @@ from collections import Counter
 import pytest
 
 from h2http import Endpoint, Received, open_request
+from meshcore.localmesh import LocalMesh
 from waypoint_mesh import WaypointMesh, running
 
 pytestmark = pytest.mark.timeout(120)
 
-SERVICES = ("hasty", "retried", "narrow")
+SERVICES = ("hasty", "retried", "flaky", "narrow")
 
 CONFIG = """\
 ---
 workloads:
 - {{uid: c/one, name: one, namespace: shop, serviceAccount: one, workloadIps: ["{one}"], protocol: HBONE,
    node: node-b, services: {{"shop/narrow.shop.svc.cluster.local": {{80: 8080, 81: 8081}}}}}}
+- {{uid: c/bad, name: bad, namespace: shop, serviceAccount: bad, workloadIps: ["{bad}"], protocol: HBONE,
+   node: node-b, services: {{"shop/flaky.shop.svc.cluster.local": {{80: 8080, 81: 8081}}}}}}
 - {{uid: c/silent, name: silent, namespace: shop, serviceAccount: silent, workloadIps: ["{silent}"], protocol: HBONE,
    node: node-c, services: {{"shop/hasty.shop.svc.cluster.local": {{80: 8080, 81: 8081}},
                              "shop/retried.shop.svc.cluster.local": {{80: 8080, 81: 8081}}}}}}
@@ -56,6 +61,13 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: DestinationRule
+metadata: {{name: flaky, namespace: shop}}
+spec:
+  host: flaky
+  trafficPolicy: {{connectionPool: {{http: {{maxRetries: 1}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
 metadata: {{name: narrow, namespace: shop}}
 spec:
   host: narrow
@@ -69,6 +81,15 @@ spec:
   http:
   - retries: {{attempts: 0}}
     route: [{{destination: {{host: hasty}}}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: flaky, namespace: shop}}
+spec:
+  hosts: [flaky]
+  http:
+  - retries: {{attempts: 1, retryOn: 5xx}}
+    route: [{{destination: {{host: flaky}}}}]
 """
 
 
@@ -109,16 +130,18 @@ class SilentNode:
 def mesh(tmp_path_factory):
     m = WaypointMesh(tmp_path_factory.mktemp("waypoint-pool"))
     n = m.web.split(".")[1]
-    m.one, m.silent = f"127.{n}.3.1", f"127.{n}.3.9"
+    m.one, m.bad, m.silent = f"127.{n}.3.1", f"127.{n}.3.3", f"127.{n}.3.9"
     m.vips = {name: f"127.{n}.13.{i}" for i, name in enumerate(SERVICES, start=1)}
     services = "\n".join(
         f'- {{name: {name}, namespace: shop, hostname: {name}.shop.svc.cluster.local, vips: ["/{m.vips[name]}"], '
         f'ports: {{80: 8080, 81: 8081}}, appProtocols: {{80: http, 81: http2}}, '
         f'waypoint: {{destination: "/{m.waypoint}", hboneMtlsPort: 15008}}}}' for name in SERVICES)
-    m.config.write_text(m.config.read_text() + CONFIG.format(one=m.one, silent=m.silent, services=services))
+    m.config.write_text(m.config.read_text() + CONFIG.format(one=m.one, bad=m.bad, silent=m.silent,
+                                                            services=services))
     silent = m.silent_node = SilentNode(m.silent)
     try:
-        with running(m, ["--http", f"one={m.one}:8080", "--h2", f"one={m.one}:8081"]):
+        with running(m, ["--http", f"one={m.one}:8080", "--h2", f"one={m.one}:8081",
+                         "--http", f"bad={m.bad}:8080:503"]):
             yield m
     finally:
         silent.close()
@@ -214,6 +237,29 @@ def test_a_connect_timeout_is_retried_as_a_connect_failure(mesh, client, port):
     assert 0.9 <= elapsed < 3.0, elapsed
     assert flags(mesh, path) == "URX"
     assert mesh.silent_node.accepted - before == 3
+
+
+# -- http.maxRetries -------------------------------------------------------------------------------
+
+def seen(address, prefix):
+    status, body = LocalMesh.http_get(address, 8080, "/__seen")[:2]
+    assert status == 200, body
+    return [r["path"] for r in json.loads(body) if r["path"].startswith(prefix)]
+
+
+@pytest.mark.parametrize("client", ["http1", "http2"])
+def test_max_retries_bounds_the_retries_under_way_to_a_destination(mesh, client):
+    # four requests at once, each answered 503 after 500ms: one retry may be under way,
+    # the other three get their 503 as it came, flagged UO
+    paths = [f"/flaky/{client}/{i}" for i in range(4)]
+    answers = send(mesh, "flaky", client, 80, paths, headers=[("x-delay-ms", "500")])
+    assert [status for status, _ in answers] == [503] * 4, answers
+    attempts = Counter(seen(mesh.bad, f"/flaky/{client}/"))
+    assert sorted(attempts.values()) == [1, 1, 1, 2], attempts
+    retried, = (path for path, n in attempts.items() if n == 2)
+    assert {path: flags(mesh, path) for path in paths if path != retried} == {
+        path: "UO" for path in paths if path != retried}
+    assert "UO" not in flags(mesh, retried)
 
 
 # -- http.maxConcurrentStreams -----------------------------------------------------------------
