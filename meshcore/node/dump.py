@@ -155,7 +155,7 @@ _NAMES = {(istio.HTTPRoute, "matches"): "match", (istio.Rewrite, "uri_regex"): "
           (istio.Redirect, "code"): "redirectCode", (istio.LoadBalancerSettings, "locality"): "localityLbSetting",
           (istio.OutlierDetection, "consecutive_5xx"): "consecutive5xxErrors",
           (istio.OutlierDetection, "error_codes"): "outlierDetectionHttpErrorCodes",
-          (istio.TrafficPolicy, "other"): "otherFields",
+          (istio.TrafficPolicy, "other"): "otherFields", (istio.HTTPSettings, "http2_keepalive"): "http2KeepAlive",
           (gateway.RequestMirror, "backend"): "backendRef"}
 # booleans whose false says something (`enabled: false` turns locality load balancing off)
 _FALSE_SHOWN = frozenset(((LocalityLbSetting, "enabled"),))

@@ -18,8 +18,8 @@ from collections.abc import Iterable
 from meshcore.config import fields as F
 from meshcore.traffic import istio_fields as I
 from meshcore.traffic.istio_model import (
-    ClusterPolicy, ConnectionPool, ConsistentHash, DestinationRule, HashKey, HTTPSettings, LoadBalancerSettings,
-    OutlierDetection, PortTrafficPolicy, SimpleLB, Subset, TCPSettings, TrafficPolicy,
+    ClusterPolicy, ConnectionPool, ConsistentHash, DestinationRule, HashKey, Http2KeepAlive, HTTPSettings,
+    LoadBalancerSettings, OutlierDetection, PortTrafficPolicy, SimpleLB, Subset, TCPSettings, TrafficPolicy,
 )
 from meshcore.traffic.locality import TOPOLOGY_LABELS, Distribute, Failover, LocalityLbSetting
 
@@ -316,13 +316,15 @@ def _connection_pool(obj, path: str) -> ConnectionPool | None:
             "h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams", "http2KeepAlive"))
         if h.get("h2UpgradePolicy") == "UPGRADE" and h.get("useClientProtocol"):
             raise F.fail(hp, "use client protocol must not be true when H2UpgradePolicy is UPGRADE")
+        keepalive = None
         if h.get("http2KeepAlive") is not None:
             kp = f"{hp}.http2KeepAlive"
             k = F.mapping(h["http2KeepAlive"], kp, allowed=("interval", "timeout"))
             for part in ("interval", "timeout"):
                 if k.get(part) is None:
                     raise F.fail(f"{kp}.{part}", f"http2 keepalive {part} is required")
-                I.istio_duration(k[part], f"{kp}.{part}")
+            keepalive = Http2KeepAlive(I.istio_duration(k["interval"], f"{kp}.interval"),
+                                       I.istio_duration(k["timeout"], f"{kp}.timeout"))
         http = HTTPSettings(
             _non_negative(h, "http1MaxPendingRequests", hp, "http1 max pending requests must be non-negative"),
             _non_negative(h, "http2MaxRequests", hp, "http2 max requests must be non-negative"),
@@ -330,6 +332,7 @@ def _connection_pool(obj, path: str) -> ConnectionPool | None:
             _non_negative(h, "maxRetries", hp, "max retries must be non-negative"),
             I.istio_duration(h["idleTimeout"], f"{hp}.idleTimeout") if h.get("idleTimeout") is not None else None,
             _non_negative(h, "maxConcurrentStreams", hp, "max concurrent streams must be non-negative"),
+            keepalive,
         )
     if obj.get("tcp") is not None:
         tp = f"{path}.tcp"

@@ -289,6 +289,12 @@ class TCPSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Http2KeepAlive:
+    interval: float                          # seconds between PINGs
+    timeout: float                           # seconds a PING's ACK may take
+
+
+@dataclass(frozen=True, slots=True)
 class HTTPSettings:
     http1_max_pending_requests: int | None = None
     http2_max_requests: int | None = None
@@ -296,6 +302,7 @@ class HTTPSettings:
     max_retries: int | None = None
     idle_timeout: float | None = None
     max_concurrent_streams: int | None = None
+    http2_keepalive: Http2KeepAlive | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ node's routing with the waypoint as the source.
                                        port declares
     retry_destination(...)             how an attempt went (for the endpoint picker), and
                                        the next attempt's destination if the policy retries
+                                       and the destination's maxRetries leaves room
     Deadlines                          the route's timeout over every attempt, the per-try
                                        timeout over each
     InFlight                           what a request holds until it ends
@@ -31,7 +32,7 @@ from meshcore.traffic.decide import CORS_PREFLIGHT, NO_EDITS, HeaderEdits, Local
 from meshcore.traffic.decide_istio import VirtualServiceRandoms, decide_virtual_service
 from meshcore.traffic.destinationrule import cluster_policy
 from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_delay, should_retry
-from meshcore.waypoint.endpoints import EndpointPicker, Overflow, Ticket
+from meshcore.waypoint.endpoints import EndpointPicker, Overflow, RetryHold, Ticket
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RateHeaders, RequestLimits
 from meshcore.waypoint.upstreams import DEFAULT_LIMITS, ConnectionLimits, connection_limits
 
@@ -41,6 +42,14 @@ ATTEMPT_COUNT = "x-envoy-attempt-count"    # on every upstream request, as Istio
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 MIRROR_DRAWS = 4                  # mirrors of one rule drawn for independently (any further one: always)
 HOST_SELECTION_ATTEMPTS = 5       # picks a retry makes for an endpoint other than the one that failed (Envoy's)
+
+
+@dataclass(slots=True)
+class RetryState:
+    """A request's retry under way, in its destination's count of retries outstanding,
+    and whether a retry was refused for that count (Envoy's UO)."""
+    held: RetryHold | None = None
+    overflowed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,7 @@ class Balanced:
     request: RequestAttributes
     source_ip: str
     tickets: list = field(default_factory=list, compare=False)   # every attempt's, to give back at the end
+    retrying: RetryState = field(default_factory=RetryState, compare=False)
 
     @property
     def key(self) -> tuple:
@@ -87,12 +97,13 @@ class Destination:
 
     @property
     def connection_limits(self) -> ConnectionLimits:
-        """How long the upstream connections of this destination live (its
-        DestinationRule's connectionPool)."""
+        """How the upstream connections of this destination are opened and how long they
+        live (its DestinationRule's connectionPool)."""
         b = self.balanced
         if b is None or b.rule is None:
             return DEFAULT_LIMITS
-        return connection_limits(cluster_policy(b.rule, b.subset, b.port))
+        return connection_limits(cluster_policy(b.rule, b.subset, b.port),
+                                 http2=self.app_protocol in ("http2", "grpc"))
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when
@@ -130,12 +141,41 @@ class Destination:
         if self.ticket is not None:
             self.ticket.finish()
 
+    def hold_retry(self) -> bool:
+        """Whether a retry may go, within the destination's retries outstanding (its
+        connection pool's maxRetries): if so it is counted until retry_known() or the
+        request's end; if not, the request is marked as refused a retry for it."""
+        b = self.balanced
+        if b is None:
+            return True
+        hold = b.picker.hold_retry(b.key)
+        if hold is None:
+            b.retrying.overflowed = True
+            return False
+        b.retrying.held = hold
+        return True
+
+    def retry_known(self) -> None:
+        """The outcome of the retry under way is known (or it did not go): out of the
+        destination's retries outstanding."""
+        b = self.balanced
+        if b is not None and b.retrying.held is not None:
+            b.retrying.held.finish()
+            b.retrying.held = None
+
+    @property
+    def retry_overflowed(self) -> bool:
+        """A retry the policy called for was refused: the destination's retries
+        outstanding were at their limit."""
+        return self.balanced is not None and self.balanced.retrying.overflowed
+
     def release(self) -> None:
         """The request ended: every attempt of it leaves the count of requests in flight
-        (those attempted() did not already take out)."""
+        (those attempted() did not already take out), its retry the count of retries."""
         if self.balanced is not None:
             for ticket in self.balanced.tickets:
                 ticket.finish()
+            self.retry_known()
 
 
 def destination(tunnels, state, tunnel, request: RequestView, target: str, *, waypoint_namespace: str,
@@ -253,9 +293,11 @@ async def retry_destination(tunnels, where: Destination, retries: int, state, me
     """How an attempt went (`failure`: no response; `status`: the response's), told to
     the endpoint picker; then the next attempt's destination (another endpoint, after
     the policy's back-off) when the request can be sent again (`replayable`), the
-    route's retry policy takes what happened and `retries` so far leave one; None
+    route's retry policy takes what happened, `retries` so far leave one and the
+    destination's retries outstanding leave room (else where.retry_overflowed); None
     otherwise.
     `before()` is awaited first (giving the failed attempt up)."""
+    where.retry_known()                            # the previous retry's outcome is this one
     where.attempted(status=status, failure=failure)
     policy = where.retry
     if not replayable or status is not None and status < 300 and grpc_status is None:
@@ -263,11 +305,15 @@ async def retry_destination(tunnels, where: Destination, retries: int, state, me
     if policy is None or retries >= policy.num_retries or not should_retry(
             policy, status=status, grpc_status=grpc_status, failure=failure):
         return None
+    if not where.hold_retry():
+        return None                                # the destination's maxRetries: UO
     pause = backoff_delay(retries + 1, random.random(), base=policy.backoff_base)
     if before_deadline is not None and asyncio.get_running_loop().time() + pause >= before_deadline:
+        where.retry_known()
         return None                                # no time left for another attempt
     again = where.next_endpoint(tunnels, state, me)
     if again is None:
+        where.retry_known()
         return None
     where.given_up()
     if before is not None:
@@ -276,12 +322,32 @@ async def retry_destination(tunnels, where: Destination, retries: int, state, me
     return again
 
 
-def failure_answer(failure: str, retries: int) -> tuple[str, bytes]:
-    """Envoy's response flag and body for a request whose last attempt got no response:
-    URX once retries ran out, else UF (it could not connect) or UR (the upstream reset)."""
+def with_overflow(flag: str, overflowed: bool) -> str:
+    """Envoy's response flags `flag` ("-": none) with UO when a retry was refused for the
+    destination's retries outstanding (its router sets UpstreamOverflow on such a
+    refusal), in Envoy's order of flags: UO after UT, UR, UF and UC."""
+    if not overflowed:
+        return flag
+    return "UO" if flag == "-" else f"{flag},UO"
+
+
+def failure_flag(flag: str, retries: int, overflowed: bool = False) -> str:
+    """Envoy's response flags for a request whose last attempt got no response, `flag`
+    saying how it failed (UF, UR, UC): URX once retries ran out; `flag` and UO when the
+    last retry was refused for the destination's retries outstanding, which is not the
+    retry limit (Envoy then sets UpstreamOverflow instead of UpstreamRetryLimitExceeded)."""
+    if overflowed:
+        return with_overflow(flag, True)
+    return "URX" if retries else flag
+
+
+def failure_answer(failure: str, retries: int, overflowed: bool = False) -> tuple[str, bytes]:
+    """Envoy's response flags and body for a request whose last attempt got no
+    response: UF (it could not connect) or UR (the upstream reset), as failure_flag()
+    makes them."""
     if failure == "connect-failure":
-        return ("URX" if retries else "UF"), b"upstream connect error"
-    return ("URX" if retries else "UR"), b"upstream connect error or disconnect/reset before headers"
+        return failure_flag("UF", retries, overflowed), b"upstream connect error"
+    return failure_flag("UR", retries, overflowed), b"upstream connect error or disconnect/reset before headers"
 
 
 async def after_route(where, state, tunnel, record, pending: InFlight, limits: RequestLimits | None,

@@ -22,7 +22,11 @@ the same; a new policy (a configuration change) starts it afresh.
     ticket.finish()                               # no longer in flight, once
 
 A destination's connection pool bounds its requests in flight (in_flight_limit): over
-it, choose() raises Overflow (Envoy's circuit breaker: 503, flag UO).
+it, choose() raises Overflow (Envoy's circuit breaker: 503, flag UO). It also bounds
+its retries outstanding at once (retry_limit):
+
+    hold = picker.hold_retry(destination)         # a RetryHold, or None at the limit
+    hold.finish()                                 # its outcome is known, once
 """
 from __future__ import annotations
 
@@ -63,6 +67,21 @@ def in_flight_limit(policy: ClusterPolicy) -> tuple[int | None, str]:
     return min(limits) if limits else (None, "")
 
 
+def retry_limit(policy: ClusterPolicy) -> int | None:
+    """How many retries to a destination may be outstanding at once: its connection
+    pool's `http.maxRetries` (Envoy's max_retries circuit breaker). None (no bound) when
+    unset or 0, as istiod then leaves its own default threshold, 2^32-1."""
+    pool = policy.connection_pool
+    if pool is None or pool.http is None:
+        return None
+    return pool.http.max_retries or None
+
+
+def may_retry(limit: int | None, outstanding: int) -> bool:
+    """Whether one more retry may start with `outstanding` already under way."""
+    return limit is None or outstanding < limit
+
+
 class Overflow(Exception):
     """The destination's requests in flight are at its connection pool's limit."""
 
@@ -90,6 +109,23 @@ class Ticket:
         self.picker.finished(self.route, self.destination)
 
 
+class RetryHold:
+    """One retry's place in its destination's count of retries outstanding, from the
+    moment it is decided until the retried attempt's outcome is known or its request
+    ends (Envoy: taken in shouldRetry, given back at the next one or with the retry
+    state). finish() gives it back, once."""
+    __slots__ = ("picker", "destination", "done")
+
+    def __init__(self, picker: "EndpointPicker", destination: tuple):
+        self.picker, self.destination, self.done = picker, destination, False
+
+    def finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.picker.retry_finished(self.destination)
+
+
 @dataclass(slots=True)
 class _Balancing:
     policy: ClusterPolicy
@@ -104,6 +140,7 @@ class _Balancing:
     hash_tables: dict = field(default_factory=dict)   # endpoint uids -> RingHash or Maglev over them
     active: dict = field(default_factory=dict)   # endpoint uid -> requests in flight
     in_flight: int = 0                           # requests in flight to the destination
+    retries: int = 0                             # retries to it outstanding (RetryHold)
 
 
 class EndpointPicker:
@@ -243,6 +280,23 @@ class EndpointPicker:
         return table
 
     # -- attempts ----------------------------------------------------------------------
+    def hold_retry(self, destination: tuple) -> RetryHold | None:
+        """A place for one more retry to `destination` (service key, subset, port), or
+        None when its connection pool's retries outstanding are at their limit. A
+        destination whose state is gone (a configuration change) is not bounded."""
+        b = self._balancing.get(destination)
+        if b is None:
+            return RetryHold(self, destination)
+        if not may_retry(retry_limit(b.policy), b.retries):
+            return None
+        b.retries += 1
+        return RetryHold(self, destination)
+
+    def retry_finished(self, destination: tuple) -> None:
+        b = self._balancing.get(destination)
+        if b is not None:
+            b.retries = max(0, b.retries - 1)
+
     def outcome(self, route: Route, destination: tuple, *, status: int | None = None,
                 failure: str | None = None) -> None:
         """The attempt to `route` (chosen for `destination`: service key, subset, port)

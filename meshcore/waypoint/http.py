@@ -25,8 +25,8 @@ from meshcore.traffic.decide import NO_EDITS, HeaderEdits, LocalReply, RequestVi
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as replay_body
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           after_route, destination, failure_answer, retry_destination,
-                                           with_rate_headers)
+                                           after_route, destination, failure_answer, failure_flag, retry_destination,
+                                           with_overflow, with_rate_headers)
 from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
@@ -263,7 +263,8 @@ class Http1Handler:
                 if client is None:
                     try:
                         async with asyncio.timeout_at(attempt_deadline):
-                            up_reader, up_writer = await self.tunnels.open_upstream(chosen, me)
+                            up_reader, up_writer = await self.tunnels.open_upstream(
+                                chosen, me, connect_timeout=where.connection_limits.connect_timeout)
                     except (OSError, MeshcoreError) as exc:
                         if clock.passed(attempt_deadline):
                             raise TimeoutError from exc    # the attempt's time (or the route's) is up
@@ -276,7 +277,8 @@ class Http1Handler:
                             client = upstreams.pop(key, where.connection_limits)
                             continue
                         return await self._local(conn, record, 503, b"upstream connect error",
-                                                 flag="URX" if retries else "UF", error=f"{type(exc).__name__}: {exc}",
+                                                 flag=failure_flag("UF", retries, where.retry_overflowed),
+                                                 error=f"{type(exc).__name__}: {exc}",
                                                  edits=where.response_headers)
                     client = Http1ClientConnection(up_reader, up_writer, response_timeout=self.RESPONSE_TIMEOUT,
                                                    idle_timeout=self.BODY_IDLE_TIMEOUT)
@@ -309,7 +311,8 @@ class Http1Handler:
                     client = upstreams.pop(key, where.connection_limits)
                     continue
                 where.attempted(failure="timeout")
-                return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
+                return await self._local(conn, record, 504, b"upstream request timeout",
+                                         flag=with_overflow("UT", where.retry_overflowed),
                                          error=f"route {where.route}: no response in time ({clock})",
                                          edits=where.response_headers)
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError, _ClientLeft) as exc:
@@ -340,11 +343,13 @@ class Http1Handler:
                     continue
                 inflight[0] = None
                 if isinstance(exc, HttpError) and exc.status == 504:
-                    return await self._local(conn, record, 504, b"upstream request timeout", flag="UT", error=str(exc),
+                    return await self._local(conn, record, 504, b"upstream request timeout",
+                                             flag=with_overflow("UT", where.retry_overflowed), error=str(exc),
                                              edits=where.response_headers)
                 return await self._local(conn, record, 503,
                                          b"upstream connect error or disconnect/reset before headers",
-                                         flag="URX" if retries else "UC", error=f"{type(exc).__name__}: {exc}",
+                                         flag=failure_flag("UC", retries, where.retry_overflowed),
+                                         error=f"{type(exc).__name__}: {exc}",
                                          edits=where.response_headers)
             if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
                                                 replayable=_replayable(body, request), before=client.abandon,
@@ -378,7 +383,7 @@ class Http1Handler:
             await _splice(conn.take_over(), client.take_over())
             return False
         answer = _Counted(_relay_body(response, client, body))
-        record.status = response.status
+        record.status, record.flag = response.status, with_overflow(record.flag, where.retry_overflowed)
         inflight[1:] = [answer, body]
         try:
             await conn.respond(response.status, where.response_headers.apply(strip_hop_by_hop(response.headers)), answer,
@@ -476,7 +481,8 @@ class Http1Handler:
                         replay = body.kept if body is not None else replay
                         continue
                     where.attempted(failure="timeout")
-                    return await self._local(conn, record, 504, b"upstream request timeout", flag="UT",
+                    return await self._local(conn, record, 504, b"upstream request timeout",
+                                             flag=with_overflow("UT", where.retry_overflowed),
                                              error=f"route {where.route}: no response in time ({clock})",
                                              edits=where.response_headers)
                 if failure is not None:
@@ -486,7 +492,7 @@ class Http1Handler:
                         where, retries = again, retries + 1
                         replay = body.kept if body is not None else replay
                         continue
-                    flag, text = failure_answer(failure, retries)
+                    flag, text = failure_answer(failure, retries, where.retry_overflowed)
                     return await self._local(conn, record, 503, text, flag=flag, error=f"{type(error).__name__}: {error}",
                                              edits=where.response_headers)
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
@@ -496,7 +502,7 @@ class Http1Handler:
                     replay = body.kept if body is not None else replay
                     continue
                 break
-            record.status = response.status
+            record.status, record.flag = response.status, with_overflow(record.flag, where.retry_overflowed)
             record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
             answer = _Counted(_http2_body(up, self.BODY_IDLE_TIMEOUT)) if not up.body_ended else None
             stream = up

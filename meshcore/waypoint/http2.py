@@ -37,8 +37,8 @@ from meshcore.traffic.grpc import http_to_grpc_status
 from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import KeptBody, replay
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
-                                           after_route, destination, failure_answer, retry_destination,
-                                           with_rate_headers)
+                                           after_route, destination, failure_answer, failure_flag, retry_destination,
+                                           with_overflow, with_rate_headers)
 from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
@@ -274,7 +274,8 @@ class Http2Handler:
                         where, retries = again, retries + 1
                         continue
                     where.attempted(failure="timeout")
-                    await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout",
+                    await self._fail(exchange, record, outcome, 504, with_overflow("UT", where.retry_overflowed),
+                                     b"upstream request timeout",
                                      f"route {where.route}: no response in time ({clock})", where.response_headers)
                     return
                 if failure is not None:
@@ -283,7 +284,7 @@ class Http2Handler:
                                                         before_deadline=clock.route):
                         where, retries = again, retries + 1
                         continue
-                    flag, body = failure_answer(failure, retries)
+                    flag, body = failure_answer(failure, retries, where.retry_overflowed)
                     await self._fail(exchange, record, outcome, 503, flag, body, f"{type(error).__name__}: {error}",
                                      where.response_headers)
                     return
@@ -296,6 +297,7 @@ class Http2Handler:
                     continue
                 break
             record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
+            outcome.flag = with_overflow(outcome.flag, where.retry_overflowed)
             await _relay_response(exchange, up, response, record, outcome, where.response_headers)
         finally:
             exchange.on_reset = None
@@ -359,8 +361,9 @@ class Http2Handler:
                                                         failure="connect-failure", before_deadline=clock.route):
                         where, retries = again, retries + 1
                         continue
-                    await self._fail(exchange, record, outcome, 503, "URX" if retries else "UF",
-                                     b"upstream connect error", f"{type(unreached).__name__}: {unreached}",
+                    await self._fail(exchange, record, outcome, 503,
+                                     failure_flag("UF", retries, where.retry_overflowed), b"upstream connect error",
+                                     f"{type(unreached).__name__}: {unreached}",
                                      where.response_headers)
                     return
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
@@ -380,7 +383,8 @@ class Http2Handler:
                     where, retries, body = again, retries + 1, again_body()
                     continue
                 where.attempted(failure="timeout")
-                await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout",
+                await self._fail(exchange, record, outcome, 504, with_overflow("UT", where.retry_overflowed),
+                                 b"upstream request timeout",
                                  f"route {where.route}: no response in time ({clock})", where.response_headers)
                 return
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError) as exc:
@@ -397,10 +401,12 @@ class Http2Handler:
                     where, retries, body = again, retries + 1, again_body()
                     continue
                 if isinstance(exc, HttpError) and exc.status == 504:
-                    await self._fail(exchange, record, outcome, 504, "UT", b"upstream request timeout", str(exc),
+                    await self._fail(exchange, record, outcome, 504, with_overflow("UT", where.retry_overflowed),
+                                     b"upstream request timeout", str(exc),
                                      where.response_headers)
                 else:
-                    await self._fail(exchange, record, outcome, 503, "URX" if retries else "UC",
+                    await self._fail(exchange, record, outcome, 503,
+                                     failure_flag("UC", retries, where.retry_overflowed),
                                      b"upstream connect error or disconnect/reset before headers",
                                      f"{type(exc).__name__}: {exc}", where.response_headers)
                 return
@@ -411,6 +417,7 @@ class Http2Handler:
             finally:
                 exchange.on_reset = None
         outcome.status, record.attempts = response.status, retries + 1
+        outcome.flag = with_overflow(outcome.flag, where.retry_overflowed)
         record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
         if response.status == 101:
             pool.discard(client)

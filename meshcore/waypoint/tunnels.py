@@ -138,16 +138,20 @@ class WaypointTunnels:
         with the waypoint as source (so to an endpoint, never back here)."""
         return route(state, me, host, port, choice=next(self._choice), proxy_ports=self.ctx.settings.proxy_ports)
 
-    async def open_upstream(self, chosen: Route, me: Workload, headers=(), protocol_factory=None):
+    async def open_upstream(self, chosen: Route, me: Workload, headers=(), protocol_factory=None,
+                            connect_timeout: float | None = None):
         """An HBONE tunnel to the chosen endpoint with the waypoint's identity: (reader, writer);
-        with `protocol_factory`, (transport, protocol) of the protocol it makes."""
+        with `protocol_factory`, (transport, protocol) of the protocol it makes. It must be
+        open within `connect_timeout` seconds (the destination's DestinationRule's; None:
+        the waypoint's --connect-timeout), else TimeoutError: a connect failure."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=COPY_CHUNK, loop=loop)
         factory = protocol_factory or (lambda: asyncio.StreamReaderProtocol(reader, loop=loop))
         # from its own address, as a waypoint pod connects: the destination node names it
         key = PoolKey(me.identity, chosen.expected, chosen.dial, str(me.ips[0]) if me.ips else None)
         transport, protocol = await asyncio.wait_for(self.ctx.pool.open_stream(
-            key, chosen.authority, factory, list(headers)), self.ctx.settings.connect_timeout)
+            key, chosen.authority, factory, list(headers)),
+            self.ctx.settings.connect_timeout if connect_timeout is None else connect_timeout)
         if protocol_factory is not None:
             return transport, protocol
         return reader, asyncio.StreamWriter(transport, protocol, reader, loop)

@@ -9,8 +9,9 @@
     KeptUpstreams    the kept-alive HTTP/1.1 connections of one HTTP/1.1 client, one per
                      endpoint, closed with it
 
-How long a connection lives is its destination's DestinationRule's connectionPool, as
-istiod writes it into Envoy's cluster (common_http_protocol_options):
+How a connection is opened and how long it lives is its destination's DestinationRule's
+connectionPool, as istiod writes it into Envoy's cluster (common_http_protocol_options,
+connect_timeout, http2_protocol_options):
 
     http.maxRequestsPerConnection   requests a connection carries, then it is retired:
                                     HTTP/1.1 closed after that response, HTTP/2 takes no
@@ -20,6 +21,15 @@ istiod writes it into Envoy's cluster (common_http_protocol_options):
                                     (tcp.idleTimeout when unset; 0s: never; neither set:
                                     Envoy's 1 hour)
     tcp.maxConnectionDuration       retired that long after it opened, closed once idle
+    tcp.connectTimeout              how long opening one may take (the cluster's
+                                    connect_timeout; unset: the waypoint's own)
+    http.maxConcurrentStreams       HTTP/2 streams one carries at once, below the peer's
+                                    own limit (only where the port declares http2 or
+                                    grpc, as istiod sets it only on explicit HTTP/2
+                                    clusters); more requests open another beside it
+    http.http2KeepAlive             HTTP/2: a PING after `interval` without a frame from
+                                    the peer, closed when no ACK comes within `timeout`
+                                    (the same ports; unset: the HBONE connection's own)
 
 Connections of destinations whose limits differ are not shared, as Envoy keeps a pool
 per cluster. Every timer is the pool's and ends with its connection; drain() ends the
@@ -31,7 +41,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 
-from meshcore.aio.connection import HboneConnection
+from meshcore.aio.connection import KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, HboneConnection
 from meshcore.l7.http1 import Http1ClientConnection
 from meshcore.node.routing import Route
 from meshcore.state.model import Workload
@@ -42,18 +52,25 @@ MAX_IDLE_HTTP1 = 64           # idle HTTP/1.1 connections kept per endpoint, at 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionLimits:
-    """How long one destination's upstream connections live."""
+    """How one destination's upstream connections are opened, how long they live and
+    how many streams they carry."""
     max_requests: int | None = None           # requests per connection; None: unlimited
     idle: float | None = UPSTREAM_IDLE        # seconds without a request in flight; None: never closed for it
     max_duration: float | None = None         # seconds from the connection's start; None: no bound
+    connect_timeout: float | None = None      # seconds opening one may take; None: the waypoint's own
+    max_streams: int | None = None            # HTTP/2 streams at once; None: the peer's limit alone
+    keepalive: tuple[float, float] | None = None   # HTTP/2 PING (interval, timeout); None: the HBONE defaults
 
 
 DEFAULT_LIMITS = ConnectionLimits()
 
 
-def connection_limits(policy) -> ConnectionLimits:
+def connection_limits(policy, *, http2: bool = False) -> ConnectionLimits:
     """A destination's limits from its merged traffic policy (traffic.istio_model
-    ClusterPolicy, or None), as istiod's applyConnectionPool maps them."""
+    ClusterPolicy, or None), as istiod's applyConnectionPool maps them. `http2`: the
+    port declares HTTP/2 (http2, grpc), the only clusters istiod gives the HTTP/2
+    settings to (maxConcurrentStreams, http2KeepAlive): with the client's protocol
+    (an undeclared port) they are not written."""
     pool = policy.connection_pool if policy is not None else None
     if pool is None:
         return DEFAULT_LIMITS
@@ -62,10 +79,33 @@ def connection_limits(policy) -> ConnectionLimits:
     idle = http.idle_timeout if http is not None else None
     if idle is None and tcp is not None:
         idle = tcp.idle_timeout
+    streams = keepalive = None
+    if http2 and http is not None:
+        streams = http.max_concurrent_streams or None            # 0: istiod writes nothing
+        if http.http2_keepalive is not None:
+            keepalive = (http.http2_keepalive.interval, http.http2_keepalive.timeout)
     limits = ConnectionLimits(max_requests or None,
                               UPSTREAM_IDLE if idle is None else (idle or None),   # 0s: Envoy never closes it
-                              tcp.max_connection_duration if tcp is not None else None)
+                              tcp.max_connection_duration if tcp is not None else None,
+                              tcp.connect_timeout if tcp is not None else None,
+                              streams, keepalive)
     return DEFAULT_LIMITS if limits == DEFAULT_LIMITS else limits
+
+
+def stream_room(limits: ConnectionLimits, open_streams: int, peer_max: int) -> bool:
+    """Whether an HTTP/2 connection with `open_streams` of the waypoint's may open one
+    more: below the peer's SETTINGS_MAX_CONCURRENT_STREAMS and the destination's
+    maxConcurrentStreams, whichever is lower (as Envoy's pool takes the lower)."""
+    cap = peer_max if limits.max_streams is None else min(peer_max, limits.max_streams)
+    return open_streams < cap
+
+
+def waiters_per_opening(limits: ConnectionLimits) -> int | None:
+    """How many requests arriving together may wait for one connection being opened:
+    as many as it may carry at once and in all (None: no bound of the destination's;
+    the peer's stream limit sends those over it to the next one)."""
+    bounds = [n for n in (limits.max_requests, limits.max_streams) if n is not None]
+    return min(bounds) if bounds else None
 
 
 def may_take_another(limits: ConnectionLimits, requests: int, age: float) -> bool:
@@ -129,9 +169,10 @@ class Http2Upstreams:
                     self._take(conn)
                     return conn
             # requests arriving together wait for one connection instead of each opening
-            # one, as many as its request limit lets in: more open another beside it
+            # one, as many as its request and stream limits let in: more open another beside it
             openings = self._opening.setdefault(key, [])
-            opening = next((o for o in openings if limits.max_requests is None or o[1] < limits.max_requests), None)
+            room = waiters_per_opening(limits)
+            opening = next((o for o in openings if room is None or o[1] < room), None)
             if opening is None:
                 task = asyncio.get_running_loop().create_task(self._open(key, chosen, me, limits))
                 opening = [task, 0]
@@ -155,10 +196,14 @@ class Http2Upstreams:
     def _has_room(self, conn: HboneConnection) -> bool:
         use = self._uses.get(conn)
         return conn.usable and use is not None and use.may_take_another \
-            and conn.h2.open_local_streams < conn.h2.remote_max_concurrent_streams
+            and stream_room(use.limits, conn.h2.open_local_streams, conn.h2.remote_max_concurrent_streams)
 
     async def _open(self, key: tuple, chosen: Route, me: Workload, limits: ConnectionLimits) -> HboneConnection:
-        _, conn = await self.tunnels.open_upstream(chosen, me, protocol_factory=lambda: HboneConnection(client=True))
+        interval, timeout = limits.keepalive or (KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT)
+        _, conn = await self.tunnels.open_upstream(
+            chosen, me, protocol_factory=lambda: HboneConnection(
+                client=True, keepalive_interval=interval, keepalive_timeout=timeout),
+            connect_timeout=limits.connect_timeout)
         use = self._uses[conn] = _Use(limits, key)
         self.connections.setdefault(key, []).append(conn)
         conn.on_closed = lambda c: self._forget(key, c)
@@ -252,7 +297,7 @@ class Http1Upstreams:
                 self.busy.add(client)
                 return client, True
             self._drop(client)
-        reader, writer = await self.tunnels.open_upstream(chosen, me)
+        reader, writer = await self.tunnels.open_upstream(chosen, me, connect_timeout=limits.connect_timeout)
         client = Http1ClientConnection(reader, writer, response_timeout=self.response_timeout,
                                        idle_timeout=self.body_timeout)
         use = self._uses[client] = _Use(limits, key)

@@ -17,10 +17,10 @@ request that reached a backend off the client's path (a mirror, a retry's first 
 shows there. A request with `x-stall-backend: NAME` naming the backend is recorded
 (`"stalled": true`) and its body never read: the connection stays open, silent, for
 STALL seconds.
-HTTP/2 (`--h2`, h2c with prior knowledge, python-hyper's h2): the same answers and
-the same `x-stall-backend` (the stream's window never given back), recorded in the
-`/__seen` of the HTTP/1.1 backend of the same name (`"protocol": "h2"`, and the
-request's `"authority"`).
+HTTP/2 (`--h2`, h2c with prior knowledge, python-hyper's h2): the same answers (after
+`x-delay-ms` too) and the same `x-stall-backend` (the stream's window never given
+back), recorded in the `/__seen` of the HTTP/1.1 backend of the same name
+(`"protocol": "h2"`, and the request's `"authority"`).
 gRPC (grpcio): any unary method of any service answers the JSON `{"backend", "method",
 "request", "metadata", "peer"}` (the invocation metadata, a repeated key joined with
 ","; the client's address and port, which tell its TCP connections apart), with
@@ -225,6 +225,8 @@ class H2Backend:
         received = _received(pseudo[":method"], pseudo[":path"], headers, bytes(body), connection, "h2")
         received["authority"] = pseudo.get(":authority", "")
         self.seen.append(received)
+        if headers.get("x-delay-ms"):
+            await asyncio.sleep(int(headers["x-delay-ms"]) / 1000)
         answer = json.dumps({"backend": self.name, "host": pseudo.get(":authority", ""), **received}).encode()
         ep.headers(sid, [(":status", "200"), ("content-type", "application/json"), ("x-backend", self.name),
                          ("content-length", str(len(answer)))])

@@ -170,6 +170,111 @@ def test_a_request_that_ends_gives_back_every_attempts_place():
     assert picker.choose(view, me, service, 80, "", rule).route.kind is HBONE
 
 
+# -- retries outstanding (http.maxRetries) ----------------------------------------------
+
+def _pool(http=None):
+    from meshcore.traffic.istio_model import ClusterPolicy, ConnectionPool, HTTPSettings
+    return ClusterPolicy(connection_pool=ConnectionPool(http=HTTPSettings(**http) if http is not None else None))
+
+
+@pytest.mark.parametrize("policy, limit", [
+    (_pool(), None),                               # no connectionPool.http: istiod's default, 2^32-1
+    (_pool({}), None),
+    (_pool({"max_retries": 0}), None),             # 0: istiod cannot tell it from unset
+    (_pool({"max_retries": 1}), 1),
+    (_pool({"max_retries": 5, "http2_max_requests": 2}), 5),
+])
+def test_the_retries_outstanding_limit_of_a_connection_pool(policy, limit):
+    from meshcore.waypoint.endpoints import retry_limit
+    assert retry_limit(policy) == limit
+
+
+@pytest.mark.parametrize("limit, outstanding, allowed", [
+    (None, 10_000, True), (1, 0, True), (1, 1, False), (3, 2, True), (3, 3, False)])
+def test_whether_a_retry_may_start(limit, outstanding, allowed):
+    from meshcore.waypoint.endpoints import may_retry
+    assert may_retry(limit, outstanding) is allowed
+
+
+@pytest.mark.parametrize("flag, retries, overflowed, flags", [
+    ("UF", 0, False, "UF"), ("UF", 2, False, "URX"),
+    ("UF", 0, True, "UF,UO"), ("UC", 1, True, "UC,UO"),      # refused for overflow: not the retry limit
+])
+def test_a_failed_requests_flags(flag, retries, overflowed, flags):
+    from meshcore.waypoint.destination import failure_flag
+    assert failure_flag(flag, retries, overflowed) == flags
+
+
+@pytest.mark.parametrize("flag, overflowed, flags", [("-", False, "-"), ("-", True, "UO"), ("UT", True, "UT,UO")])
+def test_a_refused_retry_adds_uo(flag, overflowed, flags):
+    from meshcore.waypoint.destination import with_overflow
+    assert with_overflow(flag, overflowed) == flags
+
+
+def _retrying(policy: str):
+    """A request's first attempt to web under `policy`, its route retrying 5xx twice."""
+    from meshcore.traffic.retry import RetryOn, RetryPolicy
+    from meshcore.waypoint.destination import Balanced, Destination
+    view, service, me, rule = setup(policy)
+    picker = EndpointPicker()
+    retry = RetryPolicy(2, frozenset({RetryOn.FIVE_XX}), backoff_base=0.001)
+
+    def request():
+        balanced = Balanced(picker, service, 80, "", rule, RequestAttributes("GET", "/"), "10.0.0.5")
+        ticket = balanced.choose(view, me)
+        return Destination(ticket.route, "/", "web", None, retry=retry, balanced=balanced, ticket=ticket)
+    return view, me, picker, (service.key, "", 80), request
+
+
+def test_a_retry_counts_against_max_retries_until_its_outcome_is_known():
+    import asyncio
+    from meshcore.waypoint.destination import retry_destination
+    view, me, picker, key, request = _retrying("trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}\n")
+
+    async def scenario():
+        first, second, third = request(), request(), request()
+        again = await retry_destination(None, first, 0, view, me, status=503)
+        assert again is not None and picker._balancing[key].retries == 1
+        # another request's retry while the first one's is under way: refused, UO
+        assert await retry_destination(None, second, 0, view, me, status=503) is None
+        assert second.retry_overflowed and not first.retry_overflowed
+        # the retried attempt answered: its place is free for the next retry
+        assert await retry_destination(None, again, 1, view, me, status=200) is None
+        assert picker._balancing[key].retries == 0
+        third_again = await retry_destination(None, third, 0, view, me, status=503)
+        assert third_again is not None and not third.retry_overflowed
+        return third_again
+    third_again = asyncio.run(scenario())
+    third_again.release()                   # its request ended before the retry's outcome
+    third_again.release()                   # once only
+    assert picker._balancing[key].retries == 0
+
+
+def test_without_max_retries_every_retry_the_policy_allows_goes():
+    import asyncio
+    from meshcore.waypoint.destination import retry_destination
+    view, me, picker, key, request = _retrying("trafficPolicy: {connectionPool: {http: {maxRetries: 0}}}\n")
+
+    async def scenario():
+        return [await retry_destination(None, request(), 0, view, me, status=503) for _ in range(20)]
+    assert all(again is not None for again in asyncio.run(scenario()))
+    assert picker._balancing[key].retries == 20
+
+
+def test_a_retry_that_cannot_go_gives_its_place_back():
+    import asyncio
+    from meshcore.waypoint.destination import retry_destination
+    view, me, picker, key, request = _retrying("trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}\n")
+
+    async def scenario():
+        # the route's time ends before the back-off would: no retry, nothing held
+        where = request()
+        loop = asyncio.get_running_loop()
+        assert await retry_destination(None, where, 0, view, me, status=503, before_deadline=loop.time()) is None
+        assert picker._balancing[key].retries == 0 and not where.retry_overflowed
+    asyncio.run(scenario())
+
+
 # -- locality load balancing, relative to the waypoint's own workload ---------------------
 
 LOCALITY_MESH = """\

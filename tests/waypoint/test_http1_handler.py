@@ -47,7 +47,7 @@ class _Tunnels:
         return types.SimpleNamespace(kind=HBONE, workload=None, expected=_EXPECTED, dial=("127.0.0.1", self.port),
                                      authority="web", reason="")
 
-    async def open_upstream(self, chosen, me):
+    async def open_upstream(self, chosen, me, connect_timeout=None):
         self.opened += 1
         return await asyncio.open_connection("127.0.0.1", self.port)
 

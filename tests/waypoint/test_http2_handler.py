@@ -72,7 +72,7 @@ def test_requests_waiting_on_a_connection_being_opened_keep_to_its_stream_limit(
     async def scenario():
         opened = []
 
-        async def open_upstream(chosen, me, protocol_factory=None):
+        async def open_upstream(chosen, me, protocol_factory=None, connect_timeout=None):
             await asyncio.sleep(0.05)
             opened.append(_Conn(limit=1))
             return None, opened[-1]

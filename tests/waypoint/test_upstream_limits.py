@@ -1,21 +1,23 @@
 """The pure decisions behind the waypoint's upstream connections: the limits a
 DestinationRule's connectionPool sets (as istiod's applyConnectionPool writes them into
-Envoy's cluster), whether a connection may take another request, when an idle one
-closes; and a mirror copy's share of a streamed body (MirrorBody), which never makes
-its primary wait."""
+Envoy's cluster), whether a connection may take another request or stream, when an
+idle one closes, when an HTTP/2 one whose keepalive PING goes unanswered closes; and a
+mirror copy's share of a streamed body (MirrorBody), which never makes its primary
+wait."""
 import asyncio
 import time
 import types
+from collections import Counter
 
 from prometheus_client import CollectorRegistry
 
 import pytest
 
 from meshcore.traffic.destinationrule import cluster_policy, destination_rule
-from meshcore.traffic.istio_model import ClusterPolicy, ConnectionPool, HTTPSettings, TCPSettings
+from meshcore.traffic.istio_model import ClusterPolicy, ConnectionPool, Http2KeepAlive, HTTPSettings, TCPSettings
 from meshcore.waypoint.mirrors import MirrorBody, Mirrors
-from meshcore.waypoint.upstreams import (DEFAULT_LIMITS, UPSTREAM_IDLE, ConnectionLimits, _Use, connection_limits,
-                                         may_take_another)
+from meshcore.waypoint.upstreams import (DEFAULT_LIMITS, UPSTREAM_IDLE, ConnectionLimits, Http2Upstreams, _Use,
+                                         connection_limits, may_take_another, stream_room, waiters_per_opening)
 
 
 def pool(http=None, tcp=None):
@@ -37,6 +39,52 @@ def pool(http=None, tcp=None):
 ])
 def test_connection_limits_from_a_connection_pool(policy, limits):
     assert connection_limits(policy) == limits
+
+
+KEEPALIVE = HTTPSettings(max_concurrent_streams=2, http2_keepalive=Http2KeepAlive(0.5, 0.25))
+
+
+@pytest.mark.parametrize("policy, http2, limits", [
+    # the cluster's connect_timeout, whatever the port's protocol
+    (pool(tcp=TCPSettings(connect_timeout=0.3)), False, ConnectionLimits(connect_timeout=0.3)),
+    (pool(tcp=TCPSettings(connect_timeout=0.3)), True, ConnectionLimits(connect_timeout=0.3)),
+    # HTTP/2 settings: only on a port declared HTTP/2, as istiod writes them only into an
+    # explicit HTTP/2 cluster (not one that uses the client's protocol)
+    (pool(KEEPALIVE), True, ConnectionLimits(max_streams=2, keepalive=(0.5, 0.25))),
+    (pool(KEEPALIVE), False, DEFAULT_LIMITS),
+    (pool(HTTPSettings(max_concurrent_streams=0)), True, DEFAULT_LIMITS),     # 0: istiod writes nothing
+])
+def test_how_connections_are_opened_and_how_many_streams_they_carry(policy, http2, limits):
+    assert connection_limits(policy, http2=http2) == limits
+
+
+@pytest.mark.parametrize("limits, open_streams, peer_max, room", [
+    (DEFAULT_LIMITS, 99, 100, True),
+    (DEFAULT_LIMITS, 100, 100, False),                         # the peer's SETTINGS
+    (ConnectionLimits(max_streams=2), 1, 100, True),
+    (ConnectionLimits(max_streams=2), 2, 100, False),          # maxConcurrentStreams
+    (ConnectionLimits(max_streams=200), 100, 100, False),      # the lower of the two
+])
+def test_whether_an_http2_connection_takes_another_stream(limits, open_streams, peer_max, room):
+    assert stream_room(limits, open_streams, peer_max) is room
+
+
+@pytest.mark.parametrize("limits, waiters", [
+    (DEFAULT_LIMITS, None), (ConnectionLimits(max_requests=3), 3), (ConnectionLimits(max_streams=2), 2),
+    (ConnectionLimits(max_requests=3, max_streams=5), 3)])
+def test_how_many_requests_wait_for_one_connection_being_opened(limits, waiters):
+    assert waiters_per_opening(limits) == waiters
+
+
+def test_a_destination_rules_http2_keepalive_and_connect_timeout_are_kept():
+    rule = destination_rule({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                             "metadata": {"name": "r", "namespace": "shop"},
+                             "spec": {"host": "web", "trafficPolicy": {"connectionPool": {
+                                 "tcp": {"connectTimeout": "250ms"},
+                                 "http": {"http2KeepAlive": {"interval": "2s", "timeout": "500ms"},
+                                          "maxConcurrentStreams": 4}}}}})
+    assert connection_limits(cluster_policy(rule, "", 80), http2=True) == ConnectionLimits(
+        connect_timeout=0.25, max_streams=4, keepalive=(2.0, 0.5))
 
 
 @pytest.mark.parametrize("limits, requests, age, allowed", [
@@ -82,6 +130,53 @@ def test_a_destination_rules_subset_and_port_settings_reach_the_connection_limit
     # port-level settings replace the whole policy
     assert connection_limits(cluster_policy(rule, "", 81)) == ConnectionLimits(None, 0.3, None)
     assert connection_limits(cluster_policy(rule, "v1", 80)) == ConnectionLimits(1, UPSTREAM_IDLE, None)
+
+
+# -- http2KeepAlive on a real HTTP/2 connection ------------------------------------------------
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+SETTINGS, SETTINGS_ACK = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", b"\x00\x00\x00\x04\x01\x00\x00\x00\x00"
+
+
+class _Dialer:
+    """What Http2Upstreams asks of the waypoint's tunnels, as plain TCP to `chosen.dial`."""
+
+    async def open_upstream(self, chosen, me, headers=(), protocol_factory=None, connect_timeout=None):
+        return await asyncio.get_running_loop().create_connection(protocol_factory, *chosen.dial)
+
+
+async def _settles_then_stays_silent(reader, writer):
+    """An HTTP/2 server that says SETTINGS (and acknowledges the client's), then never
+    another frame: a PING gets no ACK."""
+    await reader.readexactly(len(H2_PREFACE) + len(SETTINGS))
+    writer.write(SETTINGS + SETTINGS_ACK)
+    while await reader.read(1 << 16):
+        pass
+    writer.close()
+
+
+def test_an_http2_connection_whose_backend_leaves_its_keepalive_ping_unanswered_is_closed():
+    async def scenario():
+        server = await asyncio.start_server(_settles_then_stays_silent, "127.0.0.1", 0)
+        chosen = types.SimpleNamespace(dial=server.sockets[0].getsockname()[:2], authority="web:81", expected=())
+        me = types.SimpleNamespace(identity="spiffe://cluster.local/ns/shop/sa/waypoint")
+        upstreams = Http2Upstreams(_Dialer())
+        pinged = await upstreams.get(chosen, me, ConnectionLimits(keepalive=(0.2, 0.2)))
+        kept = await upstreams.get(chosen, me, DEFAULT_LIMITS)       # the HBONE default: 10 s, then 20 s
+        assert kept is not pinged and len(upstreams.connections) == 2
+        started = time.monotonic()
+        await asyncio.wait_for(asyncio.shield(pinged.closed), 2)
+        elapsed = time.monotonic() - started
+        still = not kept.closed.done() and len(upstreams.connections) == 1
+        kept.close()
+        server.close()
+        await asyncio.wait_for(kept.closed, 2)
+        await server.wait_closed()
+        return elapsed, still, upstreams.connections
+    elapsed, still, left = asyncio.run(scenario())
+    # a PING after 0.2 to 0.3 s of silence, no ACK within 0.2 s more
+    assert 0.3 <= elapsed < 1.0, elapsed
+    assert still and left == {}
 
 
 # -- a mirror copy's body ------------------------------------------------------------------
@@ -216,7 +311,7 @@ def _pool(open_delay: float = 0.0):
     from meshcore.waypoint.upstreams import Http2Upstreams
     opened = []
 
-    async def open_upstream(chosen, me, protocol_factory=None):
+    async def open_upstream(chosen, me, protocol_factory=None, connect_timeout=None):
         if open_delay:
             await asyncio.sleep(open_delay)
         opened.append(_Conn())
@@ -267,6 +362,24 @@ def test_requests_arriving_together_open_as_many_http2_connections_as_their_limi
     elapsed, distinct, opened = asyncio.run(scenario())
     assert (distinct, opened) == (connections, connections)
     assert elapsed < 0.35, elapsed                       # one open takes 0.1 s
+
+
+@pytest.mark.parametrize("max_streams, carried", [(2, [2, 2, 1]), (None, [5])])
+def test_requests_at_once_over_max_concurrent_streams_open_another_http2_connection(max_streams, carried):
+    async def scenario():
+        pool, opened, chosen, me = _pool(open_delay=0.05)
+        limits = ConnectionLimits(max_streams=max_streams)
+
+        async def use():
+            conn = await pool.get(chosen, me, limits)
+            conn.h2.open_local_streams += 1               # what send_request does on it at once
+            return conn
+        got = await asyncio.gather(*(use() for _ in range(5)))
+        later = await use()                               # every stream still open: room where there is
+        return sorted(Counter(id(c) for c in got).values(), reverse=True), len(opened), later
+    counts, opened, later = asyncio.run(scenario())
+    assert counts == carried and opened == len(carried)          # the later one found room on one of them
+    assert later.h2.open_local_streams <= (max_streams or 100)
 
 
 def test_an_idle_http2_connection_closes_after_its_idle_timeout_and_a_taken_one_does_not():
