@@ -14,6 +14,7 @@ ejection in outlier.py.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 
 from meshcore.config import fields as F
 from meshcore.traffic import istio_fields as I
@@ -496,7 +497,8 @@ def cluster_policy(rule: DestinationRule | None, subset_name: str = "", port: in
     """The load balancer, connection pool and outlier detection for one destination,
     merged as istiod's MergeTrafficPolicy does: the rule's policy (or its port-level
     settings for `port`), then the subset's fields over it, then the subset's
-    port-level settings for `port` in place of all of it."""
+    port-level settings for `port` in place of all of it. A retryBudget (the rule's or
+    the subset's) is not port-level: it applies whatever the port."""
     if rule is None:
         return ClusterPolicy()
     top = rule.traffic_policy
@@ -505,10 +507,10 @@ def cluster_policy(rule: DestinationRule | None, subset_name: str = "", port: in
         merged = _port_level(top, port) or ClusterPolicy(top.load_balancer, top.connection_pool,
                                                          top.outlier_detection)
     subset = rule.subset(subset_name) if subset_name else None
-    if subset is None or subset.traffic_policy is None:
-        return merged
-    sp = subset.traffic_policy
-    merged = ClusterPolicy(sp.load_balancer or merged.load_balancer,
-                           sp.connection_pool or merged.connection_pool,
-                           sp.outlier_detection or merged.outlier_detection)
-    return _port_level(sp, port) or merged
+    sp = subset.traffic_policy if subset is not None else None
+    budget = any(p is not None and "retryBudget" in p.other for p in (top, sp))
+    if sp is not None:
+        merged = _port_level(sp, port) or ClusterPolicy(sp.load_balancer or merged.load_balancer,
+                                                        sp.connection_pool or merged.connection_pool,
+                                                        sp.outlier_detection or merged.outlier_detection)
+    return replace(merged, retry_budget=True) if budget else merged

@@ -383,3 +383,4 @@ class ClusterPolicy:
     load_balancer: LoadBalancerSettings | None = None
     connection_pool: ConnectionPool | None = None
     outlier_detection: OutlierDetection | None = None
+    retry_budget: bool = False       # a retryBudget applies: Envoy then ignores the maxRetries breaker

@@ -70,9 +70,10 @@ def in_flight_limit(policy: ClusterPolicy) -> tuple[int | None, str]:
 def retry_limit(policy: ClusterPolicy) -> int | None:
     """How many retries to a destination may be outstanding at once: its connection
     pool's `http.maxRetries` (Envoy's max_retries circuit breaker). None (no bound) when
-    unset or 0, as istiod then leaves its own default threshold, 2^32-1."""
+    unset or 0, as istiod then leaves its own default threshold, 2^32-1, and when a
+    retryBudget applies (Envoy's retry_budget overrides the max_retries breaker)."""
     pool = policy.connection_pool
-    if pool is None or pool.http is None:
+    if pool is None or pool.http is None or policy.retry_budget:
         return None
     return pool.http.max_retries or None
 
@@ -89,11 +90,15 @@ class Overflow(Exception):
 class Ticket:
     """One attempt: how it went is told once (record(): what outlier detection counts),
     and its place in the destination's count of requests in flight is given back once
-    (finish(): when it is given up, or when its request ends, its response streamed)."""
-    __slots__ = ("picker", "destination", "route", "recorded", "done")
+    (finish(): when it is given up, or when its request ends, its response streamed).
+    The place is given back to the balancing state it was taken in (`counted`): after a
+    configuration change replaced that state, the new one's count starts at zero, as
+    Envoy's new cluster starts a new resource manager."""
+    __slots__ = ("picker", "destination", "route", "counted", "recorded", "done")
 
-    def __init__(self, picker: "EndpointPicker", destination: tuple, route: Route):
-        self.picker, self.destination, self.route = picker, destination, route
+    def __init__(self, picker: "EndpointPicker", destination: tuple, route: Route,
+                 counted: "_Balancing | None" = None):
+        self.picker, self.destination, self.route, self.counted = picker, destination, route, counted
         self.recorded = self.done = False
 
     def record(self, *, status: int | None = None, failure: str | None = None) -> None:
@@ -106,24 +111,27 @@ class Ticket:
         if self.done:
             return
         self.done = True
-        self.picker.finished(self.route, self.destination)
+        if self.counted is not None and self.route.workload is not None:
+            self.counted.finished(self.route.workload.uid)
 
 
 class RetryHold:
     """One retry's place in its destination's count of retries outstanding, from the
     moment it is decided until the retried attempt's outcome is known or its request
     ends (Envoy: taken in shouldRetry, given back at the next one or with the retry
-    state). finish() gives it back, once."""
-    __slots__ = ("picker", "destination", "done")
+    state). finish() gives it back, once, to the balancing state it was taken in (None:
+    a destination without one, not counted)."""
+    __slots__ = ("counted", "done")
 
-    def __init__(self, picker: "EndpointPicker", destination: tuple):
-        self.picker, self.destination, self.done = picker, destination, False
+    def __init__(self, counted: "_Balancing | None"):
+        self.counted, self.done = counted, False
 
     def finish(self) -> None:
         if self.done:
             return
         self.done = True
-        self.picker.retry_finished(self.destination)
+        if self.counted is not None:
+            self.counted.retries = max(0, self.counted.retries - 1)
 
 
 @dataclass(slots=True)
@@ -141,6 +149,15 @@ class _Balancing:
     active: dict = field(default_factory=dict)   # endpoint uid -> requests in flight
     in_flight: int = 0                           # requests in flight to the destination
     retries: int = 0                             # retries to it outstanding (RetryHold)
+
+    def finished(self, uid: str) -> None:
+        """An attempt to endpoint `uid` counted here is no longer in flight."""
+        self.in_flight = max(0, self.in_flight - 1)
+        n = self.active.get(uid, 0)
+        if n > 1:
+            self.active[uid] = n - 1
+        else:
+            self.active.pop(uid, None)
 
 
 class EndpointPicker:
@@ -177,7 +194,7 @@ class EndpointPicker:
         chosen = self._pick(b, policy, request, source_ip, avoid)
         b.active[chosen.uid] = b.active.get(chosen.uid, 0) + 1
         b.in_flight += 1
-        return Ticket(self, destination, endpoint_route(state, me, service, port, chosen))
+        return Ticket(self, destination, endpoint_route(state, me, service, port, chosen), b)
 
     def _state(self, key: tuple, policy: ClusterPolicy, candidates: list, me) -> _Balancing:
         b = self._balancing.get(key)
@@ -286,16 +303,11 @@ class EndpointPicker:
         destination whose state is gone (a configuration change) is not bounded."""
         b = self._balancing.get(destination)
         if b is None:
-            return RetryHold(self, destination)
+            return RetryHold(None)
         if not may_retry(retry_limit(b.policy), b.retries):
             return None
         b.retries += 1
-        return RetryHold(self, destination)
-
-    def retry_finished(self, destination: tuple) -> None:
-        b = self._balancing.get(destination)
-        if b is not None:
-            b.retries = max(0, b.retries - 1)
+        return RetryHold(b)
 
     def outcome(self, route: Route, destination: tuple, *, status: int | None = None,
                 failure: str | None = None) -> None:
@@ -306,18 +318,6 @@ class EndpointPicker:
         if b is not None and route.workload is not None and b.detector is not None:
             b.detector.record(route.workload.uid, self.clock(), status=status, failure=failure)
 
-    def finished(self, route: Route, destination: tuple) -> None:
-        """The attempt to `route` is no longer in flight."""
-        b = self._balancing.get(destination)
-        if b is None or route.workload is None:
-            return
-        b.in_flight = max(0, b.in_flight - 1)
-        uid = route.workload.uid
-        n = b.active.get(uid, 0)
-        if n > 1:
-            b.active[uid] = n - 1
-        else:
-            b.active.pop(uid, None)
 
 
 def _locality_text(locality) -> str:

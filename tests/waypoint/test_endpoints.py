@@ -275,6 +275,61 @@ def test_a_retry_that_cannot_go_gives_its_place_back():
     asyncio.run(scenario())
 
 
+@pytest.mark.parametrize("policy, limit", [
+    ("trafficPolicy: {connectionPool: {http: {maxRetries: 1}}, retryBudget: {percent: 20}}\n", None),
+    ("""\
+trafficPolicy: {connectionPool: {http: {maxRetries: 1}}}
+subsets: [{name: v1, labels: {version: v1}, trafficPolicy: {retryBudget: {minRetryConcurrency: 3}}}]
+""", None),
+    ("""\
+trafficPolicy:
+  retryBudget: {percent: 20}
+  portLevelSettings: [{port: {number: 80}, connectionPool: {http: {maxRetries: 2}}}]
+""", None),                                   # the budget is not port-level: it still applies
+    ("trafficPolicy: {connectionPool: {http: {maxRetries: 2}}}\n", 2),
+])
+def test_a_retry_budget_replaces_the_max_retries_bound(policy, limit):
+    # Envoy: a cluster's retry_budget overrides its max_retries circuit breaker;
+    # istiod merges a subset's retryBudget over the rule's, whatever the port
+    from meshcore.traffic.destinationrule import cluster_policy
+    from meshcore.waypoint.endpoints import retry_limit
+    _, _, _, rule = setup(policy)
+    assert retry_limit(cluster_policy(rule, "v1" if rule.subsets else "", 80)) == limit
+
+
+def test_what_a_request_holds_is_given_back_to_the_policy_it_was_counted_under():
+    # a configuration change gives the destination a new count (Envoy: a new cluster,
+    # a new resource manager): requests that began before it must not lower the new one
+    import asyncio
+    from meshcore.waypoint.destination import retry_destination
+    view, me, picker, key, request = _retrying(
+        "trafficPolicy: {connectionPool: {http: {maxRetries: 1, http2MaxRequests: 100}}}\n")
+    changed, service, _, rule = setup(
+        "trafficPolicy: {connectionPool: {http: {maxRetries: 1, http2MaxRequests: 100, idleTimeout: 5s}}}\n")
+
+    async def scenario():
+        old = await retry_destination(None, request(), 0, view, me, status=503)
+        assert old is not None and picker._balancing[key].retries == 1
+        # the new policy's first request and its retry
+        from meshcore.waypoint.destination import Balanced, Destination
+        balanced = Balanced(picker, service, 80, "", rule, RequestAttributes("GET", "/"), "10.0.0.5")
+        ticket = balanced.choose(changed, me)
+        new_state = picker._balancing[key]
+        assert new_state.in_flight == 1 and new_state.retries == 0
+        first = Destination(ticket.route, "/", "web", None, retry=old.retry, balanced=balanced, ticket=ticket)
+        retried = await retry_destination(None, first, 0, changed, me, status=503)
+        assert retried is not None and new_state.retries == 1 and new_state.in_flight == 1
+        old.release()                          # the old request ends: the new counts stay
+        assert (new_state.retries, new_state.in_flight) == (1, 1)
+        third = Destination(ticket.route, "/", "web", None, retry=old.retry,
+                            balanced=Balanced(picker, service, 80, "", rule, RequestAttributes("GET", "/"), "10.0.0.5"))
+        assert await retry_destination(None, third, 0, changed, me, status=503) is None
+        assert third.retry_overflowed
+        retried.release()
+        assert (new_state.retries, new_state.in_flight) == (0, 0)
+    asyncio.run(scenario())
+
+
 # -- locality load balancing, relative to the waypoint's own workload ---------------------
 
 LOCALITY_MESH = """\

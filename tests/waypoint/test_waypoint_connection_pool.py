@@ -249,10 +249,10 @@ def seen(address, prefix):
 
 @pytest.mark.parametrize("client", ["http1", "http2"])
 def test_max_retries_bounds_the_retries_under_way_to_a_destination(mesh, client):
-    # four requests at once, each answered 503 after 500ms: one retry may be under way,
+    # four requests at once, each answered 503 after 1.5 s: one retry may be under way,
     # the other three get their 503 as it came, flagged UO
     paths = [f"/flaky/{client}/{i}" for i in range(4)]
-    answers = send(mesh, "flaky", client, 80, paths, headers=[("x-delay-ms", "500")])
+    answers = send(mesh, "flaky", client, 80, paths, headers=[("x-delay-ms", "1500")])
     assert [status for status, _ in answers] == [503] * 4, answers
     attempts = Counter(seen(mesh.bad, f"/flaky/{client}/"))
     assert sorted(attempts.values()) == [1, 1, 1, 2], attempts
@@ -267,7 +267,7 @@ def test_max_retries_bounds_the_retries_under_way_to_a_destination(mesh, client)
 @pytest.mark.parametrize("client", ["http1", "http2"])
 def test_max_concurrent_streams_opens_another_http2_connection_for_more_requests_at_once(mesh, client):
     answers = send(mesh, "narrow", client, 81, [f"/narrow/{client}/{i}" for i in range(5)],
-                   headers=[("x-delay-ms", "400")])
+                   headers=[("x-delay-ms", "1500")])
     assert [status for status, _ in answers] == [200] * 5, answers
     # each upstream connection is one TCP connection of the backend's: five requests at
     # once, two streams each, take three
