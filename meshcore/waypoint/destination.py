@@ -46,10 +46,13 @@ HOST_SELECTION_ATTEMPTS = 5       # picks a retry makes for an endpoint other th
 
 @dataclass(slots=True)
 class RetryState:
-    """A request's retry under way, in its destination's count of retries outstanding,
-    and whether a retry was refused for that count (Envoy's UO)."""
+    """One request's retries, shared by every attempt's Destination: the retry under way
+    (its place in the destination's count of retries outstanding), and why a retry the
+    policy called for was not made: the count was at its limit (Envoy's UO), or the
+    request's retries ran out (Envoy's URX)."""
     held: RetryHold | None = None
     overflowed: bool = False
+    exhausted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +67,6 @@ class Balanced:
     request: RequestAttributes
     source_ip: str
     tickets: list = field(default_factory=list, compare=False)   # every attempt's, to give back at the end
-    retrying: RetryState = field(default_factory=RetryState, compare=False)
 
     @property
     def key(self) -> tuple:
@@ -94,6 +96,7 @@ class Destination:
     delay: float = 0.0                  # an injected fault's delay before the request goes on
     mirrors: tuple[tuple[str, int], ...] = ()   # (service key, port) that get a copy of the request
     service: Service | None = None      # the backend service: what the request's metrics name
+    retrying: RetryState = field(default_factory=RetryState, compare=False)   # the request's, every attempt's
 
     @property
     def connection_limits(self) -> ConnectionLimits:
@@ -150,24 +153,32 @@ class Destination:
             return True
         hold = b.picker.hold_retry(b.key)
         if hold is None:
-            b.retrying.overflowed = True
+            self.retrying.overflowed = True
             return False
-        b.retrying.held = hold
+        self.retrying.held = hold
         return True
 
     def retry_known(self) -> None:
         """The outcome of the retry under way is known (or it did not go): out of the
         destination's retries outstanding."""
-        b = self.balanced
-        if b is not None and b.retrying.held is not None:
-            b.retrying.held.finish()
-            b.retrying.held = None
+        held = self.retrying.held
+        if held is not None:
+            held.finish()
+            self.retrying.held = None
 
     @property
     def retry_overflowed(self) -> bool:
         """A retry the policy called for was refused: the destination's retries
         outstanding were at their limit."""
-        return self.balanced is not None and self.balanced.retrying.overflowed
+        return self.retrying.overflowed
+
+    @property
+    def retry_flag(self) -> str:
+        """The flag a relayed answer carries for a retry the policy called for and did
+        not get: UO (the destination's retries outstanding at their limit), URX (the
+        request's retries ran out: Envoy's NoRetryLimitExceeded), else ""."""
+        r = self.retrying
+        return "UO" if r.overflowed else "URX" if r.exhausted else ""
 
     def release(self) -> None:
         """The request ended: every attempt of it leaves the count of requests in flight
@@ -302,8 +313,10 @@ async def retry_destination(tunnels, where: Destination, retries: int, state, me
     policy = where.retry
     if not replayable or status is not None and status < 300 and grpc_status is None:
         return None
-    if policy is None or retries >= policy.num_retries or not should_retry(
-            policy, status=status, grpc_status=grpc_status, failure=failure):
+    if policy is None or not should_retry(policy, status=status, grpc_status=grpc_status, failure=failure):
+        return None
+    if retries >= policy.num_retries:
+        where.retrying.exhausted = policy.num_retries > 0
         return None
     if not where.hold_retry():
         return None                                # the destination's maxRetries: UO
@@ -322,13 +335,18 @@ async def retry_destination(tunnels, where: Destination, retries: int, state, me
     return again
 
 
+def with_flag(flag: str, extra: str) -> str:
+    """Envoy's response flags `flag` ("-": none) with `extra` ("" : nothing) after them."""
+    if not extra:
+        return flag
+    return extra if flag == "-" else f"{flag},{extra}"
+
+
 def with_overflow(flag: str, overflowed: bool) -> str:
     """Envoy's response flags `flag` ("-": none) with UO when a retry was refused for the
     destination's retries outstanding (its router sets UpstreamOverflow on such a
     refusal), in Envoy's order of flags: UO after UT, UR, UF and UC."""
-    if not overflowed:
-        return flag
-    return "UO" if flag == "-" else f"{flag},UO"
+    return with_flag(flag, "UO" if overflowed else "")
 
 
 def failure_flag(flag: str, retries: int, overflowed: bool = False) -> str:

@@ -26,7 +26,7 @@ from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as replay_body
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            after_route, destination, failure_answer, failure_flag, retry_destination,
-                                           with_overflow, with_rate_headers)
+                                           with_flag, with_overflow, with_rate_headers)
 from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
@@ -383,7 +383,7 @@ class Http1Handler:
             await _splice(conn.take_over(), client.take_over())
             return False
         answer = _Counted(_relay_body(response, client, body))
-        record.status, record.flag = response.status, with_overflow(record.flag, where.retry_overflowed)
+        record.status, record.flag = response.status, with_flag(record.flag, where.retry_flag)
         inflight[1:] = [answer, body]
         try:
             await conn.respond(response.status, where.response_headers.apply(strip_hop_by_hop(response.headers)), answer,
@@ -502,7 +502,7 @@ class Http1Handler:
                     replay = body.kept if body is not None else replay
                     continue
                 break
-            record.status, record.flag = response.status, with_overflow(record.flag, where.retry_overflowed)
+            record.status, record.flag = response.status, with_flag(record.flag, where.retry_flag)
             record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
             answer = _Counted(_http2_body(up, self.BODY_IDLE_TIMEOUT)) if not up.body_ended else None
             stream = up

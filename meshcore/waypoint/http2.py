@@ -38,7 +38,7 @@ from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import KeptBody, replay
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            after_route, destination, failure_answer, failure_flag, retry_destination,
-                                           with_overflow, with_rate_headers)
+                                           with_flag, with_overflow, with_rate_headers)
 from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
@@ -297,7 +297,7 @@ class Http2Handler:
                     continue
                 break
             record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
-            outcome.flag = with_overflow(outcome.flag, where.retry_overflowed)
+            outcome.flag = with_flag(outcome.flag, where.retry_flag)
             await _relay_response(exchange, up, response, record, outcome, where.response_headers)
         finally:
             exchange.on_reset = None
@@ -417,7 +417,7 @@ class Http2Handler:
             finally:
                 exchange.on_reset = None
         outcome.status, record.attempts = response.status, retries + 1
-        outcome.flag = with_overflow(outcome.flag, where.retry_overflowed)
+        outcome.flag = with_flag(outcome.flag, where.retry_flag)
         record.upstream, record.upstream_identity = where.chosen.workload, where.chosen.expected[0].uri
         if response.status == 101:
             pool.discard(client)

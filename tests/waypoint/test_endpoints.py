@@ -330,6 +330,26 @@ def test_what_a_request_holds_is_given_back_to_the_policy_it_was_counted_under()
     asyncio.run(scenario())
 
 
+def test_a_relayed_answer_after_the_last_retry_the_policy_allowed_is_flagged_urx():
+    # Envoy's router: a response its retry policy would retry, with no retry left, is
+    # relayed with UpstreamRetryLimitExceeded (URX); one it would not retry is not flagged
+    import asyncio
+    from meshcore.waypoint.destination import retry_destination, with_flag
+    view, me, picker, key, request = _retrying("trafficPolicy: {connectionPool: {http: {maxRetries: 0}}}\n")
+
+    async def scenario():
+        answered, ran_out = request(), request()
+        assert await retry_destination(None, answered, 2, view, me, status=404) is None
+        assert await retry_destination(None, ran_out, 2, view, me, status=503) is None
+        again = await retry_destination(None, request(), 1, view, me, status=503)
+        return answered, ran_out, again
+    answered, ran_out, again = asyncio.run(scenario())
+    assert (answered.retry_flag, ran_out.retry_flag) == ("", "URX")
+    assert again is not None and again.retry_flag == ""
+    assert with_flag("-", ran_out.retry_flag) == "URX" and with_flag("-", answered.retry_flag) == "-"
+    assert with_flag("DC", "URX") == "DC,URX"
+
+
 # -- locality load balancing, relative to the waypoint's own workload ---------------------
 
 LOCALITY_MESH = """\
