@@ -237,11 +237,14 @@ class TlsTransport(asyncio.Transport):
         if self._lost or not data:
             return                  # like the loop's transports: writes after loss are dropped
         if not self._backlog:
-            taken = self._send(data, False)
-            if taken < 0:
+            tls = self._tls
+            try:                    # _send() inline: every relayed chunk comes this way
+                taken = tls.write(data)
+            except OSError as exc:                  # ssl.SSLError included
+                self._fatal(exc)
                 return
             if taken == len(data):
-                if self._tls.unsent:
+                if tls.unsent:
                     self._want_write()
                 return
             data = memoryview(data)[taken:]
