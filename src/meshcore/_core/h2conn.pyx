@@ -56,6 +56,10 @@ cdef const char* _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 cdef enum:
     PREFACE_LEN = 24
     RECENTLY_RESET_KEPT = 1024
+    # DATA payloads up to this size are built into one bytes with their frame header:
+    # copying them twice (when other frames are joined with them) costs less than the
+    # header's allocation and the join
+    SMALL_DATA = 1024
 
 # docs/hbone.md, HTTP/2 settings: ztunnel's settings
 DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024
@@ -320,12 +324,15 @@ cdef class H2Connection:
         """data_to_send() for transport.writelines(): the queue as a list in which
         payloads of 64 KiB and more stand as they were given (no copy) and everything
         between them is joined (a small piece of its own would cost a TLS record)."""
-        cdef list out = self._out, chunks = [], small = []
+        cdef list out = self._out, chunks, small
         self._pending_control = 0
         if not out:
-            return chunks
+            return []
         self._out = []
         self._out_bytes = 0
+        if len(out) == 1:
+            return out          # one frame: nothing to join
+        chunks, small = [], []
         for item in out:
             if len(item) < ZERO_COPY_MIN:
                 small.append(item)
@@ -626,7 +633,13 @@ cdef class H2Connection:
             stream.send_content_left -= n
         stream.send_window -= n
         self._send_window -= n
-        if n <= frame_max:
+        if 0 < n <= SMALL_DATA and n <= frame_max:
+            # header and payload as one object: data_to_send_chunks() would copy the
+            # payload anyway, and a lone small frame then goes out as it is (no header
+            # object, no join)
+            self._append(build_frame(DATA, FLAG_END_STREAM if end_stream else 0, stream_id,
+                                     <const unsigned char*>PyBytes_AS_STRING(payload), n))
+        elif n <= frame_max:
             self._append(build_frame_header(n, DATA, FLAG_END_STREAM if end_stream else 0, stream_id))
             if n:
                 self._out.append(payload)
