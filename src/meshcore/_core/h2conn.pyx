@@ -797,21 +797,30 @@ cdef class H2Connection:
 
     # ----------------------------------------------------------------- input
 
-    cpdef list receive_data(self, object data):
-        """Feed bytes read from the peer; returns the events they complete."""
+    cpdef list receive_data(self, object data, Py_ssize_t length=-1):
+        """Feed bytes read from the peer (the first `length` bytes of `data` when it
+        is given: a reused read buffer needs no view of its own per read); returns
+        the events they complete."""
         cdef list events = []
         cdef Py_buffer view
+        cdef Py_ssize_t n
         if self._terminated:
             return events
         # parsed where it lies (bytes, or the caller's reused read buffer); DATA
         # chunks reference it only when large (see _data_chunk)
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        n = view.len
+        if length >= 0:
+            if length > n:
+                PyBuffer_Release(&view)
+                raise ValueError(f"{length} bytes to read from a buffer of {n}")
+            n = length
         self._events = events
         self._input = data
         self._input_ptr = <const unsigned char*>view.buf
         self._input_view = None
         try:
-            self._consume(self._input_ptr, view.len)
+            self._consume(self._input_ptr, n)
         except ProtocolError as exc:
             # stream errors are handled where they arise; whatever reaches here ends
             # the connection, since the reader's place in the byte stream is lost

@@ -25,7 +25,7 @@ cdef class ConnectionBase:
     cdef public Py_ssize_t _reads          # reads so far (the keepalive timer compares)
     cdef ReadBuffer _rbuf
 
-    cdef int _receive(self, object data) except -1
+    cdef int _receive(self, object data, Py_ssize_t length) except -1
     cdef Py_ssize_t _send(self, uint32_t stream_id, object data, bint now) except -1
     cdef int _block(self, uint32_t stream_id) except -1
     cdef int _acknowledge(self, uint32_t stream_id, Py_ssize_t size) except -1

@@ -63,10 +63,10 @@ cdef class ConnectionBase:
         return self._rbuf.get_buffer(sizehint)
 
     def buffer_updated(self, Py_ssize_t nbytes):
-        self._receive(self._rbuf.filled(nbytes))
+        self._receive(self._rbuf.last_read(nbytes), nbytes)
 
     def data_received(self, data):
-        self._receive(data)
+        self._receive(data, -1)
 
     def pause_writing(self):
         # the peer does not read: stop producing (streams stall on their windows, and
@@ -82,12 +82,13 @@ cdef class ConnectionBase:
             self._batching = False
         self._write_output()
 
-    cdef int _receive(self, object data) except -1:
+    cdef int _receive(self, object data, Py_ssize_t length) except -1:
+        # `length`: the first bytes of `data` that are the read (-1: all of it)
         cdef DataReceived d
         self._reads += 1
         self._batching = True
         try:
-            for event in self.h2.receive_data(data):
+            for event in self.h2.receive_data(data, length):
                 # one tunnel's failure (its protocol raised) ends that tunnel, never the
                 # connection and every other tunnel on it
                 try:
