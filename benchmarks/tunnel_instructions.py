@@ -1,14 +1,17 @@
-"""User-space instructions per new tunnel, for each proxy: a count that other load on
-the machine does not disturb (CPU time does, and hardware counters are often missing
-in virtual machines).
+"""User-space instructions per new tunnel, or per round trip on one tunnel, for each
+proxy: a count that other load on the machine does not disturb (CPU time does, and
+hardware counters are often missing in virtual machines).
 
     python benchmarks/tunnel_instructions.py [--mode meshcore|node] [--tunnels 1000]
+    python benchmarks/tunnel_instructions.py [--mode meshcore|node] --round-trips 2000
 
 Both proxies of the mode run under valgrind's callgrind with instrumentation off;
 after a warm-up it is switched on (callgrind_control) for --tunnels new tunnels, one
 after another, each as e2e_tunnel.py's "new tunnels" measure makes them (a client
 connection, one 64-byte round trip through a new CONNECT stream on the warm pooled
-connection, close). Counts repeat to about 1 % from run to run (PYTHONHASHSEED is
+connection, close). With --round-trips N, one tunnel is opened instead and N 64-byte
+round trips are made on it, as e2e_tunnel.py's round-trip measure makes them (echoed
+by the sink): the count is per round trip, both directions through the proxy. Counts repeat to about 1 % from run to run (PYTHONHASHSEED is
 fixed); valgrind makes the proxies some 50 times slower, so nothing here is a rate.
 Needs valgrind (callgrind, callgrind_control).
 """
@@ -19,6 +22,7 @@ import asyncio
 import glob
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -47,6 +51,24 @@ async def _tunnels(entry, n: int) -> None:
         await reader.readexactly(63)
         writer.close()
         await writer.wait_closed()
+
+
+async def _echo_tunnel(entry):
+    """One tunnel to the sink's echo: (round_trips(n), close())."""
+    reader, writer = await e2e_tunnel._open(entry)
+    writer.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    writer.write(b"E")
+    msg = b"x" * 64
+
+    async def round_trips(n: int) -> None:
+        for _ in range(n):
+            writer.write(msg)
+            await reader.readexactly(64)
+
+    async def close() -> None:
+        writer.close()
+        await writer.wait_closed()
+    return round_trips, close
 
 
 async def _start_library_pair(sink_port: int, ca_dir: str, out_dir: str) -> tuple:
@@ -95,20 +117,30 @@ async def _start_node_pair(sink_port: int, ca_dir: str, out_dir: str) -> tuple:
     return (lambda: pair.open(sink_port)), dict(pair.procs)
 
 
-async def measure(mode: str, n: int, ca_dir: str, out_dir: str) -> dict[str, float]:
+async def measure(mode: str, n: int, ca_dir: str, out_dir: str, round_trips: bool = False) -> dict[str, float]:
+    """Instructions per new tunnel (n tunnels), or per round trip (n round trips on one
+    tunnel) when `round_trips`, for each proxy process."""
     sink = await e2e_tunnel._sink_server()
     sink_port = sink.sockets[0].getsockname()[1]
     procs: dict = {}
+    tunnel = None
     try:
         start = _start_node_pair if mode == "node" else _start_library_pair
         entry, procs = await start(sink_port, ca_dir, out_dir)
         await _tunnels(entry, 100)              # pools, TLS sessions, buffers, caches
+        if round_trips:
+            tunnel = await _echo_tunnel(entry)
+            work = tunnel[0]
+            await work(200)
+        else:
+            def work(k):
+                return _tunnels(entry, k)
         for p in procs.values():
             _control("-i", "on", str(p.pid))
-        await _tunnels(entry, 20)
+        await work(20)
         for p in procs.values():
             _control("-z", str(p.pid))          # counts from here
-        await _tunnels(entry, n)
+        await work(n)
         await asyncio.sleep(0.5)                # the last closes are handled
         result = {}
         for name, p in procs.items():
@@ -118,6 +150,8 @@ async def measure(mode: str, n: int, ca_dir: str, out_dir: str) -> dict[str, flo
             result[name] = int(re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M).group(1)) / n
         return result
     finally:
+        if tunnel is not None:
+            await tunnel[1]()
         for p in procs.values():
             p.kill()
             p.wait()
@@ -129,14 +163,24 @@ def main() -> int:
     parser.add_argument("--mode", choices=("meshcore", "node"), default="meshcore",
                         help="the library pair (e2e_tunnel.py's meshcore mode) or two `meshcore node` processes")
     parser.add_argument("--tunnels", type=int, default=1000)
+    parser.add_argument("--round-trips", type=int, default=0, metavar="N",
+                        help="count per round trip instead: N 64-byte round trips on one tunnel")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="leave the callgrind files in DIR (for callgrind_annotate) instead of a temporary one")
     args = parser.parse_args()
+    n = args.round_trips or args.tunnels
     from meshcore.identity import CertificateAuthority
     import uvloop
-    with tempfile.TemporaryDirectory() as ca_dir, tempfile.TemporaryDirectory() as out_dir:
+    with tempfile.TemporaryDirectory() as ca_dir, tempfile.TemporaryDirectory() as tmp:
+        out_dir = args.keep or tmp
+        os.makedirs(out_dir, exist_ok=True)
         CertificateAuthority.create("cluster.local").save(ca_dir)
-        result = uvloop.run(measure(args.mode, args.tunnels, ca_dir, out_dir))
-    for name, per_tunnel in result.items():
-        print(f"{name}: {per_tunnel:,.0f} instructions per new tunnel ({args.mode}, {args.tunnels} tunnels)")
+        result = uvloop.run(measure(args.mode, n, ca_dir, out_dir, bool(args.round_trips)))
+    for name, per in result.items():
+        if args.round_trips:
+            print(f"{name}: {per:,.0f} instructions per 64-byte round trip ({args.mode}, {n} round trips on one tunnel)")
+        else:
+            print(f"{name}: {per:,.0f} instructions per new tunnel ({args.mode}, {n} tunnels)")
     return 0
 
 

@@ -5,13 +5,14 @@ connection on the socket's descriptor, with its own SSL_CTX built from the same
 credentials, trust bundle and settings as the ssl.SSLContext it is given (see
 meshcore.identity.tls.HboneContext). OpenSSL reads ahead, so one recv() carries many
 records, and decrypts straight into the protocol's buffer (the thread's shared
-ReadBuffer), record after record in C until the socket has nothing more; a write's
-records are encrypted into an outbox and leave in one send(). Neither the event
-loop's TLS layer nor Python's ssl is on this path: the loop's layer keeps a 256 KiB
-read buffer and two memory BIOs per connection (a connection that once carried a
-large transfer stays at ~560 KiB while idle, and a node proxy keeps a connection to
-every peer node), and Python's ssl reads every record in two recv() calls and builds
-Python objects per record. Here an idle connection holds no TLS buffers at all (both
+ReadBuffer), record after record in C until the socket has nothing more (after a
+small read: until OpenSSL holds nothing more); a write's records are encrypted into
+an outbox and leave in one send(). Neither the event loop's TLS layer nor Python's
+ssl is on this path: the loop's layer keeps a 256 KiB read buffer and two memory
+BIOs per connection (a connection that once carried a large transfer stays at
+~560 KiB while idle, and a node proxy keeps a connection to every peer node), and
+Python's ssl reads every record in two recv() calls and builds Python objects per
+record. Here an idle connection holds no TLS buffers at all (both
 the read-ahead buffer and the outbox are freed when empty): measured with
 benchmarks/connection_memory.py (1,000 connections, all layers), 30.2 KiB per idle
 HBONE connection, 31.6 KiB after each carried a 1 MiB tunnel.
@@ -198,7 +199,9 @@ class TlsTransport(asyncio.Transport):
         buf = protocol.get_buffer(-1) if buffered else bytearray(PLAIN_READ)
         tls = self._tls
         try:
-            got = tls.read_into(buf)
+            # a small read is not drained to an empty recv(): the reader is registered,
+            # and readiness comes again for what the socket holds (OpenSSL holds nothing then)
+            got = tls.read_into(buf, False)
         except OSError as exc:                      # ssl.SSLError included
             self._fatal(exc)
             return
@@ -237,11 +240,14 @@ class TlsTransport(asyncio.Transport):
         if self._lost or not data:
             return                  # like the loop's transports: writes after loss are dropped
         if not self._backlog:
-            taken = self._send(data, False)
-            if taken < 0:
+            tls = self._tls
+            try:                    # _send() inline: every relayed chunk comes this way
+                taken = tls.write(data)
+            except OSError as exc:                  # ssl.SSLError included
+                self._fatal(exc)
                 return
             if taken == len(data):
-                if self._tls.unsent:
+                if tls.unsent:
                     self._want_write()
                 return
             data = memoryview(data)[taken:]

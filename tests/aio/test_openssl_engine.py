@@ -145,6 +145,27 @@ def test_read_ahead_holds_what_the_socket_no_longer_shows(pair):
     assert got == b"".join(payloads)
 
 
+def test_an_undrained_small_read_stops_when_openssl_holds_nothing_more(pair):
+    """drain=False (the transport's reads): records OpenSSL holds are all read, but
+    after a small read that leaves it holding nothing the socket is not read again
+    to find it empty; what comes next (here the peer's FIN) is for the next read,
+    which the socket's readiness announces. A large read goes on to the socket's
+    end, as a drained one does."""
+    payloads = [bytes([i]) * 1000 for i in range(120)]    # more than one recv() takes
+    pair.send_raw(pair.records(*payloads))
+    buf = bytearray(1 << 20)
+    assert bytes(buf[:pair.tls.read_into(buf, False)]) == b"".join(payloads)
+    pair.send_raw(pair.records(b"first", b"second"))
+    got = pair.tls.read_into(buf, False)
+    assert bytes(buf[:got]) == b"firstsecond" and not pair.tls.has_pending()
+    pair.send_raw(pair.records(b"last"))
+    pair.theirs.shutdown(socket.SHUT_WR)
+    got = pair.tls.read_into(buf, False)
+    assert bytes(buf[:got]) == b"last" and not pair.tls.eof
+    assert select.select([pair.ours], [], [], 0)[0] == [pair.ours]
+    assert pair.tls.read_into(buf, False) == 0 and pair.tls.eof
+
+
 def test_close_notify_is_the_end(pair):
     stream = pair.records(b"last words")
     try:

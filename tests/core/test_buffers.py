@@ -116,6 +116,31 @@ def test_core_parses_a_reused_buffer_in_place():
         assert all(type(d) is (bytes if len(d) < BIG else memoryview) for d in data)
 
 
+def test_core_parses_the_first_bytes_of_a_buffer_in_place():
+    """receive_data(buffer, n), what a connection's read does: the reused buffer
+    itself and the read's length, no view per read. What lies past the read is
+    never parsed; small chunks are copied and large ones pin the buffer as before."""
+    c, s = pair()
+    sid = tunnel(c, s)
+    buf = ReadBuffer(4 * BIG)
+    for payload in (b"s" * 100, b"L" * (BIG + 1)):
+        c.send_data(sid, payload)
+        wire = c.data_to_send()
+        view = buf.get_buffer(-1)
+        raw = view.obj
+        view[:len(wire)] = wire
+        view[len(wire):len(wire) + 9] = b"\xff" * 9    # an oversized frame's header, were it read
+        view.release()
+        events = s.receive_data(raw, len(wire))
+        assert not any(isinstance(e, ev.ConnectionTerminated) for e in events)
+        data = [e.data for e in events if isinstance(e, ev.DataReceived)]
+        read_into(buf, b"\0" * len(wire))    # the loop's next read
+        assert b"".join(bytes(d) for d in data) == payload
+        assert all(type(d) is (bytes if len(d) < BIG else memoryview) for d in data)
+    with pytest.raises(ValueError):
+        s.receive_data(bytearray(10), 11)
+
+
 def test_large_payloads_are_sent_without_a_copy():
     """send_data() keeps a large payload as given and data_to_send_chunks() passes it
     on for writelines(); small frames around it are joined; the bytes on the wire are

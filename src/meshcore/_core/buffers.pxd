@@ -22,4 +22,7 @@ cdef class ReadBuffer:
     cdef int _check_read(self, Py_ssize_t n) except -1
     cpdef object get_buffer(self, Py_ssize_t sizehint=*)
     cpdef object filled(self, Py_ssize_t n)
+    # The buffer the last read went into (its first `n` bytes are that read), for a
+    # receiver that parses them in place: no view is made
+    cdef bytearray last_read(self, Py_ssize_t n)
     cpdef object take(self, Py_ssize_t n)

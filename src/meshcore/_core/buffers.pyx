@@ -76,6 +76,10 @@ cdef class ReadBuffer:
         self._check_read(n)
         return memoryview(self._buf)[:n]
 
+    cdef bytearray last_read(self, Py_ssize_t n):
+        self._check_read(n)
+        return self._buf
+
     cpdef object take(self, Py_ssize_t n):
         """The `n` bytes just read, in a form the receiver may keep: a view when
         large, a bytes copy when small."""

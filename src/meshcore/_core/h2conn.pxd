@@ -134,7 +134,7 @@ cdef class H2Connection:
     cdef list _out
     cdef Py_ssize_t _out_bytes
 
-    cpdef list receive_data(self, object data)
+    cpdef list receive_data(self, object data, Py_ssize_t length=*)
     cpdef bytes data_to_send(self)
     cpdef list data_to_send_chunks(self)
     cpdef send_data(self, uint32_t stream_id, object data, bint end_stream=*)

@@ -56,6 +56,10 @@ cdef const char* _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 cdef enum:
     PREFACE_LEN = 24
     RECENTLY_RESET_KEPT = 1024
+    # DATA payloads up to this size are built into one bytes with their frame header:
+    # copying them twice (when other frames are joined with them) costs less than the
+    # header's allocation and the join
+    SMALL_DATA = 1024
 
 # docs/hbone.md, HTTP/2 settings: ztunnel's settings
 DEFAULT_STREAM_WINDOW = 4 * 1024 * 1024
@@ -320,12 +324,15 @@ cdef class H2Connection:
         """data_to_send() for transport.writelines(): the queue as a list in which
         payloads of 64 KiB and more stand as they were given (no copy) and everything
         between them is joined (a small piece of its own would cost a TLS record)."""
-        cdef list out = self._out, chunks = [], small = []
+        cdef list out = self._out, chunks, small
         self._pending_control = 0
         if not out:
-            return chunks
+            return []
         self._out = []
         self._out_bytes = 0
+        if len(out) == 1:
+            return out          # one frame: nothing to join
+        chunks, small = [], []
         for item in out:
             if len(item) < ZERO_COPY_MIN:
                 small.append(item)
@@ -626,7 +633,13 @@ cdef class H2Connection:
             stream.send_content_left -= n
         stream.send_window -= n
         self._send_window -= n
-        if n <= frame_max:
+        if 0 < n <= SMALL_DATA and n <= frame_max:
+            # header and payload as one object: data_to_send_chunks() would copy the
+            # payload anyway, and a lone small frame then goes out as it is (no header
+            # object, no join)
+            self._append(build_frame(DATA, FLAG_END_STREAM if end_stream else 0, stream_id,
+                                     <const unsigned char*>PyBytes_AS_STRING(payload), n))
+        elif n <= frame_max:
             self._append(build_frame_header(n, DATA, FLAG_END_STREAM if end_stream else 0, stream_id))
             if n:
                 self._out.append(payload)
@@ -784,21 +797,30 @@ cdef class H2Connection:
 
     # ----------------------------------------------------------------- input
 
-    cpdef list receive_data(self, object data):
-        """Feed bytes read from the peer; returns the events they complete."""
+    cpdef list receive_data(self, object data, Py_ssize_t length=-1):
+        """Feed bytes read from the peer (the first `length` bytes of `data` when it
+        is given: a reused read buffer needs no view of its own per read); returns
+        the events they complete."""
         cdef list events = []
         cdef Py_buffer view
+        cdef Py_ssize_t n
         if self._terminated:
             return events
         # parsed where it lies (bytes, or the caller's reused read buffer); DATA
         # chunks reference it only when large (see _data_chunk)
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        n = view.len
+        if length >= 0:
+            if length > n:
+                PyBuffer_Release(&view)
+                raise ValueError(f"{length} bytes to read from a buffer of {n}")
+            n = length
         self._events = events
         self._input = data
         self._input_ptr = <const unsigned char*>view.buf
         self._input_view = None
         try:
-            self._consume(self._input_ptr, view.len)
+            self._consume(self._input_ptr, n)
         except ProtocolError as exc:
             # stream errors are handled where they arise; whatever reaches here ends
             # the connection, since the reader's place in the byte stream is lost

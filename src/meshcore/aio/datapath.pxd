@@ -25,11 +25,11 @@ cdef class ConnectionBase:
     cdef public Py_ssize_t _reads          # reads so far (the keepalive timer compares)
     cdef ReadBuffer _rbuf
 
-    cdef int _receive(self, object data) except -1
-    cdef Py_ssize_t _send(self, uint32_t stream_id, object data) except -1
+    cdef int _receive(self, object data, Py_ssize_t length) except -1
+    cdef Py_ssize_t _send(self, uint32_t stream_id, object data, bint now) except -1
     cdef int _block(self, uint32_t stream_id) except -1
     cdef int _acknowledge(self, uint32_t stream_id, Py_ssize_t size) except -1
-    cdef int _output_queued(self) except -1
+    cdef int _output_queued(self, bint now) except -1
     cdef int _write_output(self) except -1
     cdef int _wake(self) except -1
 
@@ -58,6 +58,7 @@ cdef class StreamTransport:
     cdef bint _lost
 
     cpdef write(self, object data)
+    cdef int _write(self, object data, bint now) except -1
     cdef int _on_data(self, object data) except -1
     cdef int _flush_pending(self) except -1
     cdef int _discard_inbox(self) except -1
@@ -77,4 +78,4 @@ cdef class SpliceSide:
     cdef public bint _early_eof
     cdef ReadBuffer _rbuf
 
-    cdef int _forward(self, object data) except -1
+    cdef int _forward(self, object data, bint now) except -1

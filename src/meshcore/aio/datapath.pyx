@@ -63,10 +63,10 @@ cdef class ConnectionBase:
         return self._rbuf.get_buffer(sizehint)
 
     def buffer_updated(self, Py_ssize_t nbytes):
-        self._receive(self._rbuf.filled(nbytes))
+        self._receive(self._rbuf.last_read(nbytes), nbytes)
 
     def data_received(self, data):
-        self._receive(data)
+        self._receive(data, -1)
 
     def pause_writing(self):
         # the peer does not read: stop producing (streams stall on their windows, and
@@ -82,12 +82,13 @@ cdef class ConnectionBase:
             self._batching = False
         self._write_output()
 
-    cdef int _receive(self, object data) except -1:
+    cdef int _receive(self, object data, Py_ssize_t length) except -1:
+        # `length`: the first bytes of `data` that are the read (-1: all of it)
         cdef DataReceived d
         self._reads += 1
         self._batching = True
         try:
-            for event in self.h2.receive_data(data):
+            for event in self.h2.receive_data(data, length):
                 # one tunnel's failure (its protocol raised) ends that tunnel, never the
                 # connection and every other tunnel on it
                 try:
@@ -108,8 +109,9 @@ cdef class ConnectionBase:
         return 0
 
     # called by streams
-    cdef Py_ssize_t _send(self, uint32_t stream_id, object data) except -1:
-        """Sends as much of `data` as the windows allow now; returns how much."""
+    cdef Py_ssize_t _send(self, uint32_t stream_id, object data, bint now) except -1:
+        """Sends as much of `data` as the windows allow now; returns how much. `now`:
+        see _output_queued()."""
         if self._write_paused:
             self._block(stream_id)
             return 0
@@ -122,23 +124,23 @@ cdef class ConnectionBase:
         else:
             n = len(data)
         self.h2.send_data(stream_id, data)
-        self._output_queued()
+        self._output_queued(now)
         return n
 
     cdef int _acknowledge(self, uint32_t stream_id, Py_ssize_t size) except -1:
         self.h2.acknowledge_received_data(stream_id, size)
-        self._output_queued()
+        self._output_queued(False)
         return 0
 
     def end_stream(self, uint32_t stream_id):
         if self.h2.can_send(stream_id):
             self.h2.end_stream(stream_id)
-            self._output_queued()
+            self._output_queued(False)
 
     def reset_stream(self, uint32_t stream_id, uint32_t code):
         if self.h2.can_send(stream_id) or self.h2.can_receive(stream_id):
             self.h2.reset_stream(stream_id, code)
-            self._output_queued()
+            self._output_queued(False)
 
     cdef int _block(self, uint32_t stream_id) except -1:
         if self._blocked is None:
@@ -152,13 +154,15 @@ cdef class ConnectionBase:
                 self._blocked.discard(stream_id)
             self._stream_done(stream_id)
 
-    cdef int _output_queued(self) except -1:
+    cdef int _output_queued(self, bint now) except -1:
         # written at the end of the read being handled; else the shell may defer it (a
         # task's writes of one step leave as one TLS record and one send, not one each:
-        # it calls _deferred_flush at the loop's next turn); else now
+        # it calls _deferred_flush at the loop's next turn); else now. `now`: the event
+        # loop itself handed over what is sent (a splice side's read), so no task runs
+        # and the shell would not defer it: it is not asked
         if self._batching or self._flush_scheduled:
             return 0
-        if self.defer_output is not None and self.defer_output():
+        if not now and self.defer_output is not None and self.defer_output():
             self._flush_scheduled = True
         else:
             self._write_output()
@@ -171,12 +175,16 @@ cdef class ConnectionBase:
     def output_queued(self):
         """Output was queued in the core: written at the end of the read being handled,
         or at the loop's next turn."""
-        self._output_queued()
+        self._output_queued(False)
 
     def _flush(self):
         self._write_output()
 
     cdef int _write_output(self) except -1:
+        # most reads queue nothing (DATA in, WINDOW_UPDATEs only every half window):
+        # then the transport is not asked anything
+        if not self.h2._out:
+            return 0
         if self._write_paused or self.transport is None or self.transport.is_closing():
             return 0
         cdef list chunks = self.h2.data_to_send_chunks()
@@ -256,19 +264,23 @@ cdef class StreamTransport:
         return True
 
     cpdef write(self, object data):
+        self._write(data, False)
+
+    cdef int _write(self, object data, bint now) except -1:
+        # `now`: see ConnectionBase._output_queued()
         cdef Py_ssize_t sent
         if self._local_closed or self._eof_pending or self._lost:
             if self._lost:
-                return          # like a socket transport: writes after loss are dropped
+                return 0        # like a socket transport: writes after loss are dropped
             raise StreamClosedError(f"stream {self.stream_id}: write after write_eof/close",
                                     self.stream_id)
         if not data:
-            return
+            return 0
         if self._pending:
             self._pending.append(_held(data))
             self._pending_size += len(data)
         else:
-            sent = self._connection._send(self.stream_id, data)
+            sent = self._connection._send(self.stream_id, data, now)
             if sent < len(data):
                 rest = _held(memoryview(data)[sent:])
                 self._pending.append(rest)
@@ -276,6 +288,7 @@ cdef class StreamTransport:
         if self._pending_size > self._high and not self._writing_paused and self._protocol is not None:
             self._writing_paused = True
             self._protocol.pause_writing()
+        return 0
 
     def writelines(self, chunks):
         for chunk in chunks:
@@ -341,7 +354,7 @@ cdef class StreamTransport:
 
     cdef int _deliver(self, object data) except -1:
         if self._side is not None:
-            self._side._forward(data)
+            self._side._forward(data, False)
         else:
             self._protocol.data_received(data)
         return 0
@@ -407,7 +420,7 @@ cdef class StreamTransport:
         cdef Py_ssize_t sent
         while self._pending and not self._lost:
             chunk = self._pending[0]
-            sent = self._connection._send(self.stream_id, chunk)
+            sent = self._connection._send(self.stream_id, chunk, False)
             self._pending_size -= sent
             if sent < len(chunk):
                 self._pending[0] = _held(memoryview(chunk)[sent:])
@@ -453,12 +466,13 @@ cdef class SpliceSide:
         return self._rbuf.get_buffer(sizehint)
 
     def buffer_updated(self, Py_ssize_t nbytes):
-        self._forward(self._rbuf.take(nbytes))
+        self._forward(self._rbuf.take(nbytes), True)
 
     def data_received(self, data):
-        self._forward(data)
+        self._forward(data, True)
 
-    cdef int _forward(self, object data) except -1:
+    cdef int _forward(self, object data, bint now) except -1:
+        # `now`: the event loop called (a read), not a task: see ConnectionBase._output_queued()
         self.received += len(data)
         sink = self.peer.transport
         if sink is None:
@@ -467,7 +481,7 @@ cdef class SpliceSide:
             self._early.append(bytes(data))
             self.transport.pause_reading()
         elif type(sink) is StreamTransport:
-            (<StreamTransport>sink).write(data)
+            (<StreamTransport>sink)._write(data, now)
         else:
             sink.write(data)
         return 0

@@ -17,6 +17,7 @@ cdef extern from "openssl/err.h" nogil:
     enum:
         ERR_LIB_SSL
     unsigned long ERR_get_error()
+    unsigned long ERR_peek_error()
     unsigned long ERR_peek_last_error()
     void ERR_clear_error()
     int ERR_GET_LIB(unsigned long e)

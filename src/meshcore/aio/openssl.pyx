@@ -6,8 +6,11 @@ builds Python objects per record and per read. Here OpenSSL reads ahead into a
 buffer of several records, so one recv() usually carries many, and a readiness event
 is drained record after record into the protocol's buffer without a Python object per
 record: the loop ends on SSL_ERROR_WANT_READ, which in C costs nothing (no exception
-object). Draining until then matters: with read-ahead OpenSSL may hold bytes the
-socket no longer shows, and no readiness event would come for them.
+object), or, for a transport (which waits for readiness anyway), after a small read
+that leaves OpenSSL holding nothing: the recv() that would only find the socket
+empty is saved.
+Draining what OpenSSL holds matters: with read-ahead it may hold bytes the socket no
+longer shows, and no readiness event would come for them.
 
 Writes are encrypted into the connection's outbox and sent with one send() for all
 the records of a write, instead of one per record. Both the read-ahead buffer
@@ -41,6 +44,9 @@ cdef extern from "sys/socket.h" nogil:
 cdef enum:
     RECORD = 16384 + 256            # the largest TLS record on the wire, with its overhead
     READ_AHEAD = 5 * RECORD         # what one recv() may bring in
+    # A read of less plaintext than this that leaves OpenSSL holding nothing came
+    # from a recv() far from filling the read-ahead buffer: the socket was empty then
+    SMALL_READ = 16384
     WRITE_STEP = 128 * 1024         # plaintext encrypted before the socket is offered it
     OUTBOX_MIN = 4096
 
@@ -57,6 +63,15 @@ cdef int _CERT_OPTIONAL = ssl.CERT_OPTIONAL
 
 
 # ------------------------------------------------------------------ errors
+
+cdef inline void _clear_errors() noexcept nogil:
+    # SSL_get_error() needs an empty error queue before an I/O call. ERR_clear_error()
+    # wipes all of the queue's slots even when it is empty (some 800 instructions, as
+    # much as a small record's AES-GCM); empty, as SSL_get_error() judges it, is
+    # ERR_peek_error() == 0, which is cheap: the queue is cleared only when it is not
+    if ERR_peek_error() != 0:
+        ERR_clear_error()
+
 
 cdef object _ssl_error(unsigned long e, int code, str context=""):
     """The exception Python's ssl raises for OpenSSL error `e`."""
@@ -416,7 +431,7 @@ cdef class TlsConnection:
         PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
         try:
             p = <const char *> view.buf
-            ERR_clear_error()
+            _clear_errors()
             while taken < <size_t> view.len:
                 step = min(<size_t> view.len - taken, <size_t> WRITE_STEP)
                 ret = SSL_write_ex(self.ssl, p + taken, step, &n)
@@ -436,9 +451,14 @@ cdef class TlsConnection:
 
     # ------------------------------------------------------------ receiving
 
-    def read_into(self, buf) -> int:
+    def read_into(self, buf, bint drain=True) -> int:
         """Decrypt what the connection holds into `buf` (a writable buffer), until it
         is full or OpenSSL needs the socket to become readable again: bytes written.
+        With drain=False it also stops after a small read (under 16 KiB) that leaves
+        OpenSSL holding nothing (has_pending() is False): the socket was empty when
+        OpenSSL read it, so the recv() that would only find it empty is saved, and the
+        socket's readiness tells when more (or the end) comes; a caller that waits for
+        readiness anyway (a transport) passes it. Larger reads go on as with drain.
         At the peer's end of stream `eof` becomes True (close_notify, or a TCP FIN
         without it, which Python's ssl reads as an end too). Raises ssl.SSLError or
         OSError when the connection fails."""
@@ -455,11 +475,13 @@ cdef class TlsConnection:
         PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE)
         try:
             p = <char *> view.buf
-            ERR_clear_error()
+            _clear_errors()
             while got < <size_t> view.len:
                 ret = SSL_read_ex(self.ssl, p + got, <size_t> view.len - got, &n)
                 if ret > 0:
                     got += n
+                    if not drain and got < SMALL_READ and SSL_has_pending(self.ssl) != 1:
+                        break
                     continue
                 saved = errno
                 err = SSL_get_error(self.ssl, ret)
