@@ -45,6 +45,11 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
     """A splice side: splice, received, transport, peer, eof, lost and the early-data
     list live in SpliceSide, which also reads and forwards."""
 
+    # closed by the splice because the other side ended cleanly first (its peer reset
+    # the stream with CANCEL after its end, or closed outright): what this side had
+    # not finished sending is not its failure
+    closed_after_peer = False
+
     def connection_made(self, transport) -> None:
         # Nothing may be lost while the other side does not exist yet (an upstream can
         # speak before the tunnel is accepted). Pausing here is not enough: uvloop
@@ -97,7 +102,8 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
     def connection_lost(self, exc) -> None:
         self.lost = True
         splice, other = self.splice, self.peer
-        if (exc is not None or not self.eof) and not splice.error and self.transport is not None:
+        if (exc is not None or not (self.eof or self.closed_after_peer)) and not splice.error \
+                and self.transport is not None:
             splice.error = f"{'a' if self is splice.a else 'b'}: {exc or 'closed before the end of data'}"
         if not other.lost and other.transport is not None:
             if exc is not None or not self.eof:
@@ -107,6 +113,7 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
                 else:
                     abort_with_rst(other.transport)
             else:
+                other.closed_after_peer = True
                 other.transport.close()
         work = splice._work
         if work is not None and not work.done():

@@ -6,6 +6,7 @@ import hashlib
 import os
 
 from meshcore import Mesh
+from meshcore.aio import relay_to_authority
 from meshcore.identity import CertificateStore
 
 from helpers import (CLIENT, SERVER, exchange, listener_that_never_accepts, port_of, server_and_h2_client,
@@ -208,3 +209,36 @@ def test_a_tunnel_given_up_before_its_answer_leaves_no_stream_or_pool_slot(run, 
         finally:
             await server.close()
     run(scenario())
+
+
+def test_a_tunnel_its_client_cancels_after_its_end_ends_cleanly(run, ca):
+    # A client giving up a kept-alive connection half-closes and then resets with CANCEL
+    # (a peer's CANCEL reads as the end of the stream): the relay closes the upstream
+    # before the upstream has ended its side, and that is not the upstream's failure.
+    async def scenario():
+        splices, upstream_saw = [], []
+
+        async def relay(request):
+            try:
+                return await relay_to_authority(request)
+            finally:
+                splices.append(request.extra.get("splice"))
+
+        async def slow_to_close(reader, writer):
+            upstream_saw.append(await reader.read())      # until the relayed end
+            await asyncio.sleep(0.3)                      # then ends its side late
+            writer.close()
+        upstream = await asyncio.start_server(slow_to_close, "127.0.0.1", 0)
+        async with server_and_h2_client(ca, handler=relay) as (server, client):
+            sid = client.open(f"127.0.0.1:{port_of(upstream)}")
+            assert await client.status[sid] == 200
+            client.ep.send(sid, b"last request", end=True)
+            client.ep.conn.reset_stream(sid, error_code=8)          # CANCEL
+            client.ep.flush()
+            await wait_until(lambda: splices, 5)
+        upstream.close()
+        await upstream.wait_closed()
+        return splices, upstream_saw
+    splices, upstream_saw = run(scenario())
+    assert upstream_saw == [b"last request"]
+    assert splices[0] is not None and splices[0].error == "", splices[0].error
