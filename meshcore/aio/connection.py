@@ -424,7 +424,7 @@ class HboneConnection(ConnectionBase, asyncio.BufferedProtocol):
             self._idle_since = now
             self._ping_deadline = None
         if self._ping_deadline is not None and now >= self._ping_deadline:
-            log.warning("HBONE peer %s did not answer PING within %.0f s: closing",
+            log.warning("HBONE peer %s did not answer PING within %g s: closing",
                         self.peer_identity, self._keepalive_timeout)
             self.error = TimeoutError("keepalive PING not acknowledged")
             if self.on_unusable is not None:

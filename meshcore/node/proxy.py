@@ -222,7 +222,7 @@ class NodeProxy(ProxyProcess):
     async def _drain(self, quiet: bool) -> None:
         deadline = self.options.drain_deadline
         if not quiet:
-            log.info("draining (deadline %.0f s)", deadline)
+            log.info("draining (deadline %g s)", deadline)
         if self._watcher is not None:
             self._watcher.cancel()
         if self.xds is not None:

@@ -113,7 +113,7 @@ class Socks5Handshake(asyncio.Protocol):
         self._timer = asyncio.get_running_loop().call_later(self.timeout, self._expire)
 
     def _expire(self) -> None:
-        log.info("SOCKS5 client %s sent no complete request in %.0f s",
+        log.info("SOCKS5 client %s sent no complete request in %g s",
                  self.transport.get_extra_info("peername"), self.timeout)
         self.transport.abort()
 

@@ -188,7 +188,7 @@ class WaypointProxy(ProxyProcess):
         self._draining = asyncio.get_running_loop().create_future()
         try:
             if not quiet:
-                log.info("draining (deadline %.0f s)", self.options.drain_deadline)
+                log.info("draining (deadline %g s)", self.options.drain_deadline)
             if self._watcher is not None:
                 self._watcher.cancel()
             await self.store.settled()
