@@ -167,11 +167,13 @@ def forward(view, selected: SelectedRoute, name: str, chosen: RouteDestination, 
     # a hostname several namespaces define: istiod prefers the proxy's (the waypoint's) namespace
     backend = view.service_by_hostname(dest.host, waypoint_namespace)
     out_port = destination_port(dest.port, backend, port)
-    if backend is None:
-        return replace(no_cluster(name, f"no service {dest.host}", delay), headers=set_cors)
-    if backend.target_port(out_port) is None:
-        return replace(no_cluster(name, f"service {dest.host} has no port {out_port}", delay), headers=set_cors)
     route_ops, dest_ops = route.headers or Headers(), chosen.headers or Headers()
+    missing = (f"no service {dest.host}" if backend is None else
+               f"service {dest.host} has no port {out_port}" if backend.target_port(out_port) is None else None)
+    if missing is not None:
+        # the router's own answer passes through the route entry: its response headers
+        return replace(no_cluster(name, missing, delay), headers=set_cors,
+                       response_headers=header_edits(route_ops.response))
     weighted = len(route.route) > 1             # istiod writes weighted clusters for two or more
     return Forward(
         name, backend.key, out_port,

@@ -66,6 +66,14 @@ def test_a_rule_without_a_usable_backend_answers_500(rules, why):
     assert isinstance(got, LocalReply) and got.status == 500 and why in got.reason
 
 
+def test_the_500_for_a_backend_that_does_not_exist_carries_the_rules_response_headers():
+    # Envoy's router answers through the route entry, which adds its response headers
+    got = decide_on("- filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-rule, "
+                    "value: r0}]}}]\n  backendRefs: [{name: missing, port: 80}]\n", request("/x"))
+    assert isinstance(got, LocalReply) and (got.status, got.flag) == (500, "UH")
+    assert got.response_headers.apply([("x-rule", "old")]) == [("x-rule", "r0")]
+
+
 def test_the_backend_port_defaults_to_the_request_port_only_where_the_route_names_none():
     got = decide_on("- backendRefs: [{name: v1, port: 81}]\n", request("/"))
     assert got.port == 81
