@@ -154,6 +154,22 @@ class ProxyProcess:
     `files`, `metrics`, `certificates`, `options.reload_interval`, `loaded_at`, a
     `_background` set, and `applied(reason, applied)` to say what a reload changed."""
 
+    def freeze_startup_heap(self) -> None:
+        """Once, after start-up loaded the configuration and before any connection:
+        what start-up loaded lives long and holds no cycles (what a reload replaces is
+        freed by reference counting, frozen or not), so the cyclic collector is told to
+        leave it alone. A full collection scans every object: with 10,000 workloads,
+        services and policies that is ~185 ms with the loop stopped, and an unfrozen
+        proxy's generation-2 collections under traffic pause it 25-46 ms. Never per
+        reload: a connection's objects would be frozen with it."""
+        import gc
+        from meshcore.aio.memory import trimmer
+        gc.collect()
+        gc.freeze()
+        # parsing and compiling left free heap behind (~0.5 MB at 1,000 workloads,
+        # services and policies): given back to the system
+        trimmer.trim_now()
+
     async def reload(self, reason: str) -> bool:
         """Read the configuration and certificate files again and put what changed in
         force; a refused configuration keeps the one in force (logged and counted)."""

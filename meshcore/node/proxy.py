@@ -16,14 +16,12 @@ follows the store by subscription; the proxy only wires them, and drain() ends t
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import json
 import logging
 import time
 from dataclasses import dataclass, field
 
-from meshcore.aio.memory import trimmer
 from meshcore.config.listen import listeners
 from meshcore.errors import ConfigError, ListenerError
 from meshcore.identity.spiffe import SpiffeId
@@ -176,16 +174,7 @@ class NodeProxy(ProxyProcess):
         if self.xds is not None:
             await self.xds.start()
         if self.options.freeze_startup:
-            # A full collection scans every object: with 10,000 workloads, services and
-            # policies that is ~185 ms with the loop stopped. What start-up loaded lives
-            # long and holds no cycles (what a reload replaces is freed by reference
-            # counting, frozen or not), and no connection exists yet whose objects could
-            # be frozen with it: once, here, never per reload.
-            gc.collect()
-            gc.freeze()
-            # parsing and compiling it left free heap behind (~0.5 MB at 1,000 workloads,
-            # services and policies): given back to the system
-            trimmer.trim_now()
+            self.freeze_startup_heap()
         listen = self.listen
         metrics = metrics_route(self.metrics)
         routes = {"admin": {"/config_dump": self._config_dump, "/logging": logging_route,

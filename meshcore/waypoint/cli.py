@@ -70,7 +70,8 @@ def options_from(args: argparse.Namespace) -> WaypointOptions:
                            address=args.address, listen=dict(args.listen), ca_dir=args.ca_dir,
                            cert_dir=args.cert_dir, state_dir=args.state_dir, trust_domain=args.trust_domain,
                            connect_timeout=args.connect_timeout, drain_deadline=args.drain_deadline,
-                           root_namespace=args.root_namespace, ca_helper_process=True)
+                           root_namespace=args.root_namespace, ca_helper_process=True,
+                           freeze_startup=True)
 
 
 def run(args: argparse.Namespace) -> int:

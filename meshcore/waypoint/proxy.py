@@ -70,6 +70,9 @@ class WaypointOptions:
     # a CA directory or the built-in CA signs in a helper process: cryptography and the
     # CA key stay out of the waypoint (the command sets it; in-process users need not)
     ca_helper_process: bool = False
+    # the start-up heap frozen for the cyclic collector (ProxyProcess.freeze_startup_heap):
+    # the command sets it; an in-process user's heap is the user's
+    freeze_startup: bool = False
 
     def listeners(self) -> dict:
         return listeners(DEFAULT_LISTEN, self.listen, self.address)
@@ -147,6 +150,8 @@ class WaypointProxy(ProxyProcess):
             raise ConfigError(f"no workload for waypoint {o.namespace}/{o.name}: the configuration needs the "
                               f"waypoint's own workload (name {o.name!r}, or service account {o.name!r}, in "
                               f"namespace {o.namespace!r}) for its address and identity", source="meshcore waypoint")
+        if o.freeze_startup:
+            self.freeze_startup_heap()
         metrics = metrics_route(self.metrics)
         routes = {"admin": {"/config_dump": self._config_dump, "/logging": logging_route,
                             "/quitquitquit": quit_route(self.spawn, self.drain)},
