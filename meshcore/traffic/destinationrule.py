@@ -303,6 +303,9 @@ def _non_negative(obj: dict, key: str, path: str, message: str) -> int | None:
     return value
 
 
+H2_UPGRADE_POLICIES = ("DEFAULT", "DO_NOT_UPGRADE", "UPGRADE")
+
+
 def _connection_pool(obj, path: str) -> ConnectionPool | None:
     if obj is None:
         return None
@@ -315,7 +318,14 @@ def _connection_pool(obj, path: str) -> ConnectionPool | None:
         h = F.mapping(obj["http"], hp, allowed=(
             "http1MaxPendingRequests", "http2MaxRequests", "maxRequestsPerConnection", "maxRetries", "idleTimeout",
             "h2UpgradePolicy", "useClientProtocol", "maxConcurrentStreams", "http2KeepAlive"))
-        if h.get("h2UpgradePolicy") == "UPGRADE" and h.get("useClientProtocol"):
+        upgrade = "DEFAULT"
+        if h.get("h2UpgradePolicy") is not None:
+            upgrade = F.string(h["h2UpgradePolicy"], f"{hp}.h2UpgradePolicy")
+            if upgrade not in H2_UPGRADE_POLICIES:
+                raise F.fail(f"{hp}.h2UpgradePolicy",
+                             f"{upgrade!r} is not one of {', '.join(H2_UPGRADE_POLICIES)}")
+        client_protocol = F.boolean(h.get("useClientProtocol", False), f"{hp}.useClientProtocol")
+        if upgrade == "UPGRADE" and client_protocol:
             raise F.fail(hp, "use client protocol must not be true when H2UpgradePolicy is UPGRADE")
         keepalive = None
         if h.get("http2KeepAlive") is not None:
@@ -333,7 +343,7 @@ def _connection_pool(obj, path: str) -> ConnectionPool | None:
             _non_negative(h, "maxRetries", hp, "max retries must be non-negative"),
             I.istio_duration(h["idleTimeout"], f"{hp}.idleTimeout") if h.get("idleTimeout") is not None else None,
             _non_negative(h, "maxConcurrentStreams", hp, "max concurrent streams must be non-negative"),
-            keepalive,
+            keepalive, upgrade, client_protocol,
         )
     if obj.get("tcp") is not None:
         tp = f"{path}.tcp"

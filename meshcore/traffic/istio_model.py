@@ -303,6 +303,8 @@ class HTTPSettings:
     idle_timeout: float | None = None
     max_concurrent_streams: int | None = None
     http2_keepalive: Http2KeepAlive | None = None
+    h2_upgrade_policy: str = "DEFAULT"       # DEFAULT, DO_NOT_UPGRADE, UPGRADE
+    use_client_protocol: bool = False
 
 
 @dataclass(frozen=True, slots=True)

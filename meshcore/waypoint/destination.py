@@ -35,6 +35,7 @@ from meshcore.traffic.retry import DEFAULT_RETRY_POLICY, RetryPolicy, backoff_de
 from meshcore.waypoint.endpoints import EndpointPicker, Overflow, RetryHold, Ticket
 from meshcore.waypoint.ratelimits import NO_LIMIT, Limited, RateHeaders, RequestLimits
 from meshcore.waypoint.upstreams import DEFAULT_LIMITS, ConnectionLimits, connection_limits
+from meshcore.waypoint.tunnels import upstream_http
 
 NO_HEALTHY_UPSTREAM = b"no healthy upstream"
 ATTEMPT_COUNT = "x-envoy-attempt-count"    # on every upstream request, as Istio has Envoy send it
@@ -101,12 +102,27 @@ class Destination:
     @property
     def connection_limits(self) -> ConnectionLimits:
         """How the upstream connections of this destination are opened and how long they
-        live (its DestinationRule's connectionPool)."""
+        live (its DestinationRule's connectionPool). The HTTP/2 settings apply where the
+        port declares HTTP/2 and useClientProtocol does not replace that (istiod writes
+        them into the cluster's explicit HTTP/2 options only)."""
         b = self.balanced
         if b is None or b.rule is None:
             return DEFAULT_LIMITS
-        return connection_limits(cluster_policy(b.rule, b.subset, b.port),
-                                 http2=self.app_protocol in ("http2", "grpc"))
+        policy = cluster_policy(b.rule, b.subset, b.port)
+        http = policy.connection_pool.http if policy.connection_pool is not None else None
+        return connection_limits(policy, http2=self.app_protocol in ("http2", "grpc") and not (
+            http is not None and http.use_client_protocol))
+
+    def upstream_http(self, downstream: str) -> str:
+        """The HTTP version ("1.1" or "2") the request goes to the endpoint in, for a
+        client that spoke `downstream` (tunnels.upstream_http, with the destination's
+        DestinationRule's h2UpgradePolicy and useClientProtocol)."""
+        b = self.balanced
+        pool = None
+        if b is not None and b.rule is not None:
+            policy = cluster_policy(b.rule, b.subset, b.port)
+            pool = policy.connection_pool.http if policy.connection_pool is not None else None
+        return upstream_http(self.app_protocol, downstream, pool)
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when

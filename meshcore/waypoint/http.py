@@ -31,7 +31,7 @@ from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
-from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
+from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels
 from meshcore.waypoint.upstreams import Http2Upstreams, KeptUpstreams
 
 log = logging.getLogger("meshcore.waypoint")
@@ -233,7 +233,7 @@ class Http1Handler:
                 tee = pending.mirror_body = MirrorBody(self.mirrors)
             pending.mirrored += self.mirrors.send(state, me, where.mirrors, request.method, target, host, headers,
                                                   body=tee)
-        if upstream_http(where.app_protocol, "1.1") == "2":
+        if where.upstream_http("1.1") == "2":
             if upgrade:
                 # an HTTP/2 backend could take it only as an extended CONNECT (RFC 8441),
                 # which meshcore does not send: refused as Envoy refuses an upgrade it

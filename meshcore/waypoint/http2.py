@@ -43,7 +43,7 @@ from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
 from meshcore.waypoint.telemetry import RequestMetrics, RequestRecord
-from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels, upstream_http
+from meshcore.waypoint.tunnels import Tunnel, WaypointTunnels
 from meshcore.waypoint.upstreams import Http1Upstreams, Http2Upstreams
 
 log = logging.getLogger("meshcore.waypoint")
@@ -201,7 +201,7 @@ class Http2Handler:
                 tee = pending.mirror_body = MirrorBody(self.mirrors)
             pending.mirrored += self.mirrors.send(state, me, where.mirrors, exchange.method, target, authority,
                                                   forwarded, body=tee)
-        if upstream_http(where.app_protocol, "2") == "1.1":
+        if where.upstream_http("2") == "1.1":
             await self._forward_http1(exchange, where, me, forwarded, record, outcome, tee)
             return
         no_body = exchange.body_ended

@@ -263,10 +263,20 @@ def sniffs(app_protocol: str | None) -> bool:
     return app_protocol not in ("tcp", "tls")
 
 
-def upstream_http(app_protocol: str | None, downstream: str) -> str:
+def upstream_http(app_protocol: str | None, downstream: str, pool=None) -> str:
     """The HTTP version ("1.1" or "2") a request goes to its backend in: what the service
     port declares its servers speak, else what the client spoke (Envoy's
-    use-downstream-protocol for ports that declare nothing)."""
+    use-downstream-protocol for ports that declare nothing). `pool`, the destination's
+    DestinationRule connectionPool.http (traffic.istio_model.HTTPSettings), changes it
+    as istiod writes the cluster: useClientProtocol, the client's version whatever the
+    port declares; h2UpgradePolicy UPGRADE, HTTP/2 whatever it declares (the rule vouches
+    that the port speaks HTTP). DO_NOT_UPGRADE and DEFAULT keep the declaration: the
+    mesh-wide default policy is DO_NOT_UPGRADE."""
+    if pool is not None:
+        if pool.use_client_protocol:
+            return downstream
+        if pool.h2_upgrade_policy == "UPGRADE":
+            return "2"
     if app_protocol == "http":
         return "1.1"
     if app_protocol in ("http2", "grpc"):

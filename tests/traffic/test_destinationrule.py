@@ -80,6 +80,15 @@ def test_accepted_and_kept(policy):
     assert dr(f"host: ratings.prod.svc.cluster.local\ntrafficPolicy: {policy}").traffic_policy is not None
 
 
+def test_the_upstream_protocol_settings_are_kept():
+    rule = dr("host: r\ntrafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE}}}\n"
+              "subsets: [{name: a, labels: {v: a}, trafficPolicy: {connectionPool: {http: {useClientProtocol: true}}}}]")
+    http = rule.traffic_policy.connection_pool.http
+    assert (http.h2_upgrade_policy, http.use_client_protocol) == ("UPGRADE", False)
+    http = rule.subset("a").traffic_policy.connection_pool.http
+    assert (http.h2_upgrade_policy, http.use_client_protocol) == ("DEFAULT", True)
+
+
 def test_outlier_defaults_are_envoys():
     od = dr("host: r\ntrafficPolicy: {outlierDetection: {}}").traffic_policy.outlier_detection
     assert od == OutlierDetection()
@@ -164,6 +173,12 @@ def test_maglev():
      "spec.trafficPolicy.loadBalancer.warmup.aggression", "greater than 0"),
     ("host: r\ntrafficPolicy: {connectionPool: {http: {http2KeepAlive: {interval: 15s}}}}",
      "spec.trafficPolicy.connectionPool.http.http2KeepAlive.timeout", "timeout is required"),
+    ("host: r\ntrafficPolicy: {connectionPool: {http: {h2UpgradePolicy: ALWAYS}}}",
+     "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy", "'ALWAYS' is not one of DEFAULT, DO_NOT_UPGRADE"),
+    ("host: r\ntrafficPolicy: {connectionPool: {http: {h2UpgradePolicy: UPGRADE, useClientProtocol: true}}}",
+     "spec.trafficPolicy.connectionPool.http", "use client protocol must not be true"),
+    ("host: r\ntrafficPolicy: {connectionPool: {http: {useClientProtocol: yes please}}}",
+     "spec.trafficPolicy.connectionPool.http.useClientProtocol", ""),
 ])
 def test_refusals(spec, path, reason):
     with pytest.raises(ConfigError) as e:

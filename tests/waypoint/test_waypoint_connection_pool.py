@@ -10,8 +10,12 @@ tests/support/echo_backends.py behind node-b).
     flaky            http.maxRetries 1; its endpoint `bad` answers 503; its
                      VirtualService retries 5xx once
     narrow           http.maxConcurrentStreams 2; endpoint `one`, HTTP/2 on port 81
+    upgraded         h2UpgradePolicy UPGRADE; port 80 declares http and reaches `one`'s
+                     HTTP/2-only (h2c) port
+    clientproto      useClientProtocol; port 80 declares http2 and reaches `one`'s
+                     HTTP/1.1 port, port 81 declares http and reaches its h2c port
 
-Each service declares http on port 80 and http2 on 81, so every pool of the
+Each of the first four declares http on port 80 and http2 on 81, so every pool of the
 waypoint's is reached (an HTTP/1.1 client's own connections, the shared HTTP/1.1 and
 HTTP/2 ones)."""
 import asyncio
@@ -36,7 +40,9 @@ CONFIG = """\
 ---
 workloads:
 - {{uid: c/one, name: one, namespace: shop, serviceAccount: one, workloadIps: ["{one}"], protocol: HBONE,
-   node: node-b, services: {{"shop/narrow.shop.svc.cluster.local": {{80: 8080, 81: 8081}}}}}}
+   node: node-b, services: {{"shop/narrow.shop.svc.cluster.local": {{80: 8080, 81: 8081}},
+                             "shop/upgraded.shop.svc.cluster.local": {{80: 8081}},
+                             "shop/clientproto.shop.svc.cluster.local": {{80: 8080, 81: 8081}}}}}}
 - {{uid: c/bad, name: bad, namespace: shop, serviceAccount: bad, workloadIps: ["{bad}"], protocol: HBONE,
    node: node-b, services: {{"shop/flaky.shop.svc.cluster.local": {{80: 8080, 81: 8081}}}}}}
 - {{uid: c/silent, name: silent, namespace: shop, serviceAccount: silent, workloadIps: ["{silent}"], protocol: HBONE,
@@ -72,6 +78,20 @@ metadata: {{name: narrow, namespace: shop}}
 spec:
   host: narrow
   trafficPolicy: {{connectionPool: {{http: {{maxConcurrentStreams: 2}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: upgraded, namespace: shop}}
+spec:
+  host: upgraded
+  trafficPolicy: {{connectionPool: {{http: {{h2UpgradePolicy: UPGRADE}}}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: clientproto, namespace: shop}}
+spec:
+  host: clientproto
+  trafficPolicy: {{connectionPool: {{http: {{useClientProtocol: true}}}}}}
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -131,11 +151,14 @@ def mesh(tmp_path_factory):
     m = WaypointMesh(tmp_path_factory.mktemp("waypoint-pool"))
     n = m.web.split(".")[1]
     m.one, m.bad, m.silent = f"127.{n}.3.1", f"127.{n}.3.3", f"127.{n}.3.9"
-    m.vips = {name: f"127.{n}.13.{i}" for i, name in enumerate(SERVICES, start=1)}
+    ports = {name: ("{80: 8080, 81: 8081}", "{80: http, 81: http2}") for name in SERVICES}
+    ports.update(upgraded=("{80: 8081}", "{80: http}"), clientproto=("{80: 8080, 81: 8081}", "{80: http2, 81: http}"))
+    m.vips = {name: f"127.{n}.13.{i}" for i, name in enumerate(ports, start=1)}
     services = "\n".join(
         f'- {{name: {name}, namespace: shop, hostname: {name}.shop.svc.cluster.local, vips: ["/{m.vips[name]}"], '
-        f'ports: {{80: 8080, 81: 8081}}, appProtocols: {{80: http, 81: http2}}, '
-        f'waypoint: {{destination: "/{m.waypoint}", hboneMtlsPort: 15008}}}}' for name in SERVICES)
+        f'ports: {targets}, appProtocols: {declared}, '
+        f'waypoint: {{destination: "/{m.waypoint}", hboneMtlsPort: 15008}}}}'
+        for name, (targets, declared) in ports.items())
     m.config.write_text(m.config.read_text() + CONFIG.format(one=m.one, bad=m.bad, silent=m.silent,
                                                             services=services))
     silent = m.silent_node = SilentNode(m.silent)
@@ -273,3 +296,20 @@ def test_max_concurrent_streams_opens_another_http2_connection_for_more_requests
     # once, two streams each, take three
     carried = Counter(json.loads(body)["connection"] for _, body in answers)
     assert len(carried) == 3 and max(carried.values()) == 2, carried
+
+
+# -- h2UpgradePolicy, useClientProtocol ----------------------------------------------------------
+
+@pytest.mark.parametrize("service, client, port, backend", [
+    # an HTTP/1.1 client's request upgraded to HTTP/2 for a port declared http: only h2c
+    # answers there, so without the upgrade it fails
+    ("upgraded", "http1", 80, "h2"),
+    # the client's own version, whatever the port declares: HTTP/1.1 to a port declared
+    # http2 (only HTTP/1.1 answers there), HTTP/2 to one declared http (only h2c there)
+    ("clientproto", "http1", 80, "http/1.1"),
+    ("clientproto", "http2", 81, "h2"),
+])
+def test_a_destination_rule_chooses_the_http_version_the_backend_gets(mesh, service, client, port, backend):
+    answers = send(mesh, service, client, port, [f"/{service}/{client}"])
+    assert [status for status, _ in answers] == [200], answers
+    assert json.loads(answers[0][1])["protocol"] == backend

@@ -165,6 +165,24 @@ def test_the_backend_speaks_what_its_port_declares(declared, client, backend):
     assert upstream_http(declared, client) == backend
 
 
+@pytest.mark.parametrize("declared, client, upgrade, client_protocol, backend", [
+    ("http", "1.1", "UPGRADE", False, "2"),            # the rule vouches the port speaks HTTP/2 too
+    (None, "1.1", "UPGRADE", False, "2"),
+    ("http", "1.1", "DO_NOT_UPGRADE", False, "1.1"),
+    ("http2", "1.1", "DO_NOT_UPGRADE", False, "2"),    # not upgrading keeps a declared HTTP/2
+    ("http", "1.1", "DEFAULT", False, "1.1"),          # the mesh's default policy: DO_NOT_UPGRADE
+    ("http", "2", "DEFAULT", True, "2"),               # useClientProtocol: the client's, whatever is declared
+    ("http2", "1.1", "DEFAULT", True, "1.1"),
+    ("grpc", "1.1", "DEFAULT", True, "1.1"),
+])
+def test_a_destination_rule_upgrades_to_http2_or_keeps_the_clients_protocol(declared, client, upgrade,
+                                                                              client_protocol, backend):
+    from meshcore.traffic.istio_model import HTTPSettings
+    from meshcore.waypoint.tunnels import upstream_http
+    pool = HTTPSettings(h2_upgrade_policy=upgrade, use_client_protocol=client_protocol)
+    assert upstream_http(declared, client, pool) == backend
+
+
 @pytest.mark.parametrize("declared, sniffed", [(None, True), ("http", True), ("http2", True), ("grpc", True),
                                                ("tcp", False), ("tls", False)])
 def test_only_ports_that_may_carry_http_are_sniffed(declared, sniffed):
