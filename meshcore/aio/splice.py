@@ -102,9 +102,13 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
     def connection_lost(self, exc) -> None:
         self.lost = True
         splice, other = self.splice, self.peer
-        if (exc is not None or not (self.eof or self.closed_after_peer)) and not splice.error \
+        # an HBONE stream its peer reset with CANCEL or NO_ERROR before END_STREAM ends
+        # like one that ended (the other side gets its end of data), yet it was cut short
+        cut = exc is None and type(self.transport) is StreamTransport and self.transport.cut_by_peer
+        if (exc is not None or cut or not (self.eof or self.closed_after_peer)) and not splice.error \
                 and self.transport is not None:
-            splice.error = f"{'a' if self is splice.a else 'b'}: {exc or 'closed before the end of data'}"
+            why = exc or ("reset by its peer before the end of data" if cut else "closed before the end of data")
+            splice.error = f"{'a' if self is splice.a else 'b'}: {why}"
         if not other.lost and other.transport is not None:
             if exc is not None or not self.eof:
                 # the other side must learn this direction did not complete
@@ -113,7 +117,7 @@ class _Side(SpliceSide, asyncio.BufferedProtocol):
                 else:
                     abort_with_rst(other.transport)
             else:
-                other.closed_after_peer = True
+                other.closed_after_peer = not cut
                 other.transport.close()
         work = splice._work
         if work is not None and not work.done():

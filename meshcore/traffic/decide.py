@@ -187,10 +187,13 @@ def rule_decision(entry: RouteEntry, port: int, request: RequestView, r: float,
         return preflight_reply(name, allowed, backend.service_key if backend.valid else None)
     set_cors = allowed.headers if allowed is not None else ()
     if not backend.valid:
-        # the router's own answer passes through the route entry: the rule's response headers
+        # the router's own answer passes through the route entry: the rule's response
+        # headers and the backend's own (istiod keeps an unresolved backend's filters)
         return LocalReply(500, name, headers=set_cors, body=NO_BACKEND_BODY, flag="UH",
                           reason=f"route {name}: {backend.message or str(backend.problem)}",
-                          response_headers=_edits(filters, FilterType.RESPONSE_HEADER_MODIFIER))
+                          response_headers=merge_edits(_edits(filters, FilterType.RESPONSE_HEADER_MODIFIER),
+                                                       _edits(backend.ref.filters,
+                                                              FilterType.RESPONSE_HEADER_MODIFIER)))
     rewrite = next((f for f in filters if isinstance(f, URLRewrite)), None)
     backend_filters = backend.ref.filters
     target = _with_query(request.path, request.query)

@@ -168,13 +168,14 @@ def forward(view, selected: SelectedRoute, name: str, chosen: RouteDestination, 
     backend = view.service_by_hostname(dest.host, waypoint_namespace)
     out_port = destination_port(dest.port, backend, port)
     route_ops, dest_ops = route.headers or Headers(), chosen.headers or Headers()
+    weighted = len(route.route) > 1             # istiod writes weighted clusters for two or more
     missing = (f"no service {dest.host}" if backend is None else
                f"service {dest.host} has no port {out_port}" if backend.target_port(out_port) is None else None)
     if missing is not None:
-        # the router's own answer passes through the route entry: its response headers
+        # the router's own answer passes through the route entry (and the weighted
+        # cluster's): the response headers a forwarded answer would get
         return replace(no_cluster(name, missing, delay), headers=set_cors,
-                       response_headers=header_edits(route_ops.response))
-    weighted = len(route.route) > 1             # istiod writes weighted clusters for two or more
+                       response_headers=route_header_edits(route_ops.response, dest_ops.response, weighted=weighted))
     return Forward(
         name, backend.key, out_port,
         target=rewritten_target(route, selected.match, request),

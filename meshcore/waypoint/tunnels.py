@@ -269,13 +269,14 @@ def upstream_http(app_protocol: str | None, downstream: str, pool=None) -> str:
     use-downstream-protocol for ports that declare nothing). `pool`, the destination's
     DestinationRule connectionPool.http (traffic.istio_model.HTTPSettings), changes it
     as istiod writes the cluster: useClientProtocol, the client's version whatever the
-    port declares; h2UpgradePolicy UPGRADE, HTTP/2 whatever it declares (the rule vouches
-    that the port speaks HTTP). DO_NOT_UPGRADE and DEFAULT keep the declaration: the
+    port declares; h2UpgradePolicy UPGRADE, HTTP/2 to a port declared http (istiod's
+    upgrade only fills a cluster without protocol options: a port that declares nothing
+    already has the client's). DO_NOT_UPGRADE and DEFAULT keep the declaration: the
     mesh-wide default policy is DO_NOT_UPGRADE."""
     if pool is not None:
         if pool.use_client_protocol:
             return downstream
-        if pool.h2_upgrade_policy == "UPGRADE":
+        if pool.h2_upgrade_policy == "UPGRADE" and app_protocol == "http":
             return "2"
     if app_protocol == "http":
         return "1.1"

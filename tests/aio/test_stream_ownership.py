@@ -242,3 +242,35 @@ def test_a_tunnel_its_client_cancels_after_its_end_ends_cleanly(run, ca):
     splices, upstream_saw = run(scenario())
     assert upstream_saw == [b"last request"]
     assert splices[0] is not None and splices[0].error == "", splices[0].error
+
+
+def test_a_tunnel_its_client_cancels_before_its_end_is_recorded_as_cut_by_the_client(run, ca):
+    # A CANCEL before END_STREAM also reads as the end of the stream (the upstream gets
+    # a FIN), but what the client was sending was cut short: the relay says so, and
+    # names the client's side, not the upstream's.
+    async def scenario():
+        splices, upstream_saw = [], []
+
+        async def relay(request):
+            try:
+                return await relay_to_authority(request)
+            finally:
+                splices.append(request.extra.get("splice"))
+
+        async def reads_to_the_end(reader, writer):
+            upstream_saw.append(await reader.read())
+            writer.close()
+        upstream = await asyncio.start_server(reads_to_the_end, "127.0.0.1", 0)
+        async with server_and_h2_client(ca, handler=relay) as (server, client):
+            sid = client.open(f"127.0.0.1:{port_of(upstream)}")
+            assert await client.status[sid] == 200
+            client.ep.send(sid, b"half an upload")
+            client.ep.conn.reset_stream(sid, error_code=8)          # CANCEL
+            client.ep.flush()
+            await wait_until(lambda: splices, 5)
+        upstream.close()
+        await upstream.wait_closed()
+        return splices, upstream_saw
+    splices, upstream_saw = run(scenario())
+    assert upstream_saw == [b"half an upload"]
+    assert splices[0].error == "a: reset by its peer before the end of data", splices[0].error

@@ -69,9 +69,11 @@ def test_a_rule_without_a_usable_backend_answers_500(rules, why):
 def test_the_500_for_a_backend_that_does_not_exist_carries_the_rules_response_headers():
     # Envoy's router answers through the route entry, which adds its response headers
     got = decide_on("- filters: [{type: ResponseHeaderModifier, responseHeaderModifier: {set: [{name: x-rule, "
-                    "value: r0}]}}]\n  backendRefs: [{name: missing, port: 80}]\n", request("/x"))
+                    "value: r0}]}}]\n  backendRefs: [{name: missing, port: 80, filters: [{type: "
+                    "ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-backend, value: b}]}}]}]\n",
+                    request("/x"))
     assert isinstance(got, LocalReply) and (got.status, got.flag) == (500, "UH")
-    assert got.response_headers.apply([("x-rule", "old")]) == [("x-rule", "r0")]
+    assert got.response_headers.apply([("x-rule", "old")]) == [("x-rule", "r0"), ("x-backend", "b")]
 
 
 def test_the_backend_port_defaults_to_the_request_port_only_where_the_route_names_none():

@@ -151,9 +151,9 @@ def test_a_destination_without_a_cluster_answers_503_no_cluster(destination, why
 def test_the_503_for_a_destination_without_a_cluster_carries_the_routes_response_headers():
     # Envoy's router answers through the route entry, which adds its response headers
     got = decide_on("- headers: {response: {set: {x-route: r}, remove: [server]}}\n"
-                    "  route: [{destination: {host: nowhere}}]\n")
+                    "  route: [{destination: {host: nowhere}, headers: {response: {add: {x-dest: d}}}}]\n")
     assert isinstance(got, LocalReply) and (got.status, got.flag) == (503, "NC")
-    assert got.response_headers.apply([("server", "x"), ("x-route", "old")]) == [("x-route", "r")]
+    assert got.response_headers.apply([("server", "x"), ("x-route", "old")]) == [("x-route", "r"), ("x-dest", "d")]
 
 
 # -- faults ---------------------------------------------------------------------------------

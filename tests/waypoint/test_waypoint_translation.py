@@ -167,7 +167,8 @@ def test_the_backend_speaks_what_its_port_declares(declared, client, backend):
 
 @pytest.mark.parametrize("declared, client, upgrade, client_protocol, backend", [
     ("http", "1.1", "UPGRADE", False, "2"),            # the rule vouches the port speaks HTTP/2 too
-    (None, "1.1", "UPGRADE", False, "2"),
+    (None, "1.1", "UPGRADE", False, "1.1"),            # nothing declared: the client's, upgraded or not
+    (None, "2", "UPGRADE", False, "2"),
     ("http", "1.1", "DO_NOT_UPGRADE", False, "1.1"),
     ("http2", "1.1", "DO_NOT_UPGRADE", False, "2"),    # not upgrading keeps a declared HTTP/2
     ("http", "1.1", "DEFAULT", False, "1.1"),          # the mesh's default policy: DO_NOT_UPGRADE

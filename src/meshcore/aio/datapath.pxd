@@ -52,6 +52,7 @@ cdef class StreamTransport:
     cdef bint _eof_pending                 # write_eof() waits for _pending to drain
     cdef bint _local_closed                # END_STREAM sent (or reset)
     cdef bint _remote_closed               # END_STREAM received (or reset)
+    cdef readonly bint cut_by_peer         # the peer's NO_ERROR/CANCEL reset came before its END_STREAM
     cdef bint _reading_paused
     cdef bint _writing_paused
     cdef bint _closing

@@ -383,6 +383,9 @@ cdef class StreamTransport:
         self._local_closed = True
         if remote and (error_code == _NO_ERROR or error_code == _CANCEL):
             if not self._remote_closed:
+                # read as the end of the stream, but what the peer was sending was cut
+                # short: whoever relays it may tell that from an end of data
+                self.cut_by_peer = True
                 self._remote_closed = True
                 if not self._closing and hasattr(self._protocol, "eof_received"):
                     self._protocol.eof_received()
