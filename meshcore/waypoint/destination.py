@@ -105,11 +105,10 @@ class Destination:
         live (its DestinationRule's connectionPool). The HTTP/2 settings apply where the
         port declares HTTP/2 and useClientProtocol does not replace that (istiod writes
         them into the cluster's explicit HTTP/2 options only)."""
-        b = self.balanced
-        if b is None or b.rule is None:
+        policy = self._policy()
+        if policy is None:
             return DEFAULT_LIMITS
-        policy = cluster_policy(b.rule, b.subset, b.port)
-        http = policy.connection_pool.http if policy.connection_pool is not None else None
+        http = _pool_http(policy)
         return connection_limits(policy, http2=self.app_protocol in ("http2", "grpc") and not (
             http is not None and http.use_client_protocol))
 
@@ -117,12 +116,13 @@ class Destination:
         """The HTTP version ("1.1" or "2") the request goes to the endpoint in, for a
         client that spoke `downstream` (tunnels.upstream_http, with the destination's
         DestinationRule's h2UpgradePolicy and useClientProtocol)."""
+        policy = self._policy()
+        return upstream_http(self.app_protocol, downstream, _pool_http(policy) if policy is not None else None)
+
+    def _policy(self):
+        """The DestinationRule's merged policy for this destination (None: no rule)."""
         b = self.balanced
-        pool = None
-        if b is not None and b.rule is not None:
-            policy = cluster_policy(b.rule, b.subset, b.port)
-            pool = policy.connection_pool.http if policy.connection_pool is not None else None
-        return upstream_http(self.app_protocol, downstream, pool)
+        return cluster_policy(b.rule, b.subset, b.port) if b is not None and b.rule is not None else None
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when
@@ -203,6 +203,11 @@ class Destination:
             for ticket in self.balanced.tickets:
                 ticket.finish()
             self.retry_known()
+
+
+def _pool_http(policy):
+    pool = policy.connection_pool
+    return pool.http if pool is not None else None
 
 
 def destination(tunnels, state, tunnel, request: RequestView, target: str, *, waypoint_namespace: str,
