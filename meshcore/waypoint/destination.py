@@ -363,30 +363,22 @@ def with_flag(flag: str, extra: str) -> str:
     return extra if flag == "-" else f"{flag},{extra}"
 
 
-def with_overflow(flag: str, overflowed: bool) -> str:
-    """Envoy's response flags `flag` ("-": none) with UO when a retry was refused for the
-    destination's retries outstanding (its router sets UpstreamOverflow on such a
-    refusal), in Envoy's order of flags: UO after UT, UR, UF and UC."""
-    return with_flag(flag, "UO" if overflowed else "")
+def failure_flag(flag: str, where: Destination) -> str:
+    """Envoy's response flags for a request whose last attempt got no response (or no
+    response in time), `flag` saying how it ended (UF, UR, UC, UT), with what kept the
+    router from another attempt: URX, the request's retries ran out on a failure its
+    policy retries (Envoy logs "UF,URX"), or UO, the destination's retries outstanding
+    were at their limit."""
+    return with_flag(flag, where.retry_flag)
 
 
-def failure_flag(flag: str, retries: int, overflowed: bool = False) -> str:
-    """Envoy's response flags for a request whose last attempt got no response, `flag`
-    saying how it failed (UF, UR, UC): URX once retries ran out; `flag` and UO when the
-    last retry was refused for the destination's retries outstanding, which is not the
-    retry limit (Envoy then sets UpstreamOverflow instead of UpstreamRetryLimitExceeded)."""
-    if overflowed:
-        return with_overflow(flag, True)
-    return "URX" if retries else flag
-
-
-def failure_answer(failure: str, retries: int, overflowed: bool = False) -> tuple[str, bytes]:
+def failure_answer(failure: str, where: Destination) -> tuple[str, bytes]:
     """Envoy's response flags and body for a request whose last attempt got no
     response: UF (it could not connect) or UR (the upstream reset), as failure_flag()
     makes them."""
     if failure == "connect-failure":
-        return failure_flag("UF", retries, overflowed), b"upstream connect error"
-    return failure_flag("UR", retries, overflowed), b"upstream connect error or disconnect/reset before headers"
+        return failure_flag("UF", where), b"upstream connect error"
+    return failure_flag("UR", where), b"upstream connect error or disconnect/reset before headers"
 
 
 async def after_route(where, state, tunnel, record, pending: InFlight, limits: RequestLimits | None,

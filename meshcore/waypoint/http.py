@@ -26,7 +26,7 @@ from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import RETRY_BODY_LIMIT, KeptBody, replay as replay_body
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            after_route, destination, failure_answer, failure_flag, retry_destination,
-                                           with_flag, with_overflow, with_rate_headers)
+                                           with_flag, with_rate_headers)
 from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, h2_fields, policy_headers, text_fields
@@ -277,7 +277,7 @@ class Http1Handler:
                             client = upstreams.pop(key, where.connection_limits)
                             continue
                         return await self._local(conn, record, 503, b"upstream connect error",
-                                                 flag=failure_flag("UF", retries, where.retry_overflowed),
+                                                 flag=failure_flag("UF", where),
                                                  error=f"{type(exc).__name__}: {exc}",
                                                  edits=where.response_headers)
                     client = Http1ClientConnection(up_reader, up_writer, response_timeout=self.RESPONSE_TIMEOUT,
@@ -312,7 +312,7 @@ class Http1Handler:
                     continue
                 where.attempted(failure="timeout")
                 return await self._local(conn, record, 504, b"upstream request timeout",
-                                         flag=with_overflow("UT", where.retry_overflowed),
+                                         flag=failure_flag("UT", where),
                                          error=f"route {where.route}: no response in time ({clock})",
                                          edits=where.response_headers)
             except (HttpError, OSError, MeshcoreError, asyncio.IncompleteReadError, _ClientLeft) as exc:
@@ -344,11 +344,11 @@ class Http1Handler:
                 inflight[0] = None
                 if isinstance(exc, HttpError) and exc.status == 504:
                     return await self._local(conn, record, 504, b"upstream request timeout",
-                                             flag=with_overflow("UT", where.retry_overflowed), error=str(exc),
+                                             flag=failure_flag("UT", where), error=str(exc),
                                              edits=where.response_headers)
                 return await self._local(conn, record, 503,
                                          b"upstream connect error or disconnect/reset before headers",
-                                         flag=failure_flag("UC", retries, where.retry_overflowed),
+                                         flag=failure_flag("UC", where),
                                          error=f"{type(exc).__name__}: {exc}",
                                          edits=where.response_headers)
             if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,
@@ -482,7 +482,7 @@ class Http1Handler:
                         continue
                     where.attempted(failure="timeout")
                     return await self._local(conn, record, 504, b"upstream request timeout",
-                                             flag=with_overflow("UT", where.retry_overflowed),
+                                             flag=failure_flag("UT", where),
                                              error=f"route {where.route}: no response in time ({clock})",
                                              edits=where.response_headers)
                 if failure is not None:
@@ -492,7 +492,7 @@ class Http1Handler:
                         where, retries = again, retries + 1
                         replay = body.kept if body is not None else replay
                         continue
-                    flag, text = failure_answer(failure, retries, where.retry_overflowed)
+                    flag, text = failure_answer(failure, where)
                     return await self._local(conn, record, 503, text, flag=flag, error=f"{type(error).__name__}: {error}",
                                              edits=where.response_headers)
                 if again := await retry_destination(self.tunnels, where, retries, state, me, status=response.status,

@@ -38,7 +38,7 @@ from meshcore.waypoint.endpoints import EndpointPicker
 from meshcore.waypoint.bodies import KeptBody, replay
 from meshcore.waypoint.destination import (ATTEMPT_COUNT, IDEMPOTENT, Deadlines, Destination, InFlight,
                                            after_route, destination, failure_answer, failure_flag, retry_destination,
-                                           with_flag, with_overflow, with_rate_headers)
+                                           with_flag, with_rate_headers)
 from meshcore.waypoint.mirrors import MirrorBody, Mirrors
 from meshcore.waypoint.ratelimits import Limited, RequestLimits
 from meshcore.waypoint.headers import forwarded_headers, grpc_status, h2_fields, policy_headers, text_fields
@@ -274,7 +274,7 @@ class Http2Handler:
                         where, retries = again, retries + 1
                         continue
                     where.attempted(failure="timeout")
-                    await self._fail(exchange, record, outcome, 504, with_overflow("UT", where.retry_overflowed),
+                    await self._fail(exchange, record, outcome, 504, failure_flag("UT", where),
                                      b"upstream request timeout",
                                      f"route {where.route}: no response in time ({clock})", where.response_headers)
                     return
@@ -284,7 +284,7 @@ class Http2Handler:
                                                         before_deadline=clock.route):
                         where, retries = again, retries + 1
                         continue
-                    flag, body = failure_answer(failure, retries, where.retry_overflowed)
+                    flag, body = failure_answer(failure, where)
                     await self._fail(exchange, record, outcome, 503, flag, body, f"{type(error).__name__}: {error}",
                                      where.response_headers)
                     return
@@ -362,7 +362,7 @@ class Http2Handler:
                         where, retries = again, retries + 1
                         continue
                     await self._fail(exchange, record, outcome, 503,
-                                     failure_flag("UF", retries, where.retry_overflowed), b"upstream connect error",
+                                     failure_flag("UF", where), b"upstream connect error",
                                      f"{type(unreached).__name__}: {unreached}",
                                      where.response_headers)
                     return
@@ -383,7 +383,7 @@ class Http2Handler:
                     where, retries, body = again, retries + 1, again_body()
                     continue
                 where.attempted(failure="timeout")
-                await self._fail(exchange, record, outcome, 504, with_overflow("UT", where.retry_overflowed),
+                await self._fail(exchange, record, outcome, 504, failure_flag("UT", where),
                                  b"upstream request timeout",
                                  f"route {where.route}: no response in time ({clock})", where.response_headers)
                 return
@@ -401,12 +401,12 @@ class Http2Handler:
                     where, retries, body = again, retries + 1, again_body()
                     continue
                 if isinstance(exc, HttpError) and exc.status == 504:
-                    await self._fail(exchange, record, outcome, 504, with_overflow("UT", where.retry_overflowed),
+                    await self._fail(exchange, record, outcome, 504, failure_flag("UT", where),
                                      b"upstream request timeout", str(exc),
                                      where.response_headers)
                 else:
                     await self._fail(exchange, record, outcome, 503,
-                                     failure_flag("UC", retries, where.retry_overflowed),
+                                     failure_flag("UC", where),
                                      b"upstream connect error or disconnect/reset before headers",
                                      f"{type(exc).__name__}: {exc}", where.response_headers)
                 return

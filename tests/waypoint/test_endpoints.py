@@ -196,19 +196,14 @@ def test_whether_a_retry_may_start(limit, outstanding, allowed):
     assert may_retry(limit, outstanding) is allowed
 
 
-@pytest.mark.parametrize("flag, retries, overflowed, flags", [
-    ("UF", 0, False, "UF"), ("UF", 2, False, "URX"),
-    ("UF", 0, True, "UF,UO"), ("UC", 1, True, "UC,UO"),      # refused for overflow: not the retry limit
+@pytest.mark.parametrize("flag, refused, flags", [
+    ("UF", "", "UF"), ("UF", "URX", "UF,URX"),     # retries ran out: both, as Envoy logs them
+    ("UF", "UO", "UF,UO"), ("UC", "UO", "UC,UO"),  # refused for the retries outstanding: not the retry limit
+    ("UT", "UO", "UT,UO"), ("-", "UO", "UO"), ("-", "", "-"),
 ])
-def test_a_failed_requests_flags(flag, retries, overflowed, flags):
-    from meshcore.waypoint.destination import failure_flag
-    assert failure_flag(flag, retries, overflowed) == flags
-
-
-@pytest.mark.parametrize("flag, overflowed, flags", [("-", False, "-"), ("-", True, "UO"), ("UT", True, "UT,UO")])
-def test_a_refused_retry_adds_uo(flag, overflowed, flags):
-    from meshcore.waypoint.destination import with_overflow
-    assert with_overflow(flag, overflowed) == flags
+def test_a_failed_requests_flags(flag, refused, flags):
+    from meshcore.waypoint.destination import with_flag
+    assert with_flag(flag, refused) == flags
 
 
 def _retrying(policy: str):
