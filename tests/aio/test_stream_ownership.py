@@ -211,66 +211,47 @@ def test_a_tunnel_given_up_before_its_answer_leaves_no_stream_or_pool_slot(run, 
     run(scenario())
 
 
+async def _cancelled_by_the_client(ca, payload: bytes, *, end: bool, upstream_closes_after: float):
+    """A relayed tunnel whose h2 client sends `payload` (with END_STREAM when `end`) and
+    resets it with CANCEL at once; the upstream reads to its end of data and closes
+    `upstream_closes_after` s later. (the splice, what the upstream read)."""
+    splices, upstream_saw = [], []
+
+    async def relay(request):
+        try:
+            return await relay_to_authority(request)
+        finally:
+            splices.append(request.extra.get("splice"))
+
+    async def reads_to_the_end(reader, writer):
+        upstream_saw.append(await reader.read())
+        await asyncio.sleep(upstream_closes_after)
+        writer.close()
+    upstream = await asyncio.start_server(reads_to_the_end, "127.0.0.1", 0)
+    async with server_and_h2_client(ca, handler=relay) as (server, client):
+        sid = client.open(f"127.0.0.1:{port_of(upstream)}")
+        assert await client.status[sid] == 200
+        client.ep.send(sid, payload, end=end)
+        client.ep.conn.reset_stream(sid, error_code=8)          # CANCEL
+        client.ep.flush()
+        await wait_until(lambda: splices, 5)
+    upstream.close()
+    await upstream.wait_closed()
+    assert upstream_saw == [payload] and splices[0] is not None
+    return splices[0]
+
+
 def test_a_tunnel_its_client_cancels_after_its_end_ends_cleanly(run, ca):
     # A client giving up a kept-alive connection half-closes and then resets with CANCEL
     # (a peer's CANCEL reads as the end of the stream): the relay closes the upstream
     # before the upstream has ended its side, and that is not the upstream's failure.
-    async def scenario():
-        splices, upstream_saw = [], []
-
-        async def relay(request):
-            try:
-                return await relay_to_authority(request)
-            finally:
-                splices.append(request.extra.get("splice"))
-
-        async def slow_to_close(reader, writer):
-            upstream_saw.append(await reader.read())      # until the relayed end
-            await asyncio.sleep(0.3)                      # then ends its side late
-            writer.close()
-        upstream = await asyncio.start_server(slow_to_close, "127.0.0.1", 0)
-        async with server_and_h2_client(ca, handler=relay) as (server, client):
-            sid = client.open(f"127.0.0.1:{port_of(upstream)}")
-            assert await client.status[sid] == 200
-            client.ep.send(sid, b"last request", end=True)
-            client.ep.conn.reset_stream(sid, error_code=8)          # CANCEL
-            client.ep.flush()
-            await wait_until(lambda: splices, 5)
-        upstream.close()
-        await upstream.wait_closed()
-        return splices, upstream_saw
-    splices, upstream_saw = run(scenario())
-    assert upstream_saw == [b"last request"]
-    assert splices[0] is not None and splices[0].error == "", splices[0].error
+    splice = run(_cancelled_by_the_client(ca, b"last request", end=True, upstream_closes_after=0.3))
+    assert splice.error == "", splice.error
 
 
 def test_a_tunnel_its_client_cancels_before_its_end_is_recorded_as_cut_by_the_client(run, ca):
     # A CANCEL before END_STREAM also reads as the end of the stream (the upstream gets
     # a FIN), but what the client was sending was cut short: the relay says so, and
     # names the client's side, not the upstream's.
-    async def scenario():
-        splices, upstream_saw = [], []
-
-        async def relay(request):
-            try:
-                return await relay_to_authority(request)
-            finally:
-                splices.append(request.extra.get("splice"))
-
-        async def reads_to_the_end(reader, writer):
-            upstream_saw.append(await reader.read())
-            writer.close()
-        upstream = await asyncio.start_server(reads_to_the_end, "127.0.0.1", 0)
-        async with server_and_h2_client(ca, handler=relay) as (server, client):
-            sid = client.open(f"127.0.0.1:{port_of(upstream)}")
-            assert await client.status[sid] == 200
-            client.ep.send(sid, b"half an upload")
-            client.ep.conn.reset_stream(sid, error_code=8)          # CANCEL
-            client.ep.flush()
-            await wait_until(lambda: splices, 5)
-        upstream.close()
-        await upstream.wait_closed()
-        return splices, upstream_saw
-    splices, upstream_saw = run(scenario())
-    assert upstream_saw == [b"half an upload"]
-    assert splices[0].error == "a: reset by its peer before the end of data", splices[0].error
+    splice = run(_cancelled_by_the_client(ca, b"half an upload", end=False, upstream_closes_after=0))
+    assert splice.error == "a: reset by its peer before the end of data", splice.error
