@@ -12,17 +12,14 @@ import threading
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from meshcore.aio import HboneServer, dial
 from meshcore.aio.tls import start_tls
 from meshcore.errors import IdentityError
-from meshcore.identity import (CertificateAuthority, Credentials, SpiffeId, TrustBundle, client_context,
-                               server_context)
-from meshcore.identity.ca import generate_key
+from meshcore.identity import CertificateAuthority, SpiffeId, TrustBundle, client_context, server_context
 from meshcore.identity.tls import refusals
 
-from helpers import CLIENT, SERVER, wait_until
+from helpers import CLIENT, SERVER, cert_with_sans, wait_until
 
 OLD = dt.timedelta(days=-3)
 FUTURE = dt.timedelta(days=2)
@@ -138,18 +135,6 @@ def test_the_server_refuses_the_client(run, ca, other_ca, case, reason):
     assert stats["handshake_failed"] >= 1 and stats["accepted"] == 0, stats
 
 
-def _cert_with_sans(ca, sans):
-    key = generate_key()
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), True))
-    if sans is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), True)
-    return Credentials(SpiffeId("cluster.local", "x", "x"), key, (builder.sign(ca.key, hashes.SHA256()),))
-
-
 @pytest.mark.parametrize("sans", [
     None,
     [x509.DNSName("frontend.shop.svc")],
@@ -158,7 +143,7 @@ def _cert_with_sans(ca, sans):
 ], ids=["no-san", "dns-only", "wrong-segment-count", "not-ns-sa"])
 def test_the_server_refuses_a_client_without_a_valid_spiffe_id(run, ca, sans):
     bundle = TrustBundle(ca.roots)
-    client = engine_client(client_context(_cert_with_sans(ca, sans), bundle))
+    client = engine_client(client_context(cert_with_sans(ca, sans), bundle))
     stats = run(server_refusal(server_context(ca.issue(SERVER), bundle), client, "no_spiffe_id"))
     assert stats["handshake_failed"] >= 1 and stats["accepted"] == 0, stats
 

@@ -9,13 +9,12 @@ import ssl
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from meshcore.errors import IdentityError
-from meshcore.identity import (CertificateAuthority, Credentials, SpiffeId, TrustBundle,
-                               client_context, refusals, server_context)
-from meshcore.identity.ca import generate_key
+from meshcore.identity import (CertificateAuthority, SpiffeId, TrustBundle, client_context, refusals,
+                               server_context)
 
+from helpers import cert_with_sans
 from tlspeers import handshake
 
 
@@ -92,19 +91,6 @@ def test_client_from_another_trust_domain(ca, bundle, bob):
     assert "other.local" in str(server_saw)
 
 
-def _cert_with_sans(ca, sans):
-    key = generate_key()
-    now = dt.datetime.now(dt.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.cert.subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
-               .add_extension(x509.BasicConstraints(ca=False, path_length=None), True))
-    if sans is not None:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), True)
-    cert = builder.sign(ca.key, hashes.SHA256())
-    return Credentials(SpiffeId("cluster.local", "x", "x"), key, (cert,))
-
-
 @pytest.mark.parametrize("sans", [
     None,
     [x509.DNSName("frontend.shop.svc")],
@@ -113,7 +99,7 @@ def _cert_with_sans(ca, sans):
 ], ids=["no-san", "dns-only", "wrong-segment-count", "not-ns-sa"])
 def test_client_without_a_valid_spiffe_id(ca, bundle, bob, sans):
     server_ctx = server_context(ca.issue(bob), bundle)
-    client_ctx = client_context(_cert_with_sans(ca, sans), bundle)
+    client_ctx = client_context(cert_with_sans(ca, sans), bundle)
     server_saw, _ = run(handshake(server_ctx, client_ctx, expected=[bob]))
     assert refused(server_saw, "no_spiffe_id")
 

@@ -1,4 +1,4 @@
-"""Loopback workloads for transport tests."""
+"""Loopback workloads and credentials for transport tests."""
 import asyncio
 import contextlib
 import hashlib
@@ -108,3 +108,25 @@ def listener_that_never_accepts():
         for s in fillers:
             s.close()
         full.close()
+
+
+def cert_with_sans(ca, sans):
+    """Credentials whose leaf, signed by `ca`, carries exactly the subject alternative
+    names `sans` (None: no SAN extension at all): what a peer presenting a certificate
+    without a usable SPIFFE id sends."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from meshcore.identity import Credentials
+    from meshcore.identity.ca import generate_key
+    key = generate_key()
+    now = dt.datetime.now(dt.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(ca.cert.subject)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(hours=1))
+               .add_extension(x509.BasicConstraints(ca=False, path_length=None), True))
+    if sans is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), True)
+    return Credentials(SpiffeId("cluster.local", "x", "x"), key, (builder.sign(ca.key, hashes.SHA256()),))
