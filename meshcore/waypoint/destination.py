@@ -68,10 +68,21 @@ class Balanced:
     request: RequestAttributes
     source_ip: str
     tickets: list = field(default_factory=list, compare=False)   # every attempt's, to give back at the end
+    _merged: object = field(default=None, init=False, compare=False, repr=False)
 
     @property
     def key(self) -> tuple:
         return self.service.key, self.subset, self.port
+
+    @property
+    def policy(self):
+        """The rule's merged policy for this destination (traffic.istio_model.ClusterPolicy),
+        merged once per request however often its connection settings are asked."""
+        merged = self._merged
+        if merged is None:
+            merged = cluster_policy(self.rule, self.subset, self.port)
+            object.__setattr__(self, "_merged", merged)
+        return merged
 
     def choose(self, state, me, avoid: str | None = None) -> Ticket:
         ticket = self.picker.choose(state, me, self.service, self.port, self.subset, self.rule,
@@ -122,7 +133,7 @@ class Destination:
     def _policy(self):
         """The DestinationRule's merged policy for this destination (None: no rule)."""
         b = self.balanced
-        return cluster_policy(b.rule, b.subset, b.port) if b is not None and b.rule is not None else None
+        return b.policy if b is not None and b.rule is not None else None
 
     def next_endpoint(self, tunnels, state, me) -> "Destination | None":
         """The same request to another endpoint of the backend, for a retry; None when
